@@ -1,0 +1,104 @@
+"""Opening images safely and turning every PIL mode into the RGB the encoders expect.
+
+Reads image files (or bytes, or PIL images); writes nothing. Every failure is an
+``ImageLoadError`` that names the file and says what is wrong with it, so callers can skip a
+bad row with a reason instead of crashing deep inside Pillow.
+
+Decisions on odd inputs (tested in tests/test_images.py):
+- EXIF orientation is applied (``ImageOps.exif_transpose``): a phone photo is encoded the way
+  people see it, not lying on its side.
+- Transparency (RGBA, LA, P with a transparent colour) is composited onto white, because the
+  colour hidden under transparent pixels is arbitrary (often black) and would dominate the
+  embedding of a logo or a cut-out.
+- 16-bit greyscale (I;16, and I/F holding values above 255) is rescaled from 0..65535 to 8
+  bits; Pillow's own conversion clips everything above 255 to white.
+- CMYK, YCbCr, L, 1, HSV, LAB: Pillow's standard conversion to RGB.
+- Images over ``MAX_PIXELS`` are refused before they are decoded (decompression bombs).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# 64 megapixels is far beyond what the 224-px encoders need and far below what exhausts memory
+# (an RGBA 64 MP image decodes to 256 MB). Pillow's own limit only warns up to twice its value.
+MAX_PIXELS = 64_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+ImageInput = str | os.PathLike | bytes | Image.Image
+
+
+class ImageLoadError(ValueError):
+    """An input could not be used as an image. The message names the input and the reason."""
+
+
+def describe(source: ImageInput) -> str:
+    """A short, printable name for an image input, used in error messages."""
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    if isinstance(source, bytes):
+        return f"<{len(source)} bytes>"
+    return f"<PIL image {getattr(source, 'mode', '?')} {getattr(source, 'size', '?')}>"
+
+
+def open_image(source: ImageInput) -> Image.Image:
+    """Open, fully decode and convert an image to RGB, or raise ImageLoadError."""
+    name = describe(source)
+    if isinstance(source, Image.Image):
+        return to_rgb(source)
+    if isinstance(source, bytes):
+        if not source:
+            raise ImageLoadError(f"{name}: empty image data (0 bytes)")
+        fp = io.BytesIO(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ImageLoadError(f"{name}: no such file")
+        if path.stat().st_size == 0:
+            raise ImageLoadError(f"{name}: the file is empty (0 bytes)")
+        fp = path
+    try:
+        with Image.open(fp) as img:
+            width, height = img.size
+            if width * height > MAX_PIXELS:
+                raise ImageLoadError(
+                    f"{name}: {width}x{height} pixels is over the {MAX_PIXELS:,}-pixel limit "
+                    "(possible decompression bomb); resize it first"
+                )
+            img.load()  # decode now, so a truncated file fails here and not later
+            return to_rgb(img)
+    except ImageLoadError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageLoadError(f"{name}: not an image file Pillow can read") from None
+    except Image.DecompressionBombError as err:
+        raise ImageLoadError(f"{name}: refused as a decompression bomb ({err})") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ImageLoadError(f"{name}: broken or truncated image ({err})") from None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL image to RGB following the decisions in the module docstring."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(img, dtype=np.float64)
+        # 16-bit modes use the full 0..65535 range; "I"/"F" hold whatever the file held, so
+        # values above 255 are read as 16-bit data and smaller ones as 8-bit data.
+        top = 65535.0 if img.mode.startswith("I;16") or array.max() > 255 else 255.0
+        array = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(array, mode="L").convert("RGB")
+    has_alpha = img.mode in ("RGBA", "LA", "La", "RGBa", "PA") or (
+        img.mode == "P" and "transparency" in img.info
+    )
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")

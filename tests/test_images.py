@@ -1,0 +1,92 @@
+"""Odd image modes become the RGB the docstring of imagesearchtr/images.py promises."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imagesearchtr import images as images_mod
+from imagesearchtr.images import ImageLoadError, open_image
+
+
+def saved(img: Image.Image, fmt: str, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def pixels(img: Image.Image) -> np.ndarray:
+    assert img.mode == "RGB"
+    return np.asarray(img, dtype=np.int16)
+
+
+def test_greyscale_and_palette_become_rgb():
+    grey = Image.new("L", (8, 8), 77)
+    assert (pixels(open_image(saved(grey, "PNG"))) == 77).all()
+    palette = Image.new("RGB", (8, 8), (10, 200, 30)).convert("P", palette=Image.Palette.ADAPTIVE)
+    assert (pixels(open_image(saved(palette, "PNG"))) == [10, 200, 30]).all()
+
+
+def test_transparency_is_composited_on_white_not_black():
+    # Fully transparent pixels hiding black: the encoder must see white, not black.
+    rgba = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
+    rgba.paste((255, 0, 0, 255), (0, 0, 4, 8))
+    out = pixels(open_image(saved(rgba, "PNG")))
+    assert (out[:, :4] == [255, 0, 0]).all()
+    assert (out[:, 4:] == [255, 255, 255]).all()
+    la = Image.new("LA", (4, 4), (0, 0))
+    assert (pixels(open_image(la)) == 255).all()
+    pal = Image.new("P", (4, 4), 0)
+    pal.putpalette([0, 0, 0] * 256)
+    pal.info["transparency"] = 0
+    assert (pixels(open_image(saved(pal, "PNG", transparency=0))) == 255).all()
+
+
+def test_cmyk_jpeg_becomes_rgb():
+    cmyk = Image.new("CMYK", (16, 16), (0, 255, 255, 0))  # pure red in CMYK
+    out = pixels(open_image(saved(cmyk, "JPEG", quality=100)))
+    assert out[..., 0].min() > 240 and out[..., 1:].max() < 15
+
+
+def test_sixteen_bit_greyscale_is_rescaled_not_clipped():
+    array = np.full((8, 8), 32768, dtype=np.uint16)  # mid-grey in 16 bits
+    img16 = Image.fromarray(array)
+    out = pixels(open_image(saved(img16, "PNG")))
+    assert abs(int(out[0, 0, 0]) - 128) <= 1  # Pillow's plain convert would give 255
+
+
+def test_exif_orientation_is_applied():
+    img = Image.new("RGB", (40, 20), (0, 0, 255))
+    img.paste((255, 0, 0), (0, 0, 20, 20))  # red on the left half
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    out = open_image(saved(img, "JPEG", exif=exif, quality=95))
+    assert out.size == (20, 40)  # portrait once rotated
+    top, bottom = pixels(out)[5, 10], pixels(out)[35, 10]
+    assert top[0] > 200 and bottom[2] > 200  # red ended up on top
+
+
+def test_truncated_and_non_image_files_are_named(tmp_path):
+    data = saved(Image.new("RGB", (64, 64), (1, 2, 3)), "JPEG")
+    truncated = tmp_path / "cut.jpg"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageLoadError, match=r"cut\.jpg: broken or truncated"):
+        open_image(truncated)
+    text = tmp_path / "readme.png"
+    text.write_text("hello")
+    with pytest.raises(ImageLoadError, match=r"readme\.png: not an image"):
+        open_image(text)
+    with pytest.raises(ImageLoadError, match="0 bytes"):
+        open_image(b"")
+
+
+def test_decompression_bomb_is_refused_before_decoding(tmp_path, monkeypatch):
+    # A real bomb is slow to make; lower the limit instead and feed a modest image.
+    monkeypatch.setattr(images_mod, "MAX_PIXELS", 100 * 100)
+    big = tmp_path / "big.png"
+    Image.new("RGB", (200, 200)).save(big)
+    with pytest.raises(ImageLoadError, match=r"big\.png: 200x200 pixels is over"):
+        open_image(big)
