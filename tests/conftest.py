@@ -52,3 +52,34 @@ def shared_data() -> Path:
             "outside the repo (set IMAGESEARCHTR_TEST_DATA to their folder to run this test)"
         )
     return SHARED_DATA
+
+
+from hub_server import local_hub  # noqa: E402, F401  (pytest fixture: a local Hub server)
+
+
+def run_cli(*args, env: dict | None = None, check: bool = True, timeout: float = 300):
+    """Run ``python -m pipeline ARGS`` the way a user does; return the CompletedProcess."""
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", *map(str, args)],
+        cwd=REPO_ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"pipeline {' '.join(map(str, args))} exited {result.returncode}\n"
+            f"stdout:\n{result.stdout}\nstderr:\n{result.stderr[-4000:]}"
+        )
+    return result
+
+
+@pytest.fixture
+def hub_env(local_hub, tmp_path) -> dict:  # noqa: F811
+    """Environment for a subprocess talking to the local Hub with a fresh, empty cache."""
+    home = tmp_path / "hf-home"
+    home.mkdir()
+    return {**local_hub.env(), "HF_HOME": str(home)}

@@ -9,6 +9,7 @@ from .encoder import Encoder
 from .images import ImageLoadError, open_image
 from .manifest import IndexInfo, Manifest
 from .multiembedtr import CheckpointError
+from .searcher import Hit, ModelMismatchError, Searcher, SearchSetupError
 
 __all__ = [
     "CheckpointError",
@@ -16,6 +17,10 @@ __all__ = [
     "ImageLoadError",
     "IndexInfo",
     "Manifest",
+    "Hit",
+    "ModelMismatchError",
+    "Searcher",
+    "SearchSetupError",
     "open_image",
 ]
 __version__ = "0.1.0"

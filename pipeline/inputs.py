@@ -1,0 +1,211 @@
+"""Where the images and captions come from: a local folder or a Hub dataset.
+
+Reads either
+- a folder with ``captions.jsonl`` (one ``{"path": ..., "caption": ...}`` a line, paths relative
+  to the folder; several lines may name one image) plus any other image files in it, which are
+  indexed without captions; or
+- a Hub dataset (``load_dataset(id, split=...)``) with an image column and a caption column
+  (a string or a list of strings).
+
+Writes nothing. Returns ``ImageRecord``s in a deterministic order plus ``Skip`` entries for every
+input that cannot be used (malformed JSON line, empty caption, path outside the folder, ...), so
+the encode step can report each one instead of dropping it silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CAPTIONS_FILE = "captions.jsonl"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+@dataclass
+class ImageRecord:
+    """One image to index, with all its captions, and a way to read its bytes."""
+
+    image_id: str
+    path: str  # relative to the source folder, or "<dataset>:<row>" for Hub rows
+    captions: list[str]
+    read_bytes: Callable[[], bytes] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Skip:
+    """An input that was left out, and why. Written to BUILD/skipped.jsonl."""
+
+    source: str  # a file path, "captions.jsonl:LINE" or "<dataset>:<row>"
+    reason: str
+
+    def to_json(self) -> str:
+        return json.dumps({"source": self.source, "reason": self.reason}, ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class FolderSource:
+    """A local folder of images with captions.jsonl."""
+
+    folder: Path
+
+    def describe(self) -> str:
+        return f"local folder {self.folder}"
+
+    def fingerprint(self) -> str:
+        """Identifies the input for resume checks: the folder and its captions file's content."""
+        digest = hashlib.sha256(str(self.folder.resolve()).encode())
+        captions = self.folder / CAPTIONS_FILE
+        if captions.is_file():
+            digest.update(captions.read_bytes())
+        return digest.hexdigest()[:16]
+
+    def read(self) -> tuple[list[ImageRecord], list[Skip]]:
+        folder = self.folder
+        if not folder.is_dir():
+            raise FileNotFoundError(f"--data {folder}: no such folder")
+        captions_file = folder / CAPTIONS_FILE
+        skips: list[Skip] = []
+        captions: dict[str, list[str]] = {}
+        if captions_file.is_file():
+            for line_no, entry, problem in _read_jsonl(captions_file):
+                where = f"{CAPTIONS_FILE}:{line_no}"
+                if problem:
+                    skips.append(Skip(where, problem))
+                    continue
+                rel, problem = _safe_relative(entry.get("path"), folder)
+                if problem:
+                    skips.append(Skip(where, problem))
+                    continue
+                caption = entry.get("caption")
+                captions.setdefault(rel, [])
+                if not isinstance(caption, str) or not caption.strip():
+                    skips.append(Skip(where, f"empty or missing caption for {rel}"))
+                    continue
+                captions[rel].append(" ".join(caption.split()))
+        elif not any(_image_files(folder)):
+            raise FileNotFoundError(
+                f"--data {folder}: neither {CAPTIONS_FILE} nor image files found; see README "
+                "'Your own photos' for the folder layout"
+            )
+        # Images on disk that no caption line names are indexed too, without captions.
+        for path in _image_files(folder):
+            captions.setdefault(path.relative_to(folder).as_posix(), [])
+        records = [
+            ImageRecord(
+                image_id=_image_id(rel),
+                path=rel,
+                captions=caps,
+                read_bytes=(lambda p=folder / rel: p.read_bytes()),
+            )
+            for rel, caps in sorted(captions.items())
+        ]
+        return records, skips
+
+
+@dataclass(frozen=True)
+class HubSource:
+    """A Hub dataset (or any ``load_dataset`` path) with an image and a caption column."""
+
+    dataset: str
+    split: str = "train"
+    image_column: str = "image"
+    caption_column: str = "text"
+    id_column: str | None = "image_id"
+    revision: str | None = None
+
+    def describe(self) -> str:
+        return self.dataset
+
+    def fingerprint(self) -> str:
+        key = (
+            f"{self.dataset}|{self.split}|{self.revision}|{self.image_column}|{self.caption_column}"
+        )
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    def read(self) -> tuple[list[ImageRecord], list[Skip]]:
+        from datasets import Image, load_dataset
+
+        ds = load_dataset(self.dataset, split=self.split, revision=self.revision)
+        for column in (self.image_column, self.caption_column):
+            if column not in ds.column_names:
+                raise ValueError(
+                    f"{self.dataset} has no column {column!r} (columns: "
+                    f"{', '.join(ds.column_names)}); pass --image-column / --caption-column"
+                )
+        # Raw bytes, not decoded PIL images: decoding happens once, in the encode step.
+        ds = ds.cast_column(self.image_column, Image(decode=False))
+        id_column = self.id_column if self.id_column in ds.column_names else None
+        records, skips = [], []
+        for row_no, row in enumerate(ds):
+            where = f"{self.dataset}:{row_no}"
+            image = row[self.image_column] or {}
+            data = image.get("bytes")
+            if data is None and image.get("path"):
+                data_path = image["path"]
+                reader = lambda p=data_path: Path(p).read_bytes()  # noqa: E731
+            elif data is not None:
+                reader = lambda d=data: d  # noqa: E731
+            else:
+                skips.append(Skip(where, "no image in this row"))
+                continue
+            raw = row[self.caption_column]
+            texts = [raw] if isinstance(raw, str) else list(raw or [])
+            caps = [" ".join(t.split()) for t in texts if isinstance(t, str) and t.strip()]
+            if len(caps) < len(texts) or not texts:
+                skips.append(Skip(where, "empty or missing caption"))
+            image_id = str(row[id_column]) if id_column else str(row_no)
+            records.append(ImageRecord(image_id, where, caps, reader))
+        return records, skips
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[int, dict, str | None]]:
+    """Yield (line number, object, problem) for each non-blank line; never raises on bad lines."""
+    with path.open("rb") as fh:
+        for line_no, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                yield line_no, {}, "not valid UTF-8"
+                continue
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as err:
+                yield line_no, {}, f"malformed JSON ({err.msg})"
+                continue
+            if not isinstance(entry, dict):
+                yield line_no, {}, "not a JSON object"
+                continue
+            yield line_no, entry, None
+
+
+def _safe_relative(value, folder: Path) -> tuple[str, str | None]:
+    """A caption line's path, normalised and kept inside the folder (no ../ escapes)."""
+    if not isinstance(value, str) or not value.strip():
+        return "", "missing 'path'"
+    candidate = Path(value)
+    if candidate.is_absolute():
+        return "", f"absolute path {value!r}: paths must be relative to the data folder"
+    resolved = (folder / candidate).resolve()
+    try:
+        rel = resolved.relative_to(folder.resolve())
+    except ValueError:
+        return "", f"path {value!r} points outside the data folder"
+    return rel.as_posix(), None
+
+
+def _image_files(folder: Path) -> Iterator[Path]:
+    for path in sorted(folder.rglob("*")):
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+            if any(part.startswith(".") for part in path.relative_to(folder).parts):
+                continue  # hidden folders (.cache, .git) are not photos
+            yield path
+
+
+def _image_id(rel: str) -> str:
+    """A stable id: the relative path without its extension."""
+    return rel.rsplit(".", 1)[0] if "." in Path(rel).name else rel

@@ -1,0 +1,39 @@
+"""Embedding columns as numpy matrices, straight from Arrow, and the content hash of a build.
+
+Reads Arrow columns of ``List(float32, length=dim)`` (as ``datasets`` stores them); writes
+nothing. Going through Arrow avoids ``np.asarray(ds[col])``, which converts row by row (seconds
+for 20k rows, TRAPS.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pyarrow as pa
+
+
+def embedding_matrix(column: pa.ChunkedArray | pa.Array, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return (float32 matrix (n, dim) with zero rows for nulls, boolean mask of non-null rows)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
+    n = len(column)
+    valid = ~column.is_null().to_numpy(zero_copy_only=False) if n else np.zeros(0, dtype=bool)
+    matrix = np.zeros((n, dim), dtype=np.float32)
+    if valid.any():
+        # flatten() drops null lists and honours slice offsets.
+        values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+        matrix[valid] = values.reshape(-1, dim)
+    return matrix, valid
+
+
+def data_hash(
+    image_ids: list[str], image_emb: np.ndarray, caption_emb: np.ndarray, caption_valid: np.ndarray
+) -> str:
+    """sha256 over ids and embeddings in row order: identifies exactly what an index covers."""
+    digest = hashlib.sha256()
+    digest.update("\n".join(image_ids).encode())
+    digest.update(np.ascontiguousarray(image_emb, dtype=np.float32).tobytes())
+    digest.update(np.ascontiguousarray(caption_emb, dtype=np.float32).tobytes())
+    digest.update(np.packbits(caption_valid).tobytes())
+    return "sha256:" + digest.hexdigest()
