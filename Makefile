@@ -1,5 +1,6 @@
 # ImageSearchTR: `make help` lists the targets.
 SHELL := bash
+.SHELLFLAGS := -eo pipefail -c
 .DEFAULT_GOAL := help
 
 PYTHON ?= python3
@@ -10,23 +11,32 @@ PY := $(VENV)/bin/python
 # empty and pip resolves the normal torch for that machine. Override with `make install TORCH=...`.
 TORCH ?= $(if $(wildcard /opt/wheels/torch-2.13.0+cpu-*.whl),torch==2.13.0)
 
-# Pipeline settings (see README "Commands").
+# Pipeline settings (README "make demo / make publish" explains each).
 MODEL ?= utkubascakir/MultiEmbedTR
 DATA ?=
 NUM_SAMPLES ?= 1000
 SEED ?= 14
 BUILD ?= out/build
 DEMO_DIR ?= out/demo-repo
+SPACE_DIR ?= out/demo-space
 HF_REPO ?=
+SPACE_REPO ?= $(if $(HF_REPO),$(HF_REPO)-search)
 PRIVATE ?=
 DEVICE ?= auto
+INDEX_TYPE ?= auto
+ENCODE_FLAGS ?=
+HOST ?= 127.0.0.1
+PORT ?= 7860
+# Without DATA, the sample is downloaded from the Hub into out/data first.
+DATA_DIR = $(if $(DATA),$(DATA),out/data)
 
-.PHONY: help install test lint format demo publish bench clean
+.PHONY: help install test lint format data build demo publish bench clean
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
-	@echo "  variables: MODEL=$(MODEL) DATA=<folder> NUM_SAMPLES=$(NUM_SAMPLES) BUILD=$(BUILD)"
-	@echo "             DEMO_DIR=$(DEMO_DIR) HF_REPO=<user/name> DEVICE=$(DEVICE)"
+	@echo "  variables: MODEL=$(MODEL) DATA=<folder> NUM_SAMPLES=$(NUM_SAMPLES) SEED=$(SEED)"
+	@echo "             BUILD=$(BUILD) DEMO_DIR=$(DEMO_DIR) SPACE_DIR=$(SPACE_DIR) PORT=$(PORT)"
+	@echo "             HF_REPO=<user/name> SPACE_REPO=<user/name> PRIVATE=1 DEVICE=$(DEVICE)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +56,31 @@ lint: ## ruff check + format check
 format: ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+data: ## download NUM_SAMPLES rows of the default Hub dataset into out/data (skipped with DATA=)
+	@if [ -z "$(DATA)" ]; then \
+	  $(PY) -m pipeline download --num-samples $(NUM_SAMPLES) --seed $(SEED) --output-dir out/data; \
+	fi
+
+build: data ## encode DATA with MODEL into BUILD and index it
+	$(PY) -m pipeline encode --data $(DATA_DIR) --model $(MODEL) --out $(BUILD) \
+	  --device $(DEVICE) $(ENCODE_FLAGS)
+	$(PY) -m pipeline index --build $(BUILD) --index-type $(INDEX_TYPE)
+
+demo: build ## publish the build to DEMO_DIR (a local Hub-like repo) and serve it on HOST:PORT
+	$(PY) -m pipeline publish --build $(BUILD) --to $(DEMO_DIR)
+	$(PY) -m pipeline publish-space --to $(SPACE_DIR) --dataset-repo $(DEMO_DIR)
+	DATASET_REPO="$(abspath $(DEMO_DIR))" GRADIO_SERVER_NAME=$(HOST) GRADIO_SERVER_PORT=$(PORT) \
+	  GRADIO_ANALYTICS_ENABLED=False $(PY) $(SPACE_DIR)/app.py
+
+publish: build ## publish the dataset to HF_REPO, then the Space to SPACE_REPO pinned to it
+	@if [ -z "$(HF_REPO)" ]; then echo "usage: make publish HF_REPO=user/name"; exit 2; fi
+	mkdir -p out
+	$(PY) -m pipeline publish --build $(BUILD) --repo $(HF_REPO) $(if $(PRIVATE),--private) \
+	  | tee out/publish.log
+	rev=$$(awk '/^revision:/ {print $$2}' out/publish.log); \
+	$(PY) -m pipeline publish-space --space $(SPACE_REPO) --dataset-repo $(HF_REPO) \
+	  --dataset-revision "$$rev" $(if $(PRIVATE),--private)
 
 clean: ## remove build outputs (keeps .venv)
 	rm -rf out .pytest_cache

@@ -415,8 +415,12 @@ def _usage_snippet(manifest: Manifest, repo_id: str | None, local_dir: str | Non
         ]
     else:
         local = Path(local_dir).as_posix()
+        # The parquet loader, not load_dataset(folder): datasets caches a folder's Arrow copy
+        # under the folder's name without checking file times, so a re-published folder could
+        # load stale rows; the parquet loader keys its cache on the files' mtimes.
         lines += [
-            f"ds = load_dataset({_py_str(local)}, split={_py_str(SPLIT)})",
+            f'ds = load_dataset("parquet", data_files={_py_str(f"{local}/{DATA_FILES}")}, '
+            f"split={_py_str(SPLIT)})",
             f"index_file = {_py_str(f'{local}/{index_path}')}",
         ]
     lines.append(f"ds.load_faiss_index({_py_str(column)}, index_file)")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,18 +185,18 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict, str | None]]:
 
 
 def _safe_relative(value, folder: Path) -> tuple[str, str | None]:
-    """A caption line's path, normalised and kept inside the folder (no ../ escapes)."""
+    """A caption line's path, normalised and kept inside the folder (no ../ escapes).
+
+    The check is lexical, so images that are symlinks into another folder still work.
+    """
     if not isinstance(value, str) or not value.strip():
         return "", "missing 'path'"
-    candidate = Path(value)
-    if candidate.is_absolute():
+    if Path(value).is_absolute():
         return "", f"absolute path {value!r}: paths must be relative to the data folder"
-    resolved = (folder / candidate).resolve()
-    try:
-        rel = resolved.relative_to(folder.resolve())
-    except ValueError:
+    rel = posixpath.normpath(value.replace("\\", "/"))
+    if rel == ".." or rel.startswith("../") or rel == ".":
         return "", f"path {value!r} points outside the data folder"
-    return rel.as_posix(), None
+    return rel, None
 
 
 def _image_files(folder: Path) -> Iterator[Path]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,9 @@ SHARED_DATA = Path(
     os.environ.get("IMAGESEARCHTR_TEST_DATA", REPO_ROOT.parent / "shared/data/tasviret-flickr8k")
 )
 
+# A private Hugging Face cache per test session: results never depend on what an earlier run
+# (or the developer's own work) left in ~/.cache/huggingface. Set before datasets is imported.
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="imagesearchtr-hf-home-")
 # Offline by construction: nothing in the tests may reach the real Hub.
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")

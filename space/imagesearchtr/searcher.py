@@ -227,7 +227,13 @@ def _load(location: str, revision: str | None):
                 f"{local} has no {INDEX_DIR}/{MANIFEST_FILE}; publish a build there with "
                 "`python -m pipeline publish --build BUILD --to FOLDER`"
             )
-        return local, load_dataset(str(local), split="train"), None
+        # load_dataset(folder) caches the Arrow copy under the folder's *name* without
+        # checking file times (datasets 5.2), so a re-published folder could load stale rows.
+        # The packaged parquet loader keys its cache on each file's mtime instead.
+        files = sorted(str(p) for p in (local / "data").glob("*.parquet"))
+        if not files:
+            raise SearchSetupError(f"{local} has no data/*.parquet files")
+        return local, load_dataset("parquet", data_files={"train": files}, split="train"), None
     from huggingface_hub import snapshot_download
 
     # The index files first: their snapshot tells the exact commit, and the rows are then
