@@ -20,6 +20,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,8 @@ class PublishConfig:
     to: Path | None = None
     private: bool = False
     source_license: str | None = None
+    retries: int = 4  # commit attempts after the first, with exponential backoff
+    backoff: float = 1.0  # seconds before the first retry
 
 
 @dataclass(frozen=True)
@@ -173,18 +177,78 @@ def publish_to_hub(config: PublishConfig) -> PublishResult:
         path for path in remote if path.split("/", 1)[0] in MANAGED_DIRS and path not in files
     )
     operations += [CommitOperationDelete(path_in_repo=path) for path in stale]
+    revision = _commit_with_retries(
+        api,
+        repo_id,
+        operations,
+        message=f"Publish {manifest.num_rows} rows and indices ({manifest.data_hash[:19]})",
+        parent=info.sha,
+        identity=_identity(manifest),
+        retries=config.retries,
+        backoff=config.backoff,
+    )
+    return PublishResult(repo_id, revision, changed=True)
+
+
+def _commit_with_retries(api, repo_id, operations, *, message, parent, identity, retries, backoff):
+    """create_commit, retried with exponential backoff on 5xx, timeouts and dropped connections.
+
+    huggingface_hub retries uploads and downloads but posts a commit once. A commit is atomic
+    on the Hub, and ``parent_commit`` makes a retry safe: it can only land on the revision the
+    operations were computed against. After a failure the repo is checked first, because a
+    connection can drop after the Hub has already accepted the commit.
+    """
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:  # the HTTP client huggingface_hub uses: httpx2 since 2.x, httpx before
+        import httpx2 as http_client
+    except ImportError:  # pragma: no cover
+        import httpx as http_client
+
+    for attempt in range(retries + 1):
+        try:
+            return api.create_commit(
+                repo_id,
+                operations=operations,
+                repo_type="dataset",
+                commit_message=message,
+                parent_commit=parent,
+            ).oid
+        except (HfHubHTTPError, http_client.HTTPError, OSError) as err:
+            status = getattr(getattr(err, "response", None), "status_code", None)
+            retryable = status is None or status >= 500 or status in (408, 429)
+            if not retryable or attempt == retries:
+                tried = f" after {attempt + 1} attempts" if attempt else ""
+                raise PublishError(
+                    _hub_error_text(err, repo_id) + tried + "; the repo was left unchanged"
+                ) from None
+            wait = backoff * 2**attempt
+            print(
+                f"publish: commit failed ({status or type(err).__name__}); "
+                f"retrying in {wait:.0f} s",
+                file=sys.stderr,
+            )
+            time.sleep(wait)
+            head = _landed(api, repo_id)
+            if head is not None and head[1] == identity:
+                return head[0]  # the earlier attempt did land
+            if head is not None and head[0] != parent:
+                raise PublishError(
+                    f"{repo_id} changed while publishing; run the same publish command again"
+                ) from None
+    raise AssertionError("unreachable")
+
+
+def _landed(api, repo_id):
+    """(head commit, manifest identity at head), or None when the Hub cannot be asked."""
     try:
-        commit = api.create_commit(
-            repo_id,
-            operations=operations,
-            repo_type="dataset",
-            commit_message=f"Publish {manifest.num_rows} rows and indices "
-            f"({manifest.data_hash[:19]})",
-            parent_commit=info.sha,  # refuse to overwrite a commit made meanwhile
-        )
-    except HfHubHTTPError as err:
-        raise PublishError(_hub_error_text(err, repo_id)) from None
-    return PublishResult(repo_id, commit.oid, changed=True)
+        info = api.dataset_info(repo_id, files_metadata=False)
+        names = {s.rfilename for s in info.siblings or []}
+        path = f"{INDEX_DIR}/{MANIFEST_FILE}"
+        ident = _read_manifest(_download(api, repo_id, path, info.sha)) if path in names else None
+        return info.sha, ident
+    except Exception:  # still failing: let the next attempt find out
+        return None
 
 
 class PublishError(RuntimeError):

@@ -1,0 +1,106 @@
+"""Publishing through a flaky Hub: server errors, dropped connections, lost responses.
+
+The local Hub (tests/hub_server.py) injects the faults; each publish runs as a subprocess,
+exactly as `python -m pipeline publish` runs for a user.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO_ROOT, run_cli
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tiny_model_dir, shared_data):
+    build = tmp_path_factory.mktemp("fault-build")
+    run_cli("encode", "--data", shared_data, "--model", tiny_model_dir, "--out", build)
+    run_cli("index", "--build", build)
+    return build
+
+
+def remote_state(hub_env, repo):
+    code = (
+        "import json\nfrom huggingface_hub import HfApi\napi = HfApi()\n"
+        f"info = api.dataset_info({repo!r})\n"
+        "print(json.dumps({'sha': info.sha, "
+        "'files': sorted(s.rfilename for s in info.siblings)}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        env={**__import__("os").environ, **hub_env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def commits_to(local_hub, repo):
+    return [r for r in local_hub.requests_matching("POST", f"/api/datasets/{repo}/commit/")]
+
+
+def test_commit_500_is_retried_and_lands_once(built, local_hub, hub_env):
+    repo = f"{local_hub.user}/flaky-500"
+    local_hub.inject_fault("POST", f"/api/datasets/{repo}/commit/", status=500, times=2)
+    result = run_cli("publish", "--build", built, "--repo", repo, "--retries", "3", env=hub_env)
+    assert result.stderr.count("retrying in") == 2
+    state = remote_state(hub_env, repo)
+    assert "index/manifest.json" in state["files"]
+    assert result.stdout.strip().endswith(state["sha"])
+
+
+def test_persistent_errors_fail_clearly_and_leave_the_repo_unchanged(built, local_hub, hub_env):
+    repo = f"{local_hub.user}/flaky-down"
+    run_cli("publish", "--build", built, "--repo", repo, env=hub_env)
+    before = remote_state(hub_env, repo)
+    # A different build (another index type) that cannot be committed.
+    other = built.parent / "fault-build-hnsw"
+    import shutil
+
+    shutil.copytree(built, other, ignore=shutil.ignore_patterns("index"))
+    run_cli("index", "--build", other, "--index-type", "hnsw")
+    local_hub.inject_fault("POST", f"/api/datasets/{repo}/commit/", status=503, times=10)
+    try:
+        result = run_cli(
+            "publish", "--build", other, "--repo", repo, "--retries", "2", env=hub_env, check=False
+        )
+    finally:
+        local_hub.clear_faults()
+    assert result.returncode == 2
+    assert "after 3 attempts" in result.stderr and "left unchanged" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert remote_state(hub_env, repo) == before
+    # Once the Hub recovers, the same command completes.
+    run_cli("publish", "--build", other, "--repo", repo, env=hub_env)
+    assert remote_state(hub_env, repo)["sha"] != before["sha"]
+
+
+def test_dropped_connection_is_retried(built, local_hub, hub_env):
+    repo = f"{local_hub.user}/flaky-drop"
+    local_hub.inject_fault("POST", f"/api/datasets/{repo}/commit/", drop=True, times=1)
+    run_cli("publish", "--build", built, "--repo", repo, "--retries", "2", env=hub_env)
+    assert "index/manifest.json" in remote_state(hub_env, repo)["files"]
+
+
+def test_lost_response_after_the_commit_landed_is_not_committed_twice(built, local_hub, hub_env):
+    repo = f"{local_hub.user}/flaky-lost"
+    local_hub.inject_fault(
+        "POST", f"/api/datasets/{repo}/commit/", status=None, truncate_after=0, times=1
+    )
+    result = run_cli("publish", "--build", built, "--repo", repo, "--retries", "2", env=hub_env)
+    assert "retrying in" in result.stderr
+    assert len(commits_to(local_hub, repo)) == 1  # the retry found the commit already there
+    assert "index/manifest.json" in remote_state(hub_env, repo)["files"]
+
+
+def test_upload_errors_are_retried_by_huggingface_hub(built, local_hub, hub_env):
+    repo = f"{local_hub.user}/flaky-upload"
+    local_hub.inject_fault("PUT", "/_lfs/upload/", status=500, times=1)
+    run_cli("publish", "--build", built, "--repo", repo, env=hub_env)
+    assert "data/train-00000-of-00002.parquet" in remote_state(hub_env, repo)["files"]
