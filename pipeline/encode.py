@@ -353,10 +353,12 @@ def _dist_rank_world() -> tuple[int, int]:
 
 
 def _barrier(world: int) -> None:
+    """Wait until every rank has written its shards, then leave the process group."""
     if world > 1:
         import torch.distributed as dist
 
         dist.barrier()
+        dist.destroy_process_group()
 
 
 def _cuda() -> bool:

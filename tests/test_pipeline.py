@@ -293,3 +293,29 @@ def test_publish_refuses_rows_and_index_from_different_builds(tmp_path, shared_b
     result = run_cli("publish", "--build", build, "--to", tmp_path / "repo", check=False)
     assert result.returncode == 2 and "re-run" in result.stderr
     assert not (tmp_path / "repo").exists()
+
+
+def test_sharded_encoding_with_torchrun_equals_one_process(
+    tmp_path, shared_data, tiny_model_dir, shared_build
+):
+    build = tmp_path / "sharded"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += ["-m", "pipeline", "encode", "--data", str(shared_data), "--model", str(tiny_model_dir)]
+    cmd += ["--out", str(build), "--shard-size", "64", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "rank 1/2" in result.stderr  # both ranks really worked
+    run_cli("index", "--build", build)
+    table, reference = read_rows(build), read_rows(shared_build)
+    assert table.column("image_id").to_pylist() == reference.column("image_id").to_pylist()
+    np.testing.assert_allclose(
+        np.asarray(table.column("image_emb").to_pylist()),
+        np.asarray(reference.column("image_emb").to_pylist()),
+        atol=1e-5,
+    )
+    from imagesearchtr import Manifest
+
+    assert Manifest.load(build / "index/manifest.json").num_rows == 413
