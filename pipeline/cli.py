@@ -106,6 +106,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--license", default=None, help="license of the source data for the card (default other)"
     )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=4,
+        help="commit retries on server errors (waits 1, 2, 4 s ...)",
+    )
+
+    p = commands.add_parser(
+        "publish-space",
+        help="publish the search app as a Gradio Space (or write it to a local folder)",
+        description="Uploads space/app.py, space/imagesearchtr/*.py, space/requirements.txt and "
+        "a Space card in one commit, after setting the Space variables DATASET_REPO and "
+        "DATASET_REVISION (pinned to the dataset's commit). With --to, writes the same files "
+        "to a folder and prints the command that runs them. Uses HF_TOKEN or `hf auth login`.",
+        formatter_class=defaults,
+    )
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--space", help="Hub Space id, USER/NAME")
+    target.add_argument("--to", type=Path, help="local folder to write the Space files into")
+    p.add_argument(
+        "--dataset-repo",
+        required=True,
+        help="the published dataset: a Hub dataset id, or (with --to) a local folder",
+    )
+    p.add_argument(
+        "--dataset-revision", default=None, help="dataset branch, tag or commit (default: main)"
+    )
+    p.add_argument("--private", action="store_true", help="create the Space as private")
+
+    p = commands.add_parser(
+        "evaluate",
+        help="text-to-image Recall@1/5/10, median rank and MRR of a published dataset",
+        description="Uses every caption as a query for its own image; image-only search "
+        "against Deep Search over an alpha sweep. Prints a table and writes JSON.",
+        formatter_class=defaults,
+    )
+    p.add_argument("--repo", required=True, help="published dataset: Hub id or local folder")
+    p.add_argument("--revision", default=None, help="dataset revision (Hub only)")
+    p.add_argument(
+        "--alphas", default="0,0.25,0.5,0.6,0.75,1", help="comma-separated Deep Search alphas"
+    )
+    p.add_argument(
+        "--output", type=Path, default=Path("evaluation.json"), help="JSON file to write"
+    )
+    p.add_argument("--device", default="auto", help="device for the query encoder")
     return parser
 
 
@@ -191,6 +236,7 @@ def _publish(args) -> int:
         to=args.to,
         private=args.private,
         source_license=args.license,
+        retries=args.retries,
     )
     result = publish_to_hub(config) if args.repo else publish_to_folder(config)
     state = "published" if result.changed else "already up to date:"
@@ -201,4 +247,58 @@ def _publish(args) -> int:
     return 0
 
 
-COMMANDS = {"download": _download, "encode": _encode, "index": _index, "publish": _publish}
+def _publish_space(args) -> int:
+    from .space import SpaceConfig, publish_space_to_folder, publish_space_to_hub
+
+    config = SpaceConfig(
+        dataset_repo=args.dataset_repo,
+        space_id=args.space,
+        to=args.to,
+        dataset_revision=args.dataset_revision,
+        private=args.private,
+    )
+    result = publish_space_to_hub(config) if args.space else publish_space_to_folder(config)
+    if result.revision:
+        print(f"published space {result.location}@{result.revision}")
+    else:
+        print(f"wrote the Space files to {result.location}")
+    for key, value in result.variables.items():
+        print(f"  {key}={value}")
+    if result.url:
+        print(f"url: {result.url}")
+    if result.revision:
+        print(f"revision: {result.revision}")
+    if result.run_command:
+        print(f"run it: {result.run_command}")
+    for note in result.notes:
+        print(f"note: {note}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from imagesearchtr import Searcher
+
+    from .evaluate import evaluate, format_table, save
+
+    try:
+        alphas = tuple(float(a) for a in args.alphas.split(",") if a.strip())
+    except ValueError:
+        raise ValueError(f"--alphas {args.alphas!r}: give numbers like 0,0.5,1") from None
+    if any(not 0 <= a <= 1 for a in alphas):
+        raise ValueError(f"--alphas {args.alphas!r}: each alpha must be between 0 and 1")
+    searcher = Searcher.from_repo(args.repo, args.revision, device=args.device)
+    results = evaluate(searcher, alphas)
+    print(format_table(results))
+    save(results, args.output, searcher.location)
+    print(f"wrote {args.output}")
+    return 0
+
+
+COMMANDS = {
+    "evaluate": _evaluate,
+    "download": _download,
+    "encode": _encode,
+    "index": _index,
+    "publish": _publish,
+    "publish-space": _publish_space,
+}

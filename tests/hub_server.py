@@ -34,6 +34,7 @@ branch, ``refs/heads/X``, a tag or a full 40-hex commit sha, URL-encoded as the 
     POST   /_lfs/complete/{oid}?sig=                  (multipart completion)
     POST   /_lfs/verify/{oid}                         (LFS verify step)
     GET    /{prefix}{repo}/resolve/{rev}/{path}       HEAD likewise; Range -> 206
+    GET    /api/spaces/{repo}/variables               POST (add/update) and DELETE likewise
     GET    /_test/requests                            (request log, for assertions)
     GET    /_test/faults   POST /_test/faults   DELETE /_test/faults
 
@@ -52,6 +53,11 @@ are never faulted. From Python::
 Over HTTP: ``POST /_test/faults`` with a JSON rule ``{"method": "POST", "path": "/commit/",
 "status": 500, "times": 1, "drop": false, "delay": 0, "truncate_after": null}`` (or
 ``{"faults": [rule, ...]}``); ``DELETE /_test/faults`` clears; ``GET /_test/faults`` lists.
+
+Space variables are kept in the repo's JSON (``"variables": {key: {value, description,
+updatedAt}}``). Like the Hub, ``POST`` takes ``{"key", "value", "description"?}``, ``DELETE``
+takes ``{"key"}``, and all three answer every variable as ``{key: {"value", "description",
+"updatedAt"}}``; they need write access to the Space (404 for other repo types).
 
 Starting it::
 
@@ -106,6 +112,7 @@ URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 OID_RE = re.compile(r"^[0-9a-f]{64}$")
+VARIABLE_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # an environment variable name
 
 # What a new repo's first ("initial") commit holds on the Hub: LFS patterns in .gitattributes,
 # which the preupload answer honours (e.g. *.parquet goes to LFS even when small).
@@ -763,6 +770,9 @@ class HubApp:
             ("POST", git + r"\.git/info/lfs/objects/batch", self.lfs_batch),
             ("GET", git + rf"/resolve/(?P<rev>{seg})/(?P<path>.+)", self.resolve),
             ("HEAD", git + rf"/resolve/(?P<rev>{seg})/(?P<path>.+)", self.resolve),
+            ("GET", api + r"/variables", self.space_variables),
+            ("POST", api + r"/variables", self.space_variables),
+            ("DELETE", api + r"/variables", self.space_variables),
         ]
         self.routes = [(method, re.compile(regex), handler) for method, regex, handler in table]
 
@@ -886,6 +896,32 @@ class HubApp:
                 repo["private"] = body["visibility"] == "private"
             self.state.storage.save_repo(repo)
         return JSONResponse({})
+
+    async def space_variables(self, request: Request, m: re.Match) -> Response:
+        repo_type, repo_id = _parse_repo_match(m)
+        if repo_type != "space":
+            raise HubError(404, "Variables exist for Spaces only")
+        repo, _ = self.state.writable_repo(request, repo_type, repo_id)
+        body = await _json_body(request) if request.method != "GET" else {}
+        with self.state.storage.lock:
+            variables = repo.setdefault("variables", {})
+            if request.method != "GET":
+                key = body.get("key") if isinstance(body, dict) else None
+                if not isinstance(key, str) or not VARIABLE_KEY_RE.match(key):
+                    raise HubError(400, f"Invalid variable key: {key!r}")
+                if request.method == "POST":
+                    value = body.get("value")
+                    if not isinstance(value, str):
+                        raise HubError(400, "Variable value must be a string")
+                    variables[key] = {
+                        "value": value,
+                        "description": body.get("description"),
+                        "updatedAt": _now(),
+                    }
+                elif variables.pop(key, None) is None:
+                    raise HubError(404, f"Variable {key} not found")
+                self.state.storage.save_repo(repo)
+            return JSONResponse({k: dict(v) for k, v in sorted(variables.items())})
 
     # -- upload ---------------------------------------------------------------------------------
 

@@ -1,0 +1,546 @@
+"""The Gradio Space (space/app.py) and ``python -m pipeline publish-space``, end to end.
+
+Reads the shared TasvirEt photos in place (a subset is copied to a temporary folder, never into
+the repo) and builds ONE published dataset for the module with the tiny random checkpoint.
+Writes only temporary folders, plus test-artifacts/app-search.png (git-ignored) from the
+browser test. Servers (the app, its subprocess, the local Hub) listen on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO_ROOT, run_cli
+
+# gradio's queue calls pandas APIs that pandas 3 deprecates; nothing this project can change.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
+    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
+]
+
+SPACE_DIR = REPO_ROOT / "space"
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+QUERY_PHOTO = "images/3385593926_d3e9c21170.jpg"  # two dogs in the snow
+SUBSET_IMAGES = 40  # enough for k=30 searches; keeps the module's encode to a few seconds
+
+
+def load_app_module():
+    """Import space/app.py the way the Space runs it: a script beside its imagesearchtr/."""
+    spec = importlib.util.spec_from_file_location("imagesearchtr_space_app", SPACE_DIR / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(app, demo):
+    """Start ``demo`` like the Space does (theme, CSS, queue) on a free loopback port."""
+    port = free_port()
+    app.launch(
+        demo, prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True
+    )
+    return f"http://127.0.0.1:{port}/"
+
+
+def client_for(url: str):
+    from gradio_client import Client
+
+    return Client(url, verbose=False, download_files=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# One published dataset for the module
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def subset(shared_data, tmp_path_factory) -> Path:
+    """The first SUBSET_IMAGES shared photos (always with QUERY_PHOTO) and their captions."""
+    folder = tmp_path_factory.mktemp("tasviret-subset")
+    lines = (shared_data / "captions.jsonl").read_text(encoding="utf-8").splitlines()
+    records = [json.loads(line) for line in lines if line.strip()]
+    paths = list(dict.fromkeys(r["path"] for r in records))
+    chosen = set(paths[: SUBSET_IMAGES - 1]) | {QUERY_PHOTO}
+    assert QUERY_PHOTO in paths
+    (folder / "images").mkdir()
+    for path in chosen:
+        shutil.copyfile(shared_data / path, folder / path)
+    kept = [r for r in records if r["path"] in chosen]
+    (folder / "captions.jsonl").write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8"
+    )
+    return folder
+
+
+@pytest.fixture(scope="module")
+def build_dir(subset, tiny_model_dir, tiny_encoder, tmp_path_factory) -> Path:
+    from pipeline.encode import EncodeConfig, run_encode
+    from pipeline.index import IndexConfig, run_index
+    from pipeline.inputs import FolderSource
+
+    build = tmp_path_factory.mktemp("app-build")
+    config = EncodeConfig(out=build, model=str(tiny_model_dir), device="cpu", dtype="float32")
+    run_encode(FolderSource(subset), config, encoder=tiny_encoder)
+    run_index(IndexConfig(build=build))
+    return build
+
+
+@pytest.fixture(scope="module")
+def published(build_dir, tmp_path_factory) -> Path:
+    from pipeline.publish import PublishConfig, publish_to_folder
+
+    target = tmp_path_factory.mktemp("app-published") / "dataset"
+    publish_to_folder(PublishConfig(build=build_dir, to=target))
+    return target
+
+
+@pytest.fixture(scope="module")
+def app():
+    return load_app_module()
+
+
+@pytest.fixture(scope="module")
+def searcher(app, published):
+    loaded = app.load_searcher({"DATASET_REPO": str(published)})
+    assert not isinstance(loaded, app.LoadError), loaded
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def served(app, searcher):
+    """The app launched in this process: (url, gradio_client.Client)."""
+    demo = app.build_app(searcher)
+    url = launch(app, demo)
+    try:
+        yield url, client_for(url)
+    finally:
+        demo.close()
+
+
+def search(client, query, k=10, deep=False, alpha=0.6):
+    return client.predict(query=query, k=k, deep=deep, alpha=alpha, api_name="/search")
+
+
+# ---------------------------------------------------------------------------------------------
+# The launched app through gradio_client
+# ---------------------------------------------------------------------------------------------
+
+
+def test_search_returns_k_results_sorted_by_score(served):
+    _, client = served
+    gallery, results, status = search(client, "karda oynayan köpekler", k=7)
+    assert len(gallery) == 7 and len(results) == 7, status
+    scores = [r["score"] for r in results]
+    assert scores == sorted(scores, reverse=True)
+    assert len({r["row"] for r in results}) == 7
+    keys = {"caption", "captions", "score", "image_score", "caption_score", "row"}
+    for item, result in zip(gallery, results, strict=True):
+        assert set(result) == keys
+        assert result["caption"] == result["captions"][0]
+        assert result["score"] == pytest.approx(result["image_score"])  # not Deep Search
+        # the gallery caption shows the score and the first caption
+        assert item["caption"] == f"{result['score']:.3f} · {result['caption']}"
+        assert item["image"]  # a file the client can download
+    assert "7 sonuç" in status
+
+
+def test_deep_search_alpha_zero_ranks_by_caption_score(served, searcher):
+    _, client = served
+    query = "sahilde koşan çocuklar"
+    _, results, status = search(client, query, k=5, deep=True, alpha=0.0)
+    assert len(results) == 5, status
+    caption_scores = [r["caption_score"] for r in results]
+    assert [r["score"] for r in results] == pytest.approx(caption_scores, abs=1e-5)
+    # the exact top 5 by caption similarity over every row
+    vector = searcher.encoder.encode_texts([query])[0]
+    table = searcher._full.data.table
+    matrix = np.stack(table.column("caption_emb").to_numpy(zero_copy_only=False))
+    expected = np.argsort(-(matrix @ vector), kind="stable")[:5]
+    assert [r["row"] for r in results] == [int(i) for i in expected]
+    # and alpha=1 is a different ranking: by the images
+    _, by_image, _ = search(client, query, k=5, deep=True, alpha=1.0)
+    assert [r["score"] for r in by_image] == pytest.approx([r["image_score"] for r in by_image])
+
+
+def test_search_image_finds_the_photo_itself(served, shared_data):
+    from gradio_client import handle_file
+
+    _, client = served
+    gallery, results, status = client.predict(
+        image=handle_file(str(shared_data / QUERY_PHOTO)), k=3, api_name="/search_image"
+    )
+    assert len(gallery) == 3, status
+    assert results[0]["caption"] == "İki kahverengi köpek kar üstünde kavga ediyor."
+    assert results[0]["score"] == pytest.approx(1.0, abs=2e-3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"query": "   "}, "arama metni yazın"),
+        ({"query": ""}, "arama metni yazın"),
+        ({"query": None}, "arama metni yazın"),
+    ],
+)
+def test_an_empty_query_returns_a_turkish_message(served, kwargs, expected):
+    _, client = served
+    gallery, results, status = search(client, **kwargs)
+    assert gallery == [] and results == []
+    assert expected in status
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"k": 0}, "less than minimum value 1"),
+        ({"k": 31}, "greater than maximum value 30"),
+        ({"deep": True, "alpha": 1.5}, "greater than maximum value 1"),
+    ],
+)
+def test_out_of_range_settings_are_refused_by_the_sliders(served, kwargs, expected):
+    # gradio 6 validates a Slider's value against its bounds before the function runs and
+    # answers with a plain error message (no traceback); the app's own checks back that up.
+    from gradio_client.exceptions import AppError
+
+    _, client = served
+    with pytest.raises(AppError, match=expected):
+        search(client, "köpek", **kwargs)
+
+
+def test_handlers_check_their_settings_too(app, searcher):
+    search_fn, _ = app.make_handlers(searcher)
+    assert "Sonuç sayısı 1 ile 30" in search_fn("köpek", 0, False, 0.6)[2]
+    assert "Denge (alpha) 0 ile 1" in search_fn("köpek", 5, True, 1.5)[2]
+    assert len(search_fn("köpek", 3.0, True, 0.5)[1]) == 3  # a float k from a slider is fine
+
+
+def test_image_search_without_an_image_returns_a_message(served):
+    _, client = served
+    gallery, results, status = client.predict(image=None, k=3, api_name="/search_image")
+    assert gallery == [] and results == [] and "görsel yükleyin" in status
+
+
+def test_only_the_two_endpoints_are_public(served):
+    _, client = served
+    api = client.view_api(print_info=False, return_format="dict")
+    assert set(api["named_endpoints"]) == {"/search", "/search_image"}
+    assert not api["unnamed_endpoints"]
+    names = {
+        endpoint: [p["parameter_name"] for p in info["parameters"]]
+        for endpoint, info in api["named_endpoints"].items()
+    }
+    assert names == {"/search": ["query", "k", "deep", "alpha"], "/search_image": ["image", "k"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Broken datasets: the app starts, says why, logs it once
+# ---------------------------------------------------------------------------------------------
+
+
+def _break(kind: str, folder: Path) -> None:
+    manifest = folder / "index" / "manifest.json"
+    if kind == "missing-index":
+        (folder / "index" / "image_emb.faiss").unlink()
+    elif kind == "corrupt-index":
+        (folder / "index" / "caption_emb.faiss").write_bytes(b"not a faiss index" * 10)
+    elif kind == "manifest-rows":
+        data = json.loads(manifest.read_text())
+        data["num_rows"] += 1
+        manifest.write_text(json.dumps(data))
+    elif kind == "manifest-model":
+        data = json.loads(manifest.read_text())
+        data["model_fingerprint"] = "sha256:" + "0" * 64
+        manifest.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("unset", "DATASET_REPO ayarlanmamış"),
+        ("missing-index", "index/image_emb.faiss is missing"),
+        ("corrupt-index", "cannot load index/caption_emb.faiss"),
+        ("manifest-rows", "rows and indices come from different builds"),
+        ("manifest-model", "Model ile arama dizini uyuşmuyor"),
+    ],
+)
+def test_a_broken_dataset_shows_its_message(app, published, tmp_path, caplog, kind, expected):
+    env = {}
+    if kind != "unset":
+        broken = tmp_path / "dataset"
+        shutil.copytree(published, broken)  # real copies: the shared folder stays intact
+        _break(kind, broken)
+        env = {"DATASET_REPO": str(broken)}
+    with caplog.at_level(logging.ERROR, logger="imagesearchtr.space"):
+        loaded = app.load_searcher(env)
+    assert isinstance(loaded, app.LoadError)
+    assert expected in loaded.message
+    errors = [r for r in caplog.records if r.name == "imagesearchtr.space"]
+    assert len(errors) == 1 and expected in errors[0].getMessage()
+
+    demo = app.build_app(loaded)
+    url = launch(app, demo)
+    try:
+        page = urllib.request.urlopen(url, timeout=30).read().decode("utf-8")
+        assert "Arama kullanılamıyor" in page and expected in page  # the page's config
+        gallery, results, status = search(client_for(url), "köpek")
+        assert gallery == [] and results == [] and expected in status
+    finally:
+        demo.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The user's path: publish, publish-space, download the Space, run it
+# ---------------------------------------------------------------------------------------------
+
+
+def _wait_listening(url: str, proc: subprocess.Popen, log: Path, timeout: float = 150) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"app.py exited {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(url + "config", timeout=5) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"app.py did not listen within {timeout} s:\n{log.read_text()[-4000:]}")
+
+
+def test_published_space_runs_from_a_fresh_download(build_dir, hub_env, local_hub, tmp_path):
+    name = f"app-e2e-{uuid.uuid4().hex[:8]}"
+    dataset_repo, space_id = f"testuser/{name}", f"testuser/{name}-space"
+    out = run_cli("publish", "--build", build_dir, "--repo", dataset_repo, env=hub_env).stdout
+    revision = re.search(r"^revision: ([0-9a-f]{40})$", out, re.M).group(1)
+    out = run_cli(
+        "publish-space",
+        "--space",
+        space_id,
+        "--dataset-repo",
+        dataset_repo,
+        "--dataset-revision",
+        revision,
+        env=hub_env,
+    ).stdout
+    assert f"published space {space_id}@" in out
+
+    # One commit on top of the Space's initial commit, holding only the app's files.
+    commits = local_hub.requests_matching("POST", rf"^/api/spaces/{space_id}/commit/")
+    assert len(commits) == 1
+
+    fresh = tmp_path / "space-checkout"
+    script = (
+        "import json, sys\n"
+        "from huggingface_hub import HfApi, snapshot_download\n"
+        "snapshot_download(sys.argv[1], repo_type='space', local_dir=sys.argv[2])\n"
+        "variables = HfApi().get_space_variables(sys.argv[1])\n"
+        "print(json.dumps({k: v.value for k, v in variables.items()}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, space_id, str(fresh)],
+        env={**os.environ, **hub_env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    variables = json.loads(done.stdout.strip().splitlines()[-1])
+    assert variables == {"DATASET_REPO": dataset_repo, "DATASET_REVISION": revision}
+    files = {
+        p.relative_to(fresh).as_posix()
+        for p in fresh.rglob("*")
+        if p.is_file() and ".cache" not in p.parts
+    }
+    library = {f"imagesearchtr/{p.name}" for p in (SPACE_DIR / "imagesearchtr").glob("*.py")}
+    assert files == {".gitattributes", "README.md", "app.py", "requirements.txt", *library}
+    card = (fresh / "README.md").read_text(encoding="utf-8")
+    assert "sdk: gradio" in card and f"sdk_version: {importlib.metadata.version('gradio')}" in card
+    assert dataset_repo in card
+
+    port = free_port()
+    log = tmp_path / "app.log"
+    env = {
+        **os.environ,
+        **hub_env,
+        **variables,
+        "GRADIO_SERVER_NAME": "127.0.0.1",
+        "GRADIO_SERVER_PORT": str(port),
+        "PYTHONPATH": "",  # the Space's own imagesearchtr/ must be the one imported
+    }
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "app.py"], cwd=fresh, env=env, stdout=sink, stderr=subprocess.STDOUT
+        )
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        _wait_listening(url, proc, log)
+        gallery, results, status = search(client_for(url), "karlı dağlar", k=4)
+        assert len(gallery) == 4 and len(results) == 4, f"{status}\n{log.read_text()[-3000:]}"
+        page = urllib.request.urlopen(url, timeout=30).read().decode("utf-8")
+        assert f"{dataset_repo}@{revision}" in page  # the pinned revision, shown on the page
+        # the Space's own copy of the library, not this checkout's
+        assert f"from {fresh / 'imagesearchtr' / '__init__.py'}" in log.read_text()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=20)
+    assert proc.returncode is not None
+
+
+def test_local_hub_space_variables_follow_the_hub_api(local_hub):
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    api = HfApi(endpoint=local_hub.endpoint, token=local_hub.token)
+    space_id = f"testuser/vars-{uuid.uuid4().hex[:8]}"
+    api.create_repo(space_id, repo_type="space", space_sdk="gradio")
+    assert api.get_space_variables(space_id) == {}
+    answer = api.add_space_variable(space_id, "DATASET_REPO", "a/b", description="the data")
+    assert answer["DATASET_REPO"].value == "a/b"
+    assert answer["DATASET_REPO"].description == "the data"
+    assert answer["DATASET_REPO"].updated_at is not None
+    api.add_space_variable(space_id, "DATASET_REPO", "c/d")  # an update, not a second entry
+    api.add_space_variable(space_id, "DATASET_REVISION", "0" * 40)
+    assert {k: v.value for k, v in api.get_space_variables(space_id).items()} == {
+        "DATASET_REPO": "c/d",
+        "DATASET_REVISION": "0" * 40,
+    }
+    assert set(api.delete_space_variable(space_id, "DATASET_REVISION")) == {"DATASET_REPO"}
+    with pytest.raises(HfHubHTTPError) as bad_key:
+        api.add_space_variable(space_id, "NOT A NAME", "x")
+    assert bad_key.value.response.status_code == 400
+    anonymous = HfApi(endpoint=local_hub.endpoint, token=False)
+    with pytest.raises(HfHubHTTPError) as refused:
+        anonymous.get_space_variables(space_id)
+    assert refused.value.response.status_code in (401, 403)
+
+
+def test_publish_space_to_a_folder_prints_the_command(published, tmp_path, capsys):
+    from pipeline.cli import main
+
+    target = tmp_path / "space"
+    (target / "imagesearchtr").mkdir(parents=True)
+    (target / "imagesearchtr" / "stale.py").write_text("raise ImportError\n")
+    # in-process (the Hub test above runs the CLI as a subprocess): no second torch import
+    assert main(["publish-space", "--to", str(target), "--dataset-repo", str(published)]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote the Space files to {target}" in out
+    assert f"run it: DATASET_REPO={published} python {target / 'app.py'}" in out
+    assert (target / "app.py").read_bytes() == (SPACE_DIR / "app.py").read_bytes()
+    assert not list(target.rglob("__pycache__"))
+    assert (target / "imagesearchtr" / "searcher.py").is_file()
+    assert not (target / "imagesearchtr" / "stale.py").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# requirements.txt stays true
+# ---------------------------------------------------------------------------------------------
+
+
+def test_requirements_pin_the_installed_versions():
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    lines = (SPACE_DIR / "requirements.txt").read_text().splitlines()
+    pins = [line for line in lines if line.strip() and not line.startswith(("#", "-"))]
+    names = set()
+    for line in pins:
+        requirement = Requirement(line)
+        (specifier,) = requirement.specifier
+        assert specifier.operator == "==", line
+        installed = Version(importlib.metadata.version(requirement.name))
+        # torch: the CPU wheel is 2.13.0+cpu; the pin leaves the local label out (see the file)
+        assert Version(specifier.version) == Version(installed.public), (line, str(installed))
+        names.add(requirement.name.lower().replace("_", "-"))
+    wanted = "torch transformers tokenizers safetensors datasets huggingface-hub faiss-cpu numpy"
+    assert names == {*wanted.split(), "pillow", "tqdm"}
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in lines
+
+
+# ---------------------------------------------------------------------------------------------
+# A real browser
+# ---------------------------------------------------------------------------------------------
+
+
+def _chrome():
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.skip(
+            "headless browser test needs Debian's chromium and chromium-driver "
+            "(apt-get install -y chromium chromium-driver)"
+        )
+    from selenium import webdriver
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1200,1100",
+    ):
+        options.add_argument(flag)
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    options.add_argument(f"--user-data-dir={profile}")
+    return webdriver.Chrome(options=options, service=webdriver.ChromeService(driver)), profile
+
+
+def test_browser_search_shows_images(served):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, _ = served
+    browser, profile = _chrome()
+    try:
+        browser.get(url)
+        box = WebDriverWait(browser, 60).until(
+            lambda b: b.find_element(By.CSS_SELECTOR, "#query textarea, #query input")
+        )
+        box.send_keys("köpek")
+        box.send_keys(Keys.ENTER)
+
+        def images(b):
+            found = b.find_elements(By.CSS_SELECTOR, "#results img")
+            return [i for i in found if i.get_attribute("src")] or False
+
+        shown = WebDriverWait(browser, 60).until(images)
+        assert len(shown) >= 1
+        assert "sonuç" in browser.find_element(By.ID, "status").text
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "app-search.png"))
+    finally:
+        browser.quit()
+        shutil.rmtree(profile, ignore_errors=True)
