@@ -23,6 +23,15 @@ Build a searchable Turkish image dataset: download -> encode -> index -> publish
 """
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: X)" only where a default means something (not None or False)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or action.required:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline",
@@ -30,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    defaults = argparse.ArgumentDefaultsHelpFormatter
+    defaults = _DefaultsFormatter
 
     p = commands.add_parser(
         "download",
@@ -69,7 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size-txt", type=int, default=64, help="captions per forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument(
-        "--dtype", default=None, help="float32, bfloat16 or float16 (default: fastest safe)"
+        "--dtype",
+        default=None,
+        help="float32, bfloat16 or float16 (default: the fastest dtype that keeps "
+        "cosine >= 0.999 to float32)",
     )
     p.add_argument("--shard-size", type=int, default=256, help="rows per parquet shard")
     p.add_argument(
@@ -104,7 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--to", type=Path, help="local folder to write the repo layout into")
     p.add_argument("--private", action="store_true", help="create the Hub repo as private")
     p.add_argument(
-        "--license", default=None, help="license of the source data for the card (default other)"
+        "--license",
+        default=None,
+        help="license id of the source data for the card (default: other)",
     )
     p.add_argument(
         "--retries",
