@@ -81,6 +81,15 @@ def run_cli(*args, env: dict | None = None, check: bool = True, timeout: float =
     return result
 
 
+@pytest.fixture(scope="session")
+def shared_build(tmp_path_factory, tiny_model_dir, shared_data) -> Path:
+    """The 413 shared photos encoded and indexed once per session (tests copy, never modify)."""
+    build = tmp_path_factory.mktemp("shared-build")
+    run_cli("encode", "--data", shared_data, "--model", tiny_model_dir, "--out", build)
+    run_cli("index", "--build", build)
+    return build
+
+
 @pytest.fixture
 def hub_env(local_hub, tmp_path) -> dict:  # noqa: F811
     """Environment for a subprocess talking to the local Hub with a fresh, empty cache."""

@@ -14,12 +14,9 @@ import pytest
 from conftest import REPO_ROOT, run_cli
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory, tiny_model_dir, shared_data):
-    build = tmp_path_factory.mktemp("fault-build")
-    run_cli("encode", "--data", shared_data, "--model", tiny_model_dir, "--out", build)
-    run_cli("index", "--build", build)
-    return build
+@pytest.fixture
+def built(shared_build):
+    return shared_build
 
 
 def remote_state(hub_env, repo):
@@ -55,12 +52,14 @@ def test_commit_500_is_retried_and_lands_once(built, local_hub, hub_env):
     assert result.stdout.strip().endswith(state["sha"])
 
 
-def test_persistent_errors_fail_clearly_and_leave_the_repo_unchanged(built, local_hub, hub_env):
+def test_persistent_errors_fail_clearly_and_leave_the_repo_unchanged(
+    built, local_hub, hub_env, tmp_path
+):
     repo = f"{local_hub.user}/flaky-down"
     run_cli("publish", "--build", built, "--repo", repo, env=hub_env)
     before = remote_state(hub_env, repo)
     # A different build (another index type) that cannot be committed.
-    other = built.parent / "fault-build-hnsw"
+    other = tmp_path / "build-hnsw"
     import shutil
 
     shutil.copytree(built, other, ignore=shutil.ignore_patterns("index"))

@@ -32,12 +32,9 @@ def run_python(code: str, env: dict, timeout: float = 300) -> str:
     return result.stdout
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory, tiny_model_dir, shared_data):
-    build = tmp_path_factory.mktemp("hub-build")
-    run_cli("encode", "--data", shared_data, "--model", tiny_model_dir, "--out", build)
-    run_cli("index", "--build", build)
-    return build
+@pytest.fixture
+def built(shared_build):
+    return shared_build
 
 
 def revision_of(stdout: str) -> str:

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 from conftest import REPO_ROOT, run_cli
 from PIL import Image
 
@@ -31,15 +30,6 @@ def read_rows(build: Path, columns=("image_id", "captions", "image_emb", "captio
 def skipped(build: Path) -> list[dict]:
     text = (build / "skipped.jsonl").read_text(encoding="utf-8")
     return [json.loads(line) for line in text.splitlines() if line]
-
-
-@pytest.fixture(scope="module")
-def shared_build(tmp_path_factory, tiny_model_dir, shared_data):
-    """The 413 shared photos encoded, indexed and published to a folder once per module."""
-    build = tmp_path_factory.mktemp("build")
-    run_cli("encode", "--data", shared_data, "--model", tiny_model_dir, "--out", build)
-    run_cli("index", "--build", build)
-    return build
 
 
 # --- encode --------------------------------------------------------------------------------
