@@ -12,6 +12,10 @@ Writes, under the output folder:
 The folder names in config.json are relative, and the Encoder resolves them beside the
 checkpoint, so the folder can be moved. Usage: ``python tests/tiny_checkpoint.py OUT_DIR``.
 Runs offline in about a second.
+
+The size keywords (``hidden``, ``layers``, ``heads``, ``text_layers``, ``vision_layers``,
+``text_intermediate``, ``vocab_size``, ``text_max_positions``) also let the same writer produce a
+full-size random-weight MultiEmbedTR (benchmarks/encode.py does); the defaults are the tiny model.
 """
 
 from __future__ import annotations
@@ -91,18 +95,34 @@ _TO_OLD_NAMES = (
 )
 
 
-def write_tokenizer(folder: Path, vocab_size: int = 600) -> int:
-    """Train an uncased WordPiece tokenizer and save it in transformers' format; return its size."""
+def write_tokenizer(folder: Path) -> int:
+    """Write an uncased WordPiece tokenizer in transformers' format; return its size.
+
+    The vocabulary is built directly (special tokens, every character with and without the
+    "##" continuation prefix, every whole word of TURKISH_SENTENCES, all sorted) rather than
+    trained: WordPieceTrainer breaks ties in hash order, so each run gave a different tokenizer.
+    """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from tokenizers.trainers import WordPieceTrainer
     from transformers import PreTrainedTokenizerFast
 
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=False)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=False)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    words = sorted(
+        {
+            word
+            for sentence in TURKISH_SENTENCES
+            for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(sentence))
+        }
+    )
+    chars = sorted({c for word in words for c in word})
+    tokens = SPECIAL_TOKENS + chars + [f"##{c}" for c in chars]
+    tokens += [w for w in words if w not in set(tokens)]
+    tokenizer = Tokenizer(
+        models.WordPiece(vocab={t: i for i, t in enumerate(tokens)}, unk_token="[UNK]")
+    )
+    tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = pre_tokenizer
     tokenizer.decoder = decoders.WordPiece()
-    trainer = WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS)
-    tokenizer.train_from_iterator(TURKISH_SENTENCES, trainer=trainer)
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
@@ -122,8 +142,25 @@ def write_tokenizer(folder: Path, vocab_size: int = 600) -> int:
     return tokenizer.get_vocab_size()
 
 
-def make_tiny_model(folder: Path, hidden: int = 32, layers: int = 2, seed: int = 0):
-    """Build the tiny model with random weights and write its component folders."""
+def make_tiny_model(
+    folder: Path,
+    hidden: int = 32,
+    layers: int = 2,
+    seed: int = 0,
+    *,
+    heads: int = 2,
+    text_layers: int | None = None,
+    vision_layers: int | None = None,
+    text_intermediate: int | None = None,
+    vocab_size: int | None = None,
+    text_max_positions: int = 512,
+):
+    """Build the model with random weights and write its component folders.
+
+    ``text_layers`` / ``vision_layers`` default to ``layers``, ``text_intermediate`` to
+    ``hidden * 3 // 2`` (ModernBERT-base's ratio), ``vocab_size`` (rows of the token embedding) to
+    the tokenizer's size; a larger ``vocab_size`` leaves the extra rows unused by the tokenizer.
+    """
     from transformers import Dinov2Config, ModernBertConfig
 
     import imagesearchtr.multiembedtr as me
@@ -132,24 +169,26 @@ def make_tiny_model(folder: Path, hidden: int = 32, layers: int = 2, seed: int =
     text_dir.mkdir(parents=True, exist_ok=True)
     vision_dir.mkdir(parents=True, exist_ok=True)
     vocab = write_tokenizer(text_dir)
+    if vocab_size is not None and vocab_size < vocab:
+        raise ValueError(f"vocab_size {vocab_size} is below the tokenizer's {vocab} tokens")
     text_config = ModernBertConfig(
-        vocab_size=vocab,
+        vocab_size=vocab if vocab_size is None else vocab_size,
         hidden_size=hidden,
-        intermediate_size=hidden * 3 // 2,
-        num_hidden_layers=layers,
-        num_attention_heads=2,
+        intermediate_size=hidden * 3 // 2 if text_intermediate is None else text_intermediate,
+        num_hidden_layers=layers if text_layers is None else text_layers,
+        num_attention_heads=heads,
         pad_token_id=SPECIAL_TOKENS.index("[PAD]"),
         cls_token_id=SPECIAL_TOKENS.index("[CLS]"),
         bos_token_id=SPECIAL_TOKENS.index("[CLS]"),
         sep_token_id=SPECIAL_TOKENS.index("[SEP]"),
         eos_token_id=SPECIAL_TOKENS.index("[SEP]"),
-        max_position_embeddings=512,
+        max_position_embeddings=text_max_positions,
     )
     text_config.save_pretrained(text_dir)
     vision_config = Dinov2Config(
         hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=2,
+        num_hidden_layers=layers if vision_layers is None else vision_layers,
+        num_attention_heads=heads,
         mlp_ratio=4,
         image_size=518,
         patch_size=14,
@@ -187,12 +226,18 @@ def write_tiny_checkpoint(
     hidden: int = 32,
     layers: int = 2,
     seed: int = 0,
+    **sizes: int,
 ) -> Path:
-    """Write a tiny MultiEmbedTR checkpoint; ``formats`` picks "bin" and/or "safetensors"."""
+    """Write a MultiEmbedTR checkpoint; ``formats`` picks "bin" and/or "safetensors".
+
+    ``sizes`` are the size keywords of ``make_tiny_model`` (heads, text_layers, vision_layers,
+    text_intermediate, vocab_size, text_max_positions); without them the model is tiny.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    model, config = make_tiny_model(folder, hidden=hidden, layers=layers, seed=seed)
+    model, config = make_tiny_model(folder, hidden=hidden, layers=layers, seed=seed, **sizes)
     state_dict = to_checkpoint_keys(model.state_dict())
+    del model  # at full size the model and its renamed copy are ~0.9 GB each
     if "bin" in formats:
         torch.save(state_dict, folder / "pytorch_model.bin")
     if "safetensors" in formats:

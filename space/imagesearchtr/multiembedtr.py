@@ -241,11 +241,14 @@ def build_model(model_dir: Path, config: MultiEmbedTRConfig) -> tuple[MultiEmbed
 
 
 def _no_init_weights():
+    """transformers' switch that skips random initialisation (its home moved in 5.x)."""
     try:
-        from transformers.modeling_utils import no_init_weights
+        from transformers.initialization import no_init_weights  # transformers >= 5
+    except ImportError:
+        try:
+            from transformers.modeling_utils import no_init_weights  # transformers 4.x
+        except ImportError:  # pragma: no cover - neither: initialise, slower but correct
+            import contextlib
 
-        return no_init_weights()
-    except ImportError:  # pragma: no cover - older/newer transformers without it
-        import contextlib
-
-        return contextlib.nullcontext()
+            return contextlib.nullcontext()
+    return no_init_weights()
