@@ -146,6 +146,9 @@ def run_encode(source, config: EncodeConfig, encoder=None) -> EncodeSummary:
 
     chunks = [planned[i : i + config.shard_size] for i in range(0, len(planned), config.shard_size)]
     mine = [i for i in range(len(chunks)) if i % world == rank]
+    for i in mine:  # a run killed mid-write leaves its temporary files: not data, remove them
+        for orphan in shards_dir.glob(f".{_shard_path(shards_dir, i).stem}.*.tmp"):
+            orphan.unlink(missing_ok=True)
     todo = [i for i in mine if not _shard_path(shards_dir, i).exists()]
     done_images = sum(len(chunks[i]) for i in mine if i not in todo)
     row_features = features(encoder.dim)

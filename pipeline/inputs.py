@@ -85,6 +85,9 @@ class FolderSource:
                 if not isinstance(caption, str) or not caption.strip():
                     skips.append(Skip(where, f"empty or missing caption for {rel}"))
                     continue
+                if not _is_valid_unicode(caption):
+                    skips.append(Skip(where, f"caption for {rel} is not valid Unicode"))
+                    continue
                 captions[rel].append(" ".join(caption.split()))
         elif not any(_image_files(folder)):
             raise FileNotFoundError(
@@ -167,7 +170,8 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict, str | None]]:
     with path.open("rb") as fh:
         for line_no, raw in enumerate(fh, start=1):
             try:
-                line = raw.decode("utf-8")
+                # utf-8-sig on the first line: editors on Windows start files with a BOM.
+                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
             except UnicodeDecodeError:
                 yield line_no, {}, "not valid UTF-8"
                 continue
@@ -178,10 +182,22 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict, str | None]]:
             except json.JSONDecodeError as err:
                 yield line_no, {}, f"malformed JSON ({err.msg})"
                 continue
+            except RecursionError:
+                yield line_no, {}, "malformed JSON (nested too deeply)"
+                continue
             if not isinstance(entry, dict):
                 yield line_no, {}, "not a JSON object"
                 continue
             yield line_no, entry, None
+
+
+def _is_valid_unicode(text: str) -> bool:
+    """False for text with lone surrogates ("\\ud800" is valid JSON but not valid Unicode)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _safe_relative(value, folder: Path) -> tuple[str, str | None]:

@@ -214,7 +214,15 @@ def _commit_with_retries(api, repo_id, operations, *, message, parent, identity,
                 commit_message=message,
                 parent_commit=parent,
             ).oid
-        except (HfHubHTTPError, http_client.HTTPError, OSError) as err:
+        except (HfHubHTTPError, http_client.HTTPError, OSError, RuntimeError) as err:
+            if isinstance(err, RuntimeError) and not isinstance(err, HfHubHTTPError):
+                # huggingface_hub wraps a failed LFS upload (after its own retries) in a bare
+                # RuntimeError("Error while uploading ..."); retry the whole commit only when a
+                # network error caused it.
+                cause = err.__cause__
+                if not isinstance(cause, (HfHubHTTPError, http_client.HTTPError, OSError)):
+                    raise
+                err = cause
             status = getattr(getattr(err, "response", None), "status_code", None)
             retryable = status is None or status >= 500 or status in (408, 429)
             if not retryable or attempt == retries:

@@ -34,6 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import gradio as gr
+from gradio import processing_utils
 
 from imagesearchtr import ImageLoadError, ModelMismatchError, Searcher, SearchSetupError
 
@@ -63,6 +64,9 @@ DEFAULT_ALPHA = 0.6
 # full" instead of minutes of waiting.
 CONCURRENCY_LIMIT = 2
 QUEUE_MAX_SIZE = 64
+# Uploads larger than this are refused by gradio (HTTP 413) before they reach the disk: a query
+# photo needs far less (a 64-megapixel JPEG, the decoder's limit, is ~10-30 MB).
+MAX_UPLOAD = "50mb"
 
 THEME = gr.themes.Soft(primary_hue="red", secondary_hue="indigo", neutral_hue="slate")
 CSS = """
@@ -227,6 +231,31 @@ def make_handlers(searcher: Searcher | LoadError):
     return search, search_image
 
 
+class QueryImage(gr.Image):
+    """``gr.Image`` that passes the uploaded file on untouched; ``open_image`` then checks it.
+
+    gr.Image's own preprocess opens every upload with PIL and, when it is not RGB, decodes it in
+    full, converts it and saves it again before the app sees it: a 10000x10000 one-bit PNG of a
+    few KB cost seconds of CPU and hundreds of MB there (a decompression-bomb amplifier), and a
+    file that is not an image failed with a bare "Error". Here the path goes straight to
+    ``search_image``, where ``open_image`` refuses bombs from the header, before decoding, and
+    any unreadable file comes back as a status line that names it. (Gradio writes a type stub,
+    app.pyi, beside any module that defines a component; it is git-ignored.)
+    """
+
+    is_template = True  # rendered by gradio's own Image component
+
+    def preprocess(self, payload):
+        if payload is None:
+            return None
+        if payload.url and payload.url.startswith("data:"):
+            try:  # the bytes as sent, not decoded
+                return processing_utils.save_base64_to_cache(payload.url, self.GRADIO_CACHE)
+            except ValueError:
+                raise gr.Error("Görsel açılamadı: geçersiz base64 verisi.") from None
+        return payload.path
+
+
 def build_app(searcher: Searcher | LoadError) -> gr.Blocks:
     """The Blocks UI around one loaded Searcher (or the reason loading failed), queue set.
 
@@ -284,7 +313,7 @@ def build_app(searcher: Searcher | LoadError) -> gr.Blocks:
                         elem_id="alpha",
                     )
             with gr.Tab("Görselle ara", id="image"), gr.Row():
-                image = gr.Image(
+                image = QueryImage(
                     type="filepath",
                     label="Sorgu görseli",
                     sources=["upload", "clipboard"],
@@ -325,6 +354,7 @@ def build_app(searcher: Searcher | LoadError) -> gr.Blocks:
             inputs=[query, k, deep, alpha],
             outputs=outputs,
             api_name="search",
+            concurrency_id="queries",  # one limit shared by both kinds of query (see top)
         )
         gr.on(
             [image.upload, image_button.click],
@@ -332,6 +362,7 @@ def build_app(searcher: Searcher | LoadError) -> gr.Blocks:
             inputs=[image, k],
             outputs=outputs,
             api_name="search_image",
+            concurrency_id="queries",
         )
         # UI-only events: private, so the two endpoints above are the whole public API.
         deep.change(
@@ -349,7 +380,13 @@ def build_app(searcher: Searcher | LoadError) -> gr.Blocks:
 
 
 def launch(demo: gr.Blocks, **kwargs):
-    """``demo.launch`` with this app's theme and CSS (launch() arguments since gradio 6)."""
+    """``demo.launch`` with this app's theme, CSS and upload limit (launch() arguments).
+
+    Gradio serves only what it created or was uploaded (its cache) and the app adds no
+    ``allowed_paths``: the dataset, the index files and the source are never reachable through
+    its file routes (tests/test_security.py).
+    """
+    kwargs.setdefault("max_file_size", MAX_UPLOAD)
     return demo.launch(theme=THEME, css=CSS, **kwargs)
 
 

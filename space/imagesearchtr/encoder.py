@@ -147,6 +147,13 @@ class Encoder:
                 raise TypeError(f"text #{i} is a {type(text).__name__}, not a str")
             if not text.strip():
                 raise ValueError(f"text #{i} is empty or whitespace only; give a non-empty text")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(
+                    f"text #{i} is not valid Unicode (it holds a lone surrogate such as "
+                    "'\\ud800'); fix its encoding"
+                ) from None
         # Longest first, as sentence-transformers does: batches of similar length pad less,
         # and an out-of-memory error shows up on the first batch rather than the last.
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))

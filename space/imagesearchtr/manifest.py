@@ -91,4 +91,6 @@ class Manifest:
             ) from None
         except json.JSONDecodeError as err:
             raise ValueError(f"the index manifest {path} is not valid JSON ({err})") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"the index manifest {path} is not UTF-8 text") from None
         return cls.from_dict(data)
