@@ -51,7 +51,10 @@ def test_caption_embedding_is_the_normalised_mean(shared_build, tiny_model_dir):
     encoder = Encoder.from_pretrained(tiny_model_dir)  # the default dtype, as the CLI used
     row = read_rows(shared_build).slice(0, 1).to_pylist()[0]
     mean = encoder.encode_texts(row["captions"]).mean(axis=0)
-    np.testing.assert_allclose(row["caption_emb"], mean / np.linalg.norm(mean), atol=1e-5)
+    stored = np.asarray(row["caption_emb"])
+    assert abs(np.linalg.norm(stored) - 1) < 1e-5
+    # bf16 results shift slightly with the batch they were padded in: compare as cosines.
+    assert stored @ (mean / np.linalg.norm(mean)) > 0.9999
 
 
 def make_messy_folder(root: Path, shared_data: Path) -> Path:
