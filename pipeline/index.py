@@ -9,20 +9,39 @@ become zero vectors: a zero vector scores 0 against every query, and the searche
 Always inner product over L2-normalised vectors, i.e. cosine similarity; the datasets default
 would be L2.
 
-``--index-type auto`` chooses by the number of rows:
-- up to 200,000 rows: exact ``Flat`` search. One query scans n x 768 float32 values, about 16 ms
-  per 100k vectors at memory bandwidth on 2 cores, fast enough next to the ~50 ms text encoder,
-  and exact results need no tuning;
-- above that: ``HNSW32,Flat`` with efSearch 128, a graph index that answers in well under a
-  millisecond with recall@10 near 0.99 on clustered embeddings, at the cost of ~256 extra bytes
-  per vector. (Issue "Scale and measure" benchmarks these choices; until then the threshold is
-  set from the bandwidth estimate above.)
+``--index-type auto`` chooses by the number of rows N. The figures come from
+``python benchmarks/search.py`` and ``python benchmarks/pipeline.py`` on 2 CPU cores (AMD EPYC,
+768-d float32 embeddings; benchmarks/RESULTS.md has the tables). The budget is set by the query
+encoder: a Turkish text query takes ~40 ms to encode (bf16), and search + row fetch should stay
+under ~30% of that, i.e. ~12 ms.
+- N <= 50,000: ``Flat`` (exact). The Searcher scans it with one numpy matrix-vector product over
+  the index's own vectors at memory bandwidth, ~12-14 ms per 100k vectors, so <= ~7 ms here;
+  exact results need no training and no tuning.
+- 50,000 < N <= 150,000: ``SQfp16`` (``fp16``): the same scan over float16 codes, half the bytes
+  (154 MB instead of 307 MB per 100k vectors) and half the time (~7 ms per 100k on one thread
+  of FAISS); recall@10 1.000 on clustered and on Gaussian vectors alike, and the Searcher
+  re-scores a pool of 50 candidates exactly, so results and scores are those of exact search.
+  No training, nothing that depends on how the data is distributed. A float32 Flat index would
+  take ~13 ms + fetch at 100k, over the budget.
+- N > 150,000: ``IVF{nlist},SQ8`` (``ivf-sq8``), nlist = sqrt(N) rounded to a power of two,
+  nprobe = nlist / 16, trained on 64 vectors a list: 8-bit codes (4x smaller than float32:
+  0.8 GB instead of 3.1 GB per 1M vectors) of which a query scans 1/16, re-scored exactly from
+  a pool of 50. At 1M on clustered embeddings: a few ms against ~125 ms for exact search, with
+  recall@10 >= 0.99; building takes about a minute per index. Scanning all codes no longer fits
+  the budget there (fp16: ~70 ms at 1M).
+  An inverted file needs clusters in the data. On i.i.d. Gaussian vectors (no structure: the
+  worst case, unlike real embeddings) its recall collapses (~0.2 at 100k); if an unusual
+  dataset needs exact results at any cost, choose ``--index-type flat`` or ``fp16``.
+- ``HNSW32,Flat`` (``hnsw``) answers as fast as IVF with recall@10 ~0.997 on clustered data,
+  but is larger than Flat (+256 bytes a vector) and builds ~10x slower: 35-90 s per 100k-row
+  index here, so ~10-20 min per 1M-row index, two indices per build.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +58,12 @@ from imagesearchtr.vectors import data_hash, embedding_matrix
 
 from .encode import BUILD_FILE, SHARDS_DIR, SKIPPED_FILE
 
-AUTO_FLAT_MAX_ROWS = 200_000
-INDEX_TYPES = ("auto", "flat", "hnsw", "ivf-sq8")
+AUTO_FLAT_MAX_ROWS = 50_000
+AUTO_FP16_MAX_ROWS = 150_000
+IVF_VECTORS_PER_LIST = 64  # training vectors per list (faiss warns below 39)
+IVF_PROBE_FRACTION = 16  # nprobe = nlist / 16
+IVF_MIN_PROBE = 16
+INDEX_TYPES = ("auto", "flat", "fp16", "hnsw", "ivf-sq8")
 
 
 @dataclass(frozen=True)
@@ -60,19 +83,31 @@ class IndexPlan:
 def choose_index(num_rows: int, index_type: str) -> IndexPlan:
     """Turn --index-type into a FAISS factory string (see the module docstring for auto)."""
     if index_type == "auto":
-        index_type = "flat" if num_rows <= AUTO_FLAT_MAX_ROWS else "hnsw"
+        if num_rows <= AUTO_FLAT_MAX_ROWS:
+            index_type = "flat"
+        elif num_rows <= AUTO_FP16_MAX_ROWS:
+            index_type = "fp16"
+        else:
+            index_type = "ivf-sq8"
     if index_type == "flat":
         return IndexPlan("flat", "Flat", None, {})
+    if index_type == "fp16":
+        return IndexPlan("fp16", "SQfp16", None, {})
     if index_type == "hnsw":
         return IndexPlan("hnsw", "HNSW32,Flat", None, {"efSearch": 128})
     if index_type == "ivf-sq8":
-        # ~4 sqrt(n) lists, trained on up to 64 vectors per list.
-        nlist = max(1, min(65536, int(4 * num_rows**0.5)))
-        return IndexPlan(
-            "ivf-sq8", f"IVF{nlist},SQ8", min(num_rows, 64 * nlist), {"nprobe": min(nlist, 32)}
-        )
+        nlist = ivf_lists(num_rows)
+        nprobe = min(nlist, max(IVF_MIN_PROBE, nlist // IVF_PROBE_FRACTION))
+        train_size = min(num_rows, IVF_VECTORS_PER_LIST * nlist)
+        return IndexPlan("ivf-sq8", f"IVF{nlist},SQ8", train_size, {"nprobe": nprobe})
     # Any other string is taken as a FAISS factory string, for experts.
     return IndexPlan(index_type, index_type, num_rows, {})
+
+
+def ivf_lists(num_rows: int) -> int:
+    """sqrt(N) inverted lists, a power of two, with >= 39 training vectors a list."""
+    nlist = 2 ** round(math.log2(max(num_rows, 1)) / 2)
+    return int(max(1, min(nlist, 65536, num_rows // 39)))
 
 
 def load_build_dataset(build: Path):

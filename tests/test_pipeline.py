@@ -226,10 +226,23 @@ def test_indices_are_inner_product(shared_build):
 
 
 def test_index_type_choice():
+    from pipeline.index import AUTO_FLAT_MAX_ROWS, AUTO_FP16_MAX_ROWS
+
+    # The rule measured by benchmarks/search.py: exact, then fp16 codes, then 8-bit IVF.
     assert choose_index(1000, "auto").factory == "Flat"
-    assert choose_index(1_000_000, "auto").factory.startswith("HNSW")
+    assert choose_index(AUTO_FLAT_MAX_ROWS, "auto").factory == "Flat"
+    assert choose_index(AUTO_FLAT_MAX_ROWS + 1, "auto").factory == "SQfp16"
+    assert choose_index(AUTO_FP16_MAX_ROWS, "auto").factory == "SQfp16"
+    assert choose_index(AUTO_FP16_MAX_ROWS + 1, "auto").index_type == "ivf-sq8"
+    # IVF: sqrt(N) lists (a power of two), 1/16 of them probed, 64 training vectors a list.
+    big = choose_index(1_000_000, "auto")
+    assert (big.index_type, big.factory, big.params) == ("ivf-sq8", "IVF1024,SQ8", {"nprobe": 64})
+    assert big.train_size == 64 * 1024
     ivf = choose_index(100_000, "ivf-sq8")
     assert ivf.factory.startswith("IVF") and ivf.params["nprobe"] > 0
+    assert choose_index(100_000, "hnsw").factory.startswith("HNSW")
+    small = choose_index(500, "ivf-sq8")  # still >= 39 training vectors a list
+    assert small.train_size >= 39 * int(small.factory[3:].split(",")[0])
 
 
 def test_approximate_index_builds_and_searches(tmp_path, shared_build):
