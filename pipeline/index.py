@@ -11,9 +11,9 @@ would be L2.
 
 ``--index-type auto`` chooses by the number of rows N. The figures come from
 ``python benchmarks/search.py`` and ``python benchmarks/pipeline.py`` on 2 CPU cores (AMD EPYC,
-768-d float32 embeddings; benchmarks/RESULTS.md has the tables). The budget is set by the query
-encoder: a Turkish text query takes ~40 ms to encode (bf16), and search + row fetch should stay
-under ~30% of that, i.e. ~12 ms.
+768-d float32 embeddings; the README's "Performance" section has the figures). The budget is
+set by the query encoder: a Turkish text query takes ~40 ms to encode (bf16), and search + row
+fetch should stay under ~30% of that, i.e. ~12 ms.
 - N <= 50,000: ``Flat`` (exact). The Searcher scans it with one numpy matrix-vector product over
   the index's own vectors at memory bandwidth, ~12-14 ms per 100k vectors, so <= ~7 ms here;
   exact results need no training and no tuning.
