@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .download import DEFAULT_DATASET
+from .index import AUTO_RULE, INDEX_TYPES
 
 DESCRIPTION = """\
 Build a searchable Turkish image dataset: download -> encode -> index -> publish.
@@ -58,8 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser(
         "encode",
         help="embed images and captions into resumable parquet shards",
-        description="Writes BUILD/build.json, BUILD/shards/*.parquet and BUILD/skipped.jsonl. "
-        "A killed run resumes where it stopped when run again with the same arguments.",
+        description="Writes BUILD/build.json, BUILD/shards/*.parquet, BUILD/skipped.jsonl and "
+        "BUILD/summary.json. A killed run resumes where it stopped when run again with the "
+        "same arguments. Run again on a changed input, it updates the build: images it "
+        "encoded before (same sha256, same model) keep their embeddings, new or changed ones "
+        "are encoded, removed ones disappear.",
         formatter_class=defaults,
     )
     source = p.add_mutually_exclusive_group(required=True)
@@ -85,8 +89,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--shard-size", type=int, default=256, help="rows per parquet shard")
     p.add_argument(
-        "--overwrite", action="store_true", help="discard an existing build in --out first"
+        "--overwrite",
+        action="store_true",
+        help="discard an existing build in --out first (needed to change the model)",
     )
+    p.add_argument(
+        "--reuse",
+        default=None,
+        metavar="REPO_OR_DIR",
+        help="a published dataset (Hub id or `publish --to` folder) made with the same model: "
+        "images whose sha256 it holds keep its embeddings instead of being encoded again",
+    )
+    p.add_argument("--reuse-revision", default=None, help="revision of a --reuse Hub dataset")
 
     p = commands.add_parser(
         "index",
@@ -99,8 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--index-type",
         default="auto",
-        help="auto, flat, hnsw, ivf-sq8, or a FAISS factory string (auto: flat up to "
-        "200k rows, hnsw above)",
+        help=f"{', '.join(INDEX_TYPES)}, or a FAISS factory string (auto: {AUTO_RULE})",
     )
 
     p = commands.add_parser(
@@ -223,6 +236,8 @@ def _encode(args) -> int:
         dtype=args.dtype,
         shard_size=args.shard_size,
         overwrite=args.overwrite,
+        reuse=args.reuse,
+        reuse_revision=args.reuse_revision,
     )
     for name in ("batch_size_img", "batch_size_txt", "shard_size"):
         if getattr(config, name) < 1:

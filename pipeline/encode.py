@@ -1,17 +1,31 @@
-"""Encode images and captions into parquet shards, resumably.
+"""Encode images and captions into parquet shards, resumably, reusing what is already encoded.
 
-Reads an input source (pipeline/inputs.py) and a model; writes into the build folder:
-- ``build.json``: the model (id, revision, fingerprint, dim), the input and the plan hash, so a
-  resumed run refuses to mix models or inputs;
-- ``shards/shard-NNNNN.parquet``: one row per image (image bytes, image_id, path, captions,
+Reads an input source (pipeline/inputs.py), a model, and optionally rows encoded before (this
+build folder's own shards, and ``--reuse``: a published dataset, on the Hub or in a folder);
+writes into the build folder:
+- ``build.json``: the model (id, revision, fingerprint, dim), the input, and the plan: the list
+  of shard files that make up this build, in row order;
+- ``shards/shard-NNNNN-KEY.parquet``: one row per image (image bytes, image_id, path, captions,
   image_emb, caption_emb, sha256), written atomically shard by shard;
-- ``shards/shard-NNNNN.skipped.jsonl``: the rows that shard could not use, with reasons;
-- ``skipped.jsonl``: every skipped input of the whole build, rewritten at the end.
+- ``shards/shard-NNNNN-KEY.skipped.jsonl``: the rows that shard could not use, with reasons;
+- ``skipped.jsonl``: every skipped input of the whole build, rewritten at the end;
+- ``summary.json``: what this run did (images, encoded_images, reused_images, encoded_captions,
+  reused_captions, skipped), rewritten at the end.
 
 Resumability: the input is planned first (a content-hash pass that also merges identical image
-files), and the plan is cut into fixed chunks; chunk i becomes shard i. A shard file appears only
-once complete (written to a temporary name, then renamed), so a run killed at any point resumes
-by skipping the shards that exist: no row is lost or written twice.
+files; records in a fixed order), and the plan is cut into fixed chunks; chunk i becomes shard i,
+named by its position and KEY, a hash of the chunk's content (ids, paths, image hashes, captions,
+model fingerprint). A shard file appears only once complete (pipeline/_io.py), so a run killed
+at any point resumes by skipping the shards of its plan that exist: no row is lost or written
+twice.
+
+Updates: re-running on a changed input makes a new plan. Chunks whose content did not change
+keep their name and so are already done. The other chunks are written again, and each of their
+rows whose image sha256 matches a row encoded before (with the same model weight fingerprint)
+copies that row's embeddings bit for bit instead of running the model; its caption embedding is
+copied too when its captions are the same, else only its captions are encoded. Shards of the
+old plan stay until the new plan is complete (they are the cache a killed update resumes
+from), then they are deleted. A different model needs ``--overwrite``.
 
 Sharding across processes: with ``torchrun`` (``WORLD_SIZE``/``RANK`` set), rank r encodes the
 chunks i with i % world_size == r; the chunks, and so the rows, are the same as in one process.
@@ -32,12 +46,23 @@ from tqdm.auto import tqdm
 
 from imagesearchtr.images import ImageLoadError, open_image
 
-from .inputs import ImageRecord, Skip
+from . import _io
+from .index import BUILD_FILE, SHARDS_DIR, SKIPPED_FILE
+from .inputs import (
+    DUPLICATE,
+    EMPTY_FILE,
+    MISSING_FILE,
+    NOT_AN_IMAGE,
+    UNREADABLE_FILE,
+    EmptyBuildError,
+    ImageRecord,
+    Skip,
+)
 
-BUILD_FILE = "build.json"
-SHARDS_DIR = "shards"
-SKIPPED_FILE = "skipped.jsonl"
+SUMMARY_FILE = "summary.json"
 INPUT_SKIPS_FILE = "skipped-inputs.jsonl"
+# The columns a reused row is read for: never the image bytes (the input has them).
+REUSE_COLUMNS = ["sha256", "captions", "image_emb", "caption_emb"]
 
 
 @dataclass(frozen=True)
@@ -53,16 +78,40 @@ class EncodeConfig:
     dtype: str | None = None
     shard_size: int = 256
     overwrite: bool = False
+    reuse: str | None = None  # a published dataset (Hub id or folder) to copy embeddings from
+    reuse_revision: str | None = None
 
 
 @dataclass(frozen=True)
 class EncodeSummary:
-    num_images: int
-    num_captions: int
-    num_skipped: int
+    """What one encode run did; ``counts()`` is BUILD/summary.json."""
+
+    images: int  # rows in the build
+    encoded_images: int  # images this run ran through the model
+    reused_images: int  # rows whose image embedding was encoded before (copied or kept)
+    encoded_captions: int
+    reused_captions: int
+    skipped: int
     skipped_reasons: dict
     seconds: float
     shards_written: int
+
+    @property
+    def num_images(self) -> int:
+        return self.images
+
+    @property
+    def num_captions(self) -> int:
+        return self.encoded_captions + self.reused_captions
+
+    @property
+    def num_skipped(self) -> int:
+        return self.skipped
+
+    def counts(self) -> dict:
+        keys = ("images", "encoded_images", "reused_images", "encoded_captions")
+        keys += ("reused_captions", "skipped")
+        return {key: getattr(self, key) for key in keys}
 
 
 def features(dim: int):
@@ -91,30 +140,38 @@ def plan(records: list[ImageRecord]) -> tuple[list[tuple[ImageRecord, str]], lis
         try:
             data = record.read_bytes()
         except FileNotFoundError:
-            skips.append(Skip(record.path, "missing file"))
+            skips.append(Skip(record.path, MISSING_FILE, "missing file"))
             continue
         except OSError as err:
-            skips.append(Skip(record.path, f"unreadable file ({err.strerror or err})"))
+            reason = f"unreadable file ({err.strerror or err})"
+            skips.append(Skip(record.path, UNREADABLE_FILE, reason))
             continue
         if not data:
-            skips.append(Skip(record.path, "empty file (0 bytes)"))
+            skips.append(Skip(record.path, EMPTY_FILE, "empty file (0 bytes)"))
             continue
         digest = hashlib.sha256(data).hexdigest()
         first = first_by_hash.get(digest)
         if first is not None:
             # Same picture twice: encode it once and keep every caption on the one row.
             first.captions.extend(c for c in record.captions if c not in first.captions)
-            skips.append(
-                Skip(record.path, f"duplicate of {first.path} (same bytes); captions merged")
-            )
+            reason = f"duplicate of {first.path} (same bytes); captions merged"
+            skips.append(Skip(record.path, DUPLICATE, reason))
             continue
         first_by_hash[digest] = record
         planned.append((record, digest))
     return planned, skips
 
 
+def shard_name(index: int, chunk: list[tuple[ImageRecord, str]], fingerprint: str) -> str:
+    """``shard-NNNNN-KEY.parquet``: KEY changes whenever anything the shard holds would."""
+    digest = hashlib.sha256(fingerprint.encode())
+    for record, sha in chunk:
+        digest.update(json.dumps([record.image_id, record.path, sha, record.captions]).encode())
+    return f"shard-{index:05d}-{digest.hexdigest()[:12]}.parquet"
+
+
 def run_encode(source, config: EncodeConfig, encoder=None) -> EncodeSummary:
-    """Encode ``source`` into ``config.out``; resumes an interrupted build of the same input."""
+    """Encode ``source`` into ``config.out``; resumes or updates an earlier build there."""
     from imagesearchtr import Encoder
 
     started = time.perf_counter()
@@ -125,97 +182,138 @@ def run_encode(source, config: EncodeConfig, encoder=None) -> EncodeSummary:
         encoder = Encoder.from_pretrained(
             config.model, revision=config.revision, device=config.device, dtype=config.dtype
         )
+    # Checked before any work: a --reuse made with another model is refused at once.
+    reuse_files, reuse_revision = published_files(
+        config.reuse, config.reuse_revision, encoder.fingerprint
+    )
     records, input_skips = source.read()
     planned, plan_skips = plan(records)
-    plan_hash = hashlib.sha256(
-        "\n".join(f"{r.image_id}|{h}|{len(r.captions)}" for r, h in planned).encode()
-    ).hexdigest()
+    chunks = [planned[i : i + config.shard_size] for i in range(0, len(planned), config.shard_size)]
+    names = [shard_name(i, chunk, encoder.fingerprint) for i, chunk in enumerate(chunks)]
     build = {
         "model_id": encoder.model_id,
         "model_revision": encoder.revision,
         "model_fingerprint": encoder.fingerprint,
         "dim": encoder.dim,
         "source": source.describe(),
-        "plan_hash": plan_hash,
         "num_planned": len(planned),
         "shard_size": config.shard_size,
+        "shards": names,
     }
+    if config.reuse:  # the index step lays out the data files like this dataset's
+        location = (
+            str(Path(config.reuse).resolve()) if Path(config.reuse).is_dir() else config.reuse
+        )
+        build["reuse"] = {"location": location, "revision": reuse_revision}
     _prepare_build_dir(out, build, config.overwrite, rank)
     if rank == 0:
         _write_jsonl(out / INPUT_SKIPS_FILE, input_skips + plan_skips)
 
-    chunks = [planned[i : i + config.shard_size] for i in range(0, len(planned), config.shard_size)]
     mine = [i for i in range(len(chunks)) if i % world == rank]
     for i in mine:  # a run killed mid-write leaves its temporary files: not data, remove them
-        for orphan in shards_dir.glob(f".{_shard_path(shards_dir, i).stem}.*.tmp"):
-            orphan.unlink(missing_ok=True)
-    todo = [i for i in mine if not _shard_path(shards_dir, i).exists()]
-    done_images = sum(len(chunks[i]) for i in mine if i not in todo)
+        _io.remove_orphans(shards_dir, Path(names[i]).stem + ".*")
+    todo = [i for i in mine if not (shards_dir / names[i]).exists()]
+    # Rows encoded before: the shards of earlier plans still in the folder, then --reuse.
+    planned_names = set(names)
+    old = [p for p in sorted(shards_dir.glob("shard-*.parquet")) if p.name not in planned_names]
+    cache = RowCache([(None, str(p)) for p in old] + reuse_files) if todo else None
     row_features = features(encoder.dim)
-    written = 0
+    stats = Counter()
     with tqdm(
         total=sum(len(chunks[i]) for i in mine),
-        initial=done_images,
+        initial=sum(len(chunks[i]) for i in mine if i not in todo),
         desc="encoding" if world == 1 else f"encoding (rank {rank}/{world})",
         unit="img",
         smoothing=0.1,
     ) as bar:
         for i in todo:
-            rows, skips = _encode_chunk(chunks[i], encoder, config, bar)
-            _write_shard(shards_dir, i, rows, skips, row_features)
-            written += 1
+            rows, skips = _encode_chunk(chunks[i], encoder, config, bar, cache, stats)
+            _write_shard(shards_dir / names[i], rows, skips, row_features)
+    stats["shards_written"] = len(todo)
 
-    _barrier(world)
-    summary_skips = _collect_skips(out, len(chunks)) if rank == 0 else []
-    num_images, num_captions = _count_rows(shards_dir, len(chunks)) if rank == 0 else (0, 0)
-    reasons = Counter(_reason_kind(s["reason"]) for s in summary_skips)
+    stats = _sum_over_ranks(stats, world)
+    if rank != 0:
+        return _summary(stats, 0, 0, [], started)
+    # The new plan is complete: the shards of the old one are no longer needed.
+    for path in old:
+        path.with_suffix(".skipped.jsonl").unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+    summary_skips = _collect_skips(out, names)
+    images, captions = _count_rows(shards_dir, names)
+    summary = _summary(stats, images, captions, summary_skips, started)
+    _io.write_text(out / SUMMARY_FILE, json.dumps(summary.counts(), indent=2) + "\n")
+    if images == 0:
+        raise EmptyBuildError(
+            f"{source.describe()}: no usable image ({len(summary_skips)} inputs skipped, reasons "
+            f"in {out / SKIPPED_FILE}); add images or fix the input, then run encode again"
+        )
+    return summary
+
+
+def _summary(stats: Counter, images: int, captions: int, skips: list, started: float):
     return EncodeSummary(
-        num_images=num_images,
-        num_captions=num_captions,
-        num_skipped=len(summary_skips),
-        skipped_reasons=dict(reasons),
+        images=images,
+        encoded_images=stats["encoded_images"],
+        reused_images=max(images - stats["encoded_images"], 0),
+        encoded_captions=stats["encoded_captions"],
+        reused_captions=max(captions - stats["encoded_captions"], 0),
+        skipped=len(skips),
+        skipped_reasons=dict(Counter(skip_kind(s) for s in skips)),
         seconds=time.perf_counter() - started,
-        shards_written=written,
+        shards_written=stats["shards_written"],
     )
 
 
-def _encode_chunk(chunk, encoder, config: EncodeConfig, bar) -> tuple[dict, list[Skip]]:
-    """Decode and embed one chunk's images (a batch at a time) and captions."""
+def skip_kind(entry: dict) -> str:
+    """The kind of a skipped.jsonl entry (builds made before kinds existed: its reason)."""
+    return entry.get("kind") or entry.get("reason", "")
+
+
+def _encode_chunk(chunk, encoder, config: EncodeConfig, bar, cache, stats) -> tuple[dict, list]:
+    """One chunk's rows: embeddings copied from ``cache`` where they exist, else encoded."""
     rows = {name: [] for name in features(encoder.dim)}
     skips: list[Skip] = []
+    known = cache.lookup([digest for _, digest in chunk]) if cache is not None else {}
     for start in range(0, len(chunk), config.batch_size_img):
         batch = chunk[start : start + config.batch_size_img]
-        good, pil_images, raw = [], [], []
+        good, raw, new_images = [], [], []
         for record, digest in batch:
             try:
                 data = record.read_bytes()
-                pil_images.append(open_image(data))
+                if digest not in known:  # a reused image was decoded when it was encoded
+                    new_images.append(open_image(data))
             except ImageLoadError as err:
                 # open_image names bytes as "<N bytes>": report the file instead.
-                skips.append(Skip(record.path, str(err).split(": ", 1)[-1]))
+                detail = str(err).split(": ", 1)[-1]
+                skips.append(Skip(record.path, NOT_AN_IMAGE, detail))
                 continue
             except OSError as err:
-                skips.append(Skip(record.path, f"unreadable file ({err})"))
+                skips.append(Skip(record.path, UNREADABLE_FILE, f"unreadable file ({err})"))
                 continue
             good.append((record, digest))
             raw.append(data)
-        if good:
-            image_emb = encoder.encode_images(
-                pil_images, batch_size=config.batch_size_img, show_progress_bar=False
+        if new_images:
+            encoded = iter(
+                encoder.encode_images(
+                    new_images, batch_size=config.batch_size_img, show_progress_bar=False
+                )
             )
-            caption_emb = _caption_embeddings(
-                [r.captions for r, _ in good], encoder, config.batch_size_txt
-            )
-            for (record, digest), data, img_vec, cap_vec in zip(
-                good, raw, image_emb, caption_emb, strict=True
-            ):
-                rows["image"].append({"bytes": data, "path": Path(record.path).name})
-                rows["image_id"].append(record.image_id)
-                rows["path"].append(record.path)
-                rows["captions"].append(list(record.captions))
-                rows["image_emb"].append(img_vec)
-                rows["caption_emb"].append(cap_vec)
-                rows["sha256"].append(digest)
+            stats["encoded_images"] += len(new_images)
+        # Captions: copied when the image and its captions are unchanged, else encoded.
+        need = [(r, d) for r, d in good if d not in known or known[d][1] != r.captions]
+        fresh = _caption_embeddings([r.captions for r, _ in need], encoder, config.batch_size_txt)
+        fresh_by_digest = {d: vec for (_, d), vec in zip(need, fresh, strict=True)}
+        stats["encoded_captions"] += sum(len(r.captions) for r, _ in need)
+        for (record, digest), data in zip(good, raw, strict=True):
+            img_vec = known[digest][0] if digest in known else next(encoded)
+            cap_vec = fresh_by_digest.get(digest, known.get(digest, (None, None, None))[2])
+            rows["image"].append({"bytes": data, "path": Path(record.path).name})
+            rows["image_id"].append(record.image_id)
+            rows["path"].append(record.path)
+            rows["captions"].append(list(record.captions))
+            rows["image_emb"].append(img_vec)
+            rows["caption_emb"].append(cap_vec)
+            rows["sha256"].append(digest)
         bar.update(len(batch))
     return rows, skips
 
@@ -223,6 +321,8 @@ def _encode_chunk(chunk, encoder, config: EncodeConfig, bar) -> tuple[dict, list
 def _caption_embeddings(captions: list[list[str]], encoder, batch_size: int) -> list:
     """Per image: the normalised mean of its caption embeddings, or None without captions."""
     flat = [c for caps in captions for c in caps]
+    if not flat:
+        return [None] * len(captions)
     vectors = encoder.encode_texts(flat, batch_size=batch_size, show_progress_bar=False)
     out, pos = [], 0
     for caps in captions:
@@ -235,112 +335,172 @@ def _caption_embeddings(captions: list[list[str]], encoder, batch_size: int) -> 
     return out
 
 
-def _shard_path(shards_dir: Path, index: int) -> Path:
-    return shards_dir / f"shard-{index:05d}.parquet"
+class RowCache:
+    """Rows encoded before, found by image sha256 and read lazily from parquet files.
+
+    ``files`` are (filesystem or None for local, path) pairs. Opening reads only each file's
+    sha256 column; ``lookup`` then reads, from the files that hold wanted rows, only the row
+    groups holding them and only the columns REUSE_COLUMNS (never the image bytes), so a
+    published dataset on the Hub serves as a cache without being downloaded.
+    """
+
+    def __init__(self, files: list[tuple[object, str]]):
+        import pyarrow.parquet as pq
+
+        self._files = []
+        self._where: dict[str, tuple[int, int]] = {}
+        for fs, path in tqdm(files, desc="reading reusable rows", unit="file", disable=not files):
+            handle = fs.open(path, "rb") if fs is not None else path
+            parquet = pq.ParquetFile(handle)
+            shas = parquet.read(columns=["sha256"]).column("sha256").to_pylist()
+            file_no = len(self._files)
+            self._files.append(parquet)
+            for row, sha in enumerate(shas):
+                self._where.setdefault(sha, (file_no, row))
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def lookup(self, digests: list[str]) -> dict[str, tuple]:
+        """sha256 -> (image_emb, captions, caption_emb or None) for the digests found."""
+        from imagesearchtr.vectors import embedding_matrix
+
+        digests = set(digests)
+        wanted: dict[int, list[int]] = {}
+        for digest in digests:
+            if digest in self._where:
+                file_no, row = self._where[digest]
+                wanted.setdefault(file_no, []).append(row)
+        found = {}
+        for file_no, rows in wanted.items():
+            parquet = self._files[file_no]
+            starts = np.cumsum(
+                [0]
+                + [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)]
+            )
+            groups = sorted({int(np.searchsorted(starts, r, side="right")) - 1 for r in rows})
+            table = parquet.read_row_groups(groups, columns=REUSE_COLUMNS)
+            dim = table.schema.field("image_emb").type.list_size
+            image_emb, _ = embedding_matrix(table.column("image_emb"), dim)
+            caption_emb, caption_valid = embedding_matrix(table.column("caption_emb"), dim)
+            captions = table.column("captions").to_pylist()
+            for i, sha in enumerate(table.column("sha256").to_pylist()):
+                if sha in digests and sha not in found:
+                    cap = caption_emb[i] if caption_valid[i] else None
+                    found[sha] = (image_emb[i], captions[i], cap)
+        return found
 
 
-def _write_shard(shards_dir: Path, index: int, rows: dict, skips: list[Skip], row_features):
-    """Skips first, then the parquet via a temporary name: the parquet marks the shard done."""
+def published_files(location: str | None, revision: str | None, fingerprint: str):
+    """([(filesystem or None, path)], resolved revision) of a published dataset's data files.
+
+    ``location`` is a Hub dataset id or a folder written by ``publish --to``; refused when its
+    manifest names another model than ``fingerprint``.
+    """
+    if location is None:
+        return [], None
+    sha = None
+    from imagesearchtr.manifest import INDEX_DIR, MANIFEST_FILE, Manifest
+
+    folder = Path(location)
+    if folder.is_dir():
+        manifest = Manifest.load(folder / INDEX_DIR / MANIFEST_FILE)
+        files = [(None, str(p)) for p in sorted((folder / "data").glob("*.parquet"))]
+    else:
+        from huggingface_hub import HfApi, HfFileSystem
+        from huggingface_hub.errors import HfHubHTTPError
+
+        api = HfApi()
+        try:
+            sha = api.dataset_info(location, revision=revision).sha
+            path = api.hf_hub_download(
+                location, f"{INDEX_DIR}/{MANIFEST_FILE}", repo_type="dataset", revision=sha
+            )
+        except (HfHubHTTPError, OSError) as err:
+            raise ValueError(
+                f"--reuse {location}: cannot read its index/manifest.json from the Hub ({err}); "
+                "give a published dataset id (USER/NAME) or a folder written by `publish --to`"
+            ) from None
+        manifest = Manifest.load(path)
+        fs = HfFileSystem()
+        files = [(fs, p) for p in sorted(fs.glob(f"datasets/{location}@{sha}/data/*.parquet"))]
+    if manifest.model_fingerprint != fingerprint:
+        raise ValueError(
+            f"--reuse {location} was encoded with another model ({manifest.model_id}, "
+            f"fingerprint {manifest.model_fingerprint[:19]}...) than --model "
+            f"({fingerprint[:19]}...); pass the model it was made with, or drop --reuse"
+        )
+    return files, sha
+
+
+def _write_shard(final: Path, rows: dict, skips: list[Skip], row_features):
+    """Skips first, then the parquet: the parquet's appearance marks the shard done."""
     import pyarrow.parquet as pq
     from datasets import Dataset
 
-    final = _shard_path(shards_dir, index)
     _write_jsonl(final.with_suffix(".skipped.jsonl"), skips)
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
     # The Arrow table carries the datasets features in its schema metadata, so load_dataset
     # reads the columns back as Image / List(float32, length=dim).
     table = Dataset.from_dict(rows, features=row_features).data.table
-    pq.write_table(table, str(tmp), row_group_size=100)
-    os.replace(tmp, final)
+    with _io.atomic_path(final) as tmp:
+        pq.write_table(table, str(tmp), row_group_size=100)
 
 
 def _write_jsonl(path: Path, skips: list[Skip]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("".join(s.to_json() + "\n" for s in skips), encoding="utf-8")
-    os.replace(tmp, path)
+    _io.write_text(path, "".join(s.to_json() + "\n" for s in skips))
 
 
 def _prepare_build_dir(out: Path, build: dict, overwrite: bool, rank: int) -> None:
+    """Refuse a build folder made with another model; record this run's plan in build.json."""
     build_file = out / BUILD_FILE
     if build_file.is_file() and not overwrite:
         previous = json.loads(build_file.read_text(encoding="utf-8"))
-        for key, label in (
-            ("model_fingerprint", "model"),
-            ("plan_hash", "input"),
-            ("shard_size", "shard size"),
-        ):
-            if previous.get(key) != build[key]:
-                raise ValueError(
-                    f"{out} holds a build made with a different {label} "
-                    f"({previous.get(key)} vs {build[key]}); pass --overwrite to start it "
-                    "again, or choose another --out folder"
-                )
-        return
+        if previous.get("model_fingerprint") != build["model_fingerprint"]:
+            raise ValueError(
+                f"{out} holds a build made with a different model "
+                f"({previous.get('model_fingerprint')} vs {build['model_fingerprint']}); pass "
+                "--overwrite to start it again, or choose another --out folder"
+            )
     if rank != 0:
         _wait_for(build_file)
         return
     if overwrite and out.exists():
         for path in (out / SHARDS_DIR).glob("*"):
             path.unlink()
-        for name in (SKIPPED_FILE, INPUT_SKIPS_FILE, BUILD_FILE):
+        for name in (SKIPPED_FILE, INPUT_SKIPS_FILE, BUILD_FILE, SUMMARY_FILE):
             (out / name).unlink(missing_ok=True)
     (out / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
-    tmp = build_file.with_name(f".{BUILD_FILE}.tmp")
-    tmp.write_text(json.dumps(build, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, build_file)
+    _io.write_text(build_file, json.dumps(build, indent=2) + "\n")
 
 
-def _collect_skips(out: Path, num_chunks: int) -> list[dict]:
+def _collect_skips(out: Path, names: list[str]) -> list[dict]:
     """Concatenate input-level and per-shard skips into BUILD/skipped.jsonl."""
     entries = []
-    files = [out / INPUT_SKIPS_FILE] + [
-        _shard_path(out / SHARDS_DIR, i).with_suffix(".skipped.jsonl") for i in range(num_chunks)
-    ]
+    files = [out / INPUT_SKIPS_FILE]
+    files += [(out / SHARDS_DIR / name).with_suffix(".skipped.jsonl") for name in names]
     for path in files:
         if path.is_file():
             entries.extend(
                 json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line
             )
-    tmp = out / f".{SKIPPED_FILE}.tmp"
-    tmp.write_text(
-        "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries), encoding="utf-8"
-    )
-    os.replace(tmp, out / SKIPPED_FILE)
+    text = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries)
+    _io.write_text(out / SKIPPED_FILE, text)
     return entries
 
 
-def _count_rows(shards_dir: Path, num_chunks: int) -> tuple[int, int]:
+def _count_rows(shards_dir: Path, names: list[str]) -> tuple[int, int]:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     images = captions = 0
-    for i in range(num_chunks):
-        path = _shard_path(shards_dir, i)
+    for name in names:
+        path = shards_dir / name
         if not path.exists():
             continue
         table = pq.read_table(path, columns=["captions"])
         images += table.num_rows
         captions += int(pc.sum(pc.list_value_length(table["captions"])).as_py() or 0)
     return images, captions
-
-
-def _reason_kind(reason: str) -> str:
-    """Group reasons for the summary: "duplicate of a.jpg (...)" -> "duplicate"."""
-    for kind in (
-        "duplicate",
-        "missing file",
-        "empty file",
-        "malformed JSON",
-        "empty or missing caption",
-        "not an image",
-        "broken or truncated",
-        "decompression bomb",
-        "pixels is over",
-        "outside the data folder",
-    ):
-        if kind in reason:
-            return kind
-    return reason.split(" (")[0]
 
 
 def _dist_rank_world() -> tuple[int, int]:
@@ -355,13 +515,19 @@ def _dist_rank_world() -> tuple[int, int]:
     return rank, world
 
 
-def _barrier(world: int) -> None:
-    """Wait until every rank has written its shards, then leave the process group."""
-    if world > 1:
-        import torch.distributed as dist
+def _sum_over_ranks(stats: Counter, world: int) -> Counter:
+    """Wait until every rank has written its shards; add up their counts; leave the group."""
+    if world == 1:
+        return stats
+    import torch
+    import torch.distributed as dist
 
-        dist.barrier()
-        dist.destroy_process_group()
+    keys = ("encoded_images", "encoded_captions", "shards_written")
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    totals = torch.tensor([stats[k] for k in keys], dtype=torch.int64, device=device)
+    dist.all_reduce(totals)  # also the barrier: no rank goes on before all have finished
+    dist.destroy_process_group()
+    return Counter(dict(zip(keys, totals.tolist(), strict=True)))
 
 
 def _cuda() -> bool:
@@ -379,11 +545,14 @@ def _wait_for(path: Path, timeout: float = 600.0) -> None:
 
 
 def summary_text(summary: EncodeSummary) -> str:
-    rate = summary.num_images / summary.seconds if summary.seconds else 0.0
+    rate = summary.images / summary.seconds if summary.seconds else 0.0
     lines = [
-        f"encoded {summary.num_images} images with {summary.num_captions} captions "
+        f"encoded {summary.images} images with {summary.num_captions} captions "
         f"in {summary.seconds:.1f} s ({rate:.1f} images/s overall)",
-        f"skipped {summary.num_skipped} inputs (reasons in skipped.jsonl)",
+        f"  images: {summary.encoded_images} encoded, {summary.reused_images} reused; "
+        f"captions: {summary.encoded_captions} encoded, {summary.reused_captions} reused "
+        f"(counts in {SUMMARY_FILE})",
+        f"skipped {summary.skipped} inputs (reasons in skipped.jsonl)",
     ]
     lines += [f"  {count:6d}  {kind}" for kind, count in sorted(summary.skipped_reasons.items())]
     return "\n".join(lines)

@@ -1,40 +1,29 @@
-"""Attach FAISS indices to the encoded rows and save them with their manifest.
+"""Lay out the published data files and attach FAISS indices over them, with their manifest.
 
-Reads BUILD/build.json and BUILD/shards/*.parquet (from the encode step); writes
-BUILD/index/image_emb.faiss, BUILD/index/caption_emb.faiss and BUILD/index/manifest.json.
+Reads BUILD/build.json and BUILD/shards/*.parquet (from the encode step) and the previous data
+files (BUILD/data from the last run, else those of ``encode --reuse``); writes
+BUILD/data/train-NNNNN.parquet (pipeline/datafiles.py decides which rows go where),
+BUILD/index/image_emb.faiss, BUILD/index/caption_emb.faiss and BUILD/index/manifest.json. The
+indices are built over the rows in data-file order, so row i of the index is row i of the
+published dataset.
 
-The indices are built with ``datasets.Dataset.add_faiss_index`` (image_emb) and
-``add_faiss_index_from_external_arrays`` (caption_emb, whose null rows, images without captions,
-become zero vectors: a zero vector scores 0 against every query, and the searcher masks them).
-Always inner product over L2-normalised vectors, i.e. cosine similarity; the datasets default
-would be L2.
+The indices are built with ``datasets.Dataset.add_faiss_index_from_external_arrays`` (caption
+rows that are null, images without captions, become zero vectors: a zero vector scores 0
+against every query, and the searcher masks them). Always inner product over L2-normalised
+vectors, i.e. cosine similarity; the datasets default would be L2.
 
-``--index-type auto`` chooses by the number of rows N. The figures come from
-``python benchmarks/search.py`` and ``python benchmarks/pipeline.py`` on 2 CPU cores (AMD EPYC,
-768-d float32 embeddings; the README's "Performance" section has the figures). The budget is
-set by the query encoder: a Turkish text query takes ~40 ms to encode (bf16), and search + row
-fetch should stay under ~30% of that, i.e. ~12 ms.
-- N <= 50,000: ``Flat`` (exact). The Searcher scans it with one numpy matrix-vector product over
-  the index's own vectors at memory bandwidth, ~12-14 ms per 100k vectors, so <= ~7 ms here;
-  exact results need no training and no tuning.
-- 50,000 < N <= 150,000: ``SQfp16`` (``fp16``): the same scan over float16 codes, half the bytes
-  (154 MB instead of 307 MB per 100k vectors) and half the time (~7 ms per 100k on one thread
-  of FAISS); recall@10 1.000 on clustered and on Gaussian vectors alike, and the Searcher
-  re-scores a pool of 50 candidates exactly, so results and scores are those of exact search.
-  No training, nothing that depends on how the data is distributed. A float32 Flat index would
-  take ~13 ms + fetch at 100k, over the budget.
-- N > 150,000: ``IVF{nlist},SQ8`` (``ivf-sq8``), nlist = sqrt(N) rounded to a power of two,
-  nprobe = nlist / 16, trained on 64 vectors a list: 8-bit codes (4x smaller than float32:
-  0.8 GB instead of 3.1 GB per 1M vectors) of which a query scans 1/16, re-scored exactly from
-  a pool of 50. At 1M on clustered embeddings: a few ms against ~125 ms for exact search, with
-  recall@10 >= 0.99; building takes about a minute per index. Scanning all codes no longer fits
-  the budget there (fp16: ~70 ms at 1M).
-  An inverted file needs clusters in the data. On i.i.d. Gaussian vectors (no structure: the
-  worst case, unlike real embeddings) its recall collapses (~0.2 at 100k); if an unusual
-  dataset needs exact results at any cost, choose ``--index-type flat`` or ``fp16``.
-- ``HNSW32,Flat`` (``hnsw``) answers as fast as IVF with recall@10 ~0.997 on clustered data,
-  but is larger than Flat (+256 bytes a vector) and builds ~10x slower: 35-90 s per 100k-row
-  index here, so ~10-20 min per 1M-row index, two indices per build.
+``--index-type auto`` chooses by the number of rows N (AUTO_RULE; the measurements behind the
+thresholds are in benchmarks/README.md, produced by ``benchmarks/search.py``):
+- N <= AUTO_FLAT_MAX_ROWS: ``Flat`` (exact; no training, no tuning);
+- N <= AUTO_FP16_MAX_ROWS: ``SQfp16`` (``fp16``): the same exact scan over float16 codes, half
+  the bytes and time; the Searcher re-scores a pool of candidates exactly;
+- above: ``IVF{nlist},SQ8`` (``ivf-sq8``), nlist = sqrt(N) rounded to a power of two,
+  nprobe = nlist / IVF_PROBE_FRACTION, trained on IVF_VECTORS_PER_LIST vectors a list: 8-bit
+  codes of which a query scans a fraction, re-scored exactly. An inverted file needs clusters in
+  the data (real embeddings have them; i.i.d. random vectors do not): for exact results at any
+  size choose ``--index-type flat`` or ``fp16``.
+- ``HNSW32,Flat`` (``hnsw``) is available on request: fast queries, but larger than Flat and
+  much slower to build.
 """
 
 from __future__ import annotations
@@ -42,34 +31,36 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagesearchtr.manifest import (
-    EMBEDDING_COLUMNS,
-    INDEX_DIR,
-    MANIFEST_FILE,
-    IndexInfo,
-    Manifest,
-    index_file,
-)
-from imagesearchtr.vectors import data_hash, embedding_matrix
+import numpy as np
 
-from .encode import BUILD_FILE, SHARDS_DIR, SKIPPED_FILE
+from . import _io
+from .inputs import EmptyBuildError
 
+# Build-folder names (pipeline/encode.py writes them; kept here so `--help` imports no torch).
+BUILD_FILE = "build.json"
+SHARDS_DIR = "shards"
+SKIPPED_FILE = "skipped.jsonl"
 AUTO_FLAT_MAX_ROWS = 50_000
 AUTO_FP16_MAX_ROWS = 150_000
 IVF_VECTORS_PER_LIST = 64  # training vectors per list (faiss warns below 39)
 IVF_PROBE_FRACTION = 16  # nprobe = nlist / 16
 IVF_MIN_PROBE = 16
 INDEX_TYPES = ("auto", "flat", "fp16", "hnsw", "ivf-sq8")
+# BUILD/indexed.json: the shards the index was built from (publish refuses a stale index).
+INDEXED_FILE = "indexed.json"
+AUTO_RULE = (
+    f"flat up to {AUTO_FLAT_MAX_ROWS:,} rows, fp16 up to {AUTO_FP16_MAX_ROWS:,}, ivf-sq8 above"
+)
 
 
 @dataclass(frozen=True)
 class IndexConfig:
     build: Path
     index_type: str = "auto"
+    target_bytes: int | None = None  # data file size; None: datasets' push_to_hub size
 
 
 @dataclass(frozen=True)
@@ -110,57 +101,82 @@ def ivf_lists(num_rows: int) -> int:
     return int(max(1, min(nlist, 65536, num_rows // 39)))
 
 
+def build_shards(build: Path) -> list[Path]:
+    """The shard files of a complete, non-empty build, in row order; else a clear error."""
+    build = Path(build)
+    info = _read_build_info(build)
+    shards_dir = build / SHARDS_DIR
+    if "shards" in info:
+        shards = [shards_dir / name for name in info["shards"]]
+    else:  # builds made before build.json listed its shards
+        shards = sorted(shards_dir.glob("shard-*.parquet"))
+    missing = [p for p in shards if not p.is_file()]
+    if missing:
+        raise ValueError(
+            f"{build}: {len(shards) - len(missing)} of {len(shards)} shards are encoded; re-run "
+            "the same `python -m pipeline encode` command to finish them"
+        )
+    import pyarrow.parquet as pq
+
+    if sum(pq.ParquetFile(p).metadata.num_rows for p in shards) == 0:
+        raise EmptyBuildError(
+            f"{build}: the build holds no image (every input was skipped; reasons in "
+            f"{build / SKIPPED_FILE}); fix the input and run encode again"
+        )
+    return shards
+
+
 def load_build_dataset(build: Path):
-    """The encoded rows as one Dataset, shards in name order (= the published row order)."""
+    """The encoded rows as one Dataset, shards in plan order."""
     from datasets import Dataset
 
-    shards = sorted((Path(build) / SHARDS_DIR).glob("shard-*.parquet"))
-    if not shards:
-        raise FileNotFoundError(
-            f"{build}: no encoded shards; run `python -m pipeline encode --out {build}` first"
-        )
+    shards = build_shards(build)
     return Dataset.from_parquet([str(p) for p in shards], split="train"), shards
 
 
-def run_index(config: IndexConfig) -> Manifest:
+def run_index(config: IndexConfig):
+    """Write the data files, both indices and the manifest; return the Manifest."""
     import faiss
+
+    from imagesearchtr.manifest import INDEX_DIR, MANIFEST_FILE, IndexInfo, Manifest, index_file
+    from imagesearchtr.vectors import data_hash, embedding_matrix
+
+    from . import datafiles
 
     build = Path(config.build)
     build_info = _read_build_info(build)
     ds, shards = load_build_dataset(build)
-    _check_complete(build, build_info, shards)
     dim = int(build_info["dim"])
     table = ds.data.table
+    layout = write_data_files(build, table, build_info, config.target_bytes)
+    order = np.fromiter((i for f in layout for i in f.rows), dtype=np.int64, count=len(ds))
     image_emb, image_valid = embedding_matrix(table.column("image_emb"), dim)
     caption_emb, caption_valid = embedding_matrix(table.column("caption_emb"), dim)
     if not image_valid.all():
         raise ValueError(f"{build}: {int((~image_valid).sum())} rows lack an image embedding")
+    # Published row order: the indices' row i is the data files' row i.
+    image_emb, caption_emb, caption_valid = (
+        image_emb[order],
+        caption_emb[order],
+        caption_valid[order],
+    )
+    image_ids = table.column("image_id").take(order).to_pylist()
     plan = choose_index(len(ds), config.index_type)
 
     index_dir = build / INDEX_DIR
     index_dir.mkdir(exist_ok=True)
-    metric = faiss.METRIC_INNER_PRODUCT
     factory = None if plan.factory == "Flat" else plan.factory
-    ds.add_faiss_index(
-        column="image_emb",
-        index_name="image_emb",
-        string_factory=factory,
-        metric_type=metric,
-        train_size=plan.train_size,
-    )
-    ds.add_faiss_index_from_external_arrays(
-        external_arrays=caption_emb,
-        index_name="caption_emb",
-        string_factory=factory,
-        metric_type=metric,
-        train_size=plan.train_size,
-    )
     infos = []
-    for column in EMBEDDING_COLUMNS:
-        target = build / index_file(column)
-        tmp = target.with_name(f".{target.name}.tmp")
-        ds.save_faiss_index(column, str(tmp))
-        os.replace(tmp, target)
+    for column, vectors in (("image_emb", image_emb), ("caption_emb", caption_emb)):
+        ds.add_faiss_index_from_external_arrays(
+            external_arrays=vectors,
+            index_name=column,
+            string_factory=factory,
+            metric_type=faiss.METRIC_INNER_PRODUCT,
+            train_size=plan.train_size,
+        )
+        with _io.atomic_path(build / index_file(column)) as tmp:
+            ds.save_faiss_index(column, str(tmp))
         infos.append(
             IndexInfo(
                 column=column,
@@ -177,18 +193,78 @@ def run_index(config: IndexConfig) -> Manifest:
         model_fingerprint=build_info["model_fingerprint"],
         dim=dim,
         num_rows=len(ds),
-        data_hash=data_hash(
-            table.column("image_id").to_pylist(), image_emb, caption_emb, caption_valid
-        ),
+        data_hash=data_hash(image_ids, image_emb, caption_emb, caption_valid),
         indices=tuple(infos),
         num_captions=sum(len(c) for c in table.column("captions").to_pylist()),
         num_skipped=_count_lines(build / SKIPPED_FILE),
         versions=_versions(),
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         source=build_info.get("source", ""),
+        data_files=[
+            {
+                "path": f.path,
+                "num_rows": len(f.rows),
+                "sha256": datafiles.sha256_file(build / f.path),
+            }
+            for f in layout
+        ],
     )
-    manifest.save(index_dir / MANIFEST_FILE)
+    _io.write_text(index_dir / MANIFEST_FILE, manifest.to_json())
+    _io.write_text(build / INDEXED_FILE, json.dumps({"shards": [p.name for p in shards]}) + "\n")
     return manifest
+
+
+def write_data_files(build: Path, table, build_info: dict, target_bytes: int | None):
+    """BUILD/data/*.parquet for this build, keeping files whose rows did not change."""
+    import pyarrow as pa
+    from tqdm.auto import tqdm
+
+    from . import datafiles
+    from .encode import features
+
+    data_dir = build / datafiles.DATA_DIR
+    data_dir.mkdir(exist_ok=True)
+    _io.remove_orphans(data_dir)
+    local = sorted(data_dir.glob("*.parquet"))
+    if local:
+        previous = datafiles.read_previous(
+            [(None, str(p), f"{datafiles.DATA_DIR}/{p.name}") for p in local]
+        )
+    elif build_info.get("reuse"):  # a build seeded from a published dataset: its layout
+        from .encode import published_files
+
+        reuse = build_info["reuse"]
+        files, _ = published_files(
+            reuse["location"], reuse["revision"], build_info["model_fingerprint"]
+        )
+        previous = datafiles.read_previous(
+            [(fs, path, f"{datafiles.DATA_DIR}/{Path(path).name}") for fs, path in files]
+        )
+    else:
+        previous = []
+    layout = datafiles.plan_layout(
+        datafiles.row_keys(table),
+        datafiles.row_sizes(table),
+        previous,
+        target_bytes or datafiles.default_target_bytes(),
+    )
+    # Fixed schema metadata (the datasets features), so equal rows give equal bytes.
+    meta = {
+        "huggingface": json.dumps(
+            {"info": {"features": features(int(build_info["dim"])).to_dict()}}
+        )
+    }
+    for f in tqdm(layout, desc="data files", unit="file", disable=len(layout) < 20):
+        target = build / f.path
+        if f.keep and target.is_file():
+            continue
+        rows = table.take(pa.array(f.rows, type=pa.int64()))
+        datafiles.write_file(rows.replace_schema_metadata(meta), target)
+    wanted = {Path(f.path).name for f in layout}
+    for path in data_dir.glob("*.parquet"):
+        if path.name not in wanted:
+            path.unlink()
+    return layout
 
 
 def _read_build_info(build: Path) -> dict:
@@ -199,15 +275,6 @@ def _read_build_info(build: Path) -> dict:
             f"--out {build}` first"
         )
     return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _check_complete(build: Path, info: dict, shards: list[Path]) -> None:
-    expected = -(-int(info["num_planned"]) // int(info["shard_size"]))  # ceil
-    if len(shards) != expected:
-        raise ValueError(
-            f"{build}: {len(shards)} of {expected} shards are encoded; re-run the same "
-            "`python -m pipeline encode` command to finish them before indexing"
-        )
 
 
 def _count_lines(path: Path) -> int:

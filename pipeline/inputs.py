@@ -25,6 +25,10 @@ CAPTIONS_FILE = "captions.jsonl"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
+class EmptyBuildError(ValueError):
+    """A build with no usable image: nothing to index or publish."""
+
+
 @dataclass
 class ImageRecord:
     """One image to index, with all its captions, and a way to read its bytes."""
@@ -37,13 +41,31 @@ class ImageRecord:
 
 @dataclass(frozen=True)
 class Skip:
-    """An input that was left out, and why. Written to BUILD/skipped.jsonl."""
+    """An input that was left out, and why. Written to BUILD/skipped.jsonl.
+
+    ``kind`` is a short category the summaries count by (one of the constants below);
+    ``detail`` is the sentence a user reads (stored as "reason" in skipped.jsonl).
+    """
 
     source: str  # a file path, "captions.jsonl:LINE" or "<dataset>:<row>"
-    reason: str
+    kind: str
+    detail: str
 
     def to_json(self) -> str:
-        return json.dumps({"source": self.source, "reason": self.reason}, ensure_ascii=False)
+        entry = {"source": self.source, "kind": self.kind, "reason": self.detail}
+        return json.dumps(entry, ensure_ascii=False)
+
+
+# Skip kinds.
+BAD_LINE = "bad caption line"
+BAD_PATH = "bad path"
+EMPTY_CAPTION = "empty or missing caption"
+MISSING_FILE = "missing file"
+UNREADABLE_FILE = "unreadable file"
+EMPTY_FILE = "empty file"
+DUPLICATE = "duplicate"
+NOT_AN_IMAGE = "unusable image"
+NO_IMAGE = "no image"
 
 
 @dataclass(frozen=True)
@@ -74,19 +96,19 @@ class FolderSource:
             for line_no, entry, problem in _read_jsonl(captions_file):
                 where = f"{CAPTIONS_FILE}:{line_no}"
                 if problem:
-                    skips.append(Skip(where, problem))
+                    skips.append(Skip(where, BAD_LINE, problem))
                     continue
                 rel, problem = _safe_relative(entry.get("path"), folder)
                 if problem:
-                    skips.append(Skip(where, problem))
+                    skips.append(Skip(where, BAD_PATH, problem))
                     continue
                 caption = entry.get("caption")
                 captions.setdefault(rel, [])
                 if not isinstance(caption, str) or not caption.strip():
-                    skips.append(Skip(where, f"empty or missing caption for {rel}"))
+                    skips.append(Skip(where, EMPTY_CAPTION, f"empty or missing caption for {rel}"))
                     continue
                 if not _is_valid_unicode(caption):
-                    skips.append(Skip(where, f"caption for {rel} is not valid Unicode"))
+                    skips.append(Skip(where, BAD_LINE, f"caption for {rel} is not valid Unicode"))
                     continue
                 captions[rel].append(" ".join(caption.split()))
         elif not any(_image_files(folder)):
@@ -153,13 +175,13 @@ class HubSource:
             elif data is not None:
                 reader = lambda d=data: d  # noqa: E731
             else:
-                skips.append(Skip(where, "no image in this row"))
+                skips.append(Skip(where, NO_IMAGE, "no image in this row"))
                 continue
             raw = row[self.caption_column]
             texts = [raw] if isinstance(raw, str) else list(raw or [])
             caps = [" ".join(t.split()) for t in texts if isinstance(t, str) and t.strip()]
             if len(caps) < len(texts) or not texts:
-                skips.append(Skip(where, "empty or missing caption"))
+                skips.append(Skip(where, EMPTY_CAPTION, "empty or missing caption"))
             image_id = str(row[id_column]) if id_column else str(row_no)
             records.append(ImageRecord(image_id, where, caps, reader))
         return records, skips

@@ -1,18 +1,29 @@
 """Publish a finished build as a Hub dataset repo, or as a local folder laid out the same way.
 
-Reads BUILD/shards/*.parquet, BUILD/index/* and BUILD/skipped.jsonl; writes, in ONE commit (or
-one atomic folder swap for ``--to DIR``):
+Reads BUILD/data/*.parquet, BUILD/index/* and BUILD/skipped.jsonl (the index step wrote them and
+listed the data files, with their sha256, in the manifest); writes:
 
-    README.md                          dataset card (hub_card), merged with any existing card
-    data/train-00000-of-0000N.parquet  the rows: image bytes, ids, captions, embeddings
-    index/image_emb.faiss              FAISS inner-product index over image_emb
-    index/caption_emb.faiss            FAISS inner-product index over caption_emb
-    index/manifest.json                model id/revision/fingerprint, counts, data hash, versions
+    README.md                  dataset card (hub_card), merged with any existing card
+    data/train-NNNNN.parquet   the rows: image bytes, ids, captions, embeddings (row order =
+                               sorted file names; pipeline/datafiles.py decides the layout)
+    index/image_emb.faiss      FAISS inner-product index over image_emb
+    index/caption_emb.faiss    FAISS inner-product index over caption_emb
+    index/manifest.json        model id/revision/fingerprint, counts, data hash, data files
 
-Older files under data/ and index/ are deleted in the same commit, so the repo never holds rows
-from one build and indices from another. Publishing a build whose manifest (data hash, model,
-index types) is already the repo's is a no-op. The token comes from HF_TOKEN or
-``hf auth login`` through huggingface_hub and is never printed or written.
+Only what changed travels: a file whose sha256 the repo already holds at that path is not
+uploaded again, and files under data/ and index/ that the new build does not have are deleted,
+so the repo never holds rows from one build and indices from another. A readers' view changes
+at once, never half-way:
+- up to MAX_FILES_PER_COMMIT changed files: ONE commit to main;
+- more (a large first publish): commits of at most MAX_FILES_PER_COMMIT files to a pull-request
+  ref (``create_commit(create_pr=True)``, then ``revision="refs/pr/N"``), the manifest last,
+  then ``merge_pull_request`` lands them on main as one change. An interrupted publish finds
+  its open pull request (by title) and uploads only what the pull request still lacks.
+- ``--to DIR``: the new tree is built beside the old one (unchanged files hard-linked from it,
+  so they stay untouched) and swapped in with one rename.
+Publishing a build whose manifest (data hash, model, index types) and files are already the
+repo's is a no-op. The token comes from HF_TOKEN or ``hf auth login`` through huggingface_hub
+and is never printed or written.
 """
 
 from __future__ import annotations
@@ -28,12 +39,14 @@ from pathlib import Path
 
 from imagesearchtr.manifest import INDEX_DIR, MANIFEST_FILE, Manifest, index_file
 
-from .encode import SKIPPED_FILE, _reason_kind, features
-from .index import load_build_dataset
+from .datafiles import DATA_DIR, sha256_file
+from .encode import SKIPPED_FILE, features, skip_kind
+from .index import INDEXED_FILE, build_shards
 
-DATA_DIR = "data"
 CARD_FILE = "README.md"
 MANAGED_DIRS = (DATA_DIR, INDEX_DIR)
+# The Hub asks for commits of at most ~50-100 files; above this, publish goes through a PR.
+MAX_FILES_PER_COMMIT = 50
 
 
 @dataclass(frozen=True)
@@ -45,6 +58,7 @@ class PublishConfig:
     source_license: str | None = None
     retries: int = 4  # commit attempts after the first, with exponential backoff
     backoff: float = 1.0  # seconds before the first retry
+    max_files_per_commit: int = MAX_FILES_PER_COMMIT
 
 
 @dataclass(frozen=True)
@@ -52,23 +66,35 @@ class PublishResult:
     location: str  # repo id or folder
     revision: str | None  # the commit on the Hub; None for a folder
     changed: bool
+    uploaded: tuple[str, ...] = ()  # repo paths written (uploaded, or written to the folder)
+    deleted: tuple[str, ...] = ()
 
 
-def staged_files(build: Path) -> tuple[Manifest, dict[str, Path]]:
-    """Map repo paths to build files, checking the index matches the rows first."""
+def staged_files(build: Path) -> tuple[Manifest, dict[str, tuple[Path, str]]]:
+    """Map repo paths to (build file, sha256), checking the index matches the rows first."""
     build = Path(build)
+    shards = build_shards(build)  # complete and not empty, or a clear error
     manifest = Manifest.load(build / INDEX_DIR / MANIFEST_FILE)
-    _, shards = load_build_dataset(build)
+    stale = (
+        f"{build}: the index does not match the encoded rows; re-run "
+        f"`python -m pipeline index --build {build}`"
+    )
+    layout = build / INDEXED_FILE
+    indexed = json.loads(layout.read_text(encoding="utf-8")) if layout.is_file() else {}
+    if not manifest.data_files or indexed.get("shards") != [p.name for p in shards]:
+        raise ValueError(stale)
+    files = {}
+    for entry in manifest.data_files:
+        path = build / entry["path"]
+        if not path.is_file() or sha256_file(path) != entry["sha256"]:
+            raise ValueError(stale)
+        files[entry["path"]] = (path, entry["sha256"])
     for info in manifest.indices:
         if not (build / info.file).is_file():
             raise FileNotFoundError(f"{build / info.file} is missing; re-run the index step")
-    files = {
-        f"{DATA_DIR}/train-{i:05d}-of-{len(shards):05d}.parquet": shard
-        for i, shard in enumerate(shards)
-    }
-    files.update({info.file: build / info.file for info in manifest.indices})
-    files[f"{INDEX_DIR}/{MANIFEST_FILE}"] = build / INDEX_DIR / MANIFEST_FILE
-    _check_rows_match(manifest, shards)
+        files[info.file] = (build / info.file, sha256_file(build / info.file))
+    manifest_path = build / INDEX_DIR / MANIFEST_FILE
+    files[f"{INDEX_DIR}/{MANIFEST_FILE}"] = (manifest_path, sha256_file(manifest_path))
     return manifest, files
 
 
@@ -91,7 +117,7 @@ def render_card(build: Path, manifest: Manifest, *, repo_id, local_dir, existing
         features=features(manifest.dim).to_dict(),
         num_captions=manifest.num_captions,
         num_skipped=len(skipped),
-        skipped_reasons=dict(Counter(_reason_kind(s["reason"]) for s in skipped)),
+        skipped_reasons=dict(Counter(skip_kind(s) for s in skipped)),
         existing=existing,
     )
 
@@ -101,7 +127,10 @@ def publish_to_folder(config: PublishConfig) -> PublishResult:
     build, target = Path(config.build), Path(config.to).resolve()
     manifest, files = staged_files(build)
     existing_card = _read_text(target / CARD_FILE)
-    if _read_manifest(target / INDEX_DIR / MANIFEST_FILE) == _identity(manifest):
+    old_files = _folder_files(target)
+    if _read_manifest(target / INDEX_DIR / MANIFEST_FILE) == _identity(manifest) and all(
+        path in old_files and _same_file(target / path, sha) for path, (_, sha) in files.items()
+    ):
         return PublishResult(str(target), None, changed=False)
     card = render_card(
         build,
@@ -120,21 +149,27 @@ def publish_to_folder(config: PublishConfig) -> PublishResult:
         for item in target.iterdir():
             if item.name not in (*MANAGED_DIRS, CARD_FILE):
                 _copy(item, staging / item.name)
-    for repo_path, source in files.items():
+    written = []
+    for repo_path, (source, sha) in files.items():
         dest = staging / repo_path
         dest.parent.mkdir(parents=True, exist_ok=True)
-        _link_or_copy(source, dest)
+        if repo_path in old_files and _same_file(target / repo_path, sha):
+            os.link(target / repo_path, dest)  # unchanged: the very same file
+        else:
+            _link_or_copy(source, dest)
+            written.append(repo_path)
     (staging / CARD_FILE).write_text(card, encoding="utf-8")
     old = target.with_name(f".{target.name}.old-{os.getpid()}")
     if target.exists():
         os.replace(target, old)
     os.replace(staging, target)
     shutil.rmtree(old, ignore_errors=True)
-    return PublishResult(str(target), None, changed=True)
+    deleted = sorted(p for p in old_files if p.split("/", 1)[0] in MANAGED_DIRS and p not in files)
+    return PublishResult(str(target), None, True, tuple(written), tuple(deleted))
 
 
 def publish_to_hub(config: PublishConfig) -> PublishResult:
-    """One commit to a Hub dataset repo (created if needed) holding data, indices and card."""
+    """Publish to a Hub dataset repo (created if needed): data, indices and card, atomically."""
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 
@@ -144,15 +179,16 @@ def publish_to_hub(config: PublishConfig) -> PublishResult:
     try:
         api.create_repo(repo_id, repo_type="dataset", private=config.private, exist_ok=True)
         info = api.dataset_info(repo_id, files_metadata=False)
+        remote = _remote_files(api, repo_id, info.sha)
     except HfHubHTTPError as err:
         raise PublishError(_hub_error_text(err, repo_id)) from None
-    remote = {s.rfilename for s in info.siblings or []}
     remote_manifest = None
     if f"{INDEX_DIR}/{MANIFEST_FILE}" in remote:
         remote_manifest = _read_manifest(
             _download(api, repo_id, f"{INDEX_DIR}/{MANIFEST_FILE}", info.sha)
         )
-    if remote_manifest == _identity(manifest) and set(files) <= remote:
+    changes = _changes(files, remote)
+    if remote_manifest == _identity(manifest) and not any(changes):
         return PublishResult(repo_id, info.sha, changed=False)
     existing_card = None
     if CARD_FILE in remote:
@@ -168,26 +204,117 @@ def publish_to_hub(config: PublishConfig) -> PublishResult:
         existing=existing_card,
         license=config.source_license,
     )
-    operations = [
-        CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(source))
-        for path, source in files.items()
-    ]
-    operations.append(CommitOperationAdd(path_in_repo=CARD_FILE, path_or_fileobj=card.encode()))
-    stale = sorted(
-        path for path in remote if path.split("/", 1)[0] in MANAGED_DIRS and path not in files
-    )
-    operations += [CommitOperationDelete(path_in_repo=path) for path in stale]
-    revision = _commit_with_retries(
-        api,
-        repo_id,
-        operations,
-        message=f"Publish {manifest.num_rows} rows and indices ({manifest.data_hash[:19]})",
-        parent=info.sha,
-        identity=_identity(manifest),
-        retries=config.retries,
-        backoff=config.backoff,
-    )
-    return PublishResult(repo_id, revision, changed=True)
+    title = f"Publish {manifest.num_rows} rows and indices ({manifest.data_hash[:19]})"
+    uploads, deletes = changes
+    if len(uploads) + len(deletes) + 1 <= config.max_files_per_commit:
+        operations = [
+            CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(files[path][0]))
+            for path in uploads
+        ]
+        operations.append(CommitOperationAdd(path_in_repo=CARD_FILE, path_or_fileobj=card.encode()))
+        operations += [CommitOperationDelete(path_in_repo=path) for path in deletes]
+        revision = _commit_with_retries(
+            api,
+            repo_id,
+            operations,
+            message=title,
+            parent=info.sha,
+            identity=_identity(manifest),
+            retries=config.retries,
+            backoff=config.backoff,
+        )
+    else:
+        revision, uploads, deletes = _publish_through_pr(api, repo_id, files, card, title, config)
+    return PublishResult(repo_id, revision, True, tuple(uploads), tuple(deletes))
+
+
+def _changes(files: dict, remote: dict) -> tuple[list[str], list[str]]:
+    """(paths to upload, managed paths to delete) to turn ``remote`` into ``files``."""
+    uploads = [path for path, (_, sha) in files.items() if remote.get(path) != sha]
+    # The manifest and indices go last: whoever sees them sees the data files they describe.
+    uploads.sort(key=lambda p: (p.startswith(f"{INDEX_DIR}/"), p.endswith(MANIFEST_FILE), p))
+    deletes = sorted(p for p in remote if p.split("/", 1)[0] in MANAGED_DIRS and p not in files)
+    return uploads, deletes
+
+
+def _remote_files(api, repo_id: str, revision: str) -> dict[str, str | None]:
+    """Repo path -> sha256 of the file content (None where the Hub gives no sha256)."""
+    from huggingface_hub.hf_api import RepoFile
+
+    out = {}
+    for entry in api.list_repo_tree(
+        repo_id, repo_type="dataset", revision=revision, recursive=True
+    ):
+        if isinstance(entry, RepoFile):
+            out[entry.path] = entry.lfs.sha256 if entry.lfs else None
+    return out
+
+
+def _publish_through_pr(api, repo_id, files, card, title, config):
+    """Commits of at most ``max_files_per_commit`` files on a pull request, merged once."""
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+    from huggingface_hub.errors import HfHubHTTPError
+
+    limit = config.max_files_per_commit
+    try:
+        pr = next(
+            (
+                d
+                for d in api.get_repo_discussions(
+                    repo_id,
+                    repo_type="dataset",
+                    discussion_type="pull_request",
+                    discussion_status="open",
+                )
+                if d.title == title
+            ),
+            None,
+        )
+        if pr is None:  # open one with the deletions (none of them is read by anyone yet)
+            head = api.dataset_info(repo_id).sha
+            uploads, deletes = _changes(files, _remote_files(api, repo_id, head))
+            first = [CommitOperationDelete(path_in_repo=p) for p in deletes[:limit]]
+            commit = api.create_commit(
+                repo_id,
+                operations=first
+                or [CommitOperationAdd(path_in_repo=CARD_FILE, path_or_fileobj=card.encode())],
+                repo_type="dataset",
+                commit_message=title,
+                create_pr=True,
+                parent_commit=head,
+            )
+            pr_num = commit.pr_num
+        else:
+            pr_num = pr.num
+            print(f"publish: resuming pull request #{pr_num} of {repo_id}", file=sys.stderr)
+        ref = f"refs/pr/{pr_num}"
+        uploads, deletes = _changes(files, _remote_files(api, repo_id, ref))
+        batches = [
+            [CommitOperationDelete(path_in_repo=p) for p in deletes[i : i + limit]]
+            for i in range(0, len(deletes), limit)
+        ]
+        adds = [
+            CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(files[p][0])) for p in uploads
+        ]
+        adds.append(CommitOperationAdd(path_in_repo=CARD_FILE, path_or_fileobj=card.encode()))
+        batches += [adds[i : i + limit] for i in range(0, len(adds), limit)]
+        for n, batch in enumerate(batches, start=1):
+            print(f"publish: commit {n}/{len(batches)} to {ref}", file=sys.stderr)
+            api.create_commit(
+                repo_id,
+                operations=batch,
+                repo_type="dataset",
+                commit_message=f"{title} [{n}/{len(batches)}]",
+                revision=ref,
+            )
+        api.merge_pull_request(repo_id, pr_num, repo_type="dataset")
+        revision = api.dataset_info(repo_id).sha
+    except (HfHubHTTPError, OSError, RuntimeError) as err:
+        raise PublishError(
+            _hub_error_text(err, repo_id) + "; main was left unchanged: run the same publish "
+            "command again to resume"
+        ) from None
+    return revision, uploads, deletes
 
 
 def _commit_with_retries(api, repo_id, operations, *, message, parent, identity, retries, backoff):
@@ -285,17 +412,6 @@ def _read_manifest(path: Path | None):
         return None  # an unreadable remote manifest is simply replaced
 
 
-def _check_rows_match(manifest: Manifest, shards: list[Path]) -> None:
-    import pyarrow.parquet as pq
-
-    rows = sum(pq.ParquetFile(p).metadata.num_rows for p in shards)
-    if rows != manifest.num_rows:
-        raise ValueError(
-            f"the index covers {manifest.num_rows} rows but the shards hold {rows}; "
-            "re-run `python -m pipeline index` on this build"
-        )
-
-
 def _download(api, repo_id: str, filename: str, revision: str) -> Path:
     return Path(api.hf_hub_download(repo_id, filename, repo_type="dataset", revision=revision))
 
@@ -323,6 +439,16 @@ def _link_or_copy(source: Path, dest: Path) -> None:
         os.link(source, dest)
     except OSError:
         shutil.copy2(source, dest)
+
+
+def _folder_files(folder: Path) -> set[str]:
+    if not folder.is_dir():
+        return set()
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+
+
+def _same_file(path: Path, sha: str) -> bool:
+    return path.is_file() and sha256_file(path) == sha
 
 
 def _copy(item: Path, dest: Path) -> None:

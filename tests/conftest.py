@@ -96,3 +96,30 @@ def hub_env(local_hub, tmp_path) -> dict:  # noqa: F811
     home = tmp_path / "hf-home"
     home.mkdir()
     return {**local_hub.env(), "HF_HOME": str(home)}
+
+
+def write_photos(folder: Path, names, seed: int = 0, size=(48, 36), captions=None) -> Path:
+    """Generated JPEGs (random pixels: every one distinct) plus captions.jsonl, for tests that
+    need images but not the shared photos. ``names``: stems; ``captions``: stem -> caption(s),
+    default one Turkish caption each. Appends to an existing captions.jsonl."""
+    import io
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for name in names:
+        digest = sum(ord(c) * 31**i for i, c in enumerate(name)) % 2**31
+        rng = np.random.default_rng(seed * 7919 + digest)
+        pixels = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format="JPEG", quality=80)
+        (folder / "images" / f"{name}.jpg").write_bytes(buf.getvalue())
+        texts = (captions or {}).get(name, f"karda oynayan köpek {name}")
+        for text in [texts] if isinstance(texts, str) else texts:
+            lines.append(json.dumps({"path": f"images/{name}.jpg", "caption": text}) + "\n")
+    with (folder / "captions.jsonl").open("a", encoding="utf-8") as fh:
+        fh.writelines(lines)
+    return folder

@@ -53,6 +53,7 @@ class Manifest:
     versions: dict = field(default_factory=dict)  # library versions used for the build
     created_at: str = ""
     source: str = ""  # where the rows came from: a Hub dataset id or "local folder"
+    data_files: list = field(default_factory=list)  # [{path, num_rows, sha256}] in row order
     manifest_version: int = MANIFEST_VERSION
 
     def index(self, column: str) -> IndexInfo:

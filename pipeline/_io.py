@@ -1,0 +1,48 @@
+"""Atomic file writes: the one place in the pipeline that renames temporary files.
+
+A file the pipeline writes either exists whole or not at all: it is written under a temporary
+name in the same folder (``.NAME.PID.tmp``) and renamed over the target, which POSIX makes
+atomic. A process killed mid-write leaves only its temporary file, which ``remove_orphans``
+deletes on the next run. Reads nothing; writes the files it is given.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def temp_path(target: Path) -> Path:
+    """The temporary name this process writes ``target`` under (hidden, same folder)."""
+    target = Path(target)
+    return target.with_name(f".{target.name}.{os.getpid()}.tmp")
+
+
+@contextmanager
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces ``target`` in one rename."""
+    target = Path(target)
+    tmp = temp_path(target)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)  # only still there when the write failed
+
+
+def write_bytes(target: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(target: str | os.PathLike, text: str) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def remove_orphans(folder: Path, name_glob: str = "*") -> None:
+    """Delete the temporary files killed runs left for targets matching ``name_glob``."""
+    for orphan in Path(folder).glob(f".{name_glob}.*.tmp"):
+        orphan.unlink(missing_ok=True)

@@ -1,0 +1,176 @@
+"""The published data files: which rows go in which ``data/train-NNNNN.parquet``, written so
+that an update leaves the files of unchanged rows byte-identical.
+
+Reads the build's rows (the index step passes them) and the previous layout: the data files in
+BUILD/data from the last index run, else those of the dataset ``encode --reuse`` read from.
+Writes BUILD/data/*.parquet (the exact files publish uploads; row order = sorted file names,
+which is also the row order of the FAISS indices built over them).
+
+The rule, applied in order:
+1. A previous file whose rows are all still in the build, unchanged (same id, path, image
+   sha256, captions and embeddings), is kept as it is: same name, same bytes.
+2. A previous file that lost rows is rewritten under its own name with the rows it keeps
+   (dropped when it keeps none).
+3. When more than MAX_SMALL_FILES files are smaller than a quarter of the target size, they are
+   compacted: their rows move to new files, in the same order.
+4. Rows not in any kept file (new or changed images) go to new files with higher numbers,
+   filled up to ``target_bytes`` each (datasets' own ``push_to_hub`` size by default).
+Files are written deterministically (fixed writer settings, no timestamps): the same rows give
+the same bytes, so publish can compare files by sha256 and upload only what changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import _io
+
+DATA_DIR = "data"
+# Rows per parquet row group: small enough that one image (with its group) can later be
+# fetched by an HTTP range read without downloading the file.
+ROW_GROUP_ROWS = 64
+SMALL_FRACTION = 4  # a file under target / 4 counts as small
+MAX_SMALL_FILES = 8
+KEY_COLUMNS = ["image_id", "path", "sha256", "captions", "image_emb", "caption_emb"]
+_NAME = re.compile(r"train-(\d+)")
+
+
+def default_target_bytes() -> int:
+    """datasets' push_to_hub shard size (``datasets.config.MAX_SHARD_SIZE``, "500MB")."""
+    from datasets import config
+    from datasets.utils.py_utils import convert_file_size_to_int
+
+    return convert_file_size_to_int(config.MAX_SHARD_SIZE)
+
+
+def file_name(number: int) -> str:
+    return f"{DATA_DIR}/train-{number:05d}.parquet"
+
+
+@dataclass(frozen=True)
+class PlannedFile:
+    path: str  # repo-relative, data/train-NNNNN.parquet
+    rows: tuple[int, ...]  # indices into the build's rows, in order
+    keep: bool  # an existing file with exactly these rows: leave it untouched
+
+
+def row_keys(table) -> list[str]:
+    """A hash of everything a published row holds except the image bytes (sha256 stands in)."""
+    import pyarrow as pa
+
+    from imagesearchtr.vectors import embedding_matrix
+
+    image_emb = table.column("image_emb")
+    dim = image_emb.type.list_size
+    image, _ = embedding_matrix(image_emb, dim)
+    caption, valid = embedding_matrix(table.column("caption_emb"), dim)
+    meta = pa.table({c: table.column(c) for c in ("image_id", "path", "sha256", "captions")})
+    keys = []
+    for i, row in enumerate(meta.to_pylist()):
+        digest = hashlib.sha256(repr(sorted(row.items())).encode())
+        digest.update(image[i].tobytes())
+        digest.update(caption[i].tobytes() if valid[i] else b"null")
+        keys.append(digest.hexdigest())
+    return keys
+
+
+def plan_layout(
+    keys: list[str],
+    row_bytes: list[int],
+    previous: list[tuple[str, list[str], int]],
+    target_bytes: int,
+) -> list[PlannedFile]:
+    """Apply the module's rule. ``previous``: (path, row keys, size in bytes), any order."""
+    position = {key: i for i, key in enumerate(keys)}
+    placed: set[int] = set()
+    files: list[PlannedFile] = []
+    numbers = [int(m.group(1)) for path, _, _ in previous if (m := _NAME.search(path))]
+    next_number = max(numbers, default=-1) + 1
+    for path, old_keys, _ in sorted(previous):
+        rows = [position[k] for k in old_keys if k in position and position[k] not in placed]
+        placed.update(rows)
+        if rows:
+            own = file_name(_number(path))  # older builds named files train-N-of-M
+            keep = len(rows) == len(old_keys) and path == own
+            files.append(PlannedFile(own, tuple(rows), keep))
+    small = [f for f in files if _size(f, row_bytes) < target_bytes // SMALL_FRACTION]
+    moved: list[int] = []
+    if len(small) > MAX_SMALL_FILES:
+        for f in small:
+            files.remove(f)
+            moved.extend(f.rows)
+    new_rows = moved + [i for i in range(len(keys)) if i not in placed]
+    chunk: list[int] = []
+    chunk_bytes = 0
+    for i in new_rows:
+        if chunk and chunk_bytes + row_bytes[i] > target_bytes:
+            files.append(PlannedFile(file_name(next_number), tuple(chunk), False))
+            next_number += 1
+            chunk, chunk_bytes = [], 0
+        chunk.append(i)
+        chunk_bytes += row_bytes[i]
+    if chunk:
+        files.append(PlannedFile(file_name(next_number), tuple(chunk), False))
+    return sorted(files, key=lambda f: f.path)
+
+
+def _number(path: str) -> int:
+    m = _NAME.search(path)
+    return int(m.group(1)) if m else 0
+
+
+def _size(f: PlannedFile, row_bytes: list[int]) -> int:
+    return sum(row_bytes[i] for i in f.rows)
+
+
+def row_sizes(table) -> list[int]:
+    """Bytes a row adds to a data file, roughly: its image plus its two embeddings."""
+    import pyarrow.compute as pc
+
+    images = table.column("image").combine_chunks().field("bytes")
+    lengths = pc.binary_length(images).fill_null(0).to_numpy(zero_copy_only=False)
+    dim = table.column("image_emb").type.list_size
+    return (lengths.astype(np.int64) + 8 * dim + 256).tolist()
+
+
+def read_previous(files: list[tuple[object, str, str]]) -> list[tuple[str, list[str], int]]:
+    """(path in repo, row keys, size) of data files: (filesystem or None, file, repo path)."""
+    import pyarrow.parquet as pq
+
+    out = []
+    for fs, path, repo_path in files:
+        handle = fs.open(path, "rb") if fs is not None else path
+        parquet = pq.ParquetFile(handle)
+        table = parquet.read(columns=KEY_COLUMNS)
+        size = fs.size(path) if fs is not None else Path(path).stat().st_size
+        out.append((repo_path, row_keys(table), int(size)))
+    return out
+
+
+def write_file(table, target: Path) -> None:
+    """Write ``table`` as parquet deterministically (same rows -> same bytes), atomically."""
+    import pyarrow.parquet as pq
+
+    with _io.atomic_path(target) as tmp:
+        pq.write_table(
+            table,
+            str(tmp),
+            row_group_size=ROW_GROUP_ROWS,
+            compression="snappy",
+            use_dictionary=True,
+            write_statistics=True,
+            version="2.6",
+        )
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
