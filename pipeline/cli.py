@@ -105,8 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser(
         "index",
         help="build FAISS inner-product indices and the manifest",
-        description="Writes BUILD/index/{image_emb,caption_emb}.faiss and "
-        "BUILD/index/manifest.json.",
+        description="Writes BUILD/data/train-NNNNN.parquet (the data files publish uploads), "
+        "BUILD/index/{image_emb,caption_emb}.faiss and BUILD/index/manifest.json. After an "
+        "update, data files whose rows did not change are kept byte for byte; new rows go to "
+        "new files.",
         formatter_class=defaults,
     )
     p.add_argument("--build", type=Path, required=True, help="build folder from `encode`")
@@ -115,12 +117,21 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help=f"{', '.join(INDEX_TYPES)}, or a FAISS factory string (auto: {AUTO_RULE})",
     )
+    p.add_argument(
+        "--max-data-file-size",
+        default=None,
+        metavar="SIZE",
+        help="target size of the data files written to BUILD/data, e.g. 500MB (default: "
+        "datasets' push_to_hub shard size); files of unchanged rows are kept as they are",
+    )
 
     p = commands.add_parser(
         "publish",
         help="publish data + indices + card to a Hub dataset repo or a local folder",
-        description="One commit holding data/*.parquet, index/* and README.md; the same "
-        "layout in a local folder with --to. Uses HF_TOKEN or `hf auth login`.",
+        description="Uploads data/*.parquet, index/* and README.md, only the files that "
+        "changed, in one commit (or, above the Hub's files-per-commit guidance, in commits on "
+        "a pull request merged once; an interrupted run resumes it); the same layout in a "
+        "local folder with --to. Uses HF_TOKEN or `hf auth login`.",
         formatter_class=defaults,
     )
     p.add_argument("--build", type=Path, required=True, help="build folder from `index`")
@@ -249,7 +260,18 @@ def _encode(args) -> int:
 def _index(args) -> int:
     from .index import IndexConfig, run_index
 
-    manifest = run_index(IndexConfig(build=args.build, index_type=args.index_type))
+    target = None
+    if args.max_data_file_size is not None:
+        from datasets.utils.py_utils import convert_file_size_to_int
+
+        try:
+            target = convert_file_size_to_int(args.max_data_file_size)
+        except ValueError:
+            raise ValueError(
+                f"--max-data-file-size {args.max_data_file_size!r}: give a size like 500MB"
+            ) from None
+    config = IndexConfig(build=args.build, index_type=args.index_type, target_bytes=target)
+    manifest = run_index(config)
     kinds = ", ".join(f"{i.column}: {i.factory} ({i.ntotal})" for i in manifest.indices)
     print(f"indexed {manifest.num_rows} rows, dim {manifest.dim}; {kinds}")
     print(f"manifest: {Path(args.build) / 'index' / 'manifest.json'}")

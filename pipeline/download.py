@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from . import _io
 from .inputs import CAPTIONS_FILE
 
 DEFAULT_DATASET = "ituperceptron/image-captioning-turkish"
@@ -83,9 +83,7 @@ def run_download(config: DownloadConfig) -> DownloadSummary:
             if target.is_file() and target.stat().st_size == len(data):
                 kept += 1
             else:
-                tmp = target.with_name(f".{name}.tmp")
-                tmp.write_bytes(data)
-                os.replace(tmp, target)
+                _io.write_bytes(target, data)
                 written += 1
             if isinstance(caption, str) and caption.strip():
                 line = json.dumps({"path": rel, "caption": caption}, ensure_ascii=False)

@@ -21,7 +21,10 @@ branch, ``refs/heads/X``, a tag or a full 40-hex commit sha, URL-encoded as the 
     GET    /api/{type}/{repo}/revision/{rev}
     PUT    /api/{type}/{repo}/settings                (private / visibility only)
     POST   /api/{type}/{repo}/preupload/{rev}         (uploadMode lfs|regular, remote oid)
-    POST   /api/{type}/{repo}/commit/{rev}            (ndjson; parentCommit -> 412 if stale)
+    POST   /api/{type}/{repo}/commit/{rev}            (ndjson; parentCommit -> 412 if stale;
+                                                       ?create_pr=1; 422 over the file limit)
+    GET    /api/{type}/{repo}/discussions             (pull requests; ?type=, ?status=)
+    POST   /api/{type}/{repo}/discussions/{n}/merge
     GET    /api/{type}/{repo}/tree/{rev}[/{path}]     (?recursive, ?expand, Link pagination)
     POST   /api/{type}/{repo}/paths-info/{rev}        (form: paths=..., expand=...)
     GET    /api/{type}/{repo}/refs
@@ -508,6 +511,75 @@ class Storage:
 
 
 # ---------------------------------------------------------------------------------------------
+# Pull requests and commit limits (the pipeline's large publishes)
+#
+# Modelled on the Hub's documented behaviour: ``create_commit(create_pr=True)`` (``?create_pr=1``)
+# opens a pull request whose head is the ref ``refs/pr/N``, starting from the target branch; more
+# commits go to ``revision="refs/pr/N"``; ``POST .../discussions/N/merge`` lands the pull
+# request's files on the base branch as ONE new commit, so readers of the branch see all of it
+# or none. The Hub asks for at most ~50-100 files per commit; this server refuses a commit with
+# more than ``HubState.max_files_per_commit`` operations (default MAX_FILES_PER_COMMIT; None:
+# no limit) with 422, so a test sees a publish that ignores the limit fail.
+# PR heads are kept in ``repo["branches"]`` under their ref name (so every revision lookup and
+# commit works on them unchanged) and hidden from the branch list.
+# ---------------------------------------------------------------------------------------------
+
+MAX_FILES_PER_COMMIT = 100
+
+
+def _check_files_per_commit(state, operations: list) -> None:
+    limit = state.max_files_per_commit
+    if limit is not None and len(operations) > limit:
+        raise HubError(
+            422,
+            f"Too many files in one commit ({len(operations)} > {limit}); split the upload "
+            "into several commits",
+        )
+
+
+def _open_pull_request(storage, repo: dict, base: str, header: dict, author: str):
+    """Create refs/pr/N at the head of ``base``; return (the ref to commit to, N)."""
+    with storage.lock:
+        if base not in repo["branches"]:
+            raise HubError(404, f"Invalid rev id: {base}", "RevisionNotFound")
+        pulls = repo.setdefault("pulls", [])
+        num = len(pulls) + 1
+        ref = f"refs/pr/{num}"
+        repo["branches"][ref] = repo["branches"][base]
+        pulls.append(
+            {
+                "num": num,
+                "title": header.get("summary") or "Upload files",
+                "status": "open",
+                "author": author,
+                "createdAt": _now(),
+                "base": base,
+            }
+        )
+        storage.save_repo(repo)
+    return ref, num
+
+
+def _merge_pull_request(storage, repo: dict, num: int, author: str) -> str:
+    with storage.lock:
+        pull = next((p for p in repo.get("pulls", []) if p["num"] == num), None)
+        if pull is None:
+            raise HubError(404, f"Discussion {num} not found", "EntryNotFound")
+        if pull["status"] != "open":
+            raise HubError(400, f"Pull request {num} is {pull['status']}, not open")
+        head = repo["branches"][f"refs/pr/{num}"]
+        base_head = repo["branches"][pull["base"]]
+        files = dict(repo["commits"][head]["files"])
+        sha = storage._new_commit(
+            repo, base_head, files, f"Merge pull request #{num}: {pull['title']}", "", author
+        )
+        repo["branches"][pull["base"]] = sha
+        pull["status"] = "merged"
+        storage.save_repo(repo)
+        return sha
+
+
+# ---------------------------------------------------------------------------------------------
 # Server state and the HTTP handlers
 # ---------------------------------------------------------------------------------------------
 
@@ -531,6 +603,8 @@ class HubState:
         # When set, LFS objects bigger than this are announced as multipart uploads.
         self.multipart_chunk_size = multipart_chunk_size
         self.tree_page_size = tree_page_size
+        # Files per commit (pull requests and commit limits section below).
+        self.max_files_per_commit: int | None = MAX_FILES_PER_COMMIT
         self.faults = FaultInjector()
         self._secret = secrets.token_bytes(16)  # signs the unauthenticated upload URLs
         self._log_lock = threading.Lock()
@@ -770,6 +844,8 @@ class HubApp:
             ("POST", git + r"\.git/info/lfs/objects/batch", self.lfs_batch),
             ("GET", git + rf"/resolve/(?P<rev>{seg})/(?P<path>.+)", self.resolve),
             ("HEAD", git + rf"/resolve/(?P<rev>{seg})/(?P<path>.+)", self.resolve),
+            ("GET", api + r"/discussions", self.discussions),
+            ("POST", api + r"/discussions/(?P<num>\d+)/merge", self.merge_pull_request),
             ("GET", api + r"/variables", self.space_variables),
             ("POST", api + r"/variables", self.space_variables),
             ("DELETE", api + r"/variables", self.space_variables),
@@ -1091,8 +1167,7 @@ class HubApp:
     async def commit(self, request: Request, m: re.Match) -> Response:
         repo_type, repo_id = _parse_repo_match(m)
         repo, user = self.state.writable_repo(request, repo_type, repo_id)
-        if _truthy(request.query_params.get("create_pr")):
-            raise HubError(400, "create_pr is not supported by the local test hub")
+        create_pr = _truthy(request.query_params.get("create_pr"))
         branch = unquote(m["rev"])
         if branch.startswith("refs/heads/"):
             branch = branch[len("refs/heads/") :]
@@ -1132,6 +1207,10 @@ class HubApp:
                 operations.append((key, {"path": value["path"]}))
             else:
                 raise HubError(400, f"Unsupported commit operation key: {key}")
+        _check_files_per_commit(self.state, operations)
+        pr_num = None
+        if create_pr:
+            branch, pr_num = _open_pull_request(storage, repo, branch, header, user)
         sha = storage.commit(
             repo,
             branch,
@@ -1147,10 +1226,49 @@ class HubApp:
                 "success": True,
                 "commitOid": sha,
                 "commitUrl": f"{_base_url(request)}/{prefix}{repo_id}/commit/{sha}",
-                "pullRequestUrl": None,
+                "pullRequestUrl": (
+                    f"{_base_url(request)}/{prefix}{repo_id}/discussions/{pr_num}"
+                    if pr_num
+                    else None
+                ),
                 "hookOutput": "",
             }
         )
+
+    # -- pull requests (see the section "Pull requests and commit limits") ----------------------
+
+    async def discussions(self, request: Request, m: re.Match) -> Response:
+        repo_type, repo_id = _parse_repo_match(m)
+        repo = self.state.readable_repo(request, repo_type, repo_id)
+        params = request.query_params
+        with self.state.storage.lock:
+            pulls = list(repo.get("pulls", []))
+        if params.get("type") not in (None, "all", "pull_request"):
+            pulls = []
+        if params.get("status") not in (None, "all"):
+            pulls = [p for p in pulls if p["status"] == params["status"]]
+        pulls.sort(key=lambda p: -p["num"])  # newest first, like the Hub
+        entries = [
+            {
+                "num": p["num"],
+                "title": p["title"],
+                "status": p["status"],
+                "author": {"name": p["author"]},
+                "createdAt": p["createdAt"],
+                "isPullRequest": True,
+                "repo": {"name": repo_id, "type": repo_type},
+                "numComments": 1,
+                "pinned": False,
+            }
+            for p in pulls
+        ]
+        return JSONResponse({"discussions": entries, "count": len(entries), "start": 0})
+
+    async def merge_pull_request(self, request: Request, m: re.Match) -> Response:
+        repo_type, repo_id = _parse_repo_match(m)
+        repo, user = self.state.writable_repo(request, repo_type, repo_id)
+        _merge_pull_request(self.state.storage, repo, int(m["num"]), user)
+        return JSONResponse({})
 
     # -- listing --------------------------------------------------------------------------------
 
@@ -1215,6 +1333,12 @@ class HubApp:
             branches = [
                 {"name": n, "ref": f"refs/heads/{n}", "targetCommit": s}
                 for n, s in sorted(repo["branches"].items())
+                if not n.startswith("refs/pr/")
+            ]
+            pulls = [
+                {"name": n, "ref": n, "targetCommit": s}
+                for n, s in sorted(repo["branches"].items())
+                if n.startswith("refs/pr/")
             ]
             tags = [
                 {"name": n, "ref": f"refs/tags/{n}", "targetCommit": s}
@@ -1222,7 +1346,7 @@ class HubApp:
             ]
         out: dict[str, Any] = {"branches": branches, "converts": [], "tags": tags}
         if _truthy(request.query_params.get("include_prs")):
-            out["pullRequests"] = []
+            out["pullRequests"] = pulls
         return JSONResponse(out)
 
     async def commits(self, request: Request, m: re.Match) -> Response:
@@ -1479,6 +1603,14 @@ class LocalHub:
     def unhandled(self) -> list[str]:
         """Requests that matched no route ("METHOD /raw/path?query")."""
         return list(self.state.unhandled)
+
+    @property
+    def max_files_per_commit(self) -> int | None:
+        return self.state.max_files_per_commit
+
+    @max_files_per_commit.setter
+    def max_files_per_commit(self, value: int | None) -> None:
+        self.state.max_files_per_commit = value
 
     @property
     def multipart_chunk_size(self) -> int | None:

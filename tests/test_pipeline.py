@@ -325,3 +325,207 @@ def test_sharded_encoding_with_torchrun_equals_one_process(
     from imagesearchtr import Manifest
 
     assert Manifest.load(build / "index/manifest.json").num_rows == 413
+
+
+# --- updates: a changed input re-encodes only what changed --------------------------------------
+
+
+def encode(data, build, encoder, model_dir, **kw):
+    config = EncodeConfig(out=build, model=str(model_dir), dtype="float32", shard_size=4, **kw)
+    return run_encode(FolderSource(data), config, encoder=encoder)
+
+
+def rows_by_id(build: Path) -> dict:
+    table = read_rows(build, ("image_id", "sha256", "captions", "image_emb", "caption_emb"))
+    return {r["image_id"]: r for r in table.to_pylist()}
+
+
+def emb_bytes(row, column) -> bytes | None:
+    value = row[column]
+    return None if value is None else np.asarray(value, dtype=np.float32).tobytes()
+
+
+def test_update_encodes_only_added_and_modified_images(tmp_path, tiny_encoder, tiny_model_dir):
+    from conftest import write_photos
+
+    data = write_photos(tmp_path / "data", [f"p{i:02d}" for i in range(20)])
+    build = tmp_path / "build"
+    first = encode(data, build, tiny_encoder, tiny_model_dir)
+    assert (first.encoded_images, first.reused_images) == (20, 0)
+    before = rows_by_id(build)
+
+    # Remove p03; new bytes for p05; new caption for p07; two new photos.
+    (data / "images" / "p03.jpg").unlink()
+    write_photos(tmp_path / "other", ["p05"], seed=9)
+    shutil.copy(tmp_path / "other/images/p05.jpg", data / "images/p05.jpg")
+    lines = (data / "captions.jsonl").read_text(encoding="utf-8").splitlines()
+    lines = [ln for ln in lines if "p03.jpg" not in ln]
+    lines = [ln.replace("karda oynayan", "evde uyuyan") if "p07.jpg" in ln else ln for ln in lines]
+    (data / "captions.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_photos(data, ["n1", "n2"])
+
+    flags = ("--model", tiny_model_dir, "--dtype", "float32", "--shard-size", "4")
+    result = run_cli("encode", "--data", data, "--out", build, *flags)
+    summary = json.loads((build / "summary.json").read_text())
+    assert summary == {
+        "images": 21,
+        "encoded_images": 3,  # p05, n1, n2
+        "reused_images": 18,
+        "encoded_captions": 4,  # theirs + p07's new caption
+        "reused_captions": 17,
+        "skipped": 0,
+    }
+    assert "3 encoded, 18 reused" in result.stdout and "4 encoded, 17 reused" in result.stdout
+    after = rows_by_id(build)
+    assert "images/p03" not in after and {"images/n1", "images/n2"} <= set(after)
+    for image_id in set(before) - {"images/p03", "images/p05", "images/p07"}:
+        for column in ("image_emb", "caption_emb"):  # copied bit for bit
+            assert emb_bytes(after[image_id], column) == emb_bytes(before[image_id], column)
+    p05, p07 = after["images/p05"], after["images/p07"]
+    assert p05["sha256"] != before["images/p05"]["sha256"]
+    assert emb_bytes(p05, "image_emb") != emb_bytes(before["images/p05"], "image_emb")
+    assert emb_bytes(p07, "image_emb") == emb_bytes(before["images/p07"], "image_emb")
+    assert p07["captions"] == ["evde uyuyan köpek p07"]
+    # Every row equals what a fresh build of the new input holds (the CLI's default dtype).
+    fresh = tmp_path / "fresh"
+    run_cli("encode", "--data", data, "--out", fresh, *flags)
+    reference = rows_by_id(fresh)
+    assert list(after) == list(reference)
+    for image_id, row in reference.items():
+        for column in ("image_emb", "caption_emb"):
+            np.testing.assert_allclose(after[image_id][column], row[column], atol=1e-5)
+    # The old plan's shards are gone once the new one is complete.
+    names = json.loads((build / "build.json").read_text())["shards"]
+    assert sorted(p.name for p in (build / "shards").glob("*.parquet")) == sorted(names)
+
+
+def published_files(folder: Path) -> dict:
+    """repo path -> (inode, mtime_ns, size) of every file under data/ and index/."""
+    out = {}
+    for path in sorted(folder.rglob("*.*")):
+        if path.is_file() and path.parent.name in ("data", "index"):
+            st = path.stat()
+            out[path.relative_to(folder).as_posix()] = (st.st_ino, st.st_mtime_ns, st.st_size)
+    return out
+
+
+def test_republish_after_an_update_keeps_unchanged_data_files(
+    tmp_path, tiny_encoder, tiny_model_dir
+):
+    from conftest import write_photos
+    from datasets import load_dataset
+
+    data = write_photos(tmp_path / "data", [f"p{i:02d}" for i in range(24)])
+    build, repo = tmp_path / "build", tmp_path / "repo"
+    encode(data, build, tiny_encoder, tiny_model_dir)
+    target = 6 * 2_000  # about 6 rows a file (a ~1.6 KB JPEG + embeddings each)
+    manifest = run_index(IndexConfig(build=build, target_bytes=target))
+    paths = [f["path"] for f in manifest.data_files]
+    assert len(paths) >= 3 and sum(f["num_rows"] for f in manifest.data_files) == 24
+    publish_to_folder(PublishConfig(build=build, to=repo))
+    before = published_files(repo)
+
+    # Rebuilding the same rows writes the same bytes (deterministic files).
+    again = tmp_path / "again"
+    encode(data, again, tiny_encoder, tiny_model_dir)
+    run_index(IndexConfig(build=again, target_bytes=target))
+    for path in paths:
+        assert (again / path).read_bytes() == (build / path).read_bytes()
+
+    # Add three photos and remove one from the second file.
+    (with_p08,) = [
+        p for p in paths if "images/p08" in pq.read_table(repo / p)["image_id"].to_pylist()
+    ]
+    write_photos(data, ["z1", "z2", "z3"])
+    (data / "images" / "p08.jpg").unlink()
+    encode(data, build, tiny_encoder, tiny_model_dir)
+    updated = run_index(IndexConfig(build=build, target_bytes=target))
+    result = publish_to_folder(PublishConfig(build=build, to=repo))
+    after = published_files(repo)
+    for path in paths:
+        if path != with_p08:
+            assert after[path] == before[path], f"{path} was rewritten"
+    assert after[with_p08] != before[with_p08]
+    new_files = sorted(set(after) - set(before))
+    assert new_files and all(p > max(paths) for p in new_files)  # new rows: new files at the end
+    assert set(result.uploaded) == {
+        with_p08,
+        *new_files,
+        "index/image_emb.faiss",
+        "index/caption_emb.faiss",
+        "index/manifest.json",
+    }
+    # Rows and indices agree: the index's row i is the data files' row i.
+    ds = load_dataset(str(repo), split="train")
+    assert len(ds) == 26 == updated.num_rows
+    assert "images/p08" not in ds["image_id"] and ds["image_id"][-3:] == [
+        "images/z1",
+        "images/z2",
+        "images/z3",
+    ]
+    ds.load_faiss_index("image_emb", str(repo / "index/image_emb.faiss"))
+    for row in (0, 7, 25):
+        _, found = ds.get_nearest_examples("image_emb", np.asarray(ds[row]["image_emb"]), k=1)
+        assert found["image_id"] == [ds[row]["image_id"]]
+    # Nothing changed: nothing is written.
+    assert not publish_to_folder(PublishConfig(build=build, to=repo)).changed
+
+
+def test_reuse_from_a_published_folder(tmp_path, tiny_encoder, tiny_model_dir):
+    from conftest import write_photos
+    from tiny_checkpoint import write_tiny_checkpoint
+
+    data = write_photos(tmp_path / "data", [f"p{i:02d}" for i in range(12)])
+    build, repo = tmp_path / "build", tmp_path / "repo"
+    encode(data, build, tiny_encoder, tiny_model_dir)
+    run_index(IndexConfig(build=build, target_bytes=8_000))
+    publish_to_folder(PublishConfig(build=build, to=repo))
+    before = published_files(repo)
+    old = rows_by_id(build)
+
+    # A new machine: the photos plus two new ones, no build folder, the published dataset.
+    write_photos(data, ["q1", "q2"])
+    fresh = tmp_path / "fresh"
+    summary = encode(data, fresh, tiny_encoder, tiny_model_dir, reuse=str(repo))
+    assert (summary.encoded_images, summary.reused_images) == (2, 12)
+    new = rows_by_id(fresh)
+    for image_id, row in old.items():
+        assert emb_bytes(new[image_id], "image_emb") == emb_bytes(row, "image_emb")
+    run_index(IndexConfig(build=fresh, target_bytes=8_000))
+    result = publish_to_folder(PublishConfig(build=fresh, to=repo))
+    data_uploaded = [p for p in result.uploaded if p.startswith("data/")]
+    assert data_uploaded == [max(p for p in published_files(repo) if p.startswith("data/"))]
+    for path, stat in before.items():
+        if path.startswith("data/"):
+            assert published_files(repo)[path] == stat  # untouched
+
+    # A published dataset made with another model is refused before any work.
+    other = write_tiny_checkpoint(tmp_path / "other-model", seed=1)
+    result = run_cli(
+        "encode", "--data", data, "--model", other, "--out", tmp_path / "b2", "--reuse", repo,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--reuse" in result.stderr and "another model" in result.stderr
+
+
+def test_empty_builds_are_refused_at_encode_index_and_publish(tmp_path, tiny_model_dir):
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "images" / "a.jpg").write_text("not a photo")
+    build = tmp_path / "build"
+    result = run_cli(
+        "encode", "--data", data, "--model", tiny_model_dir, "--out", build, check=False
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()[-1:]
+    assert line.startswith("error:") and "no usable image" in line
+    assert json.loads((build / "summary.json").read_text())["images"] == 0
+    for command in (
+        ("index", "--build", build),
+        ("publish", "--build", build, "--to", tmp_path / "r"),
+    ):
+        result = run_cli(*command, check=False)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith("error:") and "Traceback" not in result.stderr
+        assert "holds no image" in result.stderr
