@@ -1,7 +1,8 @@
 """Publishing through a flaky Hub: server errors, dropped connections, lost responses.
 
 The local Hub (tests/hub_server.py) injects the faults; each publish runs as a subprocess,
-exactly as `python -m pipeline publish` runs for a user.
+exactly as `python -m pipeline publish` runs for a user. The build is generated (16 random
+photos): the faults, not the photos, are the point.
 """
 
 from __future__ import annotations
@@ -14,9 +15,21 @@ import pytest
 from conftest import REPO_ROOT, run_cli
 
 
-@pytest.fixture
-def built(shared_build):
-    return shared_build
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tiny_model_dir, tiny_encoder):
+    from conftest import write_photos
+
+    from pipeline.encode import EncodeConfig, run_encode
+    from pipeline.index import IndexConfig, run_index
+    from pipeline.inputs import FolderSource
+
+    names = [f"p{i:02d}" for i in range(16)]
+    data = write_photos(tmp_path_factory.mktemp("fault-photos"), names)
+    build = tmp_path_factory.mktemp("fault-build")
+    config = EncodeConfig(out=build, model=str(tiny_model_dir), dtype="float32")
+    run_encode(FolderSource(data), config, encoder=tiny_encoder)
+    run_index(IndexConfig(build=build))
+    return build
 
 
 def remote_state(hub_env, repo):
@@ -102,4 +115,26 @@ def test_upload_errors_are_retried_by_huggingface_hub(built, local_hub, hub_env)
     repo = f"{local_hub.user}/flaky-upload"
     local_hub.inject_fault("PUT", "/_lfs/upload/", status=500, times=1)
     run_cli("publish", "--build", built, "--repo", repo, env=hub_env)
-    assert "data/train-00000-of-00002.parquet" in remote_state(hub_env, repo)["files"]
+    assert "data/train-00000.parquet" in remote_state(hub_env, repo)["files"]
+
+
+def test_a_refused_upload_fails_with_publishs_own_message(built, local_hub, hub_env, tmp_path):
+    # huggingface_hub wraps a failed upload in RuntimeError("Error while uploading ..."); publish
+    # looks at its cause: a 4xx is not worth a retry, and the user gets publish's own line.
+    import shutil
+
+    repo = f"{local_hub.user}/flaky-upload-400"
+    other = tmp_path / "build-fp16"  # new index files: blobs the Hub does not hold yet
+    shutil.copytree(built, other, ignore=shutil.ignore_patterns("index"))
+    run_cli("index", "--build", other, "--index-type", "fp16")
+    local_hub.inject_fault("PUT", "/_lfs/upload/", status=400, times=1)
+    try:
+        result = run_cli("publish", "--build", other, "--repo", repo, env=hub_env, check=False)
+    finally:
+        local_hub.clear_faults()
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()[-1:]
+    assert line.startswith(f"error: publishing to {repo} failed")
+    assert line.endswith("the repo was left unchanged")
+    assert "retrying" not in result.stderr
+    assert "index/manifest.json" not in remote_state(hub_env, repo)["files"]

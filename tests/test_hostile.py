@@ -433,7 +433,7 @@ def test_captions_jsonl_never_raises_and_skips_each_bad_line_by_number(
     for skip in skips:
         match = re.fullmatch(rf"{CAPTIONS_FILE}:(\d+)", skip.source)
         assert match, skip  # no image files in this folder: every skip is a line
-        assert skip.reason.strip()
+        assert skip.kind and skip.detail.strip()
         skipped.append(int(match.group(1)))
     assert len(skipped) == len(set(skipped)), "a line was skipped twice"
     assert set(skipped) <= used, "a blank or non-existent line was reported"

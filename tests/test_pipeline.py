@@ -266,8 +266,7 @@ def test_publish_to_folder_is_loadable_and_searchable(tmp_path, shared_build, ti
     names = sorted(p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file())
     assert names == [
         "README.md",
-        "data/train-00000-of-00002.parquet",
-        "data/train-00001-of-00002.parquet",
+        "data/train-00000.parquet",
         "index/caption_emb.faiss",
         "index/image_emb.faiss",
         "index/manifest.json",
