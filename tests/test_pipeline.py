@@ -139,7 +139,9 @@ def test_kill_during_encode_then_resume_keeps_every_row_once(
         proc.wait()
         done = len(list((build / "shards").glob("shard-*.parquet")))
         assert 0 < done < 13
+    complete = shard_stats(build)
     run_cli(*cmd[3:])
+    assert {n: shard_stats(build)[n] for n in complete} == complete  # not written again
     table = read_rows(build)
     ids = table.column("image_id").to_pylist()
     assert len(ids) == 413 and len(set(ids)) == 413
@@ -528,3 +530,56 @@ def test_empty_builds_are_refused_at_encode_index_and_publish(tmp_path, tiny_mod
         assert result.returncode == 2, result.stderr
         assert result.stderr.startswith("error:") and "Traceback" not in result.stderr
         assert "holds no image" in result.stderr
+
+
+def shard_stats(build: Path) -> dict:
+    return {
+        p.name: (p.stat().st_ino, p.stat().st_mtime_ns)
+        for p in (build / "shards").glob("shard-*.parquet")
+    }
+
+
+def test_update_killed_with_sigkill_resumes_without_encoding_done_shards_again(
+    tmp_path, tiny_encoder, tiny_model_dir
+):
+    from conftest import write_photos
+
+    data = write_photos(tmp_path / "data", [f"a{i:02d}" for i in range(8)])
+    build = tmp_path / "build"
+    encode(data, build, tiny_encoder, tiny_model_dir)  # two shards of 4
+    write_photos(data, [f"b{i:03d}" for i in range(120)])  # 30 more shards
+    cmd = [sys.executable, "-m", "pipeline", "encode", "--data", str(data), "--out", str(build)]
+    cmd += ["--model", str(tiny_model_dir), "--dtype", "float32", "--shard-size", "4"]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    while len(shard_stats(build)) < 2 + 6:
+        assert proc.poll() is None, "encode finished before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = shard_stats(build)
+    assert len(done) < 2 + 30
+    # index refuses the half-updated build
+    result = run_cli("index", "--build", build, check=False)
+    assert result.returncode == 2 and "re-run the same" in result.stderr
+
+    run_cli(*cmd[3:])
+    after = shard_stats(build)
+    assert len(after) == 32
+    for name, stat in done.items():  # every shard that was complete is the very same file
+        assert after[name] == stat, f"{name} was written again"
+    done_rows = sum(pq.ParquetFile(build / "shards" / n).metadata.num_rows for n in done)
+    summary = json.loads((build / "summary.json").read_text())
+    assert summary["images"] == 128
+    assert summary["encoded_images"] == 128 - done_rows
+    # The rows are those of an uninterrupted build of the same input.
+    reference = tmp_path / "reference"
+    encode(data, reference, tiny_encoder, tiny_model_dir)
+    got, want = rows_by_id(build), rows_by_id(reference)
+    assert list(got) == list(want)
+    for image_id, row in want.items():
+        np.testing.assert_allclose(got[image_id]["image_emb"], row["image_emb"], atol=1e-5)
+    assert not [p.name for p in build.rglob("*.tmp")]
