@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 from imagesearchtr.images import ImageLoadError, open_image
 
 from . import _io
-from .index import BUILD_FILE, SHARDS_DIR, SKIPPED_FILE
+from .index import BUILD_FILE, REUSE_LAYOUT_FILE, SHARDS_DIR, SKIPPED_FILE
 from .inputs import (
     DUPLICATE,
     EMPTY_FILE,
@@ -200,12 +200,18 @@ def run_encode(source, config: EncodeConfig, encoder=None) -> EncodeSummary:
         "shard_size": config.shard_size,
         "shards": names,
     }
-    if config.reuse:  # the index step lays out the data files like this dataset's
-        location = (
-            str(Path(config.reuse).resolve()) if Path(config.reuse).is_dir() else config.reuse
-        )
-        build["reuse"] = {"location": location, "revision": reuse_revision}
+    if config.reuse:
+        build["reuse"] = {"location": config.reuse, "revision": reuse_revision}
     _prepare_build_dir(out, build, config.overwrite, rank)
+    if reuse_files and rank == 0:
+        # The index step lays out the data files like the reused dataset's, so a re-publish
+        # leaves its unchanged files as they are; recorded now, so index needs no network.
+        from . import datafiles
+
+        layout = datafiles.read_previous(
+            [(fs, path, f"{datafiles.DATA_DIR}/{Path(path).name}") for fs, path in reuse_files]
+        )
+        _io.write_text(out / REUSE_LAYOUT_FILE, json.dumps(layout) + "\n")
     if rank == 0:
         _write_jsonl(out / INPUT_SKIPS_FILE, input_skips + plan_skips)
 
@@ -408,7 +414,6 @@ def published_files(location: str | None, revision: str | None, fingerprint: str
         files = [(None, str(p)) for p in sorted((folder / "data").glob("*.parquet"))]
     else:
         from huggingface_hub import HfApi, HfFileSystem
-        from huggingface_hub.errors import HfHubHTTPError
 
         api = HfApi()
         try:
@@ -416,7 +421,7 @@ def published_files(location: str | None, revision: str | None, fingerprint: str
             path = api.hf_hub_download(
                 location, f"{INDEX_DIR}/{MANIFEST_FILE}", repo_type="dataset", revision=sha
             )
-        except (HfHubHTTPError, OSError) as err:
+        except Exception as err:  # HTTP errors, no network: one clear line either way
             raise ValueError(
                 f"--reuse {location}: cannot read its index/manifest.json from the Hub ({err}); "
                 "give a published dataset id (USER/NAME) or a folder written by `publish --to`"
@@ -467,7 +472,7 @@ def _prepare_build_dir(out: Path, build: dict, overwrite: bool, rank: int) -> No
     if overwrite and out.exists():
         for path in (out / SHARDS_DIR).glob("*"):
             path.unlink()
-        for name in (SKIPPED_FILE, INPUT_SKIPS_FILE, BUILD_FILE, SUMMARY_FILE):
+        for name in (SKIPPED_FILE, INPUT_SKIPS_FILE, BUILD_FILE, SUMMARY_FILE, REUSE_LAYOUT_FILE):
             (out / name).unlink(missing_ok=True)
     (out / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
     _io.write_text(build_file, json.dumps(build, indent=2) + "\n")

@@ -43,6 +43,7 @@ from .inputs import EmptyBuildError
 BUILD_FILE = "build.json"
 SHARDS_DIR = "shards"
 SKIPPED_FILE = "skipped.jsonl"
+REUSE_LAYOUT_FILE = "reuse-layout.json"  # the data files of encode --reuse: path, keys, size
 AUTO_FLAT_MAX_ROWS = 50_000
 AUTO_FP16_MAX_ROWS = 150_000
 IVF_VECTORS_PER_LIST = 64  # training vectors per list (faiss warns below 39)
@@ -230,16 +231,8 @@ def write_data_files(build: Path, table, build_info: dict, target_bytes: int | N
         previous = datafiles.read_previous(
             [(None, str(p), f"{datafiles.DATA_DIR}/{p.name}") for p in local]
         )
-    elif build_info.get("reuse"):  # a build seeded from a published dataset: its layout
-        from .encode import published_files
-
-        reuse = build_info["reuse"]
-        files, _ = published_files(
-            reuse["location"], reuse["revision"], build_info["model_fingerprint"]
-        )
-        previous = datafiles.read_previous(
-            [(fs, path, f"{datafiles.DATA_DIR}/{Path(path).name}") for fs, path in files]
-        )
+    elif (build / REUSE_LAYOUT_FILE).is_file():  # seeded by encode --reuse: its layout
+        previous = [tuple(entry) for entry in json.loads((build / REUSE_LAYOUT_FILE).read_text())]
     else:
         previous = []
     layout = datafiles.plan_layout(

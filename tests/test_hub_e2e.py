@@ -108,21 +108,23 @@ def test_a_new_build_replaces_the_old_one_in_one_commit(
     run_cli("publish", "--build", built, "--repo", repo, env=hub_env)
     smaller = tmp_path / "smaller"
     shutil.copytree(built, smaller, ignore=shutil.ignore_patterns("index"))
-    for shard in sorted((smaller / "shards").glob("shard-*.parquet"))[1:]:
-        shard.unlink()
     build_info = json.loads((smaller / "build.json").read_text())
+    for name in build_info["shards"][1:]:
+        (smaller / "shards" / name).unlink()
+    build_info["shards"] = build_info["shards"][:1]
     build_info["num_planned"] = 256
     (smaller / "build.json").write_text(json.dumps(build_info))
     run_cli("index", "--build", smaller)
+    commits = len(local_hub.requests_matching("POST", f"/api/datasets/{repo}/commit/"))
     second = run_cli("publish", "--build", smaller, "--repo", repo, env=hub_env)
+    assert len(local_hub.requests_matching("POST", f"/api/datasets/{repo}/commit/")) == commits + 1
     out = run_python(
-        "from huggingface_hub import HfApi\n"
-        f"print('\\n'.join(HfApi().list_repo_files({repo!r}, repo_type='dataset')))",
+        "from datasets import load_dataset\n"
+        f"ds = load_dataset({repo!r}, split='train')\n"
+        "print(len(ds))",
         hub_env,
     )
-    files = out.split()
-    assert "data/train-00000-of-00001.parquet" in files
-    assert not [f for f in files if f.endswith("-of-00002.parquet")]  # old shards deleted
+    assert out.split()[-1] == "256"  # the rows the old build had beyond these are gone
     assert revision_of(second.stdout)
 
 
@@ -198,3 +200,205 @@ def test_encode_reads_a_hub_dataset_directly(fake_source, hub_env, tmp_path, tin
     assert table.num_rows == 12
     assert table.column("image_id").to_pylist()[:2] == ["id0", "id1"]
     assert all(len(c) == 1 and len(c[0]) <= 20 for c in table.column("captions").to_pylist())
+
+
+# --- updates through the Hub: --reuse, files per commit, resumable large publishes ------------
+
+
+@pytest.fixture(scope="module")
+def small_build(tmp_path_factory, tiny_model_dir, tiny_encoder):
+    """24 generated photos, encoded and indexed into several small data files."""
+    from conftest import write_photos
+
+    from pipeline.encode import EncodeConfig, run_encode
+    from pipeline.index import IndexConfig, run_index
+    from pipeline.inputs import FolderSource
+
+    root = tmp_path_factory.mktemp("small")
+    data = write_photos(root / "data", [f"p{i:02d}" for i in range(24)])
+    build = root / "build"
+    config = EncodeConfig(out=build, model=str(tiny_model_dir), dtype="float32", shard_size=8)
+    run_encode(FolderSource(data), config, encoder=tiny_encoder)
+    run_index(IndexConfig(build=build, target_bytes=8_000))
+    return data, build
+
+
+def lfs_uploads(local_hub, since: int = 0) -> list[str]:
+    return [r["path"] for r in local_hub.requests[since:] if r["path"].startswith("/_lfs/upload/")]
+
+
+def test_reuse_from_the_hub_updates_without_downloading_the_images(
+    small_build, hub_env, local_hub, tmp_path, tiny_model_dir
+):
+    import shutil
+
+    from conftest import write_photos
+
+    data, build = small_build
+    repo = f"{local_hub.user}/reuse-from-hub"
+    run_cli("publish", "--build", build, "--repo", repo, env=hub_env)
+    head_files = local_hub.state.storage.get_repo("dataset", repo)
+    published = {p for p in head_files["commits"][head_files["branches"]["main"]]["files"]}
+    old_data = sorted(p for p in published if p.startswith("data/"))
+
+    # A new machine: the photos and two new ones; no build folder.
+    photos = tmp_path / "photos"
+    shutil.copytree(data, photos)
+    write_photos(photos, ["q1", "q2"])
+    fresh = tmp_path / "fresh"
+    since = len(local_hub.requests)
+    result = run_cli(
+        "encode", "--data", photos, "--model", tiny_model_dir, "--dtype", "float32",
+        "--out", fresh, "--reuse", repo, env=hub_env,
+    )  # fmt: skip
+    summary = json.loads((fresh / "summary.json").read_text())
+    assert (summary["encoded_images"], summary["reused_images"]) == (2, 24)
+    assert "2 encoded, 24 reused" in result.stdout
+    # Read lazily: every read of a data file is a byte range, none the whole file.
+    reads = [
+        r
+        for r in local_hub.requests[since:]
+        if r["method"] == "GET" and "/resolve/" in r["path"] and "/data/" in r["path"]
+    ]
+    assert reads and all(r["range"] for r in reads)
+
+    run_cli("index", "--build", fresh, "--max-data-file-size", "8KB")
+    since = len(local_hub.requests)
+    run_cli("publish", "--build", fresh, "--repo", repo, env=hub_env)
+    uploaded = lfs_uploads(local_hub, since)
+    manifest = json.loads((fresh / "index/manifest.json").read_text())
+    new_data = [f for f in manifest["data_files"] if f["path"] not in old_data]
+    assert [f["path"] for f in manifest["data_files"]][: len(old_data)] == old_data
+    # Only the new data file and the two indices travelled (the manifest is a small file).
+    assert sorted(p.rsplit("/", 1)[-1].split("?")[0] for p in uploaded) == sorted(
+        [f["sha256"] for f in new_data]
+        + [
+            __import__("hashlib").sha256((fresh / n).read_bytes()).hexdigest()
+            for n in ("index/image_emb.faiss", "index/caption_emb.faiss")
+        ]
+    )
+
+    # Another model: refused, with one line naming --reuse.
+    from tiny_checkpoint import write_tiny_checkpoint
+
+    other = write_tiny_checkpoint(tmp_path / "other-model", seed=1)
+    result = run_cli(
+        "encode", "--data", photos, "--model", other, "--out", tmp_path / "x",
+        "--reuse", repo, env=hub_env, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "another model" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def many_files_build(tmp_path_factory, tiny_model_dir, tiny_encoder):
+    """240 generated photos, one row per data file: 240 data files."""
+    from conftest import write_photos
+
+    from pipeline.encode import EncodeConfig, run_encode
+    from pipeline.index import IndexConfig, run_index
+    from pipeline.inputs import FolderSource
+
+    root = tmp_path_factory.mktemp("many")
+    data = write_photos(root / "data", [f"m{i:03d}" for i in range(240)], size=(16, 16))
+    build = root / "build"
+    config = EncodeConfig(out=build, model=str(tiny_model_dir), dtype="float32", shard_size=64)
+    run_encode(FolderSource(data), config, encoder=tiny_encoder)
+    manifest = run_index(IndexConfig(build=build, target_bytes=1))
+    assert len(manifest.data_files) == 240
+    return build
+
+
+def test_a_publish_of_hundreds_of_files_stays_within_the_commit_limit_and_lands_once(
+    many_files_build, hub_env, local_hub
+):
+    repo = f"{local_hub.user}/many-files"
+    limit = local_hub.max_files_per_commit
+    assert limit is not None and limit <= 100
+    run_python(  # the repo exists, with something a reader sees until the merge
+        f"from huggingface_hub import HfApi\nHfApi().create_repo({repo!r}, repo_type='dataset')",
+        hub_env,
+    )
+    doc = local_hub.state.storage.get_repo("dataset", repo)
+    before = doc["branches"]["main"]
+    since = len(local_hub.requests)
+    result = run_cli("publish", "--build", many_files_build, "--repo", repo, env=hub_env)
+    commits = [
+        r for r in local_hub.requests[since:] if r["method"] == "POST" and "/commit/" in r["path"]
+    ]
+    assert len(commits) >= 5 and all(r["status"] == 200 for r in commits)
+    assert "create_pr=1" in commits[0]["query"]
+    assert all("refs%2Fpr%2F" in r["path"] for r in commits[1:])
+    doc = local_hub.state.storage.get_repo("dataset", repo)
+    head = doc["branches"]["main"]
+    assert doc["commits"][head]["parents"] == [before]  # main moved by exactly one commit
+    files = doc["commits"][head]["files"]
+    assert sum(p.startswith("data/") for p in files) == 240
+    assert "index/manifest.json" in files
+    assert revision_of(result.stdout) == head
+    assert [p["status"] for p in doc["pulls"]] == ["merged"]
+    # Publishing it again is a no-op.
+    again = run_cli("publish", "--build", many_files_build, "--repo", repo, env=hub_env)
+    assert "already up to date" in again.stdout
+
+
+def test_the_hub_refuses_a_commit_over_its_file_limit(many_files_build, hub_env, local_hub):
+    # What a publish that ignored the limit would meet (the test Hub enforces it).
+    repo = f"{local_hub.user}/too-many-files"
+    code = (
+        "from huggingface_hub import CommitOperationAdd, HfApi\n"
+        "from huggingface_hub.errors import HfHubHTTPError\n"
+        f"api = HfApi(); api.create_repo({repo!r}, repo_type='dataset')\n"
+        f"ops = [CommitOperationAdd(f'f{{i}}.txt', b'x') for i in range(101)]\n"
+        "try:\n"
+        f"    api.create_commit({repo!r}, operations=ops, repo_type='dataset', "
+        "commit_message='m')\n"
+        "except HfHubHTTPError as err:\n"
+        "    print(err.response.status_code)\n"
+    )
+    assert run_python(code, hub_env).split()[-1] == "422"
+
+
+def test_an_interrupted_large_publish_resumes_its_pull_request(
+    many_files_build, hub_env, local_hub
+):
+    repo = f"{local_hub.user}/many-files-resumed"
+    run_python(
+        f"from huggingface_hub import HfApi\nHfApi().create_repo({repo!r}, repo_type='dataset')",
+        hub_env,
+    )
+    before = local_hub.state.storage.get_repo("dataset", repo)["branches"]["main"]
+    # The third commit to the pull request fails for good (after publish's retries).
+    local_hub.inject_fault("POST", f"/api/datasets/{repo}/commit/refs%2Fpr%2F1", status=None)
+    local_hub.inject_fault("POST", f"/api/datasets/{repo}/commit/refs%2Fpr%2F1", status=None)
+    local_hub.inject_fault(
+        "POST", f"/api/datasets/{repo}/commit/refs%2Fpr%2F1", status=503, times=20
+    )
+    try:
+        result = run_cli("publish", "--build", many_files_build, "--repo", repo, env=hub_env,
+                         check=False)  # fmt: skip
+    finally:
+        local_hub.clear_faults()
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "run the same publish command again" in result.stderr
+    doc = local_hub.state.storage.get_repo("dataset", repo)
+    assert doc["branches"]["main"] == before  # readers saw nothing of it
+    on_pr = doc["commits"][doc["branches"]["refs/pr/1"]]["files"]
+    landed = sum(p.startswith("data/") for p in on_pr)
+    assert 0 < landed < 240
+
+    since = len(local_hub.requests)
+    result = run_cli("publish", "--build", many_files_build, "--repo", repo, env=hub_env)
+    assert "resuming pull request #1" in result.stderr
+    from pipeline.publish import MAX_FILES_PER_COMMIT
+
+    commits = [
+        r for r in local_hub.requests[since:] if r["method"] == "POST" and "/commit/" in r["path"]
+    ]
+    # Only what the pull request lacked: the data files it misses, indices, manifest, card.
+    missing = 240 - landed + 4
+    assert len(commits) == -(-missing // MAX_FILES_PER_COMMIT)
+    doc = local_hub.state.storage.get_repo("dataset", repo)
+    files = doc["commits"][doc["branches"]["main"]]["files"]
+    assert sum(p.startswith("data/") for p in files) == 240
+    assert [p["status"] for p in doc["pulls"]] == ["merged"]
