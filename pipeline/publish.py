@@ -28,6 +28,7 @@ and is never printed or written.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -230,15 +231,15 @@ def publish_to_hub(config: PublishConfig) -> PublishResult:
 
 def _changes(files: dict, remote: dict) -> tuple[list[str], list[str]]:
     """(paths to upload, managed paths to delete) to turn ``remote`` into ``files``."""
-    uploads = [path for path, (_, sha) in files.items() if remote.get(path) != sha]
+    uploads = [path for path, (local, sha) in files.items() if not _same(local, sha, remote, path)]
     # The manifest and indices go last: whoever sees them sees the data files they describe.
     uploads.sort(key=lambda p: (p.startswith(f"{INDEX_DIR}/"), p.endswith(MANIFEST_FILE), p))
     deletes = sorted(p for p in remote if p.split("/", 1)[0] in MANAGED_DIRS and p not in files)
     return uploads, deletes
 
 
-def _remote_files(api, repo_id: str, revision: str) -> dict[str, str | None]:
-    """Repo path -> sha256 of the file content (None where the Hub gives no sha256)."""
+def _remote_files(api, repo_id: str, revision: str) -> dict[str, tuple[str | None, str]]:
+    """Repo path -> (sha256 of an LFS file's content or None, git blob id)."""
     from huggingface_hub.hf_api import RepoFile
 
     out = {}
@@ -246,8 +247,19 @@ def _remote_files(api, repo_id: str, revision: str) -> dict[str, str | None]:
         repo_id, repo_type="dataset", revision=revision, recursive=True
     ):
         if isinstance(entry, RepoFile):
-            out[entry.path] = entry.lfs.sha256 if entry.lfs else None
+            out[entry.path] = (entry.lfs.sha256 if entry.lfs else None, entry.blob_id)
     return out
+
+
+def _same(local: Path, sha256: str, remote: dict, path: str) -> bool:
+    """Whether the repo already holds ``local`` at ``path`` (small files: by git blob id)."""
+    if path not in remote:
+        return False
+    lfs_sha, blob_id = remote[path]
+    if lfs_sha is not None:
+        return lfs_sha == sha256
+    data = Path(local).read_bytes()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest() == blob_id
 
 
 def _publish_through_pr(api, repo_id, files, card, title, config):
