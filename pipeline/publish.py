@@ -155,7 +155,7 @@ def publish_to_folder(config: PublishConfig) -> PublishResult:
         dest = staging / repo_path
         dest.parent.mkdir(parents=True, exist_ok=True)
         if repo_path in old_files and _same_file(target / repo_path, sha):
-            os.link(target / repo_path, dest)  # unchanged: the very same file
+            _link_or_copy(target / repo_path, dest)  # unchanged: the very same file
         else:
             _link_or_copy(source, dest)
             written.append(repo_path)

@@ -583,3 +583,14 @@ def test_update_killed_with_sigkill_resumes_without_encoding_done_shards_again(
     for image_id, row in want.items():
         np.testing.assert_allclose(got[image_id]["image_emb"], row["image_emb"], atol=1e-5)
     assert not [p.name for p in build.rglob("*.tmp")]
+
+
+def test_index_type_help_and_readme_state_the_rule_the_code_applies():
+    from pipeline.index import AUTO_FLAT_MAX_ROWS, AUTO_FP16_MAX_ROWS, AUTO_RULE
+
+    assert f"flat up to {AUTO_FLAT_MAX_ROWS:,} rows" in AUTO_RULE
+    assert f"fp16 up to {AUTO_FP16_MAX_ROWS:,}" in AUTO_RULE
+    help_text = " ".join(run_cli("index", "--help").stdout.split())
+    assert AUTO_RULE in help_text
+    readme = " ".join((REPO_ROOT / "README.md").read_text(encoding="utf-8").split())
+    assert f"`auto` (default: {AUTO_RULE};" in readme
