@@ -3,12 +3,14 @@
 A file the pipeline writes either exists whole or not at all: it is written under a temporary
 name in the same folder (``.NAME.PID.tmp``) and renamed over the target, which POSIX makes
 atomic. A process killed mid-write leaves only its temporary file, which ``remove_orphans``
-deletes on the next run. Reads nothing; writes the files it is given.
+deletes on the next run. ``swap_folder`` does the same for a whole folder (``publish --to``).
+Reads nothing; writes the files it is given.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,6 +42,17 @@ def write_bytes(target: str | os.PathLike, data: bytes) -> None:
 def write_text(target: str | os.PathLike, text: str) -> None:
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def swap_folder(staging: Path, target: Path) -> None:
+    """Put the fully written folder ``staging`` in place of ``target`` (two renames; a crash
+    between them leaves the old tree at ``.TARGET.old-PID``, whole, and no ``target``)."""
+    staging, target = Path(staging), Path(target)
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(staging, target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def remove_orphans(folder: Path, name_glob: str = "*") -> None:

@@ -40,6 +40,7 @@ from pathlib import Path
 
 from imagesearchtr.manifest import INDEX_DIR, MANIFEST_FILE, Manifest, index_file
 
+from . import _io
 from .datafiles import DATA_DIR, sha256_file
 from .encode import SKIPPED_FILE, features, skip_kind
 from .index import INDEXED_FILE, build_shards
@@ -160,11 +161,7 @@ def publish_to_folder(config: PublishConfig) -> PublishResult:
             _link_or_copy(source, dest)
             written.append(repo_path)
     (staging / CARD_FILE).write_text(card, encoding="utf-8")
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    if target.exists():
-        os.replace(target, old)
-    os.replace(staging, target)
-    shutil.rmtree(old, ignore_errors=True)
+    _io.swap_folder(staging, target)
     deleted = sorted(p for p in old_files if p.split("/", 1)[0] in MANAGED_DIRS and p not in files)
     return PublishResult(str(target), None, True, tuple(written), tuple(deleted))
 
