@@ -594,3 +594,30 @@ def test_index_type_help_and_readme_state_the_rule_the_code_applies():
     assert AUTO_RULE in help_text
     readme = " ".join((REPO_ROOT / "README.md").read_text(encoding="utf-8").split())
     assert f"`auto` (default: {AUTO_RULE};" in readme
+
+
+def test_data_file_layout_keeps_rewrites_appends_and_compacts():
+    from pipeline.datafiles import MAX_SMALL_FILES, plan_layout
+
+    keys = [f"k{i:03d}" for i in range(40)]
+    sizes = [10] * 40
+    previous = [
+        ("data/train-00000.parquet", keys[0:10], 100),
+        ("data/train-00001.parquet", keys[10:20] + ["gone"], 110),
+        ("data/train-00002.parquet", keys[20:30], 100),
+    ]
+    layout = plan_layout(keys, sizes, previous, target_bytes=100)
+    by_path = {f.path: f for f in layout}
+    assert by_path["data/train-00000.parquet"].keep
+    assert by_path["data/train-00001.parquet"].rows == tuple(range(10, 20))
+    assert not by_path["data/train-00001.parquet"].keep  # lost a row: rewritten, same name
+    assert by_path["data/train-00002.parquet"].keep
+    assert by_path["data/train-00003.parquet"].rows == tuple(range(30, 40))  # new rows: new file
+    assert [i for f in layout for i in f.rows] == list(range(40))  # every row once
+
+    # Many small files (one row each) are compacted into full ones, order kept.
+    small = [(f"data/train-{i:05d}.parquet", [keys[i]], 10) for i in range(MAX_SMALL_FILES + 1)]
+    layout = plan_layout(keys[: MAX_SMALL_FILES + 1], sizes, small, target_bytes=100)
+    assert len(layout) == 1 and not layout[0].keep
+    assert layout[0].rows == tuple(range(MAX_SMALL_FILES + 1))
+    assert layout[0].path == f"data/train-{MAX_SMALL_FILES + 1:05d}.parquet"
