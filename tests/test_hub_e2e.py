@@ -73,8 +73,7 @@ def test_publish_then_load_and_search_from_a_fresh_cache(built, hub_env, local_h
     result = json.loads(out.strip().splitlines()[-1])
     assert [f for f in result["files"] if f != ".gitattributes"] == [
         "README.md",
-        "data/train-00000-of-00002.parquet",
-        "data/train-00001-of-00002.parquet",
+        "data/train-00000.parquet",
         "index/caption_emb.faiss",
         "index/image_emb.faiss",
         "index/manifest.json",
