@@ -230,7 +230,7 @@ def test_out_of_range_settings_are_refused_by_the_sliders(served, kwargs, expect
 
 
 def test_handlers_check_their_settings_too(app, searcher):
-    search_fn, _ = app.make_handlers(searcher)
+    search_fn, _, _ = app.make_handlers(searcher)
     assert "Sonuç sayısı 1 ile 30" in search_fn("köpek", 0, False, 0.6)[2]
     assert "Denge (alpha) 0 ile 1" in search_fn("köpek", 5, True, 1.5)[2]
     assert len(search_fn("köpek", 3.0, True, 0.5)[1]) == 3  # a float k from a slider is fine
