@@ -123,12 +123,14 @@ def render_dataset_card(
     existing_data, existing_body = _parse_existing(existing)
     name = pretty_name or existing_data.get("pretty_name") or _default_pretty_name(repo_id, source)
     known = _known_citations(manifest.model_id, source)
+    model_url = _hub_url(manifest.model_id, "model")
 
     ours = {
         "license": source_license or existing_data.get("license") or "other",
         "language": ["tr"],
         "task_categories": list(TASK_CATEGORIES),
-        "tags": list(TAGS),
+        # the model's name as a tag (e.g. multiembedtr), where it is a Hub model
+        "tags": TAGS + ([Path(manifest.model_id).name.lower()] if model_url else []),
         "size_categories": [size_category(manifest.num_rows)],
         "pretty_name": name,
         "configs": [{"config_name": DEFAULT_CONFIG, "data_files": [_data_files()]}],
@@ -156,7 +158,7 @@ def render_dataset_card(
             "görsel arama için hazır görsel–açıklama veri kümesi."
         ),
         m=manifest,
-        model_url=_hub_url(manifest.model_id, "model"),
+        model_url=model_url,
         source=source,
         source_url=_hub_url(source, "dataset"),
         source_name=Path(source).name,
@@ -184,13 +186,13 @@ def render_dataset_card(
 
 
 def parquet_sizes(files: list[str | os.PathLike]) -> tuple[int, int]:
-    """(num_bytes, download_size) of parquet files: uncompressed row-group bytes, file bytes."""
+    """(num_bytes, download_size) of parquet files: their rows' Arrow size, as datasets counts
+    it for ``num_bytes`` (read in batches, one at a time), and the files' size on disk."""
     import pyarrow.parquet as pq
 
-    num_bytes = 0
-    for path in files:
-        meta = pq.ParquetFile(path).metadata
-        num_bytes += sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    num_bytes = sum(
+        batch.nbytes for path in files for batch in pq.ParquetFile(path).iter_batches()
+    )
     return num_bytes, sum(os.path.getsize(path) for path in files)
 
 
