@@ -1,7 +1,7 @@
 """The README.md (dataset card) of a published ImageSearchTR dataset repo.
 
 Reads: an index ``Manifest`` (model, fingerprint, rows, indices, versions), the dataset's
-features, the build counts, ``citations.yaml`` and optionally the README.md already in the repo.
+features, the build counts, ``card_data.yaml`` and optionally the README.md already in the repo.
 Writes nothing: ``render_dataset_card`` returns the card text; the publisher uploads it.
 
 A card is card data + a template, as huggingface_hub builds cards: ``DatasetCardData`` holds the
@@ -30,7 +30,8 @@ from hub_card.usage import DATA_FILES, SPLIT, render_usage
 from imagesearchtr.manifest import INDEX_DIR, MANIFEST_FILE, Manifest
 
 TEMPLATE_PATH = Path(__file__).resolve().parent / "templates" / "dataset_card.md"
-CITATIONS_PATH = Path(__file__).resolve().parent / "citations.yaml"
+# Task categories, tags, column meanings and citations: the card's facts, as data.
+CARD_DATA_PATH = Path(__file__).resolve().parent / "card_data.yaml"
 
 USER_NOTES_START = "<!-- user-notes -->"
 USER_NOTES_END = "<!-- /user-notes -->"
@@ -42,22 +43,6 @@ DEFAULT_CONFIG = "default"
 # The keys that describe the files we publish: a user's value would be wrong after a publish.
 # ``configs`` and ``dataset_info``: only our ``default`` entry is replaced, other configs stay.
 OWNED_KEYS = ("configs", "dataset_info", "size_categories")
-# A retrieval dataset: precomputed image embeddings and text-space vectors, searched by FAISS.
-# (Hub task ids; text-to-image / image-to-text would say generation and captioning.)
-TASK_CATEGORIES = ["image-feature-extraction", "feature-extraction"]
-TAGS = ["image-retrieval", "text-to-image-retrieval", "semantic-search", "faiss", "embeddings"]
-TAGS += ["turkish", "imagesearchtr"]
-
-COLUMN_MEANINGS = {
-    "image": "the image (JPEG/PNG bytes, decoded to a PIL image by `datasets`)",
-    "image_id": "a stable identifier of the image, unique in the dataset",
-    "path": "the image's file name or path in the source data",
-    "captions": "the image's Turkish captions (may be empty)",
-    "image_emb": "L2-normalised embedding of the image (float32)",
-    "caption_emb": "L2-normalised mean of the embeddings of this image's captions; null when the "
-    "image has no caption",
-    "sha256": "sha256 of the image bytes, to find duplicates and check downloads",
-}
 
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 _USER_NOTES_RE = re.compile(
@@ -120,20 +105,25 @@ def render_dataset_card(
         raise ValueError("give repo_id (a Hub publish) or local_dir (a local-folder publish)")
     if repo_id is not None and not is_hub_id(repo_id):
         raise ValueError(f"repo_id {repo_id!r} is not a Hub id of the form 'namespace/name'")
+    facts = yaml.safe_load(CARD_DATA_PATH.read_text(encoding="utf-8"))
     existing_data, existing_body = _parse_existing(existing)
     name = pretty_name or existing_data.get("pretty_name") or _default_pretty_name(repo_id, source)
-    known = _known_citations(manifest.model_id, source)
+    sources = facts["sources"]
+    known = [sources[k] for k in dict.fromkeys([manifest.model_id, source, Path(source).name])
+             if k in sources]  # fmt: skip
     model_url = _hub_url(manifest.model_id, "model")
 
     ours = {
         "license": source_license or existing_data.get("license") or "other",
         "language": ["tr"],
-        "task_categories": list(TASK_CATEGORIES),
+        "task_categories": facts["task_categories"],
         # the model's name as a tag (e.g. multiembedtr), where it is a Hub model
-        "tags": TAGS + ([Path(manifest.model_id).name.lower()] if model_url else []),
+        "tags": facts["tags"] + ([Path(manifest.model_id).name.lower()] if model_url else []),
         "size_categories": [size_category(manifest.num_rows)],
         "pretty_name": name,
-        "configs": [{"config_name": DEFAULT_CONFIG, "data_files": [_data_files()]}],
+        "configs": [
+            {"config_name": DEFAULT_CONFIG, "data_files": [{"split": SPLIT, "path": DATA_FILES}]}
+        ],
         "dataset_info": _dataset_info(features, manifest.num_rows, num_bytes, download_size),
     }
     if is_hub_id(source):  # source_datasets names Hub datasets; a local folder has no Hub page
@@ -167,7 +157,7 @@ def render_dataset_card(
         usage_snippet=snippet,
         space=space,
         columns=[
-            (col, _describe(feature), COLUMN_MEANINGS.get(col, "extra column of the source data"))
+            (col, _describe(feature), facts["columns"].get(col, "extra column of the source data"))
             for col, feature in Features.from_dict(features).items()
         ],
         manifest_file=f"{INDEX_DIR}/{MANIFEST_FILE}",
@@ -179,7 +169,7 @@ def render_dataset_card(
             key=lambda item: (-item[1], item[0]),
         ),
         unrecorded=num_skipped - sum(skipped_reasons.values()),
-        citations=_citations(manifest.model_id, source, known),
+        citations=_citations(manifest.model_id, source, known, sources),
         user_notes=_user_notes(existing_body),
     )
     return str(card)
@@ -190,9 +180,7 @@ def parquet_sizes(files: list[str | os.PathLike]) -> tuple[int, int]:
     it for ``num_bytes`` (read in batches, one at a time), and the files' size on disk."""
     import pyarrow.parquet as pq
 
-    num_bytes = sum(
-        batch.nbytes for path in files for batch in pq.ParquetFile(path).iter_batches()
-    )
+    num_bytes = sum(batch.nbytes for path in files for batch in pq.ParquetFile(path).iter_batches())
     return num_bytes, sum(os.path.getsize(path) for path in files)
 
 
@@ -216,10 +204,6 @@ def _parse_existing(existing: str | None) -> tuple[dict, str]:
 def _default_pretty_name(repo_id: str | None, source: str) -> str:
     base = (repo_id or (source if is_hub_id(source) else "")).split("/")[-1]
     return f"ImageSearchTR: {base or Path(source).name or 'images'}"
-
-
-def _data_files() -> dict:
-    return {"split": SPLIT, "path": DATA_FILES}
 
 
 def _dataset_info(features: dict, rows: int, num_bytes: int | None, size: int | None) -> dict:
@@ -301,19 +285,8 @@ def _hub_url(name: str, repo_type: str) -> str:
     return f"https://huggingface.co/{'datasets/' if repo_type == 'dataset' else ''}{name}"
 
 
-def _citation_table() -> dict:
-    return yaml.safe_load(CITATIONS_PATH.read_text(encoding="utf-8"))
-
-
-def _known_citations(model_id: str, source: str) -> list[dict]:
-    table = _citation_table()
-    keys = [model_id, source, Path(source).name]
-    return [table[key] for key in dict.fromkeys(keys) if key in table]
-
-
-def _citations(model_id: str, source: str, known: list[dict]) -> list[dict]:
+def _citations(model_id: str, source: str, known: list[dict], table: dict) -> list[dict]:
     """Citation records: the known ones, then a @misc for each other Hub id (model, source)."""
-    table = _citation_table()
     out = []
     for name, repo_type, label in (
         (model_id, "model", "The embedding model"),

@@ -148,11 +148,8 @@ def session_hub_env(local_hub, tmp_path_factory) -> dict:  # noqa: F811
 
 
 @pytest.fixture(scope="session")
-def published_space(tmp_path_factory, tiny_model_dir, tiny_encoder, session_hub_env, local_hub):  # noqa: F811
-    """A generated dataset published to the local Hub and its Space, downloaded as the Hub
-    holds it. The Space is ``DATASET-search``, the name the dataset card's snippet calls."""
-    from types import SimpleNamespace
-
+def generated_build(tmp_path_factory, tiny_model_dir, tiny_encoder) -> Path:
+    """Six drawn photos with Turkish captions, encoded with the tiny model and indexed."""
     from PIL import Image
 
     from pipeline.encode import EncodeConfig, run_encode
@@ -169,7 +166,14 @@ def published_space(tmp_path_factory, tiny_model_dir, tiny_encoder, session_hub_
         "sehir.jpg": ["gece şehir ışıkları"],
         "bisiklet.jpg": ["bisiklet süren bir adam"],
     }
-    colors = [(250, 250, 250), (255, 120, 0), (0, 90, 0), (200, 200, 255), (20, 20, 60), (150, 0, 0)]
+    colors = [
+        (250, 250, 250),
+        (255, 120, 0),
+        (0, 90, 0),
+        (200, 200, 255),
+        (20, 20, 60),
+        (150, 0, 0),
+    ]
     lines = []
     for (name, caps), color in zip(captions.items(), colors, strict=True):
         Image.new("RGB", (48, 36), color).save(data / "images" / name)
@@ -182,6 +186,16 @@ def published_space(tmp_path_factory, tiny_model_dir, tiny_encoder, session_hub_
     run_encode(FolderSource(data), config, encoder=tiny_encoder)
     run_index(IndexConfig(build=build))
 
+    return build
+
+
+@pytest.fixture(scope="session")
+def published_space(tmp_path_factory, generated_build, session_hub_env, local_hub):  # noqa: F811
+    """A generated dataset published to the local Hub and its Space, downloaded as the Hub
+    holds it. The Space is ``DATASET-search``, the name the dataset card's snippet calls."""
+    from types import SimpleNamespace
+
+    build = generated_build
     import uuid
 
     dataset_repo = f"testuser/spaces-{uuid.uuid4().hex[:8]}"
