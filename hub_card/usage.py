@@ -3,7 +3,7 @@
 Reads ``templates/usage.py.jinja`` and the manifest's index list; writes nothing. The rows and the
 FAISS index come from the dataset repo (``load_dataset`` + ``load_faiss_index``) and the query's
 embedding from an ImageSearchTR Space's ``/embed`` API (``gradio_client``), so a visitor installs
-three small packages, pinned to the versions this publish was made with.
+four packages and no torch, pinned to the versions this publish was made with.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ SPLIT = "train"
 # The parquet files of the train split, as publish writes them (data/train-00000.parquet) and as
 # push_to_hub does (data/train-00000-of-00001.parquet).
 DATA_FILES = "data/*.parquet"
-# What the snippet imports; the card tells the visitor to pip install exactly these.
-SNIPPET_PACKAGES = ("datasets", "faiss-cpu", "gradio_client")
+# What the snippet needs; the card tells the visitor to pip install exactly these. Pillow:
+# datasets decodes the rows' images with it (get_nearest_examples returns them).
+SNIPPET_PACKAGES = ("datasets", "faiss-cpu", "gradio_client", "Pillow")
 
 _FIRST_PYTHON_BLOCK_RE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.DOTALL | re.M)
 

@@ -400,6 +400,7 @@ __all__ = [
     "app_files",
     "publish_space_to_folder",
     "publish_space_to_hub",
+    "preload_lines",
     "render_card",
     "requirements_text",
     "wait_for_space",

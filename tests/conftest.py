@@ -306,12 +306,14 @@ def stop(proc) -> None:
 def space_env(published_space, home: Path) -> dict:
     """Only what a Space has: its variables, the Hub address, HOME/PATH, a cache of its own.
 
-    HF_HUB_DISABLE_XET: the local Hub serves plain HTTP files, not the Xet protocol."""
+    HF_HUB_DISABLE_XET: the local Hub serves plain HTTP files, not the Xet protocol.
+    HF_HUB_DISABLE_TELEMETRY: no telemetry or agent-registry requests to the local Hub."""
     hub = published_space.hub_env
     return {
         **published_space.variables,
         "HF_ENDPOINT": hub["HF_ENDPOINT"],
         "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
         "HF_HOME": str(home),
         "HOME": str(home),
         "PATH": "/usr/bin:/bin",

@@ -461,3 +461,35 @@ def test_browser_search_shows_images(served):
     finally:
         browser.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_preload_names_the_model_files_at_the_pinned_revision(local_hub, monkeypatch):
+    """preload_from_hub: the files the encoder fetches (safetensors over the pickle), pinned."""
+    from huggingface_hub import CommitOperationAdd, HfApi, constants
+
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # the local Hub has no Xet
+
+    from imagesearchtr.manifest import Manifest
+    from pipeline.space import preload_lines
+
+    api = HfApi(endpoint=local_hub.endpoint, token=local_hub.token)
+    model = f"testuser/model-{uuid.uuid4().hex[:8]}"
+    api.create_repo(model)
+    files = ("config.json", "model.safetensors", "pytorch_model.bin", "notes.md")
+    commit = api.create_commit(
+        model,
+        [CommitOperationAdd(path_in_repo=f, path_or_fileobj=b"x") for f in files],
+        commit_message="weights",
+    )
+    manifest = Manifest(
+        model_id=model,
+        model_revision=commit.oid,
+        model_fingerprint="sha256:" + "0" * 64,
+        dim=8,
+        num_rows=1,
+        data_hash="0" * 64,
+        indices=(),
+    )
+    assert preload_lines(api, manifest) == (f"{model} config.json,model.safetensors {commit.oid}",)
+    local = Manifest(**{**manifest.__dict__, "model_id": str(REPO_ROOT)})
+    assert preload_lines(api, local) == ()  # a local model folder: nothing to preload

@@ -10,6 +10,7 @@ Space id with its address, as the Hub answers with ``*.hf.space``).
 
 from __future__ import annotations
 
+import re
 import subprocess
 
 import pytest
@@ -53,16 +54,23 @@ def run_snippet(python, snippet: str, published_space, tmp_path) -> list[str]:
     env = {
         "HF_ENDPOINT": published_space.hub_env["HF_ENDPOINT"],
         "HF_HUB_DISABLE_XET": "1",  # the local Hub serves plain HTTP files
+        "HF_HUB_DISABLE_TELEMETRY": "1",  # no telemetry requests to the local Hub
         "HF_HOME": str(tmp_path / "visitor-cache"),
         "HOME": str(tmp_path),
         "PATH": "/usr/bin:/bin",
     }
+    unhandled = len(published_space.hub.unhandled)
     done = subprocess.run(
         [str(python), "-c", snippet], cwd=tmp_path, env=env, capture_output=True, text=True,
         timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, f"{snippet}\n---\n{done.stderr[-3000:]}"
-    return done.stdout.strip().splitlines()
+    assert published_space.hub.unhandled[unhandled:] == []  # the local Hub knew every route
+    # the snippet prints "score captions" per hit (gradio_client adds a "Loaded as API" line)
+    hits = [line for line in done.stdout.splitlines() if re.match(r"^-?\d+\.\d{3} \[", line)]
+    scores = [float(line.split()[0]) for line in hits]
+    assert scores == sorted(scores, reverse=True), hits  # best first
+    return hits
 
 
 def test_visitor_env_has_no_torch(visitor_python):
@@ -74,9 +82,8 @@ def test_space_card_snippet_runs_verbatim(published_space, running_space, visito
     snippet = extract_usage_snippet(published_space.card)
     assert f'"{published_space.revision}"' in snippet  # the dataset revision is pinned
     assert f'Client("{published_space.space_id}")' in snippet
-    lines = run_snippet(visitor_python, snippet, published_space, tmp_path)
-    assert len(lines) == 5
-    assert any("karlı dağlar" in line for line in lines)
+    hits = run_snippet(visitor_python, snippet, published_space, tmp_path)
+    assert len(hits) == 5  # k=5 of the 6 rows
 
 
 def test_dataset_card_snippet_runs_verbatim(
@@ -86,5 +93,5 @@ def test_dataset_card_snippet_runs_verbatim(
     snippet = extract_usage_snippet(card)
     # the same install line as the Space card: one snippet template for both cards
     assert snippet.splitlines()[0] == extract_usage_snippet(published_space.card).splitlines()[0]
-    lines = run_snippet(visitor_python, snippet, published_space, tmp_path)
-    assert len(lines) == 5
+    hits = run_snippet(visitor_python, snippet, published_space, tmp_path)
+    assert len(hits) == 5
