@@ -238,16 +238,29 @@ def test_image_search_without_an_image_returns_a_message(served):
     assert gallery == [] and results == [] and "görsel yükleyin" in status
 
 
-def test_only_the_two_endpoints_are_public(served):
+def test_only_the_three_endpoints_are_public(served):
     _, client = served
     api = client.view_api(print_info=False, return_format="dict")
-    assert set(api["named_endpoints"]) == {"/search", "/search_image"}
+    assert set(api["named_endpoints"]) == {"/search", "/search_image", "/embed"}
     assert not api["unnamed_endpoints"]
     names = {
         endpoint: [p["parameter_name"] for p in info["parameters"]]
         for endpoint, info in api["named_endpoints"].items()
     }
-    assert names == {"/search": ["query", "k", "deep", "alpha"], "/search_image": ["image", "k"]}
+    assert names == {
+        "/search": ["query", "k", "deep", "alpha"],
+        "/search_image": ["image", "k"],
+        "/embed": ["text"],
+    }
+
+
+def test_embed_refuses_bad_text_with_a_turkish_message(served):
+    from gradio_client.exceptions import AppError
+
+    _, client = served
+    for text, words in (("   ", "metin"), ("x" * 2001, "2000")):
+        with pytest.raises(AppError, match=words):
+            client.predict(text, api_name="/embed")
 
 
 # ---------------------------------------------------------------------------------------------
