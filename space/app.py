@@ -449,6 +449,8 @@ def main() -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     log.info("imagesearchtr %s from %s", imagesearchtr.__version__, imagesearchtr.__file__)
+    if spaces is not None:
+        log.info("spaces is installed: queries run inside @spaces.GPU (ZeroGPU)")
     # Server address and port come from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (read by
     # gradio); never share=True: a Space is already public, and a tunnel would bypass it.
     launch(build_app(load_searcher()))

@@ -180,15 +180,11 @@ def test_zero_gpu_app_answers_on_cpu(published_space, space_venv, tmp_path):
         python, published_space.folder, space_env(published_space, home), home / "app.log"
     )
     try:
-        log = (home / "app.log").read_text()
         _, results, status = client(url).predict("karlı dağlar", 2, True, 0.5, api_name="/search")
+        log = (home / "app.log").read_text()
         assert len(results) == 2, f"{status}\n{log[-3000:]}"
         assert len(client(url).predict("deniz", api_name="/embed")) > 0
-        check = subprocess.run(
-            [str(python), "-c", "import spaces; print(spaces.__file__)"],
-            cwd=published_space.folder, capture_output=True, text=True,
-        )  # fmt: skip
-        assert check.returncode == 0, "the ZeroGPU env must have spaces installed"
+        assert "queries run inside @spaces.GPU" in log  # the decorator is applied here
     finally:
         stop(proc)
 
