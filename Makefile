@@ -22,6 +22,7 @@ SPACE_DIR ?= out/demo-space
 HF_REPO ?=
 SPACE_REPO ?= $(if $(HF_REPO),$(HF_REPO)-search)
 PRIVATE ?=
+HARDWARE ?= cpu-basic
 DEVICE ?= auto
 INDEX_TYPE ?= auto
 ENCODE_FLAGS ?=
@@ -30,13 +31,14 @@ PORT ?= 7860
 # Without DATA, the sample is downloaded from the Hub into out/data first.
 DATA_DIR = $(if $(DATA),$(DATA),out/data)
 
-.PHONY: help install test lint format data build demo publish bench clean
+.PHONY: help install test lint format data build demo publish clean
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 	@echo "  variables: MODEL=$(MODEL) DATA=<folder> NUM_SAMPLES=$(NUM_SAMPLES) SEED=$(SEED)"
 	@echo "             BUILD=$(BUILD) DEMO_DIR=$(DEMO_DIR) SPACE_DIR=$(SPACE_DIR) PORT=$(PORT)"
 	@echo "             HF_REPO=<user/name> SPACE_REPO=<user/name> PRIVATE=1 DEVICE=$(DEVICE)"
+	@echo "             HARDWARE=$(HARDWARE) (Space hardware for make publish)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -80,7 +82,7 @@ publish: build ## publish the dataset to HF_REPO, then the Space to SPACE_REPO p
 	  | tee out/publish.log
 	rev=$$(awk '/^revision:/ {print $$2}' out/publish.log); \
 	$(PY) -m pipeline publish-space --space $(SPACE_REPO) --dataset-repo $(HF_REPO) \
-	  --dataset-revision "$$rev" $(if $(PRIVATE),--private)
+	  --dataset-revision "$$rev" --hardware $(HARDWARE) $(if $(PRIVATE),--private)
 
 clean: ## remove build outputs (keeps .venv)
 	rm -rf out .pytest_cache

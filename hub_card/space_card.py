@@ -1,24 +1,25 @@
 """The README.md of the ImageSearchTR Gradio Space.
 
-Reads: the published dataset repo id and revision, the model id and the installed gradio
-version. Writes nothing: ``render_space_card`` returns the card text; the publisher uploads it
-as the Space's README.md.
+Reads: the published dataset repo id and revision, the manifest's model, the installed gradio
+version, the Python version and hardware the Space is built for, and the model files to preload.
+Writes nothing: ``render_space_card`` returns the card text; the publisher uploads it.
 
-The card is built from its YAML (``SpaceCardData``) plus a body rendered from
-``templates/space_card.md``. ``SpaceCard.from_template`` is not used: it renders the
-*model*-card body (see TRAPS.md).
+The card is ``SpaceCardData`` (the Spaces YAML) plus a body rendered from
+``templates/space_card.md``; the usage snippet is ``hub_card.usage``'s, shared with the dataset
+card. ``SpaceCard.from_template`` is not used: its default template is the model-card body.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
-import json
 from pathlib import Path
 
 import jinja2
-from huggingface_hub import SpaceCard, SpaceCardData
+from huggingface_hub import SpaceCard, SpaceCardData, SpaceHardware
 
-from hub_card.dataset_card import SPLIT, is_hub_id
+from hub_card.dataset_card import is_hub_id
+from hub_card.usage import render_usage
+from imagesearchtr.manifest import Manifest
 
 TEMPLATE_PATH = Path(__file__).resolve().parent / "templates" / "space_card.md"
 
@@ -28,6 +29,7 @@ SHORT_DESCRIPTION_MAX = 60
 SPACE_COLORS = ("red", "yellow", "green", "blue", "indigo", "purple", "pink", "gray")
 DEFAULT_SHORT_DESCRIPTION = "Türkçe metinle veya görselle anlamsal görsel arama"
 SPACE_TAGS = ["image-search", "turkish", "faiss", "multiembedtr", "imagesearchtr"]
+HARDWARE = tuple(h.value for h in SpaceHardware)
 
 
 def gradio_version() -> str:
@@ -38,21 +40,25 @@ def gradio_version() -> str:
 def render_space_card(
     *,
     title: str,
+    space_id: str,
     dataset_repo: str,
     dataset_revision: str | None,
-    model_id: str,
+    manifest: Manifest,
     gradio_version: str,
+    python_version: str,
+    hardware: str = "cpu-basic",
+    preload: tuple[str, ...] = (),
     license: str = "apache-2.0",
     emoji: str = "🔎",
     color_from: str = "red",
     color_to: str = "indigo",
     short_description: str = DEFAULT_SHORT_DESCRIPTION,
-    model_revision: str | None = None,
 ) -> str:
-    """The Space's README.md: Spaces YAML (sdk gradio, app.py, linked dataset and model) + body.
+    """The Space's README.md: Spaces YAML + body.
 
-    ``dataset_revision`` is the revision the Space was published against (None: the latest);
-    the app reads the repo and revision it searches from DATASET_REPO / DATASET_REVISION.
+    ``python_version`` is what the builder installs the requirements with (Spaces defaults to
+    3.10 without it); ``hardware`` goes to ``suggested_hardware``; ``preload`` are
+    ``preload_from_hub`` lines ("repo file1,file2 revision"), fetched when the Space is built.
     """
     if len(short_description) > SHORT_DESCRIPTION_MAX:
         raise ValueError(
@@ -64,6 +70,8 @@ def render_space_card(
             raise ValueError(f"{name} must be one of {', '.join(SPACE_COLORS)}, not {color!r}")
     if not is_hub_id(dataset_repo):
         raise ValueError(f"dataset_repo {dataset_repo!r} is not a Hub id 'namespace/name'")
+    if hardware not in HARDWARE:
+        raise ValueError(f"hardware {hardware!r} is not a Spaces hardware: {', '.join(HARDWARE)}")
     if not gradio_version:
         raise ValueError("gradio_version is empty; pass hub_card.gradio_version()")
 
@@ -71,17 +79,20 @@ def render_space_card(
         title=title,
         sdk="gradio",
         sdk_version=gradio_version,
+        python_version=python_version,
         app_file="app.py",
+        suggested_hardware=hardware,
         license=license,
         # datasets/models make the Hub link this Space from the dataset and model pages.
         datasets=[dataset_repo],
-        models=[model_id],
+        models=[manifest.model_id],
         tags=list(SPACE_TAGS),
         emoji=emoji,
         colorFrom=color_from,
         colorTo=color_to,
         pinned=False,
         short_description=short_description,
+        **({"preload_from_hub": list(preload)} if preload else {}),
     )
     env = jinja2.Environment(
         undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False
@@ -95,37 +106,11 @@ def render_space_card(
         dataset_repo=dataset_repo,
         dataset_revision=dataset_revision,
         dataset_url=f"https://huggingface.co/datasets/{dataset_repo}",
-        model_id=model_id,
-        model_url=f"https://huggingface.co/{model_id}",
-        usage_snippet=_usage_snippet(dataset_repo, dataset_revision, model_id, model_revision),
+        model_id=manifest.model_id,
+        model_url=f"https://huggingface.co/{manifest.model_id}",
+        hardware=hardware,
+        usage_snippet=render_usage(
+            manifest, space=space_id, repo_id=dataset_repo, revision=dataset_revision
+        ),
     )
     return str(SpaceCard(f"---\n{card_data.to_yaml()}\n---\n{body}"))
-
-
-def _py_str(value: str) -> str:
-    return json.dumps(value, ensure_ascii=False)
-
-
-def _usage_snippet(
-    dataset_repo: str, dataset_revision: str | None, model_id: str, model_revision: str | None
-) -> str:
-    rev = f", revision={_py_str(dataset_revision)}" if dataset_revision else ""
-    model_rev = f", revision={_py_str(model_revision)}" if model_revision else ""
-    repo = _py_str(dataset_repo)
-    return "\n".join(
-        [
-            "from datasets import load_dataset",
-            "from huggingface_hub import hf_hub_download",
-            "from imagesearchtr import Encoder",
-            "",
-            "# Rows and index must come from the same revision.",
-            f"ds = load_dataset({repo}, split={_py_str(SPLIT)}{rev})",
-            f'index_file = hf_hub_download({repo}, "index/image_emb.faiss", repo_type="dataset"'
-            f"{rev})",
-            'ds.load_faiss_index("image_emb", index_file)',
-            f"encoder = Encoder.from_pretrained({_py_str(model_id)}{model_rev})",
-            'query = encoder.encode_texts(["karlı dağlar"])[0]',
-            'scores, rows = ds.get_nearest_examples("image_emb", query, k=5)',
-            'print(rows["captions"])',
-        ]
-    )

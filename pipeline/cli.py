@@ -172,6 +172,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--dataset-revision", default=None, help="dataset branch, tag or commit (default: main)"
     )
     p.add_argument("--private", action="store_true", help="create the Space as private")
+    p.add_argument(
+        "--hardware",
+        default="cpu-basic",
+        help="Spaces hardware: cpu-basic (free), cpu-upgrade, t4-small, l4x1, a10g-small, "
+        "zero-a10g (ZeroGPU), ... The requirements fit it (CPU-only torch on CPU hardware, "
+        "`spaces` on ZeroGPU), the card suggests it, and other than cpu-basic it is requested "
+        "from the Hub (paid hardware needs a payment method, ZeroGPU a PRO account)",
+    )
+    p.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="return after the upload instead of following the build until the Space runs",
+    )
+    p.add_argument(
+        "--wait-timeout",
+        type=float,
+        default=1800,
+        help="seconds to wait for the Space to run before giving up (exit 2)",
+    )
 
     p = commands.add_parser(
         "evaluate",
@@ -199,9 +218,43 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError, TimeoutError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except Exception as err:
+        # The Hub unreachable, whichever library noticed it first (httpx, huggingface_hub's
+        # offline errors, datasets' ConnectionError): one line naming the address.
+        unreachable = _unreachable(err)
+        if unreachable is not None:
+            print(f"error: {unreachable}", file=sys.stderr)
+            return 2
+        if isinstance(err, (ValueError, FileNotFoundError, RuntimeError, TimeoutError)):
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _unreachable(err: BaseException) -> str | None:
+    """The one-line message for "the Hub could not be reached" somewhere in ``err``'s chain."""
+    import httpx
+    from huggingface_hub import constants
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    seen, cause = set(), err
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, (httpx.TransportError, LocalEntryNotFoundError, ConnectionError)):
+            break
+        if isinstance(cause, OfflineModeIsEnabled):
+            return f"the Hub is not used offline (HF_HUB_OFFLINE=1): {cause}"
+        cause = cause.__cause__ or cause.__context__
+    else:
+        return None
+    url = getattr(getattr(cause, "request", None), "url", None)
+    where = f"{url.scheme}://{url.host}" + (f":{url.port}" if url.port else "") if url else ""
+    where = where or constants.ENDPOINT
+    kind = type(cause).__name__
+    return (
+        f"cannot reach the Hugging Face Hub at {where} ({kind}); check the network connection, "
+        "a proxy, or HF_ENDPOINT, then run the same command again"
+    )
 
 
 def _download(args) -> int:
@@ -307,6 +360,9 @@ def _publish_space(args) -> int:
         to=args.to,
         dataset_revision=args.dataset_revision,
         private=args.private,
+        hardware=args.hardware,
+        wait=not args.no_wait,
+        wait_timeout=args.wait_timeout,
     )
     result = publish_space_to_hub(config) if args.space else publish_space_to_folder(config)
     if result.revision:
@@ -317,6 +373,8 @@ def _publish_space(args) -> int:
         print(f"  {key}={value}")
     if result.url:
         print(f"url: {result.url}")
+    if result.stage:
+        print(f"stage: {result.stage}")
     if result.revision:
         print(f"revision: {result.revision}")
     if result.run_command:

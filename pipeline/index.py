@@ -199,7 +199,7 @@ def run_index(config: IndexConfig):
         num_captions=sum(len(c) for c in table.column("captions").to_pylist()),
         num_skipped=_count_lines(build / SKIPPED_FILE),
         versions=_versions(),
-        created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         source=build_info.get("source", ""),
         data_files=[
             {

@@ -5,15 +5,19 @@ the published dataset's index/manifest.json (from a local folder, or from the Hu
 dataset revision) for the model id the card names. Writes:
 
     README.md                 Space card (hub_card.render_space_card): sdk gradio at the
-                              installed gradio version, app.py, the linked dataset and model
+                              installed gradio version, python_version, suggested_hardware,
+                              preload_from_hub for the model, the linked dataset and model
     app.py                    the Gradio app
-    requirements.txt          pinned dependencies
+    requirements.txt          space/requirements.txt's pins, fitted to the hardware
+                              (``requirements_text``)
     imagesearchtr/*.py        the search library the app imports (no __pycache__)
 
 To the Hub (``--space USER/NAME``): the Space is created if needed (sdk gradio), its variables
 DATASET_REPO and DATASET_REVISION are set, then ONE commit uploads the files and deletes stale
-files under imagesearchtr/. DATASET_REVISION is pinned to the dataset's commit sha, so a later
-publish of the dataset cannot change what a running Space serves until it is re-published.
+files under imagesearchtr/; hardware other than the Space's current one is requested
+(``HfApi.request_space_hardware``), and ``wait_for_space`` follows the build until the Space
+runs or fails. DATASET_REVISION is pinned to the dataset's commit sha, so a later publish of
+the dataset cannot change what a running Space serves until it is re-published.
 To a folder (``--to DIR``): the same files, plus the command that runs them locally. Nothing
 else is written; the token comes from HF_TOKEN or ``hf auth login`` and is never printed.
 """
@@ -22,6 +26,8 @@ from __future__ import annotations
 
 import shlex
 import shutil
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +41,25 @@ REQUIREMENTS_FILE = "requirements.txt"
 LIBRARY_DIR = "imagesearchtr"
 CARD_FILE = "README.md"
 TITLE = "ImageSearchTR"
+# The Python the Space is built with: the pins (numpy 2.4, transformers 5.24) need >= 3.11, and
+# Spaces builds with 3.10 when the card does not say (pyproject's requires-python agrees).
+PYTHON_VERSION = "3.11"
+DEFAULT_HARDWARE = "cpu-basic"
+CPU_HARDWARE = ("cpu-basic", "cpu-upgrade")
+ZERO_GPU_HARDWARE = ("zero-a10g",)
+# CPU hardware: PyPI's Linux torch wheel is the CUDA build (several GB of CUDA libraries a CPU
+# Space never uses, and a slower build and start); this index serves the CPU-only wheel. Its
+# version is 2.13.0+cpu: "torch==2.13.0" matches it (a pin without a local label ignores the
+# candidate's label, PEP 440) and pip prefers it, since a local label sorts after the plain
+# version. GPU hardware takes PyPI's CUDA wheel, so the line is left out there.
+CPU_TORCH_INDEX = "--extra-index-url https://download.pytorch.org/whl/cpu"
+# ZeroGPU needs the spaces package (@spaces.GPU); the app imports it only where installed.
+SPACES_REQUIREMENT = "spaces==0.51.3"
+# The model files the encoder fetches, in the order it tries them (preload_from_hub).
+MODEL_FILES = ("config.json", "model.safetensors", "pytorch_model.bin")
+# What a Space's runtime stage means for publish-space's wait (huggingface_hub SpaceStage).
+RUNNING_STAGES = ("RUNNING",)
+FAILED_STAGES = ("NO_APP_FILE", "CONFIG_ERROR", "BUILD_ERROR", "RUNTIME_ERROR", "STOPPED", "PAUSED")
 VARIABLE_DESCRIPTIONS = {
     "DATASET_REPO": "Published ImageSearchTR dataset (rows + FAISS indices) the app searches",
     "DATASET_REVISION": "Dataset commit the Space was published against (pinned)",
@@ -48,6 +73,9 @@ class SpaceConfig:
     to: Path | None = None
     dataset_revision: str | None = None
     private: bool = False
+    hardware: str = DEFAULT_HARDWARE
+    wait: bool = True  # follow the Space's build until it runs or fails
+    wait_timeout: float = 1800.0  # seconds
 
 
 @dataclass(frozen=True)
@@ -58,12 +86,13 @@ class SpaceResult:
     url: str | None = None  # the Space page on the Hub
     run_command: str | None = None  # for a folder: how to start it
     notes: tuple[str, ...] = ()
+    stage: str | None = None  # the Space's runtime stage when publish-space stopped waiting
 
 
 def app_files(source: Path = SPACE_SOURCE) -> dict[str, Path]:
     """Map Space paths to the files of this checkout's space/ folder (app + library)."""
     source = Path(source)
-    files = {APP_FILE: source / APP_FILE, REQUIREMENTS_FILE: source / REQUIREMENTS_FILE}
+    files = {APP_FILE: source / APP_FILE}
     library = sorted((source / LIBRARY_DIR).glob("*.py"))
     if not library:
         raise FileNotFoundError(
@@ -77,16 +106,71 @@ def app_files(source: Path = SPACE_SOURCE) -> dict[str, Path]:
     return files
 
 
-def render_card(dataset_repo: str, dataset_revision: str | None, manifest: Manifest) -> str:
+def check_hardware(hardware: str) -> str:
+    from huggingface_hub import SpaceHardware
+
+    names = [h.value for h in SpaceHardware]
+    if hardware not in names:
+        raise ValueError(
+            f"--hardware {hardware!r} is not a Spaces hardware; one of: {', '.join(names)}"
+        )
+    return hardware
+
+
+def requirements_text(hardware: str, source: Path = SPACE_SOURCE) -> str:
+    """requirements.txt for ``hardware``: the pins of space/requirements.txt, fitted to it."""
+    pins = (Path(source) / REQUIREMENTS_FILE).read_text(encoding="utf-8")
+    lines = [f"# Written by publish-space for {check_hardware(hardware)} hardware."]
+    if hardware in CPU_HARDWARE:
+        lines.append("# CPU hardware: torch from the CPU-only index (no CUDA libraries).")
+        lines.append(CPU_TORCH_INDEX)
+    else:
+        lines.append("# GPU hardware: torch from PyPI, the CUDA build.")
+    lines.append(pins.rstrip("\n"))
+    if hardware in ZERO_GPU_HARDWARE:
+        lines.append("# ZeroGPU: @spaces.GPU around the queries (space/app.py).")
+        lines.append(SPACES_REQUIREMENT)
+    return "\n".join(lines) + "\n"
+
+
+def preload_lines(api, manifest: Manifest) -> tuple[str, ...]:
+    """``preload_from_hub`` for the model: the files the encoder fetches, at the pinned commit.
+
+    The builder fetches them into the Space's Hub cache, so a cold start does not download the
+    model again. The dataset cannot be preloaded this way (the Hub preloads model repos only).
+    """
+    model = manifest.model_id
+    if Path(model).expanduser().exists() or "/" not in model:
+        return ()  # a local model folder: nothing on the Hub to preload
+    present = set(api.list_repo_files(model, revision=manifest.model_revision))
+    files = [f for f in MODEL_FILES if f in present]
+    if "model.safetensors" in files and "pytorch_model.bin" in files:
+        files.remove("pytorch_model.bin")  # the encoder takes safetensors when both exist
+    # A revision needs the file list before it ("repo files revision"), as the Hub parses it.
+    revision = f" {manifest.model_revision}" if manifest.model_revision else ""
+    return (f"{model} {','.join(files)}{revision}",) if files else ()
+
+
+def render_card(
+    space_id: str,
+    dataset_repo: str,
+    dataset_revision: str | None,
+    manifest: Manifest,
+    hardware: str = DEFAULT_HARDWARE,
+    preload: tuple[str, ...] = (),
+) -> str:
     from hub_card import gradio_version, render_space_card
 
     return render_space_card(
         title=TITLE,
+        space_id=space_id,
         dataset_repo=dataset_repo,
         dataset_revision=dataset_revision,
-        model_id=manifest.model_id,
-        model_revision=manifest.model_revision,
+        manifest=manifest,
         gradio_version=gradio_version(),
+        python_version=PYTHON_VERSION,
+        hardware=hardware,
+        preload=preload,
     )
 
 
@@ -102,6 +186,7 @@ def publish_space_to_hub(config: SpaceConfig) -> SpaceResult:
             "publish the dataset first (`python -m pipeline publish --build BUILD --repo "
             "USER/NAME`) and pass that id"
         )
+    hardware = check_hardware(config.hardware)
     files = app_files()
     api = HfApi()
     notes = []
@@ -114,7 +199,8 @@ def publish_space_to_hub(config: SpaceConfig) -> SpaceResult:
                 f"{dataset_repo} is private: add a Space secret HF_TOKEN with read access to it "
                 "(Settings -> Variables and secrets), or the Space cannot load it"
             )
-        card = render_card(dataset_repo, revision, manifest)
+        preload = preload_lines(api, manifest)
+        card = render_card(space_id, dataset_repo, revision, manifest, hardware, preload)
         api.create_repo(
             space_id, repo_type="space", space_sdk="gradio", private=config.private, exist_ok=True
         )
@@ -130,6 +216,12 @@ def publish_space_to_hub(config: SpaceConfig) -> SpaceResult:
             for path, source in files.items()
         ]
         operations.append(CommitOperationAdd(path_in_repo=CARD_FILE, path_or_fileobj=card.encode()))
+        operations.append(
+            CommitOperationAdd(
+                path_in_repo=REQUIREMENTS_FILE,
+                path_or_fileobj=requirements_text(hardware).encode(),
+            )
+        )
         stale = sorted(
             path for path in remote if path.startswith(f"{LIBRARY_DIR}/") and path not in files
         )
@@ -143,18 +235,83 @@ def publish_space_to_hub(config: SpaceConfig) -> SpaceResult:
         )
     except HfHubHTTPError as err:
         raise PublishError(_hub_error_text(err, space_id)) from None
+    url = f"{api.endpoint}/spaces/{space_id}"
+    _request_hardware(api, space_id, hardware, commit.oid, url)
+    stage = wait_for_space(api, space_id, commit.oid, config.wait_timeout) if config.wait else None
     return SpaceResult(
         location=space_id,
         revision=commit.oid,
         variables=variables,
-        url=f"{api.endpoint}/spaces/{space_id}",
+        url=url,
         notes=tuple(notes),
+        stage=stage,
     )
+
+
+def _request_hardware(api, space_id: str, hardware: str, revision: str, url: str) -> None:
+    """Ask the Hub for ``hardware`` unless the Space already has (or asked for) it."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        runtime = api.get_space_runtime(space_id)
+        if hardware in (runtime.hardware, runtime.requested_hardware):
+            return
+        if runtime.hardware is None and hardware == DEFAULT_HARDWARE:
+            return  # a new Space starts on the free hardware anyway
+        api.request_space_hardware(space_id, hardware)
+    except HfHubHTTPError as err:
+        status = getattr(getattr(err, "response", None), "status_code", None)
+        hub_says = str(err).splitlines()[0] if str(err) else ""
+        if status in (402, 403):
+            raise PublishError(
+                f"the files are published ({space_id}@{revision[:12]}), but the Hub refused "
+                f"hardware {hardware} for this account (HTTP {status}: {hub_says}). Upgraded "
+                "hardware needs a payment method and ZeroGPU a PRO or Enterprise account "
+                f"({url}/settings), or re-run with --hardware cpu-basic"
+            ) from None
+        raise PublishError(_hub_error_text(err, space_id)) from None
+
+
+def wait_for_space(api, space_id: str, revision: str, timeout: float) -> str:
+    """Follow the Space's runtime stage until it runs ``revision`` or fails; return the stage.
+
+    A stage change is printed to stderr. A failed stage raises ``PublishError`` with the Hub's
+    message. The Hub names the commit a runtime runs (``sha``) where it knows it; a RUNNING
+    stage of an older commit (the build of this one not started yet) does not count.
+    """
+    from huggingface_hub.errors import HfHubHTTPError
+
+    deadline, delay, last = time.monotonic() + timeout, 1.0, None
+    while True:
+        try:
+            runtime = api.get_space_runtime(space_id)
+        except HfHubHTTPError as err:
+            raise PublishError(_hub_error_text(err, space_id)) from None
+        stage, running_sha = str(runtime.stage), runtime.raw.get("sha")
+        if stage != last:
+            print(f"space {space_id}: {stage}", file=sys.stderr, flush=True)
+            last = stage
+        if stage in FAILED_STAGES:
+            message = runtime.raw.get("errorMessage") or "no message from the Hub"
+            raise PublishError(
+                f"the Space {space_id} did not start: {stage}: {message} (the build log is on "
+                f"the Space page, {api.endpoint}/spaces/{space_id}?logs=build)"
+            )
+        if stage in RUNNING_STAGES and running_sha in (None, revision):
+            return stage
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"the Space {space_id} is still {stage} after {timeout:.0f} s; follow it at "
+                f"{api.endpoint}/spaces/{space_id} (or pass --no-wait)"
+            )
+        time.sleep(delay)
+        delay = min(delay * 2, 10.0)
 
 
 def publish_space_to_folder(config: SpaceConfig) -> SpaceResult:
     """Write the Space's files to a folder and return the command that runs them."""
     target = Path(config.to).resolve()
+    hardware = check_hardware(config.hardware)
     files = app_files()
     local = Path(config.dataset_repo).expanduser()
     notes = []
@@ -177,13 +334,15 @@ def publish_space_to_folder(config: SpaceConfig) -> SpaceResult:
         except HfHubHTTPError as err:
             raise PublishError(_hub_error_text(err, config.dataset_repo)) from None
         dataset_repo = config.dataset_repo
-        card = render_card(dataset_repo, revision, manifest)
+        # The card's snippet calls this folder's app, run locally (the command printed below).
+        card = render_card("http://127.0.0.1:7860/", dataset_repo, revision, manifest, hardware)
     target.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(target / LIBRARY_DIR, ignore_errors=True)  # no stale modules
     for path, source in files.items():
         dest = target / path
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, dest)
+    (target / REQUIREMENTS_FILE).write_text(requirements_text(hardware), encoding="utf-8")
     if card is not None:
         (target / CARD_FILE).write_text(card, encoding="utf-8")
     variables = {"DATASET_REPO": dataset_repo}
@@ -235,10 +394,14 @@ def _parse_manifest(path: Path, where: str) -> Manifest:
 
 
 __all__ = [
+    "PYTHON_VERSION",
     "SpaceConfig",
     "SpaceResult",
     "app_files",
     "publish_space_to_folder",
     "publish_space_to_hub",
+    "preload_lines",
     "render_card",
+    "requirements_text",
+    "wait_for_space",
 ]

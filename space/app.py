@@ -14,12 +14,19 @@ corrupt index, a manifest that does not match the rows, a model that is not the 
 the index) the app still starts, shows the reason on the page and logs it once: a Space that
 crashes at start-up restarts in a loop and shows only "Runtime error".
 
-Public API (gradio_client), each answering (gallery, results, status):
+Public API (gradio_client); the first two answer (gallery, results, status):
     /search(query, k, deep, alpha)   text query; deep=True fuses image and caption scores,
                                      alpha * image + (1 - alpha) * caption
     /search_image(image, k)          image as query
+    /embed(text)                     the text's query embedding: a list of floats (L2-normalised),
+                                     to search the dataset's FAISS index elsewhere without torch
 ``results`` is plain JSON: [{caption, captions, score, image_score, caption_score, row}, ...]
 best first; ``status`` is a one-line Turkish message (a result count, or what went wrong).
+
+GPU: on ZeroGPU hardware the Space installs the ``spaces`` package (publish-space puts it in
+requirements.txt only for ZeroGPU), and every query runs inside ``@spaces.GPU``, which ZeroGPU
+requires around GPU work; the decorator does nothing outside ZeroGPU, and where the package is
+not installed (CPU and dedicated-GPU Spaces, local runs) the functions run as they are.
 
 Run locally: ``DATASET_REPO=USER/NAME python space/app.py`` (GRADIO_SERVER_NAME and
 GRADIO_SERVER_PORT, read by gradio itself, choose the address).
@@ -32,6 +39,11 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+try:  # before torch is imported: ZeroGPU patches torch's CUDA start-up when spaces loads
+    import spaces
+except ImportError:  # not on ZeroGPU hardware (see the module docstring)
+    spaces = None
 
 import gradio as gr
 from gradio import processing_utils
@@ -53,6 +65,8 @@ EXAMPLES = [
     "bisiklet süren bir adam",
 ]
 MAX_RESULTS = 30
+# /embed refuses longer texts: the model reads 128 tokens, so more only costs tokenizer time.
+MAX_EMBED_CHARS = 2000
 DEFAULT_RESULTS = 10
 DEFAULT_ALPHA = 0.6
 
@@ -149,13 +163,32 @@ def hits_to_outputs(hits) -> tuple[list, list[dict]]:
     return gallery, results
 
 
+def on_gpu(fn):
+    """``@spaces.GPU`` where the ``spaces`` package is installed (ZeroGPU), else ``fn`` as is."""
+    return fn if spaces is None else spaces.GPU(fn)
+
+
 def make_handlers(searcher: Searcher | LoadError):
-    """The two API functions, bound to one Searcher (or to the reason there is none).
+    """The three API functions, bound to one Searcher (or to the reason there is none).
 
     Their parameter names are the API's parameter names, and their docstrings its description.
-    Known problems come back as the status message with an empty gallery, never as an error:
-    a gradio_client caller and the page both see the same Turkish sentence.
+    Known problems of /search and /search_image come back as the status message with an empty
+    gallery, never as an error: a gradio_client caller and the page both see the same Turkish
+    sentence. /embed has no status output, so it raises ``gr.Error`` with that sentence.
     """
+
+    # The query encoder runs inside these (the Searcher encodes, then searches with FAISS).
+    @on_gpu
+    def text_on_device(query: str, n: int, weight: float | None):
+        return searcher.search_text(query, n, alpha=weight)
+
+    @on_gpu
+    def image_on_device(image: str, n: int):
+        return searcher.search_image(image, n)
+
+    @on_gpu
+    def embed_on_device(text: str):
+        return searcher.encoder.encode_texts([text])[0]
 
     def unavailable():
         return [], [], f"⚠️ Arama kullanılamıyor: {searcher.message}"
@@ -208,7 +241,7 @@ def make_handlers(searcher: Searcher | LoadError):
             weight = -1.0
         if weight is not None and not 0.0 <= weight <= 1.0:
             return [], [], f"⚠️ Denge (alpha) 0 ile 1 arasında olmalı (verilen: {alpha})."
-        return run(lambda: searcher.search_text(query.strip(), n, alpha=weight), repr(query))
+        return run(lambda: text_on_device(query.strip(), n, weight), repr(query))
 
     def search_image(image: str | None, k: int = DEFAULT_RESULTS):
         """Görselle görsel ara: yüklenen görsele en çok benzeyenler.
@@ -226,9 +259,29 @@ def make_handlers(searcher: Searcher | LoadError):
         n = check_k(k)
         if n is None:
             return [], [], f"⚠️ Sonuç sayısı 1 ile {MAX_RESULTS} arasında olmalı (verilen: {k})."
-        return run(lambda: searcher.search_image(image, n), "an uploaded image")
+        return run(lambda: image_on_device(image, n), "an uploaded image")
 
-    return search, search_image
+    def embed(text: str) -> list[float]:
+        """Metnin sorgu vektörü (MultiEmbedTR), veri kümesinin FAISS dizininde aramak için.
+
+        Args:
+            text: the Turkish text, e.g. "karlı dağlar"
+        Returns:
+            the text's embedding: L2-normalised floats, as many as the index's dimension
+        """
+        if isinstance(searcher, LoadError):
+            raise gr.Error(f"Arama kullanılamıyor: {searcher.message}")
+        if not isinstance(text, str) or not text.strip():
+            raise gr.Error("Lütfen bir metin verin (ör. “karlı dağlar”).")
+        if len(text) > MAX_EMBED_CHARS:
+            raise gr.Error(f"Metin en çok {MAX_EMBED_CHARS} karakter olabilir ({len(text)}).")
+        try:
+            vector = embed_on_device(text.strip())
+        except ValueError as err:
+            raise gr.Error(str(err)) from None
+        return [float(x) for x in vector]
+
+    return search, search_image, embed
 
 
 class QueryImage(gr.Image):
@@ -261,7 +314,7 @@ def build_app(searcher: Searcher | LoadError) -> gr.Blocks:
 
     Theme and CSS are launch() arguments in gradio 6: start it with ``launch(demo, ...)``.
     """
-    search, search_image = make_handlers(searcher)
+    search, search_image, embed = make_handlers(searcher)
     with gr.Blocks(title=f"{TITLE} · Türkçe görsel arama") as demo:
         gr.Markdown(f"# {TITLE}\n{DESCRIPTION}", elem_id="title")
         if isinstance(searcher, LoadError):
@@ -364,7 +417,8 @@ def build_app(searcher: Searcher | LoadError) -> gr.Blocks:
             api_name="search_image",
             concurrency_id="queries",
         )
-        # UI-only events: private, so the two endpoints above are the whole public API.
+        gr.api(embed, api_name="embed", concurrency_id="queries")
+        # UI-only events: private, so the three endpoints above are the whole public API.
         deep.change(
             lambda on: gr.update(visible=on),
             inputs=deep,
@@ -395,6 +449,8 @@ def main() -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     log.info("imagesearchtr %s from %s", imagesearchtr.__version__, imagesearchtr.__file__)
+    if spaces is not None:
+        log.info("spaces is installed: queries run inside @spaces.GPU (ZeroGPU)")
     # Server address and port come from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (read by
     # gradio); never share=True: a Space is already public, and a tunnel would bypass it.
     launch(build_app(load_searcher()))

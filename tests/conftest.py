@@ -6,6 +6,7 @@ Everything here runs offline. The shared photos are read in place from
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -123,3 +124,239 @@ def write_photos(folder: Path, names, seed: int = 0, size=(48, 36), captions=Non
     with (folder / "captions.jsonl").open("a", encoding="utf-8") as fh:
         fh.writelines(lines)
     return folder
+
+# ---------------------------------------------------------------------------------------------
+# A published Space as the Hub holds it, built and run the way Spaces does (hub stream).
+# One per session: tests/test_spaces_build.py and tests/test_card_snippets.py share it.
+# ---------------------------------------------------------------------------------------------
+
+
+def card_python(version: str) -> Path:
+    """An interpreter of the Space card's ``python_version`` (pyenv's, else python3.X on PATH)."""
+    import glob
+    import shutil
+    import subprocess
+
+    candidates = []
+    try:
+        root = subprocess.run(["pyenv", "root"], capture_output=True, text=True, timeout=30)
+        candidates = sorted(glob.glob(f"{root.stdout.strip()}/versions/{version}.*/bin/python"))
+    except (OSError, subprocess.SubprocessError):
+        pass
+    found = candidates[-1] if candidates else shutil.which(f"python{version}")
+    if not found:
+        pytest.skip(f"no Python {version} here (the Space card's python_version); install it")
+    return Path(found)
+
+
+def make_venv(python: Path, folder: Path, *requirements: str) -> Path:
+    """A fresh virtualenv at ``folder`` with ``requirements`` (pip arguments); its python."""
+    import subprocess
+
+    subprocess.run([str(python), "-m", "venv", str(folder)], check=True, timeout=300)
+    venv_python = folder / "bin" / "python"
+    if requirements:
+        done = subprocess.run(
+            [str(venv_python), "-m", "pip", "install", "--quiet", *requirements],
+            capture_output=True,
+            text=True,
+            timeout=1200,
+        )
+        if done.returncode != 0:
+            raise AssertionError(f"pip install {' '.join(requirements)} failed:\n{done.stderr}")
+    return venv_python
+
+
+@pytest.fixture(scope="session")
+def session_hub_env(local_hub, tmp_path_factory) -> dict:  # noqa: F811
+    """hub_env for session fixtures: the local Hub and a cache of their own."""
+    return {**local_hub.env(), "HF_HOME": str(tmp_path_factory.mktemp("session-hf-home"))}
+
+
+@pytest.fixture(scope="session")
+def generated_build(tmp_path_factory, tiny_model_dir, tiny_encoder) -> Path:
+    """Six drawn photos with Turkish captions, encoded with the tiny model and indexed."""
+    from PIL import Image
+
+    from pipeline.encode import EncodeConfig, run_encode
+    from pipeline.index import IndexConfig, run_index
+    from pipeline.inputs import FolderSource
+
+    data = tmp_path_factory.mktemp("space-photos")
+    (data / "images").mkdir()
+    captions = {
+        "kar.jpg": ["karlı dağlar ve mavi gökyüzü"],
+        "deniz.jpg": ["deniz kenarında gün batımı", "sahilde yürüyen insanlar"],
+        "orman.jpg": ["yeşil orman"],
+        "kopek.jpg": ["karda oynayan köpekler"],
+        "sehir.jpg": ["gece şehir ışıkları"],
+        "bisiklet.jpg": ["bisiklet süren bir adam"],
+    }
+    colors = [
+        (250, 250, 250),
+        (255, 120, 0),
+        (0, 90, 0),
+        (200, 200, 255),
+        (20, 20, 60),
+        (150, 0, 0),
+    ]
+    lines = []
+    for (name, caps), color in zip(captions.items(), colors, strict=True):
+        Image.new("RGB", (48, 36), color).save(data / "images" / name)
+        lines += [
+            json.dumps({"path": f"images/{name}", "caption": c}, ensure_ascii=False) for c in caps
+        ]
+    (data / "captions.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    build = tmp_path_factory.mktemp("space-build")
+    config = EncodeConfig(out=build, model=str(tiny_model_dir), device="cpu", dtype="float32")
+    run_encode(FolderSource(data), config, encoder=tiny_encoder)
+    run_index(IndexConfig(build=build))
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def published_space(tmp_path_factory, generated_build, session_hub_env, local_hub):  # noqa: F811
+    """A generated dataset published to the local Hub and its Space, downloaded as the Hub
+    holds it. The Space is ``DATASET-search``, the name the dataset card's snippet calls."""
+    from types import SimpleNamespace
+
+    build = generated_build
+    import uuid
+
+    dataset_repo = f"testuser/spaces-{uuid.uuid4().hex[:8]}"
+    space_id = f"{dataset_repo}-search"
+    out = run_cli("publish", "--build", build, "--repo", dataset_repo, env=session_hub_env)
+    revision = out.stdout.split("revision: ", 1)[1].split()[0]
+    out = run_cli(
+        "publish-space", "--space", space_id, "--dataset-repo", dataset_repo,
+        "--dataset-revision", revision, env=session_hub_env,
+    )  # fmt: skip
+    folder = tmp_path_factory.mktemp("space-repo") / "space"
+    script = (
+        "import json, sys\n"
+        "from huggingface_hub import HfApi, snapshot_download\n"
+        "snapshot_download(sys.argv[1], repo_type='space', local_dir=sys.argv[2])\n"
+        "variables = HfApi().get_space_variables(sys.argv[1])\n"
+        "print(json.dumps({k: v.value for k, v in variables.items()}))\n"
+    )
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-c", script, space_id, str(folder)],
+        env={**os.environ, **session_hub_env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    import yaml
+
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    return SimpleNamespace(
+        dataset_repo=dataset_repo,
+        revision=revision,
+        space_id=space_id,
+        folder=folder,
+        variables=json.loads(done.stdout.strip().splitlines()[-1]),
+        card=card,
+        card_data=yaml.safe_load(card.split("---\n")[1]),
+        publish_output=out.stdout,
+        hub=local_hub,
+        hub_env=session_hub_env,
+    )
+
+
+@pytest.fixture(scope="session")
+def space_venv(published_space, tmp_path_factory) -> Path:
+    """What the Spaces builder makes: a bare virtualenv of the card's python_version with the
+    Space's requirements.txt and gradio==sdk_version, nothing of this project. Its python."""
+    meta = published_space.card_data
+    python = card_python(str(meta["python_version"]))
+    # Index lines (the CPU-only torch index) are dropped here: that index is unreachable from
+    # the test machines and pip retries it for minutes; the pins alone resolve from the
+    # configured package index (torch==2.13.0 matches the CPU wheel there too).
+    requirements = tmp_path_factory.mktemp("space-reqs") / "requirements.txt"
+    lines = (published_space.folder / "requirements.txt").read_text().splitlines()
+    requirements.write_text("".join(f"{x}\n" for x in lines if not x.startswith("--")))
+    folder = tmp_path_factory.mktemp("space-venv") / "venv"
+    return make_venv(python, folder, "-r", str(requirements), f"gradio=={meta['sdk_version']}")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_space_app(python: Path, folder: Path, env: dict, log: Path):
+    """``python app.py`` in ``folder`` with exactly ``env``; (process, url) once it listens."""
+    import subprocess
+    import time
+    import urllib.request
+
+    port = free_port()
+    env = {**env, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port)}
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(
+            [str(python), "app.py"], cwd=folder, env=env, stdout=sink, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"app.py exited {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(url + "config", timeout=5) as answer:
+                if answer.status == 200:
+                    return proc, url
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise AssertionError(f"app.py did not listen within 240 s:\n{log.read_text()[-4000:]}")
+
+
+def stop(proc) -> None:
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=20)
+
+
+def space_env(published_space, home: Path) -> dict:
+    """Only what a Space has: its variables, the Hub address, HOME/PATH, a cache of its own.
+
+    HF_HUB_DISABLE_XET: the local Hub serves plain HTTP files, not the Xet protocol.
+    HF_HUB_DISABLE_TELEMETRY: no telemetry or agent-registry requests to the local Hub."""
+    hub = published_space.hub_env
+    return {
+        **published_space.variables,
+        "HF_ENDPOINT": hub["HF_ENDPOINT"],
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HOME": str(home),
+        "HOME": str(home),
+        "PATH": "/usr/bin:/bin",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+    }
+
+
+@pytest.fixture(scope="session")
+def running_space(published_space, space_venv, tmp_path_factory):
+    """The published Space's app.py running in the bare virtualenv; its URL. The local Hub
+    answers the Space id with this URL, so ``gradio_client.Client(space_id)`` reaches it."""
+    home = tmp_path_factory.mktemp("space-home")
+    proc, url = start_space_app(
+        space_venv, published_space.folder, space_env(published_space, home), home / "app.log"
+    )
+    published_space.hub.set_space_host(published_space.space_id, url)
+    try:
+        yield url
+    finally:
+        stop(proc)

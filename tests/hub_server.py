@@ -38,6 +38,8 @@ branch, ``refs/heads/X``, a tag or a full 40-hex commit sha, URL-encoded as the 
     POST   /_lfs/verify/{oid}                         (LFS verify step)
     GET    /{prefix}{repo}/resolve/{rev}/{path}       HEAD likewise; Range -> 206
     GET    /api/spaces/{repo}/variables               POST (add/update) and DELETE likewise
+    GET    /api/spaces/{repo}/runtime                 POST /api/spaces/{repo}/hardware (see the
+                                                      "Space runtimes and hardware" section)
     GET    /_test/requests                            (request log, for assertions)
     GET    /_test/faults   POST /_test/faults   DELETE /_test/faults
 
@@ -95,7 +97,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlencode
@@ -145,7 +147,7 @@ pinned: false
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -578,6 +580,87 @@ def _merge_pull_request(storage, repo: dict, num: int, author: str) -> str:
         storage.save_repo(repo)
         return sha
 
+# ---------------------------------------------------------------------------------------------
+# Space runtimes and hardware (hub stream): stages, hardware requests, the app's host
+# ---------------------------------------------------------------------------------------------
+#
+# The Hub builds a Space after each commit and reports its stage at GET /api/spaces/{repo}/runtime
+# (huggingface_hub SpaceStage: NO_APP_FILE, CONFIG_ERROR, BUILDING, BUILD_ERROR, APP_STARTING,
+# RUNNING, RUNNING_BUILDING, RUNNING_APP_STARTING, RUNTIME_ERROR, STOPPED, PAUSED, DELETING).
+# Nothing is built here: each commit to a Space starts a *script* of stages, and every runtime
+# GET moves one step along it and then stays on its last stage. The default script is BUILDING ->
+# RUNNING for a first build and RUNNING_BUILDING -> RUNNING after that (the old commit keeps
+# serving meanwhile); ``sha`` in the answer is the commit that runs (the new one from RUNNING on).
+# A test makes a build fail with ``hub.script_space(space_id, ["BUILDING", "BUILD_ERROR"],
+# error_message="...")`` (used by the next commit), and points ``host`` (what gradio_client
+# connects to for a Space id) at a local app with ``hub.set_space_host(space_id, url)``.
+# Hardware: POST /api/spaces/{repo}/hardware {"flavor"} is granted for ``hardware_allowed``
+# (cpu-basic unless a test adds more); ZeroGPU otherwise answers 403 (PRO accounts only), other
+# paid hardware 402 (no payment method), as the Hub does for such accounts.
+# Kept in memory: a restarted server forgets runtimes, as a restarted Space would rebuild.
+
+
+class SpaceRuntimes:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.spaces: dict[str, dict] = {}
+        self.scripts: dict[str, tuple[list[str], str | None]] = {}
+        self.hosts: dict[str, str] = {}
+        self.hardware_allowed = {"cpu-basic"}
+
+    def _entry(self, space_id: str) -> dict:
+        return self.spaces.setdefault(
+            space_id,
+            {"stages": ["NO_APP_FILE"], "sha": None, "next_sha": None, "error": None,
+             "current": None, "requested": None},
+        )  # fmt: skip
+
+    def on_commit(self, space_id: str, sha: str) -> None:
+        with self.lock:
+            entry = self._entry(space_id)
+            default = ["RUNNING_BUILDING", "RUNNING"] if entry["sha"] else ["BUILDING", "RUNNING"]
+            stages, error = self.scripts.pop(space_id, (default, None))
+            entry.update(stages=list(stages), next_sha=sha, error=error)
+            entry["current"] = entry["current"] or "cpu-basic"
+
+    def runtime(self, space_id: str) -> dict:
+        with self.lock:
+            entry = self._entry(space_id)
+            stage = entry["stages"].pop(0) if len(entry["stages"]) > 1 else entry["stages"][0]
+            if stage == "RUNNING" and entry["next_sha"]:
+                entry["sha"], entry["next_sha"] = entry["next_sha"], None
+            if entry["requested"] and stage == "RUNNING":
+                entry["current"] = entry["requested"]
+            answer = {
+                "stage": stage,
+                "hardware": {"current": entry["current"], "requested": entry["requested"]},
+                "storage": None,
+                "gcTimeout": 172800,
+                "replicas": {"current": 1, "requested": 1},
+                "devMode": False,
+                "domains": [],
+            }
+            if entry["sha"]:
+                answer["sha"] = entry["sha"]
+            if stage.endswith("_ERROR") and entry["error"]:
+                answer["errorMessage"] = entry["error"]
+            return answer
+
+    def request_hardware(self, space_id: str, flavor: str) -> dict:
+        if flavor not in self.hardware_allowed:
+            if flavor.startswith("zero-"):
+                raise HubError(403, "ZeroGPU hardware is only available to PRO subscribers")
+            raise HubError(402, f"Payment required: add a payment method to use {flavor}")
+        with self.lock:
+            entry = self._entry(space_id)
+            entry["requested"] = flavor
+        return self.runtime(space_id)
+
+    def host(self, space_id: str) -> str:
+        namespace, name = space_id.split("/", 1)
+        default = f"https://{namespace}-{name}.hf.space".lower().replace("_", "-")
+        return self.hosts.get(space_id, default)
+
 
 # ---------------------------------------------------------------------------------------------
 # Server state and the HTTP handlers
@@ -606,6 +689,7 @@ class HubState:
         # Files per commit (pull requests and commit limits section below).
         self.max_files_per_commit: int | None = MAX_FILES_PER_COMMIT
         self.faults = FaultInjector()
+        self.space_runtimes = SpaceRuntimes()  # hub stream: Space stages and hardware
         self._secret = secrets.token_bytes(16)  # signs the unauthenticated upload URLs
         self._log_lock = threading.Lock()
         self.requests: list[dict] = []
@@ -782,6 +866,8 @@ def _repo_info_json(state: HubState, repo: dict, sha: str, blobs: bool, expand: 
         info["modelId"] = repo["id"]
     if repo["type"] == "space":
         info["sdk"] = repo["sdk"]
+        info["host"] = state.space_runtimes.host(repo["id"])  # where gradio_client connects
+        info["subdomain"] = info["host"].split("//", 1)[1].split(".", 1)[0]
     if expand:
         # With ?expand=..., the Hub answers only the requested properties (plus the ids).
         info = {k: v for k, v in info.items() if k in ("_id", "id", *expand)}
@@ -849,6 +935,8 @@ class HubApp:
             ("GET", api + r"/variables", self.space_variables),
             ("POST", api + r"/variables", self.space_variables),
             ("DELETE", api + r"/variables", self.space_variables),
+            ("GET", api + r"/runtime", self.space_runtime),
+            ("POST", api + r"/hardware", self.space_hardware),
         ]
         self.routes = [(method, re.compile(regex), handler) for method, regex, handler in table]
 
@@ -998,6 +1086,25 @@ class HubApp:
                     raise HubError(404, f"Variable {key} not found")
                 self.state.storage.save_repo(repo)
             return JSONResponse({k: dict(v) for k, v in sorted(variables.items())})
+
+    # -- Space runtime and hardware (see "Space runtimes and hardware" above) --------------------
+
+    async def space_runtime(self, request: Request, m: re.Match) -> Response:
+        repo_type, repo_id = _parse_repo_match(m)
+        if repo_type != "space":
+            raise HubError(404, "Runtimes exist for Spaces only")
+        self.state.readable_repo(request, repo_type, repo_id)
+        return JSONResponse(self.state.space_runtimes.runtime(repo_id))
+
+    async def space_hardware(self, request: Request, m: re.Match) -> Response:
+        repo_type, repo_id = _parse_repo_match(m)
+        if repo_type != "space":
+            raise HubError(404, "Hardware exists for Spaces only")
+        self.state.writable_repo(request, repo_type, repo_id)
+        flavor = (await _json_body(request)).get("flavor")
+        if not isinstance(flavor, str):
+            raise HubError(400, "flavor must be a hardware name")
+        return JSONResponse(self.state.space_runtimes.request_hardware(repo_id, flavor))
 
     # -- upload ---------------------------------------------------------------------------------
 
@@ -1220,6 +1327,8 @@ class HubApp:
             author=user,
             parent_commit=header.get("parentCommit"),
         )
+        if repo_type == "space" and branch == "main":
+            self.state.space_runtimes.on_commit(repo_id, sha)
         prefix = URL_PREFIX[repo_type]
         return JSONResponse(
             {
@@ -1603,6 +1712,20 @@ class LocalHub:
     def unhandled(self) -> list[str]:
         """Requests that matched no route ("METHOD /raw/path?query")."""
         return list(self.state.unhandled)
+
+    def script_space(
+        self, space_id: str, stages: list[str], error_message: str | None = None
+    ) -> None:
+        """The runtime stages the next commit to ``space_id`` goes through (see the section)."""
+        self.state.space_runtimes.scripts[space_id] = (list(stages), error_message)
+
+    def set_space_host(self, space_id: str, url: str) -> None:
+        """Where gradio_client finds the app of ``space_id`` (``host`` in its repo info)."""
+        self.state.space_runtimes.hosts[space_id] = url.rstrip("/")
+
+    def allow_space_hardware(self, *flavors: str) -> None:
+        """Let this account run ``flavors`` (default: only cpu-basic)."""
+        self.state.space_runtimes.hardware_allowed.update(flavors)
 
     @property
     def max_files_per_commit(self) -> int | None:

@@ -12,21 +12,17 @@ import importlib.metadata
 import importlib.util
 import json
 import logging
-import os
-import re
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, run_cli
+from conftest import REPO_ROOT
 
 # gradio's queue calls pandas APIs that pandas 3 deprecates; nothing this project can change.
 pytestmark = [
@@ -230,7 +226,7 @@ def test_out_of_range_settings_are_refused_by_the_sliders(served, kwargs, expect
 
 
 def test_handlers_check_their_settings_too(app, searcher):
-    search_fn, _ = app.make_handlers(searcher)
+    search_fn, _, _ = app.make_handlers(searcher)
     assert "Sonuç sayısı 1 ile 30" in search_fn("köpek", 0, False, 0.6)[2]
     assert "Denge (alpha) 0 ile 1" in search_fn("köpek", 5, True, 1.5)[2]
     assert len(search_fn("köpek", 3.0, True, 0.5)[1]) == 3  # a float k from a slider is fine
@@ -242,16 +238,29 @@ def test_image_search_without_an_image_returns_a_message(served):
     assert gallery == [] and results == [] and "görsel yükleyin" in status
 
 
-def test_only_the_two_endpoints_are_public(served):
+def test_only_the_three_endpoints_are_public(served):
     _, client = served
     api = client.view_api(print_info=False, return_format="dict")
-    assert set(api["named_endpoints"]) == {"/search", "/search_image"}
+    assert set(api["named_endpoints"]) == {"/search", "/search_image", "/embed"}
     assert not api["unnamed_endpoints"]
     names = {
         endpoint: [p["parameter_name"] for p in info["parameters"]]
         for endpoint, info in api["named_endpoints"].items()
     }
-    assert names == {"/search": ["query", "k", "deep", "alpha"], "/search_image": ["image", "k"]}
+    assert names == {
+        "/search": ["query", "k", "deep", "alpha"],
+        "/search_image": ["image", "k"],
+        "/embed": ["text"],
+    }
+
+
+def test_embed_refuses_bad_text_with_a_turkish_message(served):
+    from gradio_client.exceptions import AppError
+
+    _, client = served
+    for text, words in (("   ", "metin"), ("x" * 2001, "2000")):
+        with pytest.raises(AppError, match=words):
+            client.predict(text, api_name="/embed")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,101 +324,7 @@ def test_a_broken_dataset_shows_its_message(app, published, tmp_path, caplog, ki
 # ---------------------------------------------------------------------------------------------
 
 
-def _wait_listening(url: str, proc: subprocess.Popen, log: Path, timeout: float = 150) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"app.py exited {proc.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            with urllib.request.urlopen(url + "config", timeout=5) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"app.py did not listen within {timeout} s:\n{log.read_text()[-4000:]}")
-
-
-def test_published_space_runs_from_a_fresh_download(build_dir, hub_env, local_hub, tmp_path):
-    name = f"app-e2e-{uuid.uuid4().hex[:8]}"
-    dataset_repo, space_id = f"testuser/{name}", f"testuser/{name}-space"
-    out = run_cli("publish", "--build", build_dir, "--repo", dataset_repo, env=hub_env).stdout
-    revision = re.search(r"^revision: ([0-9a-f]{40})$", out, re.M).group(1)
-    out = run_cli(
-        "publish-space",
-        "--space",
-        space_id,
-        "--dataset-repo",
-        dataset_repo,
-        "--dataset-revision",
-        revision,
-        env=hub_env,
-    ).stdout
-    assert f"published space {space_id}@" in out
-
-    # One commit on top of the Space's initial commit, holding only the app's files.
-    commits = local_hub.requests_matching("POST", rf"^/api/spaces/{space_id}/commit/")
-    assert len(commits) == 1
-
-    fresh = tmp_path / "space-checkout"
-    script = (
-        "import json, sys\n"
-        "from huggingface_hub import HfApi, snapshot_download\n"
-        "snapshot_download(sys.argv[1], repo_type='space', local_dir=sys.argv[2])\n"
-        "variables = HfApi().get_space_variables(sys.argv[1])\n"
-        "print(json.dumps({k: v.value for k, v in variables.items()}))\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script, space_id, str(fresh)],
-        env={**os.environ, **hub_env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    variables = json.loads(done.stdout.strip().splitlines()[-1])
-    assert variables == {"DATASET_REPO": dataset_repo, "DATASET_REVISION": revision}
-    files = {
-        p.relative_to(fresh).as_posix()
-        for p in fresh.rglob("*")
-        if p.is_file() and ".cache" not in p.parts
-    }
-    library = {f"imagesearchtr/{p.name}" for p in (SPACE_DIR / "imagesearchtr").glob("*.py")}
-    assert files == {".gitattributes", "README.md", "app.py", "requirements.txt", *library}
-    card = (fresh / "README.md").read_text(encoding="utf-8")
-    assert "sdk: gradio" in card and f"sdk_version: {importlib.metadata.version('gradio')}" in card
-    assert dataset_repo in card
-
-    port = free_port()
-    log = tmp_path / "app.log"
-    env = {
-        **os.environ,
-        **hub_env,
-        **variables,
-        "GRADIO_SERVER_NAME": "127.0.0.1",
-        "GRADIO_SERVER_PORT": str(port),
-        "PYTHONPATH": "",  # the Space's own imagesearchtr/ must be the one imported
-    }
-    with open(log, "w") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, "app.py"], cwd=fresh, env=env, stdout=sink, stderr=subprocess.STDOUT
-        )
-    try:
-        url = f"http://127.0.0.1:{port}/"
-        _wait_listening(url, proc, log)
-        gallery, results, status = search(client_for(url), "karlı dağlar", k=4)
-        assert len(gallery) == 4 and len(results) == 4, f"{status}\n{log.read_text()[-3000:]}"
-        page = urllib.request.urlopen(url, timeout=30).read().decode("utf-8")
-        assert f"{dataset_repo}@{revision}" in page  # the pinned revision, shown on the page
-        # the Space's own copy of the library, not this checkout's
-        assert f"from {fresh / 'imagesearchtr' / '__init__.py'}" in log.read_text()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=20)
-    assert proc.returncode is not None
+# The Space as the Hub holds it, built and run in a bare environment: tests/test_spaces_build.py.
 
 
 def test_local_hub_space_variables_follow_the_hub_api(local_hub):
@@ -479,7 +394,22 @@ def test_requirements_pin_the_installed_versions():
         names.add(requirement.name.lower().replace("_", "-"))
     wanted = "torch transformers tokenizers safetensors datasets huggingface-hub faiss-cpu numpy"
     assert names == {*wanted.split(), "pillow", "tqdm"}
-    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in lines
+    assert not any(line.startswith("-") for line in lines)  # index lines depend on the hardware
+
+
+def test_published_requirements_fit_the_hardware():
+    from pipeline.space import requirements_text
+
+    base = (SPACE_DIR / "requirements.txt").read_text()
+    pins = [x for x in base.splitlines() if x and not x.startswith("#")]
+    for hardware in ("cpu-basic", "cpu-upgrade", "t4-small", "l4x1", "zero-a10g"):
+        lines = requirements_text(hardware).splitlines()
+        assert all(pin in lines for pin in pins), hardware
+        cpu_index = "--extra-index-url https://download.pytorch.org/whl/cpu" in lines
+        assert cpu_index == hardware.startswith("cpu-"), hardware
+        assert any(x.startswith("spaces==") for x in lines) == (hardware == "zero-a10g")
+    with pytest.raises(ValueError, match="cpu-basic"):
+        requirements_text("tpu-v9")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -544,3 +474,35 @@ def test_browser_search_shows_images(served):
     finally:
         browser.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_preload_names_the_model_files_at_the_pinned_revision(local_hub, monkeypatch):
+    """preload_from_hub: the files the encoder fetches (safetensors over the pickle), pinned."""
+    from huggingface_hub import CommitOperationAdd, HfApi, constants
+
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # the local Hub has no Xet
+
+    from imagesearchtr.manifest import Manifest
+    from pipeline.space import preload_lines
+
+    api = HfApi(endpoint=local_hub.endpoint, token=local_hub.token)
+    model = f"testuser/model-{uuid.uuid4().hex[:8]}"
+    api.create_repo(model)
+    files = ("config.json", "model.safetensors", "pytorch_model.bin", "notes.md")
+    commit = api.create_commit(
+        model,
+        [CommitOperationAdd(path_in_repo=f, path_or_fileobj=b"x") for f in files],
+        commit_message="weights",
+    )
+    manifest = Manifest(
+        model_id=model,
+        model_revision=commit.oid,
+        model_fingerprint="sha256:" + "0" * 64,
+        dim=8,
+        num_rows=1,
+        data_hash="0" * 64,
+        indices=(),
+    )
+    assert preload_lines(api, manifest) == (f"{model} config.json,model.safetensors {commit.oid}",)
+    local = Manifest(**{**manifest.__dict__, "model_id": str(REPO_ROOT)})
+    assert preload_lines(api, local) == ()  # a local model folder: nothing to preload

@@ -55,3 +55,71 @@ def test_make_demo_serves_a_page_that_finds_dogs(tmp_path, shared_data, tiny_mod
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
         log.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The Hub unreachable: one `error:` line naming the address, exit 2, no traceback
+# ---------------------------------------------------------------------------------------------
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound and closed again)."""
+    return free_port()
+
+
+def test_hub_unreachable_is_one_error_line_for_every_hub_command(
+    tmp_path, tiny_model_dir, generated_build
+):
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": endpoint,
+        "HF_HUB_ETAG_TIMEOUT": "2",
+        "HF_HUB_DOWNLOAD_TIMEOUT": "2",
+        "HF_HOME": str(tmp_path / "hf-home"),  # nothing cached: the Hub is really needed
+        "HF_TOKEN": "hf_unused",
+        "HF_HUB_DISABLE_XET": "1",
+    }
+    python = [sys.executable, "-m", "pipeline"]
+    commands = {
+        "make demo (download step)": [
+            "make", "data", f"PY={sys.executable}", "NUM_SAMPLES=3",
+        ],
+        "download": [*python, "download", "--num-samples", "3", "--output-dir", tmp_path / "dl"],
+        "encode --hf-dataset": [
+            *python, "encode", "--hf-dataset", "someone/photos", "--model", tiny_model_dir,
+            "--out", tmp_path / "enc",
+        ],
+        "publish": [*python, "publish", "--build", generated_build, "--repo", "testuser/x"],
+        "publish-space --space": [
+            *python, "publish-space", "--space", "testuser/x-search", "--dataset-repo",
+            "testuser/x",
+        ],
+        "publish-space --to": [
+            *python, "publish-space", "--to", tmp_path / "space", "--dataset-repo", "testuser/x",
+        ],
+        "evaluate --repo": [
+            *python, "evaluate", "--repo", "testuser/x", "--output", tmp_path / "e.json",
+        ],
+    }  # fmt: skip
+    if not os.path.exists("/usr/bin/make"):
+        del commands["make demo (download step)"]
+    # All at once: each waits out the libraries' retries against the closed port.
+    procs = {
+        name: subprocess.Popen(
+            [str(part) for part in cmd],
+            cwd=REPO_ROOT,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        for name, cmd in commands.items()
+    }
+    for name, proc in procs.items():
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 2, f"{name}: exit {proc.returncode}\n{err[-3000:]}"
+        assert "Traceback" not in err, f"{name}:\n{err[-3000:]}"
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1, f"{name}:\n{err[-3000:]}"
+        assert f"cannot reach the Hugging Face Hub at {endpoint}" in errors[0], name

@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import os
-import subprocess
-import sys
 
-import numpy as np
 import pytest
 import yaml
 from datasets import Features, Image, List, Value
@@ -113,8 +109,9 @@ def test_dataset_card_yaml_fields():
     meta = yaml_block(render())
     assert meta["license"] == "cc-by-4.0"
     assert meta["language"] == ["tr"]
-    assert meta["task_categories"] == ["text-to-image", "image-to-text", "image-feature-extraction"]
-    for tag in ("image-search", "faiss", "embeddings", "multiembedtr", "turkish", "imagesearchtr"):
+    # a retrieval dataset: embeddings searched by FAISS, not generation or captioning
+    assert meta["task_categories"] == ["image-feature-extraction", "feature-extraction"]
+    for tag in ("image-retrieval", "faiss", "embeddings", "multiembedtr", "turkish"):
         assert tag in meta["tags"]
     assert meta["size_categories"] == ["10K<n<100K"]
     assert meta["source_datasets"] == [HUB_SOURCE]
@@ -123,7 +120,7 @@ def test_dataset_card_yaml_fields():
         {"config_name": "default", "data_files": [{"split": "train", "path": "data/*.parquet"}]}
     ]
     info = meta["dataset_info"]
-    assert info["splits"] == [{"name": "train", "num_examples": 20_000}]
+    assert "splits" not in info  # no num_bytes given: no entry that datasets calls malformed
     assert {"name": "image", "dtype": "image"} in info["features"]
     assert {"name": "image_emb", "list": "float32", "length": 768} in info["features"]
     assert [f["name"] for f in info["features"]] == list(make_features())
@@ -138,7 +135,24 @@ def test_dataset_card_parses_as_datasets_reads_it():
     assert configs["default"]["data_files"] == [{"split": "train", "path": "data/*.parquet"}]
     infos = DatasetInfosDict.from_dataset_card_data(data)
     assert infos["default"].features == make_features()
-    assert infos["default"].splits["train"].num_examples == 20_000
+
+
+def test_splits_carry_num_bytes_so_datasets_accepts_them(tmp_path):
+    """With the parquet sizes, dataset_info.splits is what load_dataset reads without warning."""
+    from datasets import Dataset
+
+    from hub_card import parquet_sizes
+
+    path = tmp_path / "train-00000.parquet"
+    Dataset.from_dict({"a": ["x" * 100] * 50}).to_parquet(str(path))
+    num_bytes, download_size = parquet_sizes([path])
+    assert num_bytes > 5000 and download_size == path.stat().st_size
+    text = render(num_bytes=num_bytes, download_size=download_size)
+    info = yaml_block(text)["dataset_info"]
+    assert info["splits"] == [{"name": "train", "num_bytes": num_bytes, "num_examples": 20_000}]
+    assert info["download_size"] == download_size and info["dataset_size"] == num_bytes
+    infos = DatasetInfosDict.from_dataset_card_data(DatasetCard(text).data)
+    assert infos["default"].splits["train"].num_bytes == num_bytes
 
 
 def test_local_source_license_other_and_no_source_datasets(tmp_path):
@@ -174,20 +188,18 @@ def test_size_categories(rows, bucket):
     assert yaml_block(render(make_manifest(rows)))["size_categories"] == [bucket]
 
 
-def test_features_in_any_of_the_three_forms():
+def test_features_are_one_shape():
     features = make_features()
-    from_dict = yaml_block(render(features=features.to_dict()))["dataset_info"]
-    from_obj = yaml_block(render(features=features))["dataset_info"]
-    from_yaml = yaml_block(render(features=from_dict["features"]))["dataset_info"]
-    assert from_dict == from_obj == from_yaml
-    with pytest.raises(TypeError):
+    info = yaml_block(render(features=features.to_dict()))["dataset_info"]
+    assert [f["name"] for f in info["features"]] == list(features)
+    with pytest.raises((TypeError, ValueError, AttributeError)):
         render(features="image,captions")
 
 
 def test_multiembedtr_tag_only_for_multiembedtr():
     meta = yaml_block(render(make_manifest(model_id="openai/clip-vit-base-patch32")))
     assert "multiembedtr" not in meta["tags"]
-    assert "image-search" in meta["tags"]
+    assert "clip-vit-base-patch32" in meta["tags"] and "image-retrieval" in meta["tags"]
 
 
 # -- dataset card: merge with the card already in the repo -----------------------------------
@@ -223,18 +235,18 @@ dataset_info:
 """
 
 
-def test_merge_keeps_user_keys_extra_configs_and_our_keys_win():
-    text = render(existing=PUSHED_BY_DATASETS)
-    meta = yaml_block(text)
-    # ours win
-    assert meta["license"] == "cc-by-4.0"
-    assert meta["language"] == ["tr"]
-    # user keys and values kept
+def test_merge_keeps_user_keys_and_extra_configs_and_replaces_only_owned_keys():
+    existing = PUSHED_BY_DATASETS.replace("license: mit\n", "license: mit\nlanguage:\n- en\n- tr\n")
+    meta = yaml_block(render(existing=existing, source_license=None))
+    # the user's keys survive, the license included (a re-publish must not reset it)
+    assert meta["license"] == "mit"
+    assert meta["language"] == ["en", "tr"]
     assert meta["annotations_creators"] == ["found"]
     assert meta["viewer"] is False
     assert "my-own-tag" in meta["tags"] and "imagesearchtr" in meta["tags"]
     assert meta["tags"].count("faiss") == 1
-    # the default config is replaced, the user's extra config is kept as it was
+    # the owned keys describe the files we publish: the default config is replaced, the
+    # user's extra config is kept as it was
     configs = {c["config_name"]: c for c in meta["configs"]}
     assert configs["default"]["data_files"] == [{"split": "train", "path": "data/*.parquet"}]
     assert configs["captions_only"]["data_files"] == [
@@ -242,20 +254,13 @@ def test_merge_keeps_user_keys_extra_configs_and_our_keys_win():
     ]
     # dataset_info is rewritten for the new rows; stale sizes of 7 rows are not carried over
     info = meta["dataset_info"]
-    assert info["splits"] == [{"name": "train", "num_examples": 20_000}]
-    assert "download_size" not in info
+    assert "splits" not in info and "download_size" not in info
+    assert meta["size_categories"] == ["10K<n<100K"]
 
 
-def test_merge_keeps_push_to_hub_sizes_when_rows_unchanged():
-    first = yaml_block(render())
-    info = dict(first["dataset_info"])
-    info["splits"] = [{"name": "train", "num_bytes": 999, "num_examples": 20_000}]
-    info["download_size"] = 555
-    info["dataset_size"] = 999
-    existing = "---\n" + yaml.safe_dump({**first, "dataset_info": info}) + "---\n"
-    merged = yaml_block(render(existing=existing))["dataset_info"]
-    assert merged["splits"] == [{"name": "train", "num_bytes": 999, "num_examples": 20_000}]
-    assert merged["download_size"] == 555 and merged["dataset_size"] == 999
+def test_a_license_given_on_the_command_line_replaces_the_cards():
+    meta = yaml_block(render(existing=PUSHED_BY_DATASETS, source_license="cc-by-4.0"))
+    assert meta["license"] == "cc-by-4.0"
 
 
 def test_merge_keeps_other_dataset_info_configs():
@@ -270,7 +275,7 @@ def test_merge_keeps_other_dataset_info_configs():
     infos = yaml_block(render(existing=f"---\n{existing}---\n"))["dataset_info"]
     by_name = {i["config_name"]: i for i in infos}
     assert by_name["captions_only"]["features"] == [{"name": "x", "dtype": "string"}]
-    assert by_name["default"]["splits"] == [{"name": "train", "num_examples": 20_000}]
+    assert len(by_name["default"]["features"]) == len(make_features())
 
 
 def test_merge_removes_a_second_default_flag():
@@ -358,13 +363,21 @@ def test_tasviret_source_cites_tasviret_and_flickr8k(tmp_path):
 def test_snippet_for_a_hub_repo():
     snippet = extract_usage_snippet(render())
     compile(snippet, "<usage>", "exec")
-    assert f'load_dataset("{REPO}", split="train")' in snippet
-    assert f'hf_hub_download("{REPO}", "index/image_emb.faiss", repo_type="dataset")' in snippet
-    assert f'Encoder.from_pretrained("{MODEL}", revision="{MODEL_REV}")' in snippet
+    assert snippet.startswith("# pip install datasets==")
+    assert f'repo, revision = "{REPO}", "main"' in snippet
+    assert 'load_dataset(repo, split="train", revision=revision)' in snippet
+    assert '"index/image_emb.faiss", repo_type="dataset", revision=revision' in snippet
+    assert f'Client("{REPO}-search")' in snippet and 'api_name="/embed"' in snippet
+    assert "import torch" not in snippet and "imagesearchtr" not in snippet.split("\n", 1)[1]
     assert "get_nearest_examples" in snippet
 
 
-def test_snippet_without_revision_and_with_search_params():
+def test_snippet_names_the_space_given():
+    snippet = extract_usage_snippet(render(space="someone/other-space"))
+    assert 'Client("someone/other-space")' in snippet
+
+
+def test_snippet_with_search_params():
     manifest = make_manifest(model_revision=None)
     manifest = Manifest(
         **{
@@ -383,8 +396,20 @@ def test_snippet_without_revision_and_with_search_params():
     )
     snippet = extract_usage_snippet(render(manifest))
     compile(snippet, "<usage>", "exec")
-    assert "revision=" not in snippet
     assert '"nprobe=16"' in snippet and "import faiss" in snippet
+
+
+def test_one_snippet_template_for_both_cards():
+    """The dataset card and the Space card render the same template (same lines but the
+    revision they pin)."""
+
+    def shared(snippet: str) -> list[str]:
+        return [line for line in snippet.splitlines() if not line.startswith(("repo, ", "# Pin"))]
+
+    dataset = extract_usage_snippet(render(space="user/space"))
+    space = extract_usage_snippet(render_space(space_id="user/space"))
+    assert shared(dataset) == shared(space)
+    assert dataset != space  # the Space card pins the revision, the dataset card cannot
 
 
 def test_needs_repo_or_local_dir():
@@ -397,82 +422,12 @@ def test_extract_usage_snippet_without_block():
         extract_usage_snippet("# no code here\n")
 
 
-def test_local_folder_snippet_runs_verbatim(tmp_path, tiny_encoder):
-    """Build a tiny published folder, render its card, and run the card's snippet as is."""
-    import faiss
-    import PIL.Image
-    from datasets import Dataset
-
-    captions = [["karlı dağlar ve mavi gökyüzü"], ["deniz kenarında gün batımı", "sahil"], []]
-    colors = [(250, 250, 250), (255, 120, 0), (0, 90, 0)]
-    images = [PIL.Image.new("RGB", (40, 30), color) for color in colors]
-    image_emb = tiny_encoder.encode_images(images)
-    caption_emb = []
-    for caps in captions:
-        if not caps:
-            caption_emb.append(None)
-            continue
-        mean = tiny_encoder.encode_texts(caps).mean(axis=0)
-        caption_emb.append((mean / np.linalg.norm(mean)).tolist())
-    features = make_features(tiny_encoder.dim)
-    ds = Dataset.from_dict(
-        {
-            "image": images,
-            "image_id": ["a", "b", "c"],
-            "path": ["a.jpg", "b.jpg", "c.jpg"],
-            "captions": captions,
-            "image_emb": image_emb.tolist(),
-            "caption_emb": caption_emb,
-            "sha256": ["0" * 64] * 3,
-        },
-        features=features,
-    )
-    (tmp_path / "data").mkdir()
-    ds.to_parquet(str(tmp_path / "data" / "train-00000.parquet"))
-    (tmp_path / "index").mkdir()
-    index = faiss.IndexFlatIP(tiny_encoder.dim)
-    index.add(image_emb.astype(np.float32))
-    faiss.write_index(index, str(tmp_path / "index" / "image_emb.faiss"))
-
-    manifest = make_manifest(
-        3,
-        model_id=tiny_encoder.model_id,
-        model_revision=None,
-        dim=tiny_encoder.dim,
-        source="local folder",
-    )
-    card = render(
-        manifest,
-        repo_id=None,
-        local_dir=str(tmp_path),
-        source=str(tmp_path),
-        source_license=None,
-        features=features.to_dict(),
-        num_captions=3,
-        num_skipped=0,
-        skipped_reasons={},
-    )
-    (tmp_path / "README.md").write_text(card, encoding="utf-8")
-    snippet = extract_usage_snippet(card)
-    env = {
-        **os.environ,
-        "HF_HOME": str(tmp_path / "hf_home"),
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-    }
-    result = subprocess.run(
-        [sys.executable, "-c", snippet],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = result.stdout.strip().splitlines()
-    assert len(lines) == 3  # k=5 over 3 rows: every row once
-    assert any("karlı dağlar" in line for line in lines)
-    assert any("[]" in line for line in lines)  # the row without captions
+def test_local_folder_snippet_loads_the_folder(tmp_path):
+    snippet = extract_usage_snippet(render(repo_id=None, local_dir=str(tmp_path)))
+    compile(snippet, "<usage>", "exec")
+    assert f'data_files="{tmp_path.as_posix()}/data/*.parquet"' in snippet
+    assert f'index_file = "{tmp_path.as_posix()}/index/image_emb.faiss"' in snippet
+    assert 'Client("http://127.0.0.1:7860/")' in snippet  # the local app of `make demo`
 
 
 # -- Space card ------------------------------------------------------------------------------
@@ -481,20 +436,25 @@ def test_local_folder_snippet_runs_verbatim(tmp_path, tiny_encoder):
 def render_space(**overrides) -> str:
     kwargs = {
         "title": "ImageSearchTR",
+        "space_id": f"{REPO}-search",
         "dataset_repo": REPO,
         "dataset_revision": "8f1e2d3c4b5a69788796a5b4c3d2e1f0a9b8c7d6",
-        "model_id": MODEL,
+        "manifest": make_manifest(),
         "gradio_version": gradio_version(),
+        "python_version": "3.11",
     }
     kwargs.update(overrides)
     return render_space_card(**kwargs)
 
 
 def test_space_card_yaml():
-    text = render_space()
+    text = render_space(preload=(f"{MODEL} config.json,model.safetensors {MODEL_REV}",))
     meta = yaml_block(text)
     assert meta["sdk"] == "gradio"
     assert meta["sdk_version"] == importlib.metadata.version("gradio")
+    assert meta["python_version"] == "3.11"  # Spaces would build with 3.10 without it
+    assert meta["suggested_hardware"] == "cpu-basic"
+    assert meta["preload_from_hub"] == [f"{MODEL} config.json,model.safetensors {MODEL_REV}"]
     assert meta["app_file"] == "app.py"
     assert meta["datasets"] == [REPO]
     assert meta["models"] == [MODEL]
@@ -504,6 +464,15 @@ def test_space_card_yaml():
     assert meta["emoji"] == "🔎"
     assert 0 < len(meta["short_description"]) <= 60
     assert SpaceCard(text).data.to_dict() == meta
+    assert "preload_from_hub" not in yaml_block(render_space())
+
+
+def test_space_card_hardware():
+    text = render_space(hardware="zero-a10g")
+    assert yaml_block(text)["suggested_hardware"] == "zero-a10g"
+    assert "@spaces.GPU" in text
+    with pytest.raises(ValueError, match="hardware"):
+        render_space(hardware="tpu-v9")
 
 
 def test_space_card_body():
@@ -511,17 +480,17 @@ def test_space_card_body():
     revision = "8f1e2d3c4b5a69788796a5b4c3d2e1f0a9b8c7d6"
     assert revision in text
     assert "DATASET_REPO" in text and "DATASET_REVISION" in text
-    assert "Deep Search" in text and "slider" in text
+    assert "Deep Search" in text and "slider" in text and "/embed" in text
     snippet = extract_usage_snippet(text)
     compile(snippet, "<space usage>", "exec")
-    assert f'load_dataset("{REPO}", split="train", revision="{revision}")' in snippet
+    assert f'repo, revision = "{REPO}", "{revision}"' in snippet
     # not the model-card template that SpaceCard.from_template would render
     assert "Model Card" not in text and "[More Information Needed]" not in text
 
 
 def test_space_card_without_revision():
     text = render_space(dataset_revision=None)
-    assert "revision=" not in extract_usage_snippet(text)
+    assert f'repo, revision = "{REPO}", "main"' in extract_usage_snippet(text)
     assert "main (latest)" in text
 
 

@@ -1,0 +1,261 @@
+"""The published Space builds and runs as Hugging Face Spaces builds and runs it.
+
+Takes the Space repo as the local Hub holds it after ``publish-space`` (conftest
+``published_space``), makes a bare virtualenv of the card's ``python_version`` with its
+requirements.txt and ``gradio==sdk_version`` and nothing of this project (``space_venv``), runs
+``python app.py`` from the repo folder with only the Space's variables set, and queries it.
+Also: the requirements of each hardware resolve on the card's Python (``pip install --dry-run``
+against PyPI, metadata only), the ZeroGPU variant of the app answers on CPU, and
+``publish-space`` follows the Space's runtime stage, requests hardware, and reports failures.
+Slow (one virtualenv per session, about two minutes), and part of ``make test``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+from conftest import card_python, run_cli, space_env, start_space_app, stop
+
+from pipeline.space import PYTHON_VERSION, requirements_text
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
+    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
+]
+
+HARDWARE_MATRIX = ("cpu-basic", "t4-small", "zero-a10g")
+
+
+def client(url: str):
+    from gradio_client import Client
+
+    return Client(url, verbose=False, download_files=False)
+
+
+def test_card_states_what_the_builder_needs(published_space):
+    meta = published_space.card_data
+    assert str(meta["python_version"]) == PYTHON_VERSION == "3.11"
+    assert meta["suggested_hardware"] == "cpu-basic"
+    assert meta["app_file"] == "app.py" and meta["sdk"] == "gradio"
+    # pyproject's requires-python says the same Python
+    pyproject = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
+    assert f'requires-python = ">={PYTHON_VERSION}"' in pyproject
+
+
+def test_space_repo_holds_the_app_files_in_one_commit(published_space):
+    space_id = published_space.space_id
+    commits = published_space.hub.requests_matching("POST", rf"^/api/spaces/{space_id}/commit/")
+    assert len(commits) == 1  # on top of the Space's initial commit
+    folder = published_space.folder
+    files = {
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.is_file() and ".cache" not in p.parts
+    }
+    source = Path(__file__).resolve().parent.parent / "space" / "imagesearchtr"
+    library = {f"imagesearchtr/{p.name}" for p in source.glob("*.py")}
+    assert files == {".gitattributes", "README.md", "app.py", "requirements.txt", *library}
+    assert published_space.variables == {
+        "DATASET_REPO": published_space.dataset_repo,
+        "DATASET_REVISION": published_space.revision,
+    }
+
+
+def test_space_builds_in_a_bare_env_and_answers_search(published_space, space_venv, running_space):
+    # nothing of this project in the Space's environment: its own imagesearchtr/ is used
+    pip_list = subprocess.run(
+        [str(space_venv), "-m", "pip", "list", "--format=freeze"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.lower()
+    assert "imagesearchtr" not in pip_list and "gradio==" in pip_list
+    version = subprocess.run(
+        [str(space_venv), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert version == PYTHON_VERSION
+
+    gallery, results, status = client(running_space).predict(
+        "karlı dağlar", 3, False, 0.6, api_name="/search"
+    )
+    assert len(results) == 3 and len(gallery) == 3, status
+    page = urllib.request.urlopen(running_space, timeout=30).read().decode("utf-8")
+    assert f"{published_space.dataset_repo}@{published_space.revision}" in page
+
+
+def test_embed_api_returns_the_query_embedding(running_space, tiny_encoder):
+    import numpy as np
+
+    vector = client(running_space).predict("karlı dağlar", api_name="/embed")
+    expected = tiny_encoder.encode_texts(["karlı dağlar"])[0]
+    vector = np.array(vector, dtype=np.float32)
+    assert vector.shape == (tiny_encoder.dim,)
+    assert abs(float(np.linalg.norm(vector)) - 1.0) < 1e-3  # L2-normalised, as the index
+    # the same model (the Space may pick a faster dtype than this float32 encoder)
+    assert float(vector @ expected) > 0.999
+    with pytest.raises(Exception, match="metin"):
+        client(running_space).predict("   ", api_name="/embed")
+
+
+def _pypi_reachable() -> bool:
+    try:
+        urllib.request.urlopen("https://pypi.org/simple/pip/", timeout=15).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_hardware_matrix_resolves_on_the_card_python(published_space, tmp_path):
+    """Each hardware's requirements + gradio resolve for the card's Python, from PyPI.
+
+    ``pip install --dry-run --report`` with ``--isolated`` (no local wheels or mirrors) against
+    PyPI reads only the wheels' metadata (PEP 658), so the CUDA torch of t4-small and zero-a10g
+    is resolved with all its nvidia-* dependencies without downloading gigabytes. What it does
+    not prove: the CPU-only index line (download.pytorch.org, unreachable here) is dropped, so
+    for cpu-basic torch==2.13.0 resolves from PyPI; that the CPU index serves 2.13.0+cpu is
+    checked only on the real Hub.
+    """
+    if not _pypi_reachable():
+        pytest.skip("PyPI is not reachable from here; the matrix needs its metadata")
+    python = card_python(PYTHON_VERSION)
+    gradio = f"gradio=={published_space.card_data['sdk_version']}"
+    runs = {}
+    for hardware in HARDWARE_MATRIX:
+        text = requirements_text(hardware)
+        assert ("download.pytorch.org/whl/cpu" in text) == (hardware == "cpu-basic")
+        assert ("spaces==" in text) == (hardware == "zero-a10g")
+        req = tmp_path / f"{hardware}.txt"
+        req.write_text("".join(f"{x}\n" for x in text.splitlines() if not x.startswith("--")))
+        runs[hardware] = subprocess.Popen(
+            [str(python), "-m", "pip", "--isolated", "install", "--dry-run", "--quiet",
+             "--ignore-installed", "--index-url", "https://pypi.org/simple",
+             "--report", str(tmp_path / f"{hardware}.json"), "-r", str(req), gradio],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+    import json
+
+    for hardware, proc in runs.items():
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, f"{hardware}: {err[-3000:]}"
+        report = json.loads((tmp_path / f"{hardware}.json").read_text())
+        names = {i["metadata"]["name"].lower(): i["metadata"]["version"] for i in report["install"]}
+        assert names["torch"] == "2.13.0" and names["numpy"] == "2.4.6"
+        assert ("spaces" in names) == (hardware == "zero-a10g")
+        if hardware != "cpu-basic":
+            assert any(n.startswith("nvidia-") for n in names), "GPU torch brings CUDA libraries"
+
+
+def test_zero_gpu_app_answers_on_cpu(published_space, space_venv, tmp_path):
+    """The ZeroGPU variant (spaces installed, @spaces.GPU around queries) runs on CPU too."""
+    text = requirements_text("zero-a10g")
+    spaces_pin = next(x for x in text.splitlines() if x.startswith("spaces=="))
+    # A layer over the bare env: its site-packages plus `spaces`, as ZeroGPU's requirements add.
+    venv = tmp_path / "zero-venv"
+    subprocess.run([str(space_venv), "-m", "venv", str(venv)], check=True, timeout=300)
+    base = subprocess.run(
+        [str(space_venv), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    site = next((venv / "lib").glob("python*/site-packages"))
+    (site / "bare-space-env.pth").write_text(base + "\n")
+    python = venv / "bin" / "python"
+    done = subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", spaces_pin],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    home = tmp_path / "home"
+    home.mkdir()
+    proc, url = start_space_app(
+        python, published_space.folder, space_env(published_space, home), home / "app.log"
+    )
+    try:
+        _, results, status = client(url).predict("karlı dağlar", 2, True, 0.5, api_name="/search")
+        log = (home / "app.log").read_text()
+        assert len(results) == 2, f"{status}\n{log[-3000:]}"
+        assert len(client(url).predict("deniz", api_name="/embed")) > 0
+        assert "queries run inside @spaces.GPU" in log  # the decorator is applied here
+    finally:
+        stop(proc)
+
+
+# -- publish-space follows the runtime and requests hardware ------------------------------------
+
+
+def _publish_space(published_space, space_id: str, *extra: str, check: bool = True):
+    return run_cli(
+        "publish-space", "--space", space_id, "--dataset-repo", published_space.dataset_repo,
+        "--dataset-revision", published_space.revision, *extra,
+        env=published_space.hub_env, check=check,
+    )  # fmt: skip
+
+
+def test_publish_space_waits_until_running_and_prints_the_url(published_space):
+    out = published_space.publish_output
+    assert f"url: {published_space.hub_env['HF_ENDPOINT']}/spaces/{published_space.space_id}" in out
+    assert "stage: RUNNING" in out
+
+
+def test_publish_space_build_error_prints_the_hub_message_and_exits_2(published_space):
+    space_id = f"testuser/broken-{uuid.uuid4().hex[:8]}"
+    published_space.hub.script_space(
+        space_id, ["BUILDING", "BUILD_ERROR"], error_message="pip failed: no torch==9"
+    )
+    result = _publish_space(published_space, space_id, check=False)
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "BUILD_ERROR" in last and "no torch==9" in last
+    assert "Traceback" not in result.stderr
+
+
+def test_publish_space_no_wait_skips_the_runtime(published_space):
+    space_id = f"testuser/nowait-{uuid.uuid4().hex[:8]}"
+    published_space.hub.script_space(space_id, ["BUILDING", "BUILD_ERROR"], error_message="x")
+    result = _publish_space(published_space, space_id, "--no-wait")  # exit 0: no wait, no error
+    assert "stage:" not in result.stdout and "BUILD_ERROR" not in result.stderr
+
+
+def test_hardware_refused_by_the_account_is_a_clear_error(published_space):
+    space_id = f"testuser/gpu-{uuid.uuid4().hex[:8]}"
+    result = _publish_space(published_space, space_id, "--hardware", "zero-a10g", check=False)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert "refused hardware zero-a10g" in last and "HTTP 403" in last and "PRO" in last
+    assert "the files are published" in last
+
+
+def test_hardware_granted_is_requested_and_fitted(published_space, tmp_path):
+    space_id = f"testuser/t4-{uuid.uuid4().hex[:8]}"
+    published_space.hub.allow_space_hardware("t4-small")
+    _publish_space(published_space, space_id, "--hardware", "t4-small")
+    posts = published_space.hub.requests_matching("POST", rf"^/api/spaces/{space_id}/hardware$")
+    assert len(posts) == 1
+    script = (
+        "import sys\nfrom huggingface_hub import HfApi, hf_hub_download\n"
+        "print(HfApi().get_space_runtime(sys.argv[1]).hardware)\n"
+        "print(open(hf_hub_download(sys.argv[1], 'requirements.txt', repo_type='space')).read())"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, space_id],
+        env={**os.environ, **published_space.hub_env}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    hardware, requirements = done.stdout.split("\n", 1)
+    assert hardware == "t4-small"
+    assert "download.pytorch.org" not in requirements and "torch==2.13.0" in requirements
+
+
+def test_unknown_hardware_is_refused_before_anything_is_sent(published_space):
+    result = _publish_space(published_space, "testuser/x-hw", "--hardware", "tpu-v9", check=False)
+    assert result.returncode == 2 and "cpu-basic" in result.stderr
+    assert not published_space.hub.requests_matching("POST", r"^/api/spaces/testuser/x-hw/")
