@@ -101,7 +101,7 @@ def staged_files(build: Path) -> tuple[Manifest, dict[str, tuple[Path, str]]]:
 
 
 def render_card(build: Path, manifest: Manifest, *, repo_id, local_dir, existing, license):
-    from hub_card import render_dataset_card
+    from hub_card import parquet_sizes, render_dataset_card
 
     skipped = []
     if (build / SKIPPED_FILE).is_file():
@@ -110,6 +110,9 @@ def render_card(build: Path, manifest: Manifest, *, repo_id, local_dir, existing
             for line in (build / SKIPPED_FILE).read_text(encoding="utf-8").splitlines()
             if line.strip()
         ]
+    num_bytes, download_size = parquet_sizes(
+        [build / entry["path"] for entry in manifest.data_files]
+    )
     return render_dataset_card(
         manifest,
         repo_id=repo_id,
@@ -121,6 +124,8 @@ def render_card(build: Path, manifest: Manifest, *, repo_id, local_dir, existing
         num_skipped=len(skipped),
         skipped_reasons=dict(Counter(skip_kind(s) for s in skipped)),
         existing=existing,
+        num_bytes=num_bytes,
+        download_size=download_size,
     )
 
 

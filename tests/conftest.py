@@ -125,6 +125,7 @@ def write_photos(folder: Path, names, seed: int = 0, size=(48, 36), captions=Non
         fh.writelines(lines)
     return folder
 
+
 # ---------------------------------------------------------------------------------------------
 # A published Space as the Hub holds it, built and run the way Spaces does (hub stream).
 # One per session: tests/test_spaces_build.py and tests/test_card_snippets.py share it.

@@ -580,6 +580,7 @@ def _merge_pull_request(storage, repo: dict, num: int, author: str) -> str:
         storage.save_repo(repo)
         return sha
 
+
 # ---------------------------------------------------------------------------------------------
 # Space runtimes and hardware (hub stream): stages, hardware requests, the app's host
 # ---------------------------------------------------------------------------------------------

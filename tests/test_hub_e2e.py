@@ -14,8 +14,6 @@ import textwrap
 import pytest
 from conftest import REPO_ROOT, run_cli
 
-from hub_card import extract_usage_snippet
-
 
 def run_python(code: str, env: dict, timeout: float = 300) -> str:
     import os
@@ -81,21 +79,6 @@ def test_publish_then_load_and_search_from_a_fresh_cache(built, hub_env, local_h
     assert result["location"] == f"{repo}@{revision}"
     assert result["top"] == 11 and result["score"] > 0.99
     assert result["deep"] == sorted(result["deep"], reverse=True)
-
-
-def test_card_snippet_runs_verbatim(built, hub_env, local_hub, tmp_path):
-    repo = f"{local_hub.user}/tasvir-snippet"
-    run_cli("publish", "--build", built, "--repo", repo, env=hub_env)
-    fresh = {**hub_env, "HF_HOME": str(tmp_path / "snippet-home")}
-    card = run_python(
-        "from huggingface_hub import hf_hub_download\n"
-        f"print(open(hf_hub_download({repo!r}, 'README.md', repo_type='dataset')).read())",
-        fresh,
-    )
-    snippet = extract_usage_snippet(card)
-    assert repo in snippet
-    out = run_python(snippet, fresh)
-    assert out.strip()  # the snippet prints the captions of its hits
 
 
 def test_a_new_build_replaces_the_old_one_in_one_commit(
