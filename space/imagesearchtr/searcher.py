@@ -34,7 +34,7 @@ from PIL import Image
 
 from .encoder import Encoder
 from .images import ImageInput
-from .manifest import INDEX_DIR, MANIFEST_FILE, Manifest
+from .manifest import LoadedManifest, Manifest, ManifestError, load_manifest
 from .vectors import embedding_matrix
 
 # Deep Search scores a candidate pool larger than k from each index, so that an image ranked
@@ -111,19 +111,25 @@ class Searcher:
         dtype: str | None = None,
     ) -> Searcher:
         """Load rows, indices and manifest of one revision, and the model that built them."""
-        root, dataset, resolved = _load(str(repo_id_or_dir), revision)
-        manifest = Manifest.load(root / INDEX_DIR / MANIFEST_FILE)
+        try:
+            loaded = load_manifest(repo_id_or_dir, revision)
+        except ManifestError as err:
+            raise SearchSetupError(str(err)) from None
+        manifest, resolved = loaded.manifest, loaded.revision
+        dataset = _load_rows(loaded, str(repo_id_or_dir))
         _check_rows(dataset, manifest, str(repo_id_or_dir))
         for info in manifest.indices:
-            path = root / info.file
+            path = loaded.index_path(info.column)
             if not path.is_file():
                 raise SearchSetupError(f"{repo_id_or_dir}: index file {info.file} is missing")
             try:
                 dataset.load_faiss_index(info.column, str(path))
-            except Exception as err:  # faiss raises RuntimeError; datasets asserts on ntotal
+            except Exception:  # faiss raises RuntimeError; datasets asserts on ntotal
+                # The library's text is not shown: FAISS quotes the file's first bytes.
                 raise SearchSetupError(
-                    f"{repo_id_or_dir}: cannot load {info.file} ({type(err).__name__}: "
-                    f"{str(err).splitlines()[0] if str(err) else 'size does not match the rows'})"
+                    f"{repo_id_or_dir}: cannot load {info.file}: it is not a FAISS index over "
+                    "these rows, or it is damaged; re-run `python -m pipeline index` and "
+                    "publish again"
                 ) from None
             index = dataset.get_index(info.column).faiss_index
             if index.d != manifest.dim or index.ntotal != manifest.num_rows:
@@ -275,36 +281,19 @@ def check_model(manifest: Manifest, encoder: Encoder) -> None:
         )
 
 
-def _load(location: str, revision: str | None):
-    """Return (folder holding index/, the dataset, the resolved revision or None)."""
+def _load_rows(loaded: LoadedManifest, location: str):
+    """The rows of the same build as the manifest: a folder's parquet files or the Hub commit."""
     from datasets import load_dataset
 
-    local = Path(location).expanduser()
-    if local.is_dir():
-        if not (local / INDEX_DIR / MANIFEST_FILE).is_file():
-            raise SearchSetupError(
-                f"{local} has no {INDEX_DIR}/{MANIFEST_FILE}; publish a build there with "
-                "`python -m pipeline publish --build BUILD --to FOLDER`"
-            )
+    if loaded.revision is None:
         # load_dataset(folder) caches the Arrow copy under the folder's *name* without
         # checking file times (datasets 5.2), so a re-published folder could load stale rows.
         # The packaged parquet loader keys its cache on each file's mtime instead.
-        files = sorted(str(p) for p in (local / "data").glob("*.parquet"))
+        files = sorted(str(p) for p in (loaded.root / "data").glob("*.parquet"))
         if not files:
-            raise SearchSetupError(f"{local} has no data/*.parquet files")
-        return local, load_dataset("parquet", data_files={"train": files}, split="train"), None
-    from huggingface_hub import snapshot_download
-
-    # The index files first: their snapshot tells the exact commit, and the rows are then
-    # loaded from that same commit, so rows and indices cannot come from different builds.
-    snapshot = Path(
-        snapshot_download(
-            location, repo_type="dataset", revision=revision, allow_patterns=[f"{INDEX_DIR}/*"]
-        )
-    )
-    commit = snapshot.name
-    dataset = load_dataset(location, split="train", revision=commit)
-    return snapshot, dataset, commit
+            raise SearchSetupError(f"{location} has no data/*.parquet files")
+        return load_dataset("parquet", data_files={"train": files}, split="train")
+    return load_dataset(location, split="train", revision=loaded.revision)
 
 
 def _check_rows(dataset, manifest: Manifest, where: str) -> None:
