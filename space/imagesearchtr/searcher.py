@@ -144,12 +144,11 @@ class Searcher:
         positive, negative = list(positive), list(negative)
         if not positive:
             raise ValueError("give at least one positive term (a text or an image)")
-        vectors = [self._encode_term(t) for t in positive + negative]
-        if len(vectors) == 1:
-            return self.search_vector(vectors[0], k)
-        query = np.sum(vectors[: len(positive)], axis=0) - np.sum(
-            vectors[len(positive) :] or [np.zeros_like(vectors[0])], axis=0
-        )
+        plus = [self._encode_term(term) for term in positive]
+        minus = [self._encode_term(term) for term in negative]
+        if len(plus) == 1 and not minus:
+            return self.search_vector(plus[0], k)
+        query = np.sum(plus, axis=0) - np.sum(minus or [np.zeros_like(plus[0])], axis=0)
         norm = float(np.linalg.norm(query))
         if norm < 1e-6:
             raise ValueError("the terms cancel each other out; drop a negative term")
