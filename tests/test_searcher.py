@@ -4,11 +4,13 @@ queries, model pinning. Each test loads a small published folder through ``Searc
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
-from search_repo import open_repo, png, unit, write_repo
+from search_repo import FakeEncoder, open_repo, png, unit, write_repo
 
-from imagesearchtr import Manifest, ModelMismatchError
+from imagesearchtr import Manifest, ModelMismatchError, Searcher, SearchSetupError
 from imagesearchtr.searcher import MIN_POOL, check_model
 
 DIM = 8
@@ -188,6 +190,20 @@ def test_a_different_model_is_refused(tiny_encoder):
     )
     with pytest.raises(ModelMismatchError, match=r"built by model utkubascakir/MultiEmbedTR"):
         check_model(manifest, tiny_encoder)
+
+
+def test_from_repo_refuses_another_model_and_rows_of_another_build(tmp_path):
+    folder = write_repo(tmp_path / "repo", unit(np.eye(3, DIM) + 0.1))
+    other = FakeEncoder(DIM)
+    other.fingerprint = "sha256:" + "c" * 64
+    with pytest.raises(ModelMismatchError, match="Load that model, or rebuild the index"):
+        Searcher.from_repo(folder, encoder=other)
+    manifest = Manifest.load(folder / "index" / "manifest.json")
+    data = json.loads(manifest.to_json())
+    data["num_rows"] = 4
+    (folder / "index" / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(SearchSetupError, match="rows and indices come from different builds"):
+        Searcher.from_repo(folder, encoder=FakeEncoder(DIM))
 
 
 def test_real_model_queries_handle_any_unicode_and_long_text(tiny_encoder):
