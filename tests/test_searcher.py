@@ -74,6 +74,21 @@ def test_deep_search_finds_rows_through_either_index(fusion_case):
     assert 9 in by_row and by_row[9].image_score < 0
 
 
+def test_rows_without_a_caption_anywhere_among_the_candidates(tmp_path):
+    rng = np.random.default_rng(5)
+    image_emb = unit(rng.normal(size=(12, DIM)))
+    caption_emb = [None if i in (0, 5, 11) else v for i, v in enumerate(image_emb)]
+    searcher = open_repo(write_repo(tmp_path / "repo", image_emb, caption_emb))
+    query = unit(rng.normal(size=DIM))
+    for alpha in (None, 0.5):  # every row is a candidate, the first one has no caption
+        hits = searcher.search_vector(query, k=12, alpha=alpha)
+        assert sorted(h.row for h in hits) == list(range(12))
+        assert {h.row for h in hits if h.caption_score is None} == {0, 5, 11}
+    assert [h.row for h in searcher.search_similar(0, k=3)] == [
+        int(i) for i in np.argsort(-(image_emb @ image_emb[0]))[1:4]
+    ]
+
+
 def test_fusion_equals_brute_force_when_the_pools_cover_the_answer(tmp_path):
     rng = np.random.default_rng(1)
     n = 40  # smaller than the pool: every row is a candidate

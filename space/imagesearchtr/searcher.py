@@ -27,6 +27,7 @@ from PIL import Image
 from .encoder import Encoder
 from .images import ImageInput
 from .manifest import EMBEDDING_COLUMNS, LoadedManifest, Manifest, ManifestError, load_manifest
+from .vectors import embedding_matrix
 
 # An approximate index, and each index in Deep Search, proposes a pool larger than k, so that a
 # row ranked just below the top k by one index can still win on its exact (or fused) score.
@@ -60,7 +61,7 @@ class Searcher:
     """Text search, Deep Search (image + caption fusion), image, similar-row and composed queries.
 
     ``rows``: the dataset's image, image_id and captions columns (fetched for the hits shown);
-    ``vectors``: its image_emb and caption_emb columns in numpy format, with a FAISS index
+    ``vectors``: its image_emb and caption_emb columns in Arrow format, with a FAISS index
     loaded on each (the same Arrow table, memory-mapped: no copy of the rows). Use ``from_repo``.
     """
 
@@ -95,7 +96,7 @@ class Searcher:
         _check_rows(dataset, manifest, where)
         # Two column views of one table; the indices go on the embedding view, so that no view
         # is made of a dataset holding them (with_format would deep-copy them).
-        vectors = dataset.select_columns(list(EMBEDDING_COLUMNS)).with_format("numpy")
+        vectors = dataset.select_columns(list(EMBEDDING_COLUMNS)).with_format("arrow")
         for column in EMBEDDING_COLUMNS:
             _load_index(vectors, loaded, column, where)
         if encoder is None:
@@ -129,7 +130,8 @@ class Searcher:
                 f"row {row} is out of range: the dataset has rows 0 to {len(self) - 1}"
             )
         k = _check_k(k, len(self) - 1)
-        vector = _as_query(self.vectors[int(row)]["image_emb"])
+        own = self.vectors[int(row)].column("image_emb")  # a one-row Arrow table
+        vector = embedding_matrix(own, self.manifest.dim)[0][0]
         ids = self._candidates("image_emb", vector, self._pool("image_emb", k + 1))
         return self._best(vector, ids[ids != row], k, alpha=None)
 
@@ -198,9 +200,13 @@ class Searcher:
         ids = np.unique(ids)  # sorted, so that equal scores keep row order below
         if len(ids) == 0:
             return []
-        stored = self.vectors[ids.tolist()]
-        image_scores = np.stack(stored["image_emb"]).astype(np.float32) @ vector
-        caption_scores = [None if c is None else float(c @ vector) for c in stored["caption_emb"]]
+        stored = self.vectors[ids.tolist()]  # an Arrow table: a null caption stays a null
+        image, _ = embedding_matrix(stored.column("image_emb"), self.manifest.dim)
+        caption, has_caption = embedding_matrix(stored.column("caption_emb"), self.manifest.dim)
+        image_scores = image @ vector
+        caption_scores = [
+            float(s) if ok else None for s, ok in zip(caption @ vector, has_caption, strict=True)
+        ]
         scores = [
             float(img if cap is None or alpha is None else alpha * img + (1.0 - alpha) * cap)
             for img, cap in zip(image_scores, caption_scores, strict=True)
