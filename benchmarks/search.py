@@ -9,10 +9,11 @@ given): ``build-N/`` (N synthetic rows, benchmarks/_common.py) and one repo fold
 figures into benchmarks/README.md (section ``search``).
 
 Measures per index type: the index file size, ``Searcher.from_repo`` (no model: a stub encoder
-with the build's fingerprint), the p50 of ``search_vector(q, k=10)`` (image-only: the index's
-candidates, exact re-scoring, the 10 rows fetched and decoded) and of Deep Search (alpha 0.5),
-and recall@10 of the image-only hits against the exact numpy top 10. Queries are database
-vectors plus noise, so that each has close neighbours as a text query for a photo would.
+with the manifest's fingerprint; a build left in ``--work`` by benchmarks/pipeline.py is
+reused), the p50 of ``search_vector(q, k=10)`` (image-only: the index's candidates, exact
+re-scoring, the 10 rows fetched and decoded) and of Deep Search (alpha 0.5), and recall@10 of
+the image-only hits against the exact numpy top 10. Queries are database vectors plus noise, so
+that each has close neighbours as a text query for a photo would.
 """
 
 from __future__ import annotations
@@ -27,13 +28,16 @@ import _common
 import numpy as np
 
 K = 10
-FINGERPRINT = "sha256:" + "b" * 64
+FINGERPRINT = "sha256:" + "b" * 64  # of the builds this benchmark writes (no model needed)
 
 
 class StubEncoder:
     """Carries the model identity ``from_repo`` checks; the benchmark searches with vectors."""
 
-    model_id, fingerprint, dim = "benchmark/stub", FINGERPRINT, _common.DIM
+    model_id, dim = "benchmark/stub", _common.DIM
+
+    def __init__(self, fingerprint: str):
+        self.fingerprint = fingerprint
 
 
 def repo_for(work: Path, n: int, index_type: str) -> Path:
@@ -54,10 +58,11 @@ def repo_for(work: Path, n: int, index_type: str) -> Path:
 
 
 def measure(repo: Path, x: np.ndarray, queries: np.ndarray) -> dict:
-    from imagesearchtr import Searcher
+    from imagesearchtr import Manifest, Searcher
 
+    fingerprint = Manifest.load(repo / "index" / "manifest.json").model_fingerprint
     t = time.perf_counter()
-    searcher = Searcher.from_repo(repo, encoder=StubEncoder())
+    searcher = Searcher.from_repo(repo, encoder=StubEncoder(fingerprint))
     result = {"load_s": time.perf_counter() - t, "index": searcher.manifest.indices[0].factory}
     result["index_mb"] = (repo / searcher.manifest.indices[0].file).stat().st_size / 1e6
     found, image_ms, deep_ms = 0, [], []
