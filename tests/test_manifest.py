@@ -127,18 +127,13 @@ def test_the_searcher_shows_our_message_for_a_hostile_manifest(tmp_path, tiny_en
     assert "SECR" not in str(err.value) and "not recognized" not in str(err.value)
 
 
-def test_an_index_that_fails_to_load_gives_our_message(tmp_path, tiny_encoder):
+def test_an_index_that_fails_to_load_gives_our_message(tmp_path):
     """FAISS's own error quotes the file's first bytes; the Searcher's message must not."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    import numpy as np
+    from search_repo import open_repo, unit, write_repo
 
-    from imagesearchtr import Searcher
-
-    repo = tmp_path / "repo"
-    write_repo(repo)
+    repo = write_repo(tmp_path / "repo", unit(np.eye(3, 4) + 0.1))
     (repo / "index" / "image_emb.faiss").write_bytes(b"SECR" + b"\0" * 60)
-    (repo / "data").mkdir()
-    pq.write_table(pa.table({"image_id": ["0"]}), repo / "data" / "train-0.parquet")
     with pytest.raises(SearchSetupError, match="cannot load index/image_emb.faiss") as err:
-        Searcher.from_repo(repo, encoder=tiny_encoder)
+        open_repo(repo)
     assert "SECR" not in str(err.value) and "not recognized" not in str(err.value)
