@@ -42,8 +42,9 @@ class FakeEncoder:
 
 
 def png(colour=(200, 0, 0)) -> bytes:
+    """A 4x4 palette PNG: the Searcher must still hand out RGB images."""
     buf = io.BytesIO()
-    PILImage.new("RGB", (4, 4), colour).save(buf, format="PNG")
+    PILImage.new("RGB", (4, 4), colour).convert("P").save(buf, format="PNG")
     return buf.getvalue()
 
 

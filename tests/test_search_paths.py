@@ -46,10 +46,24 @@ def test_a_flat_index_gives_numpy_top_k(tmp_path, k):
 
 
 def test_ties_come_in_row_order_and_float64_queries_work(tmp_path):
-    x = unit(np.ones((50, DIM)))  # every row scores the same
+    x = unit(np.ones((120, DIM)))  # every row scores the same
     searcher = open_repo(write_repo(tmp_path / "repo", x))
-    hits = searcher.search_vector(np.ones(DIM, dtype=np.float64), 10)
-    assert [h.row for h in hits] == list(range(10))
+    hits = searcher.search_vector(np.ones(DIM, dtype=np.float64), 60)
+    assert [h.row for h in hits] == list(range(60))
+
+
+def test_rows_an_index_does_not_find_are_not_made_up(tmp_path):
+    # IVF probing one list of 8 finds fewer rows than the pool asks for: FAISS pads with -1.
+    rng = np.random.default_rng(9)
+    x = clustered(400, rng, clusters=8)
+    searcher = open_repo(
+        write_repo(tmp_path / "repo", x, factory="IVF8,Flat", params={"nprobe": 1})
+    )
+    for query in x[:5]:
+        _, found = searcher.vectors.search("image_emb", query, 100)
+        assert (found == -1).any()
+        hits = searcher.search_vector(query, 60)
+        assert {h.row for h in hits} <= set(found[found >= 0].tolist())
 
 
 def test_an_l2_flat_index_is_re_scored_as_cosines(tmp_path):

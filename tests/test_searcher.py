@@ -221,6 +221,20 @@ def test_from_repo_refuses_another_model_and_rows_of_another_build(tmp_path):
         Searcher.from_repo(folder, encoder=FakeEncoder(DIM))
 
 
+def test_from_repo_refuses_missing_and_mismatched_index_files(tmp_path):
+    import faiss
+
+    folder = write_repo(tmp_path / "repo", unit(np.eye(3, DIM) + 0.1))
+    small = faiss.IndexFlatIP(4)
+    small.add(unit(np.eye(3, 4) + 0.1))
+    faiss.write_index(small, str(folder / "index" / "caption_emb.faiss"))
+    with pytest.raises(SearchSetupError, match="holds 3 vectors of dim 4, the manifest says 3"):
+        open_repo(folder)
+    (folder / "index" / "caption_emb.faiss").unlink()
+    with pytest.raises(SearchSetupError, match="index file index/caption_emb.faiss is missing"):
+        open_repo(folder)
+
+
 def test_real_model_queries_handle_any_unicode_and_long_text(tiny_encoder):
     texts = ["köpek 🐕", "שלום עולם", "ÇĞİÖŞÜ çğıöşü", "a\u0000b\u200fc", "kar " * 5000]
     emb = tiny_encoder.encode_texts(texts)
