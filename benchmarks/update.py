@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import _common
+
 ROOT = Path(__file__).resolve().parent.parent
 # benchmarks/pipeline.py would shadow the pipeline package: the repo root and tests/ go first.
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
@@ -137,12 +139,7 @@ def published_bytes(hub, publish) -> int:
 
 
 def write_section(report: str) -> None:
-    text = README.read_text(encoding="utf-8") if README.is_file() else "# Benchmarks\n\n"
-    start = text.find(SECTION)
-    if start >= 0:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + text[end + 1 if end >= 0 else len(text) :]
-    README.write_text(text.rstrip("\n") + "\n\n" + report, encoding="utf-8")
+    _common.write_readme_section("update", report)
 
 
 if __name__ == "__main__":

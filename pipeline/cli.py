@@ -196,7 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate",
         help="text-to-image Recall@1/5/10, median rank and MRR of a published dataset",
         description="Uses every caption as a query for its own image; image-only search "
-        "against Deep Search over an alpha sweep. Prints a table and writes JSON.",
+        "against Deep Search over an alpha sweep, under two protocols: leave-one-out (the "
+        "row's caption embedding made without the query caption; choose alpha with it) and "
+        "own-caption (the stored embeddings, which contain the query: an upper bound). "
+        "Prints a table and writes JSON.",
         formatter_class=defaults,
     )
     p.add_argument("--repo", required=True, help="published dataset: Hub id or local folder")

@@ -1,165 +1,196 @@
-"""Searcher: exact fusion on hand-made vectors, brute-force agreement, model pinning."""
+"""Searcher: exact fusion on hand-made vectors, brute-force agreement, more-like-this, composed
+queries, model pinning. Each test loads a small published folder through ``Searcher.from_repo``.
+"""
 
 from __future__ import annotations
 
-import io
+import json
 
-import faiss
 import numpy as np
 import pytest
-from datasets import Dataset, Features, Image, List, Value
-from PIL import Image as PILImage
+from search_repo import FakeEncoder, open_repo, png, unit, write_repo
 
-from imagesearchtr import IndexInfo, Manifest, ModelMismatchError, Searcher
-from imagesearchtr.searcher import check_model
+from imagesearchtr import Manifest, ModelMismatchError, Searcher, SearchSetupError
+from imagesearchtr.searcher import MIN_POOL, check_model
 
 DIM = 8
 
 
-def unit(v):
-    v = np.asarray(v, dtype=np.float32)
-    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+def rank_of(row: int, scores: np.ndarray) -> int:
+    """0-based rank of ``row`` among ``scores`` (rows with a strictly higher score)."""
+    return int((scores > scores[row]).sum())
 
 
-def png() -> bytes:
-    buf = io.BytesIO()
-    PILImage.new("RGB", (4, 4), (200, 0, 0)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-class FakeEncoder:
-    """Maps known queries to hand-made vectors; carries a model identity like Encoder."""
-
-    def __init__(self, vectors: dict, fingerprint="sha256:aaa", dim=DIM):
-        self.vectors, self.fingerprint, self.dim = vectors, fingerprint, dim
-        self.model_id = "fake/model"
-
-    def encode_texts(self, texts):
-        return np.stack([self.vectors[t] for t in texts])
-
-
-def make_searcher(image_emb, caption_emb, vectors=None) -> Searcher:
-    n = len(image_emb)
-    features = Features(
-        {
-            "image": Image(),
-            "image_id": Value("string"),
-            "captions": List(Value("string")),
-            "image_emb": List(Value("float32"), length=DIM),
-            "caption_emb": List(Value("float32"), length=DIM),
-        }
-    )
-    image = png()
-    ds = Dataset.from_dict(
-        {
-            "image": [{"bytes": image, "path": f"{i}.png"} for i in range(n)],
-            "image_id": [str(i) for i in range(n)],
-            "captions": [[] if c is None else [f"caption {i}"] for i, c in enumerate(caption_emb)],
-            "image_emb": [list(v) for v in image_emb],
-            "caption_emb": [None if c is None else list(c) for c in caption_emb],
-        },
-        features=features,
-    )
-    ds.add_faiss_index("image_emb", metric_type=faiss.METRIC_INNER_PRODUCT)
-    zeros = np.stack([np.zeros(DIM, np.float32) if c is None else c for c in caption_emb])
-    ds.add_faiss_index_from_external_arrays(
-        zeros.astype(np.float32), "caption_emb", metric_type=faiss.METRIC_INNER_PRODUCT
-    )
-    manifest = Manifest(
-        model_id="fake/model",
-        model_revision=None,
-        model_fingerprint="sha256:aaa",
-        dim=DIM,
-        num_rows=n,
-        data_hash="sha256:x",
-        indices=tuple(
-            IndexInfo(c, f"index/{c}.faiss", "flat", "Flat", n)
-            for c in ("image_emb", "caption_emb")
-        ),
-    )
-    return Searcher(ds, manifest, FakeEncoder(vectors or {}), "memory")
-
-
-def test_fusion_scores_every_candidate_exactly_in_both_spaces():
+@pytest.fixture
+def fusion_case(tmp_path):
+    """300 rows; row 7: best image, poor caption; row 9: best caption, poor image; row 11: none."""
     rng = np.random.default_rng(0)
     n = 300
     query = unit(rng.normal(size=DIM))
     image_emb = unit(rng.normal(size=(n, DIM)))
     caption_emb = list(unit(rng.normal(size=(n, DIM))))
-    # Row 7: the best image, but a caption that ranks far below the caption pool (50).
     image_emb[7] = unit(query + 0.05 * rng.normal(size=DIM))
     caption_emb[7] = unit(-query + 0.9 * rng.normal(size=DIM))
-    # Row 9: the best caption, a poor image.
     caption_emb[9] = unit(query + 0.05 * rng.normal(size=DIM))
     image_emb[9] = unit(-query + 0.9 * rng.normal(size=DIM))
-    # Row 11: no caption at all, a good image.
     image_emb[11] = unit(query + 0.3 * rng.normal(size=DIM))
     caption_emb[11] = None
-    searcher = make_searcher(image_emb, caption_emb)
+    searcher = open_repo(write_repo(tmp_path / "repo", image_emb, caption_emb))
     caption_matrix = np.stack([np.zeros(DIM) if c is None else c for c in caption_emb])
-    caption_rank_of_7 = int((caption_matrix @ query > caption_matrix[7] @ query).sum())
-    assert caption_rank_of_7 > 50  # found by the image index only
+    return searcher, query, image_emb, caption_emb, caption_matrix
 
+
+def test_fusion_scores_every_candidate_exactly_in_both_spaces(fusion_case):
+    searcher, query, image_emb, caption_emb, _ = fusion_case
     alpha = 0.6
-    hits = searcher.fuse(query, k=20, alpha=alpha)
-    by_row = {h.row: h for h in hits}
+    hits = searcher.search_vector(query, k=20, alpha=alpha)
+    assert len(hits) == 20
     for hit in hits:
         expected_image = float(image_emb[hit.row] @ query)
         assert hit.image_score == pytest.approx(expected_image, abs=1e-5)
         if caption_emb[hit.row] is None:
-            assert hit.caption_score is None and hit.score == pytest.approx(expected_image)
+            assert hit.caption_score is None
+            assert hit.score == pytest.approx(expected_image, abs=1e-5)
         else:
             expected_caption = float(caption_emb[hit.row] @ query)
             assert hit.caption_score == pytest.approx(expected_caption, abs=1e-5)
             assert hit.score == pytest.approx(
                 alpha * expected_image + (1 - alpha) * expected_caption, abs=1e-5
             )
-    assert 11 in by_row and by_row[11].score == pytest.approx(by_row[11].image_score)
-    # Row 7 keeps its real (poor) caption score instead of 0 or a min-max artefact.
-    if 7 in by_row:
-        assert by_row[7].caption_score < 0
+    assert 11 in {h.row for h in hits}  # no caption: ranked on its image alone
     scores = [h.score for h in hits]
     assert scores == sorted(scores, reverse=True)
 
 
-def test_fusion_equals_brute_force_when_the_pools_cover_the_answer():
+def test_deep_search_finds_rows_through_either_index(fusion_case):
+    """Row 7 is found only by the image index, row 9 only by the caption index."""
+    searcher, query, image_emb, _, caption_matrix = fusion_case
+    assert rank_of(7, caption_matrix @ query) > MIN_POOL  # beyond the caption index's pool
+    assert rank_of(9, image_emb @ query) > MIN_POOL  # beyond the image index's pool
+
+    by_row = {h.row: h for h in searcher.search_vector(query, k=10, alpha=0.9)}
+    assert 7 in by_row and by_row[7].caption_score < 0  # its real (poor) caption score
+    by_row = {h.row: h for h in searcher.search_vector(query, k=10, alpha=0.1)}
+    assert 9 in by_row and by_row[9].image_score < 0
+
+
+def test_rows_without_a_caption_anywhere_among_the_candidates(tmp_path):
+    rng = np.random.default_rng(5)
+    image_emb = unit(rng.normal(size=(12, DIM)))
+    caption_emb = [None if i in (0, 5, 11) else v for i, v in enumerate(image_emb)]
+    searcher = open_repo(write_repo(tmp_path / "repo", image_emb, caption_emb))
+    query = unit(rng.normal(size=DIM))
+    for alpha in (None, 0.5):  # every row is a candidate, the first one has no caption
+        hits = searcher.search_vector(query, k=12, alpha=alpha)
+        assert sorted(h.row for h in hits) == list(range(12))
+        assert {h.row for h in hits if h.caption_score is None} == {0, 5, 11}
+    assert [h.row for h in searcher.search_similar(0, k=3)] == [
+        int(i) for i in np.argsort(-(image_emb @ image_emb[0]))[1:4]
+    ]
+
+
+def test_fusion_equals_brute_force_when_the_pools_cover_the_answer(tmp_path):
     rng = np.random.default_rng(1)
     n = 40  # smaller than the pool: every row is a candidate
     query = unit(rng.normal(size=DIM))
     image_emb = unit(rng.normal(size=(n, DIM)))
-    caption_emb = list(unit(rng.normal(size=(n, DIM))))
-    searcher = make_searcher(image_emb, caption_emb)
+    caption_emb = unit(rng.normal(size=(n, DIM)))
+    searcher = open_repo(write_repo(tmp_path / "repo", image_emb, list(caption_emb)))
     for alpha in (0.0, 0.3, 1.0):
-        fused = alpha * image_emb @ query + (1 - alpha) * np.stack(caption_emb) @ query
+        fused = alpha * image_emb @ query + (1 - alpha) * caption_emb @ query
         expected = list(np.argsort(-fused)[:10])
-        assert [h.row for h in searcher.fuse(query, k=10, alpha=alpha)] == expected
+        assert [h.row for h in searcher.search_vector(query, k=10, alpha=alpha)] == expected
 
 
-def test_image_only_search_equals_numpy_top_k():
+def test_image_only_search_equals_numpy_top_k(tmp_path):
     rng = np.random.default_rng(2)
     n = 500
     image_emb = unit(rng.normal(size=(n, DIM)))
-    caption_emb = list(unit(rng.normal(size=(n, DIM))))
     query = unit(rng.normal(size=DIM))
-    searcher = make_searcher(image_emb, caption_emb, {"sorgu": query})
+    searcher = open_repo(write_repo(tmp_path / "repo", image_emb), {"sorgu": query})
     hits = searcher.search_text("sorgu", k=10)
     scores = image_emb @ query
     assert [h.row for h in hits] == list(np.argsort(-scores)[:10])
     np.testing.assert_allclose([h.score for h in hits], np.sort(scores)[::-1][:10], atol=1e-5)
     assert hits[0].captions == [f"caption {hits[0].row}"]
-    assert hits[0].image.size == (4, 4)
+    assert hits[0].image.size == (4, 4) and hits[0].image.mode == "RGB"
 
 
-def test_bad_queries_give_clear_errors():
+def test_bad_queries_give_clear_errors(tmp_path):
     rng = np.random.default_rng(3)
-    searcher = make_searcher(unit(rng.normal(size=(5, DIM))), list(unit(rng.normal(size=(5, DIM)))))
+    searcher = open_repo(write_repo(tmp_path / "repo", unit(rng.normal(size=(5, DIM)))))
+    query = unit(rng.normal(size=DIM))
     with pytest.raises(ValueError, match="query is empty"):
         searcher.search_text("   \n")
     with pytest.raises(ValueError, match="alpha must be between 0 and 1"):
-        searcher.fuse(unit(rng.normal(size=DIM)), k=3, alpha=1.5)
-    with pytest.raises(ValueError, match="k must be a positive integer"):
-        searcher.fuse(unit(rng.normal(size=DIM)), k=0, alpha=0.5)
-    assert len(searcher.fuse(unit(rng.normal(size=DIM)), k=50, alpha=0.5)) == 5  # k > rows
+        searcher.search_vector(query, k=3, alpha=1.5)
+    for k in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="k must be a positive integer"):
+            searcher.search_vector(query, k=k, alpha=0.5)
+    assert len(searcher.search_vector(query, k=50, alpha=0.5)) == 5  # k > rows
+
+
+def test_search_similar_is_the_nearest_images_without_the_row_itself(tmp_path):
+    rng = np.random.default_rng(4)
+    image_emb = unit(rng.normal(size=(200, DIM)))
+    searcher = open_repo(write_repo(tmp_path / "repo", image_emb))
+    row = 17
+    scores = image_emb @ image_emb[row]
+    expected = [int(i) for i in np.argsort(-scores) if i != row][:5]
+    hits = searcher.search_similar(row, k=5)
+    assert [h.row for h in hits] == expected
+    np.testing.assert_allclose([h.score for h in hits], scores[expected], atol=1e-5)
+    assert len(searcher.search_similar(0, k=500)) == 100  # k is capped like every search
+
+
+def test_search_similar_leaves_out_the_row_even_among_duplicates(tmp_path):
+    image_emb = unit(np.ones((6, DIM)))  # every row has the same image embedding
+    searcher = open_repo(write_repo(tmp_path / "repo", image_emb))
+    assert [h.row for h in searcher.search_similar(2, k=10)] == [0, 1, 3, 4, 5]
+
+
+@pytest.mark.parametrize("row", [-1, 6, 100, "3", 2.0, True, None])
+def test_search_similar_refuses_rows_that_do_not_exist(tmp_path, row):
+    searcher = open_repo(write_repo(tmp_path / "repo", unit(np.eye(6, DIM) + 0.1)))
+    with pytest.raises(ValueError, match="row"):
+        searcher.search_similar(row)
+
+
+def test_one_positive_text_is_exactly_search_text(fusion_case):
+    searcher, query, *_ = fusion_case
+    searcher.encoder.vectors["köpek"] = query
+    combined = searcher.search_combined(["köpek"], k=10)
+    plain = searcher.search_text("köpek", k=10)
+    assert [(h.row, h.score) for h in combined] == [(h.row, h.score) for h in plain]
+
+
+def test_a_negative_term_pushes_a_hit_down(tmp_path):
+    dog, snow, other = unit(np.eye(3, DIM))
+    image_emb = unit(
+        [dog + 0.3 * snow, dog + 0.1 * other, other, snow, -dog, dog + 0.5 * other, other - dog]
+    )
+    vectors = {"köpek": dog, "kar": snow, png((0, 0, 255)): unit(dog + 0.2 * other)}
+    searcher = open_repo(write_repo(tmp_path / "repo", image_emb), vectors)
+    before = [h.row for h in searcher.search_combined(["köpek"], k=7)]
+    after = [h.row for h in searcher.search_combined(["köpek"], negative=["kar"], k=7)]
+    assert before.index(0) < before.index(5) and after.index(0) > after.index(5)
+    # an image term counts like a text term: the query is the normalised sum
+    hits = searcher.search_combined(["köpek", png((0, 0, 255))], k=3)
+    expected = unit(dog + unit(dog + 0.2 * other))
+    np.testing.assert_allclose(
+        [h.score for h in hits], np.sort(image_emb @ expected)[::-1][:3], atol=1e-5
+    )
+
+
+def test_composed_queries_refuse_what_cannot_be_searched(tmp_path):
+    dog = unit(np.eye(1, DIM)[0])
+    searcher = open_repo(write_repo(tmp_path / "repo", unit(np.eye(4, DIM) + 0.1)), {"köpek": dog})
+    with pytest.raises(ValueError, match="at least one positive term"):
+        searcher.search_combined([], negative=["köpek"])
+    with pytest.raises(ValueError, match="cancel each other out"):
+        searcher.search_combined(["köpek"], negative=["köpek"])
+    with pytest.raises(ValueError, match="query is empty"):
+        searcher.search_combined(["köpek", " "])
 
 
 def test_a_different_model_is_refused(tiny_encoder):
@@ -174,6 +205,34 @@ def test_a_different_model_is_refused(tiny_encoder):
     )
     with pytest.raises(ModelMismatchError, match=r"built by model utkubascakir/MultiEmbedTR"):
         check_model(manifest, tiny_encoder)
+
+
+def test_from_repo_refuses_another_model_and_rows_of_another_build(tmp_path):
+    folder = write_repo(tmp_path / "repo", unit(np.eye(3, DIM) + 0.1))
+    other = FakeEncoder(DIM)
+    other.fingerprint = "sha256:" + "c" * 64
+    with pytest.raises(ModelMismatchError, match="Load that model, or rebuild the index"):
+        Searcher.from_repo(folder, encoder=other)
+    manifest = Manifest.load(folder / "index" / "manifest.json")
+    data = json.loads(manifest.to_json())
+    data["num_rows"] = 4
+    (folder / "index" / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(SearchSetupError, match="rows and indices come from different builds"):
+        Searcher.from_repo(folder, encoder=FakeEncoder(DIM))
+
+
+def test_from_repo_refuses_missing_and_mismatched_index_files(tmp_path):
+    import faiss
+
+    folder = write_repo(tmp_path / "repo", unit(np.eye(3, DIM) + 0.1))
+    small = faiss.IndexFlatIP(4)
+    small.add(unit(np.eye(3, 4) + 0.1))
+    faiss.write_index(small, str(folder / "index" / "caption_emb.faiss"))
+    with pytest.raises(SearchSetupError, match="holds 3 vectors of dim 4, the manifest says 3"):
+        open_repo(folder)
+    (folder / "index" / "caption_emb.faiss").unlink()
+    with pytest.raises(SearchSetupError, match="index file index/caption_emb.faiss is missing"):
+        open_repo(folder)
 
 
 def test_real_model_queries_handle_any_unicode_and_long_text(tiny_encoder):

@@ -7,7 +7,7 @@ built an index) -> searcher.py (load a published dataset and its indices, answer
 
 from .encoder import Encoder
 from .images import ImageLoadError, open_image
-from .manifest import IndexInfo, Manifest
+from .manifest import IndexInfo, LoadedManifest, Manifest, ManifestError, load_manifest
 from .multiembedtr import CheckpointError
 from .searcher import Hit, ModelMismatchError, Searcher, SearchSetupError
 
@@ -16,11 +16,14 @@ __all__ = [
     "Encoder",
     "ImageLoadError",
     "IndexInfo",
+    "LoadedManifest",
     "Manifest",
+    "ManifestError",
     "Hit",
     "ModelMismatchError",
     "Searcher",
     "SearchSetupError",
+    "load_manifest",
     "open_image",
 ]
 __version__ = "0.1.0"

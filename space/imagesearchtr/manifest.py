@@ -3,19 +3,28 @@
 Read and written as ``index/manifest.json`` next to the FAISS files in a build folder and in a
 published repo. The search side reads it to pick the right encoder and refuses to search when the
 loaded model's weight fingerprint differs from the one recorded here.
+
+``load_manifest`` is the one way to read a manifest from a folder or a Hub dataset repo: it
+downloads ``index/*`` (Hub), parses the manifest, and refuses any index file it names outside
+the repo's ``index/`` folder before anything opens it (a hostile manifest could otherwise point
+the search at ``/proc/self/environ`` and have a library echo its bytes in an error message).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 MANIFEST_VERSION = 1
 INDEX_DIR = "index"
 MANIFEST_FILE = "manifest.json"
 # One FAISS file per embedding column, named after it (index/image_emb.faiss, ...).
 EMBEDDING_COLUMNS = ("image_emb", "caption_emb")
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be read, or that names files it must not; the message says why."""
 
 
 def index_file(column: str) -> str:
@@ -95,3 +104,107 @@ class Manifest:
         except UnicodeDecodeError:
             raise ValueError(f"the index manifest {path} is not UTF-8 text") from None
         return cls.from_dict(data)
+
+
+@dataclass(frozen=True)
+class LoadedManifest:
+    """A manifest with where it came from: ``root`` holds ``index/``; ``revision`` is the commit."""
+
+    manifest: Manifest
+    root: Path  # the folder itself, or the Hub snapshot folder holding index/*
+    revision: str | None  # the resolved Hub commit; None for a local folder
+
+    def index_path(self, column: str) -> Path:
+        """Local path of a column's FAISS file (checked to lie inside ``index/`` on load)."""
+        return self.root / self.manifest.index(column).file
+
+
+def load_manifest(location: str | Path, revision: str | None = None) -> LoadedManifest:
+    """Read ``index/manifest.json`` of a local folder or a Hub dataset repo (at ``revision``).
+
+    A folder is read in place (``revision`` does not apply to it); for a Hub id the ``index/``
+    files of one commit are downloaded into the Hub cache and that commit is returned, so the
+    caller can load the rows from the same commit. Raises ``ManifestError`` for a missing,
+    unreadable or unsafe manifest; Hub connection errors pass through unchanged.
+    """
+    where = str(location)
+    local = Path(location).expanduser()
+    if local.is_dir():
+        root, resolved = local, None
+    else:
+        root, resolved = _download_index(where, revision)
+    path = root / INDEX_DIR / MANIFEST_FILE
+    if not path.is_file():
+        raise ManifestError(
+            f"{where} has no {INDEX_DIR}/{MANIFEST_FILE}; build one with `python -m pipeline "
+            "index` and publish it with `python -m pipeline publish --build BUILD --to TARGET`"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise TypeError("the top level is not a JSON object")
+        manifest = Manifest.from_dict(data)
+    except (UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError) as err:
+        raise ManifestError(
+            f"{where}: {INDEX_DIR}/{MANIFEST_FILE} is not a valid index manifest ({err}); "
+            "re-run `python -m pipeline index` and publish again"
+        ) from None
+    for info in manifest.indices:
+        _check_index_file(where, root, info, follow_links=resolved is None)
+    return LoadedManifest(manifest, root, resolved)
+
+
+def _download_index(repo_id: str, revision: str | None) -> tuple[Path, str]:
+    """Download ``index/*`` of a Hub dataset repo; return (snapshot folder, commit)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        HFValidationError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        snapshot = snapshot_download(
+            repo_id, repo_type="dataset", revision=revision, allow_patterns=[f"{INDEX_DIR}/*"]
+        )
+    except HFValidationError:
+        raise ManifestError(
+            f"{repo_id} is neither a local folder nor a Hub dataset id (USER/NAME); check the "
+            "spelling, or publish a build there first"
+        ) from None
+    except RevisionNotFoundError:
+        raise ManifestError(
+            f"{repo_id} has no revision {revision!r}; use a branch, tag or commit of that repo"
+        ) from None
+    except RepositoryNotFoundError:
+        raise ManifestError(
+            f"no dataset repo {repo_id} on the Hub (or it is private and no token was given); "
+            "check the name, or log in with `hf auth login`"
+        ) from None
+    snapshot = Path(snapshot)
+    return snapshot, snapshot.name
+
+
+def _check_index_file(where: str, root: Path, info: IndexInfo, follow_links: bool) -> None:
+    """Refuse an index file outside ``index/`` by name or through a symlink, before opening it."""
+    file = info.file
+    refused = ManifestError(
+        f"{where}: the manifest names {file!r} as the {info.column} index, but index files must "
+        f"be plain files inside the repo's {INDEX_DIR}/ folder; nothing was opened. Re-run "
+        "`python -m pipeline index` and publish again"
+    )
+    if info.column not in EMBEDDING_COLUMNS:
+        raise ManifestError(
+            f"{where}: the manifest indexes an unknown column {info.column!r} (expected one of "
+            f"{', '.join(EMBEDDING_COLUMNS)}); re-run `python -m pipeline index`"
+        )
+    if not isinstance(file, str) or "\\" in file or "\0" in file:
+        raise refused
+    parts = PurePosixPath(file).parts
+    if len(parts) != 2 or parts[0] != INDEX_DIR or parts[1] in (".", ".."):
+        raise refused
+    # A Hub snapshot's files are symlinks into the cache's blobs/, made by huggingface_hub;
+    # a local folder's links are whatever its author made, so there they must stay in index/.
+    target = root / file
+    if follow_links and not target.resolve().is_relative_to((root / INDEX_DIR).resolve()):
+        raise refused

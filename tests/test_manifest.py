@@ -1,0 +1,139 @@
+"""load_manifest: one reader for folders and Hub repos, refusing files outside ``index/``."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from imagesearchtr import IndexInfo, Manifest, ManifestError, SearchSetupError, load_manifest
+
+
+def write_repo(folder, image_file="index/image_emb.faiss", caption_file="index/caption_emb.faiss"):
+    (folder / "index").mkdir(parents=True)
+    manifest = Manifest(
+        model_id="fake/model",
+        model_revision=None,
+        model_fingerprint="sha256:aaa",
+        dim=4,
+        num_rows=1,
+        data_hash="sha256:x",
+        indices=(
+            IndexInfo("image_emb", image_file, "flat", "Flat", 1),
+            IndexInfo("caption_emb", caption_file, "flat", "Flat", 1),
+        ),
+    )
+    manifest.save(folder / "index" / "manifest.json")
+    for name in ("image_emb.faiss", "caption_emb.faiss"):
+        (folder / "index" / name).write_bytes(b"placeholder")
+    return manifest
+
+
+def test_a_folder_loads_in_place(tmp_path):
+    manifest = write_repo(tmp_path / "repo")
+    loaded = load_manifest(tmp_path / "repo")
+    assert loaded.manifest == manifest and loaded.revision is None
+    assert loaded.root == tmp_path / "repo"
+    assert loaded.index_path("image_emb") == tmp_path / "repo" / "index" / "image_emb.faiss"
+
+
+@pytest.mark.parametrize(
+    "file",
+    [
+        "../../../../proc/self/environ",
+        "/proc/self/environ",
+        "index/../../secret.faiss",
+        "data/train-00000-of-00001.parquet",
+        "index/sub/image_emb.faiss",
+        "index\\..\\..\\secret",
+        "index/..",
+    ],
+)
+def test_index_files_outside_index_are_refused_before_opening(tmp_path, file):
+    write_repo(tmp_path / "repo", image_file=file)
+    with pytest.raises(ManifestError, match=r"must be plain files inside the repo's index/") as err:
+        load_manifest(tmp_path / "repo")
+    assert repr(file) in str(err.value)
+
+
+def test_a_symlink_out_of_index_is_refused(tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"SECRET=1")
+    write_repo(tmp_path / "repo")
+    link = tmp_path / "repo" / "index" / "image_emb.faiss"
+    link.unlink()
+    os.symlink(secret, link)
+    with pytest.raises(ManifestError, match="index/image_emb.faiss"):
+        load_manifest(tmp_path / "repo")
+
+
+def test_a_symlink_inside_index_is_kept(tmp_path):
+    write_repo(tmp_path / "repo")
+    index = tmp_path / "repo" / "index"
+    (index / "image_emb.faiss").unlink()
+    os.symlink(index / "caption_emb.faiss", index / "image_emb.faiss")
+    assert load_manifest(tmp_path / "repo").manifest.num_rows == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "has no index/manifest.json"),
+        (b"{not json", "not a valid index manifest"),
+        (b"\xff\xfe", "not a valid index manifest"),
+        (b"[1, 2]", "not a valid index manifest"),
+        (json.dumps({"model_id": "x"}).encode(), "not a valid index manifest"),
+        (json.dumps({"manifest_version": 99}).encode(), "newer than this imagesearchtr"),
+    ],
+)
+def test_unreadable_manifests_name_the_location(tmp_path, content, expected):
+    repo = tmp_path / "repo"
+    write_repo(repo)
+    if content is None:
+        (repo / "index" / "manifest.json").unlink()
+    else:
+        (repo / "index" / "manifest.json").write_bytes(content)
+    with pytest.raises(ManifestError, match=expected) as err:
+        load_manifest(repo)
+    assert str(repo) in str(err.value)
+
+
+def test_an_unknown_column_is_refused(tmp_path):
+    repo = tmp_path / "repo"
+    write_repo(repo)
+    data = json.loads((repo / "index" / "manifest.json").read_text())
+    data["indices"][0]["column"] = "image"
+    (repo / "index" / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match="unknown column 'image'"):
+        load_manifest(repo)
+
+
+def test_neither_folder_nor_repo_id_is_a_clear_error(tmp_path):
+    with pytest.raises(ManifestError, match="neither a local folder nor a Hub dataset id"):
+        load_manifest(tmp_path / "no" / "such" / "folder")
+
+
+def test_the_searcher_shows_our_message_for_a_hostile_manifest(tmp_path, tiny_encoder):
+    """The Space's path: the error the page shows names the file, and carries none of it."""
+    from imagesearchtr import Searcher
+
+    secret = tmp_path / "environ"
+    secret.write_bytes(b"SECR" + b"=" * 60)
+    write_repo(tmp_path / "repo", image_file=os.path.relpath(secret, tmp_path / "repo"))
+    with pytest.raises(SearchSetupError) as err:
+        Searcher.from_repo(tmp_path / "repo", encoder=tiny_encoder)
+    assert "must be plain files inside the repo's index/" in str(err.value)
+    assert "SECR" not in str(err.value) and "not recognized" not in str(err.value)
+
+
+def test_an_index_that_fails_to_load_gives_our_message(tmp_path):
+    """FAISS's own error quotes the file's first bytes; the Searcher's message must not."""
+    import numpy as np
+    from search_repo import open_repo, unit, write_repo
+
+    repo = write_repo(tmp_path / "repo", unit(np.eye(3, 4) + 0.1))
+    (repo / "index" / "image_emb.faiss").write_bytes(b"SECR" + b"\0" * 60)
+    with pytest.raises(SearchSetupError, match="cannot load index/image_emb.faiss") as err:
+        open_repo(repo)
+    assert "SECR" not in str(err.value) and "not recognized" not in str(err.value)
