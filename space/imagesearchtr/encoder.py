@@ -65,7 +65,11 @@ _DTYPES = {
 
 
 class NonFiniteEmbeddingError(ValueError):
-    """A model produced NaN or infinite values; the message names the rows of the call."""
+    """A model produced NaN or infinite values; ``rows`` (and the message) name the inputs."""
+
+    def __init__(self, message: str, rows: list[int]):
+        super().__init__(message)
+        self.rows = rows
 
 
 class Encoder:
@@ -242,7 +246,8 @@ class Encoder:
         raise NonFiniteEmbeddingError(
             f"{kind} embedding(s) {shown}{more} (0-based, in the order given) came out NaN or "
             f"infinite with {self.dtype} on {self.device}; nothing was returned for them. "
-            "Encode again with dtype='float32' (encode --dtype float32)."
+            "Encode again with dtype='float32' (encode --dtype float32).",
+            sorted(bad),
         )
 
     def _run(
