@@ -250,7 +250,8 @@ def shard_writer(folder: Path, dim: int):
             return Dataset.from_dict(rows, features=row_features).data.table
 
         how = "datasets features, as encode writes them"
-    except ImportError:
+    except Exception as err:  # not installed, or a version that does not import
+        reason = f"{type(err).__name__}: {err}"
 
         def to_table(rows):
             emb = pa.list_(pa.float32(), dim)
@@ -268,7 +269,7 @@ def shard_writer(folder: Path, dim: int):
                 }
             )
 
-        how = "plain pyarrow: the datasets package is not installed here"
+        how = f"plain pyarrow, the same columns; datasets unusable here ({reason})"
 
     def write(chunk) -> None:
         path = folder / f"shard-{chunk.index:05d}.parquet"
@@ -547,7 +548,7 @@ def ranks_part(ckpt: Path, jpegs, captions, work: Path, reference: dict) -> None
         "--work",
         str(data),
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("[rank")]
     for line in sorted(lines, key=lambda ln: ln[:7]):
         say(line)
