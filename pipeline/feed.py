@@ -9,7 +9,8 @@ The stages, and why:
 - a torch ``DataLoader`` over the chunks' records, ``workers`` processes: reading, decoding and
   PIL preprocessing of the next batches run while the current batch is on the model;
 - pinned memory and non-blocking copies when the model is on a GPU;
-- the image forward, then the captions' text forward, in the main process;
+- the image forward in the main process, batch by batch; the captions' text forward once a
+  chunk is complete, all its captions together (fewer, fuller text batches);
 - a writer thread with a short queue (``ShardWriter``): at most ``MAX_PENDING_WRITES`` finished
   chunks wait in memory; when the disk is slower than the model, the feed waits for it.
 
@@ -94,7 +95,8 @@ def encode_chunks(
 ) -> int:
     """Encode every ``(chunk index, planned images)`` and hand each finished chunk to ``write``.
 
-    Batches never span two chunks, so a chunk's rows do not depend on its neighbours. Returns
+    Image batches never span two chunks, and a chunk's captions are embedded together once its
+    images are done, so a chunk's rows do not depend on its neighbours. Returns
     the number of chunks written. ``progress(n)`` is called after each batch with its number of
     planned images; ``log`` gets one line per batch-size change (default: stderr).
     """
@@ -150,23 +152,20 @@ def encode_chunks(
                 except NonFiniteEmbeddingError as err:
                     names = ", ".join(items[batch.positions[r]][0].path for r in err.rows)
                     raise FeedError(f"{names}: {err}") from None
-                caption_emb = caption_embeddings(
-                    [items[p][0].captions for p in batch.positions], texts.run_whole
-                )
-                for p, data, img_vec, cap_vec in zip(
-                    batch.positions, batch.data, image_emb, caption_emb, strict=True
-                ):
+                for p, data, img_vec in zip(batch.positions, batch.data, image_emb, strict=True):
                     record, digest = items[p]
                     rows["image"].append({"bytes": data, "path": Path(record.path).name})
                     rows["image_id"].append(record.image_id)
                     rows["path"].append(record.path)
                     rows["captions"].append(list(record.captions))
                     rows["image_emb"].append(img_vec)
-                    rows["caption_emb"].append(cap_vec)
                     rows["sha256"].append(digest)
             if progress is not None:
                 progress(len(positions))
             if last:
+                # The captions of the whole chunk at once: large, length-sorted text batches
+                # (per image batch, a GPU spends its time launching ModernBERT's small kernels).
+                rows["caption_emb"] = caption_embeddings(rows["captions"], texts.run_whole)
                 writer.submit(ChunkRows(chunk_index, rows, skips))
                 written += 1
                 rows, skips = _empty_rows(), []
@@ -188,6 +187,40 @@ def caption_embeddings(
         pos += len(caps)
         out.append((mean / max(np.linalg.norm(mean), 1e-12)).astype(np.float32))
     return out
+
+
+def shard_table(rows: dict, row_features):
+    """The Arrow table ``Dataset.from_dict(rows, features=row_features).data.table`` gives,
+    schema metadata included (so the parquet bytes are the same), built column by column from
+    numpy instead of row by row in Python: a writer thread holding the GIL for that long slows
+    the feed's main thread."""
+    import pyarrow as pa
+
+    schema = row_features.arrow_schema
+    n = len(rows["image_id"])
+    columns = []
+    for name in schema.names:
+        kind = schema.field(name).type
+        values = rows[name]
+        if pa.types.is_fixed_size_list(kind):
+            dim = kind.list_size
+            flat = np.zeros((n, dim), np.float32)
+            missing = np.zeros(n, bool)
+            for i, vector in enumerate(values):
+                if vector is None:
+                    missing[i] = True
+                else:
+                    flat[i] = vector
+            columns.append(
+                pa.FixedSizeListArray.from_arrays(
+                    pa.array(flat.reshape(-1), type=kind.value_type),
+                    dim,
+                    mask=pa.array(missing) if missing.any() else None,
+                )
+            )
+        else:
+            columns.append(pa.array(values, type=kind))
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 class ShardWriter:

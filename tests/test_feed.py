@@ -176,3 +176,16 @@ def test_bad_arguments(chunks, tiny_encoder):
         encode_chunks(chunks, tiny_encoder, print, workers=-1)
     with pytest.raises(ValueError, match="batch sizes"):
         encode_chunks(chunks, tiny_encoder, print, batch_size=0)
+
+
+def test_shard_table_gives_the_same_parquet_as_datasets(chunks, tiny_encoder):
+    import pyarrow.parquet as pq
+
+    from pipeline.feed import shard_table
+
+    row_features = features(tiny_encoder.dim)
+    for chunk in run(chunks, tiny_encoder, workers=0):
+        assert any(v is None for v in chunk.rows["caption_emb"]) or chunk.index != 0  # p2: none
+        fast = io.BytesIO()
+        pq.write_table(shard_table(chunk.rows, row_features), fast, row_group_size=100)
+        assert fast.getvalue() == parquet_bytes(chunk, tiny_encoder.dim)
