@@ -163,11 +163,14 @@ def test_shard_writer_writes_everything_submitted_before_a_failure():
 def test_default_workers_share_the_cores_between_local_ranks(monkeypatch):
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    assert default_workers("cuda") == 14
-    assert default_workers("cpu") == 7
+    assert default_workers("cuda") == 8
+    assert default_workers("cpu") == 4
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     assert default_workers("cuda") == 2
     assert default_workers("cpu") == 1
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(64)))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert default_workers("cuda") == 16
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0})
     assert default_workers("cpu") == 0
 
