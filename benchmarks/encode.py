@@ -624,6 +624,8 @@ FEED_TINY_IMAGES = 256
 
 
 def feed_main(args: argparse.Namespace) -> None:
+    # benchmarks/pipeline.py would shadow the pipeline package: the repo root goes first.
+    sys.path.insert(0, str(REPO_ROOT))
     from pipeline.encode import features, plan
     from pipeline.feed import encode_chunks, shard_table
     from pipeline.inputs import FolderSource
