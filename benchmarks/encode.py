@@ -29,6 +29,11 @@ Measures, interleaved in one process (A B C A B C ..., medians over the repetiti
 Every timing also records how much CPU other processes took meanwhile (/proc/stat minus our own
 CPU time); one where they took over ``--max-busy`` is redone up to ``--retries`` times and the
 least disturbed attempt kept. The tables show the worst share as "busy".
+With ``--feed`` it measures instead the encode feed (pipeline/feed.py): ``--workers 2``
+against ``--workers 0`` (decode and preprocess in 2 worker processes, or in the main one), with
+the tiny test model (the feed is the limit) and the full-size one (the forward is the limit),
+on ``--images`` real photos with their captions, shards written to the temporary folder.
+
 Prints plain-text tables: throughput, ratio to the original, and the cosine between our default
 path and float32 for every image and text, with PASS/MISS lines for the targets (>= 3x the
 original's image throughput, cosine >= 0.999).
@@ -408,7 +413,15 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="smoke test: 8 images, 32 texts, 1 repetition"
     )
+    parser.add_argument(
+        "--feed",
+        action="store_true",
+        help="only the encode feed: --workers 2 against --workers 0, tiny and full-size model",
+    )
     args = parser.parse_args()
+    if args.feed:
+        feed_main(args)
+        return
     if args.quick:
         args.images, args.texts, args.reps = 8, 32, 1
     try:
@@ -602,6 +615,89 @@ def main() -> None:
             "(see the busy columns): those throughputs are lower and noisier than on an idle "
             "machine; the ratios suffer less, since the paths are interleaved."
         )
+
+
+# --- the encode feed: --workers 2 against --workers 0 ----------------------------------------
+
+FEED_WORKERS = (0, 2)
+FEED_TINY_IMAGES = 256
+
+
+def feed_main(args: argparse.Namespace) -> None:
+    # benchmarks/pipeline.py would shadow the pipeline package: the repo root goes first.
+    sys.path.insert(0, str(REPO_ROOT))
+    from pipeline.encode import features, plan
+    from pipeline.feed import encode_chunks, shard_table
+    from pipeline.inputs import FolderSource
+
+    started = time.perf_counter()
+    section("Machine")
+    print("\n".join(machine_lines()))
+    if not (DATA_DIR / "captions.jsonl").is_file():
+        sys.exit(f"--feed needs the TasvirEt photos at {DATA_DIR} (IMAGESEARCHTR_TEST_DATA)")
+    records, _ = FolderSource(DATA_DIR).read()
+    planned, _ = plan(records)
+    with tempfile.TemporaryDirectory(prefix="imagesearchtr-feed-") as tmp_name:
+        tmp = Path(tmp_name)
+        section("Setup")
+        tiny = write_tiny_checkpoint(tmp / "tiny", formats=("safetensors",))
+        full, total = write_full_size_checkpoint(tmp / "full")
+        print(f"models        tiny test model; full-size MultiEmbedTR, random weights ({total:,})")
+        print(f"images        real photos from {DATA_DIR / 'images'} with their captions")
+        tables = []
+        for label, ckpt, n in (
+            ("tiny model (feed-bound)", tiny, FEED_TINY_IMAGES),
+            ("full-size model (forward-bound)", full, args.images),
+        ):
+            encoder = Encoder.from_pretrained(ckpt)
+            items = planned[:n]
+            chunks = [(i // 64, items[i : i + 64]) for i in range(0, len(items), 64)]
+            row_features = features(encoder.dim)
+            captions = sum(len(r.captions) for r, _ in items)
+
+            def write(chunk, folder=tmp / "shards", row_features=row_features):
+                import pyarrow.parquet as pq
+
+                folder.mkdir(exist_ok=True)
+                table = shard_table(chunk.rows, row_features)
+                pq.write_table(table, str(folder / f"shard-{chunk.index:05d}.parquet"))
+
+            cases = [
+                Case(
+                    f"--workers {w}",
+                    str(encoder.dtype).removeprefix("torch."),
+                    32,
+                    lambda w=w, encoder=encoder, chunks=chunks, write=write: encode_chunks(
+                        chunks, encoder, write, batch_size=32, workers=w
+                    ),
+                )
+                for w in FEED_WORKERS
+            ]
+            watch = measure(
+                label,
+                cases,
+                args.reps,
+                lambda case, enc=encoder, it=items: encode_chunks(
+                    [(0, it[:8])], enc, lambda chunk: None
+                ),
+                args.max_busy,
+                args.retries,
+            )
+            tables.append((label, n, captions, cases, watch))
+        section("Encode feed: --workers 2 against --workers 0 (images/s, medians)")
+        for label, n, captions, cases, watch in tables:
+            print(f"{label}: {n} images, {captions} captions, shards of 64")
+            rows = [f"  {'workers':<12} {'dtype':<9} {'images/s':>9} {'(min-max)':>15} {'busy':>5}"]
+            for case in cases:
+                rates = [n / s for s in case.seconds]
+                rows.append(
+                    f"  {case.label:<12} {case.dtype:<9} {n / case.median():>9.1f} "
+                    f"{f'({min(rates):.1f}-{max(rates):.1f})':>15} {f'{max(case.busy):.0%}':>5}"
+                )
+            rows.append(f"  ratio --workers 2 / 0: {cases[0].median() / cases[1].median():.2f}")
+            rows.append("  " + busy_legend(watch, args))
+            print("\n".join(rows))
+    print(f"\n(total {time.perf_counter() - started:.0f} s)")
 
 
 if __name__ == "__main__":

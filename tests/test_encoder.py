@@ -312,3 +312,125 @@ def test_clip_adapter_matches_get_features(tiny_clip_dir):
     np.testing.assert_allclose(
         encoder.encode_images(images), F.normalize(image, dim=-1).numpy(), atol=1e-5
     )
+
+
+# --- GPU choices with torch.cuda faked, precision, the NaN guard ------------------------------
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """torch.cuda as a machine with 4 GPUs of a chosen compute capability would show it."""
+    state = {"capability": (9, 0), "current": None}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(
+        torch.cuda, "get_device_capability", lambda device=None: state["capability"]
+    )
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: state.update(current=device))
+    # Emulated bf16 says yes on every GPU: the choice must not rest on it.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    return state
+
+
+@pytest.mark.parametrize("asked", ["auto", "cuda"])
+def test_each_rank_takes_the_gpu_of_its_local_rank(fake_cuda, monkeypatch, asked):
+    from imagesearchtr.encoder import pick_device
+
+    for local_rank in range(4):
+        monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+        device = pick_device(asked)
+        assert device == torch.device("cuda", local_rank)
+        assert fake_cuda["current"] == device  # made current for code that omits the device
+    monkeypatch.delenv("LOCAL_RANK")
+    assert pick_device(asked) == torch.device("cuda", 0)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert pick_device("cuda:1") == torch.device("cuda", 1)  # an explicit index wins
+    assert pick_device("cpu") == torch.device("cpu")
+
+
+def test_more_ranks_than_gpus_is_a_clear_error(fake_cuda, monkeypatch):
+    from imagesearchtr.encoder import pick_device
+
+    monkeypatch.setenv("LOCAL_RANK", "4")
+    with pytest.raises(ValueError, match=r"LOCAL_RANK=4 but only 4 CUDA device.*nproc_per_node 4"):
+        pick_device("auto")
+    with pytest.raises(ValueError, match="only 4 CUDA"):
+        pick_device("cuda:7")
+
+
+@pytest.mark.parametrize(
+    ("capability", "expected"),
+    [((7, 0), torch.float16), ((7, 5), torch.float16), ((8, 0), torch.bfloat16),
+     ((8, 6), torch.bfloat16), ((9, 0), torch.bfloat16)],
+)  # fmt: skip
+def test_default_gpu_dtype_follows_compute_capability(fake_cuda, capability, expected):
+    from imagesearchtr.encoder import pick_dtype
+
+    fake_cuda["capability"] = capability
+    assert pick_dtype(None, torch.device("cuda", 0)) == expected
+    assert pick_dtype("float32", torch.device("cuda", 0)) == torch.float32
+
+
+def _rotary_buffers(encoder):
+    model = encoder.model.text_encoder
+    return {n: b for n, b in model.named_buffers() if n.endswith("inv_freq")}
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_rotary_frequencies_stay_float32_after_a_reduced_precision_load(
+    tiny_model_dir, tiny_encoder, dtype
+):
+    reduced = Encoder.from_pretrained(tiny_model_dir, dtype=dtype)
+    exact = _rotary_buffers(tiny_encoder)
+    loaded = _rotary_buffers(reduced)
+    assert exact and loaded.keys() == exact.keys()
+    for name, buffer in loaded.items():
+        assert buffer.dtype == torch.float32, name
+        torch.testing.assert_close(buffer, exact[name], rtol=0, atol=0)
+    # The encoders themselves did change dtype.
+    weight = next(reduced.model.text_encoder.parameters())
+    assert weight.dtype == getattr(torch, dtype)
+
+
+def test_non_finite_embeddings_are_an_error_naming_the_rows(tiny_model_dir):
+    encoder = Encoder.from_pretrained(tiny_model_dir, dtype="float32")
+    head = encoder.model.text_proj.ln
+    texts = ["kısa", "orta uzunlukta bir metin", "bu çok daha uzun bir metin olarak duruyor"]
+    # Poison only the longest text's output: a hook sets row values to NaN by input length.
+    lengths = [len(t) for t in texts]
+
+    def poison(module, args, output):
+        out = output.clone()
+        if out.shape[0] == len(texts):  # sorted longest first: the poisoned row is row 0
+            out[0, 0] = float("nan")
+        return out
+
+    handle = head.register_forward_hook(poison)
+    try:
+        with pytest.raises(ValueError, match=r"text embedding\(s\) #2 .*NaN or infinite"):
+            encoder.encode_texts(texts)
+    finally:
+        handle.remove()
+    assert lengths.index(max(lengths)) == 2
+
+    vision_head = encoder.model.image_proj.ln
+    handle = vision_head.register_forward_hook(
+        lambda module, args, output: output.index_fill(0, torch.tensor([1]), float("inf"))
+    )
+    try:
+        with pytest.raises(ValueError, match=r"image embedding\(s\) #1 .*dtype='float32'"):
+            encoder.encode_images([photo(), photo((0, 0, 255)), photo((0, 255, 0))])
+        pixels = encoder.image_preprocessor([photo(), photo((0, 0, 255))])
+        with pytest.raises(ValueError, match=r"image embedding\(s\) #11 "):
+            encoder.encode_pixels(pixels, first_row=10)
+    finally:
+        handle.remove()
+
+
+def test_encode_pixels_of_the_preprocessor_equals_encode_images(tiny_encoder):
+    images = [photo(), photo((0, 120, 30), (256, 400)), photo((9, 9, 9), (500, 260))]
+    pixels = tiny_encoder.image_preprocessor(images)
+    assert pixels.dtype == torch.float32 and pixels.shape[0] == 3
+    np.testing.assert_array_equal(
+        tiny_encoder.encode_pixels(pixels), tiny_encoder.encode_images(images)
+    )

@@ -10,12 +10,21 @@ Two families sit behind one interface:
   CLIP can be tried on the same pipeline.
 
 Every output obeys one contract: ``np.float32``, shape ``(n, dim)``, rows of unit L2 norm, so an
-inner product is a cosine similarity.
+inner product is a cosine similarity. A row that comes out NaN or infinite is never returned:
+``NonFiniteEmbeddingError`` names it instead.
+
+Devices: ``device="auto"`` or ``"cuda"`` means ``cuda:LOCAL_RANK`` (torchrun sets LOCAL_RANK), so
+every process of a multi-GPU run gets its own GPU. The default dtype is bfloat16 on GPUs of compute
+capability 8.0 and up (Ampere and later), float16 below (T4, V100: bf16 there is only emulated).
+
+For a feed that decodes in other processes (pipeline/feed.py), ``Encoder.image_preprocessor``
+turns PIL images into pixel tensors anywhere, and ``Encoder.encode_pixels`` embeds them.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -55,6 +64,14 @@ _DTYPES = {
 }
 
 
+class NonFiniteEmbeddingError(ValueError):
+    """A model produced NaN or infinite values; ``rows`` (and the message) name the inputs."""
+
+    def __init__(self, message: str, rows: list[int]):
+        super().__init__(message)
+        self.rows = rows
+
+
 class Encoder:
     """Encodes Turkish text and images into one normalised embedding space.
 
@@ -82,6 +99,11 @@ class Encoder:
     def dim(self) -> int:
         return self._backend.dim
 
+    @property
+    def model(self) -> torch.nn.Module:
+        """The underlying torch module (MultiEmbedTR, CLIPModel or SiglipModel), for inspection."""
+        return self._backend.model
+
     def __repr__(self) -> str:
         return (
             f"Encoder(model_id={self.model_id!r}, revision={self.revision!r}, dim={self.dim}, "
@@ -102,13 +124,15 @@ class Encoder:
             model_id_or_path: a Hub repo id (``utkubascakir/MultiEmbedTR``) or a local folder
                 holding config.json and model.safetensors or pytorch_model.bin.
             revision: a branch, tag or commit of the Hub repo; the resolved commit is recorded.
-            device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ...
+            device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``,
+                ``"cuda:1"``, ... ``"auto"`` and ``"cuda"`` take ``cuda:LOCAL_RANK`` (0 when unset).
             dtype: ``None`` picks the fastest dtype that keeps cosine >= 0.999 to float32:
-                bfloat16 on CPUs with native bf16 and on CUDA with bf16, float16 on older GPUs,
-                float32 otherwise. Pass ``"float32"`` to force full precision.
+                bfloat16 on CPUs with native bf16 and on GPUs of compute capability >= 8.0,
+                float16 on older GPUs, float32 otherwise. Pass ``"float32"`` to force full
+                precision.
         """
-        torch_device = _pick_device(device)
-        torch_dtype = _pick_dtype(dtype, torch_device)
+        torch_device = pick_device(device)
+        torch_dtype = pick_dtype(dtype, torch_device)
         model_dir, model_id, resolved_revision = _locate(str(model_id_or_path), revision)
         config_path = model_dir / "config.json"
         config = json.loads(config_path.read_text(encoding="utf-8"))
@@ -158,7 +182,9 @@ class Encoder:
         # and an out-of-memory error shows up on the first batch rather than the last.
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         sorted_texts = [texts[i] for i in order]
-        out = self._run(sorted_texts, self._backend.embed_texts, batch_size, show_progress_bar)
+        out = self._run(
+            sorted_texts, self._backend.embed_texts, batch_size, show_progress_bar, "text", order
+        )
         result = np.empty_like(out)
         result[order] = out
         return result
@@ -174,11 +200,55 @@ class Encoder:
         Raises ``ImageLoadError`` (a ValueError) naming the first file that cannot be read.
         """
         images = list(images)
+        preprocess = self.image_preprocessor
 
         def embed(batch: list) -> torch.Tensor:
-            return self._backend.embed_images([open_image(img) for img in batch])
+            pixels = preprocess([open_image(img) for img in batch])
+            return self._backend.embed_pixels(self._to_device(pixels))
 
-        return self._run(images, embed, batch_size, show_progress_bar)
+        return self._run(images, embed, batch_size, show_progress_bar, "image")
+
+    @property
+    def image_preprocessor(self) -> ImagePreprocessor:
+        """A picklable function: RGB PIL images -> float32 pixel tensor (n, 3, H, W) on CPU.
+
+        ``encode_images`` is exactly ``encode_pixels(image_preprocessor(images))``, so worker
+        processes can do the preprocessing and the embeddings stay bit for bit the same.
+        """
+        return ImagePreprocessor(self._backend.image_processor)
+
+    def encode_pixels(self, pixels: torch.Tensor, first_row: int = 0) -> np.ndarray:
+        """Embed already-preprocessed images (``image_preprocessor``'s output), one batch.
+
+        ``pixels`` may be in pinned CPU memory: the copy to the GPU is then asynchronous.
+        ``first_row`` only numbers the rows in a ``NonFiniteEmbeddingError``.
+        """
+        if pixels.ndim != 4:
+            raise ValueError(f"pixels must be (n, 3, H, W), got shape {tuple(pixels.shape)}")
+        with torch.inference_mode():
+            vectors = self._backend.embed_pixels(self._to_device(pixels)).float()
+            self._check_finite(vectors, list(range(first_row, first_row + len(pixels))), "image")
+            vectors = torch.nn.functional.normalize(vectors, dim=-1)
+            return vectors.cpu().numpy()
+
+    def _to_device(self, pixels: torch.Tensor) -> torch.Tensor:
+        # non_blocking only helps (and is only safe to rely on) from pinned memory.
+        non_blocking = self.device.type == "cuda" and pixels.is_pinned()
+        return pixels.to(self.device, non_blocking=non_blocking).to(self.dtype)
+
+    def _check_finite(self, vectors: torch.Tensor, rows: list[int], kind: str) -> None:
+        finite = torch.isfinite(vectors).all(dim=-1)
+        if bool(finite.all()):
+            return
+        bad = [rows[i] for i in torch.nonzero(~finite).flatten().tolist()]
+        shown = ", ".join(f"#{r}" for r in sorted(bad)[:20])
+        more = f" and {len(bad) - 20} more" if len(bad) > 20 else ""
+        raise NonFiniteEmbeddingError(
+            f"{kind} embedding(s) {shown}{more} (0-based, in the order given) came out NaN or "
+            f"infinite with {self.dtype} on {self.device}; nothing was returned for them. "
+            "Encode again with dtype='float32' (encode --dtype float32).",
+            sorted(bad),
+        )
 
     def _run(
         self,
@@ -186,6 +256,8 @@ class Encoder:
         embed: Callable[[list], torch.Tensor],
         batch_size: int,
         show_progress_bar: bool | None,
+        kind: str,
+        positions: list[int] | None = None,
     ) -> np.ndarray:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -199,6 +271,10 @@ class Encoder:
             for start in range(0, len(items), batch_size):
                 batch = items[start : start + batch_size]
                 vectors = embed(batch).float()
+                rows = range(start, start + len(batch))
+                self._check_finite(
+                    vectors, [positions[r] for r in rows] if positions else list(rows), kind
+                )
                 # Normalise again in float32: the contract is unit norm to float32 precision.
                 vectors = torch.nn.functional.normalize(vectors, dim=-1)
                 out[start : start + len(batch)] = vectors.cpu().numpy()
@@ -217,8 +293,20 @@ class _Backend:
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
         raise NotImplementedError
 
-    def embed_images(self, images: list) -> torch.Tensor:
+    def embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels already on the device, in the backend's dtype."""
         raise NotImplementedError
+
+
+class ImagePreprocessor:
+    """The model's image processor as a plain picklable function (for DataLoader workers)."""
+
+    def __init__(self, image_processor):
+        self.image_processor = image_processor
+
+    def __call__(self, images: list) -> torch.Tensor:
+        pixels = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
+        return pixels.float()
 
 
 class _MultiEmbedTRBackend(_Backend):
@@ -245,8 +333,14 @@ class _MultiEmbedTRBackend(_Backend):
     def to(self, device: torch.device, dtype: torch.dtype) -> None:
         # Only the encoders change dtype; the small heads stay float32 (see encode_text).
         self.model.to(device)
+        rotary = _float32_rotary_buffers(self.model.text_encoder)
         self.model.text_encoder.to(dtype)
         self.model.vision_encoder.to(dtype)
+        # Module.to(dtype) rounds every floating buffer, ModernBERT's rotary frequencies too
+        # (bf16 keeps 8 bits: angles off by up to ~0.1 rad at position 127). They are tiny and
+        # the rotary code computes in float32 anyway, so put the exact values back.
+        for module, name, value in rotary:
+            setattr(module, name, value.to(device))
         self.device, self.dtype = device, dtype
 
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
@@ -262,9 +356,7 @@ class _MultiEmbedTRBackend(_Backend):
             inputs["input_ids"].to(self.device), inputs["attention_mask"].to(self.device)
         )
 
-    def embed_images(self, images: list) -> torch.Tensor:
-        pixels = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
-        pixels = pixels.to(self.device, self.dtype)
+    def embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         step = CPU_IMAGE_FORWARD_BATCH if self.device.type == "cpu" else len(pixels)
         return torch.cat(
             [self.model.encode_image(pixels[i : i + step]) for i in range(0, len(pixels), step)]
@@ -305,9 +397,7 @@ class _DualEncoderBackend(_Backend):
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         return _features(self.model.get_text_features(**inputs))
 
-    def embed_images(self, images: list) -> torch.Tensor:
-        pixels = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
-        pixels = pixels.to(self.device, self.dtype)
+    def embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         return _features(self.model.get_image_features(pixel_values=pixels))
 
 
@@ -337,13 +427,57 @@ def _image_processor(name: str):
         return AutoImageProcessor.from_pretrained(name)
 
 
-def _pick_device(device: str) -> torch.device:
+def _float32_rotary_buffers(
+    module: torch.nn.Module,
+) -> list[tuple[torch.nn.Module, str, torch.Tensor]]:
+    """Float32 copies of every rotary-frequency buffer (``*inv_freq``) under ``module``."""
+    found = []
+    for sub in module.modules():
+        for name, buffer in sub.named_buffers(recurse=False):
+            if name.endswith("inv_freq") and buffer.is_floating_point():
+                found.append((sub, name, buffer.detach().float().clone()))
+    return found
+
+
+def _local_rank() -> int:
+    value = os.environ.get("LOCAL_RANK", "0")
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"LOCAL_RANK={value!r} is not an integer; unset it or fix it") from None
+
+
+def pick_device(device: str) -> torch.device:
+    """``auto``/``cuda`` -> ``cuda:LOCAL_RANK`` (made the current device), else as given."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch_device = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if torch_device.type != "cuda":
+        return torch_device
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but this machine has no usable CUDA GPU")
+    count = torch.cuda.device_count()
+    if torch_device.index is None:
+        local_rank = _local_rank()
+        if local_rank >= count:
+            raise ValueError(
+                f"LOCAL_RANK={local_rank} but only {count} CUDA device(s) are visible: start at "
+                f"most {count} process(es) per node (torchrun --nproc_per_node {count}), or "
+                "check CUDA_VISIBLE_DEVICES"
+            )
+        torch_device = torch.device("cuda", local_rank)
+    elif torch_device.index >= count:
+        raise ValueError(f"device {device!r}: only {count} CUDA device(s) are visible")
+    # Kernels and allocations without an explicit device (some library code) land here too.
+    torch.cuda.set_device(torch_device)
+    return torch_device
 
 
-def _pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """The dtype named, or for ``None``/``"auto"`` the fastest one that stays near float32."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype is not None and dtype != "auto":
@@ -354,10 +488,17 @@ def _pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.
                 f"unknown dtype {dtype!r}; use one of {', '.join(sorted(_DTYPES))} or None"
             ) from None
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # Native bf16 needs compute capability 8.0 (Ampere); below it, is_bf16_supported() says
+        # yes through emulation, which is slow, so T4/V100 get float16.
+        major, _ = torch.cuda.get_device_capability(device)
+        return torch.bfloat16 if major >= 8 else torch.float16
     if device.type == "cpu" and _cpu_has_native_bf16():
         return torch.bfloat16
     return torch.float32
+
+
+# The names benchmarks/load.py imports.
+_pick_device, _pick_dtype = pick_device, pick_dtype
 
 
 def _cpu_has_native_bf16() -> bool:

@@ -109,9 +109,10 @@ class MultiEmbedTR(nn.Module):
         hidden = self.text_encoder(
             input_ids=input_ids, attention_mask=attention_mask
         ).last_hidden_state
-        # Masked mean pooling: padding positions must not dilute the average.
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        # Masked mean pooling: padding positions must not dilute the average. In float32:
+        # a sum over 128 positions can overflow float16 (max 65504) and loses bits in bf16.
+        mask = attention_mask.unsqueeze(-1).float()
+        pooled = (hidden.float() * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
         # Heads run in float32 whatever the encoder dtype: they are cheap and this keeps
         # reduced-precision encoders within cosine 0.999 of the float32 model.
         return nn.functional.normalize(self.text_proj(pooled.float()), dim=-1)
