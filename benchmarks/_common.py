@@ -177,6 +177,7 @@ def write_readme_section(name: str, text: str) -> None:
     """Replace (or add) the ``name`` section of benchmarks/README.md with ``text``."""
     start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
     old = README.read_text(encoding="utf-8") if README.is_file() else "# Benchmark figures\n"
+    # The text outside the sections is kept as it is.
     block = f"{start}\n{text.strip()}\n{end}"
     if start in old and end in old:
         new = old[: old.index(start)] + block + old[old.index(end) + len(end) :]

@@ -2,7 +2,7 @@
 
 Reads Arrow columns of ``List(float32, length=dim)`` (as ``datasets`` stores them); writes
 nothing. Going through Arrow avoids ``np.asarray(ds[col])``, which converts row by row (seconds
-for 20k rows, TRAPS.md).
+for 20k rows).
 """
 
 from __future__ import annotations
