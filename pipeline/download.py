@@ -55,6 +55,7 @@ def run_download(config: DownloadConfig) -> DownloadSummary:
         raise ValueError(f"--num-samples must be >= 1, got {config.num_samples}")
     out = Path(config.output_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
+    _io.remove_orphans(out / "images")  # temporary files of a run that was killed mid-write
     captions_path = out / CAPTIONS_FILE
     have = _existing_lines(captions_path)
 

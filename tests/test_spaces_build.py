@@ -57,7 +57,8 @@ def test_space_repo_holds_the_app_files_in_one_commit(published_space):
     files = {
         p.relative_to(folder).as_posix()
         for p in folder.rglob("*")
-        if p.is_file() and ".cache" not in p.parts
+        # python app.py (another test, same session folder) leaves __pycache__ beside the files
+        if p.is_file() and ".cache" not in p.parts and "__pycache__" not in p.parts
     }
     source = Path(__file__).resolve().parent.parent / "space" / "imagesearchtr"
     library = {f"imagesearchtr/{p.name}" for p in source.glob("*.py")}
