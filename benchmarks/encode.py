@@ -76,17 +76,9 @@ DATA_DIR = Path(
 )
 LAYOUT_TSV = REPO_ROOT.parent / "shared/reference/multiembedtr_state_dict.tsv"
 
-# MultiEmbedTR at full size: ModernBERT-base (newmindai/modernbert-base-tr-uncased-allnli-stsb)
-# and DINOv2-base; everything not named here is the ModernBertConfig / Dinov2Config default.
-FULL_SIZE = {
-    "hidden": 768,
-    "heads": 12,
-    "text_layers": 22,
-    "vision_layers": 12,
-    "text_intermediate": 1152,
-    "vocab_size": 32000,
-    "text_max_positions": 8192,
-}
+import _common  # noqa: E402  (benchmarks/_common.py: shared sizes and helpers)
+
+FULL_SIZE = _common.FULL_SIZE  # MultiEmbedTR's real sizes (random weights)
 REAL_PARAMETERS = 226_214_401
 
 ORIGINAL_IMAGE_BATCH = 32

@@ -51,18 +51,11 @@ for extra in (REPO_ROOT / "space", REPO_ROOT, REPO_ROOT / "tests"):
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import _common  # noqa: E402  (benchmarks/_common.py: shared sizes and helpers)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-FULL_SIZE = {
-    "hidden": 768,
-    "heads": 12,
-    "text_layers": 22,
-    "vision_layers": 12,
-    "text_intermediate": 1152,
-    "vocab_size": 32000,
-    "text_max_positions": 8192,
-}
+FULL_SIZE = _common.FULL_SIZE  # MultiEmbedTR's real sizes (random weights)
 SHARD_SIZE = 256
 CAPTIONS_PER_IMAGE = 5
 RANK_CHECK_IMAGES = 512

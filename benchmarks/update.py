@@ -35,16 +35,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 README = Path(__file__).resolve().parent / "README.md"
 SECTION = "## Updates (benchmarks/update.py)"
 
-# The real model's sizes (random weights): the cost of a forward pass is that of the real model.
-FULL_SIZE = {
-    "hidden": 768,
-    "heads": 12,
-    "text_layers": 22,
-    "vision_layers": 12,
-    "text_intermediate": 1152,
-    "vocab_size": 32000,
-    "text_max_positions": 8192,
-}
+FULL_SIZE = _common.FULL_SIZE  # MultiEmbedTR's real sizes (random weights)
 
 
 def main() -> None:

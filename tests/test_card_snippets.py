@@ -19,7 +19,8 @@ from conftest import card_python, make_venv
 from hub_card import extract_usage_snippet
 from pipeline.space import PYTHON_VERSION
 
-pytestmark = pytest.mark.slow
+# one worker builds the Space's virtualenv once for this file and test_spaces_build.py
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("space-venv")]
 
 
 @pytest.fixture(scope="module")

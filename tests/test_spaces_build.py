@@ -26,6 +26,8 @@ from pipeline.space import PYTHON_VERSION, requirements_text
 
 pytestmark = [
     pytest.mark.slow,
+    # one worker builds the Space's virtualenv once for this file and test_card_snippets.py
+    pytest.mark.xdist_group("space-venv"),
     pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
     pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
 ]
