@@ -200,8 +200,10 @@ def run_encode(source, config: EncodeConfig, encoder=None) -> EncodeSummary:
             planned[i : i + config.shard_size] for i in range(0, len(planned), config.shard_size)
         ]
         names = [shard_name(i, chunk, encoder.fingerprint) for i, chunk in enumerate(chunks)]
-        # The shard names hash every row of the plan: equal names, equal plans.
-        check_same(ranks, hashlib.sha256("\n".join(names).encode()).hexdigest(), "plan hash")
+        # The shard names hash every row of the plan (each rank's own records at rank 0's
+        # positions): equal names over equally long listings, equal plans.
+        plan_hash = hashlib.sha256("\n".join([str(len(records)), *names]).encode()).hexdigest()
+        check_same(ranks, plan_hash[:16], "plan hash")
         build = {
             "model_id": encoder.model_id,
             "model_revision": encoder.revision,
