@@ -179,7 +179,7 @@ def run_encode(source, config: EncodeConfig, encoder=None) -> EncodeSummary:
     """Encode ``source`` into ``config.out``; resumes or updates an earlier build there."""
     from imagesearchtr import Encoder
 
-    from .distributed import barrier, check_same, coordination, rank0_first, share_from_rank0
+    from .distributed import barrier, check_same, coordination, rank0_first
     from .feed import default_workers, encode_chunks
 
     started = time.perf_counter()
@@ -195,7 +195,7 @@ def run_encode(source, config: EncodeConfig, encoder=None) -> EncodeSummary:
             config.reuse, config.reuse_revision, encoder.fingerprint
         )
         records, input_skips = source.read()  # a listing: no image bytes are read here
-        planned, plan_skips = _shared_plan(ranks, records, share_from_rank0)
+        planned, plan_skips = _shared_plan(ranks, records)
         chunks = [
             planned[i : i + config.shard_size] for i in range(0, len(planned), config.shard_size)
         ]
@@ -275,13 +275,14 @@ def run_encode(source, config: EncodeConfig, encoder=None) -> EncodeSummary:
     return summary
 
 
-def _shared_plan(ranks, records: list[ImageRecord], share_from_rank0):
+def _shared_plan(ranks, records: list[ImageRecord]):
     """Rank 0 plans (hashing every image); every rank gets the same plan over its own records.
 
     Records hold closures (their ``read_bytes``) that cannot be sent between processes, so
     rank 0 sends each planned record's position in the listing, its sha256 and its captions
     (duplicates' captions merged), and each rank rebuilds the plan from its own listing.
     """
+    from .distributed import share_from_rank0
 
     def make_plan():
         planned, skips = plan(records)
@@ -292,12 +293,9 @@ def _shared_plan(ranks, records: list[ImageRecord], share_from_rank0):
     planned = []
     for position, digest, captions in shared:
         if position >= len(records):
-            from .distributed import DistributedError
-
-            raise DistributedError(
-                f"{ranks.label()} lists {len(records)} inputs, fewer than rank 0: every rank "
-                "must see the same input (same --data, same files on every node)"
-            )
+            # This rank lists fewer inputs than rank 0: the plan hash, which counts the
+            # listing, differs, so check_same stops every rank with a message naming them.
+            continue
         record = records[position]
         record.captions[:] = captions
         planned.append((record, digest))

@@ -239,14 +239,20 @@ def test_encode_ranks_use_rank0s_plan_and_read_only_their_own_chunks(
     assert names == json.loads((reference / "build.json").read_text())["shards"]
 
 
+@pytest.mark.parametrize("change", ["one more", "one less"])
 def test_encode_ranks_that_see_different_inputs_stop_before_encoding(
-    tmp_path, photos, tiny_model_dir
+    tmp_path, photos, tiny_model_dir, change
 ):
     from conftest import write_photos
 
     other = tmp_path / "other"
     shutil.copytree(photos, other)
-    write_photos(other, ["a00"])  # sorts first: every later row is another image on rank 1
+    if change == "one more":
+        write_photos(other, ["a00"])  # sorts first: every later row is another image on rank 1
+    else:  # the last photo gone: rank 1 lists fewer inputs than rank 0 planned
+        lines = (other / "captions.jsonl").read_text(encoding="utf-8").splitlines()
+        (other / "captions.jsonl").write_text("\n".join(lines[:-1]) + "\n", encoding="utf-8")
+        (other / "images" / "p11.jpg").unlink()
     build = tmp_path / "build"
     results = encode_ranks(tmp_path, [photos, other], *encode_flags(tiny_model_dir, build))
     for result in results:
