@@ -101,6 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
         "images whose sha256 it holds keep its embeddings instead of being encoded again",
     )
     p.add_argument("--reuse-revision", default=None, help="revision of a --reuse Hub dataset")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes that read, decode and preprocess images ahead of the model; 0: in the "
+        "main process; the shards are the same for any number (default: half the cores, split "
+        "between torchrun's local ranks, halved again on CPU, at most 16)",
+    )
 
     p = commands.add_parser(
         "index",
@@ -228,10 +236,17 @@ def main(argv: list[str] | None = None) -> int:
         if unreachable is not None:
             print(f"error: {unreachable}", file=sys.stderr)
             return 2
+        # Our own errors subclass these: the encode feed's FeedError, the ranks'
+        # DistributedError (RuntimeError), the encoder's NonFiniteEmbeddingError (ValueError).
         if isinstance(err, (ValueError, FileNotFoundError, RuntimeError, TimeoutError)):
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {_one_line(err)}", file=sys.stderr)
             return 2
         raise
+
+
+def _one_line(err: BaseException) -> str:
+    """The message on one line (a message may quote a multi-line library error)."""
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 def _unreachable(err: BaseException) -> str | None:
@@ -305,10 +320,13 @@ def _encode(args) -> int:
         overwrite=args.overwrite,
         reuse=args.reuse,
         reuse_revision=args.reuse_revision,
+        workers=args.workers,
     )
     for name in ("batch_size_img", "batch_size_txt", "shard_size"):
         if getattr(config, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+    if config.workers is not None and config.workers < 0:
+        raise ValueError(f"--workers must be >= 0 (0: in the main process), got {config.workers}")
     print(summary_text(run_encode(source, config)))
     return 0
 

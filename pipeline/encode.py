@@ -27,15 +27,22 @@ copied too when its captions are the same, else only its captions are encoded. S
 old plan stay until the new plan is complete (they are the cache a killed update resumes
 from), then they are deleted. A different model needs ``--overwrite``.
 
-Sharding across processes: with ``torchrun`` (``WORLD_SIZE``/``RANK`` set), rank r encodes the
-chunks i with i % world_size == r; the chunks, and so the rows, are the same as in one process.
+The feed (pipeline/feed.py) decodes and preprocesses the images of the chunks to encode in
+``workers`` processes, runs the model only on images no earlier row holds, and writes each
+finished shard on a background thread, where the reused rows join the new ones in plan order.
+
+Sharding across processes (pipeline/distributed.py): with ``torchrun`` (``WORLD_SIZE``/``RANK``
+set) the ranks form a gloo group for the run. Rank 0 plans (only it hashes the whole input) and
+sends the plan to the others; all ranks check they hold the same plan hash; rank 0 checks or
+clears (``--overwrite``) the build folder while the others wait. Rank r then encodes the chunks
+i with i % world_size == r, reading only those images' bytes; the chunks, and so the rows, are
+the same as in one process. After a barrier, rank 0 writes the summary.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -44,15 +51,12 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from imagesearchtr.images import ImageLoadError, open_image
-
 from . import _io
 from .index import BUILD_FILE, REUSE_LAYOUT_FILE, SHARDS_DIR, SKIPPED_FILE
 from .inputs import (
     DUPLICATE,
     EMPTY_FILE,
     MISSING_FILE,
-    NOT_AN_IMAGE,
     UNREADABLE_FILE,
     EmptyBuildError,
     ImageRecord,
@@ -80,6 +84,7 @@ class EncodeConfig:
     overwrite: bool = False
     reuse: str | None = None  # a published dataset (Hub id or folder) to copy embeddings from
     reuse_revision: str | None = None
+    workers: int | None = None  # decode processes; None: pipeline.feed.default_workers
 
 
 @dataclass(frozen=True)
@@ -174,71 +179,85 @@ def run_encode(source, config: EncodeConfig, encoder=None) -> EncodeSummary:
     """Encode ``source`` into ``config.out``; resumes or updates an earlier build there."""
     from imagesearchtr import Encoder
 
+    from .distributed import barrier, check_same, coordination, rank0_first
+    from .feed import default_workers, encode_chunks
+
     started = time.perf_counter()
-    rank, world = _dist_rank_world()
     out = Path(config.out)
     shards_dir = out / SHARDS_DIR
-    if encoder is None:
-        encoder = Encoder.from_pretrained(
-            config.model, revision=config.revision, device=config.device, dtype=config.dtype
+    with coordination() as ranks:
+        if encoder is None:
+            encoder = Encoder.from_pretrained(
+                config.model, revision=config.revision, device=config.device, dtype=config.dtype
+            )
+        # Checked before any work: a --reuse made with another model is refused at once.
+        reuse_files, reuse_revision = published_files(
+            config.reuse, config.reuse_revision, encoder.fingerprint
         )
-    # Checked before any work: a --reuse made with another model is refused at once.
-    reuse_files, reuse_revision = published_files(
-        config.reuse, config.reuse_revision, encoder.fingerprint
-    )
-    records, input_skips = source.read()
-    planned, plan_skips = plan(records)
-    chunks = [planned[i : i + config.shard_size] for i in range(0, len(planned), config.shard_size)]
-    names = [shard_name(i, chunk, encoder.fingerprint) for i, chunk in enumerate(chunks)]
-    build = {
-        "model_id": encoder.model_id,
-        "model_revision": encoder.revision,
-        "model_fingerprint": encoder.fingerprint,
-        "dim": encoder.dim,
-        "source": source.describe(),
-        "num_planned": len(planned),
-        "shard_size": config.shard_size,
-        "shards": names,
-    }
-    if config.reuse:
-        build["reuse"] = {"location": config.reuse, "revision": reuse_revision}
-    _prepare_build_dir(out, build, config.overwrite, rank)
-    if reuse_files and rank == 0:
-        # The index step lays out the data files like the reused dataset's, so a re-publish
-        # leaves its unchanged files as they are; recorded now, so index needs no network.
-        from . import datafiles
+        records, input_skips = source.read()  # a listing: no image bytes are read here
+        planned, plan_skips = _shared_plan(ranks, records)
+        chunks = [
+            planned[i : i + config.shard_size] for i in range(0, len(planned), config.shard_size)
+        ]
+        names = [shard_name(i, chunk, encoder.fingerprint) for i, chunk in enumerate(chunks)]
+        # The shard names hash every row of the plan (each rank's own records at rank 0's
+        # positions): equal names over equally long listings, equal plans.
+        plan_hash = hashlib.sha256("\n".join([str(len(records)), *names]).encode()).hexdigest()
+        check_same(ranks, plan_hash[:16], "plan hash")
+        build = {
+            "model_id": encoder.model_id,
+            "model_revision": encoder.revision,
+            "model_fingerprint": encoder.fingerprint,
+            "dim": encoder.dim,
+            "source": source.describe(),
+            "num_planned": len(planned),
+            "shard_size": config.shard_size,
+            "shards": names,
+        }
+        if config.reuse:
+            build["reuse"] = {"location": config.reuse, "revision": reuse_revision}
 
-        layout = datafiles.read_previous(
-            [(fs, path, f"{datafiles.DATA_DIR}/{Path(path).name}") for fs, path in reuse_files]
-        )
-        _io.write_text(out / REUSE_LAYOUT_FILE, json.dumps(layout) + "\n")
-    if rank == 0:
-        _write_jsonl(out / INPUT_SKIPS_FILE, input_skips + plan_skips)
+        def prepare() -> None:  # rank 0 checks or clears the folder; the others wait for it
+            _prepare_build_dir(out, build, config.overwrite)
+            if reuse_files:
+                _write_reuse_layout(out, reuse_files)
+            _write_jsonl(out / INPUT_SKIPS_FILE, input_skips + plan_skips)
 
-    mine = [i for i in range(len(chunks)) if i % world == rank]
-    for i in mine:  # a run killed mid-write leaves its temporary files: not data, remove them
-        _io.remove_orphans(shards_dir, Path(names[i]).stem + ".*")
-    todo = [i for i in mine if not (shards_dir / names[i]).exists()]
-    # Rows encoded before: the shards of earlier plans still in the folder, then --reuse.
-    planned_names = set(names)
-    old = [p for p in sorted(shards_dir.glob("shard-*.parquet")) if p.name not in planned_names]
-    cache = RowCache([(None, str(p)) for p in old] + reuse_files) if todo else None
-    row_features = features(encoder.dim)
-    stats = Counter()
-    with tqdm(
-        total=sum(len(chunks[i]) for i in mine),
-        initial=sum(len(chunks[i]) for i in mine if i not in todo),
-        desc="encoding" if world == 1 else f"encoding (rank {rank}/{world})",
-        unit="img",
-        smoothing=0.1,
-    ) as bar:
-        for i in todo:
-            rows, skips = _encode_chunk(chunks[i], encoder, config, bar, cache, stats)
-            _write_shard(shards_dir / names[i], rows, skips, row_features)
-    stats["shards_written"] = len(todo)
+        rank0_first(ranks, prepare)
 
-    stats = _sum_over_ranks(stats, world)
-    if rank != 0:
+        mine = ranks.my_chunks(len(chunks))
+        for i in mine:  # a run killed mid-write leaves its temporary files: not data, remove them
+            _io.remove_orphans(shards_dir, Path(names[i]).stem + ".*")
+        todo = [i for i in mine if not (shards_dir / names[i]).exists()]
+        # Rows encoded before: the shards of earlier plans still in the folder, then --reuse.
+        planned_names = set(names)
+        old = [p for p in sorted(shards_dir.glob("shard-*.parquet")) if p.name not in planned_names]
+        cache = RowCache([(None, str(p)) for p in old] + reuse_files) if todo else None
+        stats = Counter()
+        workers = default_workers(encoder.device) if config.workers is None else config.workers
+        with tqdm(
+            total=sum(len(chunks[i]) for i in mine),
+            initial=sum(len(chunks[i]) for i in mine if i not in todo),
+            desc="encoding" if not ranks.distributed else f"encoding ({ranks.label()})",
+            unit="img",
+            smoothing=0.1,
+        ) as bar:
+            complete = _Completer(chunks, names, shards_dir, cache, encoder, config, stats, bar)
+            # The feed runs the model only on the images no earlier row holds; the writer
+            # thread puts each chunk's rows back together with the reused ones, in plan order.
+            stats["shards_written"] = encode_chunks(
+                [(i, complete.new_images(i)) for i in todo],
+                encoder,
+                complete,
+                batch_size=config.batch_size_img,
+                text_batch_size=config.batch_size_txt,
+                workers=workers,
+                progress=bar.update,
+                log=tqdm.write,
+            )
+        barrier(ranks)  # every rank's shards are written
+        stats = _sum_over_ranks(ranks, stats)
+    if not ranks.is_main:
         return _summary(stats, 0, 0, [], started)
     # The new plan is complete: the shards of the old one are no longer needed.
     for path in old:
@@ -254,6 +273,44 @@ def run_encode(source, config: EncodeConfig, encoder=None) -> EncodeSummary:
             f"in {out / SKIPPED_FILE}); add images or fix the input, then run encode again"
         )
     return summary
+
+
+def _shared_plan(ranks, records: list[ImageRecord]):
+    """Rank 0 plans (hashing every image); every rank gets the same plan over its own records.
+
+    Records hold closures (their ``read_bytes``) that cannot be sent between processes, so
+    rank 0 sends each planned record's position in the listing, its sha256 and its captions
+    (duplicates' captions merged), and each rank rebuilds the plan from its own listing.
+    """
+    from .distributed import share_from_rank0
+
+    def make_plan():
+        planned, skips = plan(records)
+        where = {id(r): i for i, r in enumerate(records)}
+        return [(where[id(r)], digest, list(r.captions)) for r, digest in planned], skips
+
+    shared, skips = share_from_rank0(ranks, make_plan)
+    planned = []
+    for position, digest, captions in shared:
+        if position >= len(records):
+            # This rank lists fewer inputs than rank 0: the plan hash, which counts the
+            # listing, differs, so check_same stops every rank with a message naming them.
+            continue
+        record = records[position]
+        record.captions[:] = captions
+        planned.append((record, digest))
+    return planned, skips
+
+
+def _write_reuse_layout(out: Path, reuse_files) -> None:
+    """The index step lays out the data files like the reused dataset's, so a re-publish
+    leaves its unchanged files as they are; recorded now, so index needs no network."""
+    from . import datafiles
+
+    layout = datafiles.read_previous(
+        [(fs, path, f"{datafiles.DATA_DIR}/{Path(path).name}") for fs, path in reuse_files]
+    )
+    _io.write_text(out / REUSE_LAYOUT_FILE, json.dumps(layout) + "\n")
 
 
 def _summary(stats: Counter, images: int, captions: int, skips: list, started: float):
@@ -275,70 +332,68 @@ def skip_kind(entry: dict) -> str:
     return entry.get("kind") or entry.get("reason", "")
 
 
-def _encode_chunk(chunk, encoder, config: EncodeConfig, bar, cache, stats) -> tuple[dict, list]:
-    """One chunk's rows: embeddings copied from ``cache`` where they exist, else encoded."""
-    rows = {name: [] for name in features(encoder.dim)}
-    skips: list[Skip] = []
-    known = cache.lookup([digest for _, digest in chunk]) if cache is not None else {}
-    for start in range(0, len(chunk), config.batch_size_img):
-        batch = chunk[start : start + config.batch_size_img]
-        good, raw, new_images = [], [], []
-        for record, digest in batch:
+class _Completer:
+    """The feed's ``write``: one chunk's shard from the feed's new rows plus the reused ones.
+
+    ``new_images(i)`` are the images of chunk i the feed encodes (those no earlier row holds).
+    Called with the feed's ``ChunkRows`` (on its writer thread), it reads the reused rows'
+    embeddings from the cache, encodes the captions of reused images whose captions changed,
+    and writes the shard with every row in plan order.
+    """
+
+    def __init__(self, chunks, names, shards_dir, cache, encoder, config, stats, bar):
+        self.chunks, self.names, self.shards_dir = chunks, names, shards_dir
+        self.cache, self.encoder, self.config = cache, encoder, config
+        self.stats, self.bar = stats, bar
+        self.row_features = features(encoder.dim)
+
+    def new_images(self, i: int) -> list[tuple[ImageRecord, str]]:
+        if self.cache is None:
+            return list(self.chunks[i])
+        return [(r, d) for r, d in self.chunks[i] if d not in self.cache]
+
+    def __call__(self, done) -> None:
+        from .feed import caption_embeddings
+
+        chunk = self.chunks[done.index]
+        fresh = {digest: k for k, digest in enumerate(done.rows["sha256"])}
+        self.stats["encoded_images"] += len(fresh)
+        self.stats["encoded_captions"] += sum(len(c) for c in done.rows["captions"])
+        reused = [(r, d) for r, d in chunk if d not in fresh and d in (self.cache or ())]
+        known = self.cache.lookup([d for _, d in reused]) if reused else {}
+        # Reused images whose captions changed: only their captions are encoded.
+        changed = [(r, d) for r, d in reused if known[d][1] != r.captions]
+        embed = lambda texts: self.encoder.encode_texts(  # noqa: E731
+            texts, batch_size=self.config.batch_size_txt, show_progress_bar=False
+        )
+        new_caps = caption_embeddings([r.captions for r, _ in changed], embed)
+        new_caps = {d: vec for (_, d), vec in zip(changed, new_caps, strict=True)}
+        self.stats["encoded_captions"] += sum(len(r.captions) for r, _ in changed)
+        rows = {name: [] for name in self.row_features}
+        skips = list(done.skips)
+        for record, digest in chunk:
+            if digest in fresh:
+                k = fresh[digest]
+                for name in rows:
+                    rows[name].append(done.rows[name][k])
+                continue
+            if digest not in known:
+                continue  # the feed skipped it (done.skips says why)
             try:
                 data = record.read_bytes()
-                if digest not in known:  # a reused image was decoded when it was encoded
-                    new_images.append(open_image(data))
-            except ImageLoadError as err:
-                # open_image names bytes as "<N bytes>": report the file instead.
-                detail = str(err).split(": ", 1)[-1]
-                skips.append(Skip(record.path, NOT_AN_IMAGE, detail))
-                continue
             except OSError as err:
                 skips.append(Skip(record.path, UNREADABLE_FILE, f"unreadable file ({err})"))
                 continue
-            good.append((record, digest))
-            raw.append(data)
-        if new_images:
-            encoded = iter(
-                encoder.encode_images(
-                    new_images, batch_size=config.batch_size_img, show_progress_bar=False
-                )
-            )
-            stats["encoded_images"] += len(new_images)
-        # Captions: copied when the image and its captions are unchanged, else encoded.
-        need = [(r, d) for r, d in good if d not in known or known[d][1] != r.captions]
-        fresh = _caption_embeddings([r.captions for r, _ in need], encoder, config.batch_size_txt)
-        fresh_by_digest = {d: vec for (_, d), vec in zip(need, fresh, strict=True)}
-        stats["encoded_captions"] += sum(len(r.captions) for r, _ in need)
-        for (record, digest), data in zip(good, raw, strict=True):
-            img_vec = known[digest][0] if digest in known else next(encoded)
-            cap_vec = fresh_by_digest.get(digest, known.get(digest, (None, None, None))[2])
+            image_emb, _, caption_emb = known[digest]
             rows["image"].append({"bytes": data, "path": Path(record.path).name})
             rows["image_id"].append(record.image_id)
             rows["path"].append(record.path)
             rows["captions"].append(list(record.captions))
-            rows["image_emb"].append(img_vec)
-            rows["caption_emb"].append(cap_vec)
+            rows["image_emb"].append(image_emb)
+            rows["caption_emb"].append(new_caps.get(digest, caption_emb))
             rows["sha256"].append(digest)
-        bar.update(len(batch))
-    return rows, skips
-
-
-def _caption_embeddings(captions: list[list[str]], encoder, batch_size: int) -> list:
-    """Per image: the normalised mean of its caption embeddings, or None without captions."""
-    flat = [c for caps in captions for c in caps]
-    if not flat:
-        return [None] * len(captions)
-    vectors = encoder.encode_texts(flat, batch_size=batch_size, show_progress_bar=False)
-    out, pos = [], 0
-    for caps in captions:
-        if not caps:
-            out.append(None)
-            continue
-        mean = vectors[pos : pos + len(caps)].mean(axis=0)
-        pos += len(caps)
-        out.append((mean / max(np.linalg.norm(mean), 1e-12)).astype(np.float32))
-    return out
+        self.bar.update(len(reused))
+        _write_shard(self.shards_dir / self.names[done.index], rows, skips, self.row_features)
 
 
 class RowCache:
@@ -366,6 +421,9 @@ class RowCache:
 
     def __len__(self) -> int:
         return len(self._where)
+
+    def __contains__(self, digest: str) -> bool:
+        return digest in self._where
 
     def lookup(self, digests: list[str]) -> dict[str, tuple]:
         """sha256 -> (image_emb, captions, caption_emb or None) for the digests found."""
@@ -441,12 +499,13 @@ def published_files(location: str | None, revision: str | None, fingerprint: str
 def _write_shard(final: Path, rows: dict, skips: list[Skip], row_features):
     """Skips first, then the parquet: the parquet's appearance marks the shard done."""
     import pyarrow.parquet as pq
-    from datasets import Dataset
+
+    from .feed import shard_table
 
     _write_jsonl(final.with_suffix(".skipped.jsonl"), skips)
     # The Arrow table carries the datasets features in its schema metadata, so load_dataset
     # reads the columns back as Image / List(float32, length=dim).
-    table = Dataset.from_dict(rows, features=row_features).data.table
+    table = shard_table(rows, row_features)
     with _io.atomic_path(final) as tmp:
         pq.write_table(table, str(tmp), row_group_size=100)
 
@@ -455,8 +514,12 @@ def _write_jsonl(path: Path, skips: list[Skip]) -> None:
     _io.write_text(path, "".join(s.to_json() + "\n" for s in skips))
 
 
-def _prepare_build_dir(out: Path, build: dict, overwrite: bool, rank: int) -> None:
-    """Refuse a build folder made with another model; record this run's plan in build.json."""
+def _prepare_build_dir(out: Path, build: dict, overwrite: bool) -> None:
+    """Refuse a build folder made with another model; record this run's plan in build.json.
+
+    Runs on rank 0 only, while the other ranks wait (``rank0_first``): no rank plans from, or
+    writes into, a folder ``--overwrite`` is clearing.
+    """
     build_file = out / BUILD_FILE
     if build_file.is_file() and not overwrite:
         previous = json.loads(build_file.read_text(encoding="utf-8"))
@@ -466,9 +529,6 @@ def _prepare_build_dir(out: Path, build: dict, overwrite: bool, rank: int) -> No
                 f"({previous.get('model_fingerprint')} vs {build['model_fingerprint']}); pass "
                 "--overwrite to start it again, or choose another --out folder"
             )
-    if rank != 0:
-        _wait_for(build_file)
-        return
     if overwrite and out.exists():
         for path in (out / SHARDS_DIR).glob("*"):
             path.unlink()
@@ -508,45 +568,15 @@ def _count_rows(shards_dir: Path, names: list[str]) -> tuple[int, int]:
     return images, captions
 
 
-def _dist_rank_world() -> tuple[int, int]:
-    """Rank and world size under torchrun, else (0, 1)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if world > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if _cuda() else "gloo")
-    return rank, world
-
-
-def _sum_over_ranks(stats: Counter, world: int) -> Counter:
-    """Wait until every rank has written its shards; add up their counts; leave the group."""
-    if world == 1:
+def _sum_over_ranks(ranks, stats: Counter) -> Counter:
+    """Every rank's counts added up (on every rank); one process: its own."""
+    if not ranks.distributed:
         return stats
-    import torch
     import torch.distributed as dist
 
-    keys = ("encoded_images", "encoded_captions", "shards_written")
-    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    totals = torch.tensor([stats[k] for k in keys], dtype=torch.int64, device=device)
-    dist.all_reduce(totals)  # also the barrier: no rank goes on before all have finished
-    dist.destroy_process_group()
-    return Counter(dict(zip(keys, totals.tolist(), strict=True)))
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def _wait_for(path: Path, timeout: float = 600.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"rank 0 did not create {path} within {timeout:.0f} s")
-        time.sleep(0.2)
+    gathered: list = [None] * ranks.world_size
+    dist.all_gather_object(gathered, dict(stats))
+    return sum((Counter(g) for g in gathered), Counter())
 
 
 def summary_text(summary: EncodeSummary) -> str:

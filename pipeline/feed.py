@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 from imagesearchtr.encoder import NonFiniteEmbeddingError
 from imagesearchtr.images import ImageLoadError, open_image
 
-from .inputs import ImageRecord, Skip
+from .inputs import NOT_AN_IMAGE, UNREADABLE_FILE, ImageRecord, Skip
 
 # Two finished chunks in memory at most: one being written, one waiting.
 MAX_PENDING_WRITES = 2
@@ -303,9 +303,10 @@ class _DecodeDataset(Dataset):
         except ImageLoadError as err:
             # open_image names bytes as "<N bytes>": report the file instead.
             reason = str(err).split(": ", 1)[-1]
-            return _Decoded(position, None, None, Skip(record.path, reason))
+            return _Decoded(position, None, None, Skip(record.path, NOT_AN_IMAGE, reason))
         except OSError as err:
-            return _Decoded(position, None, None, Skip(record.path, f"unreadable file ({err})"))
+            skip = Skip(record.path, UNREADABLE_FILE, f"unreadable file ({err})")
+            return _Decoded(position, None, None, skip)
         return _Decoded(position, data, self.preprocess([image]), None)
 
 

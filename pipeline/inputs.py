@@ -164,17 +164,16 @@ class HubSource:
         # Raw bytes, not decoded PIL images: decoding happens once, in the encode step.
         ds = ds.cast_column(self.image_column, Image(decode=False))
         id_column = self.id_column if self.id_column in ds.column_names else None
+        # The listing holds no image bytes: each record reads its row's bytes from the
+        # dataset's memory-mapped Arrow files when asked, so a process keeps in memory only
+        # the images it is encoding (under torchrun, a rank reads only its own chunks').
+        images = ds.select_columns([self.image_column]).with_format("arrow")
+        listing = ds.select_columns([c for c in (self.caption_column, id_column) if c])
         records, skips = [], []
-        for row_no, row in enumerate(ds):
+        for row_no, row in enumerate(listing):
             where = f"{self.dataset}:{row_no}"
-            image = row[self.image_column] or {}
-            data = image.get("bytes")
-            if data is None and image.get("path"):
-                data_path = image["path"]
-                reader = lambda p=data_path: Path(p).read_bytes()  # noqa: E731
-            elif data is not None:
-                reader = lambda d=data: d  # noqa: E731
-            else:
+            image = images[row_no][self.image_column][0].as_py() or {}
+            if image.get("bytes") is None and not image.get("path"):
                 skips.append(Skip(where, NO_IMAGE, "no image in this row"))
                 continue
             raw = row[self.caption_column]
@@ -183,8 +182,17 @@ class HubSource:
             if len(caps) < len(texts) or not texts:
                 skips.append(Skip(where, EMPTY_CAPTION, "empty or missing caption"))
             image_id = str(row[id_column]) if id_column else str(row_no)
+            reader = lambda n=row_no: _row_bytes(images, self.image_column, n)  # noqa: E731
             records.append(ImageRecord(image_id, where, caps, reader))
         return records, skips
+
+
+def _row_bytes(images, column: str, row_no: int) -> bytes:
+    """The bytes of one row's image: stored in the dataset, or in the file it names."""
+    image = images[row_no][column][0].as_py() or {}
+    if image.get("bytes") is not None:
+        return image["bytes"]
+    return Path(image["path"]).read_bytes()
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, dict, str | None]]:

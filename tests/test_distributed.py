@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline.distributed import DistributedError, Ranks, ranks_from_env, timeout_from_env
@@ -145,3 +147,149 @@ def test_one_process_needs_no_group_and_env_errors_are_clear():
     assert timeout_from_env({}).total_seconds() == 24 * 3600
     with pytest.raises(DistributedError, match="seconds > 0"):
         timeout_from_env({"IMAGESEARCHTR_DIST_TIMEOUT_S": "0"})
+
+
+# --- the real `python -m pipeline encode` under two gloo processes -------------------------------
+
+
+def encode_ranks(tmp_path: Path, data_per_rank: list[Path], *args) -> list:
+    """Start ``python -m pipeline encode`` once per rank with torchrun's variables set (rank r
+    reads ``data_per_rank[r]``); return each rank's CompletedProcess."""
+    from conftest import REPO_ROOT
+
+    port = free_port()
+    world = len(data_per_rank)
+    procs = []
+    for rank, data in enumerate(data_per_rank):
+        env = dict(
+            os.environ,
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            RANK=str(rank),
+            WORLD_SIZE=str(world),
+            LOCAL_RANK=str(rank),
+            LOCAL_WORLD_SIZE=str(world),
+            IMAGESEARCHTR_DIST_TIMEOUT_S="120",
+            OMP_NUM_THREADS="1",
+        )
+        cmd = [sys.executable, "-m", "pipeline", "encode", "--data", str(data), *map(str, args)]
+        procs.append(
+            subprocess.Popen(
+                cmd,
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )  # fmt: skip
+        )
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        results.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return results
+
+
+def shard_rows(build: Path) -> dict:
+    import pyarrow.parquet as pq
+
+    shards = sorted((build / "shards").glob("shard-*.parquet"))
+    table = pq.read_table(shards, columns=["image_id", "sha256", "image_emb", "caption_emb"])
+    return {row["image_id"]: row for row in table.to_pylist()}
+
+
+@pytest.fixture
+def photos(tmp_path):
+    """12 photos: with --shard-size 4, chunks 0 and 2 go to rank 0, chunk 1 to rank 1."""
+    from conftest import write_photos
+
+    return write_photos(tmp_path / "data", [f"p{i:02d}" for i in range(12)])
+
+
+def encode_flags(model: Path, out: Path) -> list:
+    return ["--model", model, "--out", out, "--dtype", "float32", "--shard-size", "4"]
+
+
+def test_encode_ranks_use_rank0s_plan_and_read_only_their_own_chunks(
+    tmp_path, photos, tiny_model_dir
+):
+    from conftest import run_cli
+
+    reference = tmp_path / "reference"
+    run_cli("encode", "--data", photos, *encode_flags(tiny_model_dir, reference))
+    # Rank 1's copy of the input: the same listing, but the images of rank 0's chunks are
+    # garbage. Rank 1 neither plans (hashes) them nor reads them, so the build is unchanged.
+    mirror = tmp_path / "mirror"
+    shutil.copytree(photos, mirror)
+    for i in (0, 1, 2, 3, 8, 9, 10, 11):
+        (mirror / "images" / f"p{i:02d}.jpg").write_bytes(b"not the photo rank 0 has")
+    build = tmp_path / "build"
+    results = encode_ranks(tmp_path, [photos, mirror], *encode_flags(tiny_model_dir, build))
+    for rank, result in enumerate(results):
+        assert result.returncode == 0, f"rank {rank}:\n{result.stderr[-3000:]}"
+    assert "rank 1/2" in results[1].stderr
+    summary = json.loads((build / "summary.json").read_text())
+    assert (summary["images"], summary["encoded_images"], summary["skipped"]) == (12, 12, 0)
+    got, want = shard_rows(build), shard_rows(reference)
+    assert list(got) == list(want)
+    for image_id, row in want.items():
+        assert got[image_id]["sha256"] == row["sha256"]
+        np.testing.assert_allclose(got[image_id]["image_emb"], row["image_emb"], atol=1e-5)
+    names = json.loads((build / "build.json").read_text())["shards"]
+    assert names == json.loads((reference / "build.json").read_text())["shards"]
+
+
+@pytest.mark.parametrize("change", ["one more", "one less"])
+def test_encode_ranks_that_see_different_inputs_stop_before_encoding(
+    tmp_path, photos, tiny_model_dir, change
+):
+    from conftest import write_photos
+
+    other = tmp_path / "other"
+    shutil.copytree(photos, other)
+    if change == "one more":
+        write_photos(other, ["a00"])  # sorts first: every later row is another image on rank 1
+    else:  # the last photo gone: rank 1 lists fewer inputs than rank 0 planned
+        lines = (other / "captions.jsonl").read_text(encoding="utf-8").splitlines()
+        (other / "captions.jsonl").write_text("\n".join(lines[:-1]) + "\n", encoding="utf-8")
+        (other / "images" / "p11.jpg").unlink()
+    build = tmp_path / "build"
+    results = encode_ranks(tmp_path, [photos, other], *encode_flags(tiny_model_dir, build))
+    for result in results:
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert "Traceback" not in result.stderr
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: the ranks disagree on the plan hash: rank 0 has")
+        assert "same --data" in last
+    assert not list(build.glob("shards/*.parquet"))
+
+
+def test_encode_overwrite_under_two_ranks_rewrites_every_shard(tmp_path, photos, tiny_model_dir):
+    from conftest import run_cli
+    from tiny_checkpoint import write_tiny_checkpoint
+
+    build = tmp_path / "build"
+    run_cli("encode", "--data", photos, *encode_flags(tiny_model_dir, build))
+    before = {p.name: p.stat().st_ino for p in (build / "shards").glob("*.parquet")}
+    assert len(before) == 3
+
+    # Another model without --overwrite: rank 0 refuses, and rank 1 stops with its reason.
+    other = write_tiny_checkpoint(tmp_path / "other-model", seed=1)
+    results = encode_ranks(tmp_path, [photos, photos], *encode_flags(other, build))
+    lines = [r.stderr.strip().splitlines()[-1] for r in results]
+    assert [r.returncode for r in results] == [2, 2], lines
+    assert lines[0].startswith("error:") and "different model" in lines[0]
+    assert lines[1].startswith("error: rank 0 failed, so rank 1/2 stops too")
+    assert "different model" in lines[1] and "--overwrite" in lines[1]
+
+    # --overwrite with the same model and plan: rank 1 must not see the old shards as done
+    # (rank 0 clears the folder first), so every shard is encoded and written again.
+    flags = encode_flags(tiny_model_dir, build)
+    results = encode_ranks(tmp_path, [photos, photos], *flags, "--overwrite")
+    for rank, result in enumerate(results):
+        assert result.returncode == 0, f"rank {rank}:\n{result.stderr[-3000:]}"
+    after = {p.name: p.stat().st_ino for p in (build / "shards").glob("*.parquet")}
+    assert sorted(after) == sorted(before)
+    assert not set(after.values()) & set(before.values())  # every file is a new one
+    summary = json.loads((build / "summary.json").read_text())
+    assert (summary["images"], summary["encoded_images"], summary["reused_images"]) == (12, 12, 0)

@@ -202,6 +202,85 @@ def test_in_process_api_matches_the_cli(tmp_path, shared_data, tiny_model_dir):
     assert manifest.num_rows == 5 and manifest.num_captions == 5
 
 
+def test_a_hub_dataset_listing_holds_no_image_bytes(tmp_path):
+    """Each record reads its row's bytes when asked: a rank keeps only its own images."""
+    import tracemalloc
+
+    from datasets import Dataset, Features, Image, Value
+
+    from pipeline.inputs import HubSource
+
+    rng = np.random.default_rng(0)
+    blobs = [rng.bytes(400_000) for _ in range(20)]  # 8 MB; never decoded by the listing
+    features = Features({"image": Image(), "text": Value("string"), "image_id": Value("string")})
+    rows = {
+        "image": [{"bytes": b, "path": None} for b in blobs],
+        "text": [f"foto {i}" for i in range(20)],
+        "image_id": [f"id{i}" for i in range(20)],
+    }
+    (tmp_path / "ds" / "data").mkdir(parents=True)
+    Dataset.from_dict(rows, features=features).to_parquet(tmp_path / "ds/data/train.parquet")
+    source = HubSource(str(tmp_path / "ds"))
+    source.read()  # the Arrow cache is made; the read measured below lists from it
+    tracemalloc.start()
+    records, skips = source.read()
+    held, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert skips == [] and [r.image_id for r in records] == rows["image_id"]
+    assert held < sum(map(len, blobs)) / 4, f"the listing holds {held} bytes"
+    assert [r.read_bytes() for r in records] == blobs
+
+
+def test_workers_give_the_same_shards_as_the_main_process(tmp_path, tiny_model_dir):
+    from conftest import write_photos
+
+    data = write_photos(tmp_path / "data", [f"p{i:02d}" for i in range(10)])
+    (data / "images" / "p04.jpg").write_bytes(b"not a photo")  # a skip, in both runs alike
+    builds = {}
+    for workers in ("0", "2"):
+        build = builds[workers] = tmp_path / f"workers-{workers}"
+        args = ("--data", data, "--model", tiny_model_dir, "--out", build, "--shard-size", "4")
+        run_cli("encode", *args, "--workers", workers)
+    files = {
+        w: {p.name: p.read_bytes() for p in sorted((b / "shards").iterdir())}
+        for w, b in builds.items()
+    }
+    assert len(files["0"]) == 6  # three shards, each with its skipped.jsonl
+    assert files["2"] == files["0"]  # bit for bit
+    assert [s["source"] for s in skipped(builds["2"])] == ["images/p04.jpg"]
+    result = run_cli("encode", "--help")
+    assert "--workers" in " ".join(result.stdout.split())
+    result = run_cli(
+        "encode", "--data", data, "--out", tmp_path / "b", "--workers", "-1", check=False
+    )
+    assert result.returncode == 2 and result.stderr.startswith("error: --workers must be >= 0")
+
+
+def test_a_nan_embedding_ends_with_one_error_line_and_writes_nothing(tmp_path):
+    import torch
+    from conftest import write_photos
+    from tiny_checkpoint import write_tiny_checkpoint
+
+    model = write_tiny_checkpoint(tmp_path / "nan-model")
+    weights = torch.load(model / "pytorch_model.bin")
+    for key in weights:  # the image head's output: every image embedding is NaN
+        if key.startswith("image_proj") and key.endswith("weight"):
+            weights[key].fill_(float("nan"))
+    torch.save(weights, model / "pytorch_model.bin")
+    data = write_photos(tmp_path / "data", ["a", "b"])
+    build = tmp_path / "build"
+    result = run_cli(
+        "encode", "--data", data, "--model", model, "--out", build, "--workers", "0", check=False
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0] == result.stderr.strip().splitlines()[-1]
+    assert "images/a.jpg" in errors[0] and "NaN or infinite" in errors[0]
+    assert "--dtype float32" in errors[0]
+    assert not list(build.glob("shards/*.parquet"))
+
+
 # --- index -----------------------------------------------------------------------------------
 
 
