@@ -546,7 +546,7 @@ def free_port() -> int:
     ("kind", "expected"),
     [
         ("manifest-missing", "has no index/manifest.json"),
-        ("manifest-garbage", "Arama dizini yüklenemedi"),
+        ("manifest-garbage", "is not a valid index manifest"),
         ("manifest-dim", "dim 768"),
         ("index-truncated", "cannot load index/image_emb.faiss"),
         ("index-empty", "cannot load index/caption_emb.faiss"),
