@@ -156,12 +156,8 @@ def _write_small_columns(source: Source, f: DataFile, target: Path) -> None:
     import pyarrow.parquet as pq
 
     with source.open(f.path) as handle:
-        try:
-            parquet = pq.ParquetFile(handle, pre_buffer=True)
-        except pa.ArrowInvalid:
-            raise RowsError(
-                f"{source.location}: {f.path} is not a parquet file; publish the build again"
-            ) from None
+        meta = read_footer(handle, f"{source.location}: {f.path}")
+        parquet = pq.ParquetFile(handle, metadata=meta, pre_buffer=True)
         names = parquet.schema_arrow.names
         missing = [c for c in [*SMALL_COLUMNS, IMAGE_COLUMN] if c not in names]
         if missing:
@@ -180,6 +176,31 @@ def _write_small_columns(source: Source, f: DataFile, target: Path) -> None:
             os.replace(tmp, target)  # atomic: a crash leaves no half file under the key
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def read_footer(handle, where: str):
+    """A parquet file's metadata from exactly its footer: two small reads at the end.
+
+    (pyarrow's own open reads the last 64 KiB, which in a small file holds image bytes.)
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    not_parquet = RowsError(f"{where} is not a parquet file; publish the build again")
+    size = handle.seek(0, os.SEEK_END)
+    if size < 12:
+        raise not_parquet
+    handle.seek(size - 8)
+    tail = handle.read(8)
+    length = int.from_bytes(tail[:4], "little")
+    if tail[4:] != b"PAR1" or not 0 < length <= size - 12:
+        raise not_parquet
+    handle.seek(size - 8 - length)
+    footer = handle.read(length)
+    try:
+        return pq.read_metadata(pa.BufferReader(b"PAR1" + footer + tail))
+    except (pa.ArrowException, OSError):
+        raise not_parquet from None
 
 
 def _with_retries(action, what: str):
@@ -284,14 +305,12 @@ class ImageStore:
             return err
 
     def _footer(self, number: int):
-        import pyarrow.parquet as pq
-
         if number not in self._metadata:
             path = self.files[number].path
 
             def read():
                 with self.source.open(path) as handle:
-                    return pq.ParquetFile(handle).metadata
+                    return read_footer(handle, f"{self.source.location}: {path}")
 
             self._metadata[number] = _with_retries(read, path)
         return self._metadata[number]
