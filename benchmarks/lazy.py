@@ -34,8 +34,13 @@ import numpy as np
 
 CLIENT = textwrap.dedent(
     """
-    import json, resource, sys, time, urllib.request
+    import json, sys, time, urllib.request
     t0 = time.perf_counter()
+    def memory_mb(field):  # VmHWM (peak) or VmRSS of this process since its exec
+        for line in open("/proc/self/status"):
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+
     spec = json.loads(sys.argv[1])
     def mark():  # how many requests the test Hub has served so far
         if not spec["hub"]:
@@ -51,7 +56,7 @@ CLIENT = textwrap.dedent(
                                   encoder=FakeEncoder(spec["dim"]), cache_dir=spec["cache"])
     start_s = time.perf_counter() - t0
     marks.append(mark())
-    start_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start_rss_mb = memory_mb("VmRSS")
     queries = np.load(spec["queries"])
     latencies, errors = [], 0
     for vector in queries:
@@ -59,10 +64,21 @@ CLIENT = textwrap.dedent(
         hits = searcher.search_vector(vector, k=10)
         latencies.append(time.perf_counter() - t)
         errors += sum(h.image_error is not None for h in hits)
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_mb = memory_mb("VmHWM")
     marks.append(mark())
+    floor = []  # the server's own latency: bare 4 KiB range GETs, no Searcher involved
+    if spec["hub"]:
+        from huggingface_hub import get_session, hf_hub_url
+        from huggingface_hub.utils import build_hf_headers
+        first = searcher.manifest.data_files[0]["path"]
+        url = hf_hub_url(spec["location"], first, repo_type="dataset", revision=spec["revision"])
+        for i in range(20):
+            t = time.perf_counter()
+            get_session().get(url, headers={**build_hf_headers(), "Range": "bytes=0-4095"})
+            floor.append(time.perf_counter() - t)
     print(json.dumps({"start_s": start_s, "latencies": latencies, "errors": errors,
-                      "rss_mb": rss_mb, "start_rss_mb": start_rss_mb, "marks": marks}))
+                      "rss_mb": rss_mb, "start_rss_mb": start_rss_mb, "marks": marks,
+                      "floor": floor}))
     """
 )
 
@@ -127,7 +143,14 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=20_000, help="synthetic rows (20,000)")
     parser.add_argument("--queries", type=int, default=40, help="timed queries (40)")
     parser.add_argument("--work", type=Path, help="work folder (default: a temporary one)")
+    parser.add_argument(
+        "--recall",
+        help="instead: recall@10 of auto's ivf-sq8 at these row counts (e.g. 200000,1000000; "
+        "about 4 minutes at 1M rows, 6 GB of RAM)",
+    )
     args = parser.parse_args()
+    if args.recall:
+        return recall([int(n) for n in args.recall.split(",")])
     from hub_server import run_local_hub
 
     from imagesearchtr.searcher import ROW_COLUMNS  # noqa: F401  (the project is importable)
@@ -173,6 +196,51 @@ def main() -> None:
     queried = bytes_read(log[m[1] : m[2]], sizes)
     report(args, machine, ROW_GROUP_ROWS, data_bytes, index_bytes, image_bytes, start, queried)
     report_latency(args, lazy, local)
+
+
+def recall(sizes: list[int]) -> None:
+    """recall@10 of ``choose_index(N, "auto")`` (IVF-SQ8) with the Searcher's exact re-scoring
+    of its candidate pool, against exact search, on clustered vectors; nprobe = nlist / 16
+    (the old rule) and nlist / 8 (the rule now)."""
+    import faiss
+
+    from imagesearchtr.searcher import MIN_POOL, POOL_FACTOR
+    from pipeline.index import IVF_PROBE_FRACTION, choose_index
+
+    k, pool = 10, max(10 * POOL_FACTOR, MIN_POOL)
+    lines = [
+        "## recall@10 of `auto` above 150,000 rows (`python benchmarks/lazy.py --recall ...`)",
+        "",
+        f"Machine: {_common.machine_line()}. Synthetic clustered 768-d embeddings "
+        f"(benchmarks/_common.py), 100 queries (rows plus noise); candidates: the index's "
+        f"top {pool}, re-scored exactly as the Searcher does.",
+        "",
+        "| rows | factory | nprobe | recall@10 |",
+        "| --- | --- | --- | --- |",
+    ]
+    for n in sizes:
+        plan = choose_index(n, "auto")
+        x = _common.clustered(n)
+        rng = np.random.default_rng(5)
+        q = x[rng.integers(0, n, 100)] + 0.03 * rng.standard_normal((100, _common.DIM), "f4")
+        q /= np.linalg.norm(q, axis=1, keepdims=True)
+        truth = [set(np.argpartition(-(x @ v), k)[:k]) for v in q]
+        index = faiss.index_factory(_common.DIM, plan.factory, faiss.METRIC_INNER_PRODUCT)
+        index.train(x[: plan.train_size])
+        index.add(x)
+        nlist = faiss.extract_index_ivf(index).nlist
+        for nprobe in sorted({nlist // 16, plan.params["nprobe"]}):
+            faiss.extract_index_ivf(index).nprobe = nprobe
+            _, ids = index.search(q, pool)
+            found = 0
+            for v, row_ids, want in zip(q, ids, truth, strict=True):
+                c = row_ids[row_ids >= 0]
+                found += len(set(c[np.argsort(-(x[c] @ v))[:k]]) & want)
+            rule = " (auto now)" if nprobe == nlist // IVF_PROBE_FRACTION else ""
+            lines.append(f"| {n:,} | {plan.factory} | {nprobe}{rule} | {found / 1000:.3f} |")
+            print(lines[-1], flush=True)
+        del x, index
+    _common.write_readme_section("ivf-recall", "\n".join(lines))
 
 
 def image_sizes(repo: Path) -> list[int]:
@@ -245,7 +313,7 @@ REPORT: list[str] = []
 
 def report_latency(args, lazy, local) -> None:
     rows = [
-        "| client | cold start s | RSS after start MB | peak RSS MB | p50 ms | p95 ms | "
+        "| client | cold start s | RSS after start MB | peak RSS MB (VmHWM) | p50 ms | p95 ms | "
         "placeholders |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -262,7 +330,10 @@ def report_latency(args, lazy, local) -> None:
             "",
             *rows,
             "",
-            f"p50 lazy / p50 local: {ratio:.2f}x.",
+            f"p50 lazy / p50 local: {ratio:.2f}x. One bare 4 KiB range GET of this test Hub, "
+            f"no Searcher involved, takes {ms(lazy['floor'], 50):.1f} ms (p50 of 20, "
+            "sequential): a query's image reads run in parallel, so the lazy p50 is about one "
+            "such round trip plus the local work.",
         ]
     )
     text = "## Lazy rows (`python benchmarks/lazy.py`)\n\n" + "\n".join(REPORT)

@@ -92,6 +92,29 @@ class Source:
             return self._fs.open(self.url(path), "rb", cache_type="none")
         return open(self.url(path), "rb")
 
+    def read_range(self, path: str, start: int, stop: int) -> bytes:
+        """Bytes [start, stop) of a file: one ranged GET of the pinned commit on the Hub."""
+        if not self.remote:
+            with open(self.url(path), "rb") as handle:
+                handle.seek(start)
+                data = handle.read(stop - start)
+        else:
+            from huggingface_hub import get_session, hf_hub_url
+            from huggingface_hub.utils import build_hf_headers
+
+            url = hf_hub_url(self.location, path, repo_type="dataset", revision=self.revision)
+            headers = {**build_hf_headers(), "Range": f"bytes={start}-{stop - 1}"}
+            answer = get_session().get(url, headers=headers, follow_redirects=True)
+            if answer.status_code == 404:
+                raise FileNotFoundError(f"{path} is not in {self.location}@{self.revision}")
+            answer.raise_for_status()
+            data = answer.content
+            if answer.status_code != 206:  # a server that ignored Range sent the whole file
+                data = data[start:stop]
+        if len(data) != stop - start:
+            raise OSError(f"{path}: asked for {stop - start} bytes at {start}, got {len(data)}")
+        return data
+
     def list_data_files(self) -> list[str]:
         """data/*.parquet in name order (for manifests written before ``data_files``)."""
         if self.remote:
@@ -243,7 +266,7 @@ class ImageStore:
         for n in counts:
             self.starts.append(self.starts[-1] + n)
         self.cache = _DiskCache(Path(cache_dir) / "images", max_cache_bytes)
-        self._metadata: dict[int, object] = {}  # file number -> its parquet footer
+        self._metadata: dict[int, tuple] = {}  # file number -> (parquet footer, file size)
 
     def locate(self, row: int) -> tuple[int, int]:
         """(file number, row within that file)."""
@@ -268,10 +291,11 @@ class ImageStore:
             footers = dict(zip(by_file, pool.map(self._footer_or_error, by_file), strict=True))
             groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
             for number, wanted in by_file.items():
-                meta = footers[number]
-                if isinstance(meta, Exception):
-                    found.update((row, meta) for _, row in wanted)
+                footer = footers[number]
+                if isinstance(footer, Exception):
+                    found.update((row, footer) for _, row in wanted)
                     continue
+                meta = footer[0]
                 for local, row in wanted:
                     group, first = _group_of(meta, local)
                     groups.setdefault((number, group), []).append((local - first, row))
@@ -310,17 +334,30 @@ class ImageStore:
 
             def read():
                 with self.source.open(path) as handle:
-                    return read_footer(handle, f"{self.source.location}: {path}")
+                    meta = read_footer(handle, f"{self.source.location}: {path}")
+                    return meta, handle.seek(0, os.SEEK_END)
 
             self._metadata[number] = _with_retries(read, path)
         return self._metadata[number]
 
     def _read_group(self, number: int, group: int):
+        """The image column of one row group: its chunks' byte range, read in one request."""
         import pyarrow.parquet as pq
 
-        with self.source.open(self.files[number].path) as handle:
-            parquet = pq.ParquetFile(handle, metadata=self._metadata[number], pre_buffer=True)
-            return parquet.read_row_group(group, columns=[IMAGE_COLUMN])
+        meta, size = self._metadata[number]
+        chunks = meta.row_group(group)
+        spans = []
+        for c in range(chunks.num_columns):
+            column = chunks.column(c)
+            if column.path_in_schema.split(".")[0] == IMAGE_COLUMN:
+                first = column.data_page_offset
+                if column.has_dictionary_page and column.dictionary_page_offset:
+                    first = min(first, column.dictionary_page_offset)
+                spans.append((first, first + column.total_compressed_size))
+        start, stop = min(a for a, _ in spans), max(b for _, b in spans)
+        data = self.source.read_range(self.files[number].path, start, stop)
+        parquet = pq.ParquetFile(_Window(data, start, size), metadata=meta)
+        return parquet.read_row_group(group, columns=[IMAGE_COLUMN])
 
     def _cache_name(self, row: int) -> str:
         number, local = self.locate(row)
@@ -335,6 +372,39 @@ class ImageStore:
                 return Fetched(image.convert("RGB"), None)
         except Exception as err:  # noqa: BLE001 - PIL raises many types for bad bytes
             return Fetched(placeholder(), f"{where} could not be decoded: {_describe(err)}")
+
+
+class _Window(io.RawIOBase):
+    """A read-only file of ``size`` bytes of which only ``data``, at ``start``, is present.
+
+    pyarrow reads a row group's column chunks through it, after one range request fetched
+    exactly those bytes; a read outside them is a bug and fails loudly.
+    """
+
+    def __init__(self, data: bytes, start: int, size: int):
+        self.data, self.start, self.size, self.pos = data, start, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: self.size}[whence]
+        self.pos = base + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def readinto(self, buffer) -> int:
+        lo, n = self.pos - self.start, len(buffer)
+        if lo < 0 or lo + n > len(self.data):
+            raise OSError(f"read of {n} bytes at {self.pos} outside the fetched range")
+        buffer[:n] = self.data[lo : lo + n]
+        self.pos += n
+        return n
 
 
 def _group_of(meta, local: int) -> tuple[int, int]:
