@@ -302,3 +302,25 @@ def test_a_pinned_revision_shows_its_own_images_after_a_new_publish(local_hub, h
     assert [s[0]["pixels"] for s in pinned["searches"]] == [pixels(1, 5), pixels(1, 160)]
     latest = search(hub_env, repo, "main", tmp_path / "cache", queries)
     assert [s[0]["pixels"] for s in latest["searches"]] == [pixels(2, 5), pixels(2, 160)]
+
+
+def test_a_local_folder_takes_the_same_road_with_a_bounded_image_cache(tmp_path):
+    from search_repo import FakeEncoder
+
+    from imagesearchtr import Searcher
+
+    folder = write_lazy_repo(tmp_path / "repo", seed=3)
+    cache = tmp_path / "cache"
+    one_image = len(noise_png(3, 0))
+    searcher = Searcher.from_repo(
+        folder, encoder=FakeEncoder(DIM), cache_dir=cache, image_cache_bytes=4 * one_image
+    )
+    emb = vectors()
+    for row in (0, 64, 140, 199, 10, 100):
+        (hit,) = searcher.search_vector(emb[row], k=1)
+        assert hit.row == row and hit.image_error is None
+        assert np.asarray(hit.image).tolist() == pixels(3, row)
+        stored = sum(p.stat().st_size for p in (cache / "images").glob("*"))
+        assert stored <= 4 * one_image + 64  # PNG sizes differ by a few bytes
+    (hit,) = searcher.search_vector(emb[CORRUPT_ROW], k=1)
+    assert hit.row == CORRUPT_ROW and "could not be decoded" in hit.image_error
