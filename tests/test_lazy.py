@@ -324,3 +324,29 @@ def test_a_local_folder_takes_the_same_road_with_a_bounded_image_cache(tmp_path)
         assert stored <= 4 * one_image + 64  # PNG sizes differ by a few bytes
     (hit,) = searcher.search_vector(emb[CORRUPT_ROW], k=1)
     assert hit.row == CORRUPT_ROW and "could not be decoded" in hit.image_error
+
+
+def test_a_data_file_that_is_not_the_one_the_manifest_names_is_refused_at_start(
+    local_hub, hub_env, tmp_path
+):
+    folder = write_lazy_repo(tmp_path / "repo", seed=4)
+    manifest = json.loads((folder / "index" / "manifest.json").read_text())
+    manifest["data_files"][1]["sha256"] = "0" * 64  # as if data/ changed after indexing
+    (folder / "index" / "manifest.json").write_text(json.dumps(manifest))
+    repo = f"{local_hub.user}/lazy-mismatch"
+    commit = publish(folder, repo, hub_env)
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.path.insert(0, "tests")
+        from search_repo import FakeEncoder
+        from imagesearchtr import Searcher, SearchSetupError
+        try:
+            Searcher.from_repo(sys.argv[1], revision=sys.argv[2], encoder=FakeEncoder(8))
+        except SearchSetupError as err:
+            print("refused:", err)
+        """
+    )
+    out = run_python(code, hub_env, repo, commit)
+    assert "refused:" in out and "data/train-00001.parquet is not the file" in out
+    assert "publish again" in out

@@ -35,7 +35,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
@@ -115,6 +115,19 @@ class Source:
             raise OSError(f"{path}: asked for {stop - start} bytes at {start}, got {len(data)}")
         return data
 
+    def hub_sha256(self, folder: str) -> dict[str, str | None]:
+        """{repo path: the sha256 the Hub records for it} in a folder of the commit (1 request)."""
+        prefix = f"datasets/{self.location}@{self.revision}/"
+        out = {}
+        for entry in self._fs.ls(self.url(folder), detail=True):
+            name = entry["name"][len(prefix) :] if entry["name"].startswith(prefix) else ""
+            lfs = entry.get("lfs")  # None for a file kept in git rather than LFS
+            sha = getattr(lfs, "sha256", None)
+            if sha is None and isinstance(lfs, dict):
+                sha = lfs.get("sha256")
+            out[name] = sha
+        return out
+
     def list_data_files(self) -> list[str]:
         """data/*.parquet in name order (for manifests written before ``data_files``)."""
         if self.remote:
@@ -127,10 +140,13 @@ class Source:
 def data_files(source: Source, manifest) -> list[DataFile]:
     """The data files in row order, each with a cache key naming its content."""
     if manifest.data_files:
-        return [
+        files = [
             DataFile(entry["path"], int(entry["num_rows"]), f"sha256-{entry['sha256']}")
             for entry in manifest.data_files
         ]
+        if source.remote:
+            _check_hub_files(source, manifest.data_files)
+        return files
     files = []
     for path in source.list_data_files():
         if source.remote:
@@ -142,6 +158,30 @@ def data_files(source: Source, manifest) -> list[DataFile]:
     if not files:
         raise RowsError(f"{source.location} has no data/*.parquet files")
     return files
+
+
+def _check_hub_files(source: Source, entries: list[dict]) -> None:
+    """The commit holds exactly the data files the manifest was built over (by sha256).
+
+    The Hub records each LFS file's sha256, so this costs one listing per folder and no data
+    bytes; it also makes the manifest's sha256 a safe key for the caches.
+    """
+    recorded: dict[str, str | None] = {}
+    for folder in sorted({str(PurePosixPath(e["path"]).parent) for e in entries}):
+        recorded.update(source.hub_sha256(folder))
+    for entry in entries:
+        if entry["path"] not in recorded:
+            raise RowsError(
+                f"{source.location}@{source.revision}: the manifest lists {entry['path']}, "
+                "which this commit does not have; publish the build again"
+            )
+        sha = recorded[entry["path"]]
+        if sha is not None and sha != entry["sha256"]:
+            raise RowsError(
+                f"{source.location}@{source.revision}: {entry['path']} is not the file the "
+                "index was built over (its sha256 differs from the manifest's); re-run "
+                "`python -m pipeline index` and publish again"
+            )
 
 
 def load_small_columns(source: Source, files: list[DataFile], cache_dir: Path):
