@@ -32,6 +32,7 @@ import bisect
 import hashlib
 import io
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -228,7 +229,7 @@ def _write_small_columns(source: Source, f: DataFile, target: Path) -> None:
                 f"{source.location}: {f.path} has no {', '.join(missing)} column; publish a "
                 "build made by `python -m pipeline encode` and `index`"
             )
-        tmp = target.with_name(f"{target.name}.{os.getpid()}.{id(handle)}.tmp")
+        tmp = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         schema = parquet.schema_arrow.remove_metadata()
         schema = pa.schema([schema.field(c) for c in SMALL_COLUMNS])
         try:
@@ -484,7 +485,7 @@ class _DiskCache:
         if len(data) > self.max_bytes:
             return
         path = self.folder / f"{name}.bin"
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
             tmp.write_bytes(data)
             os.replace(tmp, path)  # written once, atomically: a reader never sees half a file
