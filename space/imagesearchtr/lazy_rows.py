@@ -1,0 +1,513 @@
+"""The published rows, read lazily: the small columns at start, each shown image on demand.
+
+A published repo keeps every row in ``data/*.parquet`` (row order = the manifest's
+``data_files`` order, else sorted file names), in row groups of a few dozen rows. This module
+never downloads a data file whole:
+
+- ``load_small_columns`` reads only the column chunks of ``SMALL_COLUMNS`` (ids, captions, both
+  embeddings) of every data file: pyarrow asks for one byte range per row group (the chunks of
+  those columns lie next to each other), plus the footer. The result is written once per data
+  file as an Arrow file under ``CACHE_DIR/rows/`` (keyed by the file's sha256 from the manifest,
+  or by its path, size and time for a local folder without one) and memory-mapped from there, so
+  a restart reads nothing again and RSS stays small.
+- ``ImageStore.fetch`` reads, for the rows of one result page, the ``image`` column chunk of
+  each row group holding one of them: one range read a group, concurrently, at the pinned
+  commit, with retries and backoff. The bytes of each image are kept in a bounded on-disk cache
+  (``CACHE_DIR/images/``, oldest files evicted first). An image that cannot be fetched or decoded
+  becomes a grey placeholder with a message; it never fails the search.
+
+Hub files are read through ``huggingface_hub.HfFileSystem`` at ``datasets/REPO@COMMIT/PATH``,
+so every read is of the same commit as the manifest and the indices; a local folder's files are
+opened in place. Reads: the data files' footers and chosen column chunks. Writes: the two caches.
+
+Why not a separate small-columns file next to the indices: it would duplicate the embeddings in
+the repo (about 6 GB at a million rows of 768-dim vectors) and need its own upload and check;
+range reads of the published files cost one request per row group instead, and an update that
+keeps a data file byte-identical keeps its cache entry too (benchmarks/README.md has figures).
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import io
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from PIL import Image
+
+SMALL_COLUMNS = ["image_id", "captions", "image_emb", "caption_emb"]
+IMAGE_COLUMN = "image"
+DEFAULT_IMAGE_CACHE_BYTES = 1 << 30  # 1 GiB of image bytes on disk
+FETCH_WORKERS = 8  # concurrent range reads for one result page (and for the start-up reads)
+RETRIES = 3  # attempts per range read; waits BACKOFF_S, 2 * BACKOFF_S, ... between them
+BACKOFF_S = 0.25
+PLACEHOLDER_SIZE = (256, 256)
+PLACEHOLDER_COLOUR = (200, 200, 200)
+
+
+class RowsError(RuntimeError):
+    """The published data files cannot be read; the message names the file and the fix."""
+
+
+def default_cache_dir() -> Path:
+    from datasets import config
+
+    return Path(config.HF_DATASETS_CACHE) / "imagesearchtr"
+
+
+@dataclass(frozen=True)
+class DataFile:
+    path: str  # repo-relative, data/train-NNNNN.parquet
+    num_rows: int | None  # from the manifest; None: read from the footer
+    key: str  # names this file's content in the caches
+
+
+class Source:
+    """Opens a published repo's files: a local folder, or one Hub commit through HfFileSystem."""
+
+    def __init__(self, location: str, root: Path | None, revision: str | None):
+        self.location, self.root, self.revision = location, root, revision
+        self._fs = None
+        if revision is not None:
+            from huggingface_hub import HfFileSystem
+
+            self._fs = HfFileSystem()
+
+    @property
+    def remote(self) -> bool:
+        return self._fs is not None
+
+    def url(self, path: str) -> str:
+        if self.remote:
+            return f"datasets/{self.location}@{self.revision}/{path}"
+        return str(self.root / path)
+
+    def open(self, path: str):
+        if self.remote:
+            # No read-ahead: each read pyarrow asks for is one ranged GET of exactly its bytes.
+            return self._fs.open(self.url(path), "rb", cache_type="none")
+        return open(self.url(path), "rb")
+
+    def read_range(self, path: str, start: int, stop: int) -> bytes:
+        """Bytes [start, stop) of a file: one ranged GET of the pinned commit on the Hub."""
+        if not self.remote:
+            with open(self.url(path), "rb") as handle:
+                handle.seek(start)
+                data = handle.read(stop - start)
+        else:
+            from huggingface_hub import get_session, hf_hub_url
+            from huggingface_hub.utils import build_hf_headers
+
+            url = hf_hub_url(self.location, path, repo_type="dataset", revision=self.revision)
+            headers = {**build_hf_headers(), "Range": f"bytes={start}-{stop - 1}"}
+            answer = get_session().get(url, headers=headers, follow_redirects=True)
+            if answer.status_code == 404:
+                raise FileNotFoundError(f"{path} is not in {self.location}@{self.revision}")
+            answer.raise_for_status()
+            data = answer.content
+            if answer.status_code != 206:  # a server that ignored Range sent the whole file
+                data = data[start:stop]
+        if len(data) != stop - start:
+            raise OSError(f"{path}: asked for {stop - start} bytes at {start}, got {len(data)}")
+        return data
+
+    def hub_sha256(self, folder: str) -> dict[str, str | None]:
+        """{repo path: the sha256 the Hub records for it} in a folder of the commit (1 request)."""
+        prefix = f"datasets/{self.location}@{self.revision}/"
+        out = {}
+        for entry in self._fs.ls(self.url(folder), detail=True):
+            name = entry["name"][len(prefix) :] if entry["name"].startswith(prefix) else ""
+            lfs = entry.get("lfs")  # None for a file kept in git rather than LFS
+            sha = getattr(lfs, "sha256", None)
+            if sha is None and isinstance(lfs, dict):
+                sha = lfs.get("sha256")
+            out[name] = sha
+        return out
+
+    def list_data_files(self) -> list[str]:
+        """data/*.parquet in name order (for manifests written before ``data_files``)."""
+        if self.remote:
+            names = self._fs.glob(self.url("data/*.parquet"))
+            prefix = f"datasets/{self.location}@{self.revision}/"
+            return sorted(n[len(prefix) :] if n.startswith(prefix) else n for n in names)
+        return sorted(p.relative_to(self.root).as_posix() for p in self.root.glob("data/*.parquet"))
+
+
+def data_files(source: Source, manifest) -> list[DataFile]:
+    """The data files in row order, each with a cache key naming its content."""
+    if manifest.data_files:
+        files = [
+            DataFile(entry["path"], int(entry["num_rows"]), f"sha256-{entry['sha256']}")
+            for entry in manifest.data_files
+        ]
+        if source.remote:
+            _check_hub_files(source, manifest.data_files)
+        return files
+    files = []
+    for path in source.list_data_files():
+        if source.remote:
+            raw = f"{source.location}@{source.revision}/{path}"
+        else:
+            stat = (source.root / path).stat()
+            raw = f"{(source.root / path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+        files.append(DataFile(path, None, "path-" + hashlib.sha256(raw.encode()).hexdigest()))
+    if not files:
+        raise RowsError(f"{source.location} has no data/*.parquet files")
+    return files
+
+
+def _check_hub_files(source: Source, entries: list[dict]) -> None:
+    """The commit holds exactly the data files the manifest was built over (by sha256).
+
+    The Hub records each LFS file's sha256, so this costs one listing per folder and no data
+    bytes; it also makes the manifest's sha256 a safe key for the caches.
+    """
+    recorded: dict[str, str | None] = {}
+    for folder in sorted({str(PurePosixPath(e["path"]).parent) for e in entries}):
+        recorded.update(source.hub_sha256(folder))
+    for entry in entries:
+        if entry["path"] not in recorded:
+            raise RowsError(
+                f"{source.location}@{source.revision}: the manifest lists {entry['path']}, "
+                "which this commit does not have; publish the build again"
+            )
+        sha = recorded[entry["path"]]
+        if sha is not None and sha != entry["sha256"]:
+            raise RowsError(
+                f"{source.location}@{source.revision}: {entry['path']} is not the file the "
+                "index was built over (its sha256 differs from the manifest's); re-run "
+                "`python -m pipeline index` and publish again"
+            )
+
+
+def load_small_columns(source: Source, files: list[DataFile], cache_dir: Path):
+    """One memory-mapped Dataset of SMALL_COLUMNS over all files, in row order.
+
+    Returns (dataset, per-file row counts). Files already in the cache are not read again.
+    """
+    from datasets import Dataset, concatenate_datasets
+
+    rows_dir = Path(cache_dir) / "rows"
+    rows_dir.mkdir(parents=True, exist_ok=True)
+
+    def one(f: DataFile) -> Path:
+        target = rows_dir / f"{f.key}.arrow"
+        if not target.is_file():
+            _with_retries(lambda: _write_small_columns(source, f, target), f"{f.path}")
+        return target
+
+    with ThreadPoolExecutor(FETCH_WORKERS) as pool:
+        paths = list(pool.map(one, files))
+    parts = [Dataset.from_file(str(p)) for p in paths]
+    counts = [len(p) for p in parts]
+    for f, n in zip(files, counts, strict=True):
+        if f.num_rows is not None and f.num_rows != n:
+            raise RowsError(
+                f"{source.location}: {f.path} holds {n} rows but the manifest says "
+                f"{f.num_rows}; rows and indices come from different builds"
+            )
+    dataset = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+    return dataset, counts
+
+
+def _write_small_columns(source: Source, f: DataFile, target: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with source.open(f.path) as handle:
+        meta = read_footer(handle, f"{source.location}: {f.path}")
+        parquet = pq.ParquetFile(handle, metadata=meta, pre_buffer=True)
+        names = parquet.schema_arrow.names
+        missing = [c for c in [*SMALL_COLUMNS, IMAGE_COLUMN] if c not in names]
+        if missing:
+            raise RowsError(
+                f"{source.location}: {f.path} has no {', '.join(missing)} column; publish a "
+                "build made by `python -m pipeline encode` and `index`"
+            )
+        tmp = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        schema = parquet.schema_arrow.remove_metadata()
+        schema = pa.schema([schema.field(c) for c in SMALL_COLUMNS])
+        try:
+            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+                for group in range(parquet.num_row_groups):
+                    table = parquet.read_row_group(group, columns=SMALL_COLUMNS)
+                    writer.write_table(table.replace_schema_metadata(None).cast(schema))
+            os.replace(tmp, target)  # atomic: a crash leaves no half file under the key
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def read_footer(handle, where: str):
+    """A parquet file's metadata from exactly its footer: two small reads at the end.
+
+    (pyarrow's own open reads the last 64 KiB, which in a small file holds image bytes.)
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    not_parquet = RowsError(f"{where} is not a parquet file; publish the build again")
+    size = handle.seek(0, os.SEEK_END)
+    if size < 12:
+        raise not_parquet
+    handle.seek(size - 8)
+    tail = handle.read(8)
+    length = int.from_bytes(tail[:4], "little")
+    if tail[4:] != b"PAR1" or not 0 < length <= size - 12:
+        raise not_parquet
+    handle.seek(size - 8 - length)
+    footer = handle.read(length)
+    try:
+        return pq.read_metadata(pa.BufferReader(b"PAR1" + footer + tail))
+    except (pa.ArrowException, OSError):
+        raise not_parquet from None
+
+
+def _with_retries(action, what: str):
+    """Run ``action``; retry transient failures with backoff. Missing files fail at once."""
+    for attempt in range(RETRIES):
+        try:
+            return action()
+        except (FileNotFoundError, RowsError):
+            raise
+        except Exception:
+            if attempt == RETRIES - 1:
+                raise
+            time.sleep(BACKOFF_S * 2**attempt)
+    raise AssertionError(what)  # unreachable
+
+
+@dataclass
+class Fetched:
+    image: Image.Image
+    error: str | None  # None: the real image; else why the placeholder stands in
+
+
+def placeholder() -> Image.Image:
+    return Image.new("RGB", PLACEHOLDER_SIZE, PLACEHOLDER_COLOUR)
+
+
+class ImageStore:
+    """Fetches the images of given rows: the row group that holds each, by range reads."""
+
+    def __init__(
+        self,
+        source: Source,
+        files: list[DataFile],
+        counts: list[int],
+        cache_dir: Path,
+        max_cache_bytes: int = DEFAULT_IMAGE_CACHE_BYTES,
+    ):
+        self.source, self.files = source, files
+        self.starts = [0]
+        for n in counts:
+            self.starts.append(self.starts[-1] + n)
+        self.cache = _DiskCache(Path(cache_dir) / "images", max_cache_bytes)
+        self._metadata: dict[int, tuple] = {}  # file number -> (parquet footer, file size)
+
+    def locate(self, row: int) -> tuple[int, int]:
+        """(file number, row within that file)."""
+        number = bisect.bisect_right(self.starts, row) - 1
+        return number, row - self.starts[number]
+
+    def fetch(self, rows: list[int]) -> list[Fetched]:
+        """The images of ``rows`` (RGB), in that order; placeholders for failures."""
+        found: dict[int, bytes | Exception] = {}
+        by_file: dict[int, list[tuple[int, int]]] = {}
+        for row in rows:
+            cached = self.cache.get(self._cache_name(row))
+            if cached is not None:
+                found[row] = cached
+            else:
+                number, local = self.locate(row)
+                by_file.setdefault(number, []).append((local, row))
+        if not by_file:
+            return [self._decode(row, found[row]) for row in rows]
+        with ThreadPoolExecutor(FETCH_WORKERS) as pool:
+            # Footers first (read once per file, then kept), then one read per row group.
+            footers = dict(zip(by_file, pool.map(self._footer_or_error, by_file), strict=True))
+            groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
+            for number, wanted in by_file.items():
+                footer = footers[number]
+                if isinstance(footer, Exception):
+                    found.update((row, footer) for _, row in wanted)
+                    continue
+                meta = footer[0]
+                for local, row in wanted:
+                    group, first = _group_of(meta, local)
+                    groups.setdefault((number, group), []).append((local - first, row))
+            for result in pool.map(self._fetch_group, groups.items()):
+                found.update(result)
+        return [self._decode(row, found[row]) for row in rows]
+
+    def _fetch_group(self, item) -> dict[int, bytes | Exception]:
+        """Bytes (or the error) of the wanted rows of one row group: one range read."""
+        (number, group), members = item
+        path = self.files[number].path
+        try:
+            table = _with_retries(lambda: self._read_group(number, group), path)
+            images = table.column(IMAGE_COLUMN).combine_chunks().field("bytes")
+        except Exception as err:  # noqa: BLE001 - reported per hit, never fails the search
+            return {row: err for _, row in members}
+        out: dict[int, bytes | Exception] = {}
+        for offset, row in members:
+            data = images[offset].as_py()
+            if data is None:
+                out[row] = ValueError("the row holds no image bytes")
+            else:
+                out[row] = data
+                self.cache.put(self._cache_name(row), data)
+        return out
+
+    def _footer_or_error(self, number: int):
+        try:
+            return self._footer(number)
+        except Exception as err:  # noqa: BLE001 - reported per hit
+            return err
+
+    def _footer(self, number: int):
+        if number not in self._metadata:
+            path = self.files[number].path
+
+            def read():
+                with self.source.open(path) as handle:
+                    meta = read_footer(handle, f"{self.source.location}: {path}")
+                    return meta, handle.seek(0, os.SEEK_END)
+
+            self._metadata[number] = _with_retries(read, path)
+        return self._metadata[number]
+
+    def _read_group(self, number: int, group: int):
+        """The image column of one row group: its chunks' byte range, read in one request."""
+        import pyarrow.parquet as pq
+
+        meta, size = self._metadata[number]
+        chunks = meta.row_group(group)
+        spans = []
+        for c in range(chunks.num_columns):
+            column = chunks.column(c)
+            if column.path_in_schema.split(".")[0] == IMAGE_COLUMN:
+                first = column.data_page_offset
+                if column.has_dictionary_page and column.dictionary_page_offset:
+                    first = min(first, column.dictionary_page_offset)
+                spans.append((first, first + column.total_compressed_size))
+        start, stop = min(a for a, _ in spans), max(b for _, b in spans)
+        data = self.source.read_range(self.files[number].path, start, stop)
+        parquet = pq.ParquetFile(_Window(data, start, size), metadata=meta)
+        return parquet.read_row_group(group, columns=[IMAGE_COLUMN])
+
+    def _cache_name(self, row: int) -> str:
+        number, local = self.locate(row)
+        return f"{self.files[number].key}-{local}"
+
+    def _decode(self, row: int, data: bytes | Exception) -> Fetched:
+        where = f"image of row {row}"
+        if isinstance(data, Exception):
+            return Fetched(placeholder(), f"{where} could not be fetched: {_describe(data)}")
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                return Fetched(image.convert("RGB"), None)
+        except Exception as err:  # noqa: BLE001 - PIL raises many types for bad bytes
+            return Fetched(placeholder(), f"{where} could not be decoded: {_describe(err)}")
+
+
+class _Window(io.RawIOBase):
+    """A read-only file of ``size`` bytes of which only ``data``, at ``start``, is present.
+
+    pyarrow reads a row group's column chunks through it, after one range request fetched
+    exactly those bytes; a read outside them is a bug and fails loudly.
+    """
+
+    def __init__(self, data: bytes, start: int, size: int):
+        self.data, self.start, self.size, self.pos = data, start, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: self.size}[whence]
+        self.pos = base + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def readinto(self, buffer) -> int:
+        lo, n = self.pos - self.start, len(buffer)
+        if lo < 0 or lo + n > len(self.data):
+            raise OSError(f"read of {n} bytes at {self.pos} outside the fetched range")
+        buffer[:n] = self.data[lo : lo + n]
+        self.pos += n
+        return n
+
+
+def _group_of(meta, local: int) -> tuple[int, int]:
+    """(row group holding row ``local`` of a file, that group's first row)."""
+    first = 0
+    for group in range(meta.num_row_groups):
+        n = meta.row_group(group).num_rows
+        if local < first + n:
+            return group, first
+        first += n
+    raise IndexError(f"row {local} is past the end of the file ({first} rows)")
+
+
+def _describe(err: Exception) -> str:
+    text = str(err).splitlines()[0][:200] if str(err) else ""
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+class _DiskCache:
+    """Files under ``folder``, one per image; the oldest go when the total passes the bound."""
+
+    def __init__(self, folder: Path, max_bytes: int):
+        self.folder, self.max_bytes = folder, max_bytes
+        folder.mkdir(parents=True, exist_ok=True)
+        self.total = sum(p.stat().st_size for p in folder.glob("*.bin"))
+
+    def get(self, name: str) -> bytes | None:
+        path = self.folder / f"{name}.bin"
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None
+        os.utime(path)  # recently used: evicted last
+        return data
+
+    def put(self, name: str, data: bytes) -> None:
+        if len(data) > self.max_bytes:
+            return
+        path = self.folder / f"{name}.bin"
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, path)  # written once, atomically: a reader never sees half a file
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            return
+        self.total += len(data)
+        if self.total > self.max_bytes:
+            self._evict()
+
+    def _evict(self) -> None:
+        entries = []
+        for p in self.folder.glob("*.bin"):
+            try:
+                stat = p.stat()
+            except OSError:
+                continue
+            entries.append((stat.st_mtime_ns, stat.st_size, p))
+        entries.sort()
+        self.total = sum(size for _, size, _ in entries)
+        for _, size, p in entries:
+            if self.total <= self.max_bytes * 0.8:
+                break
+            p.unlink(missing_ok=True)
+            self.total -= size

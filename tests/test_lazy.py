@@ -1,0 +1,352 @@
+"""Lazy rows through the (local) Hub: start-up reads no image bytes, a search reads only the
+row groups of the images it shows, bad images become placeholders, a revision pin holds.
+
+The repo is made here from hand-made vectors and noise images (each row's pixels are known),
+laid out as ``pipeline index`` lays it out (64-row groups, ``data_files`` in the manifest), and
+uploaded with ``HfApi.upload_folder``. Every client runs in a subprocess pointed at
+tests/hub_server.py, which records each request with its Range header: the test compares the
+byte ranges read with the byte ranges of the image column chunks in the files.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from conftest import REPO_ROOT
+from datasets import Dataset, Features, Image, List, Value
+from PIL import Image as PILImage
+from search_repo import FINGERPRINT, unit
+
+from imagesearchtr import IndexInfo, Manifest
+from pipeline import datafiles
+
+N_ROWS, DIM, SPLIT = 200, 8, 130  # rows 0-129 in train-00000, 130-199 in train-00001
+CORRUPT_ROW = 150
+
+
+def noise_png(seed: int, row: int) -> bytes:
+    pixels = np.random.default_rng([seed, row]).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    PILImage.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def pixels(seed: int, row: int) -> list:
+    return np.asarray(PILImage.open(io.BytesIO(noise_png(seed, row))).convert("RGB")).tolist()
+
+
+def vectors() -> np.ndarray:
+    return unit(np.random.default_rng(0).normal(size=(N_ROWS, DIM)))
+
+
+def write_lazy_repo(folder: Path, seed: int) -> Path:
+    """A published-repo folder: two data files of 64-row groups, Flat indices, a manifest."""
+    emb = vectors()
+    features = Features(
+        {
+            "image": Image(),
+            "image_id": Value("string"),
+            "path": Value("string"),
+            "captions": List(Value("string")),
+            "image_emb": List(Value("float32"), length=DIM),
+            "caption_emb": List(Value("float32"), length=DIM),
+            "sha256": Value("string"),
+        }
+    )
+    images = [noise_png(seed, i) for i in range(N_ROWS)]
+    images[CORRUPT_ROW] = b"this is not an image"
+    table = Dataset.from_dict(
+        {
+            "image": [{"bytes": b, "path": f"{i}.png"} for i, b in enumerate(images)],
+            "image_id": [str(i) for i in range(N_ROWS)],
+            "path": [f"{i}.png" for i in range(N_ROWS)],
+            "captions": [[f"caption {i}"] for i in range(N_ROWS)],
+            "image_emb": [list(v) for v in emb],
+            "caption_emb": [list(v) for v in emb],
+            "sha256": ["0" * 64] * N_ROWS,
+        },
+        features=features,
+    ).data.table
+    (folder / "data").mkdir(parents=True)
+    (folder / "index").mkdir()
+    entries = []
+    for number, (start, stop) in enumerate(((0, SPLIT), (SPLIT, N_ROWS))):
+        path = datafiles.file_name(number)
+        datafiles.write_file(table.slice(start, stop - start), folder / path)
+        sha = datafiles.sha256_file(folder / path)
+        entries.append({"path": path, "num_rows": stop - start, "sha256": sha})
+    infos = []
+    for column in ("image_emb", "caption_emb"):
+        index = faiss.index_factory(DIM, "Flat", faiss.METRIC_INNER_PRODUCT)
+        index.add(emb)
+        faiss.write_index(index, str(folder / "index" / f"{column}.faiss"))
+        infos.append(IndexInfo(column, f"index/{column}.faiss", "flat", "Flat", N_ROWS, {}))
+    Manifest(
+        model_id="fake/model",
+        model_revision=None,
+        model_fingerprint=FINGERPRINT,
+        dim=DIM,
+        num_rows=N_ROWS,
+        data_hash=f"sha256:seed{seed}",
+        indices=tuple(infos),
+        data_files=entries,
+    ).save(folder / "index" / "manifest.json")
+    return folder
+
+
+def run_python(code: str, env: dict, *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=REPO_ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result.stdout
+
+
+UPLOAD = textwrap.dedent(
+    """
+    import sys
+    from huggingface_hub import HfApi
+    api = HfApi()
+    api.create_repo(sys.argv[2], repo_type="dataset", exist_ok=True)
+    info = api.upload_folder(folder_path=sys.argv[1], repo_id=sys.argv[2], repo_type="dataset")
+    print(info.oid)
+    """
+)
+
+# Loads a Searcher, then runs queries; before each it may add faults to the test Hub. Prints
+# the request-log length after start-up and after each query, so the test can split the log.
+CLIENT = textwrap.dedent(
+    """
+    import json, os, sys
+    import httpx
+    import numpy as np
+    sys.path.insert(0, "tests")
+    from search_repo import FakeEncoder
+    from imagesearchtr import Searcher
+
+    spec = json.loads(sys.argv[1])
+    hub = os.environ["HF_ENDPOINT"]
+    mark = lambda: len(httpx.get(hub + "/_test/requests").json())
+    out = {"marks": [mark()], "searches": []}
+    searcher = Searcher.from_repo(spec["repo"], revision=spec["revision"],
+                                  encoder=FakeEncoder(spec["dim"]), cache_dir=spec["cache"])
+    out["marks"].append(mark())
+    for query in spec["queries"]:
+        if query.get("faults"):
+            httpx.post(hub + "/_test/faults", json={"faults": query["faults"]})
+        hits = searcher.search_vector(query["vector"], k=query["k"])
+        httpx.delete(hub + "/_test/faults")
+        out["searches"].append([
+            {"row": h.row, "error": h.image_error, "pixels": np.asarray(h.image).tolist()}
+            for h in hits
+        ])
+        out["marks"].append(mark())
+    print(json.dumps(out))
+    """
+)
+
+
+def publish(folder: Path, repo: str, env: dict) -> str:
+    return run_python(UPLOAD, env, str(folder), repo).strip()
+
+
+def search(env: dict, repo: str, revision: str, cache: Path, queries: list[dict]) -> dict:
+    spec = {"repo": repo, "revision": revision, "dim": DIM, "cache": str(cache)}
+    spec["queries"] = queries
+    return json.loads(run_python(CLIENT, env, json.dumps(spec)).splitlines()[-1])
+
+
+def image_chunks(folder: Path) -> dict[str, list[tuple[int, int]]]:
+    """Per data file, the [start, end) byte range of each row group's image column chunks."""
+    out = {}
+    for path in sorted((folder / "data").glob("*.parquet")):
+        meta = pq.ParquetFile(path).metadata
+        ranges = []
+        for g in range(meta.num_row_groups):
+            group = meta.row_group(g)
+            spans = []
+            for c in range(group.num_columns):
+                col = group.column(c)
+                if col.path_in_schema.startswith("image."):
+                    start = col.dictionary_page_offset or col.data_page_offset
+                    spans.append((start, start + col.total_compressed_size))
+            ranges.append((min(s for s, _ in spans), max(e for _, e in spans)))
+        out[f"data/{path.name}"] = ranges
+    return out
+
+
+def data_reads(requests: list[dict]) -> list[tuple[str, int | None, int | None]]:
+    """(data file, first byte, last byte) of each GET of a data file; None: no Range."""
+    out = []
+    for r in requests:
+        m = re.search(r"/resolve/[^/]+/(data/[^/]+\.parquet)$", r["path"])
+        if r["method"] != "GET" or not m:
+            continue
+        rng = re.fullmatch(r"bytes=(\d+)-(\d*)", r["range"] or "")
+        out.append((m[1], int(rng[1]), int(rng[2])) if rng else (m[1], None, None))
+    return out
+
+
+def groups_read(reads, chunks) -> set[tuple[str, int]]:
+    """The (file, row group) whose image bytes any read touched."""
+    touched = set()
+    for path, first, last in reads:
+        for g, (start, end) in enumerate(chunks[path]):
+            if first is None or (first < end and last >= start):
+                touched.add((path, g))
+    return touched
+
+
+def group_of(row: int) -> tuple[str, int]:
+    number, local = (0, row) if row < SPLIT else (1, row - SPLIT)
+    return datafiles.file_name(number), local // datafiles.ROW_GROUP_ROWS
+
+
+@pytest.fixture(scope="module")
+def lazy_repo(tmp_path_factory, local_hub, session_hub_env):
+    folder = write_lazy_repo(tmp_path_factory.mktemp("lazy-repo"), seed=1)
+    repo = f"{local_hub.user}/lazy-rows"
+    return folder, repo, publish(folder, repo, session_hub_env)
+
+
+def test_start_reads_no_image_bytes_and_a_search_reads_only_the_shown_images(
+    lazy_repo, local_hub, hub_env, tmp_path
+):
+    folder, repo, commit = lazy_repo
+    chunks = image_chunks(folder)
+    emb = vectors()
+    shown = [3, 70, 140]  # three row groups in two files
+    queries = [{"vector": emb[row].tolist(), "k": 1} for row in shown]
+    queries.append({"vector": emb[70].tolist(), "k": 1})  # again: from the disk cache
+    out = search(hub_env, repo, commit, tmp_path / "cache", queries)
+    log = local_hub.requests
+    marks = out["marks"]
+
+    start = data_reads(log[marks[0] : marks[1]])
+    assert start, "start-up read no data file at all"
+    assert all(first is not None for _, first, _ in start), "a data file was downloaded whole"
+    assert groups_read(start, chunks) == set(), "start-up read image bytes"
+    start_bytes = sum(last - first + 1 for _, first, last in start)
+    data_bytes = sum(p.stat().st_size for p in (folder / "data").glob("*.parquet"))
+    assert start_bytes < data_bytes / 4
+
+    for n, row in enumerate(shown):
+        reads = data_reads(log[marks[n + 1] : marks[n + 2]])
+        assert groups_read(reads, chunks) == {group_of(row)}
+        assert len(reads) <= 3  # at most the footer (8 bytes + metadata) and one range read
+        (hit,) = out["searches"][n]
+        assert hit["row"] == row and hit["error"] is None
+        assert hit["pixels"] == pixels(1, row)
+    assert data_reads(log[marks[4] : marks[5]]) == []  # cached on disk
+    assert out["searches"][3][0]["pixels"] == pixels(1, 70)
+
+
+def test_an_image_that_cannot_be_fetched_or_decoded_is_a_placeholder_with_a_message(
+    lazy_repo, local_hub, hub_env, tmp_path
+):
+    _, repo, commit = lazy_repo
+    emb = vectors()
+    data1 = r"/data/train-00001\.parquet$"
+    queries = [
+        # The corrupt row and its neighbours: the search still answers, one placeholder.
+        {"vector": emb[CORRUPT_ROW].tolist(), "k": 3},
+        # The Hub fails every read of the second file: placeholders, no failed search.
+        {"vector": emb[190].tolist(), "k": 2, "faults": [{"path": data1, "times": 50}]},
+        # One dropped connection: retried, the image arrives.
+        {"vector": emb[131].tolist(), "k": 1, "faults": [{"path": data1, "drop": True}]},
+    ]
+    out = search(hub_env, repo, commit, tmp_path / "cache", queries)
+    corrupt, failed, retried = out["searches"]
+
+    assert corrupt[0]["row"] == CORRUPT_ROW
+    assert "could not be decoded" in corrupt[0]["error"]
+    assert "row 150" in corrupt[0]["error"]
+    grey = np.asarray(corrupt[0]["pixels"])
+    assert grey.ndim == 3 and (grey == grey[0, 0]).all()  # a plain placeholder
+    for hit in corrupt[1:]:
+        assert hit["error"] is None and hit["pixels"] == pixels(1, hit["row"])
+
+    assert [h["row"] for h in failed][0] == 190 and len(failed) == 2
+    for hit in failed:
+        if hit["row"] >= SPLIT:
+            assert "could not be fetched" in hit["error"]
+
+    assert retried[0]["row"] == 131 and retried[0]["error"] is None
+    assert retried[0]["pixels"] == pixels(1, 131)
+
+
+def test_a_pinned_revision_shows_its_own_images_after_a_new_publish(local_hub, hub_env, tmp_path):
+    repo = f"{local_hub.user}/lazy-pin"
+    first = publish(write_lazy_repo(tmp_path / "a", seed=1), repo, hub_env)
+    second = publish(write_lazy_repo(tmp_path / "b", seed=2), repo, hub_env)
+    assert first != second
+    emb = vectors()
+    queries = [{"vector": emb[row].tolist(), "k": 1} for row in (5, 160)]
+    pinned = search(hub_env, repo, first, tmp_path / "cache", queries)
+    assert [s[0]["pixels"] for s in pinned["searches"]] == [pixels(1, 5), pixels(1, 160)]
+    latest = search(hub_env, repo, "main", tmp_path / "cache", queries)
+    assert [s[0]["pixels"] for s in latest["searches"]] == [pixels(2, 5), pixels(2, 160)]
+
+
+def test_a_local_folder_takes_the_same_road_with_a_bounded_image_cache(tmp_path):
+    from search_repo import FakeEncoder
+
+    from imagesearchtr import Searcher
+
+    folder = write_lazy_repo(tmp_path / "repo", seed=3)
+    cache = tmp_path / "cache"
+    one_image = len(noise_png(3, 0))
+    searcher = Searcher.from_repo(
+        folder, encoder=FakeEncoder(DIM), cache_dir=cache, image_cache_bytes=4 * one_image
+    )
+    emb = vectors()
+    for row in (0, 64, 140, 199, 10, 100):
+        (hit,) = searcher.search_vector(emb[row], k=1)
+        assert hit.row == row and hit.image_error is None
+        assert np.asarray(hit.image).tolist() == pixels(3, row)
+        stored = sum(p.stat().st_size for p in (cache / "images").glob("*"))
+        assert stored <= 4 * one_image + 64  # PNG sizes differ by a few bytes
+    (hit,) = searcher.search_vector(emb[CORRUPT_ROW], k=1)
+    assert hit.row == CORRUPT_ROW and "could not be decoded" in hit.image_error
+
+
+def test_a_data_file_that_is_not_the_one_the_manifest_names_is_refused_at_start(
+    local_hub, hub_env, tmp_path
+):
+    folder = write_lazy_repo(tmp_path / "repo", seed=4)
+    manifest = json.loads((folder / "index" / "manifest.json").read_text())
+    manifest["data_files"][1]["sha256"] = "0" * 64  # as if data/ changed after indexing
+    (folder / "index" / "manifest.json").write_text(json.dumps(manifest))
+    repo = f"{local_hub.user}/lazy-mismatch"
+    commit = publish(folder, repo, hub_env)
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.path.insert(0, "tests")
+        from search_repo import FakeEncoder
+        from imagesearchtr import Searcher, SearchSetupError
+        try:
+            Searcher.from_repo(sys.argv[1], revision=sys.argv[2], encoder=FakeEncoder(8))
+        except SearchSetupError as err:
+            print("refused:", err)
+        """
+    )
+    out = run_python(code, hub_env, repo, commit)
+    assert "refused:" in out and "data/train-00001.parquet is not the file" in out
+    assert "publish again" in out
