@@ -1,8 +1,9 @@
 """One query end to end (encode + search + fetch) and the Searcher's load, at 50k and 100k rows.
 
 Run: ``python benchmarks/pipeline.py [--sizes 50000,100000] [--queries 25] [--rounds 3]
-[--work DIR] [--compare DIR]``. ``--compare DIR`` measures another version of ``space/`` side by
-side (DIR holds its ``space/`` folder, e.g. ``git archive 998fc04 space | tar -x -C DIR``).
+[--work DIR] [--compare DIR [--compare-index TYPE]]``. ``--compare DIR`` measures another
+version of ``space/`` side by side (DIR holds its ``space/`` folder, e.g. ``git archive 998fc04
+space | tar -x -C DIR``), on a repo indexed with ``--compare-index`` (that version's own choice).
 
 Reads nothing but the project. Writes the full-size random-weight model and the synthetic
 published repos (benchmarks/_common.py) into ``--work`` (a temporary folder, deleted, unless
@@ -93,6 +94,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (3)")
     parser.add_argument("--work", type=Path, help="keep model and repos here, reuse them")
     parser.add_argument("--compare", type=Path, help="folder holding another version's space/")
+    parser.add_argument(
+        "--compare-index",
+        default="auto",
+        help="index type the compared version searches, e.g. its own auto choice (auto)",
+    )
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--space", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -116,10 +122,16 @@ def run(work: Path, sizes: list[int], args) -> None:
         versions["compared"] = args.compare.resolve() / "space"
     results: dict = {}
     for n in sizes:
-        repo = _common.published_repo(work, n, "auto", work / "model", fingerprint)
+        repos = {
+            label: _common.published_repo(
+                work, n, "auto" if label == "this" else args.compare_index, work / "model",
+                fingerprint,
+            )
+            for label in versions
+        }  # fmt: skip
         for round_ in range(args.rounds):
             for label in list(versions)[:: 1 if round_ % 2 == 0 else -1]:
-                command = [sys.executable, __file__, "--child", str(repo)]
+                command = [sys.executable, __file__, "--child", str(repos[label])]
                 command += ["--queries", str(args.queries), "--space", str(versions[label])]
                 answer = subprocess.run(command, env=env, capture_output=True, text=True)
                 if answer.returncode != 0:
@@ -132,7 +144,11 @@ def run(work: Path, sizes: list[int], args) -> None:
     encode = {n: min(r["encode_ms"] for (m, _), r in results.items() if m == n) for n in sizes}
     lines = [
         "## End-to-end query (`python benchmarks/pipeline.py"
-        + (f" --compare {args.compare}`)" if args.compare else "`)"),
+        + (
+            f" --compare {args.compare} --compare-index {args.compare_index}`)"
+            if args.compare
+            else "`)"
+        ),
         "",
         f"Machine: {machine}. Full-size MultiEmbedTR with random weights, synthetic published "
         f"repos (`auto` index), k = {K}, {args.queries} queries, each version's best of "

@@ -38,7 +38,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagesearchtr.manifest import INDEX_DIR, MANIFEST_FILE, Manifest, index_file
+from imagesearchtr.manifest import INDEX_DIR, MANIFEST_FILE, Manifest, index_file, load_manifest
 
 from . import _io
 from .datafiles import DATA_DIR, sha256_file
@@ -76,7 +76,9 @@ def staged_files(build: Path) -> tuple[Manifest, dict[str, tuple[Path, str]]]:
     """Map repo paths to (build file, sha256), checking the index matches the rows first."""
     build = Path(build)
     shards = build_shards(build)  # complete and not empty, or a clear error
-    manifest = Manifest.load(build / INDEX_DIR / MANIFEST_FILE)
+    # The one manifest loader: it refuses index and data paths outside index/ and data/, so a
+    # manifest can never make publish upload a file from elsewhere on this machine.
+    manifest = load_manifest(build).manifest
     stale = (
         f"{build}: the index does not match the encoded rows; re-run "
         f"`python -m pipeline index --build {build}`"
@@ -184,7 +186,7 @@ def publish_to_hub(config: PublishConfig) -> PublishResult:
         info = api.dataset_info(repo_id, files_metadata=False)
         remote = _remote_files(api, repo_id, info.sha)
     except HfHubHTTPError as err:
-        raise PublishError(_hub_error_text(err, repo_id)) from None
+        raise PublishError(hub_error_text(err, repo_id)) from None
     remote_manifest = None
     if f"{INDEX_DIR}/{MANIFEST_FILE}" in remote:
         remote_manifest = _read_manifest(
@@ -325,7 +327,7 @@ def _publish_through_pr(api, repo_id, files, card, title, config):
         revision = api.dataset_info(repo_id).sha
     except (HfHubHTTPError, OSError, RuntimeError) as err:
         raise PublishError(
-            _hub_error_text(err, repo_id) + "; main was left unchanged: run the same publish "
+            hub_error_text(err, repo_id) + "; main was left unchanged: run the same publish "
             "command again to resume"
         ) from None
     return revision, uploads, deletes
@@ -369,7 +371,7 @@ def _commit_with_retries(api, repo_id, operations, *, message, parent, identity,
             if not retryable or attempt == retries:
                 tried = f" after {attempt + 1} attempts" if attempt else ""
                 raise PublishError(
-                    _hub_error_text(err, repo_id) + tried + "; the repo was left unchanged"
+                    hub_error_text(err, repo_id) + tried + "; the repo was left unchanged"
                 ) from None
             wait = backoff * 2**attempt
             print(
@@ -430,7 +432,7 @@ def _download(api, repo_id: str, filename: str, revision: str) -> Path:
     return Path(api.hf_hub_download(repo_id, filename, repo_type="dataset", revision=revision))
 
 
-def _hub_error_text(err, repo_id: str) -> str:
+def hub_error_text(err, repo_id: str) -> str:
     status = getattr(getattr(err, "response", None), "status_code", None)
     if status in (401, 403):
         return (

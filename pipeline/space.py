@@ -31,9 +31,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagesearchtr.manifest import INDEX_DIR, MANIFEST_FILE, Manifest
+from imagesearchtr.manifest import Manifest, load_manifest
 
-from .publish import PublishError, _hub_error_text
+from .publish import PublishError, hub_error_text
 
 SPACE_SOURCE = Path(__file__).resolve().parent.parent / "space"
 APP_FILE = "app.py"
@@ -193,7 +193,7 @@ def publish_space_to_hub(config: SpaceConfig) -> SpaceResult:
     try:
         info = api.dataset_info(dataset_repo, revision=config.dataset_revision)
         revision = info.sha  # pin: a branch or tag name would follow later pushes
-        manifest = _hub_manifest(api, dataset_repo, revision)
+        manifest = load_manifest(dataset_repo, revision, index_files=False).manifest
         if info.private:
             notes.append(
                 f"{dataset_repo} is private: add a Space secret HF_TOKEN with read access to it "
@@ -234,7 +234,7 @@ def publish_space_to_hub(config: SpaceConfig) -> SpaceResult:
             parent_commit=space.sha,  # refuse to overwrite a commit made meanwhile
         )
     except HfHubHTTPError as err:
-        raise PublishError(_hub_error_text(err, space_id)) from None
+        raise PublishError(hub_error_text(err, space_id)) from None
     url = f"{api.endpoint}/spaces/{space_id}"
     _request_hardware(api, space_id, hardware, commit.oid, url)
     stage = wait_for_space(api, space_id, commit.oid, config.wait_timeout) if config.wait else None
@@ -269,7 +269,7 @@ def _request_hardware(api, space_id: str, hardware: str, revision: str, url: str
                 "hardware needs a payment method and ZeroGPU a PRO or Enterprise account "
                 f"({url}/settings), or re-run with --hardware cpu-basic"
             ) from None
-        raise PublishError(_hub_error_text(err, space_id)) from None
+        raise PublishError(hub_error_text(err, space_id)) from None
 
 
 def wait_for_space(api, space_id: str, revision: str, timeout: float) -> str:
@@ -286,7 +286,7 @@ def wait_for_space(api, space_id: str, revision: str, timeout: float) -> str:
         try:
             runtime = api.get_space_runtime(space_id)
         except HfHubHTTPError as err:
-            raise PublishError(_hub_error_text(err, space_id)) from None
+            raise PublishError(hub_error_text(err, space_id)) from None
         stage, running_sha = str(runtime.stage), runtime.raw.get("sha")
         if stage != last:
             print(f"space {space_id}: {stage}", file=sys.stderr, flush=True)
@@ -319,7 +319,7 @@ def publish_space_to_folder(config: SpaceConfig) -> SpaceResult:
         dataset_repo, revision = str(local.resolve()), None
         if config.dataset_revision:
             raise ValueError("--dataset-revision applies to a Hub dataset, not a local folder")
-        manifest = _local_manifest(local)
+        manifest = load_manifest(local).manifest
         # The card links a Hub dataset; a folder-backed app is for local runs only.
         card = None
         notes.append(f"no {CARD_FILE} written: the Space card needs a Hub dataset id")
@@ -330,9 +330,9 @@ def publish_space_to_folder(config: SpaceConfig) -> SpaceResult:
         api = HfApi()
         try:
             revision = api.dataset_info(config.dataset_repo, revision=config.dataset_revision).sha
-            manifest = _hub_manifest(api, config.dataset_repo, revision)
+            manifest = load_manifest(config.dataset_repo, revision, index_files=False).manifest
         except HfHubHTTPError as err:
-            raise PublishError(_hub_error_text(err, config.dataset_repo)) from None
+            raise PublishError(hub_error_text(err, config.dataset_repo)) from None
         dataset_repo = config.dataset_repo
         # The card's snippet calls this folder's app, run locally (the command printed below).
         card = render_card("http://127.0.0.1:7860/", dataset_repo, revision, manifest, hardware)
@@ -359,38 +359,6 @@ def publish_space_to_folder(config: SpaceConfig) -> SpaceResult:
         run_command=command,
         notes=tuple(notes),
     )
-
-
-def _local_manifest(folder: Path) -> Manifest:
-    path = folder / INDEX_DIR / MANIFEST_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{folder} has no {INDEX_DIR}/{MANIFEST_FILE}: not a published ImageSearchTR "
-            "dataset (`python -m pipeline publish --build BUILD --to FOLDER` writes one)"
-        )
-    return _parse_manifest(path, str(folder))
-
-
-def _hub_manifest(api, repo_id: str, revision: str) -> Manifest:
-    from huggingface_hub.errors import EntryNotFoundError
-
-    try:
-        path = api.hf_hub_download(
-            repo_id, f"{INDEX_DIR}/{MANIFEST_FILE}", repo_type="dataset", revision=revision
-        )
-    except EntryNotFoundError:
-        raise FileNotFoundError(
-            f"{repo_id}@{revision} has no {INDEX_DIR}/{MANIFEST_FILE}: not a published "
-            "ImageSearchTR dataset (`python -m pipeline publish --build BUILD --repo ...`)"
-        ) from None
-    return _parse_manifest(Path(path), f"{repo_id}@{revision}")
-
-
-def _parse_manifest(path: Path, where: str) -> Manifest:
-    try:
-        return Manifest.load(path)
-    except (ValueError, TypeError, KeyError) as err:  # JSONDecodeError is a ValueError
-        raise ValueError(f"{where}: unreadable {INDEX_DIR}/{MANIFEST_FILE} ({err})") from None
 
 
 __all__ = [

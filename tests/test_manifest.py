@@ -10,7 +10,12 @@ import pytest
 from imagesearchtr import IndexInfo, Manifest, ManifestError, SearchSetupError, load_manifest
 
 
-def write_repo(folder, image_file="index/image_emb.faiss", caption_file="index/caption_emb.faiss"):
+def write_repo(
+    folder,
+    image_file="index/image_emb.faiss",
+    caption_file="index/caption_emb.faiss",
+    data_files=(),
+):
     (folder / "index").mkdir(parents=True)
     manifest = Manifest(
         model_id="fake/model",
@@ -23,6 +28,7 @@ def write_repo(folder, image_file="index/image_emb.faiss", caption_file="index/c
             IndexInfo("image_emb", image_file, "flat", "Flat", 1),
             IndexInfo("caption_emb", caption_file, "flat", "Flat", 1),
         ),
+        data_files=list(data_files),
     )
     manifest.save(folder / "index" / "manifest.json")
     for name in ("image_emb.faiss", "caption_emb.faiss"):
@@ -55,6 +61,20 @@ def test_index_files_outside_index_are_refused_before_opening(tmp_path, file):
     with pytest.raises(ManifestError, match=r"must be plain files inside the repo's index/") as err:
         load_manifest(tmp_path / "repo")
     assert repr(file) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["../../../../proc/self/environ", "/etc/passwd", "data/../index/x.parquet", "data/a/b.parquet",
+     "data/a.txt", "index/image_emb.faiss"],
+)  # fmt: skip
+def test_data_files_outside_data_are_refused(tmp_path, path):
+    good = {"path": "data/train-00000.parquet", "num_rows": 1, "sha256": "0" * 64}
+    write_repo(tmp_path / "ok", data_files=[good])
+    assert load_manifest(tmp_path / "ok").manifest.data_files == [good]
+    write_repo(tmp_path / "repo", data_files=[good, {**good, "path": path}])
+    with pytest.raises(ManifestError, match="data files must be data/NAME.parquet"):
+        load_manifest(tmp_path / "repo")
 
 
 def test_a_symlink_out_of_index_is_refused(tmp_path):

@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 
 MANIFEST_VERSION = 1
 INDEX_DIR = "index"
+DATA_DIR = "data"
 MANIFEST_FILE = "manifest.json"
 # One FAISS file per embedding column, named after it (index/image_emb.faiss, ...).
 EMBEDDING_COLUMNS = ("image_emb", "caption_emb")
@@ -119,20 +120,23 @@ class LoadedManifest:
         return self.root / self.manifest.index(column).file
 
 
-def load_manifest(location: str | Path, revision: str | None = None) -> LoadedManifest:
+def load_manifest(
+    location: str | Path, revision: str | None = None, *, index_files: bool = True
+) -> LoadedManifest:
     """Read ``index/manifest.json`` of a local folder or a Hub dataset repo (at ``revision``).
 
     A folder is read in place (``revision`` does not apply to it); for a Hub id the ``index/``
     files of one commit are downloaded into the Hub cache and that commit is returned, so the
-    caller can load the rows from the same commit. Raises ``ManifestError`` for a missing,
-    unreadable or unsafe manifest; Hub connection errors pass through unchanged.
+    caller can load the rows from the same commit (``index_files=False``: the manifest alone,
+    for callers that only read it). Raises ``ManifestError`` for a missing, unreadable or unsafe
+    manifest; Hub connection errors pass through unchanged.
     """
     where = str(location)
     local = Path(location).expanduser()
     if local.is_dir():
         root, resolved = local, None
     else:
-        root, resolved = _download_index(where, revision)
+        root, resolved = _download_index(where, revision, index_files)
     path = root / INDEX_DIR / MANIFEST_FILE
     if not path.is_file():
         raise ManifestError(
@@ -151,11 +155,14 @@ def load_manifest(location: str | Path, revision: str | None = None) -> LoadedMa
         ) from None
     for info in manifest.indices:
         _check_index_file(where, root, info, follow_links=resolved is None)
+    for entry in manifest.data_files:
+        _check_data_file(where, entry)
     return LoadedManifest(manifest, root, resolved)
 
 
-def _download_index(repo_id: str, revision: str | None) -> tuple[Path, str]:
-    """Download ``index/*`` of a Hub dataset repo; return (snapshot folder, commit)."""
+def _download_index(repo_id: str, revision: str | None, index_files: bool) -> tuple[Path, str]:
+    """Download ``index/*`` (or the manifest alone) of a Hub dataset repo; return (snapshot
+    folder, commit)."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         HFValidationError,
@@ -165,7 +172,10 @@ def _download_index(repo_id: str, revision: str | None) -> tuple[Path, str]:
 
     try:
         snapshot = snapshot_download(
-            repo_id, repo_type="dataset", revision=revision, allow_patterns=[f"{INDEX_DIR}/*"]
+            repo_id,
+            repo_type="dataset",
+            revision=revision,
+            allow_patterns=[f"{INDEX_DIR}/{'*' if index_files else MANIFEST_FILE}"],
         )
     except HFValidationError:
         raise ManifestError(
@@ -208,3 +218,26 @@ def _check_index_file(where: str, root: Path, info: IndexInfo, follow_links: boo
     target = root / file
     if follow_links and not target.resolve().is_relative_to((root / INDEX_DIR).resolve()):
         raise refused
+
+
+def _check_data_file(where: str, entry) -> None:
+    """A ``data_files`` entry names a parquet file directly inside ``data/``, nothing else: the
+    lazy row reader opens these paths, so a hostile manifest must not point it anywhere else."""
+    path = entry.get("path") if isinstance(entry, dict) else None
+    parts = PurePosixPath(path).parts if isinstance(path, str) else ()
+    ok = (
+        len(parts) == 2
+        and parts[0] == DATA_DIR
+        and parts[1].endswith(".parquet")
+        and parts[1] not in (".", "..")
+        and "\\" not in path
+        and "\0" not in path
+        and isinstance(entry.get("num_rows"), int)
+        and isinstance(entry.get("sha256"), str)
+    )
+    if not ok:
+        raise ManifestError(
+            f"{where}: the manifest lists {path!r} as a data file, but data files must be "
+            f"{DATA_DIR}/NAME.parquet entries with num_rows and sha256; nothing was opened. "
+            "Re-run `python -m pipeline index` and publish again"
+        )
