@@ -800,3 +800,74 @@ def test_preload_names_the_model_files_at_the_pinned_revision(local_hub, monkeyp
     assert preload_lines(api, manifest) == (f"{model} config.json,model.safetensors {commit.oid}",)
     local = Manifest(**{**manifest.__dict__, "model_id": str(REPO_ROOT)})
     assert preload_lines(api, local) == ()  # a local model folder: nothing to preload
+
+
+def _shown_files(browser) -> set[str]:
+    from selenium.webdriver.common.by import By
+
+    sources = [
+        i.get_attribute("src") or "" for i in browser.find_elements(By.CSS_SELECTOR, "#results img")
+    ]
+    return {src.rsplit("/", 1)[-1] for src in sources if src}
+
+
+def test_browser_click_a_result_then_find_similar(served, app, searcher):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, _ = served
+    browser, profile = _chrome()
+    try:
+        browser.get(url)
+        box = WebDriverWait(browser, 60).until(
+            lambda b: b.find_element(By.CSS_SELECTOR, "#query textarea, #query input")
+        )
+        box.send_keys("köpek")
+        box.send_keys(Keys.ENTER)
+        WebDriverWait(browser, 60).until(lambda b: len(_shown_files(b)) >= 10)
+        first = _shown_files(browser)
+        browser.find_elements(By.CSS_SELECTOR, "#results img")[1].click()
+        button = WebDriverWait(browser, 30).until(
+            lambda b: (lambda e: e if e and e[0].is_displayed() else False)(
+                b.find_elements(By.CSS_SELECTOR, "#similar-button")
+            )
+        )[0]
+        row = int(button.text.split("#")[1].rstrip(")"))
+        button.click()
+        expected = {
+            Path(app.result_image_file(h.image)).name for h in searcher.search_similar(row, 10)
+        }
+        WebDriverWait(browser, 60).until(lambda b: _shown_files(b) == expected)
+        assert expected != first
+        assert "10 sonuç" in browser.find_element(By.ID, "status").text
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "app-similar.png"))
+    finally:
+        browser.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_browser_opens_a_share_link(served, app, searcher):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, _ = served
+    browser, profile = _chrome()
+    try:
+        link = url + "?" + urllib.parse.urlencode({"q": "köpek + kar", "k": 5})
+        browser.get(link)
+        expected = {
+            Path(app.result_image_file(h.image)).name
+            for h in searcher.search_combined(["köpek", "kar"], k=5)
+        }
+        WebDriverWait(browser, 60).until(lambda b: _shown_files(b) == expected)
+        box = browser.find_element(By.CSS_SELECTOR, "#query textarea, #query input")
+        assert box.get_attribute("value") == "köpek + kar"
+        share = WebDriverWait(browser, 30).until(
+            lambda b: b.find_element(By.CSS_SELECTOR, "#share-link textarea, #share-link input")
+        )
+        assert share.get_attribute("value") == link
+    finally:
+        browser.quit()
+        shutil.rmtree(profile, ignore_errors=True)
