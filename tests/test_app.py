@@ -871,3 +871,28 @@ def test_browser_opens_a_share_link(served, app, searcher):
     finally:
         browser.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_space_card_similar_example_runs_against_the_app(served, searcher, capsys):
+    """The Space card's gradio_client example for /search_similar, run as written."""
+    import re
+
+    from hub_card import render_space_card
+
+    url, _ = served
+    card = render_space_card(
+        title="T",
+        space_id="someone/photos-search",
+        dataset_repo="someone/photos",
+        dataset_revision=None,
+        manifest=searcher.manifest,
+        gradio_version="6.31.0",
+        python_version="3.11",
+    )
+    section = card.split("## More like this from Python", 1)[1]
+    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert 'Client("someone/photos-search")' in code
+    assert "https://someone-photos-search.hf.space/gradio_api/mcp/" in card
+    exec(code.replace('"someone/photos-search"', repr(url)), {})  # noqa: S102
+    printed = capsys.readouterr().out
+    assert "\n5 sonuç · " in printed
