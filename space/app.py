@@ -108,6 +108,8 @@ RESULTS_FOLDER = "imagesearchtr-results"
 JPEG_QUALITY = 90
 # Composed queries: a "+" or "-" with whitespace on both sides joins two terms, so the hyphen of
 # "Kuzey-Batı" or "15-20 yaş" stays part of the text (parse_query).
+# Each term is one encoder call: more terms than this are refused, not queued for seconds.
+MAX_TERMS = 8
 OPERATOR = re.compile(r"(?:^|(?<=\s))([+-])(?=\s|$)")
 # The share link's parameters (?q=...&k=...&deep=...&alpha=...), read by the page on load.
 SHARE_PARAMS = ("q", "k", "deep", "alpha")
@@ -399,6 +401,8 @@ def make_handlers(searcher: Searcher | LoadError):
         except ValueError as err:
             return [], [], f"⚠️ {err}"
         images = [image] if image else []
+        if len(positive) + len(negative) + len(images) > MAX_TERMS:
+            return [], [], f"⚠️ Bir sorguda en çok {MAX_TERMS} terim olabilir."
         if not positive and not images:
             if negative:
                 return [], [], "⚠️ En az bir artı terim gerekir (ör. “köpek - kar”)."

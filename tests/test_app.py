@@ -896,3 +896,11 @@ def test_space_card_similar_example_runs_against_the_app(served, searcher, capsy
     exec(code.replace('"someone/photos-search"', repr(url)), {})  # noqa: S102
     printed = capsys.readouterr().out
     assert "\n5 sonuç · " in printed
+
+
+def test_a_composed_query_has_at_most_max_terms(app, searcher):
+    search_fn, _, _, _ = app.make_handlers(searcher)
+    many = " + ".join(["köpek"] * (app.MAX_TERMS + 1))
+    gallery, results, status = search_fn(many, 3)
+    assert gallery == [] and results == [] and f"en çok {app.MAX_TERMS} terim" in status
+    assert len(search_fn(" + ".join(["köpek"] * app.MAX_TERMS), 3)[1]) == 3
