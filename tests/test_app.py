@@ -533,13 +533,13 @@ def test_mcp_tool_call_answers(served):
     import asyncio
 
     from mcp import ClientSession
-    from mcp.client.streamable_http import streamablehttp_client
+    from mcp.client.streamable_http import streamable_http_client
 
     url, _ = served
 
     async def call():
         async with (
-            streamablehttp_client(url + "gradio_api/mcp/") as (read, write, _),
+            streamable_http_client(url + "gradio_api/mcp/") as (read, write, _),
             ClientSession(read, write) as session,
         ):
             await session.initialize()
