@@ -670,15 +670,21 @@ def build_app(searcher: Searcher | LoadError) -> gr.Blocks:
             queue=False,
         )
 
-        def link(text, n, on, weight, request: gr.Request):
-            """The share link of the text search just run (none for an image in the query)."""
-            if not isinstance(text, str) or not text.strip():
+        def link(text, n, on, weight, request: gr.Request, picture=None):
+            """The share link of the text search just run (none with an image: a link has none)."""
+            if not isinstance(text, str) or not text.strip() or picture:
                 return gr.update(visible=False)
             url = share_url(public_base_url(request), text, n, on, weight)
             return gr.update(visible=True, value=url)
 
+        def link_after_search(text, n, on, weight, picture, request: gr.Request):
+            return link(text, n, on, weight, request, picture)
+
         text_search.then(
-            link, inputs=[query, k, deep, alpha], outputs=share, api_visibility="private"
+            link_after_search,
+            inputs=[query, k, deep, alpha, query_image],
+            outputs=share,
+            api_visibility="private",
         )
         similar.then(lambda: gr.update(visible=False), outputs=share, api_visibility="private")
 

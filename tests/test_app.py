@@ -827,6 +827,10 @@ def test_browser_click_a_result_then_find_similar(served, app, searcher):
         box.send_keys(Keys.ENTER)
         WebDriverWait(browser, 60).until(lambda b: len(_shown_files(b)) >= 10)
         first = _shown_files(browser)
+        share = WebDriverWait(browser, 30).until(
+            lambda b: b.find_element(By.CSS_SELECTOR, "#share-link textarea, #share-link input")
+        )
+        assert share.get_attribute("value") == url + "?q=k%C3%B6pek&k=10"  # the search's link
         browser.find_elements(By.CSS_SELECTOR, "#results img")[1].click()
         button = WebDriverWait(browser, 30).until(
             lambda b: (lambda e: e if e and e[0].is_displayed() else False)(
