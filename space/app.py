@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import io
 import logging
 import os
@@ -741,10 +742,16 @@ def launch(demo: gr.Blocks, **kwargs):
     ``mcp_server=True``: the public API functions (search, search_image, search_similar,
     embed) are also MCP tools, at ``/gradio_api/mcp/`` (streamable HTTP) and
     ``/gradio_api/mcp/sse``, described by their docstrings; the schema is at
-    ``/gradio_api/mcp/schema``. Needs gradio's ``mcp`` extra (space/requirements.txt).
+    ``/gradio_api/mcp/schema``. Needs gradio's ``mcp`` extra (space/requirements.txt); without
+    it the app starts without the tools and logs why.
     """
     kwargs.setdefault("max_file_size", MAX_UPLOAD)
-    kwargs.setdefault("mcp_server", True)
+    if "mcp_server" not in kwargs:
+        # gradio refuses to start with mcp_server=True when its mcp extra is missing: a local
+        # run without it still serves the page and the API, and says why there are no tools.
+        kwargs["mcp_server"] = importlib.util.find_spec("mcp") is not None
+        if not kwargs["mcp_server"]:
+            log.warning("no MCP tools: the mcp package is missing (pip install 'gradio[mcp]')")
     return demo.launch(theme=THEME, css=CSS, **kwargs)
 
 

@@ -908,3 +908,20 @@ def test_a_composed_query_has_at_most_max_terms(app, searcher):
     gallery, results, status = search_fn(many, 3)
     assert gallery == [] and results == [] and f"en çok {app.MAX_TERMS} terim" in status
     assert len(search_fn(" + ".join(["köpek"] * app.MAX_TERMS), 3)[1]) == 3
+
+
+def test_without_the_mcp_package_the_app_starts_without_tools(app, searcher, monkeypatch, caplog):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "mcp" else real(name, *a)
+    )
+    demo = app.build_app(searcher)
+    with caplog.at_level(logging.WARNING, logger="imagesearchtr.space"):
+        url = launch(app, demo)
+    try:
+        assert demo.mcp_server is False
+        assert any("no MCP tools" in r.getMessage() for r in caplog.records)
+        _, results, status = search(client_for(url), "köpek", k=2)
+        assert len(results) == 2, status
+    finally:
+        demo.close()
