@@ -1,6 +1,6 @@
 """Load test of the Gradio Space: 1, 4 and 16 concurrent gradio_client clients on loopback.
 
-Run: ``python benchmarks/load.py [--quick] [--sizes tiny,full] [--clients 1,4,16]``
+Run: ``python benchmarks/load.py [--quick] [--sizes tiny,full] [--clients 1,4,16] [--no-overlap]``
 (a full run takes about 5-8 minutes on 2 CPU cores; ``--quick`` is a ~1-minute smoke test
 with the tiny model only).
 
@@ -22,6 +22,11 @@ image query, the upload included). A request counts as an error if it raises, ti
 not answer "N sonuç" with k results. Meanwhile a probe fetches the page (GET /) every 0.5 s and
 records how long each fetch takes: the "page stays responsive" figure.
 
+A last phase (skipped with ``--no-overlap``) runs the highest concurrency level again with
+overlapping results: every client draws from the same two texts and one photo, so concurrent
+answers return the same images, and each client downloads every image it is given and checks that
+it arrives whole (Content-Length) and decodes (the downloads are not in the latency figures).
+
 Prints a table per model size: requests, errors, p50/p95 latency, throughput, and the page probe's
 p50/p95/max; then the p50 per query kind. Everything stops by itself: each client sends a bounded
 number of queries, each with a timeout, and the app is terminated at the end.
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import os
 import platform
@@ -235,16 +241,40 @@ def make_client(url: str):
     return Client(url, verbose=False, download_files=False, analytics_enabled=False)
 
 
-def one_query(client, kind: str, n: int, inputs: Inputs):
-    """Send one query of ``kind``; return (seconds, error text or None)."""
+def fetch_result_images(url: str, gallery) -> None:
+    """Download every image of a gallery answer; raise unless each arrives whole and decodes."""
+    from PIL import Image
+
+    for item in gallery:
+        image = item["image"]
+        link = image["url"] if isinstance(image, dict) else image
+        link = link if link.startswith("http") else url.rstrip("/") + "/" + link.lstrip("/")
+        with urllib.request.urlopen(link, timeout=REQUEST_TIMEOUT) as answer:
+            data = answer.read()
+            declared = int(answer.headers["Content-Length"])
+        if len(data) != declared:
+            raise RuntimeError(f"image cut short: {len(data)} of {declared} bytes")
+        Image.open(io.BytesIO(data)).load()
+
+
+def one_query(client, kind: str, n: int, inputs: Inputs, overlap_url: str | None = None):
+    """Send one query of ``kind``; return (seconds, error text or None).
+
+    With ``overlap_url``, every client draws from the same two texts and one photo, so that
+    concurrent answers return the same images, and each answer's images are downloaded from
+    that server and checked (complete, decodable): the race that truncated a file one response
+    was still streaming shows up as an error here.
+    """
     from gradio_client import handle_file
 
     started = time.perf_counter()
     if kind == "image":
-        photo = inputs.query_images[n % len(inputs.query_images)]
+        pool = inputs.query_images[:1] if overlap_url else inputs.query_images
+        photo = pool[n % len(pool)]
         job = client.submit(image=handle_file(str(photo)), k=K, api_name="/search_image")
     else:
-        text = inputs.texts[(n * 7919) % len(inputs.texts)]
+        pool = inputs.texts[:2] if overlap_url else inputs.texts
+        text = pool[(n * 7919) % len(pool)]
         deep = kind == "deep"
         job = client.submit(query=text, k=K, deep=deep, alpha=0.6, api_name="/search")
     try:
@@ -254,6 +284,11 @@ def one_query(client, kind: str, n: int, inputs: Inputs):
     seconds = time.perf_counter() - started
     if len(results) != K or len(gallery) != K or f"{K} sonuç" not in str(status):
         return seconds, f"unexpected answer: {str(status)[:120]}"
+    if overlap_url:
+        try:
+            fetch_result_images(overlap_url, gallery)
+        except Exception as err:  # a cut or undecodable image is an error of this request
+            return seconds, f"image download: {type(err).__name__}: {str(err)[:120]}"
     return seconds, None
 
 
@@ -265,6 +300,7 @@ class Phase:
     size: str
     clients: int
     per_client: int
+    overlap: bool = False
     latencies: dict = field(default_factory=lambda: {k: [] for k in KINDS})
     errors: list = field(default_factory=list)
     probe: list = field(default_factory=list)
@@ -297,8 +333,10 @@ def page_probe(url: str, stop: threading.Event, phase: Phase) -> None:
         stop.wait(max(0.0, PROBE_INTERVAL - elapsed))
 
 
-def run_phase(url: str, size: str, clients: int, per_client: int, inputs: Inputs) -> Phase:
-    phase = Phase(size, clients, per_client)
+def run_phase(
+    url: str, size: str, clients: int, per_client: int, inputs: Inputs, overlap: bool = False
+) -> Phase:
+    phase = Phase(size, clients, per_client, overlap)
     connected = [make_client(url) for _ in range(clients)]
     lock = threading.Lock()
     start_gate = threading.Barrier(clients + 1)
@@ -307,7 +345,8 @@ def run_phase(url: str, size: str, clients: int, per_client: int, inputs: Inputs
         start_gate.wait()
         for n in range(per_client):
             kind = KINDS[(index + n) % len(KINDS)]  # every client mixes all three kinds
-            seconds, error = one_query(client, kind, index * per_client + n, inputs)
+            overlap_url = url if phase.overlap else None
+            seconds, error = one_query(client, kind, index * per_client + n, inputs, overlap_url)
             with lock:
                 if error is None:
                     phase.latencies[kind].append(seconds)
@@ -355,23 +394,25 @@ def ms(seconds: float) -> str:
 
 def table(phases: list[Phase]) -> list[str]:
     head = (
-        f"{'clients':>7} {'requests':>8} {'errors':>6} {'p50 ms':>7} {'p95 ms':>7} "
+        f"{'results':>8} {'clients':>7} {'requests':>8} {'errors':>6} {'p50 ms':>7} {'p95 ms':>7} "
         f"{'req/s':>6} {'page p50':>8} {'page p95':>8} {'page max':>8} {'probes':>6}"
     )
     rows = [head, "-" * len(head)]
     for p in phases:
         lat = p.all_latencies()
         rows.append(
+            f"{'overlap' if p.overlap else 'distinct':>8} "
             f"{p.clients:>7} {p.requests:>8} {len(p.errors):>6} {ms(pct(lat, 50)):>7} "
             f"{ms(pct(lat, 95)):>7} {len(lat) / p.seconds:>6.2f} {ms(pct(p.probe, 50)):>8} "
             f"{ms(pct(p.probe, 95)):>8} {ms(max(p.probe, default=float('nan'))):>8} "
             f"{len(p.probe) + p.probe_errors:>6}"
         )
     rows.append("")
-    rows.append(f"{'clients':>7}   p50 ms by kind: " + "  ".join(f"{k:>6}" for k in KINDS))
+    kinds = "  ".join(f"{k:>6}" for k in KINDS)
+    rows.append(f"{'results':>8} {'clients':>7}   p50 ms by kind: {kinds}")
     for p in phases:
         rows.append(
-            f"{p.clients:>7}   {'':16}"
+            f"{'overlap' if p.overlap else 'distinct':>8} {p.clients:>7}   {'':16}"
             + "  ".join(f"{ms(pct(p.latencies[k], 50)):>6}" for k in KINDS)
         )
     return rows
@@ -428,6 +469,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default=None, help="comma-separated: tiny,full")
     parser.add_argument("--clients", default=None, help="comma-separated concurrency levels")
     parser.add_argument("--queries", type=int, default=None, help="queries per client")
+    parser.add_argument(
+        "--no-overlap",
+        action="store_true",
+        help="skip the last phase, where all clients get the same images and download them",
+    )
     args = parser.parse_args(argv)
     sizes = (args.sizes or ("tiny" if args.quick else "tiny,full")).split(",")
     levels = [int(c) for c in (args.clients or ("1,4" if args.quick else "1,4,16")).split(",")]
@@ -474,11 +520,14 @@ def main(argv: list[str] | None = None) -> int:
                         raise RuntimeError(f"warm-up {kind} query failed: {error}")
                 warm.close()
                 phases = []
-                for clients in levels:
-                    phase = run_phase(url, size, clients, per_client, inputs)
+                overlap_levels = [] if args.no_overlap else [max(levels)]
+                plan = [(c, False) for c in levels] + [(c, True) for c in overlap_levels]
+                for clients, overlap in plan:
+                    phase = run_phase(url, size, clients, per_client, inputs, overlap)
                     phases.append(phase)
                     print(
-                        f"  {clients:>2} client(s) x {per_client} queries: "
+                        f"  {clients:>2} client(s) x {per_client} queries"
+                        f"{', overlapping results' if overlap else ''}: "
                         f"{phase.seconds:.1f} s, {len(phase.errors)} errors",
                         flush=True,
                     )

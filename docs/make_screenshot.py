@@ -17,7 +17,7 @@ and the browser it starts). In that folder it
    ``publish-space --to space``, as a user does (README, "Commands");
 4. starts the published ``space/app.py`` on a free loopback port and drives headless chromium
    with selenium: types "karlı dağlar", ticks Deep Search, sets the balance to 0.3 and the
-   result count to 8, presses Enter, waits for the gallery, checks that it shows the expected
+   result count to 6, presses Enter, waits for the gallery, checks that it shows the expected
    results, and saves the page, cropped to its content and quantised to 256 colours.
 
 The model is a tiny RANDOM one, not MultiEmbedTR: it understands neither the pictures nor the
@@ -50,7 +50,7 @@ from PIL import Image, ImageDraw, ImageFilter
 REPO_ROOT = Path(__file__).resolve().parent.parent
 QUERY = "karlı dağlar"
 ALPHA = "0.3"
-RESULTS = "8"
+RESULTS = "6"
 WIDTH, HEIGHT = 320, 240
 SCALE = 2  # draw at twice the size, then downsample: smooth edges
 WINDOW = (1100, 1500)  # CSS pixels; the page is cropped to its content (about 1020 x 1110)

@@ -109,6 +109,8 @@ def render_space_card(
         model_id=manifest.model_id,
         model_url=f"https://huggingface.co/{manifest.model_id}",
         hardware=hardware,
+        space_id=space_id,
+        space_host=space_id.replace("/", "-").replace("_", "-").replace(".", "-").lower(),
         usage_snippet=render_usage(
             manifest, space=space_id, repo_id=dataset_repo, revision=dataset_revision
         ),

@@ -6,26 +6,38 @@ Reads, from the environment only:
     DATASET_REVISION  optional branch, tag or commit of that repo (``publish-space`` pins the
                       commit it was published against, so a later push cannot break the Space)
 and through ``Searcher.from_repo`` the dataset's rows, indices and manifest plus the model the
-manifest names (Hub cache). Writes nothing of its own; gradio keeps the shown images in its
-temporary cache.
+manifest names (Hub cache). Writes only the result images it shows: each once, as a JPEG named
+by its content hash, into a folder of its own inside gradio's upload folder (GRADIO_TEMP_DIR),
+so that gradio serves them as files the app created (result_image_file says why).
 
 The Searcher is loaded once, when the app starts. If that fails (no DATASET_REPO, a missing or
 corrupt index, a manifest that does not match the rows, a model that is not the one that built
 the index) the app still starts, shows the reason on the page and logs it once: a Space that
 crashes at start-up restarts in a loop and shows only "Runtime error".
 
-Public API (gradio_client); the first two answer (gallery, results, status):
-    /search(query, k, deep, alpha)   text query; deep=True fuses image and caption scores,
-                                     alpha * image + (1 - alpha) * caption
+Public API (gradio_client), also served as MCP tools (launch); the first three answer
+(gallery, results, status):
+    /search(query, k, deep, alpha, image)
+                                     text query; deep=True fuses image and caption scores,
+                                     alpha * image + (1 - alpha) * caption. Composed queries:
+                                     "köpek + kar - şehir" (only a + or - with spaces around it
+                                     is an operator), and ``image`` (optional) a positive term
     /search_image(image, k)          image as query
+    /search_similar(row, k)          more like this: the photos closest to that row's photo
     /embed(text)                     the text's query embedding: a list of floats (L2-normalised),
                                      to search the dataset's FAISS index elsewhere without torch
 ``results`` is plain JSON: [{caption, captions, score, image_score, caption_score, row}, ...]
 best first; ``status`` is a one-line Turkish message (a result count, or what went wrong).
 
+The page: clicking a result offers "Benzerlerini bul" (/search_similar on its row); after a text
+search it shows a link to it, ``?q=...&k=...&deep=...&alpha=...`` on the Space's public address
+(SPACE_HOST) or the address the page was loaded from, and a page opened with those parameters
+runs that search.
+
 GPU: on ZeroGPU hardware the Space installs the ``spaces`` package (publish-space puts it in
-requirements.txt only for ZeroGPU), and every query runs inside ``@spaces.GPU``, which ZeroGPU
-requires around GPU work; the decorator does nothing outside ZeroGPU, and where the package is
+requirements.txt only for ZeroGPU), and the query encoder runs inside ``@spaces.GPU``, which
+ZeroGPU requires around GPU work (the FAISS search and the gallery run after it, on the CPU,
+outside the GPU's time); the decorator does nothing outside ZeroGPU, and where the package is
 not installed (CPU and dedicated-GPU Spaces, local runs) the functions run as they are.
 
 Run locally: ``DATASET_REPO=USER/NAME python space/app.py`` (GRADIO_SERVER_NAME and
@@ -34,11 +46,19 @@ GRADIO_SERVER_PORT, read by gradio itself, choose the address).
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import importlib.util
+import io
 import logging
 import os
+import re
+import tempfile
 import time
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 try:  # before torch is imported: ZeroGPU patches torch's CUDA start-up when spaces loads
     import spaces
@@ -46,7 +66,9 @@ except ImportError:  # not on ZeroGPU hardware (see the module docstring)
     spaces = None
 
 import gradio as gr
+import numpy as np
 from gradio import processing_utils
+from gradio.utils import get_upload_folder
 
 from imagesearchtr import ImageLoadError, ModelMismatchError, Searcher, SearchSetupError
 
@@ -81,6 +103,17 @@ QUEUE_MAX_SIZE = 64
 # Uploads larger than this are refused by gradio (HTTP 413) before they reach the disk: a query
 # photo needs far less (a 64-megapixel JPEG, the decoder's limit, is ~10-30 MB).
 MAX_UPLOAD = "50mb"
+# Result images are written as JPEG files into this folder inside gradio's upload folder
+# (result_image_file); the quality of the gallery's own JPEG encoding.
+RESULTS_FOLDER = "imagesearchtr-results"
+JPEG_QUALITY = 90
+# Composed queries: a "+" or "-" with whitespace on both sides joins two terms, so the hyphen of
+# "Kuzey-Batı" or "15-20 yaş" stays part of the text (parse_query).
+# Each term is one encoder call: more terms than this are refused, not queued for seconds.
+MAX_TERMS = 8
+OPERATOR = re.compile(r"(?:^|(?<=\s))([+-])(?=\s|$)")
+# The share link's parameters (?q=...&k=...&deep=...&alpha=...), read by the page on load.
+SHARE_PARAMS = ("q", "k", "deep", "alpha")
 
 THEME = gr.themes.Soft(primary_hue="red", secondary_hue="indigo", neutral_hue="slate")
 CSS = """
@@ -140,14 +173,43 @@ def _load_failed(message: str, exc_info: bool = False) -> LoadError:
     return LoadError(message)
 
 
+def result_image_file(image) -> str:
+    """The path of ``image`` as a JPEG in the app's result folder, written there at most once.
+
+    Handing gradio a PIL image makes it encode the image and write it to a path named by the
+    content hash, with a truncating write, on every response: a second request returning the same
+    image truncated the file while the first response was still streaming it ("Too little data
+    for declared Content-Length"). Here each image is written once, under a temporary name,
+    then renamed into place (atomic), and an existing file is never rewritten. The folder is
+    inside gradio's upload folder, so gradio serves the path as it is (no copy, no re-encode)
+    and it stays among the files the app created: nothing else on the server becomes reachable.
+    """
+    folder = Path(get_upload_folder()) / RESULTS_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    data = buffer.getvalue()
+    path = folder / f"{hashlib.sha256(data).hexdigest()}.jpg"
+    if not path.exists():
+        fd, staging = tempfile.mkstemp(dir=folder, prefix=".partial-", suffix=".jpg")
+        try:
+            with os.fdopen(fd, "wb") as sink:
+                sink.write(data)
+            os.replace(staging, path)  # same bytes if two requests race: either rename wins
+        except BaseException:
+            Path(staging).unlink(missing_ok=True)
+            raise
+    return str(path)
+
+
 def hits_to_outputs(hits) -> tuple[list, list[dict]]:
-    """Gallery items ((image, caption) pairs) and the plain-JSON results for a list of Hits."""
+    """Gallery items ((image file, caption) pairs) and the plain-JSON results for Hits."""
     gallery, results = [], []
     for hit in hits:
         caption = hit.captions[0] if hit.captions else ""
         # The score first: the gallery cuts long captions at the tile's width.
         label = f"{hit.score:.3f} · {caption}" if caption else f"{hit.score:.3f}"
-        gallery.append((hit.image, label))
+        gallery.append((result_image_file(hit.image), label))
         results.append(
             {
                 "caption": caption,
@@ -168,27 +230,108 @@ def on_gpu(fn):
     return fn if spaces is None else spaces.GPU(fn)
 
 
-def make_handlers(searcher: Searcher | LoadError):
-    """The three API functions, bound to one Searcher (or to the reason there is none).
+def parse_query(text: str | None) -> tuple[list[str], list[str]]:
+    """Split a composed query into its positive and negative text terms.
 
-    Their parameter names are the API's parameter names, and their docstrings its description.
-    Known problems of /search and /search_image come back as the status message with an empty
-    gallery, never as an error: a gradio_client caller and the page both see the same Turkish
-    sentence. /embed has no status output, so it raises ``gr.Error`` with that sentence.
+    ``"köpek + kar - şehir"`` gives ``(["köpek", "kar"], ["şehir"])``. Only a ``+`` or ``-``
+    with whitespace on both sides (or at the start of the query) is an operator, so hyphens
+    inside Turkish text stay text: ``"Kuzey-Batı"``, ``"15-20 yaş"``, ``"-5 derece"``. A query
+    without operators is one positive term, exactly as typed (stripped). A query may start with
+    an operator (``"- kar"``) when an image beside it is the positive term. An operator with no
+    term after it is a ValueError that says so.
+    """
+    text = (text or "").strip()
+    if not text:
+        return [], []
+    parts = OPERATOR.split(text)
+    positive = [parts[0].strip()] if parts[0].strip() else []
+    negative: list[str] = []
+    for op, term in zip(parts[1::2], parts[2::2], strict=True):
+        term = term.strip()
+        if not term:
+            raise ValueError(
+                f"“{op}” işaretinden sonra bir terim yazın (ör. “köpek + kar - şehir”); "
+                "tire metnin parçasıysa boşluksuz yazın (ör. “Kuzey-Batı”)."
+            )
+        (positive if op == "+" else negative).append(term)
+    return positive, negative
+
+
+def compose(plus: list[np.ndarray], minus: list[np.ndarray]) -> np.ndarray:
+    """The query vector of a composed query, as ``Searcher.search_combined`` builds it.
+
+    The sum of the positive terms' embeddings minus the negative ones', each weighted 1, then
+    L2-normalised; one positive term alone is its own embedding (already normalised), so a
+    query without operators searches exactly as ``search_text`` does.
+    """
+    if len(plus) == 1 and not minus:
+        return plus[0]
+    query = np.sum(plus, axis=0) - np.sum(minus or [np.zeros_like(plus[0])], axis=0)
+    norm = float(np.linalg.norm(query))
+    if norm < 1e-6:
+        raise ValueError("Terimler birbirini götürüyor; eksi (-) terimlerden birini çıkarın.")
+    return query / norm
+
+
+def share_url(base: str, query: str, k, deep: bool, alpha) -> str:
+    """The link that reruns a text search: ``base?q=...&k=...`` (+ ``deep``, ``alpha``)."""
+    params = {"q": query.strip(), "k": int(k)}
+    if deep:
+        params.update(deep="1", alpha=f"{float(alpha):g}")
+    return f"{base.rstrip('/')}/?{urllib.parse.urlencode(params)}"
+
+
+def public_base_url(request: gr.Request | None, env: Mapping[str, str] | None = None) -> str:
+    """The Space's public address (SPACE_HOST, set by Spaces), else the request's own base URL."""
+    env = os.environ if env is None else env
+    host = (env.get("SPACE_HOST") or "").strip()
+    if host:
+        return f"https://{host}/"
+    try:
+        return str(request.base_url) if request is not None else ""
+    except AttributeError:
+        return ""
+
+
+def settings_from_link(params: Mapping[str, str]) -> dict | None:
+    """The search a share link asks for (``q``, ``k``, ``deep``, ``alpha``), or None without ``q``.
+
+    Values are passed on as given when they do not parse, so the search answers with its own
+    message about them instead of the page silently using something else.
+    """
+    query = (params.get("q") or "").strip()
+    if not query:
+        return None
+    k: int | str = params.get("k") or DEFAULT_RESULTS
+    with contextlib.suppress(ValueError):
+        k = int(k)
+    deep = (params.get("deep") or "").strip().lower() in ("1", "true", "yes", "evet", "on")
+    alpha: float | str = params.get("alpha") or DEFAULT_ALPHA
+    with contextlib.suppress(ValueError):
+        alpha = float(alpha)
+    return {"query": query, "k": k, "deep": deep, "alpha": alpha}
+
+
+def make_handlers(searcher: Searcher | LoadError):
+    """The four API functions, bound to one Searcher (or to the reason there is none).
+
+    Their parameter names are the API's parameter names, and their docstrings its description
+    (and the MCP tools' descriptions). Known problems of /search, /search_image and
+    /search_similar come back as the status message with an empty gallery, never as an error: a
+    gradio_client caller and the page both see the same Turkish sentence. /embed has no status
+    output, so it raises ``gr.Error`` with that sentence.
     """
 
-    # The query encoder runs inside these (the Searcher encodes, then searches with FAISS).
+    # Only the encoder runs inside @spaces.GPU (ZeroGPU bills and queues GPU time per call); the
+    # FAISS search, the exact re-scoring and the gallery's JPEGs run on the CPU after it.
     @on_gpu
-    def text_on_device(query: str, n: int, weight: float | None):
-        return searcher.search_text(query, n, alpha=weight)
+    def encode_on_device(texts: list[str], images: list[str]) -> list[np.ndarray]:
+        encoder = searcher.encoder
+        vectors = [encoder.encode_texts([text])[0] for text in texts]
+        return vectors + [encoder.encode_images([image])[0] for image in images]
 
-    @on_gpu
-    def image_on_device(image: str, n: int):
-        return searcher.search_image(image, n)
-
-    @on_gpu
-    def embed_on_device(text: str):
-        return searcher.encoder.encode_texts([text])[0]
+    def encode_terms(texts: list[str], images: list[str] = ()) -> list[np.ndarray]:
+        return encode_on_device(list(texts), list(images))
 
     def unavailable():
         return [], [], f"⚠️ Arama kullanılamıyor: {searcher.message}"
@@ -199,6 +342,9 @@ def make_handlers(searcher: Searcher | LoadError):
         except (TypeError, ValueError):
             return None
         return k if 1 <= k <= MAX_RESULTS else None
+
+    def bad_k(k):
+        return [], [], f"⚠️ Sonuç sayısı 1 ile {MAX_RESULTS} arasında olmalı (verilen: {k})."
 
     def run(query_fn, what: str):
         started = time.perf_counter()
@@ -216,41 +362,70 @@ def make_handlers(searcher: Searcher | LoadError):
         return gallery, results, f"{len(results)} sonuç · {elapsed:.0f} ms"
 
     def search(
-        query: str, k: int = DEFAULT_RESULTS, deep: bool = False, alpha: float = DEFAULT_ALPHA
+        query: str,
+        k: int = DEFAULT_RESULTS,
+        deep: bool = False,
+        alpha: float = DEFAULT_ALPHA,
+        image: str | None = None,
     ):
-        """Türkçe metinle görsel ara.
+        """Search the photo collection with a Turkish text (optionally composed, plus an image).
+
+        Write what the photos should show, in Turkish, e.g. "karda oynayan köpekler" (dogs
+        playing in the snow). Combine terms with " + " and " - " (spaces around them):
+        "köpek + kar - şehir" finds dogs and snow, away from the city. A hyphen without spaces
+        ("Kuzey-Batı", "15-20 yaş") is part of the text.
 
         Args:
-            query: the Turkish text, e.g. "karda oynayan köpekler"
+            query: the Turkish text, e.g. "karda oynayan köpekler", or a composed query
             k: how many results, 1-30
             deep: Deep Search: score by the images and their captions together
             alpha: with deep=True, 0 = captions only, 1 = images only
+            image: optional image added as a positive term (a file or URL)
         Returns:
-            the gallery, the results as JSON and a status line
+            the gallery (image URLs with "score · caption" labels), the results as JSON (one
+            object per photo, best first: caption, captions, score, image_score,
+            caption_score, row) and a one-line Turkish status
         """
         if isinstance(searcher, LoadError):
             return unavailable()
-        if not isinstance(query, str) or not query.strip():
-            return [], [], "✍️ Lütfen bir arama metni yazın (ör. “karlı dağlar”)."
         n = check_k(k)
         if n is None:
-            return [], [], f"⚠️ Sonuç sayısı 1 ile {MAX_RESULTS} arasında olmalı (verilen: {k})."
+            return bad_k(k)
         try:
             weight = float(alpha) if deep else None
         except (TypeError, ValueError):
             weight = -1.0
         if weight is not None and not 0.0 <= weight <= 1.0:
             return [], [], f"⚠️ Denge (alpha) 0 ile 1 arasında olmalı (verilen: {alpha})."
-        return run(lambda: text_on_device(query.strip(), n, weight), repr(query))
+        try:
+            positive, negative = parse_query(query if isinstance(query, str) else "")
+        except ValueError as err:
+            return [], [], f"⚠️ {err}"
+        images = [image] if image else []
+        if len(positive) + len(negative) + len(images) > MAX_TERMS:
+            return [], [], f"⚠️ Bir sorguda en çok {MAX_TERMS} terim olabilir."
+        if not positive and not images:
+            if negative:
+                return [], [], "⚠️ En az bir artı terim gerekir (ör. “köpek - kar”)."
+            return [], [], "✍️ Lütfen bir arama metni yazın (ör. “karlı dağlar”)."
+
+        def query_fn():
+            vectors = encode_terms(positive + negative, images)
+            plus = vectors[: len(positive)] + vectors[len(positive) + len(negative) :]
+            minus = vectors[len(positive) : len(positive) + len(negative)]
+            return searcher.search_vector(compose(plus, minus), n, alpha=weight)
+
+        return run(query_fn, repr(query))
 
     def search_image(image: str | None, k: int = DEFAULT_RESULTS):
-        """Görselle görsel ara: yüklenen görsele en çok benzeyenler.
+        """Search the photo collection with an image: the photos that look most like it.
 
         Args:
             image: the query image (a file; gradio_client: handle_file(path_or_url))
             k: how many results, 1-30
         Returns:
-            the gallery, the results as JSON and a status line
+            the gallery (image URLs with "score · caption" labels), the results as JSON and a
+            one-line Turkish status
         """
         if isinstance(searcher, LoadError):
             return unavailable()
@@ -258,11 +433,36 @@ def make_handlers(searcher: Searcher | LoadError):
             return [], [], "🖼️ Lütfen önce bir görsel yükleyin."
         n = check_k(k)
         if n is None:
-            return [], [], f"⚠️ Sonuç sayısı 1 ile {MAX_RESULTS} arasında olmalı (verilen: {k})."
-        return run(lambda: image_on_device(image, n), "an uploaded image")
+            return bad_k(k)
+        return run(lambda: searcher.search_vector(encode_terms([], [image])[0], n), "an image")
+
+    def search_similar(row: int, k: int = DEFAULT_RESULTS):
+        """More like this: the photos that look most like one photo of the collection.
+
+        Args:
+            row: the photo's row number, as the "row" field of a result of search
+            k: how many results, 1-30 (the photo itself is left out)
+        Returns:
+            the gallery (image URLs with "score · caption" labels), the results as JSON and a
+            one-line Turkish status
+        """
+        if isinstance(searcher, LoadError):
+            return unavailable()
+        if row is None or row == "":
+            return [], [], "🖼️ Önce sonuçlardan bir görsel seçin."
+        try:
+            number = float(row)
+        except (TypeError, ValueError):
+            number = float("nan")
+        if not number.is_integer():
+            return [], [], f"⚠️ Satır numarası bir tam sayı olmalı (verilen: {row})."
+        n = check_k(k)
+        if n is None:
+            return bad_k(k)
+        return run(lambda: searcher.search_similar(int(number), n), f"row {row}")
 
     def embed(text: str) -> list[float]:
-        """Metnin sorgu vektörü (MultiEmbedTR), veri kümesinin FAISS dizininde aramak için.
+        """The query embedding of a Turkish text (MultiEmbedTR), to search the index elsewhere.
 
         Args:
             text: the Turkish text, e.g. "karlı dağlar"
@@ -276,12 +476,12 @@ def make_handlers(searcher: Searcher | LoadError):
         if len(text) > MAX_EMBED_CHARS:
             raise gr.Error(f"Metin en çok {MAX_EMBED_CHARS} karakter olabilir ({len(text)}).")
         try:
-            vector = embed_on_device(text.strip())
+            (vector,) = encode_terms([text.strip()])
         except ValueError as err:
             raise gr.Error(str(err)) from None
         return [float(x) for x in vector]
 
-    return search, search_image, embed
+    return search, search_image, search_similar, embed
 
 
 class QueryImage(gr.Image):
@@ -314,7 +514,7 @@ def build_app(searcher: Searcher | LoadError) -> gr.Blocks:
 
     Theme and CSS are launch() arguments in gradio 6: start it with ``launch(demo, ...)``.
     """
-    search, search_image, embed = make_handlers(searcher)
+    search, search_image, search_similar, embed = make_handlers(searcher)
     with gr.Blocks(title=f"{TITLE} · Türkçe görsel arama") as demo:
         gr.Markdown(f"# {TITLE}\n{DESCRIPTION}", elem_id="title")
         if isinstance(searcher, LoadError):
@@ -340,6 +540,12 @@ def build_app(searcher: Searcher | LoadError) -> gr.Blocks:
                     search_button = gr.Button(
                         "Ara", variant="primary", scale=1, min_width=100, elem_id="search-button"
                     )
+                gr.Markdown(
+                    "<small>Terimleri birleştirin: `köpek + kar - şehir` (işaretlerin iki yanında "
+                    "boşluk; `Kuzey-Batı`, `15-20 yaş` gibi boşluksuz tire metnin parçasıdır). "
+                    "İsterseniz yanına bir görsel de ekleyin.</small>",
+                    elem_id="syntax",
+                )
                 examples = gr.Examples(
                     examples=[[q] for q in EXAMPLES],
                     inputs=[query],
@@ -365,6 +571,14 @@ def build_app(searcher: Searcher | LoadError) -> gr.Blocks:
                         scale=2,
                         elem_id="alpha",
                     )
+                    query_image = QueryImage(
+                        type="filepath",
+                        label="Görsel ekle (isteğe bağlı, + terim)",
+                        sources=["upload", "clipboard"],
+                        height=140,
+                        scale=2,
+                        elem_id="query-image",
+                    )
             with gr.Tab("Görselle ara", id="image"), gr.Row():
                 image = QueryImage(
                     type="filepath",
@@ -387,7 +601,7 @@ def build_app(searcher: Searcher | LoadError) -> gr.Blocks:
         )
         status = gr.Markdown(elem_id="status")
         gallery = gr.Gallery(
-            label="Sonuçlar",
+            label="Sonuçlar (birine tıklayın: benzerlerini bulabilirsiniz)",
             columns=4,
             height="auto",
             object_fit="cover",
@@ -396,18 +610,32 @@ def build_app(searcher: Searcher | LoadError) -> gr.Blocks:
             interactive=False,
             elem_id="results",
         )
+        with gr.Row():
+            # The selected result's row: the input of /search_similar (hidden on the page).
+            row = gr.Number(value=None, precision=0, visible=False, elem_id="similar-row")
+            similar_button = gr.Button(
+                "Benzerlerini bul", visible=False, scale=1, elem_id="similar-button"
+            )
+            share = gr.Textbox(
+                label="Bu aramanın bağlantısı",
+                interactive=False,
+                buttons=["copy"],
+                visible=False,
+                scale=4,
+                elem_id="share-link",
+            )
         with gr.Accordion("Sonuçlar (JSON)", open=False):
             results = gr.JSON(show_label=False)
 
         outputs = [gallery, results, status]
         # One event for Enter and the button, so the API has exactly one /search.
-        gr.on(
+        text_search = gr.on(
             [query.submit, search_button.click],
             search,
-            inputs=[query, k, deep, alpha],
+            inputs=[query, k, deep, alpha, query_image],
             outputs=outputs,
             api_name="search",
-            concurrency_id="queries",  # one limit shared by both kinds of query (see top)
+            concurrency_id="queries",  # one limit shared by every kind of query (see top)
         )
         gr.on(
             [image.upload, image_button.click],
@@ -417,8 +645,79 @@ def build_app(searcher: Searcher | LoadError) -> gr.Blocks:
             api_name="search_image",
             concurrency_id="queries",
         )
+        similar = similar_button.click(
+            search_similar,
+            inputs=[row, k],
+            outputs=outputs,
+            api_name="search_similar",
+            concurrency_id="queries",
+        )
         gr.api(embed, api_name="embed", concurrency_id="queries")
-        # UI-only events: private, so the three endpoints above are the whole public API.
+
+        # UI-only events: private, so the four endpoints above are the whole public API.
+        def pick(answer, evt: gr.SelectData):
+            """A click on a result: remember its row and offer "Benzerlerini bul"."""
+            try:
+                chosen = answer[evt.index]["row"]
+            except (TypeError, IndexError, KeyError):
+                return None, gr.update(visible=False)
+            return chosen, gr.update(visible=True, value=f"Benzerlerini bul (#{chosen})")
+
+        gallery.select(
+            pick,
+            inputs=results,
+            outputs=[row, similar_button],
+            api_visibility="private",
+            queue=False,
+        )
+
+        def link(text, n, on, weight, request: gr.Request, picture=None):
+            """The share link of the text search just run (none with an image: a link has none)."""
+            if not isinstance(text, str) or not text.strip() or picture:
+                return gr.update(visible=False)
+            url = share_url(public_base_url(request), text, n, on, weight)
+            return gr.update(visible=True, value=url)
+
+        def link_after_search(text, n, on, weight, picture, request: gr.Request):
+            return link(text, n, on, weight, request, picture)
+
+        text_search.then(
+            link_after_search,
+            inputs=[query, k, deep, alpha, query_image],
+            outputs=share,
+            api_visibility="private",
+        )
+        similar.then(lambda: gr.update(visible=False), outputs=share, api_visibility="private")
+
+        def from_link(request: gr.Request):
+            """Page load: run the search a share link names (?q=...&k=...&deep=...&alpha=...)."""
+            params = dict(request.query_params) if request is not None else {}
+            settings = settings_from_link(params)
+            if settings is None:
+                return [gr.update()] * 8
+            answer = search(**settings)
+            valid_k = isinstance(settings["k"], int) and 1 <= settings["k"] <= MAX_RESULTS
+            weight = settings["alpha"]
+            valid_alpha = isinstance(weight, float) and 0.0 <= weight <= 1.0
+            return [
+                settings["query"],
+                settings["k"] if valid_k else gr.update(),
+                settings["deep"],
+                gr.update(value=weight, visible=settings["deep"])
+                if valid_alpha
+                else gr.update(visible=settings["deep"]),
+                *answer,
+                link(settings["query"], settings["k"], settings["deep"], weight, request)
+                if valid_k and (valid_alpha or not settings["deep"])
+                else gr.update(visible=False),
+            ]
+
+        demo.load(
+            from_link,
+            outputs=[query, k, deep, alpha, *outputs, share],
+            api_visibility="private",
+            concurrency_id="queries",
+        )
         deep.change(
             lambda on: gr.update(visible=on),
             inputs=deep,
@@ -428,19 +727,31 @@ def build_app(searcher: Searcher | LoadError) -> gr.Blocks:
         )
         examples.load_input_event.then(
             search, inputs=[query, k, deep, alpha], outputs=outputs, api_visibility="private"
-        )
+        ).then(link, inputs=[query, k, deep, alpha], outputs=share, api_visibility="private")
     demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=QUEUE_MAX_SIZE)
     return demo
 
 
 def launch(demo: gr.Blocks, **kwargs):
-    """``demo.launch`` with this app's theme, CSS and upload limit (launch() arguments).
+    """``demo.launch`` with this app's theme, CSS, upload limit and MCP server.
 
-    Gradio serves only what it created or was uploaded (its cache) and the app adds no
-    ``allowed_paths``: the dataset, the index files and the source are never reachable through
-    its file routes (tests/test_security.py).
+    Gradio serves only what it created or was uploaded (its cache, where the result images are
+    written too) and the app adds no ``allowed_paths``: the dataset, the index files and the
+    source are never reachable through its file routes (tests/test_security.py).
+
+    ``mcp_server=True``: the public API functions (search, search_image, search_similar,
+    embed) are also MCP tools, at ``/gradio_api/mcp/`` (streamable HTTP) and
+    ``/gradio_api/mcp/sse``, described by their docstrings; the schema is at
+    ``/gradio_api/mcp/schema``. Needs gradio's ``mcp`` extra (space/requirements.txt); without
+    it the app starts without the tools and logs why.
     """
     kwargs.setdefault("max_file_size", MAX_UPLOAD)
+    if "mcp_server" not in kwargs:
+        # gradio refuses to start with mcp_server=True when its mcp extra is missing: a local
+        # run without it still serves the page and the API, and says why there are no tools.
+        kwargs["mcp_server"] = importlib.util.find_spec("mcp") is not None
+        if not kwargs["mcp_server"]:
+            log.warning("no MCP tools: the mcp package is missing (pip install 'gradio[mcp]')")
     return demo.launch(theme=THEME, css=CSS, **kwargs)
 
 
@@ -450,7 +761,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     log.info("imagesearchtr %s from %s", imagesearchtr.__version__, imagesearchtr.__file__)
     if spaces is not None:
-        log.info("spaces is installed: queries run inside @spaces.GPU (ZeroGPU)")
+        log.info("spaces is installed: queries run inside @spaces.GPU (ZeroGPU): their encode only")
     # Server address and port come from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (read by
     # gradio); never share=True: a Space is already public, and a tunnel would bypass it.
     launch(build_app(load_searcher()))

@@ -16,6 +16,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
@@ -171,7 +172,7 @@ def test_deep_search_alpha_zero_ranks_by_caption_score(served, searcher):
     assert [r["score"] for r in results] == pytest.approx(caption_scores, abs=1e-5)
     # the exact top 5 by caption similarity over every row
     vector = searcher.encoder.encode_texts([query])[0]
-    table = searcher._full.data.table
+    table = searcher.vectors[:]  # the embedding columns, an Arrow table
     matrix = np.stack(table.column("caption_emb").to_numpy(zero_copy_only=False))
     expected = np.argsort(-(matrix @ vector), kind="stable")[:5]
     assert [r["row"] for r in results] == [int(i) for i in expected]
@@ -226,7 +227,7 @@ def test_out_of_range_settings_are_refused_by_the_sliders(served, kwargs, expect
 
 
 def test_handlers_check_their_settings_too(app, searcher):
-    search_fn, _, _ = app.make_handlers(searcher)
+    search_fn, _, _, _ = app.make_handlers(searcher)
     assert "Sonuç sayısı 1 ile 30" in search_fn("köpek", 0, False, 0.6)[2]
     assert "Denge (alpha) 0 ile 1" in search_fn("köpek", 5, True, 1.5)[2]
     assert len(search_fn("köpek", 3.0, True, 0.5)[1]) == 3  # a float k from a slider is fine
@@ -238,18 +239,19 @@ def test_image_search_without_an_image_returns_a_message(served):
     assert gallery == [] and results == [] and "görsel yükleyin" in status
 
 
-def test_only_the_three_endpoints_are_public(served):
+def test_only_the_four_endpoints_are_public(served):
     _, client = served
     api = client.view_api(print_info=False, return_format="dict")
-    assert set(api["named_endpoints"]) == {"/search", "/search_image", "/embed"}
+    assert set(api["named_endpoints"]) == {"/search", "/search_image", "/search_similar", "/embed"}
     assert not api["unnamed_endpoints"]
     names = {
         endpoint: [p["parameter_name"] for p in info["parameters"]]
         for endpoint, info in api["named_endpoints"].items()
     }
     assert names == {
-        "/search": ["query", "k", "deep", "alpha"],
+        "/search": ["query", "k", "deep", "alpha", "image"],
         "/search_image": ["image", "k"],
+        "/search_similar": ["row", "k"],
         "/embed": ["text"],
     }
 
@@ -261,6 +263,296 @@ def test_embed_refuses_bad_text_with_a_turkish_message(served):
     for text, words in (("   ", "metin"), ("x" * 2001, "2000")):
         with pytest.raises(AppError, match=words):
             client.predict(text, api_name="/embed")
+
+
+# ---------------------------------------------------------------------------------------------
+# More like this, composed queries, share links (issue 13)
+# ---------------------------------------------------------------------------------------------
+
+
+def rows_and_scores(results):
+    return [r["row"] for r in results], [r["score"] for r in results]
+
+
+def hit_rows_and_scores(hits):
+    return [h.row for h in hits], [h.score for h in hits]
+
+
+def test_a_query_without_operators_searches_as_before(served, searcher):
+    _, client = served
+    for deep, alpha in ((False, 0.6), (True, 0.3)):
+        _, results, status = search(
+            client, "  karda oynayan köpekler ", k=8, deep=deep, alpha=alpha
+        )
+        rows, scores = rows_and_scores(results)
+        expected = searcher.search_text("karda oynayan köpekler", 8, alpha=alpha if deep else None)
+        want_rows, want_scores = hit_rows_and_scores(expected)
+        assert rows == want_rows, status
+        assert scores == pytest.approx(want_scores, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("text", "positive", "negative"),
+    [
+        ("köpek + kar - şehir", ["köpek", "kar"], ["şehir"]),
+        ("köpek+kar", ["köpek+kar"], []),  # no spaces: text
+        ("Kuzey-Batı rüzgarı", ["Kuzey-Batı rüzgarı"], []),
+        ("15-20 yaş arası çocuklar", ["15-20 yaş arası çocuklar"], []),
+        ("15 -20 yaş", ["15 -20 yaş"], []),  # a space on one side only: text
+        ("-5 derece", ["-5 derece"], []),
+        ("sahil  -  kum", ["sahil"], ["kum"]),
+        ("- kar", [], ["kar"]),  # with an image beside it as the positive term
+        ("", [], []),
+    ],
+)
+def test_only_spaced_plus_and_minus_are_operators(app, text, positive, negative):
+    assert app.parse_query(text) == (positive, negative)
+
+
+@pytest.mark.parametrize("text", ["köpek -", "köpek + ", "köpek + - kar"])
+def test_an_operator_without_a_term_is_refused(app, text):
+    with pytest.raises(ValueError, match="işaretinden sonra bir terim"):
+        app.parse_query(text)
+
+
+def test_composed_query_matches_the_library(served, searcher):
+    _, client = served
+    _, results, status = search(client, "köpek + kar - şehir", k=6)
+    rows, scores = rows_and_scores(results)
+    want_rows, want_scores = hit_rows_and_scores(
+        searcher.search_combined(["köpek", "kar"], ["şehir"], k=6)
+    )
+    assert rows == want_rows, status
+    assert scores == pytest.approx(want_scores, abs=1e-5)
+    # a negative term changes the ranking: it is applied, not dropped
+    _, plain, _ = search(client, "köpek + kar", k=6)
+    assert [r["row"] for r in plain] != rows or [r["score"] for r in plain] != pytest.approx(
+        scores, abs=1e-6
+    )
+
+
+def test_a_hyphenated_word_is_searched_as_one_text(served, searcher):
+    _, client = served
+    for text in ("Kuzey-Batı", "15-20 yaş"):
+        _, results, status = search(client, text, k=5)
+        rows, scores = rows_and_scores(results)
+        want_rows, want_scores = hit_rows_and_scores(searcher.search_text(text, 5))
+        assert rows == want_rows, status
+        assert scores == pytest.approx(want_scores, abs=1e-6)
+
+
+def test_text_and_image_together(served, searcher, shared_data):
+    from gradio_client import handle_file
+
+    _, client = served
+    photo = str(shared_data / QUERY_PHOTO)
+    _, results, status = client.predict(
+        query="kar - şehir",
+        k=5,
+        deep=False,
+        alpha=0.6,
+        image=handle_file(photo),
+        api_name="/search",
+    )
+    rows, scores = rows_and_scores(results)
+    want_rows, want_scores = hit_rows_and_scores(
+        searcher.search_combined(["kar", Path(photo)], ["şehir"], k=5)  # a str is a text
+    )
+    assert rows == want_rows, status
+    assert scores == pytest.approx(want_scores, abs=1e-5)
+    # an image alone in the text tab is an image search
+    _, alone, _ = client.predict(query="", k=3, image=handle_file(photo), api_name="/search")
+    assert alone[0]["score"] == pytest.approx(1.0, abs=2e-3)
+    # only negative terms: a message
+    _, nothing, status = search(client, "- kar", k=3)
+    assert nothing == [] and "artı terim" in status
+
+
+def test_search_similar_through_the_api(served, searcher):
+    _, client = served
+    _, results, _ = search(client, "köpek", k=3)
+    row = results[1]["row"]
+    gallery, similar, status = client.predict(row=row, k=5, api_name="/search_similar")
+    assert len(gallery) == 5 and "5 sonuç" in status
+    assert row not in [r["row"] for r in similar]
+    want_rows, want_scores = hit_rows_and_scores(searcher.search_similar(row, 5))
+    assert [r["row"] for r in similar] == want_rows
+    assert [r["score"] for r in similar] == pytest.approx(want_scores, abs=1e-6)
+    # bad rows come back as a Turkish status, not an error
+    for bad, words in ((len(searcher), "out of range"), (None, "görsel seçin")):
+        gallery, answer, status = client.predict(row=bad, k=5, api_name="/search_similar")
+        assert gallery == [] and answer == [] and words in status, (bad, status)
+
+
+def test_search_similar_handler_refuses_a_fraction(app, searcher):
+    # through the API the Number input rounds (precision 0); the handler checks on its own too
+    _, _, search_similar, _ = app.make_handlers(searcher)
+    gallery, answer, status = search_similar(1.5, 5)
+    assert gallery == [] and answer == [] and "tam sayı" in status
+
+
+def test_share_links_round_trip(app):
+    url = app.share_url("http://127.0.0.1:7860/", "köpek + kar", 7, True, 0.25)
+    query = url.split("?", 1)[1]
+    params = dict(urllib.parse.parse_qsl(query))
+    assert url.startswith("http://127.0.0.1:7860/?")
+    assert app.settings_from_link(params) == {
+        "query": "köpek + kar",
+        "k": 7,
+        "deep": True,
+        "alpha": 0.25,
+    }
+    plain_url = app.share_url("http://x/", "köpek", 3, False, 0.6)
+    assert plain_url == "http://x/?q=k%C3%B6pek&k=3"
+    plain = dict(urllib.parse.parse_qsl(plain_url.split("?", 1)[1]))
+    assert app.settings_from_link(plain) == {"query": "köpek", "k": 3, "deep": False, "alpha": 0.6}
+    assert app.settings_from_link({}) is None and app.settings_from_link({"q": "  "}) is None
+    # unparsable values go to the search as given, which names them in its status
+    assert app.settings_from_link({"q": "a", "k": "çok"})["k"] == "çok"
+    assert app.public_base_url(None, {"SPACE_HOST": "user-space.hf.space"}) == (
+        "https://user-space.hf.space/"
+    )
+    assert app.public_base_url(None, {}) == ""
+
+
+def test_a_link_runs_its_search_on_load(app, searcher):
+    """The page's load event with ?q=...&k=...&deep=...&alpha=... (the browser test opens one)."""
+    import gradio as gr
+    from starlette.requests import Request
+
+    def request(query: str):
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": "/",
+            "query_string": query.encode(),
+            "headers": [(b"host", b"127.0.0.1:7860")],
+            "scheme": "http",
+            "server": ("127.0.0.1", 7860),
+        }
+        return gr.Request(request=Request(scope))
+
+    demo = app.build_app(searcher)
+    load = next(fn for fn in demo.fns.values() if fn.name == "from_link")
+    params = urllib.parse.urlencode({"q": "köpek + kar", "k": 4, "deep": 1, "alpha": 0.3})
+    query, k, deep, alpha, gallery, results, status, share = load.fn(request(params))
+    assert (query, k, deep) == ("köpek + kar", 4, True)
+    assert alpha["value"] == 0.3 and alpha["visible"] is True
+    assert len(gallery) == 4 and "4 sonuç" in status
+    assert share["value"] == f"http://127.0.0.1:7860/?{params}"
+    # a bad k is not set on the slider; the status says what is wrong
+    _, k, _, _, gallery, _, status, _ = load.fn(request("q=k%C3%B6pek&k=99"))
+    assert k == {"__type__": "update"} and gallery == [] and "1 ile 30" in status
+    # no q: the page stays as it is
+    assert all(out == {"__type__": "update"} for out in load.fn(request("")))
+
+
+# ---------------------------------------------------------------------------------------------
+# Result images: written once, never rewritten while served (issue 12 item 0)
+# ---------------------------------------------------------------------------------------------
+
+
+def _result_file(url: str, item: dict) -> bytes:
+    image = item["image"]
+    link = image["url"] if isinstance(image, dict) else image
+    with urllib.request.urlopen(link if link.startswith("http") else url + link, timeout=60) as r:
+        data = r.read()
+        assert len(data) == int(r.headers["Content-Length"])
+    return data
+
+
+def test_result_images_are_written_once_in_the_apps_folder(served, app):
+    from gradio.utils import get_upload_folder
+
+    url, client = served
+    folder = Path(get_upload_folder()) / app.RESULTS_FOLDER
+    gallery, _, _ = search(client, "köpek", k=4)
+    paths = [Path(item["image"]["path"]) for item in gallery]
+    assert all(p.parent == folder and p.suffix == ".jpg" for p in paths), paths
+    stamps = {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in paths}
+    again, _, _ = search(client, "köpek", k=4)
+    assert [Path(item["image"]["path"]) for item in again] == paths
+    # the same images again: not rewritten (gradio's own PIL path rewrote them every time)
+    assert {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in paths} == stamps
+    assert not list(folder.glob(".partial-*"))
+    PIL = pytest.importorskip("PIL.Image")
+    import io
+
+    for item in again:
+        PIL.open(io.BytesIO(_result_file(url, item))).load()
+
+
+def test_overlapping_results_under_concurrency_have_no_errors(served):
+    """8 clients x 4 requests whose results are the same images; every file arrives whole."""
+    import io
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    url, _ = served
+    clients = [client_for(url) for _ in range(8)]
+
+    def work(client):
+        errors, checked = [], 0
+        for n in range(4):
+            try:
+                gallery, results, status = search(client, ("köpek", "kar")[n % 2], k=10)
+                assert len(gallery) == 10, status
+                for item in gallery:
+                    Image.open(io.BytesIO(_result_file(url, item))).load()
+                    checked += 1
+            except Exception as err:  # each failure is counted, not raised in a thread
+                errors.append(f"{type(err).__name__}: {err}")
+        return errors, checked
+
+    with ThreadPoolExecutor(len(clients)) as pool:
+        outcomes = list(pool.map(work, clients))
+    errors = [e for found, _ in outcomes for e in found]
+    assert errors == []
+    assert sum(checked for _, checked in outcomes) == 8 * 4 * 10
+
+
+# ---------------------------------------------------------------------------------------------
+# MCP: the search as tools an assistant can call
+# ---------------------------------------------------------------------------------------------
+
+
+def test_mcp_schema_lists_the_search_tools(served):
+    url, _ = served
+    with urllib.request.urlopen(url + "gradio_api/mcp/schema", timeout=60) as answer:
+        tools = {tool["name"]: tool for tool in json.loads(answer.read())}
+    assert {"search", "search_image", "search_similar", "embed"} <= set(tools)
+    search_tool = tools["search"]
+    assert "Turkish" in search_tool["description"]
+    assert "köpek + kar - şehir" in search_tool["description"]
+    assert {"query", "k"} <= set(search_tool["inputSchema"]["properties"])
+    assert "row" in tools["search_similar"]["inputSchema"]["properties"]
+
+
+def test_mcp_tool_call_answers(served):
+    import asyncio
+
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    url, _ = served
+
+    async def call():
+        async with (
+            streamable_http_client(url + "gradio_api/mcp/") as (read, write, _),
+            ClientSession(read, write) as session,
+        ):
+            await session.initialize()
+            listed = await session.list_tools()
+            answer = await session.call_tool("search", {"query": "karda köpekler", "k": 3})
+            return [t.name for t in listed.tools], answer
+
+    names, answer = asyncio.run(asyncio.wait_for(call(), timeout=120))
+    assert "search" in names and "search_similar" in names
+    assert not answer.isError
+    text = "\n".join(c.text for c in answer.content if c.type == "text")
+    assert text.count("/gradio_api/file=") >= 3  # the images' URLs
+    assert "3 sonuç" in text and '"score"' in text.replace("'", '"')
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,7 +685,9 @@ def test_requirements_pin_the_installed_versions():
         assert Version(specifier.version) == Version(installed.public), (line, str(installed))
         names.add(requirement.name.lower().replace("_", "-"))
     wanted = "torch transformers tokenizers safetensors datasets huggingface-hub faiss-cpu numpy"
-    assert names == {*wanted.split(), "pillow", "tqdm"}
+    assert names == {*wanted.split(), "pillow", "tqdm", "gradio", "mcp"}
+    # the MCP server's extra, at the gradio version the card's sdk_version names
+    assert f"gradio[mcp]=={importlib.metadata.version('gradio')}" in pins
     assert not any(line.startswith("-") for line in lines)  # index lines depend on the hardware
 
 
@@ -506,3 +800,128 @@ def test_preload_names_the_model_files_at_the_pinned_revision(local_hub, monkeyp
     assert preload_lines(api, manifest) == (f"{model} config.json,model.safetensors {commit.oid}",)
     local = Manifest(**{**manifest.__dict__, "model_id": str(REPO_ROOT)})
     assert preload_lines(api, local) == ()  # a local model folder: nothing to preload
+
+
+def _shown_files(browser) -> set[str]:
+    from selenium.webdriver.common.by import By
+
+    sources = [
+        i.get_attribute("src") or "" for i in browser.find_elements(By.CSS_SELECTOR, "#results img")
+    ]
+    return {src.rsplit("/", 1)[-1] for src in sources if src}
+
+
+def test_browser_click_a_result_then_find_similar(served, app, searcher):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, _ = served
+    browser, profile = _chrome()
+    try:
+        browser.get(url)
+        box = WebDriverWait(browser, 60).until(
+            lambda b: b.find_element(By.CSS_SELECTOR, "#query textarea, #query input")
+        )
+        box.send_keys("köpek")
+        box.send_keys(Keys.ENTER)
+        WebDriverWait(browser, 60).until(lambda b: len(_shown_files(b)) >= 10)
+        first = _shown_files(browser)
+        share = WebDriverWait(browser, 30).until(
+            lambda b: b.find_element(By.CSS_SELECTOR, "#share-link textarea, #share-link input")
+        )
+        assert share.get_attribute("value") == url + "?q=k%C3%B6pek&k=10"  # the search's link
+        browser.find_elements(By.CSS_SELECTOR, "#results img")[1].click()
+        button = WebDriverWait(browser, 30).until(
+            lambda b: (lambda e: e if e and e[0].is_displayed() else False)(
+                b.find_elements(By.CSS_SELECTOR, "#similar-button")
+            )
+        )[0]
+        row = int(button.text.split("#")[1].rstrip(")"))
+        button.click()
+        expected = {
+            Path(app.result_image_file(h.image)).name for h in searcher.search_similar(row, 10)
+        }
+        WebDriverWait(browser, 60).until(lambda b: _shown_files(b) == expected)
+        assert expected != first
+        assert "10 sonuç" in browser.find_element(By.ID, "status").text
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "app-similar.png"))
+    finally:
+        browser.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_browser_opens_a_share_link(served, app, searcher):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, _ = served
+    browser, profile = _chrome()
+    try:
+        link = url + "?" + urllib.parse.urlencode({"q": "köpek + kar", "k": 5})
+        browser.get(link)
+        expected = {
+            Path(app.result_image_file(h.image)).name
+            for h in searcher.search_combined(["köpek", "kar"], k=5)
+        }
+        WebDriverWait(browser, 60).until(lambda b: _shown_files(b) == expected)
+        box = browser.find_element(By.CSS_SELECTOR, "#query textarea, #query input")
+        assert box.get_attribute("value") == "köpek + kar"
+        share = WebDriverWait(browser, 30).until(
+            lambda b: b.find_element(By.CSS_SELECTOR, "#share-link textarea, #share-link input")
+        )
+        assert share.get_attribute("value") == link
+    finally:
+        browser.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_space_card_similar_example_runs_against_the_app(served, searcher, capsys):
+    """The Space card's gradio_client example for /search_similar, run as written."""
+    import re
+
+    from hub_card import render_space_card
+
+    url, _ = served
+    card = render_space_card(
+        title="T",
+        space_id="someone/photos-search",
+        dataset_repo="someone/photos",
+        dataset_revision=None,
+        manifest=searcher.manifest,
+        gradio_version="6.31.0",
+        python_version="3.11",
+    )
+    section = card.split("## More like this from Python", 1)[1]
+    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert 'Client("someone/photos-search")' in code
+    assert "https://someone-photos-search.hf.space/gradio_api/mcp/" in card
+    exec(code.replace('"someone/photos-search"', repr(url)), {})  # noqa: S102
+    printed = capsys.readouterr().out
+    assert "\n5 sonuç · " in printed
+
+
+def test_a_composed_query_has_at_most_max_terms(app, searcher):
+    search_fn, _, _, _ = app.make_handlers(searcher)
+    many = " + ".join(["köpek"] * (app.MAX_TERMS + 1))
+    gallery, results, status = search_fn(many, 3)
+    assert gallery == [] and results == [] and f"en çok {app.MAX_TERMS} terim" in status
+    assert len(search_fn(" + ".join(["köpek"] * app.MAX_TERMS), 3)[1]) == 3
+
+
+def test_without_the_mcp_package_the_app_starts_without_tools(app, searcher, monkeypatch, caplog):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "mcp" else real(name, *a)
+    )
+    demo = app.build_app(searcher)
+    with caplog.at_level(logging.WARNING, logger="imagesearchtr.space"):
+        url = launch(app, demo)
+    try:
+        assert demo.mcp_server is False
+        assert any("no MCP tools" in r.getMessage() for r in caplog.records)
+        _, results, status = search(client_for(url), "köpek", k=2)
+        assert len(results) == 2, status
+    finally:
+        demo.close()

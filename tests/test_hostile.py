@@ -180,7 +180,7 @@ def test_search_text_answers_any_text(searcher, query, deep):
 @SETTINGS
 @given(query=queries, k=st.integers(-3, 40), deep=st.booleans(), alpha=st.floats(-1, 2))
 def test_search_handler_answers_any_text(handlers, caplog, query, k, deep, alpha):
-    search, _, _ = handlers
+    search, _, _, _ = handlers
     caplog.clear()
     with caplog.at_level(logging.ERROR, logger="imagesearchtr.space"):
         check_answer(search(query, k, deep, alpha), k=max(k, 0))
@@ -195,7 +195,7 @@ def test_search_text_refuses_lone_surrogates_clearly(searcher, query):
 
 
 def test_search_handler_refuses_lone_surrogates_clearly(handlers):
-    search, _, _ = handlers
+    search, _, _, _ = handlers
     check_answer(search("köpek \ud800", K, False, 0.6))
 
 
@@ -284,7 +284,7 @@ def test_open_image_on_any_file_gives_an_image_or_a_named_error(upload_dir, data
 def test_image_handler_on_any_file_gives_results_or_a_named_message(
     handlers, upload_dir, caplog, data
 ):
-    _, search_image, _ = handlers
+    _, search_image, _, _ = handlers
     path = upload_dir / f"query-{next(_names)}.jpg"
     path.write_bytes(data)
     caplog.clear()
@@ -299,7 +299,7 @@ def test_image_handler_on_any_file_gives_results_or_a_named_message(
     "kind", ["bomb", "empty", "text", "gif", "webp", "tiff", "truncated-png", "truncated-jpeg"]
 )
 def test_named_odd_files(handlers, bomb_png, upload_dir, kind):
-    _, search_image, _ = handlers
+    _, search_image, _, _ = handlers
     data = {
         "empty": b"",
         "text": "bu bir fotoğraf değil\n".encode(),
