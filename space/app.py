@@ -209,6 +209,8 @@ def hits_to_outputs(hits) -> tuple[list, list[dict]]:
         caption = hit.captions[0] if hit.captions else ""
         # The score first: the gallery cuts long captions at the tile's width.
         label = f"{hit.score:.3f} · {caption}" if caption else f"{hit.score:.3f}"
+        if hit.image_error:  # the Searcher gave a placeholder: the search still answers
+            label += " · ⚠️ görsel yüklenemedi"
         gallery.append((result_image_file(hit.image), label))
         results.append(
             {
@@ -220,6 +222,7 @@ def hits_to_outputs(hits) -> tuple[list, list[dict]]:
                     None if hit.caption_score is None else round(float(hit.caption_score), 6)
                 ),
                 "row": int(hit.row),
+                "image_error": hit.image_error,
             }
         )
     return gallery, results

@@ -163,6 +163,23 @@ def test_search_returns_k_results_sorted_by_score(served):
     assert "7 sonuç" in status
 
 
+def test_a_hit_without_its_image_is_shown_with_a_placeholder_and_a_warning(app):
+    from PIL import Image
+
+    from imagesearchtr import Hit
+
+    grey = Image.new("RGB", (8, 8), (128, 128, 128))
+    ok = Hit(1, 0.9, 0.9, None, ["köpek"], grey)
+    broken = Hit(2, 0.8, 0.8, None, ["kedi"], grey, image_error="row 2: could not be decoded")
+    gallery, results = app.hits_to_outputs([ok, broken])
+    assert [label for _, label in gallery] == [
+        "0.900 · köpek",
+        "0.800 · kedi · ⚠️ görsel yüklenemedi",
+    ]
+    assert [r["image_error"] for r in results] == [None, "row 2: could not be decoded"]
+    assert all(Path(path).is_file() for path, _ in gallery)
+
+
 def test_deep_search_alpha_zero_ranks_by_caption_score(served, searcher):
     _, client = served
     query = "sahilde koşan çocuklar"
