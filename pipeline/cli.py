@@ -1,4 +1,4 @@
-"""Command line: ``python -m pipeline {download,encode,index,publish} --help``.
+"""Command line: ``python -m pipeline COMMAND --help`` (download ... evaluate, below).
 
 The only place that parses arguments; each command builds a frozen config and calls its module.
 Known failures (bad input, missing files, Hub refusals) end with one ``error:`` line and exit
@@ -21,6 +21,8 @@ Build a searchable Turkish image dataset: download -> encode -> index -> publish
   python -m pipeline encode --data data/ --model utkubascakir/MultiEmbedTR --out build/
   python -m pipeline index --build build/
   python -m pipeline publish --build build/ --repo USER/NAME     (or --to FOLDER)
+  python -m pipeline publish-space --space USER/NAME-search --dataset-repo USER/NAME
+  python -m pipeline evaluate --repo USER/NAME
 """
 
 

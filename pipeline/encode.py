@@ -120,7 +120,7 @@ class EncodeSummary:
 
 
 def features(dim: int):
-    """The row schema. Embeddings are fixed-size float32 lists: the fastest to load (TRAPS.md)."""
+    """The row schema. Embeddings are fixed-size float32 lists: the fastest to load."""
     from datasets import Features, Image, List, Value
 
     return Features(

@@ -170,7 +170,7 @@ class Searcher:
         return self._best(vector, ids[ids != row], k, alpha=None)
 
     def search_combined(self, positive, negative=(), k: int = 10) -> list[Hit]:
-        """Composed query: each term a text or an image (path, bytes or PIL image).
+        """Composed query: each term a text (a ``str``) or an image (``Path``, bytes or PIL).
 
         The query is the sum of the positive terms' embeddings minus the negative ones', all
         weighted 1, normalised (rclip's ``"kedi" + "şapka" - "köpek"``); searched image-only.
