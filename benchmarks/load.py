@@ -66,17 +66,9 @@ DATA_DIR = Path(
 # would shadow the pipeline package.
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests")]
 
-# The real MultiEmbedTR architecture (as benchmarks/encode.py): ModernBERT-base text encoder,
-# DINOv2-base image encoder, 768-d embeddings.
-FULL_SIZE = {
-    "hidden": 768,
-    "heads": 12,
-    "text_layers": 22,
-    "vision_layers": 12,
-    "text_intermediate": 1152,
-    "vocab_size": 32000,
-    "text_max_positions": 8192,
-}
+import _common  # noqa: E402  (benchmarks/_common.py: shared sizes and helpers)
+
+FULL_SIZE = _common.FULL_SIZE  # MultiEmbedTR's real sizes (random weights)
 SIZES = {
     # name: (checkpoint size keywords, images indexed, queries per client in a full run)
     "tiny": ({}, 413, 24),

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-from datasets import Dataset, Features, Image, List, Value
+from datasets import Dataset
 from PIL import Image as PILImage
 
 from imagesearchtr import IndexInfo, Manifest, Searcher
+from pipeline.encode import features as encode_features
 
 FINGERPRINT = "sha256:" + "a" * 64
 
@@ -64,17 +65,7 @@ def write_repo(
     caption_emb = list(image_emb) if caption_emb is None else list(caption_emb)
     if captions is None:
         captions = [[] if c is None else [f"caption {i}"] for i, c in enumerate(caption_emb)]
-    features = Features(
-        {
-            "image": Image(),
-            "image_id": Value("string"),
-            "path": Value("string"),
-            "captions": List(Value("string")),
-            "image_emb": List(Value("float32"), length=dim),
-            "caption_emb": List(Value("float32"), length=dim),
-            "sha256": Value("string"),
-        }
-    )
+    features = encode_features(dim)  # the schema encode writes
     image = png()
     rows = Dataset.from_dict(
         {
