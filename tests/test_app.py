@@ -152,7 +152,7 @@ def test_search_returns_k_results_sorted_by_score(served):
     scores = [r["score"] for r in results]
     assert scores == sorted(scores, reverse=True)
     assert len({r["row"] for r in results}) == 7
-    keys = {"caption", "captions", "score", "image_score", "caption_score", "row"}
+    keys = {"caption", "captions", "score", "image_score", "caption_score", "row", "image_error"}
     for item, result in zip(gallery, results, strict=True):
         assert set(result) == keys
         assert result["caption"] == result["captions"][0]

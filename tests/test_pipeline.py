@@ -262,7 +262,7 @@ def test_a_nan_embedding_ends_with_one_error_line_and_writes_nothing(tmp_path):
     from tiny_checkpoint import write_tiny_checkpoint
 
     model = write_tiny_checkpoint(tmp_path / "nan-model")
-    weights = torch.load(model / "pytorch_model.bin")
+    weights = torch.load(model / "pytorch_model.bin", weights_only=True)
     for key in weights:  # the image head's output: every image embedding is NaN
         if key.startswith("image_proj") and key.endswith("weight"):
             weights[key].fill_(float("nan"))

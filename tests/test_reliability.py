@@ -550,7 +550,7 @@ def free_port() -> int:
         ("manifest-dim", "dim 768"),
         ("index-truncated", "cannot load index/image_emb.faiss"),
         ("index-empty", "cannot load index/caption_emb.faiss"),
-        ("data-missing", "has no data/*.parquet files"),
+        ("data-missing", "a data file is missing"),
     ],
 )
 def test_a_broken_dataset_is_shown_and_logged_once(published, tmp_path, caplog, kind, expected):

@@ -55,13 +55,13 @@ def test_space_repo_holds_the_app_files_in_one_commit(published_space):
     space_id = published_space.space_id
     commits = published_space.hub.requests_matching("POST", rf"^/api/spaces/{space_id}/commit/")
     assert len(commits) == 1  # on top of the Space's initial commit
-    folder = published_space.folder
-    files = {
-        p.relative_to(folder).as_posix()
-        for p in folder.rglob("*")
-        # python app.py (another test, same session folder) leaves __pycache__ beside the files
-        if p.is_file() and ".cache" not in p.parts and "__pycache__" not in p.parts
-    }
+    # The files as the Hub holds them (the local copy also gets __pycache__ and gradio's .pyi
+    # stubs once another test has run app.py in it).
+    from huggingface_hub import HfApi
+
+    env = published_space.hub_env
+    api = HfApi(endpoint=env["HF_ENDPOINT"], token=env.get("HF_TOKEN"))
+    files = set(api.list_repo_files(space_id, repo_type="space"))
     source = Path(__file__).resolve().parent.parent / "space" / "imagesearchtr"
     library = {f"imagesearchtr/{p.name}" for p in source.glob("*.py")}
     assert files == {".gitattributes", "README.md", "app.py", "requirements.txt", *library}

@@ -147,6 +147,13 @@ def data_files(source: Source, manifest) -> list[DataFile]:
         ]
         if source.remote:
             _check_hub_files(source, manifest.data_files)
+        else:  # the rows may be cached by sha256: still refuse a folder that lost its files
+            for f in files:
+                if not (source.root / f.path).is_file():
+                    raise RowsError(
+                        f"{source.location}: the manifest lists {f.path}, which the folder does "
+                        "not have (a data file is missing); publish the build again"
+                    )
         return files
     files = []
     for path in source.list_data_files():
