@@ -151,7 +151,43 @@ def card_python(version: str) -> Path:
 
 
 def make_venv(python: Path, folder: Path, *requirements: str) -> Path:
-    """A fresh virtualenv at ``folder`` with ``requirements`` (pip arguments); its python."""
+    """A virtualenv of ``python`` with ``requirements`` (pip arguments) and nothing else; its
+    python.
+
+    Built once per content: the key is the interpreter, its version and the requirements (with
+    the text of every ``-r`` file), and the venv is kept in IMAGESEARCHTR_TEST_VENV_CACHE
+    (default ~/.cache/imagesearchtr/test-venvs), so a run whose requirements did not change
+    reuses the env instead of spending minutes in pip. Any change to them builds a new one.
+    IMAGESEARCHTR_TEST_FRESH_VENVS=1 builds every env afresh at ``folder`` instead.
+    """
+    import hashlib
+    import shutil
+    import subprocess
+
+    if os.environ.get("IMAGESEARCHTR_TEST_FRESH_VENVS") == "1":
+        return _build_venv(python, folder, requirements)
+    version = subprocess.run(
+        [str(python), "-c", "import sys; print(sys.version)"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    key = hashlib.sha256(f"{Path(python).resolve()}\n{version}".encode())
+    for i, arg in enumerate(requirements):
+        is_file = i > 0 and requirements[i - 1] == "-r"  # its text counts, not its temp path
+        key.update(b"\n" + (Path(arg).read_bytes() if is_file else arg.encode()))
+    default = Path.home() / ".cache" / "imagesearchtr" / "test-venvs"
+    cache = Path(os.environ.get("IMAGESEARCHTR_TEST_VENV_CACHE", default))
+    final = cache / key.hexdigest()[:24]
+    if not (final / "complete").is_file():
+        building = cache / f"{final.name}.tmp-{os.getpid()}"
+        shutil.rmtree(building, ignore_errors=True)
+        _build_venv(python, building, requirements)
+        (building / "complete").write_text("\n".join(requirements) + "\n")
+        shutil.rmtree(final, ignore_errors=True)
+        building.rename(final)  # a venv's bin/python finds its prefix relative to itself
+    return final / "bin" / "python"
+
+
+def _build_venv(python: Path, folder: Path, requirements) -> Path:
     import subprocess
 
     subprocess.run([str(python), "-m", "venv", str(folder)], check=True, timeout=300)
