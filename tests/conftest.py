@@ -160,6 +160,7 @@ def make_venv(python: Path, folder: Path, *requirements: str) -> Path:
     reuses the env instead of spending minutes in pip. Any change to them builds a new one.
     IMAGESEARCHTR_TEST_FRESH_VENVS=1 builds every env afresh at ``folder`` instead.
     """
+    import fcntl
     import hashlib
     import shutil
     import subprocess
@@ -177,13 +178,17 @@ def make_venv(python: Path, folder: Path, *requirements: str) -> Path:
     default = Path.home() / ".cache" / "imagesearchtr" / "test-venvs"
     cache = Path(os.environ.get("IMAGESEARCHTR_TEST_VENV_CACHE", default))
     final = cache / key.hexdigest()[:24]
-    if not (final / "complete").is_file():
-        building = cache / f"{final.name}.tmp-{os.getpid()}"
-        shutil.rmtree(building, ignore_errors=True)
-        _build_venv(python, building, requirements)
-        (building / "complete").write_text("\n".join(requirements) + "\n")
-        shutil.rmtree(final, ignore_errors=True)
-        building.rename(final)  # a venv's bin/python finds its prefix relative to itself
+    cache.mkdir(parents=True, exist_ok=True)
+    # One builder at a time (pytest-xdist workers share the cache); the others wait and reuse.
+    with open(cache / f"{final.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (final / "complete").is_file():
+            building = cache / f"{final.name}.tmp-{os.getpid()}"
+            shutil.rmtree(building, ignore_errors=True)
+            shutil.rmtree(final, ignore_errors=True)  # an unfinished one, never one in use
+            _build_venv(python, building, requirements)
+            (building / "complete").write_text("\n".join(requirements) + "\n")
+            building.rename(final)  # a venv's bin/python finds its prefix relative to itself
     return final / "bin" / "python"
 
 
