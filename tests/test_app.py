@@ -13,7 +13,6 @@ import importlib.util
 import json
 import logging
 import shutil
-import socket
 import sys
 import tempfile
 import urllib.parse
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, free_port
 
 # gradio's queue calls pandas APIs that pandas 3 deprecates; nothing this project can change.
 pytestmark = [
@@ -44,12 +43,6 @@ def load_app_module():
     sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
     return module
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def launch(app, demo):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -64,10 +63,22 @@ WORKER = textwrap.dedent(
 )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import free_port  # noqa: E402
+
+
+def rank_env(rank: int, world: int, port: int, timeout_s: int, **extra) -> dict:
+    """torchrun's variables for one rank of a local gloo group, on top of this environment."""
+    return dict(
+        os.environ,
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world),
+        IMAGESEARCHTR_DIST_TIMEOUT_S=str(timeout_s),
+        **extra,
+    )
 
 
 def launch(tmp_path: Path, scenario: str, world: int = 2) -> list[dict]:
@@ -76,16 +87,7 @@ def launch(tmp_path: Path, scenario: str, world: int = 2) -> list[dict]:
     port = free_port()
     procs = []
     for rank in range(world):
-        env = dict(
-            os.environ,
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(port),
-            RANK=str(rank),
-            WORLD_SIZE=str(world),
-            LOCAL_RANK=str(rank),
-            LOCAL_WORLD_SIZE=str(world),
-            IMAGESEARCHTR_DIST_TIMEOUT_S="60",
-        )
+        env = rank_env(rank, world, port, 60)
         procs.append(
             subprocess.Popen(
                 [sys.executable, str(script), scenario, str(tmp_path)],
@@ -161,17 +163,7 @@ def encode_ranks(tmp_path: Path, data_per_rank: list[Path], *args) -> list:
     world = len(data_per_rank)
     procs = []
     for rank, data in enumerate(data_per_rank):
-        env = dict(
-            os.environ,
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(port),
-            RANK=str(rank),
-            WORLD_SIZE=str(world),
-            LOCAL_RANK=str(rank),
-            LOCAL_WORLD_SIZE=str(world),
-            IMAGESEARCHTR_DIST_TIMEOUT_S="120",
-            OMP_NUM_THREADS="1",
-        )
+        env = rank_env(rank, world, port, 120, OMP_NUM_THREADS="1")
         cmd = [sys.executable, "-m", "pipeline", "encode", "--data", str(data), *map(str, args)]
         procs.append(
             subprocess.Popen(

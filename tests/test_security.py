@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, stop
 from hub_server import run_local_hub
 
 pytestmark = [
@@ -190,15 +190,6 @@ def run_app(env: dict, log: Path, timeout: float = 150):
                 return proc, url
         except OSError:
             time.sleep(0.3)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=20)
 
 
 # The user's commands, run by the CLI's own main() one after another in ONE process (a Python
