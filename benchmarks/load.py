@@ -444,9 +444,9 @@ def load_line(log: Path) -> str:
 
 def default_dtype() -> str:
     """The dtype the app's Encoder picks by default on this machine (dtype=None)."""
-    from imagesearchtr.encoder import _pick_device, _pick_dtype
+    from imagesearchtr.encoder import pick_device, pick_dtype
 
-    return str(_pick_dtype(None, _pick_device("auto"))).replace("torch.", "")
+    return str(pick_dtype(None, pick_device("auto"))).replace("torch.", "")
 
 
 def section(title: str) -> None:

@@ -71,6 +71,7 @@ from gradio import processing_utils
 from gradio.utils import get_upload_folder
 
 from imagesearchtr import ImageLoadError, ModelMismatchError, Searcher, SearchSetupError
+from imagesearchtr.searcher import compose_vectors
 
 log = logging.getLogger("imagesearchtr.space")
 
@@ -187,7 +188,8 @@ def result_image_file(image) -> str:
     folder = Path(get_upload_folder()) / RESULTS_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    rgb = image if image.mode == "RGB" else image.convert("RGB")  # hits are RGB already
+    rgb.save(buffer, format="JPEG", quality=JPEG_QUALITY)
     data = buffer.getvalue()
     path = folder / f"{hashlib.sha256(data).hexdigest()}.jpg"
     if not path.exists():
@@ -258,22 +260,6 @@ def parse_query(text: str | None) -> tuple[list[str], list[str]]:
             )
         (positive if op == "+" else negative).append(term)
     return positive, negative
-
-
-def compose(plus: list[np.ndarray], minus: list[np.ndarray]) -> np.ndarray:
-    """The query vector of a composed query, as ``Searcher.search_combined`` builds it.
-
-    The sum of the positive terms' embeddings minus the negative ones', each weighted 1, then
-    L2-normalised; one positive term alone is its own embedding (already normalised), so a
-    query without operators searches exactly as ``search_text`` does.
-    """
-    if len(plus) == 1 and not minus:
-        return plus[0]
-    query = np.sum(plus, axis=0) - np.sum(minus or [np.zeros_like(plus[0])], axis=0)
-    norm = float(np.linalg.norm(query))
-    if norm < 1e-6:
-        raise ValueError("Terimler birbirini götürüyor; eksi (-) terimlerden birini çıkarın.")
-    return query / norm
 
 
 def share_url(base: str, query: str, k, deep: bool, alpha) -> str:
@@ -416,7 +402,13 @@ def make_handlers(searcher: Searcher | LoadError):
             vectors = encode_terms(positive + negative, images)
             plus = vectors[: len(positive)] + vectors[len(positive) + len(negative) :]
             minus = vectors[len(positive) : len(positive) + len(negative)]
-            return searcher.search_vector(compose(plus, minus), n, alpha=weight)
+            try:
+                vector = compose_vectors(plus, minus)
+            except ValueError:
+                raise ValueError(
+                    "Terimler birbirini götürüyor; eksi (-) terimlerden birini çıkarın."
+                ) from None
+            return searcher.search_vector(vector, n, alpha=weight)
 
         return run(query_fn, repr(query))
 

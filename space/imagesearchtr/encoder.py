@@ -497,10 +497,6 @@ def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.d
     return torch.float32
 
 
-# The names benchmarks/load.py imports.
-_pick_device, _pick_dtype = pick_device, pick_dtype
-
-
 def _cpu_has_native_bf16() -> bool:
     # Without AVX512-BF16/AMX, bf16 matmuls are emulated and slower than float32.
     try:

@@ -205,7 +205,7 @@ def load_small_columns(source: Source, files: list[DataFile], cache_dir: Path):
     def one(f: DataFile) -> Path:
         target = rows_dir / f"{f.key}.arrow"
         if not target.is_file():
-            _with_retries(lambda: _write_small_columns(source, f, target), f"{f.path}")
+            _with_retries(lambda: _write_small_columns(source, f, target))
         return target
 
     with ThreadPoolExecutor(FETCH_WORKERS) as pool:
@@ -274,18 +274,16 @@ def read_footer(handle, where: str):
         raise not_parquet from None
 
 
-def _with_retries(action, what: str):
+def _with_retries(action):
     """Run ``action``; retry transient failures with backoff. Missing files fail at once."""
-    for attempt in range(RETRIES):
+    for attempt in range(RETRIES - 1):
         try:
             return action()
         except (FileNotFoundError, RowsError):
             raise
         except Exception:
-            if attempt == RETRIES - 1:
-                raise
             time.sleep(BACKOFF_S * 2**attempt)
-    raise AssertionError(what)  # unreachable
+    return action()
 
 
 @dataclass
@@ -354,9 +352,8 @@ class ImageStore:
     def _fetch_group(self, item) -> dict[int, bytes | Exception]:
         """Bytes (or the error) of the wanted rows of one row group: one range read."""
         (number, group), members = item
-        path = self.files[number].path
         try:
-            table = _with_retries(lambda: self._read_group(number, group), path)
+            table = _with_retries(lambda: self._read_group(number, group))
             images = table.column(IMAGE_COLUMN).combine_chunks().field("bytes")
         except Exception as err:  # noqa: BLE001 - reported per hit, never fails the search
             return {row: err for _, row in members}
@@ -385,7 +382,7 @@ class ImageStore:
                     meta = read_footer(handle, f"{self.source.location}: {path}")
                     return meta, handle.seek(0, os.SEEK_END)
 
-            self._metadata[number] = _with_retries(read, path)
+            self._metadata[number] = _with_retries(read)
         return self._metadata[number]
 
     def _read_group(self, number: int, group: int):

@@ -115,7 +115,7 @@ class MultiEmbedTR(nn.Module):
         pooled = (hidden.float() * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
         # Heads run in float32 whatever the encoder dtype: they are cheap and this keeps
         # reduced-precision encoders within cosine 0.999 of the float32 model.
-        return nn.functional.normalize(self.text_proj(pooled.float()), dim=-1)
+        return nn.functional.normalize(self.text_proj(pooled), dim=-1)
 
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
         hidden = self.vision_encoder(pixel_values=pixel_values).last_hidden_state

@@ -182,13 +182,7 @@ class Searcher:
             raise ValueError("give at least one positive term (a text or an image)")
         plus = [self._encode_term(term) for term in positive]
         minus = [self._encode_term(term) for term in negative]
-        if len(plus) == 1 and not minus:
-            return self.search_vector(plus[0], k)
-        query = np.sum(plus, axis=0) - np.sum(minus or [np.zeros_like(plus[0])], axis=0)
-        norm = float(np.linalg.norm(query))
-        if norm < 1e-6:
-            raise ValueError("the terms cancel each other out; drop a negative term")
-        return self.search_vector(query / norm, k)
+        return self.search_vector(compose_vectors(plus, minus), k)
 
     def search_vector(self, vector, k: int = 10, alpha: float | None = None) -> list[Hit]:
         """Search with an embedding: image-only (``alpha=None``) or Deep Search at ``alpha``."""
@@ -261,6 +255,20 @@ class Searcher:
             )
             for n, (row, j) in enumerate(zip(chosen, order, strict=True))
         ]
+
+
+def compose_vectors(plus: list[np.ndarray], minus: list[np.ndarray]) -> np.ndarray:
+    """The query vector of a composed query: the positive terms' embeddings minus the negative
+    ones', each weighted 1, L2-normalised. One positive term alone is its own (already
+    normalised) embedding, so a single text searches exactly as ``search_text`` does. Terms that
+    cancel out are a ValueError."""
+    if len(plus) == 1 and not minus:
+        return plus[0]
+    query = np.sum(plus, axis=0) - np.sum(minus or [np.zeros_like(plus[0])], axis=0)
+    norm = float(np.linalg.norm(query))
+    if norm < 1e-6:
+        raise ValueError("the terms cancel each other out; drop a negative term")
+    return query / norm
 
 
 def check_model(manifest: Manifest, encoder: Encoder) -> None:
