@@ -134,7 +134,9 @@ def row_sizes(table) -> list[int]:
     """Bytes a row adds to a data file, roughly: its image plus its two embeddings."""
     import pyarrow.compute as pc
 
-    images = table.column("image").combine_chunks().field("bytes")
+    # Per chunk: concatenating the image column would copy every image, and overflows
+    # Arrow's 32-bit binary offsets once a build holds more than 2 GiB of images.
+    images = pc.struct_field(table.column("image"), "bytes")
     lengths = pc.binary_length(images).fill_null(0).to_numpy(zero_copy_only=False)
     dim = table.column("image_emb").type.list_size
     return (lengths.astype(np.int64) + 8 * dim + 256).tolist()

@@ -103,9 +103,10 @@ def evaluate(searcher, alphas=DEFAULT_ALPHAS, batch_size: int = 256) -> list[Met
         image_scores = q @ image_emb.T
         caption_scores = q @ caption_emb.T
         for mode, alpha in modes:
-            if alpha is None:
+            if alpha is None:  # image-only ranks are the same under both protocols
+                image_ranks = ranks_of_targets(image_scores, t)
                 for protocol in PROTOCOLS:
-                    ranks[protocol, mode].append(ranks_of_targets(image_scores, t))
+                    ranks[protocol, mode].append(image_ranks)
                 continue
             # Rows without captions keep their image score, as in Searcher.search_vector.
             fused = np.where(

@@ -257,13 +257,30 @@ def write_data_files(build: Path, table, build_info: dict, target_bytes: int | N
         target = build / f.path
         if f.keep and target.is_file():
             continue
-        rows = table.take(pa.array(f.rows, type=pa.int64()))
+        # Slices of consecutive rows, not table.take: take concatenates the whole image column
+        # first, which overflows Arrow's 32-bit binary offsets past 2 GiB of images.
+        rows = pa.concat_tables(_runs(table, f.rows)).combine_chunks()
         datafiles.write_file(rows.replace_schema_metadata(meta), target)
     wanted = {Path(f.path).name for f in layout}
     for path in data_dir.glob("*.parquet"):
         if path.name not in wanted:
             path.unlink()
     return layout
+
+
+def _runs(table, rows: list[int]) -> list:
+    """``table``'s rows in the given order, as slices of consecutive rows."""
+    pieces, start, length = [], None, 0
+    for row in rows:
+        if start is not None and row == start + length:
+            length += 1
+            continue
+        if start is not None:
+            pieces.append(table.slice(start, length))
+        start, length = row, 1
+    if start is not None:
+        pieces.append(table.slice(start, length))
+    return pieces or [table.slice(0, 0)]
 
 
 def _read_build_info(build: Path) -> dict:

@@ -137,9 +137,14 @@ def publish_to_folder(config: PublishConfig) -> PublishResult:
     manifest, files = staged_files(build)
     existing_card = _read_text(target / CARD_FILE)
     old_files = _folder_files(target)
-    if _read_manifest(target / INDEX_DIR / MANIFEST_FILE) == _identity(manifest) and all(
-        path in old_files and _same_file(target / path, sha) for path, (_, sha) in files.items()
-    ):
+    unchanged = {
+        path
+        for path, (_, sha) in files.items()
+        if path in old_files and _same_file(target / path, sha)
+    }  # hashed once: the check below and the staging loop both use it
+    if _read_manifest(target / INDEX_DIR / MANIFEST_FILE) == _identity(manifest) and len(
+        unchanged
+    ) == len(files):
         return PublishResult(str(target), None, changed=False)
     card = render_card(
         build,
@@ -159,10 +164,10 @@ def publish_to_folder(config: PublishConfig) -> PublishResult:
             if item.name not in (*MANAGED_DIRS, CARD_FILE):
                 _copy(item, staging / item.name)
     written = []
-    for repo_path, (source, sha) in files.items():
+    for repo_path, (source, _) in files.items():
         dest = staging / repo_path
         dest.parent.mkdir(parents=True, exist_ok=True)
-        if repo_path in old_files and _same_file(target / repo_path, sha):
+        if repo_path in unchanged:
             _link_or_copy(target / repo_path, dest)  # unchanged: the very same file
         else:
             _link_or_copy(source, dest)
@@ -288,7 +293,7 @@ def _publish_through_pr(api, repo_id, files, card, title, config):
         )
         if pr is None:  # open one with the deletions (none of them is read by anyone yet)
             head = api.dataset_info(repo_id).sha
-            uploads, deletes = _changes(files, _remote_files(api, repo_id, head))
+            _, deletes = _changes(files, _remote_files(api, repo_id, head))
             first = [CommitOperationDelete(path_in_repo=p) for p in deletes[:limit]]
             commit = api.create_commit(
                 repo_id,
