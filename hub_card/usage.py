@@ -15,13 +15,13 @@ from pathlib import Path
 
 import jinja2
 
-from imagesearchtr.manifest import INDEX_DIR, Manifest
+from imagesearchtr.manifest import DATA_DIR, Manifest, index_file
 
 TEMPLATE_PATH = Path(__file__).resolve().parent / "templates" / "usage.py.jinja"
 SPLIT = "train"
 # The parquet files of the train split, as publish writes them (data/train-00000.parquet) and as
 # push_to_hub does (data/train-00000-of-00001.parquet).
-DATA_FILES = "data/*.parquet"
+DATA_FILES = f"{DATA_DIR}/*.parquet"
 # What the snippet needs; the card tells the visitor to pip install exactly these. Pillow:
 # datasets decodes the rows' images with it (get_nearest_examples returns them).
 SNIPPET_PACKAGES = ("datasets", "faiss-cpu", "gradio_client", "Pillow")
@@ -53,13 +53,13 @@ def render_usage(
     columns = [info.column for info in manifest.indices]
     column = "image_emb" if "image_emb" in columns or not columns else columns[0]
     info = manifest.index(column) if columns else None
-    index_file = info.file if info is not None else f"{INDEX_DIR}/{column}.faiss"
+    index_path = info.file if info is not None else index_file(column)
     params = ",".join(f"{k}={v}" for k, v in sorted(info.params.items())) if info else ""
     if local_dir is not None:
         # The parquet loader, not load_dataset(folder): datasets caches a folder's Arrow copy
         # under the folder's name without checking file times, so a re-published folder could
         # load stale rows; the parquet loader keys its cache on the files' mtimes.
-        index_file = f"{Path(local_dir).as_posix()}/{index_file}"
+        index_path = f"{Path(local_dir).as_posix()}/{index_path}"
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False)
     env.filters["py"] = _py  # a JSON string is a valid Python string literal
     return (
@@ -71,7 +71,7 @@ def render_usage(
             revision_note=revision_note,
             split=SPLIT,
             data_files=f"{Path(local_dir).as_posix()}/{DATA_FILES}" if local_dir else "",
-            index_file=index_file,
+            index_file=index_path,
             column=column,
             search_params=params,
             model_id=manifest.model_id,

@@ -28,9 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
+from imagesearchtr.manifest import DATA_DIR
+
 from . import _io
 
-DATA_DIR = "data"
 # Rows per parquet row group. The Searcher reads one group's image column chunk to show one of
 # its images (64 images: about 1.7 MB of 26 KiB photos, 9.8 MB of 150 KiB ones), and one range a
 # group of the small columns at start (N / 64 requests). Smaller groups would cut the first and

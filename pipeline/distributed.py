@@ -108,7 +108,7 @@ def timeout_from_env(env: dict[str, str] | None = None) -> timedelta:
 
 
 @contextmanager
-def coordination(timeout: timedelta | None = None) -> Iterator[Ranks]:
+def coordination() -> Iterator[Ranks]:
     """The run's process group (gloo) for the duration of the ``with``; nothing in one process."""
     ranks = ranks_from_env()
     if not ranks.distributed:
@@ -118,7 +118,7 @@ def coordination(timeout: timedelta | None = None) -> Iterator[Ranks]:
 
     created = False
     if not dist.is_initialized():
-        dist.init_process_group("gloo", timeout=timeout or timeout_from_env())
+        dist.init_process_group("gloo", timeout=timeout_from_env())
         created = True
     try:
         yield ranks

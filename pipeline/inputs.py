@@ -172,8 +172,9 @@ class HubSource:
         records, skips = [], []
         for row_no, row in enumerate(listing):
             where = f"{self.dataset}:{row_no}"
-            image = images[row_no][self.image_column][0].as_py() or {}
-            if image.get("bytes") is None and not image.get("path"):
+            # Validity only: as_py() here would copy every image's bytes into the listing.
+            cell = images[row_no][self.image_column][0]
+            if not cell.is_valid or (not cell["bytes"].is_valid and not cell["path"].as_py()):
                 skips.append(Skip(where, NO_IMAGE, "no image in this row"))
                 continue
             raw = row[self.caption_column]
