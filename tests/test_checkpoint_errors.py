@@ -119,3 +119,33 @@ def test_a_long_list_of_missing_tensors_shows_twenty_and_counts_the_rest(missing
     shown = sorted(f"{i}.weight" for i in range(missing))[:20]
     assert lines[2:22] == [f"    {name}" for name in shown]
     assert lines[22:] == ([f"    ... and {missing - 20} more"] if missing > 20 else [])
+
+
+def test_missing_unexpected_and_mis_shaped_tensors_are_listed_under_their_own_headings():
+    model = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1, bias=False))
+    state = {"0.weight": torch.zeros(3, 2), "0.bias": torch.zeros(4), "2.weight": torch.zeros(1)}
+    with pytest.raises(CheckpointError) as caught:
+        check_state_dict(state, model, "ckpt")
+    assert str(caught.value).splitlines()[1:] == [
+        "  1 missing tensor(s):",
+        "    1.weight",
+        "  1 unexpected tensor(s):",
+        "    2.weight",
+        "  1 mis-shaped tensor(s):",
+        "    0.bias: checkpoint (4,) vs model (3,)",
+    ]
+
+
+@pytest.mark.parametrize("content", ["a list of tensors", "a number among the tensors"])
+def test_a_pickle_that_is_not_a_state_dict_of_tensors_is_refused(tiny_model_dir, tmp_path, content):
+    model = checkpoint_copy(tiny_model_dir, tmp_path / "model")
+    weights = model / "pytorch_model.bin"
+    state = torch.load(weights, weights_only=True)
+    if content == "a list of tensors":
+        state = list(state.values())
+    else:
+        state["text_proj.ln.weight"] = 3
+    torch.save(state, weights)
+    expected = f"{weights}: not a state dict of tensors"
+    with pytest.raises(CheckpointError, match=f"^{re.escape(expected)}$"):
+        Encoder.from_pretrained(model, dtype="float32")
