@@ -1,0 +1,60 @@
+"""``publish --to DIR`` keeps what it does not manage, merges the card there, and copies when it
+cannot hard-link. Each test kills a mutant of pipeline/publish.py that survived the rest of the
+suite (the deleted list counting unmanaged files, the existing card dropped, the copy fallback
+writing nowhere).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+from conftest import write_photos
+
+from pipeline.encode import EncodeConfig, run_encode
+from pipeline.index import IndexConfig, run_index
+from pipeline.inputs import FolderSource
+from pipeline.publish import PublishConfig, publish_to_folder
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory, tiny_model_dir, tiny_encoder):
+    data = write_photos(tmp_path_factory.mktemp("photos"), [f"p{i}" for i in range(6)])
+    out = tmp_path_factory.mktemp("build")
+    config = EncodeConfig(out=out, model=str(tiny_model_dir), dtype="float32")
+    run_encode(FolderSource(data), config, encoder=tiny_encoder)
+    run_index(IndexConfig(build=out))
+    return out
+
+
+def test_files_it_does_not_manage_are_kept_and_not_reported_deleted(build, tmp_path):
+    target = tmp_path / "dataset"
+    target.mkdir()
+    (target / "notes.txt").write_text("mine", encoding="utf-8")
+    result = publish_to_folder(PublishConfig(build=build, to=target))
+    assert result.changed and result.deleted == ()
+    assert (target / "notes.txt").read_text(encoding="utf-8") == "mine"
+
+
+def test_the_card_already_in_the_folder_is_merged_not_replaced(build, tmp_path):
+    target = tmp_path / "dataset"
+    target.mkdir()
+    (target / "README.md").write_text("---\ntags:\n- my-own-tag\n---\n# Mine\n", encoding="utf-8")
+    publish_to_folder(PublishConfig(build=build, to=target))
+    assert "- my-own-tag" in (target / "README.md").read_text(encoding="utf-8")
+
+
+def test_files_are_copied_when_hard_links_are_refused(build, tmp_path, monkeypatch):
+    def refuse(source, dest):  # as across filesystems: EXDEV
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", refuse)
+    target = tmp_path / "dataset"
+    result = publish_to_folder(PublishConfig(build=build, to=target))
+    assert result.uploaded
+    for repo_path in result.uploaded:
+        copied, original = target / repo_path, build / repo_path
+        assert copied.stat().st_ino != original.stat().st_ino
+        digest = hashlib.sha256(copied.read_bytes()).hexdigest()
+        assert digest == hashlib.sha256(original.read_bytes()).hexdigest()
