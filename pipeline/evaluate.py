@@ -267,6 +267,11 @@ def _negation(encoder, tables, row_words, pairs, weights, alphas) -> list[Compos
         return []  # too few captions share words: nothing to measure
     words = sorted({w for pair in pairs for w in pair})
     vector = dict(zip(words, np.asarray(encoder.encode_texts(words), np.float32), strict=True))
+    # Two words the encoder cannot tell apart (both unknown to its tokenizer, say) would cancel
+    # out in "A - B": such a pair measures nothing.
+    pairs = [(a, b) for a, b in pairs if float(vector[a] @ vector[b]) < 0.999]
+    if not pairs:
+        return []
     has_a = np.array([[a in ws for ws in row_words] for a, _ in pairs])
     has_b = np.array([[b in ws for ws in row_words] for _, b in pairs])
     n = len(row_words)
