@@ -209,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
         "against Deep Search over an alpha sweep, under two protocols: leave-one-out (the "
         "row's caption embedding made without the query caption; choose alpha with it) and "
         "own-caption (the stored embeddings, which contain the query: an upper bound). "
-        "Prints a table and writes JSON.",
+        "With --composed, also composed queries at several weights, to choose them. "
+        "Prints tables and writes JSON.",
         formatter_class=defaults,
     )
     p.add_argument("--repo", required=True, help="published dataset: Hub id or local folder")
