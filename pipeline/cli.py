@@ -22,7 +22,7 @@ Build a searchable Turkish image dataset: download -> encode -> index -> publish
   python -m pipeline index --build build/
   python -m pipeline publish --build build/ --repo USER/NAME     (or --to FOLDER)
   python -m pipeline publish-space --space USER/NAME-search --dataset-repo USER/NAME
-  python -m pipeline evaluate --repo USER/NAME
+  python -m pipeline evaluate --repo USER/NAME            (--composed: composed-query weights)
 """
 
 

@@ -45,8 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imagesearchtr.searcher import compose_vectors
-from imagesearchtr.vectors import embedding_matrix
+from imagesearchtr.vectors import compose_vectors, embedding_matrix
 
 DEFAULT_ALPHAS = (0.0, 0.25, 0.5, 0.6, 0.75, 1.0)
 PROTOCOLS = ("leave-one-out", "own-caption")

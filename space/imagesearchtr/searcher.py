@@ -182,6 +182,7 @@ class Searcher:
 
         The query is the sum of the positive terms' embeddings minus the negative ones', all
         weighted 1, normalised (rclip's ``"kedi" + "şapka" - "köpek"``); searched image-only.
+        ``python -m pipeline evaluate --composed`` measures other weights on a published set.
         One positive term alone is its own (already normalised) embedding, so one text gives
         exactly ``search_text``'s result.
         """
