@@ -179,7 +179,10 @@ def main() -> None:
         queries /= np.linalg.norm(queries, axis=1, keepdims=True)
         np.save(work / "queries.npy", queries)
 
-        with run_local_hub(work / "hub") as hub:
+        shutil.rmtree(work / "hub", ignore_errors=True)  # a fresh Hub and fresh caches
+        for old in ("home-upload", "home-lazy", "home-local", "cache-lazy", "cache-local"):
+            shutil.rmtree(work / old, ignore_errors=True)
+        with run_local_hub(work / "hub", request_log=None) as hub:
             env = {**hub.env(), "HF_HOME": str(work / "home-upload")}
             name = f"{hub.user}/lazy-bench"
             commit = run(UPLOAD, env, str(repo), name).strip()
