@@ -6,7 +6,9 @@ SHELL := bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-TEST_WORKERS ?= 2
+# Three workers on two cores: many tests wait (pip resolving against PyPI, the Hub client's retry
+# back-off, apps starting), and a third worker fills those waits.
+TEST_WORKERS ?= 3
 # These build machines keep a CPU build of torch 2.13.0 on disk for pip; take it when it is there,
 # because an unpinned torch from PyPI is a CUDA build of several GB. Anywhere else TORCH stays
 # empty and pip resolves the normal torch for that machine. Override with `make install TORCH=...`.
@@ -49,7 +51,7 @@ install: $(PY) ## create .venv and install the project with its test extra
 	@if [ -n "$(TORCH)" ]; then $(PY) -m pip install "$(TORCH)"; fi
 	$(PY) -m pip install -e ".[test]"
 
-test: ## run the test suite (two worker processes: the machine's two cores)
+test: ## run the test suite (TEST_WORKERS=3 worker processes)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 lint: ## ruff check + format check

@@ -454,7 +454,8 @@ def main() -> None:
         print(f"model loads   {', '.join(loads)}")
         auto = str(ours.dtype).removeprefix("torch.")
         print(f"auto dtype    {auto} (what Encoder.from_pretrained picks here)")
-        token_counts = [len(ids) for ids in ours._backend.tokenizer(texts)["input_ids"]]
+        # The same tokenizer files Encoder loads (the checkpoint's text component).
+        token_counts = [len(ids) for ids in original.tokenizer(texts)["input_ids"]]
         print(
             f"tokens/text   mean {statistics.mean(token_counts):.1f}, max {max(token_counts)} "
             "(tiny test tokenizer; the real 32k-vocab tokenizer splits Turkish into fewer tokens)"

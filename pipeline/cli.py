@@ -22,7 +22,7 @@ Build a searchable Turkish image dataset: download -> encode -> index -> publish
   python -m pipeline index --build build/
   python -m pipeline publish --build build/ --repo USER/NAME     (or --to FOLDER)
   python -m pipeline publish-space --space USER/NAME-search --dataset-repo USER/NAME
-  python -m pipeline evaluate --repo USER/NAME
+  python -m pipeline evaluate --repo USER/NAME            (--composed: composed-query weights)
 """
 
 
@@ -209,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
         "against Deep Search over an alpha sweep, under two protocols: leave-one-out (the "
         "row's caption embedding made without the query caption; choose alpha with it) and "
         "own-caption (the stored embeddings, which contain the query: an upper bound). "
-        "Prints a table and writes JSON.",
+        "With --composed, also composed queries at several weights, to choose them. "
+        "Prints tables and writes JSON.",
         formatter_class=defaults,
     )
     p.add_argument("--repo", required=True, help="published dataset: Hub id or local folder")
@@ -221,6 +222,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", type=Path, default=Path("evaluation.json"), help="JSON file to write"
     )
     p.add_argument("--device", default="auto", help="device for the query encoder")
+    p.add_argument(
+        "--composed",
+        action="store_true",
+        help="also measure composed queries (Searcher.search_combined's vector) at several "
+        "weights: 'A - w*B' for caption words A, B (share of the top 10 with A and not B) and "
+        "a similar row's image + w * a caption (Recall@1/10 of the caption's row); written "
+        "under 'composed' in the JSON",
+    )
+    p.add_argument(
+        "--negative-weights",
+        default="0,0.25,0.5,1",
+        help="with --composed: comma-separated weights of the negative term (positive: 1)",
+    )
+    p.add_argument(
+        "--text-weights",
+        default="0,0.5,1,2,4",
+        help="with --composed: comma-separated weights of the text term beside an image "
+        "(image: 1); the text alone is always added",
+    )
+    p.add_argument(
+        "--composed-alphas",
+        default="0",
+        help="with --composed: Deep Search alphas tried besides image-only search (which is "
+        "what composed queries use); empty for image-only alone",
+    )
     return parser
 
 
@@ -407,21 +433,36 @@ def _publish_space(args) -> int:
     return 0
 
 
+def _numbers(flag: str, text: str, low: float, high: float) -> tuple[float, ...]:
+    """A comma-separated list of numbers in [low, high], or a ValueError naming the flag."""
+    try:
+        numbers = tuple(float(a) for a in text.split(",") if a.strip())
+    except ValueError:
+        raise ValueError(f"{flag} {text!r}: give numbers like 0,0.5,1") from None
+    if any(not low <= a <= high for a in numbers):
+        raise ValueError(f"{flag} {text!r}: each number must be between {low:g} and {high:g}")
+    return numbers
+
+
 def _evaluate(args) -> int:
     from imagesearchtr import Searcher
 
-    from .evaluate import evaluate, format_table, save
+    from .evaluate import evaluate, evaluate_composed, format_composed, format_table, save
 
-    try:
-        alphas = tuple(float(a) for a in args.alphas.split(",") if a.strip())
-    except ValueError:
-        raise ValueError(f"--alphas {args.alphas!r}: give numbers like 0,0.5,1") from None
-    if any(not 0 <= a <= 1 for a in alphas):
-        raise ValueError(f"--alphas {args.alphas!r}: each alpha must be between 0 and 1")
+    alphas = _numbers("--alphas", args.alphas, 0, 1)
+    if args.composed:
+        negative = _numbers("--negative-weights", args.negative_weights, 0, 100)
+        text = _numbers("--text-weights", args.text_weights, 0, 100)
+        composed_alphas = _numbers("--composed-alphas", args.composed_alphas, 0, 1)
     searcher = Searcher.from_repo(args.repo, args.revision, device=args.device)
     results = evaluate(searcher, alphas)
     print(format_table(results))
-    save(results, args.output, searcher.location)
+    composed = None
+    if args.composed:
+        composed = evaluate_composed(searcher, negative, text, composed_alphas)
+        print()
+        print(format_composed(composed))
+    save(results, args.output, searcher.location, composed)
     print(f"wrote {args.output}")
     return 0
 

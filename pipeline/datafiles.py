@@ -62,16 +62,22 @@ class PlannedFile:
     keep: bool  # an existing file with exactly these rows: leave it untouched
 
 
-def row_keys(table) -> list[str]:
-    """A hash of everything a published row holds except the image bytes (sha256 stands in)."""
+def row_keys(table, embeddings: tuple | None = None) -> list[str]:
+    """A hash of everything a published row holds except the image bytes (sha256 stands in).
+
+    ``embeddings``: the table's (image, caption, caption_valid) matrices, where the caller has
+    them already (at a million rows each matrix is 3 GB: not worth building twice).
+    """
     import pyarrow as pa
 
     from imagesearchtr.vectors import embedding_matrix
 
-    image_emb = table.column("image_emb")
-    dim = image_emb.type.list_size
-    image, _ = embedding_matrix(image_emb, dim)
-    caption, valid = embedding_matrix(table.column("caption_emb"), dim)
+    if embeddings is None:
+        dim = table.column("image_emb").type.list_size
+        image, _ = embedding_matrix(table.column("image_emb"), dim)
+        caption, valid = embedding_matrix(table.column("caption_emb"), dim)
+    else:
+        image, caption, valid = embeddings
     meta = pa.table({c: table.column(c) for c in ("image_id", "path", "sha256", "captions")})
     keys = []
     for i, row in enumerate(meta.to_pylist()):

@@ -463,30 +463,24 @@ def published_files(location: str | None, revision: str | None, fingerprint: str
     """
     if location is None:
         return [], None
-    sha = None
-    from imagesearchtr.manifest import INDEX_DIR, MANIFEST_FILE, Manifest
+    from imagesearchtr.manifest import DATA_DIR, load_manifest
 
-    folder = Path(location)
-    if folder.is_dir():
-        manifest = Manifest.load(folder / INDEX_DIR / MANIFEST_FILE)
-        files = [(None, str(p)) for p in sorted((folder / "data").glob("*.parquet"))]
+    try:
+        loaded = load_manifest(location, revision, index_files=False)
+    except Exception as err:  # no manifest, a bad one, HTTP errors, no network: one line
+        raise ValueError(
+            f"--reuse {location}: {err}; give a published dataset id (USER/NAME) or a folder "
+            "written by `publish --to`"
+        ) from None
+    manifest, sha = loaded.manifest, loaded.revision
+    if sha is None:  # a local folder
+        files = [(None, str(p)) for p in sorted((loaded.root / DATA_DIR).glob("*.parquet"))]
     else:
-        from huggingface_hub import HfApi, HfFileSystem
+        from huggingface_hub import HfFileSystem
 
-        api = HfApi()
-        try:
-            sha = api.dataset_info(location, revision=revision).sha
-            path = api.hf_hub_download(
-                location, f"{INDEX_DIR}/{MANIFEST_FILE}", repo_type="dataset", revision=sha
-            )
-        except Exception as err:  # HTTP errors, no network: one clear line either way
-            raise ValueError(
-                f"--reuse {location}: cannot read its index/manifest.json from the Hub ({err}); "
-                "give a published dataset id (USER/NAME) or a folder written by `publish --to`"
-            ) from None
-        manifest = Manifest.load(path)
         fs = HfFileSystem()
-        files = [(fs, p) for p in sorted(fs.glob(f"datasets/{location}@{sha}/data/*.parquet"))]
+        pattern = f"datasets/{location}@{sha}/{DATA_DIR}/*.parquet"
+        files = [(fs, p) for p in sorted(fs.glob(pattern))]
     if manifest.model_fingerprint != fingerprint:
         raise ValueError(
             f"--reuse {location} was encoded with another model ({manifest.model_id}, "

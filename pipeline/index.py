@@ -155,18 +155,19 @@ def run_index(config: IndexConfig):
     ds, shards = load_build_dataset(build)
     dim = int(build_info["dim"])
     table = ds.data.table
-    layout = write_data_files(build, table, build_info, config.target_bytes)
-    order = np.fromiter((i for f in layout for i in f.rows), dtype=np.int64, count=len(ds))
     image_emb, image_valid = embedding_matrix(table.column("image_emb"), dim)
     caption_emb, caption_valid = embedding_matrix(table.column("caption_emb"), dim)
     if not image_valid.all():
         raise ValueError(f"{build}: {int((~image_valid).sum())} rows lack an image embedding")
-    # Published row order: the indices' row i is the data files' row i.
-    image_emb, caption_emb, caption_valid = (
-        image_emb[order],
-        caption_emb[order],
-        caption_valid[order],
+    layout = write_data_files(
+        build, table, build_info, config.target_bytes, (image_emb, caption_emb, caption_valid)
     )
+    order = np.fromiter((i for f in layout for i in f.rows), dtype=np.int64, count=len(ds))
+    # Published row order: the indices' row i is the data files' row i. One matrix at a time,
+    # so that at most one extra copy is alive.
+    image_emb = image_emb[order]
+    caption_emb = caption_emb[order]
+    caption_valid = caption_valid[order]
     image_ids = table.column("image_id").take(order).to_pylist()
     plan = choose_index(len(ds), config.index_type)
 
@@ -221,8 +222,11 @@ def run_index(config: IndexConfig):
     return manifest
 
 
-def write_data_files(build: Path, table, build_info: dict, target_bytes: int | None):
-    """BUILD/data/*.parquet for this build, keeping files whose rows did not change."""
+def write_data_files(
+    build: Path, table, build_info: dict, target_bytes: int | None, embeddings: tuple | None = None
+):
+    """BUILD/data/*.parquet for this build, keeping files whose rows did not change
+    (``embeddings``: as ``datafiles.row_keys`` takes them)."""
     import pyarrow as pa
     from tqdm.auto import tqdm
 
@@ -242,7 +246,7 @@ def write_data_files(build: Path, table, build_info: dict, target_bytes: int | N
     else:
         previous = []
     layout = datafiles.plan_layout(
-        datafiles.row_keys(table),
+        datafiles.row_keys(table, embeddings),
         datafiles.row_sizes(table),
         previous,
         target_bytes or datafiles.default_target_bytes(),

@@ -71,7 +71,7 @@ from gradio import processing_utils
 from gradio.utils import get_upload_folder
 
 from imagesearchtr import ImageLoadError, ModelMismatchError, Searcher, SearchSetupError
-from imagesearchtr.searcher import compose_vectors
+from imagesearchtr.vectors import compose_vectors
 
 log = logging.getLogger("imagesearchtr.space")
 

@@ -33,11 +33,33 @@ sys.path.insert(0, str(TESTS_DIR))
 from tiny_checkpoint import write_tiny_checkpoint  # noqa: E402
 
 
+def made_once(tmp_path_factory, name: str, make) -> Path:
+    """``make(folder)`` once per test run, shared by the pytest-xdist workers: the first worker
+    to get here makes it under a file lock, the others wait and reuse it. Never modify it."""
+    import shutil
+
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the workers' common base folder
+    folder, done = root / name, root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            make(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random MultiEmbedTR checkpoint with both weight files."""
-    return write_tiny_checkpoint(
-        tmp_path_factory.mktemp("tiny-multiembedtr"), formats=("bin", "safetensors")
+    return made_once(
+        tmp_path_factory,
+        "tiny-multiembedtr",
+        lambda folder: write_tiny_checkpoint(folder, formats=("bin", "safetensors")),
     )
 
 
@@ -84,11 +106,13 @@ def run_cli(*args, env: dict | None = None, check: bool = True, timeout: float =
 
 @pytest.fixture(scope="session")
 def shared_build(tmp_path_factory, tiny_model_dir, shared_data) -> Path:
-    """The 413 shared photos encoded and indexed once per session (tests copy, never modify)."""
-    build = tmp_path_factory.mktemp("shared-build")
-    run_cli("encode", "--data", shared_data, "--model", tiny_model_dir, "--out", build)
-    run_cli("index", "--build", build)
-    return build
+    """The 413 shared photos encoded and indexed once per run (tests copy, never modify)."""
+
+    def make(build: Path) -> None:
+        run_cli("encode", "--data", shared_data, "--model", tiny_model_dir, "--out", build)
+        run_cli("index", "--build", build)
+
+    return made_once(tmp_path_factory, "shared-build", make)
 
 
 @pytest.fixture

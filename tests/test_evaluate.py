@@ -9,7 +9,16 @@ import numpy as np
 from conftest import run_cli
 from search_repo import open_repo, unit, write_repo
 
-from pipeline.evaluate import evaluate, leave_one_out, metrics, ranks_of_targets
+from pipeline.cli import main
+from pipeline.evaluate import (
+    caption_words,
+    evaluate,
+    evaluate_composed,
+    leave_one_out,
+    metrics,
+    ranks_of_targets,
+    word_pairs,
+)
 
 DIM = 32
 
@@ -75,14 +84,20 @@ def test_a_row_left_without_captions_counts_on_its_image_only(tmp_path):
     assert results["own-caption", "deep alpha=0.00"].recall_at_1 == 1.0
 
 
+PHOTOS = 120  # enough real captions for the leak to show; all 413 only cost encode time
+
+
 def test_one_caption_per_image_ranks_its_own_image_first(tmp_path, shared_data, tiny_model_dir):
     folder = tmp_path / "one-caption"
     folder.mkdir()
-    (folder / "images").symlink_to(shared_data / "images")  # read in place, never copied
-    first = {}
+    first = {}  # the first caption of each of the first PHOTOS photos
     for line in (shared_data / "captions.jsonl").read_text(encoding="utf-8").splitlines():
         entry = json.loads(line)
-        first.setdefault(entry["path"], entry)
+        if entry["path"] in first or len(first) < PHOTOS:
+            first.setdefault(entry["path"], entry)
+    (folder / "images").mkdir()
+    for path in first:  # read in place, never copied
+        (folder / path).symlink_to(shared_data / path)
     (folder / "captions.jsonl").write_text(
         "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in first.values()), "utf-8"
     )
@@ -100,9 +115,135 @@ def test_one_caption_per_image_ranks_its_own_image_first(tmp_path, shared_data, 
     counts = Counter(e["caption"] for e in first.values())
     unique_share = sum(1 for e in first.values() if counts[e["caption"]] == 1) / len(first)
     own = by_mode["own-caption", "deep alpha=0.00"]
-    assert own["queries"] == 413 and own["recall_at_1"] >= unique_share
+    assert own["queries"] == PHOTOS and own["recall_at_1"] >= unique_share
     # One caption per image: leave-one-out leaves each target caption-less, so the random
     # model's image side (at chance) has to find it, and the leak shows.
     assert by_mode["leave-one-out", "deep alpha=0.00"]["recall_at_1"] < own["recall_at_1"]
     for r in report["results"]:
         assert 0 <= r["recall_at_1"] <= r["recall_at_5"] <= r["recall_at_10"] <= 1
+
+
+# --- composed queries (evaluate --composed) ---------------------------------------------------
+
+
+def test_caption_words_lower_turkish_text_and_drop_function_words():
+    words = caption_words("İki KÖPEK Işıkta, bir İnek 3 kere")
+    assert words == {"köpek", "ışıkta", "inek", "kere"}
+    rows = [{"köpek", "kar"}] * 6 + [{"köpek", "çimen"}] * 6
+    rows += [{"çocuk", "çocuğu"}] * 6 + [{"çocuk"}] * 6  # çocuk and çocuğu are one word
+    assert word_pairs(rows, min_rows=3) == [("köpek", "kar"), ("köpek", "çimen")]
+
+
+def negation_repo(tmp_path, rng):
+    """15 rows "köpek kar" whose images lean to kar, 15 rows "köpek çimen" leaning less to çimen:
+    "köpek" alone finds the kar rows first; only the negative term can push them out."""
+    dog, snow, grass = np.eye(3, DIM)
+    noise = 0.01 * rng.normal(size=(30, DIM))
+    image_emb = unit(
+        np.vstack([np.tile(dog + 0.5 * snow, (15, 1)), np.tile(dog + 0.8 * grass, (15, 1))]) + noise
+    )
+    captions = [[f"Köpek kar {i}"] for i in range(15)] + [[f"köpek çimen {i}"] for i in range(15)]
+    texts = {c[0]: unit(rng.normal(size=DIM)) for c in captions}
+    vectors = texts | {"köpek": dog, "kar": snow, "çimen": grass}
+    folder = write_repo(
+        tmp_path / "repo", image_emb, [texts[c[0]] for c in captions], captions=captions
+    )
+    return open_repo(folder, vectors)
+
+
+def test_a_negative_term_changes_which_rows_reach_the_top_ten(tmp_path):
+    searcher = negation_repo(tmp_path, np.random.default_rng(2))
+    results = evaluate_composed(searcher, negative_weights=(0.0, 1.0), text_weights=(1.0,))
+    negation = {(m.mode, m.weights["negative"]): m for m in results if m.task == "negation"}
+    alone, negated = negation["image-only", 0.0], negation["image-only", 1.0]
+    assert alone.pairs == [["köpek", "kar"], ["köpek", "çimen"]] and alone.queries == 2
+    # "köpek": the top 10 are the kar rows, for both pairs; each "köpek - B" drops every B row.
+    assert (alone.values["share_b"], alone.values["share_a_not_b"]) == (0.5, 0.5)
+    assert (negated.values["share_b"], negated.values["share_a_not_b"]) == (0.0, 1.0)
+    assert alone.values["chance_b"] == 0.5
+    for m in results:
+        assert m.task in ("negation", "image+text") and set(m.weights) in (
+            {"positive", "negative"},
+            {"image", "text"},
+        )
+        # image-only scoring reads no caption embedding; the negation task's Deep Search
+        # reads the stored ones, made from the captions that label the rows
+        honest = m.alpha is None or m.task == "image+text"
+        assert m.protocol == ("leave-one-out" if honest else "own-caption")
+    assert {m.mode for m in results} == {"image-only", "deep alpha=0.00"}
+
+
+def image_text_repo(tmp_path, siblings_agree: bool, n: int = 30):
+    """Rows with two captions each; the images point at nothing. If ``siblings_agree``, a row's
+    second caption is close to its first, so the other caption can find the row honestly."""
+    rng = np.random.default_rng(3)
+    first = unit(rng.normal(size=(n, DIM)))
+    noise = unit(rng.normal(size=(n, DIM)))
+    second = unit(first + 0.3 * noise) if siblings_agree else noise
+    captions = [[f"a{i}", f"b{i}"] for i in range(n)]
+    vectors = {f"a{i}": first[i] for i in range(n)} | {f"b{i}": second[i] for i in range(n)}
+    image_emb = unit(rng.normal(size=(n, DIM)))
+    folder = write_repo(tmp_path / "repo", image_emb, list(unit(first + second)), captions=captions)
+    return open_repo(folder, vectors)
+
+
+def test_the_composed_image_and_text_task_cannot_find_a_row_through_its_own_caption(tmp_path):
+    def text_alone(siblings_agree, folder):
+        results = evaluate_composed(
+            image_text_repo(folder, siblings_agree), text_weights=(1.0,), alphas=(0.0,), pairs=[]
+        )
+        (m,) = [
+            m for m in results
+            if m.mode == "deep alpha=0.00" and m.weights == {"image": 0.0, "text": 1.0}
+        ]  # fmt: skip
+        assert m.protocol == "leave-one-out" and m.queries == 60
+        return m.values["recall_at_1"]
+
+    # The stored caption embedding (the mean of both captions) would rank every row first for
+    # either caption; made without the query caption it is the other, unrelated caption.
+    assert text_alone(False, tmp_path / "unrelated") <= 0.2
+    assert text_alone(True, tmp_path / "agree") >= 0.9  # the sibling still finds the row
+
+
+def test_evaluate_composed_writes_labelled_records(tmp_path, generated_build, capsys):
+    """Through the command line (in process), on the six generated photos: too few to share
+    words, so the negation task says so and the image+text task alone is measured."""
+    repo, out = tmp_path / "repo", tmp_path / "eval.json"
+    assert main(["publish", "--build", str(generated_build), "--to", str(repo)]) == 0
+    flags = ["--alphas", "0.5", "--text-weights", "0,2", "--composed-alphas", "0,0.5"]
+    assert main(["evaluate", "--repo", str(repo), "--composed", *flags, "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "negation: no word pair" in printed and "image+text" in printed
+    report = json.loads(out.read_text())
+    assert {r["protocol"] for r in report["results"]} == {"leave-one-out", "own-caption"}
+    composed = report["composed"]
+    assert [(r["mode"], r["weights"]["image"], r["weights"]["text"]) for r in composed] == [
+        (mode, image, text)
+        for mode in ("image-only", "deep alpha=0.00", "deep alpha=0.50")
+        for image, text in ((1.0, 0.0), (1.0, 2.0), (0.0, 1.0))
+    ]
+    for r in composed:
+        assert r["task"] == "image+text" and r["protocol"] == "leave-one-out"
+        assert r["queries"] == 7 and 0 <= r["values"]["recall_at_1"] <= r["values"]["recall_at_10"]
+    bad = ["evaluate", "--repo", str(repo), "--composed", "--text-weights", "x"]
+    assert main(bad) == 2 and "error: --text-weights 'x'" in capsys.readouterr().err
+
+
+def test_the_text_weight_decides_between_rows_like_the_reference(tmp_path):
+    """Photos in threes that look alike; each row's caption names the small detail that sets its
+    image apart. The reference (the target's nearest other row) is left out of the ranking, so
+    the image alone finds one of the two rows like it; the caption alone, a weak detail, is
+    beaten by rows of other threes; the mix finds the target."""
+    rng = np.random.default_rng(4)
+    groups, dim = 10, 64
+    base = np.repeat(rng.normal(size=(groups, dim)), 3, axis=0)
+    detail = unit(rng.normal(size=(3 * groups, dim)))
+    image_emb = unit(unit(base) + 0.1 * detail)
+    captions = [[f"c{t}"] for t in range(3 * groups)]
+    folder = write_repo(tmp_path / "repo", image_emb, list(detail), captions=captions)
+    searcher = open_repo(folder, {f"c{t}": detail[t] for t in range(3 * groups)})
+    results = evaluate_composed(searcher, text_weights=(0.0, 1.0, 4.0), alphas=(), pairs=[])
+    recall = {(m.weights["image"], m.weights["text"]): m.values["recall_at_1"] for m in results}
+    assert 0.5 <= recall[1.0, 0.0] <= 0.8  # one of two look-alikes: about half, never 0
+    assert recall[1.0, 1.0] == 1.0
+    assert recall[1.0, 4.0] < 0.9 and recall[0.0, 1.0] < 0.5  # too much text: other threes

@@ -11,7 +11,6 @@ import json
 
 import pytest
 import yaml
-from datasets import Features, Image, List, Value
 from datasets.info import DatasetInfosDict
 from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, SpaceCard
@@ -25,25 +24,12 @@ from hub_card import (
 )
 from hub_card.dataset_card import USER_NOTES_END, USER_NOTES_START
 from imagesearchtr.manifest import IndexInfo, Manifest
+from pipeline.encode import features as row_features
 
 HUB_SOURCE = "ituperceptron/image-captioning-turkish"
 REPO = "testuser/trsearch"
 MODEL = "utkubascakir/MultiEmbedTR"
 MODEL_REV = "0123456789abcdef0123456789abcdef01234567"
-
-
-def make_features(dim: int = 768) -> Features:
-    return Features(
-        {
-            "image": Image(),
-            "image_id": Value("string"),
-            "path": Value("string"),
-            "captions": List(Value("string")),
-            "image_emb": List(Value("float32"), length=dim),
-            "caption_emb": List(Value("float32"), length=dim),
-            "sha256": Value("string"),
-        }
-    )
 
 
 def make_manifest(
@@ -87,7 +73,7 @@ def render(manifest: Manifest | None = None, **overrides) -> str:
         "repo_id": REPO,
         "source": manifest.source,
         "source_license": "cc-by-4.0",
-        "features": make_features(manifest.dim).to_dict(),
+        "features": row_features(manifest.dim).to_dict(),
         "num_captions": manifest.num_captions,
         "num_skipped": manifest.num_skipped,
         "skipped_reasons": {"unreadable image": 3, "empty captions": 1},
@@ -123,7 +109,7 @@ def test_dataset_card_yaml_fields():
     assert "splits" not in info  # no num_bytes given: no entry that datasets calls malformed
     assert {"name": "image", "dtype": "image"} in info["features"]
     assert {"name": "image_emb", "list": "float32", "length": 768} in info["features"]
-    assert [f["name"] for f in info["features"]] == list(make_features())
+    assert [f["name"] for f in info["features"]] == list(row_features(768))
     # No invented YAML key for the model: dataset cards have none (see dataset_card.py).
     assert "models" not in meta and "base_model" not in meta
 
@@ -134,7 +120,7 @@ def test_dataset_card_parses_as_datasets_reads_it():
     configs = MetadataConfigs.from_dataset_card_data(data)
     assert configs["default"]["data_files"] == [{"split": "train", "path": "data/*.parquet"}]
     infos = DatasetInfosDict.from_dataset_card_data(data)
-    assert infos["default"].features == make_features()
+    assert infos["default"].features == row_features(768)
 
 
 def test_splits_carry_num_bytes_so_datasets_accepts_them(tmp_path):
@@ -189,7 +175,7 @@ def test_size_categories(rows, bucket):
 
 
 def test_features_are_one_shape():
-    features = make_features()
+    features = row_features(768)
     info = yaml_block(render(features=features.to_dict()))["dataset_info"]
     assert [f["name"] for f in info["features"]] == list(features)
     with pytest.raises((TypeError, ValueError, AttributeError)):
@@ -275,7 +261,7 @@ def test_merge_keeps_other_dataset_info_configs():
     infos = yaml_block(render(existing=f"---\n{existing}---\n"))["dataset_info"]
     by_name = {i["config_name"]: i for i in infos}
     assert by_name["captions_only"]["features"] == [{"name": "x", "dtype": "string"}]
-    assert len(by_name["default"]["features"]) == len(make_features())
+    assert len(by_name["default"]["features"]) == len(row_features(768))
 
 
 def test_merge_removes_a_second_default_flag():

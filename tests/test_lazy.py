@@ -24,12 +24,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from conftest import REPO_ROOT
-from datasets import Dataset, Features, Image, List, Value
+from datasets import Dataset
 from PIL import Image as PILImage
 from search_repo import FINGERPRINT, unit
 
 from imagesearchtr import IndexInfo, Manifest
 from pipeline import datafiles
+from pipeline.encode import features as row_features
 
 N_ROWS, DIM, SPLIT = 200, 8, 130  # rows 0-129 in train-00000, 130-199 in train-00001
 CORRUPT_ROW = 150
@@ -53,17 +54,6 @@ def vectors() -> np.ndarray:
 def write_lazy_repo(folder: Path, seed: int) -> Path:
     """A published-repo folder: two data files of 64-row groups, Flat indices, a manifest."""
     emb = vectors()
-    features = Features(
-        {
-            "image": Image(),
-            "image_id": Value("string"),
-            "path": Value("string"),
-            "captions": List(Value("string")),
-            "image_emb": List(Value("float32"), length=DIM),
-            "caption_emb": List(Value("float32"), length=DIM),
-            "sha256": Value("string"),
-        }
-    )
     images = [noise_png(seed, i) for i in range(N_ROWS)]
     images[CORRUPT_ROW] = b"this is not an image"
     table = Dataset.from_dict(
@@ -76,7 +66,7 @@ def write_lazy_repo(folder: Path, seed: int) -> Path:
             "caption_emb": [list(v) for v in emb],
             "sha256": ["0" * 64] * N_ROWS,
         },
-        features=features,
+        features=row_features(DIM),
     ).data.table
     (folder / "data").mkdir(parents=True)
     (folder / "index").mkdir()

@@ -313,6 +313,9 @@ class ImageStore:
             self.starts.append(self.starts[-1] + n)
         self.cache = _DiskCache(Path(cache_dir) / "images", max_cache_bytes)
         self._metadata: dict[int, tuple] = {}  # file number -> (parquet footer, file size)
+        # One pool for the store's life: starting threads anew for every page costs more than
+        # a small range read.
+        self._pool = ThreadPoolExecutor(FETCH_WORKERS, thread_name_prefix="image-fetch")
 
     def locate(self, row: int) -> tuple[int, int]:
         """(file number, row within that file)."""
@@ -332,21 +335,20 @@ class ImageStore:
                 by_file.setdefault(number, []).append((local, row))
         if not by_file:
             return [self._decode(row, found[row]) for row in rows]
-        with ThreadPoolExecutor(FETCH_WORKERS) as pool:
-            # Footers first (read once per file, then kept), then one read per row group.
-            footers = dict(zip(by_file, pool.map(self._footer_or_error, by_file), strict=True))
-            groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
-            for number, wanted in by_file.items():
-                footer = footers[number]
-                if isinstance(footer, Exception):
-                    found.update((row, footer) for _, row in wanted)
-                    continue
-                meta = footer[0]
-                for local, row in wanted:
-                    group, first = _group_of(meta, local)
-                    groups.setdefault((number, group), []).append((local - first, row))
-            for result in pool.map(self._fetch_group, groups.items()):
-                found.update(result)
+        # Footers first (read once per file, then kept), then one read per row group.
+        footers = dict(zip(by_file, self._pool.map(self._footer_or_error, by_file), strict=True))
+        groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        for number, wanted in by_file.items():
+            footer = footers[number]
+            if isinstance(footer, Exception):
+                found.update((row, footer) for _, row in wanted)
+                continue
+            meta = footer[0]
+            for local, row in wanted:
+                group, first = _group_of(meta, local)
+                groups.setdefault((number, group), []).append((local - first, row))
+        for result in self._pool.map(self._fetch_group, groups.items()):
+            found.update(result)
         return [self._decode(row, found[row]) for row in rows]
 
     def _fetch_group(self, item) -> dict[int, bytes | Exception]:

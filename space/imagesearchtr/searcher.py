@@ -39,7 +39,7 @@ from .lazy_rows import (
     load_small_columns,
 )
 from .manifest import EMBEDDING_COLUMNS, LoadedManifest, Manifest, ManifestError, load_manifest
-from .vectors import embedding_matrix
+from .vectors import as_query, compose_vectors, embedding_matrix
 
 # An approximate index, and each index in Deep Search, proposes a pool larger than k, so that a
 # row ranked just below the top k by one index can still win on its exact (or fused) score.
@@ -76,15 +76,22 @@ class Searcher:
     ``rows``: the dataset's image_id and captions columns; ``vectors``: its image_emb and
     caption_emb columns in Arrow format, with a FAISS index loaded on each (the same Arrow
     table, memory-mapped: no copy of the rows); ``images``: fetches the images of the hits
-    shown (``lazy_rows.ImageStore``). Use ``from_repo``.
+    shown (``lazy_rows.ImageStore``); ``exact``: which of the two indices scores exactly. Use
+    ``from_repo``.
     """
 
     def __init__(
-        self, rows, vectors, manifest: Manifest, encoder: Encoder, location: str, images=None
+        self,
+        rows,
+        vectors,
+        exact: dict,
+        manifest: Manifest,
+        encoder: Encoder,
+        location: str,
+        images,
     ):
-        self.rows, self.vectors, self.images = rows, vectors, images
+        self.rows, self.vectors, self.exact, self.images = rows, vectors, exact, images
         self.manifest, self.encoder, self.location = manifest, encoder, location
-        self.exact = {column: _is_exact(vectors.get_index(column)) for column in EMBEDDING_COLUMNS}
 
     def __len__(self) -> int:
         return self.manifest.num_rows
@@ -130,8 +137,9 @@ class Searcher:
         # Two column views of one table; the indices go on the embedding view, so that no view
         # is made of a dataset holding them (with_format would deep-copy them).
         vectors = dataset.select_columns(list(EMBEDDING_COLUMNS)).with_format("arrow")
-        for column in EMBEDDING_COLUMNS:
-            _load_index(vectors, loaded, column, where)
+        exact = {
+            column: _load_index(vectors, loaded, column, where) for column in EMBEDDING_COLUMNS
+        }
         if encoder is None:
             encoder = Encoder.from_pretrained(
                 manifest.model_id, revision=manifest.model_revision, device=device, dtype=dtype
@@ -139,7 +147,7 @@ class Searcher:
         check_model(manifest, encoder)
         location = f"{where}@{loaded.revision}" if loaded.revision else where
         rows = dataset.select_columns(ROW_COLUMNS)
-        return cls(rows, vectors, manifest, encoder, location, images)
+        return cls(rows, vectors, exact, manifest, encoder, location, images)
 
     # --- queries ----------------------------------------------------------------------------
 
@@ -174,6 +182,7 @@ class Searcher:
 
         The query is the sum of the positive terms' embeddings minus the negative ones', all
         weighted 1, normalised (rclip's ``"kedi" + "şapka" - "köpek"``); searched image-only.
+        ``python -m pipeline evaluate --composed`` measures other weights on a published set.
         One positive term alone is its own (already normalised) embedding, so one text gives
         exactly ``search_text``'s result.
         """
@@ -187,7 +196,7 @@ class Searcher:
     def search_vector(self, vector, k: int = 10, alpha: float | None = None) -> list[Hit]:
         """Search with an embedding: image-only (``alpha=None``) or Deep Search at ``alpha``."""
         k = _check_k(k, len(self))
-        vector = _as_query(vector)
+        vector = as_query(vector)
         if alpha is None:
             ids = self._candidates("image_emb", vector, self._pool("image_emb", k))
             return self._best(vector, ids, k, alpha)
@@ -219,11 +228,9 @@ class Searcher:
     def _best(self, vector: np.ndarray, ids: np.ndarray, k: int, alpha: float | None) -> list:
         """Score the candidate rows exactly, keep the best k and fetch only their rows.
 
-        The original ImageSearchTR min-max scaled each index's top-k list to [0, 1] on its own
-        and gave 0 to an item missing from a list. That makes scores relative to whatever else
-        was retrieved, and punishes an item the other index ranked 11th as if it did not match
-        at all. Here both scores are cosines in the same embedding space, fused as they are,
-        and every candidate gets its real score from both sides.
+        Both scores are cosines in one embedding space, fused as they are, and every candidate
+        gets its real score from both sides (not min-max scaled per list, which made a score
+        depend on whatever else was retrieved and scored a row one list missed as 0).
         """
         ids = np.unique(ids)  # sorted, so that equal scores keep row order below
         if len(ids) == 0:
@@ -257,20 +264,6 @@ class Searcher:
         ]
 
 
-def compose_vectors(plus: list[np.ndarray], minus: list[np.ndarray]) -> np.ndarray:
-    """The query vector of a composed query: the positive terms' embeddings minus the negative
-    ones', each weighted 1, L2-normalised. One positive term alone is its own (already
-    normalised) embedding, so a single text searches exactly as ``search_text`` does. Terms that
-    cancel out are a ValueError."""
-    if len(plus) == 1 and not minus:
-        return plus[0]
-    query = np.sum(plus, axis=0) - np.sum(minus or [np.zeros_like(plus[0])], axis=0)
-    norm = float(np.linalg.norm(query))
-    if norm < 1e-6:
-        raise ValueError("the terms cancel each other out; drop a negative term")
-    return query / norm
-
-
 def check_model(manifest: Manifest, encoder: Encoder) -> None:
     """Refuse to search with any model but the one that built the index."""
     if encoder.fingerprint != manifest.model_fingerprint or encoder.dim != manifest.dim:
@@ -284,16 +277,11 @@ def check_model(manifest: Manifest, encoder: Encoder) -> None:
 
 
 def _check_rows(dataset, manifest: Manifest, where: str) -> None:
+    # (lazy_rows has checked each file's columns and, where the manifest lists them, its rows.)
     if len(dataset) != manifest.num_rows:
         raise SearchSetupError(
             f"{where}: the dataset has {len(dataset)} rows but its index manifest says "
             f"{manifest.num_rows}; rows and indices come from different builds"
-        )
-    missing = [c for c in ROW_COLUMNS + list(EMBEDDING_COLUMNS) if c not in dataset.column_names]
-    if missing:
-        raise SearchSetupError(
-            f"{where}: the rows have no {', '.join(missing)} column; publish a build made by "
-            "`python -m pipeline encode` and `index`"
         )
     length = getattr(dataset.features["image_emb"], "length", None)
     if length not in (None, -1, manifest.dim):
@@ -302,8 +290,9 @@ def _check_rows(dataset, manifest: Manifest, where: str) -> None:
         )
 
 
-def _load_index(vectors, loaded: LoadedManifest, column: str, where: str) -> None:
-    """Attach ``column``'s FAISS file to ``vectors`` and check it covers the rows."""
+def _load_index(vectors, loaded: LoadedManifest, column: str, where: str) -> bool:
+    """Attach ``column``'s FAISS file to ``vectors``, check it covers the rows, and say whether
+    it is exact (a Flat inner-product index, whose scores are the exact cosines)."""
     import faiss
 
     manifest = loaded.manifest
@@ -334,19 +323,8 @@ def _load_index(vectors, loaded: LoadedManifest, column: str, where: str) -> Non
     space = faiss.ParameterSpace()
     for name, value in info.params.items():
         space.set_index_parameter(index, name, value)
-
-
-def _is_exact(index) -> bool:
-    """True for a Flat inner-product index: its scores are the exact cosines."""
-    import faiss
-
-    index = faiss.downcast_index(index.faiss_index)
+    index = faiss.downcast_index(index)
     return isinstance(index, faiss.IndexFlat) and index.metric_type == faiss.METRIC_INNER_PRODUCT
-
-
-def _as_query(vector) -> np.ndarray:
-    # float32 on purpose: FAISS takes float32, and a float64 query would upcast the rows.
-    return np.ascontiguousarray(np.asarray(vector, dtype=np.float32).reshape(-1))
 
 
 def _check_k(k: int, n: int) -> int:
