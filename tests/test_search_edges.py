@@ -6,6 +6,7 @@ suite (an unstable sort, k dropped, ``len - 1`` turned into ``len + 1``).
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -43,7 +44,9 @@ def test_a_row_out_of_range_is_refused_naming_the_last_row(tmp_path):
         searcher.search_similar(6)
 
 
-@pytest.mark.parametrize("broken", ["manifest", "index", "data"])
+@pytest.mark.parametrize(
+    "broken", ["manifest", "index", "data", "data-file", "no-caption-index", "damaged-index"]
+)
 def test_a_broken_folder_is_refused_with_a_message_naming_it(tmp_path, broken):
     import shutil
 
@@ -52,6 +55,15 @@ def test_a_broken_folder_is_refused_with_a_message_naming_it(tmp_path, broken):
         (folder / "index" / "manifest.json").write_text("not json", encoding="utf-8")
     elif broken == "index":
         (folder / "index" / "image_emb.faiss").unlink()
+    elif broken == "data-file":
+        for path in (folder / "data").glob("*.parquet"):
+            path.unlink()
+    elif broken == "no-caption-index":
+        manifest = json.loads((folder / "index" / "manifest.json").read_text(encoding="utf-8"))
+        manifest["indices"] = [i for i in manifest["indices"] if i["column"] != "caption_emb"]
+        (folder / "index" / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    elif broken == "damaged-index":
+        (folder / "index" / "image_emb.faiss").write_bytes(b"not a faiss index")
     else:
         shutil.rmtree(folder / "data")
     with pytest.raises(SearchSetupError) as caught:
