@@ -24,10 +24,12 @@ from conftest import card_python, run_cli, space_env, start_space_app, stop
 
 from pipeline.space import PYTHON_VERSION, requirements_text
 
+# The tests that need the Space's virtualenv share one worker with test_card_snippets.py, which
+# builds it once; the others (the CLI and the hardware matrix) may run on any worker.
+ON_THE_VENV_WORKER = pytest.mark.xdist_group("space-venv")
+
 pytestmark = [
     pytest.mark.slow,
-    # one worker builds the Space's virtualenv once for this file and test_card_snippets.py
-    pytest.mark.xdist_group("space-venv"),
     pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
     pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
 ]
@@ -71,6 +73,7 @@ def test_space_repo_holds_the_app_files_in_one_commit(published_space):
     }
 
 
+@ON_THE_VENV_WORKER
 def test_space_builds_in_a_bare_env_and_answers_search(published_space, space_venv, running_space):
     # nothing of this project in the Space's environment: its own imagesearchtr/ is used
     pip_list = subprocess.run(
@@ -96,6 +99,7 @@ def test_space_builds_in_a_bare_env_and_answers_search(published_space, space_ve
     assert f"{published_space.dataset_repo}@{published_space.revision}" in page
 
 
+@ON_THE_VENV_WORKER
 def test_embed_api_returns_the_query_embedding(running_space, tiny_encoder):
     import numpy as np
 
@@ -158,6 +162,7 @@ def test_hardware_matrix_resolves_on_the_card_python(published_space, tmp_path):
             assert any(n.startswith("nvidia-") for n in names), "GPU torch brings CUDA libraries"
 
 
+@ON_THE_VENV_WORKER
 def test_zero_gpu_app_answers_on_cpu(published_space, space_venv, tmp_path):
     """The ZeroGPU variant (spaces installed, @spaces.GPU around queries) runs on CPU too."""
     text = requirements_text("zero-a10g")
