@@ -10,22 +10,13 @@ import hashlib
 import os
 
 import pytest
-from conftest import write_photos
 
-from pipeline.encode import EncodeConfig, run_encode
-from pipeline.index import IndexConfig, run_index
-from pipeline.inputs import FolderSource
 from pipeline.publish import PublishConfig, publish_to_folder
 
 
-@pytest.fixture(scope="module")
-def build(tmp_path_factory, tiny_model_dir, tiny_encoder):
-    data = write_photos(tmp_path_factory.mktemp("photos"), [f"p{i}" for i in range(6)])
-    out = tmp_path_factory.mktemp("build")
-    config = EncodeConfig(out=out, model=str(tiny_model_dir), dtype="float32")
-    run_encode(FolderSource(data), config, encoder=tiny_encoder)
-    run_index(IndexConfig(build=out))
-    return out
+@pytest.fixture
+def build(generated_build):
+    return generated_build  # publish reads a build, never changes it
 
 
 def test_files_it_does_not_manage_are_kept_and_not_reported_deleted(build, tmp_path):
