@@ -8,6 +8,7 @@ browser test. Servers (the app, its subprocess, the local Hub) listen on 127.0.0
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
 import json
@@ -721,7 +722,8 @@ def test_published_requirements_fit_the_hardware():
 # ---------------------------------------------------------------------------------------------
 
 
-def _chrome():
+@contextlib.contextmanager
+def _browser():
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
     if not chromium or not driver:
@@ -748,23 +750,35 @@ def _chrome():
         options.add_argument(flag)
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
     options.add_argument(f"--user-data-dir={profile}")
-    return webdriver.Chrome(options=options, service=webdriver.ChromeService(driver)), profile
+    browser = webdriver.Chrome(options=options, service=webdriver.ChromeService(driver))
+    try:
+        yield browser
+    finally:
+        browser.quit()
+        shutil.rmtree(profile, ignore_errors=True)
 
 
-def test_browser_search_shows_images(served):
+def _search_for(browser, url: str, query: str) -> None:
+    """Open the page and submit ``query`` from the text box, as a visitor does."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
+    browser.get(url)
+    box = WebDriverWait(browser, 60).until(
+        lambda b: b.find_element(By.CSS_SELECTOR, "#query textarea, #query input")
+    )
+    box.send_keys(query)
+    box.send_keys(Keys.ENTER)
+
+
+def test_browser_search_shows_images(served):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
     url, _ = served
-    browser, profile = _chrome()
-    try:
-        browser.get(url)
-        box = WebDriverWait(browser, 60).until(
-            lambda b: b.find_element(By.CSS_SELECTOR, "#query textarea, #query input")
-        )
-        box.send_keys("köpek")
-        box.send_keys(Keys.ENTER)
+    with _browser() as browser:
+        _search_for(browser, url, "köpek")
 
         def images(b):
             found = b.find_elements(By.CSS_SELECTOR, "#results img")
@@ -775,9 +789,6 @@ def test_browser_search_shows_images(served):
         assert "sonuç" in browser.find_element(By.ID, "status").text
         ARTIFACTS.mkdir(exist_ok=True)
         browser.save_screenshot(str(ARTIFACTS / "app-search.png"))
-    finally:
-        browser.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 def test_preload_names_the_model_files_at_the_pinned_revision(local_hub, monkeypatch):
@@ -823,18 +834,11 @@ def _shown_files(browser) -> set[str]:
 
 def test_browser_click_a_result_then_find_similar(served, app, searcher):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
     url, _ = served
-    browser, profile = _chrome()
-    try:
-        browser.get(url)
-        box = WebDriverWait(browser, 60).until(
-            lambda b: b.find_element(By.CSS_SELECTOR, "#query textarea, #query input")
-        )
-        box.send_keys("köpek")
-        box.send_keys(Keys.ENTER)
+    with _browser() as browser:
+        _search_for(browser, url, "köpek")
         WebDriverWait(browser, 60).until(lambda b: len(_shown_files(b)) >= 10)
         first = _shown_files(browser)
         share = WebDriverWait(browser, 30).until(
@@ -857,9 +861,6 @@ def test_browser_click_a_result_then_find_similar(served, app, searcher):
         assert "10 sonuç" in browser.find_element(By.ID, "status").text
         ARTIFACTS.mkdir(exist_ok=True)
         browser.save_screenshot(str(ARTIFACTS / "app-similar.png"))
-    finally:
-        browser.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 def test_browser_opens_a_share_link(served, app, searcher):
@@ -867,8 +868,7 @@ def test_browser_opens_a_share_link(served, app, searcher):
     from selenium.webdriver.support.ui import WebDriverWait
 
     url, _ = served
-    browser, profile = _chrome()
-    try:
+    with _browser() as browser:
         link = url + "?" + urllib.parse.urlencode({"q": "köpek + kar", "k": 5})
         browser.get(link)
         expected = {
@@ -882,9 +882,6 @@ def test_browser_opens_a_share_link(served, app, searcher):
             lambda b: b.find_element(By.CSS_SELECTOR, "#share-link textarea, #share-link input")
         )
         assert share.get_attribute("value") == link
-    finally:
-        browser.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 def test_space_card_similar_example_runs_against_the_app(served, searcher, capsys):
