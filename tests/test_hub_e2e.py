@@ -299,10 +299,16 @@ def test_a_publish_of_hundreds_of_files_stays_within_the_commit_limit_and_lands_
     repo = f"{local_hub.user}/many-files"
     limit = local_hub.max_files_per_commit
     assert limit is not None and limit <= 100
-    run_python(  # the repo exists, with something a reader sees until the merge
-        f"from huggingface_hub import HfApi\nHfApi().create_repo({repo!r}, repo_type='dataset')",
-        hub_env,
+    # The repo holds an older build's files, which the pull request deletes, and a file of the
+    # user's outside data/ and index/, which it keeps.
+    stale = ["data/old-00000.parquet", "data/old-00001.parquet", "index/old.faiss"]
+    code = (
+        "from huggingface_hub import CommitOperationAdd, HfApi\n"
+        f"api = HfApi(); api.create_repo({repo!r}, repo_type='dataset')\n"
+        f"ops = [CommitOperationAdd(p, b'old') for p in {stale + ['notes.md']!r}]\n"
+        f"api.create_commit({repo!r}, operations=ops, repo_type='dataset', commit_message='old')\n"
     )
+    run_python(code, hub_env)
     doc = local_hub.state.storage.get_repo("dataset", repo)
     before = doc["branches"]["main"]
     since = len(local_hub.requests)
@@ -319,6 +325,7 @@ def test_a_publish_of_hundreds_of_files_stays_within_the_commit_limit_and_lands_
     files = doc["commits"][head]["files"]
     assert sum(p.startswith("data/") for p in files) == 240
     assert "index/manifest.json" in files
+    assert not set(stale) & set(files) and "notes.md" in files
     assert revision_of(result.stdout) == head
     assert [p["status"] for p in doc["pulls"]] == ["merged"]
     # Publishing it again is a no-op.
