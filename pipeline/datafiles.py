@@ -22,6 +22,7 @@ the same bytes, so publish can compare files by sha256 and upload only what chan
 from __future__ import annotations
 
 import hashlib
+import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +33,14 @@ from imagesearchtr.manifest import DATA_DIR
 
 from . import _io
 
-# Rows per parquet row group. The Searcher reads one group's image column chunk to show one of
-# its images (64 images: about 1.7 MB of 26 KiB photos, 9.8 MB of 150 KiB ones), and one range a
-# group of the small columns at start (N / 64 requests). Smaller groups would cut the first and
-# multiply the second; benchmarks/README.md ("lazy") has the figures.
-ROW_GROUP_ROWS = 64
+# Row groups: as big as datasets' own push_to_hub writes them (``config.MAX_ROW_GROUP_SIZE``),
+# but at most MAX_GROUP_ROWS rows. The Searcher reads one range a group of the small columns at
+# start, one group at a time per reader thread, so the cap bounds that read (about 6 MB of
+# embeddings); it never reads a group's images: each image is one range read of its own bytes.
+MAX_GROUP_ROWS = 1024
+# The image bytes are stored uncompressed (JPEG and PNG do not compress further), so each image
+# lies in the file as one run of bytes: ``image_ranges`` finds it, and a reader needs only that.
+IMAGE_BYTES_COLUMN = "image.bytes"
 SMALL_FRACTION = 4  # a file under target / 4 counts as small
 MAX_SMALL_FILES = 8
 KEY_COLUMNS = ["image_id", "path", "sha256", "captions", "image_emb", "caption_emb"]
@@ -171,14 +175,116 @@ def write_file(table, target: Path) -> None:
         pq.write_table(
             table,
             str(tmp),
-            row_group_size=ROW_GROUP_ROWS,
-            compression="snappy",
+            row_group_size=group_rows(table),
+            # Snappy for every column but the image bytes (already compressed formats): those
+            # stay contiguous in the file, so one image is one range read (image_ranges).
+            compression={path: "snappy" for path in _leaf_paths(table.schema)}
+            | {IMAGE_BYTES_COLUMN: "none"},
             # Every column is (nearly) unique per row: a dictionary page of random floats
             # or image bytes only adds a layer of indices (embeddings took 1.5x their size).
             use_dictionary=False,
             write_statistics=True,
             version="2.6",
         )
+
+
+def group_rows(table) -> int:
+    """Rows per row group for ``table``: the module's rule (deterministic: the same rows give
+    the same number)."""
+    from datasets import config
+    from datasets.utils.py_utils import convert_file_size_to_int
+
+    row_bytes = max(1, table.nbytes // max(1, table.num_rows))
+    by_size = convert_file_size_to_int(config.MAX_ROW_GROUP_SIZE) // row_bytes
+    return int(max(1, min(MAX_GROUP_ROWS, by_size)))
+
+
+def _leaf_paths(schema) -> list[str]:
+    """Parquet column paths of an Arrow schema's leaves (``image.bytes``,
+    ``captions.list.element``, ...), as the writer's per-column options name them."""
+    import pyarrow as pa
+
+    def walk(name: str, kind) -> list[str]:
+        if pa.types.is_struct(kind):
+            return [p for f in kind for p in walk(f"{name}.{f.name}", f.type)]
+        if pa.types.is_list(kind) or pa.types.is_fixed_size_list(kind):
+            return walk(f"{name}.list.element", kind.value_type)
+        return [name]
+
+    return [p for f in schema for p in walk(f.name, f.type)]
+
+
+def images_uncompressed(path: Path) -> bool:
+    """Whether every row group of a data file stores its image bytes uncompressed (footer
+    only)."""
+    import pyarrow.parquet as pq
+
+    meta = pq.read_metadata(path)
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        for c in range(group.num_columns):
+            chunk = group.column(c)
+            if chunk.path_in_schema == IMAGE_BYTES_COLUMN and chunk.compression != "UNCOMPRESSED":
+                return False
+    return True
+
+
+def image_ranges(path: Path):
+    """(offset, length) of each row's image bytes inside the parquet file ``path``, in row
+    order, as an int64 array of shape (rows, 2); a row without image bytes gets (-1, 0).
+
+    Returns None when some image is not stored as one run of bytes (a file written before
+    images were stored uncompressed): such a file must be written again.
+    """
+    import mmap
+
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(path)
+    meta = parquet.metadata
+    out = np.tile(np.array([-1, 0], dtype=np.int64), (meta.num_rows, 1))
+    row = 0
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        for g in range(meta.num_row_groups):
+            group = meta.row_group(g)
+            chunk = next(
+                group.column(c)
+                for c in range(group.num_columns)
+                if group.column(c).path_in_schema == IMAGE_BYTES_COLUMN
+            )
+            if chunk.compression != "UNCOMPRESSED":
+                return None
+            pos, end = chunk.data_page_offset, chunk.data_page_offset + chunk.total_compressed_size
+            images = pc.struct_field(parquet.read_row_group(g, columns=["image"])["image"], "bytes")
+            for value in images.to_pylist():
+                if value is not None:
+                    at = data.find(value, pos, end)
+                    if at < 0:
+                        return None
+                    out[row] = (at, len(value))
+                    pos = at + len(value)
+                row += 1
+    return out
+
+
+def write_image_ranges(folder: Path, paths: list[str], target: Path) -> str:
+    """Write the image ranges of the data files ``paths`` (repo-relative to ``folder``, in row
+    order) to ``target`` as one .npy array; return its sha256 (for the manifest)."""
+    parts = []
+    for path in paths:
+        ranges = image_ranges(folder / path)
+        if ranges is None:
+            raise ValueError(
+                f"{folder / path}: its images are not stored uncompressed; re-run "
+                "`python -m pipeline index`, which writes it again"
+            )
+        parts.append(ranges)
+    matrix = np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64)
+    buf = io.BytesIO()
+    np.save(buf, matrix, allow_pickle=False)
+    _io.write_bytes(target, buf.getvalue())
+    return hashlib.sha256(buf.getvalue()).hexdigest()
 
 
 def sha256_file(path: Path) -> str:

@@ -145,7 +145,14 @@ def run_index(config: IndexConfig):
     """Write the data files, both indices and the manifest; return the Manifest."""
     import faiss
 
-    from imagesearchtr.manifest import INDEX_DIR, MANIFEST_FILE, IndexInfo, Manifest, index_file
+    from imagesearchtr.manifest import (
+        IMAGE_RANGES_FILE,
+        INDEX_DIR,
+        MANIFEST_FILE,
+        IndexInfo,
+        Manifest,
+        index_file,
+    )
     from imagesearchtr.vectors import data_hash, embedding_matrix
 
     from . import datafiles
@@ -173,6 +180,9 @@ def run_index(config: IndexConfig):
 
     index_dir = build / INDEX_DIR
     index_dir.mkdir(exist_ok=True)
+    ranges_sha256 = datafiles.write_image_ranges(
+        build, [f.path for f in layout], build / IMAGE_RANGES_FILE
+    )
     factory = None if plan.factory == "Flat" else plan.factory
     infos = []
     for column, vectors in (("image_emb", image_emb), ("caption_emb", caption_emb)):
@@ -216,6 +226,7 @@ def run_index(config: IndexConfig):
             }
             for f in layout
         ],
+        image_ranges_sha256=ranges_sha256,
     )
     _io.write_text(index_dir / MANIFEST_FILE, manifest.to_json())
     _io.write_text(build / INDEXED_FILE, json.dumps({"shards": [p.name for p in shards]}) + "\n")
@@ -259,7 +270,8 @@ def write_data_files(
     }
     for f in tqdm(layout, desc="data files", unit="file", disable=len(layout) < 20):
         target = build / f.path
-        if f.keep and target.is_file():
+        # (A file written before images were stored uncompressed is written again.)
+        if f.keep and target.is_file() and datafiles.images_uncompressed(target):
             continue
         # Slices of consecutive rows, not table.take: take concatenates the whole image column
         # first, which overflows Arrow's 32-bit binary offsets past 2 GiB of images.

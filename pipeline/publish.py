@@ -38,7 +38,14 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagesearchtr.manifest import INDEX_DIR, MANIFEST_FILE, Manifest, index_file, load_manifest
+from imagesearchtr.manifest import (
+    IMAGE_RANGES_FILE,
+    INDEX_DIR,
+    MANIFEST_FILE,
+    Manifest,
+    index_file,
+    load_manifest,
+)
 
 from . import _io
 from .datafiles import DATA_DIR, sha256_file
@@ -97,6 +104,10 @@ def staged_files(build: Path) -> tuple[Manifest, dict[str, tuple[Path, str]]]:
         if not (build / info.file).is_file():
             raise FileNotFoundError(f"{build / info.file} is missing; re-run the index step")
         files[info.file] = (build / info.file, sha256_file(build / info.file))
+    ranges = build / IMAGE_RANGES_FILE
+    if not ranges.is_file() or sha256_file(ranges) != manifest.image_ranges_sha256:
+        raise ValueError(stale)  # (also a build indexed before image ranges were recorded)
+    files[IMAGE_RANGES_FILE] = (ranges, manifest.image_ranges_sha256)
     manifest_path = build / INDEX_DIR / MANIFEST_FILE
     files[f"{INDEX_DIR}/{MANIFEST_FILE}"] = (manifest_path, sha256_file(manifest_path))
     return manifest, files

@@ -1,8 +1,9 @@
 """Small published-repo folders from hand-made vectors, for tests that search without a model.
 
-``write_repo`` writes ``data/*.parquet``, ``index/*.faiss`` and ``index/manifest.json`` as
-``pipeline publish`` lays them out; ``open_repo`` loads one through ``Searcher.from_repo`` with a
-``FakeEncoder`` that maps known texts (and image bytes) to given vectors.
+``write_repo`` writes ``data/*.parquet``, ``index/*.faiss``, ``index/image_ranges.npy`` and
+``index/manifest.json`` as ``pipeline publish`` lays them out; ``open_repo`` loads one through
+``Searcher.from_repo`` with a ``FakeEncoder`` that maps known texts (and image bytes) to given
+vectors.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from datasets import Dataset
 from PIL import Image as PILImage
 
 from imagesearchtr import IndexInfo, Manifest, Searcher
+from imagesearchtr.manifest import IMAGE_RANGES_FILE
+from pipeline import datafiles
 from pipeline.encode import features as encode_features
 
 FINGERPRINT = "sha256:" + "a" * 64
@@ -80,8 +83,11 @@ def write_repo(
         features=features,
     )
     (folder / "data").mkdir(parents=True)
-    rows.to_parquet(str(folder / "data" / "train-00000-of-00001.parquet"))
+    # (A manifest without data_files, as older builds wrote it: the Searcher lists data/.)
+    data_file = "data/train-00000-of-00001.parquet"
+    datafiles.write_file(rows.data.table, folder / data_file)
     (folder / "index").mkdir()
+    ranges_sha256 = datafiles.write_image_ranges(folder, [data_file], folder / IMAGE_RANGES_FILE)
     zeros = np.zeros(dim, dtype=np.float32)
     matrices = {
         "image_emb": image_emb,
@@ -104,6 +110,7 @@ def write_repo(
         num_rows=n,
         data_hash="sha256:x",
         indices=tuple(infos),
+        image_ranges_sha256=ranges_sha256,
     ).save(folder / "index" / "manifest.json")
     return folder
 

@@ -1,11 +1,11 @@
 """Lazy rows through the (local) Hub: start-up reads no image bytes, a search reads only the
-row groups of the images it shows, bad images become placeholders, a revision pin holds.
+bytes of the images it shows, bad images become placeholders, a revision pin holds.
 
 The repo is made here from hand-made vectors and noise images (each row's pixels are known),
-laid out as ``pipeline index`` lays it out (64-row groups, ``data_files`` in the manifest), and
-uploaded with ``HfApi.upload_folder``. Every client runs in a subprocess pointed at
-tests/hub_server.py, which records each request with its Range header: the test compares the
-byte ranges read with the byte ranges of the image column chunks in the files.
+laid out as ``pipeline index`` lays it out (its data files, ``index/image_ranges.npy``,
+``data_files`` in the manifest), and uploaded with ``HfApi.upload_folder``. Every client runs in
+a subprocess pointed at tests/hub_server.py, which records each request with its Range header:
+the test compares the byte ranges read with where each image's bytes lie in the files.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 from conftest import REPO_ROOT
 from datasets import Dataset
@@ -29,6 +28,7 @@ from PIL import Image as PILImage
 from search_repo import FINGERPRINT, unit
 
 from imagesearchtr import IndexInfo, Manifest
+from imagesearchtr.manifest import IMAGE_RANGES_FILE
 from pipeline import datafiles
 from pipeline.encode import features as row_features
 
@@ -52,7 +52,7 @@ def vectors() -> np.ndarray:
 
 
 def write_lazy_repo(folder: Path, seed: int) -> Path:
-    """A published-repo folder: two data files of 64-row groups, Flat indices, a manifest."""
+    """A published-repo folder: two data files, image ranges, Flat indices, a manifest."""
     emb = vectors()
     images = [noise_png(seed, i) for i in range(N_ROWS)]
     images[CORRUPT_ROW] = b"this is not an image"
@@ -76,6 +76,8 @@ def write_lazy_repo(folder: Path, seed: int) -> Path:
         datafiles.write_file(table.slice(start, stop - start), folder / path)
         sha = datafiles.sha256_file(folder / path)
         entries.append({"path": path, "num_rows": stop - start, "sha256": sha})
+    paths = [entry["path"] for entry in entries]
+    ranges_sha256 = datafiles.write_image_ranges(folder, paths, folder / IMAGE_RANGES_FILE)
     infos = []
     for column in ("image_emb", "caption_emb"):
         index = faiss.index_factory(DIM, "Flat", faiss.METRIC_INNER_PRODUCT)
@@ -91,6 +93,7 @@ def write_lazy_repo(folder: Path, seed: int) -> Path:
         data_hash=f"sha256:seed{seed}",
         indices=tuple(infos),
         data_files=entries,
+        image_ranges_sha256=ranges_sha256,
     ).save(folder / "index" / "manifest.json")
     return folder
 
@@ -162,23 +165,12 @@ def search(env: dict, repo: str, revision: str, cache: Path, queries: list[dict]
     return json.loads(run_python(CLIENT, env, json.dumps(spec)).splitlines()[-1])
 
 
-def image_chunks(folder: Path) -> dict[str, list[tuple[int, int]]]:
-    """Per data file, the [start, end) byte range of each row group's image column chunks."""
-    out = {}
-    for path in sorted((folder / "data").glob("*.parquet")):
-        meta = pq.ParquetFile(path).metadata
-        ranges = []
-        for g in range(meta.num_row_groups):
-            group = meta.row_group(g)
-            spans = []
-            for c in range(group.num_columns):
-                col = group.column(c)
-                if col.path_in_schema.startswith("image."):
-                    start = col.dictionary_page_offset or col.data_page_offset
-                    spans.append((start, start + col.total_compressed_size))
-            ranges.append((min(s for s, _ in spans), max(e for _, e in spans)))
-        out[f"data/{path.name}"] = ranges
-    return out
+def image_spans(folder: Path) -> dict[str, list[tuple[int, int]]]:
+    """Per data file, the [start, end) byte range of each row's image bytes."""
+    return {
+        f"data/{path.name}": [(int(o), int(o + n)) for o, n in datafiles.image_ranges(path)]
+        for path in sorted((folder / "data").glob("*.parquet"))
+    }
 
 
 def data_reads(requests: list[dict]) -> list[tuple[str, int | None, int | None]]:
@@ -193,19 +185,19 @@ def data_reads(requests: list[dict]) -> list[tuple[str, int | None, int | None]]
     return out
 
 
-def groups_read(reads, chunks) -> set[tuple[str, int]]:
-    """The (file, row group) whose image bytes any read touched."""
+def images_read(reads, spans) -> set[tuple[str, int]]:
+    """The (file, row in file) whose image bytes any read touched."""
     touched = set()
     for path, first, last in reads:
-        for g, (start, end) in enumerate(chunks[path]):
+        for local, (start, end) in enumerate(spans[path]):
             if first is None or (first < end and last >= start):
-                touched.add((path, g))
+                touched.add((path, local))
     return touched
 
 
-def group_of(row: int) -> tuple[str, int]:
+def image_of(row: int) -> tuple[str, int]:
     number, local = (0, row) if row < SPLIT else (1, row - SPLIT)
-    return datafiles.file_name(number), local // datafiles.ROW_GROUP_ROWS
+    return datafiles.file_name(number), local
 
 
 @pytest.fixture(scope="module")
@@ -219,9 +211,9 @@ def test_start_reads_no_image_bytes_and_a_search_reads_only_the_shown_images(
     lazy_repo, local_hub, hub_env, tmp_path
 ):
     folder, repo, commit = lazy_repo
-    chunks = image_chunks(folder)
+    spans = image_spans(folder)
     emb = vectors()
-    shown = [3, 70, 140]  # three row groups in two files
+    shown = [3, 70, 140]  # in two files
     queries = [{"vector": emb[row].tolist(), "k": 1} for row in shown]
     queries.append({"vector": emb[70].tolist(), "k": 1})  # again: from the disk cache
     out = search(hub_env, repo, commit, tmp_path / "cache", queries)
@@ -231,15 +223,16 @@ def test_start_reads_no_image_bytes_and_a_search_reads_only_the_shown_images(
     start = data_reads(log[marks[0] : marks[1]])
     assert start, "start-up read no data file at all"
     assert all(first is not None for _, first, _ in start), "a data file was downloaded whole"
-    assert groups_read(start, chunks) == set(), "start-up read image bytes"
+    assert images_read(start, spans) == set(), "start-up read image bytes"
     start_bytes = sum(last - first + 1 for _, first, last in start)
     data_bytes = sum(p.stat().st_size for p in (folder / "data").glob("*.parquet"))
     assert start_bytes < data_bytes / 4
 
     for n, row in enumerate(shown):
-        reads = data_reads(log[marks[n + 1] : marks[n + 2]])
-        assert groups_read(reads, chunks) == {group_of(row)}
-        assert len(reads) <= 3  # at most the footer (8 bytes + metadata) and one range read
+        path, local = image_of(row)
+        first, end = spans[path][local]
+        # One range read of exactly this image's bytes, nothing else.
+        assert data_reads(log[marks[n + 1] : marks[n + 2]]) == [(path, first, end - 1)]
         (hit,) = out["searches"][n]
         assert hit["row"] == row and hit["error"] is None
         assert hit["pixels"] == pixels(1, row)

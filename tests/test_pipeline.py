@@ -495,6 +495,8 @@ def test_republish_after_an_update_keeps_unchanged_data_files(
     from conftest import write_photos
     from datasets import load_dataset
 
+    from pipeline.datafiles import image_ranges
+
     data = write_photos(tmp_path / "data", [f"p{i:02d}" for i in range(24)])
     build, repo = tmp_path / "build", tmp_path / "repo"
     encode(data, build, tiny_encoder, tiny_model_dir)
@@ -533,6 +535,7 @@ def test_republish_after_an_update_keeps_unchanged_data_files(
         *new_files,
         "index/image_emb.faiss",
         "index/caption_emb.faiss",
+        "index/image_ranges.npy",
         "index/manifest.json",
     }
     # Rows and indices agree: the index's row i is the data files' row i.
@@ -549,6 +552,16 @@ def test_republish_after_an_update_keeps_unchanged_data_files(
         assert found["image_id"] == [ds[row]["image_id"]]
     # Nothing changed: nothing is written.
     assert not publish_to_folder(PublishConfig(build=build, to=repo)).changed
+
+    # A data file an older version wrote (image bytes compressed) is written again by index,
+    # so that each image stays one range read of its own bytes.
+    pq.write_table(pq.read_table(build / paths[0]), build / paths[0], compression="snappy")
+    assert image_ranges(build / paths[0]) is None
+    run_index(IndexConfig(build=build, target_bytes=target))
+    ranges = image_ranges(build / paths[0])
+    first = pq.read_table(build / paths[0])["image"][0].as_py()["bytes"]
+    offset, length = ranges[0]
+    assert (build / paths[0]).read_bytes()[offset : offset + length] == first
 
 
 def test_reuse_from_a_published_folder(tmp_path, tiny_encoder, tiny_model_dir):

@@ -1,8 +1,9 @@
 """The published rows, read lazily: the small columns at start, each shown image on demand.
 
 A published repo keeps every row in ``data/*.parquet`` (row order = the manifest's
-``data_files`` order, else sorted file names), in row groups of a few dozen rows. This module
-never downloads a data file whole:
+``data_files`` order, else sorted file names), with the image bytes stored uncompressed, and
+``index/image_ranges.npy``: where each row's image bytes lie in its file. This module never
+downloads a data file whole:
 
 - ``load_small_columns`` reads only the column chunks of ``SMALL_COLUMNS`` (ids, captions, both
   embeddings) of every data file: pyarrow asks for one byte range per row group (the chunks of
@@ -10,15 +11,17 @@ never downloads a data file whole:
   file as an Arrow file under ``CACHE_DIR/rows/`` (keyed by the file's sha256 from the manifest,
   or by its path, size and time for a local folder without one) and memory-mapped from there, so
   a restart reads nothing again and RSS stays small.
-- ``ImageStore.fetch`` reads, for the rows of one result page, the ``image`` column chunk of
-  each row group holding one of them: one range read a group, concurrently, at the pinned
-  commit, with retries and backoff. The bytes of each image are kept in a bounded on-disk cache
-  (``CACHE_DIR/images/``, oldest files evicted first). An image that cannot be fetched or decoded
-  becomes a grey placeholder with a message; it never fails the search.
+- ``ImageStore.fetch`` reads each image of one result page with one range read of exactly its
+  bytes (from the image ranges), concurrently, at the pinned commit, with retries and backoff.
+  The bytes are kept in a bounded on-disk cache (``CACHE_DIR/images/``, oldest files evicted
+  first). An image that cannot be fetched or decoded becomes a grey placeholder with a message;
+  it never fails the search.
 
-Hub files are read through ``huggingface_hub.HfFileSystem`` at ``datasets/REPO@COMMIT/PATH``,
-so every read is of the same commit as the manifest and the indices; a local folder's files are
-opened in place. Reads: the data files' footers and chosen column chunks. Writes: the two caches.
+Hub files are read at the manifest's commit (``datasets/REPO@COMMIT/PATH`` through
+``huggingface_hub.HfFileSystem`` for the small columns, ranged GETs of the commit's resolve URL
+for the images), so every read is of the same commit as the manifest and the indices; a local
+folder's files are opened in place. Reads: the data files' footers, small-column chunks and
+shown images. Writes: the two caches.
 
 Why not a separate small-columns file next to the indices: it would duplicate the embeddings in
 the repo (about 6 GB at a million rows of 768-dim vectors) and need its own upload and check;
@@ -95,6 +98,8 @@ class Source:
 
     def read_range(self, path: str, start: int, stop: int) -> bytes:
         """Bytes [start, stop) of a file: one ranged GET of the pinned commit on the Hub."""
+        if stop <= start:
+            return b""
         if not self.remote:
             with open(self.url(path), "rb") as handle:
                 handle.seek(start)
@@ -297,22 +302,24 @@ def placeholder() -> Image.Image:
 
 
 class ImageStore:
-    """Fetches the images of given rows: the row group that holds each, by range reads."""
+    """Fetches the images of given rows: one range read of each image's own bytes."""
 
     def __init__(
         self,
         source: Source,
         files: list[DataFile],
         counts: list[int],
+        ranges,
         cache_dir: Path,
         max_cache_bytes: int = DEFAULT_IMAGE_CACHE_BYTES,
     ):
-        self.source, self.files = source, files
+        """``ranges``: (offset, length) of each row's image in its data file (the published
+        ``index/image_ranges.npy``)."""
+        self.source, self.files, self.ranges = source, files, ranges
         self.starts = [0]
         for n in counts:
             self.starts.append(self.starts[-1] + n)
         self.cache = _DiskCache(Path(cache_dir) / "images", max_cache_bytes)
-        self._metadata: dict[int, tuple] = {}  # file number -> (parquet footer, file size)
         # One pool for the store's life: starting threads anew for every page costs more than
         # a small range read.
         self._pool = ThreadPoolExecutor(FETCH_WORKERS, thread_name_prefix="image-fetch")
@@ -324,87 +331,25 @@ class ImageStore:
 
     def fetch(self, rows: list[int]) -> list[Fetched]:
         """The images of ``rows`` (RGB), in that order; placeholders for failures."""
-        found: dict[int, bytes | Exception] = {}
-        by_file: dict[int, list[tuple[int, int]]] = {}
-        for row in rows:
-            cached = self.cache.get(self._cache_name(row))
-            if cached is not None:
-                found[row] = cached
-            else:
-                number, local = self.locate(row)
-                by_file.setdefault(number, []).append((local, row))
-        if not by_file:
-            return [self._decode(row, found[row]) for row in rows]
-        # Footers first (read once per file, then kept), then one read per row group.
-        footers = dict(zip(by_file, self._pool.map(self._footer_or_error, by_file), strict=True))
-        groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
-        for number, wanted in by_file.items():
-            footer = footers[number]
-            if isinstance(footer, Exception):
-                found.update((row, footer) for _, row in wanted)
-                continue
-            meta = footer[0]
-            for local, row in wanted:
-                group, first = _group_of(meta, local)
-                groups.setdefault((number, group), []).append((local - first, row))
-        for result in self._pool.map(self._fetch_group, groups.items()):
-            found.update(result)
+        found: dict[int, bytes | Exception | None] = {
+            row: self.cache.get(self._cache_name(row)) for row in rows
+        }
+        missing = [row for row, data in found.items() if data is None]
+        found.update(zip(missing, self._pool.map(self._read, missing), strict=True))
         return [self._decode(row, found[row]) for row in rows]
 
-    def _fetch_group(self, item) -> dict[int, bytes | Exception]:
-        """Bytes (or the error) of the wanted rows of one row group: one range read."""
-        (number, group), members = item
+    def _read(self, row: int) -> bytes | Exception:
+        """One image's bytes (or the error): one range read, retried with backoff."""
+        offset, length = (int(x) for x in self.ranges[row])
+        if offset < 0:
+            return ValueError("the row holds no image bytes")
+        path = self.files[self.locate(row)[0]].path
         try:
-            table = _with_retries(lambda: self._read_group(number, group))
-            images = table.column(IMAGE_COLUMN).combine_chunks().field("bytes")
+            data = _with_retries(lambda: self.source.read_range(path, offset, offset + length))
         except Exception as err:  # noqa: BLE001 - reported per hit, never fails the search
-            return {row: err for _, row in members}
-        out: dict[int, bytes | Exception] = {}
-        for offset, row in members:
-            data = images[offset].as_py()
-            if data is None:
-                out[row] = ValueError("the row holds no image bytes")
-            else:
-                out[row] = data
-                self.cache.put(self._cache_name(row), data)
-        return out
-
-    def _footer_or_error(self, number: int):
-        try:
-            return self._footer(number)
-        except Exception as err:  # noqa: BLE001 - reported per hit
             return err
-
-    def _footer(self, number: int):
-        if number not in self._metadata:
-            path = self.files[number].path
-
-            def read():
-                with self.source.open(path) as handle:
-                    meta = read_footer(handle, f"{self.source.location}: {path}")
-                    return meta, handle.seek(0, os.SEEK_END)
-
-            self._metadata[number] = _with_retries(read)
-        return self._metadata[number]
-
-    def _read_group(self, number: int, group: int):
-        """The image column of one row group: its chunks' byte range, read in one request."""
-        import pyarrow.parquet as pq
-
-        meta, size = self._metadata[number]
-        chunks = meta.row_group(group)
-        spans = []
-        for c in range(chunks.num_columns):
-            column = chunks.column(c)
-            if column.path_in_schema.split(".")[0] == IMAGE_COLUMN:
-                first = column.data_page_offset
-                if column.has_dictionary_page and column.dictionary_page_offset:
-                    first = min(first, column.dictionary_page_offset)
-                spans.append((first, first + column.total_compressed_size))
-        start, stop = min(a for a, _ in spans), max(b for _, b in spans)
-        data = self.source.read_range(self.files[number].path, start, stop)
-        parquet = pq.ParquetFile(_Window(data, start, size), metadata=meta)
-        return parquet.read_row_group(group, columns=[IMAGE_COLUMN])
+        self.cache.put(self._cache_name(row), data)
+        return data
 
     def _cache_name(self, row: int) -> str:
         number, local = self.locate(row)
@@ -419,50 +364,6 @@ class ImageStore:
                 return Fetched(image.convert("RGB"), None)
         except Exception as err:  # noqa: BLE001 - PIL raises many types for bad bytes
             return Fetched(placeholder(), f"{where} could not be decoded: {_describe(err)}")
-
-
-class _Window(io.RawIOBase):
-    """A read-only file of ``size`` bytes of which only ``data``, at ``start``, is present.
-
-    pyarrow reads a row group's column chunks through it, after one range request fetched
-    exactly those bytes; a read outside them is a bug and fails loudly.
-    """
-
-    def __init__(self, data: bytes, start: int, size: int):
-        self.data, self.start, self.size, self.pos = data, start, size, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: self.size}[whence]
-        self.pos = base + offset
-        return self.pos
-
-    def tell(self) -> int:
-        return self.pos
-
-    def readinto(self, buffer) -> int:
-        lo, n = self.pos - self.start, len(buffer)
-        if lo < 0 or lo + n > len(self.data):
-            raise OSError(f"read of {n} bytes at {self.pos} outside the fetched range")
-        buffer[:n] = self.data[lo : lo + n]
-        self.pos += n
-        return n
-
-
-def _group_of(meta, local: int) -> tuple[int, int]:
-    """(row group holding row ``local`` of a file, that group's first row)."""
-    first = 0
-    for group in range(meta.num_row_groups):
-        n = meta.row_group(group).num_rows
-        if local < first + n:
-            return group, first
-        first += n
-    raise IndexError(f"row {local} is past the end of the file ({first} rows)")
 
 
 def _describe(err: Exception) -> str:

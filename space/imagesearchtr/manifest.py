@@ -22,6 +22,9 @@ DATA_DIR = "data"
 MANIFEST_FILE = "manifest.json"
 # One FAISS file per embedding column, named after it (index/image_emb.faiss, ...).
 EMBEDDING_COLUMNS = ("image_emb", "caption_emb")
+# Where each row's image bytes lie in its data file: an int64 (rows, 2) array of (offset,
+# length), row order, so that the Space reads one image with one range read of its own bytes.
+IMAGE_RANGES_FILE = f"{INDEX_DIR}/image_ranges.npy"
 
 
 class ManifestError(ValueError):
@@ -64,6 +67,7 @@ class Manifest:
     created_at: str = ""
     source: str = ""  # where the rows came from: a Hub dataset id or "local folder"
     data_files: list = field(default_factory=list)  # [{path, num_rows, sha256}] in row order
+    image_ranges_sha256: str = ""  # of IMAGE_RANGES_FILE; "" in manifests written before it
     manifest_version: int = MANIFEST_VERSION
 
     def index(self, column: str) -> IndexInfo:
@@ -118,6 +122,41 @@ class LoadedManifest:
     def index_path(self, column: str) -> Path:
         """Local path of a column's FAISS file (checked to lie inside ``index/`` on load)."""
         return self.root / self.manifest.index(column).file
+
+    def image_ranges(self, where: str):
+        """The rows' image byte ranges (``IMAGE_RANGES_FILE``), checked against the manifest:
+        its sha256, its shape (num_rows, 2) and its dtype (int64)."""
+        import hashlib
+        import io
+
+        import numpy as np
+
+        where = f"{where}: {IMAGE_RANGES_FILE}"
+        again = "re-run `python -m pipeline index` and publish again"
+        if not self.manifest.image_ranges_sha256:
+            raise ManifestError(
+                f"{where}: this dataset was published before image byte ranges were recorded "
+                f"(its manifest names none); {again}"
+            )
+        path = self.root / IMAGE_RANGES_FILE
+        inside = (self.root / INDEX_DIR).resolve()
+        if not path.is_file() or (
+            self.revision is None and not path.resolve().is_relative_to(inside)
+        ):
+            raise ManifestError(f"{where} is missing (or not a file inside index/); {again}")
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != self.manifest.image_ranges_sha256:
+            raise ManifestError(f"{where} is not the file the manifest names (sha256); {again}")
+        try:
+            ranges = np.load(io.BytesIO(data), allow_pickle=False)
+        except (ValueError, OSError, EOFError):
+            ranges = None
+        shape = (self.manifest.num_rows, 2)
+        if ranges is None or ranges.dtype != np.int64 or ranges.shape != shape:
+            raise ManifestError(
+                f"{where} is not an int64 array of ({self.manifest.num_rows}, 2); {again}"
+            )
+        return ranges
 
 
 def load_manifest(

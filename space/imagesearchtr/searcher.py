@@ -133,7 +133,11 @@ class Searcher:
                 f"{where}: a data file is missing ({err}); publish the build again"
             ) from None
         _check_rows(dataset, manifest, where)
-        images = ImageStore(source, files, counts, cache_dir, image_cache_bytes)
+        try:
+            ranges = loaded.image_ranges(where)
+        except ManifestError as err:
+            raise SearchSetupError(str(err)) from None
+        images = ImageStore(source, files, counts, ranges, cache_dir, image_cache_bytes)
         # Two column views of one table; the indices go on the embedding view, so that no view
         # is made of a dataset holding them (with_format would deep-copy them).
         vectors = dataset.select_columns(list(EMBEDDING_COLUMNS)).with_format("arrow")
