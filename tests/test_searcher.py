@@ -235,6 +235,41 @@ def test_from_repo_refuses_missing_and_mismatched_index_files(tmp_path):
         open_repo(folder)
 
 
+def test_from_repo_refuses_missing_altered_or_misshapen_image_ranges(tmp_path):
+    import hashlib
+    import io
+
+    folder = write_repo(tmp_path / "repo", unit(np.eye(3, DIM) + 0.1))
+    ranges, manifest_path = folder / "index" / "image_ranges.npy", folder / "index/manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+
+    ranges.write_bytes(ranges.read_bytes()[:-8] + bytes(8))
+    with pytest.raises(SearchSetupError, match="is not the file the manifest names"):
+        open_repo(folder)
+    # Consistent with its manifest, but not one (offset, length) pair per row.
+    buf = io.BytesIO()
+    np.save(buf, np.zeros((2, 2), dtype=np.int64))
+    ranges.write_bytes(buf.getvalue())
+    manifest["image_ranges_sha256"] = hashlib.sha256(buf.getvalue()).hexdigest()
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(SearchSetupError, match=r"not an int64 array of \(3, 2\)"):
+        open_repo(folder)
+    # A link out of index/ is not followed.
+    ranges.unlink()
+    ranges.symlink_to(tmp_path / "elsewhere.npy")
+    (tmp_path / "elsewhere.npy").write_bytes(buf.getvalue())
+    with pytest.raises(SearchSetupError, match="missing .or not a file inside index/."):
+        open_repo(folder)
+    ranges.unlink()
+    with pytest.raises(SearchSetupError, match="image_ranges.npy is missing"):
+        open_repo(folder)
+    # A manifest from before image ranges were recorded.
+    del manifest["image_ranges_sha256"]
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(SearchSetupError, match="published before image byte ranges"):
+        open_repo(folder)
+
+
 def test_real_model_queries_handle_any_unicode_and_long_text(tiny_encoder):
     texts = ["köpek 🐕", "שלום עולם", "ÇĞİÖŞÜ çğıöşü", "a\u0000b\u200fc", "kar " * 5000]
     emb = tiny_encoder.encode_texts(texts)
