@@ -76,6 +76,7 @@ def test_publish_then_load_and_search_from_a_fresh_cache(built, hub_env, local_h
         "data/train-00000.parquet",
         "index/caption_emb.faiss",
         "index/image_emb.faiss",
+        "index/image_ranges.npy",
         "index/manifest.json",
     ]
     assert result["location"] == f"{repo}@{revision}"
@@ -253,12 +254,13 @@ def test_reuse_from_the_hub_updates_without_downloading_the_images(
     manifest = json.loads((fresh / "index/manifest.json").read_text())
     new_data = [f for f in manifest["data_files"] if f["path"] not in old_data]
     assert [f["path"] for f in manifest["data_files"]][: len(old_data)] == old_data
-    # Only the new data file and the two indices travelled (the manifest is a small file).
+    # Only the new data file, the two indices and the image ranges travelled (the manifest is
+    # a small file).
     assert sorted(p.rsplit("/", 1)[-1].split("?")[0] for p in uploaded) == sorted(
         [f["sha256"] for f in new_data]
         + [
             __import__("hashlib").sha256((fresh / n).read_bytes()).hexdigest()
-            for n in ("index/image_emb.faiss", "index/caption_emb.faiss")
+            for n in ("index/image_emb.faiss", "index/caption_emb.faiss", "index/image_ranges.npy")
         ]
     )
 

@@ -350,6 +350,7 @@ def test_publish_to_folder_is_loadable_and_searchable(tmp_path, shared_build, ti
         "data/train-00000.parquet",
         "index/caption_emb.faiss",
         "index/image_emb.faiss",
+        "index/image_ranges.npy",
         "index/manifest.json",
     ]
     ds = load_dataset(str(target), split="train")
