@@ -8,11 +8,12 @@ encoder with the manifest's fingerprint).
 Writes, under ``--work`` (default: a temporary folder, deleted at the end): N synthetic rows
 (benchmarks/_common.py: clustered 768-d embeddings, small JPEGs), indexed with ``--index-type
 auto`` and published to a folder (the pipeline's own code), and the storage of a test Hub
-(tests/hub_server.py on 127.0.0.1) the folder is uploaded to. Each client runs in a subprocess
-with a fresh cache: ``Searcher.from_repo`` on the Hub repo (pinned to the uploaded commit) and on
-the local folder. The Hub's request log gives the bytes read at start (a ranged GET counts its
-range, a whole GET the file's size). Then the section "lazy" of benchmarks/README.md: measured
-figures at N rows, and figures for 1M rows computed from the measured bytes per row.
+(tests/hub_server.py on 127.0.0.1, in its own process) the folder is uploaded to. Each client
+runs in a subprocess with a fresh cache: ``Searcher.from_repo`` on the Hub repo (pinned to the
+uploaded commit) and on the local folder. The Hub's request log gives the bytes read at start
+(a ranged GET counts its range, a whole GET the file's size). Then the section "lazy" of
+benchmarks/README.md: measured figures at N rows, and figures for 1M rows computed from the
+measured bytes per row.
 """
 
 from __future__ import annotations
@@ -151,10 +152,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.recall:
         return recall([int(n) for n in args.recall.split(",")])
-    from hub_server import run_local_hub
+    from hub_server import run_hub_process
 
     from imagesearchtr.searcher import ROW_COLUMNS  # noqa: F401  (the project is importable)
-    from pipeline.datafiles import ROW_GROUP_ROWS
 
     machine = _common.machine_line()
     work = args.work or Path(tempfile.mkdtemp(prefix="lazy-bench-"))
@@ -172,6 +172,7 @@ def main() -> None:
         data_bytes = sum(s for p, s in sizes.items() if p.startswith("data/"))
         index_bytes = sum(s for p, s in sizes.items() if p.startswith("index/"))
         image_bytes = image_sizes(repo)
+        groups = row_groups(repo)
         rng = np.random.default_rng(7)
         x = _common.clustered(args.rows)
         queries = x[rng.integers(0, args.rows, args.queries)]
@@ -182,7 +183,7 @@ def main() -> None:
         shutil.rmtree(work / "hub", ignore_errors=True)  # a fresh Hub and fresh caches
         for old in ("home-upload", "home-lazy", "home-local", "cache-lazy", "cache-local"):
             shutil.rmtree(work / old, ignore_errors=True)
-        with run_local_hub(work / "hub", request_log=None) as hub:
+        with run_hub_process(work / "hub", request_log=None) as hub:
             env = {**hub.env(), "HF_HOME": str(work / "home-upload")}
             name = f"{hub.user}/lazy-bench"
             commit = run(UPLOAD, env, str(repo), name).strip()
@@ -199,7 +200,7 @@ def main() -> None:
     m = lazy["marks"]
     start = bytes_read(log[m[0] : m[1]], sizes)
     queried = bytes_read(log[m[1] : m[2]], sizes)
-    report(args, machine, ROW_GROUP_ROWS, data_bytes, index_bytes, image_bytes, start, queried)
+    report(args, machine, groups, data_bytes, index_bytes, image_bytes, start, queried)
     report_latency(args, lazy, local, index_bytes, queried)
 
 
@@ -259,11 +260,22 @@ def image_sizes(repo: Path) -> list[int]:
     return out
 
 
+def row_groups(repo: Path) -> tuple[int, int]:
+    """(row groups in all data files, rows in the largest)."""
+    import pyarrow.parquet as pq
+
+    sizes = []
+    for path in sorted((repo / "data").glob("*.parquet")):
+        meta = pq.read_metadata(path)
+        sizes += [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+    return len(sizes), max(sizes)
+
+
 def ms(values, q) -> float:
     return 1000 * float(np.percentile(values, q))
 
 
-def report(args, machine, group_rows, data_bytes, index_bytes, image_bytes, start, queried):
+def report(args, machine, groups, data_bytes, index_bytes, image_bytes, start, queried):
     """Print and keep the byte figures (measured at N, computed for 1M)."""
     n = args.rows
     start_data, start_data_n, start_index, start_index_n = start
@@ -275,8 +287,8 @@ def report(args, machine, group_rows, data_bytes, index_bytes, image_bytes, star
         f"`python benchmarks/lazy.py --rows {n} --queries {args.queries}`. Machine: {machine}.",
         "",
         f"Measured at {n:,} rows (synthetic {mean_image / 1024:.1f} KiB JPEGs, 768-d "
-        f"embeddings, `--index-type auto`, {group_rows}-row groups), against the test Hub "
-        "on 127.0.0.1:",
+        f"embeddings, `--index-type auto`, {groups[0]:,} row groups of at most {groups[1]:,} "
+        "rows), against the test Hub on 127.0.0.1 (its own process):",
         "",
         "| figure | value |",
         "| --- | --- |",
@@ -302,14 +314,14 @@ def report(args, machine, group_rows, data_bytes, index_bytes, image_bytes, star
         "(the start-up reads do not depend on the image size; data bytes: measured small-column "
         "bytes per row plus the image):",
         "",
-        "| image size | data bytes | start-up bytes | start-up / data | image bytes a read |",
+        "| image size | data bytes | start-up bytes | start-up / data | a shown image costs |",
         "| --- | --- | --- | --- | --- |",
     ]
     for label, image in (("26 KiB (Flickr8k mean)", 26 * 1024), ("150 KiB", 150 * 1024)):
         data_1m = million * (small_per_row + image)
         lines.append(
             f"| {label} | {data_1m / 1e9:.0f} GB | {start_1m / 1e9:.1f} GB | "
-            f"{start_1m / data_1m:.1%} | {group_rows * image / 1e6:.1f} MB |"
+            f"{start_1m / data_1m:.1%} | {image / 1024:.0f} KiB (one range read) |"
         )
     lines.append("")
     REPORT.extend(lines)
@@ -341,14 +353,14 @@ def report_latency(args, lazy, local, index_bytes: int, queried) -> None:
             *rows,
             "",
             f"p50 lazy / p50 local: {ratio:.2f}x. A lazy query makes "
-            f"{reads / args.queries:.1f} range reads (one a row group holding a hit, "
-            f"{read_bytes / max(reads, 1) / 1024:.0f} KiB each), {FETCH_WORKERS} at a time; "
+            f"{reads / args.queries:.1f} range reads (one a shown image not yet cached, "
+            f"{read_bytes / max(reads, 1) / 1024:.1f} KiB each), {FETCH_WORKERS} at a time; "
             f"one bare 4 KiB range GET of this test Hub takes {ms(lazy['floor'], 50):.1f} ms "
             "(p50 of 20, sequential, no Searcher involved). The test Hub is a Python server in "
-            "this benchmark's process, on the same cores as the client, so the difference "
-            "between the two p50s is the client and the server sharing those cores for the "
-            "reads; on the real Hub, where the server is elsewhere, a page costs about one "
-            "network round trip instead (its reads run in parallel).",
+            "its own process on the same 2 cores as the client, so the difference between the "
+            "two p50s includes the server's CPU time for the reads; on the real Hub, where the "
+            "server is elsewhere, a page costs about one network round trip instead (its reads "
+            "run in parallel).",
         ]
     )
     if args.rows < 1_000_000:

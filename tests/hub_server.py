@@ -1660,6 +1660,19 @@ def _uvicorn_server(state: HubState) -> uvicorn.Server:
     return uvicorn.Server(config)
 
 
+def client_env(endpoint: str, token: str) -> dict[str, str]:
+    """Environment for a huggingface_hub client of a local hub (add your own ``HF_HOME``)."""
+    return {
+        "HF_ENDPOINT": endpoint,
+        "HF_TOKEN": token,
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "HF_HUB_ETAG_TIMEOUT": "30",
+        "HF_HUB_DOWNLOAD_TIMEOUT": "60",
+    }
+
+
 class LocalHub:
     """Handle on a running local hub (see ``run_local_hub``)."""
 
@@ -1672,15 +1685,7 @@ class LocalHub:
 
     def env(self) -> dict[str, str]:
         """Environment for client subprocesses (add your own temporary ``HF_HOME``)."""
-        return {
-            "HF_ENDPOINT": self.endpoint,
-            "HF_TOKEN": self.token,
-            "HF_HUB_DISABLE_XET": "1",
-            "HF_HUB_DISABLE_TELEMETRY": "1",
-            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-            "HF_HUB_ETAG_TIMEOUT": "30",
-            "HF_HUB_DOWNLOAD_TIMEOUT": "60",
-        }
+        return client_env(self.endpoint, self.token)
 
     def inject_fault(
         self,
@@ -1817,6 +1822,65 @@ except ImportError:  # pragma: no cover
     pass
 
 
+@dataclass(frozen=True)
+class HubProcess:
+    """Handle on a local hub serving from its own process (see ``run_hub_process``)."""
+
+    endpoint: str
+    token: str
+    user: str
+
+    def env(self) -> dict[str, str]:
+        return client_env(self.endpoint, self.token)
+
+    @property
+    def requests(self) -> list[dict]:
+        """The request log, read over HTTP (``GET /_test/requests``)."""
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.endpoint}/_test/requests", timeout=600) as answer:
+            return json.load(answer)
+
+
+@contextlib.contextmanager
+def run_hub_process(
+    storage_dir: str | os.PathLike,
+    token: str = "hf_local_test_token",
+    user: str = "testuser",
+    *,
+    request_log: int | None = 10_000,
+) -> Iterator[HubProcess]:
+    """Serve a local hub from a child process (``python hub_server.py``) on a free port.
+
+    For benchmarks: like the real Hub, the server then runs in its own interpreter, not on
+    threads of the client's process that compete with it for one GIL. ``request_log``: as for
+    ``run_local_hub`` (None: all).
+    """
+    import subprocess
+    import urllib.request
+
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--storage", str(storage_dir),
+           "--token", token, "--user", user, "--request-log", str(request_log or 0)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        endpoint = proc.stdout.readline().strip()
+        if not endpoint.startswith("http://"):
+            raise RuntimeError("the local hub process failed to start")
+        deadline = time.monotonic() + 30
+        while True:  # the port is bound before uvicorn answers on it
+            try:
+                urllib.request.urlopen(f"{endpoint}/_test/requests", timeout=5).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the local hub process failed to start") from None
+                time.sleep(0.05)
+        yield HubProcess(endpoint, token, user)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
@@ -1826,6 +1890,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--org", action="append", default=[], help="writable org namespace(s)")
     parser.add_argument("--multipart-chunk-size", type=int, default=None)
     parser.add_argument("--tree-page-size", type=int, default=None)
+    parser.add_argument(
+        "--request-log", type=int, default=10_000, help="requests the log keeps (0: all)"
+    )
     args = parser.parse_args(argv)
     state = HubState(
         args.storage,
@@ -1834,6 +1901,7 @@ def main(argv: list[str] | None = None) -> None:
         orgs=args.org,
         multipart_chunk_size=args.multipart_chunk_size,
         tree_page_size=args.tree_page_size,
+        request_log=args.request_log or None,
     )
     sock = _bind(args.port)
     print(f"http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
