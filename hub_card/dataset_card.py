@@ -27,7 +27,7 @@ from datasets.info import DatasetInfosDict
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from hub_card.usage import DATA_FILES, SPLIT, render_usage
-from imagesearchtr.manifest import INDEX_DIR, MANIFEST_FILE, Manifest
+from imagesearchtr.manifest import IMAGE_RANGES_FILE, INDEX_DIR, MANIFEST_FILE, Manifest
 
 TEMPLATE_PATH = Path(__file__).resolve().parent / "templates" / "dataset_card.md"
 # Task categories, tags, column meanings and citations: the card's facts, as data.
@@ -161,6 +161,7 @@ def render_dataset_card(
             for col, feature in Features.from_dict(features).items()
         ],
         manifest_file=f"{INDEX_DIR}/{MANIFEST_FILE}",
+        ranges_file=IMAGE_RANGES_FILE if manifest.image_ranges_sha256 else "",
         caption_index=next((i.file for i in manifest.indices if i.column == "caption_emb"), ""),
         num_captions=num_captions,
         num_skipped=num_skipped,

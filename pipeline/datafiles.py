@@ -16,7 +16,9 @@ The rule, applied in order:
 4. Rows not in any kept file (new or changed images) go to new files with higher numbers,
    filled up to ``target_bytes`` each (datasets' own ``push_to_hub`` size by default).
 Files are written deterministically (fixed writer settings, no timestamps): the same rows give
-the same bytes, so publish can compare files by sha256 and upload only what changed.
+the same bytes, so publish can compare files by sha256 and upload only what changed. Their image
+bytes are stored uncompressed, and ``write_image_ranges`` writes where each image lies
+(BUILD/index/image_ranges.npy), so that a reader fetches one image with one range request.
 """
 
 from __future__ import annotations
@@ -241,10 +243,15 @@ def image_ranges(path: Path):
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    if not images_uncompressed(path):
+        return None
     parquet = pq.ParquetFile(path)
     meta = parquet.metadata
     out = np.tile(np.array([-1, 0], dtype=np.int64), (meta.num_rows, 1))
     row = 0
+    # The writer does not say where a value lands, so each image is looked up in the written
+    # bytes of its column chunk, in order. What is found is exactly the image's bytes (a
+    # duplicate found earlier holds the same bytes), so the ranges are right by construction.
     with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
         for g in range(meta.num_row_groups):
             group = meta.row_group(g)
@@ -253,8 +260,6 @@ def image_ranges(path: Path):
                 for c in range(group.num_columns)
                 if group.column(c).path_in_schema == IMAGE_BYTES_COLUMN
             )
-            if chunk.compression != "UNCOMPRESSED":
-                return None
             pos, end = chunk.data_page_offset, chunk.data_page_offset + chunk.total_compressed_size
             images = pc.struct_field(parquet.read_row_group(g, columns=["image"])["image"], "bytes")
             for value in images.to_pylist():

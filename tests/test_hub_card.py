@@ -64,6 +64,7 @@ def make_manifest(
         versions={"datasets": "5.2.0", "faiss": "1.15.1", "imagesearchtr": "0.1.0"},
         created_at="2025-06-01T12:00:00+00:00",
         source=source,
+        image_ranges_sha256="e" * 64,
     )
 
 
@@ -319,6 +320,7 @@ def test_body_reports_the_build():
         "- empty captions: 1",
         "index/image_emb.faiss",
         "index/caption_emb.faiss",
+        "| `index/image_ranges.npy` | `image` |",
         "index/manifest.json",
         "inner-product",
         "L2-normalised float32",
