@@ -309,7 +309,8 @@ def report(args, machine, groups, data_bytes, index_bytes, image_bytes, start, q
     small_per_row = start_data / n  # small-column bytes (and footers) per row, measured
     mean_image = float(np.mean(image_bytes))
     lines = [
-        f"`python benchmarks/lazy.py --rows {n} --queries {args.queries}`. Machine: {machine}.",
+        f"`python benchmarks/lazy.py --rows {n} --queries {args.queries} --rounds "
+        f"{args.rounds}`. Machine: {machine}.",
         "",
         f"Measured at {n:,} rows (synthetic {mean_image / 1024:.1f} KiB JPEGs, 768-d "
         f"embeddings, `--index-type auto`, {groups[0]:,} row groups of at most {groups[1]:,} "
