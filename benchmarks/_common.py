@@ -161,7 +161,9 @@ def published_repo(work: Path, n: int, index_type: str, model_dir: Path, fingerp
 
     repo = work / f"repo-{n}-{index_type}"
     manifest = repo / "index" / "manifest.json"
-    if manifest.is_file() and json.loads(manifest.read_text())["model_fingerprint"] == fingerprint:
+    old = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    # (a repo made before image ranges were recorded cannot be searched any more: made again)
+    if old.get("model_fingerprint") == fingerprint and old.get("image_ranges_sha256"):
         return repo
     build = work / f"build-{n}"
     if not (build / "build.json").is_file():

@@ -5,7 +5,7 @@ Run: ``python benchmarks/search.py [--sizes 50000,100000] [--types flat,fp16,ivf
 
 Reads nothing but the project. Writes into ``--work`` (a temporary folder, deleted, unless
 given): ``build-N/`` (N synthetic rows, benchmarks/_common.py) and one repo folder per index type
-(``index/`` from ``pipeline.index.run_index``, ``data/`` a link to the build's shards); and the
+(``index/`` and ``data/`` from ``pipeline.index.run_index``, data files hard-linked); and the
 figures into benchmarks/README.md (section ``search``).
 
 Measures per index type: the index file size, ``Searcher.from_repo`` (no model: a stub encoder
@@ -19,6 +19,8 @@ that each has close neighbours as a text query for a photo would.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
 import tempfile
 import time
@@ -41,19 +43,23 @@ class StubEncoder:
 
 
 def repo_for(work: Path, n: int, index_type: str) -> Path:
-    from pipeline.encode import SHARDS_DIR
+    from pipeline.datafiles import DATA_DIR
     from pipeline.index import IndexConfig, run_index
 
     build = work / f"build-{n}"
     if not (build / "build.json").is_file():
         _common.write_build(build, n, work, FINGERPRINT)
     repo = work / f"repo-{n}-{index_type}"
-    if not (repo / "index" / "manifest.json").is_file():
+    manifest = repo / "index" / "manifest.json"
+    # (a repo made before image ranges were recorded cannot be searched any more: made again)
+    if not manifest.is_file() or not json.loads(manifest.read_text()).get("image_ranges_sha256"):
+        shutil.rmtree(repo, ignore_errors=True)
         shutil.rmtree(build / "index", ignore_errors=True)
         run_index(IndexConfig(build=build, index_type=index_type))
         repo.mkdir(parents=True, exist_ok=True)
         shutil.copytree(build / "index", repo / "index", dirs_exist_ok=True)
-        (repo / "data").symlink_to((build / SHARDS_DIR).resolve(), target_is_directory=True)
+        # The data files this index run wrote (each run writes the same bytes for these rows).
+        shutil.copytree(build / DATA_DIR, repo / DATA_DIR, copy_function=os.link)
     return repo
 
 

@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
         "index",
         help="build FAISS inner-product indices and the manifest",
         description="Writes BUILD/data/train-NNNNN.parquet (the data files publish uploads), "
-        "BUILD/index/{image_emb,caption_emb}.faiss and BUILD/index/manifest.json. After an "
+        "BUILD/index/{image_emb,caption_emb}.faiss, BUILD/index/image_ranges.npy (where each "
+        "image's bytes lie in its data file) and BUILD/index/manifest.json. After an "
         "update, data files whose rows did not change are kept byte for byte; new rows go to "
         "new files.",
         formatter_class=defaults,

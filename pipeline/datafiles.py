@@ -217,23 +217,24 @@ def _leaf_paths(schema) -> list[str]:
 
 
 def images_uncompressed(path: Path) -> bool:
-    """Whether every row group of a data file stores its image bytes uncompressed (footer
-    only)."""
+    """Whether every row group of a data file stores its image bytes as written here: present,
+    uncompressed, no dictionary page (footer only)."""
     import pyarrow.parquet as pq
 
     meta = pq.read_metadata(path)
     for g in range(meta.num_row_groups):
         group = meta.row_group(g)
-        for c in range(group.num_columns):
-            chunk = group.column(c)
-            if chunk.path_in_schema == IMAGE_BYTES_COLUMN and chunk.compression != "UNCOMPRESSED":
-                return False
+        chunks = [group.column(c) for c in range(group.num_columns)]
+        image = [c for c in chunks if c.path_in_schema == IMAGE_BYTES_COLUMN]
+        if not image or image[0].compression != "UNCOMPRESSED" or image[0].has_dictionary_page:
+            return False
     return True
 
 
 def image_ranges(path: Path):
     """(offset, length) of each row's image bytes inside the parquet file ``path``, in row
-    order, as an int64 array of shape (rows, 2); a row without image bytes gets (-1, 0).
+    order, as an int64 array of shape (rows, 2); a row without image bytes (null or empty) gets
+    (-1, 0).
 
     Returns None when some image is not stored as one run of bytes (a file written before
     images were stored uncompressed): such a file must be written again.
@@ -263,7 +264,7 @@ def image_ranges(path: Path):
             pos, end = chunk.data_page_offset, chunk.data_page_offset + chunk.total_compressed_size
             images = pc.struct_field(parquet.read_row_group(g, columns=["image"])["image"], "bytes")
             for value in images.to_pylist():
-                if value is not None:
+                if value:  # (None or b"": no image bytes, (-1, 0))
                     at = data.find(value, pos, end)
                     if at < 0:
                         return None
@@ -273,12 +274,20 @@ def image_ranges(path: Path):
     return out
 
 
-def write_image_ranges(folder: Path, paths: list[str], target: Path) -> str:
-    """Write the image ranges of the data files ``paths`` (repo-relative to ``folder``, in row
-    order) to ``target`` as one .npy array; return its sha256 (for the manifest)."""
+def write_image_ranges(
+    folder: Path, files: list[tuple[str, str]], target: Path, known: dict | None = None
+) -> str:
+    """Write the image ranges of the data files ``files`` ((repo-relative path, sha256), in
+    row order) to ``target`` as one .npy array; return its sha256 (for the manifest).
+
+    ``known``: {sha256: ranges} of files whose ranges are known already (``recorded_ranges``):
+    those are not read again.
+    """
     parts = []
-    for path in paths:
-        ranges = image_ranges(folder / path)
+    for path, sha256 in files:
+        ranges = (known or {}).get(sha256)
+        if ranges is None:
+            ranges = image_ranges(folder / path)
         if ranges is None:
             raise ValueError(
                 f"{folder / path}: its images are not stored uncompressed; re-run "
@@ -290,6 +299,23 @@ def write_image_ranges(folder: Path, paths: list[str], target: Path) -> str:
     np.save(buf, matrix, allow_pickle=False)
     _io.write_bytes(target, buf.getvalue())
     return hashlib.sha256(buf.getvalue()).hexdigest()
+
+
+def recorded_ranges(build: Path) -> dict:
+    """{data file sha256: its image ranges} from the build's last index run (none if it has no
+    valid manifest and ranges): a file with the same bytes has the same ranges."""
+    from imagesearchtr.manifest import ManifestError, load_manifest
+
+    try:
+        loaded = load_manifest(build)
+        ranges = loaded.image_ranges(str(build))
+    except (ManifestError, OSError):
+        return {}
+    out, start = {}, 0
+    for entry in loaded.manifest.data_files:
+        out[entry["sha256"]] = ranges[start : start + entry["num_rows"]]
+        start += entry["num_rows"]
+    return out
 
 
 def sha256_file(path: Path) -> str:

@@ -3,7 +3,8 @@
 Reads BUILD/build.json and BUILD/shards/*.parquet (from the encode step) and the previous data
 files (BUILD/data from the last run, else those of ``encode --reuse``); writes
 BUILD/data/train-NNNNN.parquet (pipeline/datafiles.py decides which rows go where),
-BUILD/index/image_emb.faiss, BUILD/index/caption_emb.faiss and BUILD/index/manifest.json. The
+BUILD/index/image_emb.faiss, BUILD/index/caption_emb.faiss, BUILD/index/image_ranges.npy (where
+each row's image bytes lie in its data file) and BUILD/index/manifest.json. The
 indices are built over the rows in data-file order, so row i of the index is row i of the
 published dataset.
 
@@ -166,6 +167,7 @@ def run_index(config: IndexConfig):
     caption_emb, caption_valid = embedding_matrix(table.column("caption_emb"), dim)
     if not image_valid.all():
         raise ValueError(f"{build}: {int((~image_valid).sum())} rows lack an image embedding")
+    known_ranges = datafiles.recorded_ranges(build)  # before this run replaces the manifest
     layout = write_data_files(
         build, table, build_info, config.target_bytes, (image_emb, caption_emb, caption_valid)
     )
@@ -180,8 +182,12 @@ def run_index(config: IndexConfig):
 
     index_dir = build / INDEX_DIR
     index_dir.mkdir(exist_ok=True)
+    files = [
+        {"path": f.path, "num_rows": len(f.rows), "sha256": datafiles.sha256_file(build / f.path)}
+        for f in layout
+    ]
     ranges_sha256 = datafiles.write_image_ranges(
-        build, [f.path for f in layout], build / IMAGE_RANGES_FILE
+        build, [(f["path"], f["sha256"]) for f in files], build / IMAGE_RANGES_FILE, known_ranges
     )
     factory = None if plan.factory == "Flat" else plan.factory
     infos = []
@@ -218,14 +224,7 @@ def run_index(config: IndexConfig):
         versions=_versions(),
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         source=build_info.get("source", ""),
-        data_files=[
-            {
-                "path": f.path,
-                "num_rows": len(f.rows),
-                "sha256": datafiles.sha256_file(build / f.path),
-            }
-            for f in layout
-        ],
+        data_files=files,
         image_ranges_sha256=ranges_sha256,
     )
     _io.write_text(index_dir / MANIFEST_FILE, manifest.to_json())

@@ -8,6 +8,7 @@ listed the data files, with their sha256, in the manifest); writes:
                                sorted file names; pipeline/datafiles.py decides the layout)
     index/image_emb.faiss      FAISS inner-product index over image_emb
     index/caption_emb.faiss    FAISS inner-product index over caption_emb
+    index/image_ranges.npy     where each row's image bytes lie in its data file
     index/manifest.json        model id/revision/fingerprint, counts, data hash, data files
 
 Only what changed travels: a file whose sha256 the repo already holds at that path is not

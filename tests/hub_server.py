@@ -1878,7 +1878,12 @@ def run_hub_process(
         yield HubProcess(endpoint, token, user)
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
 
 
 def main(argv: list[str] | None = None) -> None:

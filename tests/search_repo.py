@@ -87,7 +87,8 @@ def write_repo(
     data_file = "data/train-00000-of-00001.parquet"
     datafiles.write_file(rows.data.table, folder / data_file)
     (folder / "index").mkdir()
-    ranges_sha256 = datafiles.write_image_ranges(folder, [data_file], folder / IMAGE_RANGES_FILE)
+    files = [(data_file, datafiles.sha256_file(folder / data_file))]
+    ranges_sha256 = datafiles.write_image_ranges(folder, files, folder / IMAGE_RANGES_FILE)
     zeros = np.zeros(dim, dtype=np.float32)
     matrices = {
         "image_emb": image_emb,

@@ -674,6 +674,16 @@ def test_publish_space_to_a_folder_prints_the_command(published, tmp_path, capsy
     assert (target / "imagesearchtr" / "searcher.py").is_file()
     assert not (target / "imagesearchtr" / "stale.py").exists()
 
+    # A dataset published before image ranges were recorded gets no Space that cannot start.
+    old = tmp_path / "old-dataset"
+    shutil.copytree(published, old)
+    manifest = json.loads((old / "index/manifest.json").read_text())
+    del manifest["image_ranges_sha256"]
+    (old / "index/manifest.json").write_text(json.dumps(manifest))
+    assert main(["publish-space", "--to", str(tmp_path / "old"), "--dataset-repo", str(old)]) == 2
+    assert "published before image byte ranges" in capsys.readouterr().err
+    assert not (tmp_path / "old").exists()
+
 
 # ---------------------------------------------------------------------------------------------
 # requirements.txt stays true

@@ -76,8 +76,8 @@ def write_lazy_repo(folder: Path, seed: int) -> Path:
         datafiles.write_file(table.slice(start, stop - start), folder / path)
         sha = datafiles.sha256_file(folder / path)
         entries.append({"path": path, "num_rows": stop - start, "sha256": sha})
-    paths = [entry["path"] for entry in entries]
-    ranges_sha256 = datafiles.write_image_ranges(folder, paths, folder / IMAGE_RANGES_FILE)
+    files = [(entry["path"], entry["sha256"]) for entry in entries]
+    ranges_sha256 = datafiles.write_image_ranges(folder, files, folder / IMAGE_RANGES_FILE)
     infos = []
     for column in ("image_emb", "caption_emb"):
         index = faiss.index_factory(DIM, "Flat", faiss.METRIC_INNER_PRODUCT)
@@ -285,6 +285,33 @@ def test_a_pinned_revision_shows_its_own_images_after_a_new_publish(local_hub, h
     assert [s[0]["pixels"] for s in pinned["searches"]] == [pixels(1, 5), pixels(1, 160)]
     latest = search(hub_env, repo, "main", tmp_path / "cache", queries)
     assert [s[0]["pixels"] for s in latest["searches"]] == [pixels(2, 5), pixels(2, 160)]
+
+
+def test_image_ranges_point_at_each_image_and_a_row_without_one_is_a_placeholder(tmp_path):
+    import pyarrow as pa
+
+    from imagesearchtr.lazy_rows import DataFile, ImageStore, Source
+
+    images = [noise_png(5, 0), None, b"", noise_png(5, 3)]
+    table = pa.table({"image": [{"bytes": b, "path": f"{i}.png"} for i, b in enumerate(images)]})
+    path = tmp_path / datafiles.file_name(0)
+    path.parent.mkdir(parents=True)
+    datafiles.write_file(table, path)
+    ranges = datafiles.image_ranges(path)
+    data = path.read_bytes()
+    for row in (0, 3):
+        offset, length = ranges[row]
+        assert data[offset : offset + length] == images[row]
+    assert ranges[1].tolist() == ranges[2].tolist() == [-1, 0]
+
+    source = Source(str(tmp_path), tmp_path, None)
+    files = [DataFile(datafiles.file_name(0), 4, "test")]
+    store = ImageStore(source, files, [4], ranges, tmp_path / "cache")
+    fetched = store.fetch([3, 1, 2, 0])
+    assert [f.error for f in (fetched[0], fetched[3])] == [None, None]
+    assert np.asarray(fetched[0].image).tolist() == pixels(5, 3)
+    for hit in fetched[1:3]:
+        assert "holds no image bytes" in hit.error
 
 
 def test_a_local_folder_takes_the_same_road_with_a_bounded_image_cache(tmp_path):

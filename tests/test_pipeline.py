@@ -336,6 +336,23 @@ def test_approximate_index_builds_and_searches(tmp_path, shared_build):
 # --- publish + load -----------------------------------------------------------------------
 
 
+def test_publish_does_not_import_torch(tmp_path, shared_build):
+    # imagesearchtr imports its public names on first use, so a command that only reads a
+    # manifest and writes files does not pay seconds for importing torch and transformers.
+    code = (
+        "import sys\n"
+        "from pipeline.cli import main\n"
+        f"assert main(['publish', '--build', {str(shared_build)!r}, '--to', "
+        f"{str(tmp_path / 'repo')!r}]) == 0\n"
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines()[-1] == "[]"
+
+
 def test_publish_to_folder_is_loadable_and_searchable(tmp_path, shared_build, tiny_model_dir):
     import faiss
     from datasets import load_dataset
@@ -491,7 +508,7 @@ def published_files(folder: Path) -> dict:
 
 
 def test_republish_after_an_update_keeps_unchanged_data_files(
-    tmp_path, tiny_encoder, tiny_model_dir
+    tmp_path, tiny_encoder, tiny_model_dir, monkeypatch
 ):
     from conftest import write_photos
     from datasets import load_dataset
@@ -522,7 +539,14 @@ def test_republish_after_an_update_keeps_unchanged_data_files(
     write_photos(data, ["z1", "z2", "z3"])
     (data / "images" / "p08.jpg").unlink()
     encode(data, build, tiny_encoder, tiny_model_dir)
+    from pipeline import datafiles
+
+    read = []  # the files whose image ranges index works out (not those it kept)
+    monkeypatch.setattr(
+        datafiles, "image_ranges", lambda p, f=datafiles.image_ranges: read.append(p.name) or f(p)
+    )
     updated = run_index(IndexConfig(build=build, target_bytes=target))
+    monkeypatch.undo()
     result = publish_to_folder(PublishConfig(build=build, to=repo))
     after = published_files(repo)
     for path in paths:
@@ -531,6 +555,7 @@ def test_republish_after_an_update_keeps_unchanged_data_files(
     assert after[with_p08] != before[with_p08]
     new_files = sorted(set(after) - set(before))
     assert new_files and all(p > max(paths) for p in new_files)  # new rows: new files at the end
+    assert sorted(read) == sorted(Path(p).name for p in [with_p08, *new_files] if "data/" in p)
     assert set(result.uploaded) == {
         with_p08,
         *new_files,

@@ -246,14 +246,35 @@ def test_from_repo_refuses_missing_altered_or_misshapen_image_ranges(tmp_path):
     ranges.write_bytes(ranges.read_bytes()[:-8] + bytes(8))
     with pytest.raises(SearchSetupError, match="is not the file the manifest names"):
         open_repo(folder)
-    # Consistent with its manifest, but not one (offset, length) pair per row.
-    buf = io.BytesIO()
-    np.save(buf, np.zeros((2, 2), dtype=np.int64))
-    ranges.write_bytes(buf.getvalue())
-    manifest["image_ranges_sha256"] = hashlib.sha256(buf.getvalue()).hexdigest()
-    manifest_path.write_text(json.dumps(manifest))
+
+    # Consistent with its manifest (whose sha256 the repo's author writes too), but wrong.
+    def put(array: np.ndarray, raw: bytes | None = None) -> None:
+        buf = io.BytesIO()
+        np.save(buf, array)
+        data = raw if raw is not None else buf.getvalue()
+        ranges.write_bytes(data)
+        manifest["image_ranges_sha256"] = hashlib.sha256(data).hexdigest()
+        manifest_path.write_text(json.dumps(manifest))
+
+    put(np.zeros((2, 2), dtype=np.int64))
+    with pytest.raises(SearchSetupError, match="has 2 rows but the manifest says 3"):
+        open_repo(folder)
+    put(np.zeros((3, 2), dtype=np.float64))
     with pytest.raises(SearchSetupError, match=r"not an int64 array of \(3, 2\)"):
         open_repo(folder)
+    put(np.array([[0, 10], [-5, 10], [-1, 0]], dtype=np.int64))
+    with pytest.raises(SearchSetupError, match="a negative offset or length"):
+        open_repo(folder)
+    # A header that claims a huge array, over a few bytes: refused before any allocation.
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<i8", "fortran_order": False, "shape": (3, 2**40)}
+    )
+    put(np.zeros(0), raw=header.getvalue() + bytes(48))
+    with pytest.raises(SearchSetupError, match=r"not an int64 array of \(3, 2\)"):
+        open_repo(folder)
+    buf = io.BytesIO()
+    np.save(buf, np.zeros((3, 2), dtype=np.int64))  # for the link below
     # A link out of index/ is not followed.
     ranges.unlink()
     ranges.symlink_to(tmp_path / "elsewhere.npy")

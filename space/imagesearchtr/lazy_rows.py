@@ -46,6 +46,9 @@ from PIL import Image
 SMALL_COLUMNS = ["image_id", "captions", "image_emb", "caption_emb"]
 IMAGE_COLUMN = "image"
 DEFAULT_IMAGE_CACHE_BYTES = 1 << 30  # 1 GiB of image bytes on disk
+# The largest image a result fetches (a 64-megapixel JPEG, the most pixels the pipeline
+# accepts, is a few tens of MB): a hostile ranges file must not make one page read gigabytes.
+MAX_IMAGE_BYTES = 100 << 20
 FETCH_WORKERS = 8  # concurrent range reads for one result page (and for the start-up reads)
 RETRIES = 3  # attempts per range read; waits BACKOFF_S, 2 * BACKOFF_S, ... between them
 BACKOFF_S = 0.25
@@ -344,8 +347,10 @@ class ImageStore:
     def _read(self, row: int) -> bytes | Exception:
         """One image's bytes (or the error): one range read, retried with backoff."""
         offset, length = (int(x) for x in self.ranges[row])
-        if offset < 0:
+        if offset < 0 or length <= 0:
             return ValueError("the row holds no image bytes")
+        if length > MAX_IMAGE_BYTES:
+            return ValueError(f"the image is {length:,} bytes, over {MAX_IMAGE_BYTES:,}")
         path = self.files[self.locate(row)[0]].path
         try:
             data = _with_retries(lambda: self.source.read_range(path, offset, offset + length))

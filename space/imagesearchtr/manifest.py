@@ -125,7 +125,9 @@ class LoadedManifest:
 
     def image_ranges(self, where: str):
         """The rows' image byte ranges (``IMAGE_RANGES_FILE``), checked against the manifest:
-        its sha256, its shape (num_rows, 2) and its dtype (int64)."""
+        its sha256, then its header (int64, shape (num_rows, 2)) before any array is made from
+        it, then its values ((-1, 0) for a row without image bytes, else offset >= 0 and
+        length > 0)."""
         import hashlib
         import io
 
@@ -147,15 +149,33 @@ class LoadedManifest:
         data = path.read_bytes()
         if hashlib.sha256(data).hexdigest() != self.manifest.image_ranges_sha256:
             raise ManifestError(f"{where} is not the file the manifest names (sha256); {again}")
+        # The repo's author wrote the manifest too, so its sha256 proves nothing about the
+        # content: the header is read first (np.load would allocate whatever shape it claims).
+        wanted = (self.manifest.num_rows, 2)
+        bad = ManifestError(f"{where} is not an int64 array of {wanted}; {again}")
+        buf = io.BytesIO(data)
+        readers = {
+            (1, 0): np.lib.format.read_array_header_1_0,
+            (2, 0): np.lib.format.read_array_header_2_0,
+        }
         try:
-            ranges = np.load(io.BytesIO(data), allow_pickle=False)
-        except (ValueError, OSError, EOFError):
-            ranges = None
-        shape = (self.manifest.num_rows, 2)
-        if ranges is None or ranges.dtype != np.int64 or ranges.shape != shape:
+            shape, fortran, dtype = readers[np.lib.format.read_magic(buf)](buf)
+        except (KeyError, ValueError, OSError, EOFError):
+            raise bad from None
+        if len(shape) != 2 or shape[1] != 2 or fortran or dtype != np.dtype("<i8"):
+            raise bad
+        if shape[0] != wanted[0]:
             raise ManifestError(
-                f"{where} is not an int64 array of ({self.manifest.num_rows}, 2); {again}"
+                f"{where} has {shape[0]} rows but the manifest says {wanted[0]}; rows and "
+                f"indices come from different builds; {again}"
             )
+        if len(data) - buf.tell() != 16 * wanted[0]:
+            raise bad
+        ranges = np.frombuffer(data, dtype="<i8", offset=buf.tell()).reshape(wanted)
+        offsets, lengths = ranges[:, 0], ranges[:, 1]
+        none = (offsets == -1) & (lengths == 0)
+        if not (none | ((offsets >= 0) & (lengths > 0))).all():
+            raise ManifestError(f"{where} holds a negative offset or length; {again}")
         return ranges
 
 

@@ -118,6 +118,7 @@ class Searcher:
         where = str(repo_id_or_dir)
         try:
             loaded = load_manifest(repo_id_or_dir, revision)
+            ranges = loaded.image_ranges(where)  # before the rows: it is the cheap check
         except ManifestError as err:
             raise SearchSetupError(str(err)) from None
         manifest = loaded.manifest
@@ -133,10 +134,6 @@ class Searcher:
                 f"{where}: a data file is missing ({err}); publish the build again"
             ) from None
         _check_rows(dataset, manifest, where)
-        try:
-            ranges = loaded.image_ranges(where)
-        except ManifestError as err:
-            raise SearchSetupError(str(err)) from None
         images = ImageStore(source, files, counts, ranges, cache_dir, image_cache_bytes)
         # Two column views of one table; the indices go on the embedding view, so that no view
         # is made of a dataset holding them (with_format would deep-copy them).
