@@ -36,7 +36,12 @@ branch, ``refs/heads/X``, a tag or a full 40-hex commit sha, URL-encoded as the 
     PUT    /_lfs/part/{oid}/{n}?sig=                  (multipart part URL; returns an ETag)
     POST   /_lfs/complete/{oid}?sig=                  (multipart completion)
     POST   /_lfs/verify/{oid}                         (LFS verify step)
-    GET    /{prefix}{repo}/resolve/{rev}/{path}       HEAD likewise; Range -> 206
+    GET    /{prefix}{repo}/resolve/{rev}/{path}       HEAD likewise; Range -> 206; an LFS file
+                                                      -> 302 to the storage URL below, as the
+                                                      Hub redirects to its storage host (unless
+                                                      ``lfs_redirects`` is off)
+    GET    /_storage/{sha256}?sig=                    HEAD likewise; on "localhost" (another
+                                                      origin); 400 with an Authorization header
     GET    /api/spaces/{repo}/variables               POST (add/update) and DELETE likewise
     GET    /api/spaces/{repo}/runtime                 POST /api/spaces/{repo}/hardware (see the
                                                       "Space runtimes and hardware" section)
@@ -263,6 +268,7 @@ class _FaultAndLogMiddleware:
             "path": path,
             "query": scope.get("query_string", b"").decode("latin-1"),
             "range": dict(scope.get("headers", [])).get(b"range", b"").decode("latin-1") or None,
+            "auth": b"authorization" in dict(scope.get("headers", [])),
             "status": None,
             "fault": None,
         }
@@ -680,6 +686,7 @@ class HubState:
         multipart_chunk_size: int | None = None,
         tree_page_size: int | None = None,
         request_log: int | None = 10_000,
+        lfs_redirects: bool = True,
     ):
         self.storage = Storage(storage_dir)
         self.request_log = request_log  # how many requests the log keeps; None: all
@@ -689,6 +696,8 @@ class HubState:
         # When set, LFS objects bigger than this are announced as multipart uploads.
         self.multipart_chunk_size = multipart_chunk_size
         self.tree_page_size = tree_page_size
+        # LFS downloads by redirect to a storage host, as the Hub does (see HubApp.resolve).
+        self.lfs_redirects = lfs_redirects
         # Files per commit (pull requests and commit limits section below).
         self.max_files_per_commit: int | None = MAX_FILES_PER_COMMIT
         self.faults = FaultInjector()
@@ -934,6 +943,8 @@ class HubApp:
             ("POST", git + r"\.git/info/lfs/objects/batch", self.lfs_batch),
             ("GET", git + rf"/resolve/(?P<rev>{seg})/(?P<path>.+)", self.resolve),
             ("HEAD", git + rf"/resolve/(?P<rev>{seg})/(?P<path>.+)", self.resolve),
+            ("GET", r"/_storage/(?P<sha>[0-9a-f]{64})", self.storage_read),
+            ("HEAD", r"/_storage/(?P<sha>[0-9a-f]{64})", self.storage_read),
             ("GET", api + r"/discussions", self.discussions),
             ("POST", api + r"/discussions/(?P<num>\d+)/merge", self.merge_pull_request),
             ("GET", api + r"/variables", self.space_variables),
@@ -1550,6 +1561,39 @@ class HubApp:
         if entry["lfs"]:
             headers["X-Linked-Size"] = str(size)
             headers["X-Linked-Etag"] = f'"{entry["sha256"]}"'
+            if self.state.lfs_redirects:
+                # The Hub answers for an LFS file with a redirect to its storage host: a signed
+                # URL on another origin (so clients send it no Authorization header), the
+                # file's metadata on the redirect itself. "localhost" stands for that origin.
+                sha256 = entry["sha256"]
+                base = _base_url(request).replace("//127.0.0.1:", "//localhost:", 1)
+                sig = self.state.sign(f"download:{sha256}")
+                headers.pop("Accept-Ranges")
+                headers["Location"] = f"{base}/_storage/{sha256}?sig={sig}"
+                return Response(status_code=302, headers=headers)
+        return self._file_response(
+            request, self.state.storage.blob_path(entry["sha256"]), size, headers
+        )
+
+    async def storage_read(self, request: Request, m: re.Match) -> Response:
+        """The storage host an LFS redirect points at: the signed URL is the only credential,
+        and, as with S3's presigned URLs, a request that also carries Authorization fails."""
+        sha256 = m["sha"]
+        sig = parse_qs(request.url.query).get("sig", [""])[0]
+        if not hmac.compare_digest(sig, self.state.sign(f"download:{sha256}")):
+            raise HubError(403, "Request has expired or signature does not match")
+        if "authorization" in request.headers:
+            raise HubError(400, "Only one auth mechanism allowed")
+        blob = self.state.storage.blob_path(sha256)
+        if not blob.is_file():
+            raise HubError(404, "NoSuchKey")
+        headers = {"ETag": f'"{sha256}"', "Accept-Ranges": "bytes"}
+        headers["Content-Type"] = "application/octet-stream"
+        return self._file_response(request, blob, blob.stat().st_size, headers)
+
+    def _file_response(self, request: Request, blob: Path, size: int, headers: dict) -> Response:
+        """The file's bytes, or the one range the request asks for (206), or only the headers
+        (HEAD)."""
         start, end, status = 0, size - 1, 200
         range_header = request.headers.get("range")
         if range_header:
@@ -1564,7 +1608,6 @@ class HubApp:
         headers["Content-Length"] = str(length)
         if request.method == "HEAD":
             return Response(status_code=status, headers=headers)
-        blob = self.state.storage.blob_path(entry["sha256"])
         return StreamingResponse(
             _read_range(blob, start, length), status_code=status, headers=headers
         )
@@ -1742,6 +1785,14 @@ class LocalHub:
         self.state.space_runtimes.hardware_allowed.update(flavors)
 
     @property
+    def lfs_redirects(self) -> bool:
+        return self.state.lfs_redirects
+
+    @lfs_redirects.setter
+    def lfs_redirects(self, value: bool) -> None:
+        self.state.lfs_redirects = value
+
+    @property
     def max_files_per_commit(self) -> int | None:
         return self.state.max_files_per_commit
 
@@ -1849,18 +1900,20 @@ def run_hub_process(
     user: str = "testuser",
     *,
     request_log: int | None = 10_000,
+    lfs_redirects: bool = True,
 ) -> Iterator[HubProcess]:
     """Serve a local hub from a child process (``python hub_server.py``) on a free port.
 
     For benchmarks: like the real Hub, the server then runs in its own interpreter, not on
     threads of the client's process that compete with it for one GIL. ``request_log``: as for
-    ``run_local_hub`` (None: all).
+    ``run_local_hub`` (None: all); ``lfs_redirects``: as the Hub does (see ``HubApp.resolve``).
     """
     import subprocess
     import urllib.request
 
     cmd = [sys.executable, str(Path(__file__).resolve()), "--storage", str(storage_dir),
-           "--token", token, "--user", user, "--request-log", str(request_log or 0)]  # fmt: skip
+           "--token", token, "--user", user, "--request-log", str(request_log or 0),
+           *([] if lfs_redirects else ["--no-lfs-redirects"])]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     try:
         endpoint = proc.stdout.readline().strip()
@@ -1898,6 +1951,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--request-log", type=int, default=10_000, help="requests the log keeps (0: all)"
     )
+    parser.add_argument(
+        "--no-lfs-redirects",
+        action="store_true",
+        help="serve LFS files from resolve directly instead of redirecting to a storage URL",
+    )
     args = parser.parse_args(argv)
     state = HubState(
         args.storage,
@@ -1907,6 +1965,7 @@ def main(argv: list[str] | None = None) -> None:
         multipart_chunk_size=args.multipart_chunk_size,
         tree_page_size=args.tree_page_size,
         request_log=args.request_log or None,
+        lfs_redirects=not args.no_lfs_redirects,
     )
     sock = _bind(args.port)
     print(f"http://127.0.0.1:{sock.getsockname()[1]}", flush=True)

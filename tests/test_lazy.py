@@ -240,6 +240,34 @@ def test_start_reads_no_image_bytes_and_a_search_reads_only_the_shown_images(
     assert out["searches"][3][0]["pixels"] == pixels(1, 70)
 
 
+def test_through_the_hubs_redirect_to_its_storage_host_an_image_is_still_its_own_bytes(
+    lazy_repo, local_hub, hub_env, tmp_path
+):
+    # The Hub answers a read of an LFS file with a redirect to its storage host, on another
+    # origin; the range must survive the redirect and the token must not follow it.
+    folder, repo, commit = lazy_repo
+    spans = image_spans(folder)
+    emb = vectors()
+    assert local_hub.lfs_redirects  # the test Hub's default, as the Hub's
+    out = search(hub_env, repo, commit, tmp_path / "cache", [{"vector": emb[140].tolist(), "k": 1}])
+    (hit,) = out["searches"][0]
+    assert hit["row"] == 140 and hit["error"] is None and hit["pixels"] == pixels(1, 140)
+    marks, log = out["marks"], local_hub.requests
+    path, local = image_of(140)
+    first, end = spans[path][local]
+    query = [r for r in log[marks[1] : marks[2]] if r["method"] == "GET"]
+    assert [(r["status"], r["range"]) for r in query] == [
+        (302, f"bytes={first}-{end - 1}"),  # the resolve URL, then its storage URL
+        (206, f"bytes={first}-{end - 1}"),
+    ]
+    assert query[1]["path"].startswith("/_storage/") and not query[1]["auth"]
+    start = log[marks[0] : marks[1]]  # the index files and the small columns came that way too
+    assert any(r["path"].startswith("/_storage/") for r in start)
+    assert all(r["status"] in (200, 206, 302) for r in start), [
+        (r["path"], r["status"]) for r in start if r["status"] not in (200, 206, 302)
+    ]
+
+
 def test_an_image_that_cannot_be_fetched_or_decoded_is_a_placeholder_with_a_message(
     lazy_repo, local_hub, hub_env, tmp_path
 ):
