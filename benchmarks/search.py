@@ -5,7 +5,7 @@ Run: ``python benchmarks/search.py [--sizes 50000,100000] [--types flat,fp16,ivf
 
 Reads nothing but the project. Writes into ``--work`` (a temporary folder, deleted, unless
 given): ``build-N/`` (N synthetic rows, benchmarks/_common.py) and one repo folder per index type
-(``index/`` and ``data/`` from ``pipeline.index.run_index``, data files hard-linked); and the
+(``pipeline index`` then ``publish --to``, as ``benchmarks/_common.py`` makes them); and the
 figures into benchmarks/README.md (section ``search``).
 
 Measures per index type: the index file size, ``Searcher.from_repo`` (no model: a stub encoder
@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -43,24 +41,13 @@ class StubEncoder:
 
 
 def repo_for(work: Path, n: int, index_type: str) -> Path:
-    from pipeline.datafiles import DATA_DIR
-    from pipeline.index import IndexConfig, run_index
-
-    build = work / f"build-{n}"
-    if not (build / "build.json").is_file():
-        _common.write_build(build, n, work, FINGERPRINT)
-    repo = work / f"repo-{n}-{index_type}"
-    manifest = repo / "index" / "manifest.json"
-    # (a repo made before image ranges were recorded cannot be searched any more: made again)
-    if not manifest.is_file() or not json.loads(manifest.read_text()).get("image_ranges_sha256"):
-        shutil.rmtree(repo, ignore_errors=True)
-        shutil.rmtree(build / "index", ignore_errors=True)
-        run_index(IndexConfig(build=build, index_type=index_type))
-        repo.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(build / "index", repo / "index", dirs_exist_ok=True)
-        # The data files this index run wrote (each run writes the same bytes for these rows).
-        shutil.copytree(build / DATA_DIR, repo / DATA_DIR, copy_function=os.link)
-    return repo
+    """N rows indexed with ``index_type`` and published to a folder (``_common``), over the
+    build in ``work`` (one left by benchmarks/pipeline.py keeps its model fingerprint)."""
+    build_file = work / f"build-{n}" / "build.json"
+    fingerprint = FINGERPRINT
+    if build_file.is_file():
+        fingerprint = json.loads(build_file.read_text())["model_fingerprint"]
+    return _common.published_repo(work, n, index_type, work, fingerprint)
 
 
 def measure(repo: Path, x: np.ndarray, queries: np.ndarray) -> dict:

@@ -223,12 +223,16 @@ def images_uncompressed(path: Path) -> bool:
 
     meta = pq.read_metadata(path)
     for g in range(meta.num_row_groups):
-        group = meta.row_group(g)
-        chunks = [group.column(c) for c in range(group.num_columns)]
-        image = [c for c in chunks if c.path_in_schema == IMAGE_BYTES_COLUMN]
-        if not image or image[0].compression != "UNCOMPRESSED" or image[0].has_dictionary_page:
+        chunk = _image_chunk(meta.row_group(g))
+        if chunk is None or chunk.compression != "UNCOMPRESSED" or chunk.has_dictionary_page:
             return False
     return True
+
+
+def _image_chunk(group):
+    """The ``image.bytes`` column chunk of a row group's metadata, or None."""
+    chunks = (group.column(c) for c in range(group.num_columns))
+    return next((c for c in chunks if c.path_in_schema == IMAGE_BYTES_COLUMN), None)
 
 
 def image_ranges(path: Path):
@@ -255,12 +259,7 @@ def image_ranges(path: Path):
     # duplicate found earlier holds the same bytes), so the ranges are right by construction.
     with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
         for g in range(meta.num_row_groups):
-            group = meta.row_group(g)
-            chunk = next(
-                group.column(c)
-                for c in range(group.num_columns)
-                if group.column(c).path_in_schema == IMAGE_BYTES_COLUMN
-            )
+            chunk = _image_chunk(meta.row_group(g))  # (present: images_uncompressed checked)
             pos, end = chunk.data_page_offset, chunk.data_page_offset + chunk.total_compressed_size
             images = pc.struct_field(parquet.read_row_group(g, columns=["image"])["image"], "bytes")
             for value in images.to_pylist():

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagesearchtr.manifest import Manifest, ManifestError, load_manifest
+from imagesearchtr.manifest import Manifest, load_manifest, require_image_ranges
 
 from .publish import PublishError, hub_error_text
 
@@ -133,16 +133,6 @@ def requirements_text(hardware: str, source: Path = SPACE_SOURCE) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _check_searchable(manifest: Manifest, where: str) -> None:
-    """Refuse a dataset the app would refuse at start (so no Space is made that cannot run)."""
-    if not manifest.image_ranges_sha256:
-        raise ManifestError(
-            f"{where} was published before image byte ranges were recorded (its manifest "
-            "names none), so the app cannot load it; re-run `python -m pipeline index` on its "
-            "build and publish it again"
-        )
-
-
 def preload_lines(api, manifest: Manifest) -> tuple[str, ...]:
     """``preload_from_hub`` for the model: the files the encoder fetches, at the pinned commit.
 
@@ -204,7 +194,7 @@ def publish_space_to_hub(config: SpaceConfig) -> SpaceResult:
         info = api.dataset_info(dataset_repo, revision=config.dataset_revision)
         revision = info.sha  # pin: a branch or tag name would follow later pushes
         manifest = load_manifest(dataset_repo, revision, index_files=False).manifest
-        _check_searchable(manifest, f"{dataset_repo}@{revision}")
+        require_image_ranges(manifest, f"{dataset_repo}@{revision}")
         if info.private:
             notes.append(
                 f"{dataset_repo} is private: add a Space secret HF_TOKEN with read access to it "
@@ -331,7 +321,7 @@ def publish_space_to_folder(config: SpaceConfig) -> SpaceResult:
         if config.dataset_revision:
             raise ValueError("--dataset-revision applies to a Hub dataset, not a local folder")
         manifest = load_manifest(local).manifest
-        _check_searchable(manifest, dataset_repo)
+        require_image_ranges(manifest, dataset_repo)
         # The card links a Hub dataset; a folder-backed app is for local runs only.
         card = None
         notes.append(f"no {CARD_FILE} written: the Space card needs a Hub dataset id")
@@ -343,7 +333,7 @@ def publish_space_to_folder(config: SpaceConfig) -> SpaceResult:
         try:
             revision = api.dataset_info(config.dataset_repo, revision=config.dataset_revision).sha
             manifest = load_manifest(config.dataset_repo, revision, index_files=False).manifest
-            _check_searchable(manifest, f"{config.dataset_repo}@{revision}")
+            require_image_ranges(manifest, f"{config.dataset_repo}@{revision}")
         except HfHubHTTPError as err:
             raise PublishError(hub_error_text(err, config.dataset_repo)) from None
         dataset_repo = config.dataset_repo

@@ -133,13 +133,9 @@ class LoadedManifest:
 
         import numpy as np
 
+        require_image_ranges(self.manifest, where)
         where = f"{where}: {IMAGE_RANGES_FILE}"
         again = "re-run `python -m pipeline index` and publish again"
-        if not self.manifest.image_ranges_sha256:
-            raise ManifestError(
-                f"{where}: this dataset was published before image byte ranges were recorded "
-                f"(its manifest names none); {again}"
-            )
         path = self.root / IMAGE_RANGES_FILE
         inside = (self.root / INDEX_DIR).resolve()
         if not path.is_file() or (
@@ -177,6 +173,16 @@ class LoadedManifest:
         if not (none | ((offsets >= 0) & (lengths > 0))).all():
             raise ManifestError(f"{where} holds a negative offset or length; {again}")
         return ranges
+
+
+def require_image_ranges(manifest: Manifest, where: str) -> None:
+    """Refuse a manifest that names no image ranges: the search cannot show its images."""
+    if not manifest.image_ranges_sha256:
+        raise ManifestError(
+            f"{where}: this dataset was published before image byte ranges were recorded (its "
+            f"manifest names no {IMAGE_RANGES_FILE}); re-run `python -m pipeline index` on its "
+            "build and publish it again"
+        )
 
 
 def load_manifest(
