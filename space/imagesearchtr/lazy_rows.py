@@ -84,8 +84,8 @@ class Source:
             from huggingface_hub.utils import build_hf_headers
 
             self._fs = HfFileSystem()
-            # Built once: building them (token, user agent) costs about a millisecond, as much
-            # as a small range read on a fast link, and a result page makes ten reads.
+            # Built once: building them (token lookup, user agent) costs about as much as a
+            # small range read on a fast link, and a result page makes one read per image.
             self._headers = build_hf_headers()
 
     @property
