@@ -20,6 +20,7 @@ measured bytes per row.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -78,7 +79,10 @@ CLIENT = textwrap.dedent(
         from huggingface_hub.utils import build_hf_headers
         first = searcher.manifest.data_files[0]["path"]
         url = hf_hub_url(spec["location"], first, repo_type="dataset", revision=spec["revision"])
-        headers = {**build_hf_headers(), "Range": "bytes=0-4095"}
+        headers = {"Range": "bytes=0-4095"}
+        # The storage URL the Hub redirects to: one round trip a read, as the Searcher's.
+        url = str(get_session().get(url, headers={**build_hf_headers(), **headers},
+                                    follow_redirects=True).url)
         for i in range(20):
             t = time.perf_counter()
             get_session().get(url, headers=headers)
@@ -135,21 +139,30 @@ def client(env: dict, location: str, revision, cache: Path, queries: Path, hub=N
     return json.loads(run(CLIENT, env, json.dumps(spec)).splitlines()[-1])
 
 
-def bytes_read(requests: list[dict], sizes: dict[str, int]) -> tuple[int, int, int, int]:
-    """(data bytes, data requests, other bytes, other requests) of the GETs of repo files."""
-    data = data_n = other = other_n = 0
+def bytes_read(
+    requests: list[dict], sizes: dict[str, int], by_sha: dict[str, str]
+) -> tuple[int, int, int, int, int]:
+    """(data bytes, data reads, other bytes, other reads, redirects) of the GETs of repo
+    files. A read is a GET that served bytes: of a resolve URL, or of the storage URL the Hub
+    redirects to (named by the file's sha256); a redirect is a resolve answered with one."""
+    data = data_n = other = other_n = redirects = 0
     for r in requests:
-        m = re.search(r"/resolve/[^/]+/(.+)$", r["path"])
-        if r["method"] != "GET" or not m or m[1] not in sizes:
+        resolved = re.search(r"/resolve/[^/]+/(.+)$", r["path"])
+        stored = re.match(r"/_storage/([0-9a-f]{64})", r["path"])
+        path = resolved[1] if resolved else by_sha.get(stored[1]) if stored else None
+        if r["method"] != "GET" or path not in sizes:
+            continue
+        if r["status"] in (301, 302, 307, 308):
+            redirects += 1
             continue
         rng = re.fullmatch(r"bytes=(\d+)-(\d*)", r["range"] or "")
-        size = sizes[m[1]]
+        size = sizes[path]
         n = (min(int(rng[2] or size - 1), size - 1) - int(rng[1]) + 1) if rng else size
-        if m[1].startswith("data/"):
+        if path.startswith("data/"):
             data, data_n = data + n, data_n + 1
         else:
             other, other_n = other + n, other_n + 1
-    return data, data_n, other, other_n
+    return data, data_n, other, other_n, redirects
 
 
 def main() -> None:
@@ -205,10 +218,9 @@ def main() -> None:
         shutil.rmtree(work / "hub", ignore_errors=True)  # a fresh Hub and fresh caches
         for old in ("home-upload", "home-lazy", "home-local", "cache-lazy", "cache-local"):
             shutil.rmtree(work / old, ignore_errors=True)
-        # Without the Hub's LFS redirect (the test Hub models it): the bytes counted here are
-        # those of resolve GETs, and a redirect's second round trip is not part of these
-        # figures (README, "What the Space downloads").
-        with run_hub_process(work / "hub", request_log=None, lfs_redirects=False) as hub:
+        by_sha = {_sha256(repo / path): path for path in sizes}
+        # With the Hub's LFS redirect to its storage host, which the test Hub models.
+        with run_hub_process(work / "hub", request_log=None) as hub:
             env = {**hub.env(), "HF_HOME": str(work / "home-upload")}
             name = f"{hub.user}/lazy-bench"
             commit = run(UPLOAD, env, str(repo), name).strip()
@@ -229,8 +241,8 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
 
     m = lazy[0]["marks"]
-    start = bytes_read(log[m[0] : m[1]], sizes)
-    queried = bytes_read(log[m[2] : m[3]], sizes)  # the timed queries (m[1]-m[2]: warm-up)
+    start = bytes_read(log[m[0] : m[1]], sizes, by_sha)
+    queried = bytes_read(log[m[2] : m[3]], sizes, by_sha)  # timed queries (m[1]-m[2]: warm-up)
     report(args, machine, groups, data_bytes, index_bytes, image_bytes, start, queried)
     report_latency(args, lazy, local, data_bytes, index_bytes, start[0], queried)
 
@@ -280,6 +292,14 @@ def recall(sizes: list[int]) -> None:
     _common.write_readme_section("ivf-recall", "\n".join(lines))
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def image_sizes(repo: Path) -> list[int]:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -309,8 +329,8 @@ def ms(values, q) -> float:
 def report(args, machine, groups, data_bytes, index_bytes, image_bytes, start, queried):
     """Print and keep the byte figures (measured at N, computed for 1M)."""
     n = args.rows
-    start_data, start_data_n, start_index, start_index_n = start
-    q_data, q_data_n, _, _ = queried
+    start_data, start_data_n, start_index, start_index_n, start_redirects = start
+    q_data, q_data_n, _, _, q_redirects = queried
     start_total = start_data + start_index
     small_per_row = start_data / n  # small-column bytes (and footers) per row, measured
     mean_image = float(np.mean(image_bytes))
@@ -332,6 +352,8 @@ def report(args, machine, groups, data_bytes, index_bytes, image_bytes, start, q
         f"| image bytes read by {args.queries} queries of k=10 | {q_data:,} in {q_data_n} "
         "range reads |",
         f"| image bytes per range read | {q_data / max(q_data_n, 1):,.0f} |",
+        f"| redirects to the storage URL: at start / in those queries | {start_redirects} / "
+        f"{q_redirects} (one per file the first time the Searcher reads an image of it) |",
         "",
     ]
     million = 1_000_000
@@ -412,10 +434,9 @@ def report_latency(args, lazy, local, data_bytes, index_bytes, start_data_bytes,
             f"one bare 4 KiB range GET of this test Hub takes {ms(lazy[0]['floor'], 50):.1f} ms "
             "(p50 of 20, sequential, no Searcher involved). The test Hub is a Python server in "
             "its own process on the same 2 cores as the client, so the difference between the "
-            "two p50s includes the server's CPU time for the reads. On the real Hub, where the "
-            "server is elsewhere, a page's reads run in parallel and each costs two round trips "
-            "(the Hub answers a range read of an LFS file with a redirect to its storage host; "
-            "this run has the test Hub's model of that redirect turned off).",
+            "two p50s includes the server's CPU time for the reads. The test Hub redirects each "
+            "read of an LFS file to a signed storage URL, as the Hub does; the Searcher keeps "
+            "that URL per file, so a read is one round trip once its file has been read.",
         ]
     )
     if args.rows < 1_000_000:

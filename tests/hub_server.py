@@ -40,8 +40,9 @@ branch, ``refs/heads/X``, a tag or a full 40-hex commit sha, URL-encoded as the 
                                                       -> 302 to the storage URL below, as the
                                                       Hub redirects to its storage host (unless
                                                       ``lfs_redirects`` is off)
-    GET    /_storage/{sha256}?sig=                    HEAD likewise; on "localhost" (another
-                                                      origin); 400 with an Authorization header
+    GET    /_storage/{sha256}?expires=&sig=           HEAD likewise; on "localhost" (another
+                                                      origin); 400 with an Authorization header;
+                                                      403 once expired (``signed_url_ttl_s``)
     GET    /api/spaces/{repo}/variables               POST (add/update) and DELETE likewise
     GET    /api/spaces/{repo}/runtime                 POST /api/spaces/{repo}/hardware (see the
                                                       "Space runtimes and hardware" section)
@@ -117,6 +118,8 @@ REGULAR_FILE_MAX_SIZE = 10 * 1024 * 1024
 TREE_PAGE_SIZE = 1000  # the Hub's page size for /tree (50 with expand=True)
 TREE_PAGE_SIZE_EXPAND = 50
 READ_CHUNK = 1024 * 1024
+# A storage URL's lifetime: presigned URLs expire (S3's limit is 7 days; hours are common).
+SIGNED_URL_TTL_S = 3600.0
 API_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
 URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -687,6 +690,7 @@ class HubState:
         tree_page_size: int | None = None,
         request_log: int | None = 10_000,
         lfs_redirects: bool = True,
+        signed_url_ttl_s: float = SIGNED_URL_TTL_S,
     ):
         self.storage = Storage(storage_dir)
         self.request_log = request_log  # how many requests the log keeps; None: all
@@ -698,6 +702,8 @@ class HubState:
         self.tree_page_size = tree_page_size
         # LFS downloads by redirect to a storage host, as the Hub does (see HubApp.resolve).
         self.lfs_redirects = lfs_redirects
+        # How long a storage URL stays valid: a presigned URL carries its own expiry.
+        self.signed_url_ttl_s = signed_url_ttl_s
         # Files per commit (pull requests and commit limits section below).
         self.max_files_per_commit: int | None = MAX_FILES_PER_COMMIT
         self.faults = FaultInjector()
@@ -1567,21 +1573,26 @@ class HubApp:
                 # file's metadata on the redirect itself. "localhost" stands for that origin.
                 sha256 = entry["sha256"]
                 base = _base_url(request).replace("//127.0.0.1:", "//localhost:", 1)
-                sig = self.state.sign(f"download:{sha256}")
+                expires = int(time.time() + self.state.signed_url_ttl_s)
+                sig = self.state.sign(f"download:{sha256}:{expires}")
                 headers.pop("Accept-Ranges")
-                headers["Location"] = f"{base}/_storage/{sha256}?sig={sig}"
+                headers["Location"] = f"{base}/_storage/{sha256}?expires={expires}&sig={sig}"
                 return Response(status_code=302, headers=headers)
         return self._file_response(
             request, self.state.storage.blob_path(entry["sha256"]), size, headers
         )
 
     async def storage_read(self, request: Request, m: re.Match) -> Response:
-        """The storage host an LFS redirect points at: the signed URL is the only credential,
-        and, as with S3's presigned URLs, a request that also carries Authorization fails."""
+        """The storage host an LFS redirect points at: the signed URL is the only credential
+        and carries its expiry, and, as with S3's presigned URLs, a request that also carries
+        Authorization fails."""
         sha256 = m["sha"]
-        sig = parse_qs(request.url.query).get("sig", [""])[0]
-        if not hmac.compare_digest(sig, self.state.sign(f"download:{sha256}")):
-            raise HubError(403, "Request has expired or signature does not match")
+        query = parse_qs(request.url.query)
+        sig, expires = query.get("sig", [""])[0], query.get("expires", [""])[0]
+        if not hmac.compare_digest(sig, self.state.sign(f"download:{sha256}:{expires}")):
+            raise HubError(403, "Signature does not match")
+        if not expires.isdigit() or int(expires) < time.time():
+            raise HubError(403, "Request has expired")
         if "authorization" in request.headers:
             raise HubError(400, "Only one auth mechanism allowed")
         blob = self.state.storage.blob_path(sha256)
@@ -1608,6 +1619,8 @@ class HubApp:
         headers["Content-Length"] = str(length)
         if request.method == "HEAD":
             return Response(status_code=status, headers=headers)
+        if length <= READ_CHUNK:  # one read: no generator stepped on a worker thread per chunk
+            return Response(b"".join(_read_range(blob, start, length)), status, headers)
         return StreamingResponse(
             _read_range(blob, start, length), status_code=status, headers=headers
         )
@@ -1791,6 +1804,14 @@ class LocalHub:
     @lfs_redirects.setter
     def lfs_redirects(self, value: bool) -> None:
         self.state.lfs_redirects = value
+
+    @property
+    def signed_url_ttl_s(self) -> float:
+        return self.state.signed_url_ttl_s
+
+    @signed_url_ttl_s.setter
+    def signed_url_ttl_s(self, value: float) -> None:
+        self.state.signed_url_ttl_s = value
 
     @property
     def max_files_per_commit(self) -> int | None:

@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from hub_server import _parse_range, local_hub  # noqa: F401  (local_hub is a fixture)
+from hub_server import SIGNED_URL_TTL_S, _parse_range, local_hub  # noqa: F401  (local_hub is a fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -245,6 +245,36 @@ def test_hffilesystem_partial_read_uses_range(hub, uploaded, tmp_path):
     # (through the storage host's URL when the hub redirects LFS reads, as the Hub does)
     assert ranged and ranged[-1]["status"] == 206
     assert all(r["status"] in (206, 302) for r in ranged)
+
+
+def test_an_lfs_read_redirects_to_a_signed_storage_url_that_expires(hub, uploaded):
+    class NoRedirects(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None  # urllib then raises the 302 as an HTTPError
+
+    def get(url: str, headers: dict) -> tuple[int, str, bytes]:
+        opener = urllib.request.build_opener(NoRedirects)
+        try:
+            with opener.open(urllib.request.Request(url, headers=headers), timeout=30) as answer:
+                return answer.status, "", answer.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.headers.get("Location", ""), err.read()
+
+    resolve = f"{hub.endpoint}/datasets/{uploaded['repo']}/resolve/main/big.bin"
+    auth = {"Authorization": f"Bearer {hub.token}", "Range": "bytes=10-19"}
+    status, location, _ = get(resolve, auth)
+    assert status == 302 and location.startswith("http://localhost:")  # another origin
+    expected = uploaded["files"]["big.bin"][10:20]
+    assert get(location, {"Range": "bytes=10-19"})[::2] == (206, expected)
+    assert get(location, auth)[0] == 400  # the signature is the only credential
+    assert get(location.replace("sig=", "sig=0"), {"Range": "bytes=10-19"})[0] == 403
+    hub.signed_url_ttl_s = -1  # every URL signed from now on has already expired
+    try:
+        _, expired, _ = get(resolve, auth)
+        status, _, body = get(expired, {"Range": "bytes=10-19"})
+        assert status == 403 and b"expired" in body
+    finally:
+        hub.signed_url_ttl_s = SIGNED_URL_TTL_S
 
 
 def test_tree_pagination_and_expand(hub, uploaded, tmp_path):

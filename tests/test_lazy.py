@@ -10,6 +10,7 @@ the test compares the byte ranges read with where each image's bytes lie in the 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -173,15 +174,25 @@ def image_spans(folder: Path) -> dict[str, list[tuple[int, int]]]:
     }
 
 
-def data_reads(requests: list[dict]) -> list[tuple[str, int | None, int | None]]:
-    """(data file, first byte, last byte) of each GET of a data file; None: no Range."""
+def data_reads(requests: list[dict], folder: Path) -> list[tuple[str, int | None, int | None]]:
+    """(data file, first byte, last byte) of each GET that served bytes of a data file of
+    ``folder``'s repo: from its resolve URL, or from the storage URL the Hub redirects to (named
+    by the file's sha256). None: no Range."""
+    by_sha = {
+        hashlib.sha256(p.read_bytes()).hexdigest(): f"data/{p.name}"
+        for p in (folder / "data").glob("*.parquet")
+    }
     out = []
     for r in requests:
-        m = re.search(r"/resolve/[^/]+/(data/[^/]+\.parquet)$", r["path"])
-        if r["method"] != "GET" or not m:
+        if r["method"] != "GET" or r["status"] not in (200, 206):
+            continue
+        resolved = re.search(r"/resolve/[^/]+/(data/[^/]+\.parquet)$", r["path"])
+        stored = re.match(r"/_storage/([0-9a-f]{64})", r["path"])
+        path = resolved[1] if resolved else by_sha.get(stored[1]) if stored else None
+        if path is None:
             continue
         rng = re.fullmatch(r"bytes=(\d+)-(\d*)", r["range"] or "")
-        out.append((m[1], int(rng[1]), int(rng[2])) if rng else (m[1], None, None))
+        out.append((path, int(rng[1]), int(rng[2])) if rng else (path, None, None))
     return out
 
 
@@ -220,7 +231,7 @@ def test_start_reads_no_image_bytes_and_a_search_reads_only_the_shown_images(
     log = local_hub.requests
     marks = out["marks"]
 
-    start = data_reads(log[marks[0] : marks[1]])
+    start = data_reads(log[marks[0] : marks[1]], folder)
     assert start, "start-up read no data file at all"
     assert all(first is not None for _, first, _ in start), "a data file was downloaded whole"
     assert images_read(start, spans) == set(), "start-up read image bytes"
@@ -232,48 +243,69 @@ def test_start_reads_no_image_bytes_and_a_search_reads_only_the_shown_images(
         path, local = image_of(row)
         first, end = spans[path][local]
         # One range read of exactly this image's bytes, nothing else.
-        assert data_reads(log[marks[n + 1] : marks[n + 2]]) == [(path, first, end - 1)]
+        assert data_reads(log[marks[n + 1] : marks[n + 2]], folder) == [(path, first, end - 1)]
         (hit,) = out["searches"][n]
         assert hit["row"] == row and hit["error"] is None
         assert hit["pixels"] == pixels(1, row)
-    assert data_reads(log[marks[4] : marks[5]]) == []  # cached on disk
+    assert data_reads(log[marks[4] : marks[5]], folder) == []  # cached on disk
     assert out["searches"][3][0]["pixels"] == pixels(1, 70)
 
 
-def test_through_the_hubs_redirect_to_its_storage_host_an_image_is_still_its_own_bytes(
+def test_through_the_hubs_redirect_a_read_costs_one_round_trip_and_an_expired_url_is_renewed(
     lazy_repo, local_hub, hub_env, tmp_path
 ):
-    # The Hub answers a read of an LFS file with a redirect to its storage host, on another
-    # origin; the range must survive the redirect and the token must not follow it.
+    # The Hub answers a read of an LFS file with a redirect to a signed URL on its storage host
+    # (another origin): the range must survive the redirect, the token must not follow it, and
+    # later reads of that file go to the storage URL directly, until it is refused.
     folder, repo, commit = lazy_repo
     spans = image_spans(folder)
     emb = vectors()
     assert local_hub.lfs_redirects  # the test Hub's default, as the Hub's
-    out = search(hub_env, repo, commit, tmp_path / "cache", [{"vector": emb[140].tolist(), "k": 1}])
-    (hit,) = out["searches"][0]
-    assert hit["row"] == 140 and hit["error"] is None and hit["pixels"] == pixels(1, 140)
+    refused = [{"path": r"^/_storage/", "status": 403, "times": 1}]  # as an expired signature
+    queries = [{"vector": emb[row].tolist(), "k": 1} for row in (140, 141)]
+    queries.append({"vector": emb[142].tolist(), "k": 1, "faults": refused})
+    out = search(hub_env, repo, commit, tmp_path / "cache", queries)
     marks, log = out["marks"], local_hub.requests
-    path, local = image_of(140)
-    first, end = spans[path][local]
-    query = [r for r in log[marks[1] : marks[2]] if r["method"] == "GET"]
-    assert [(r["status"], r["range"]) for r in query] == [
-        (302, f"bytes={first}-{end - 1}"),  # the resolve URL, then its storage URL
-        (206, f"bytes={first}-{end - 1}"),
-    ]
-    assert query[1]["path"].startswith("/_storage/") and not query[1]["auth"]
-    start = log[marks[0] : marks[1]]  # the index files and the small columns came that way too
-    assert any(r["path"].startswith("/_storage/") for r in start)
+
+    start = [r for r in log[marks[0] : marks[1]] if r["method"] == "GET"]
     assert all(r["status"] in (200, 206, 302) for r in start), [
         (r["path"], r["status"]) for r in start if r["status"] not in (200, 206, 302)
     ]
+    data = [r for r in start if re.search(r"/data/[^/]+\.parquet$", r["path"])]
+    assert sorted(r["path"].rsplit("/", 1)[1] for r in data) == sorted(
+        p.name for p in (folder / "data").glob("*.parquet")
+    ), "start-up: one resolve (a redirect) per data file, not one per read"
+    assert {r["status"] for r in data} == {302}
+    stored = [r for r in start if r["path"].startswith("/_storage/")]
+    assert len(stored) > len(data) and not any(r["auth"] for r in stored)
+
+    trips = []
+    for n, row in enumerate((140, 141, 142)):
+        (hit,) = out["searches"][n]
+        assert hit["row"] == row and hit["error"] is None and hit["pixels"] == pixels(1, row)
+        path, local = image_of(row)
+        first, end = spans[path][local]
+        query = [r for r in log[marks[n + 1] : marks[n + 2]] if r["method"] == "GET"]
+        assert {r["range"] for r in query} == {f"bytes={first}-{end - 1}"}
+        assert not any(r["auth"] for r in query if r["path"].startswith("/_storage/"))
+        trips.append([(r["status"], r["path"].split("/")[1]) for r in query])
+    assert trips == [
+        [(206, "_storage")],  # the storage URL the start-up was redirected to
+        [(206, "_storage")],
+        [(403, "_storage"), (302, "datasets"), (206, "_storage")],  # refused: resolved again
+    ]
+    renewed = log[marks[3] : marks[4]]
+    assert f"/datasets/{repo}/resolve/{commit}/{image_of(142)[0]}" in [r["path"] for r in renewed]
 
 
 def test_an_image_that_cannot_be_fetched_or_decoded_is_a_placeholder_with_a_message(
     lazy_repo, local_hub, hub_env, tmp_path
 ):
-    _, repo, commit = lazy_repo
+    folder, repo, commit = lazy_repo
     emb = vectors()
-    data1 = r"/data/train-00001\.parquet$"
+    # The second file's reads, at its resolve URL or at the storage URL the Hub redirects to.
+    sha1 = hashlib.sha256((folder / "data" / "train-00001.parquet").read_bytes()).hexdigest()
+    data1 = rf"(/data/train-00001\.parquet|/_storage/{sha1})$"
     queries = [
         # The corrupt row and its neighbours: the search still answers, one placeholder.
         {"vector": emb[CORRUPT_ROW].tolist(), "k": 3},

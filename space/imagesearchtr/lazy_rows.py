@@ -17,11 +17,11 @@ downloads a data file whole:
   first). An image that cannot be fetched or decoded becomes a grey placeholder with a message;
   it never fails the search.
 
-Hub files are read at the manifest's commit (``datasets/REPO@COMMIT/PATH`` through
-``huggingface_hub.HfFileSystem`` for the small columns, ranged GETs of the commit's resolve URL
-for the images), so every read is of the same commit as the manifest and the indices; a local
-folder's files are opened in place. Reads: the data files' footers, small-column chunks and
-shown images. Writes: the two caches.
+Hub files are read at the manifest's commit by ranged GETs of its resolve URLs (``Source``), so
+every read is of the same commit as the manifest and the indices; the Hub redirects each to a
+signed storage URL, which is remembered per file, so later reads of that file are one round
+trip. A local folder's files are opened in place. Reads: the data files' footers, small-column
+chunks and shown images, and one listing of ``data/``. Writes: the two caches.
 
 Why not a separate small-columns file next to the indices: it would duplicate the embeddings in
 the repo (about 6 GB at a million rows of 768-dim vectors) and need its own upload and check;
@@ -40,6 +40,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 from PIL import Image
 
@@ -74,49 +75,42 @@ class DataFile:
 
 
 class Source:
-    """Opens a published repo's files: a local folder, or one Hub commit through HfFileSystem."""
+    """Reads a published repo's files: a local folder, or one Hub commit by ranged GETs."""
 
     def __init__(self, location: str, root: Path | None, revision: str | None):
         self.location, self.root, self.revision = location, root, revision
-        self._fs, self._headers = None, {}
+        self._headers: dict[str, str] = {}
+        self._sizes: dict[str, int] = {}  # repo path -> bytes, from the Hub's listing
+        self._storage_urls: dict[str, str] = {}  # repo path -> its signed storage URL
         if revision is not None:
-            from huggingface_hub import HfFileSystem
             from huggingface_hub.utils import build_hf_headers
 
-            self._fs = HfFileSystem()
             # Built once: building them (token lookup, user agent) costs about as much as a
             # small range read on a fast link, and a result page makes one read per image.
             self._headers = build_hf_headers()
 
     @property
     def remote(self) -> bool:
-        return self._fs is not None
-
-    def url(self, path: str) -> str:
-        if self.remote:
-            return f"datasets/{self.location}@{self.revision}/{path}"
-        return str(self.root / path)
+        return self.revision is not None
 
     def open(self, path: str):
+        """A read-only file object: each read pyarrow asks for is one ranged GET on the Hub."""
         if self.remote:
-            # No read-ahead: each read pyarrow asks for is one ranged GET of exactly its bytes.
-            return self._fs.open(self.url(path), "rb", cache_type="none")
-        return open(self.url(path), "rb")
+            if path not in self._sizes:
+                self.hub_files(str(PurePosixPath(path).parent))
+            return _RemoteFile(self, path, self._sizes[path])
+        return open(self.root / path, "rb")
 
     def read_range(self, path: str, start: int, stop: int) -> bytes:
         """Bytes [start, stop) of a file: one ranged GET of the pinned commit on the Hub."""
         if stop <= start:
             return b""
         if not self.remote:
-            with open(self.url(path), "rb") as handle:
+            with open(self.root / path, "rb") as handle:
                 handle.seek(start)
                 data = handle.read(stop - start)
         else:
-            from huggingface_hub import get_session, hf_hub_url
-
-            url = hf_hub_url(self.location, path, repo_type="dataset", revision=self.revision)
-            headers = {**self._headers, "Range": f"bytes={start}-{stop - 1}"}
-            answer = get_session().get(url, headers=headers, follow_redirects=True)
+            answer = self._get_range(path, f"bytes={start}-{stop - 1}")
             if answer.status_code == 404:
                 raise FileNotFoundError(f"{path} is not in {self.location}@{self.revision}")
             answer.raise_for_status()
@@ -127,26 +121,91 @@ class Source:
             raise OSError(f"{path}: asked for {stop - start} bytes at {start}, got {len(data)}")
         return data
 
-    def hub_sha256(self, folder: str) -> dict[str, str | None]:
-        """{repo path: the sha256 the Hub records for it} in a folder of the commit (1 request)."""
-        prefix = f"datasets/{self.location}@{self.revision}/"
+    def _get_range(self, path: str, byte_range: str):
+        """One ranged GET of ``path`` at the pinned commit; the Hub's answer, redirects followed.
+
+        The Hub answers a read of an LFS file with a redirect to a signed URL on its storage
+        host. That URL names the file's content, so it is remembered per file and later reads
+        go to it directly: one round trip per read instead of two. A signed URL expires; when
+        the storage host refuses it, the Hub is asked again.
+        """
+        from huggingface_hub import get_session, hf_hub_url
+
+        session, headers = get_session(), {"Range": byte_range}
+        stored = self._storage_urls.get(path)
+        if stored is not None:
+            # No Authorization header: the signature is the credential, and a storage host
+            # refuses a request that carries both.
+            answer = session.get(stored, headers=headers)
+            if answer.status_code in (200, 206):
+                return answer
+            self._storage_urls.pop(path, None)  # expired or refused: resolve it again
+        url = hf_hub_url(self.location, path, repo_type="dataset", revision=self.revision)
+        # httpx drops the token on a redirect to another origin, as the Hub's own client relies on.
+        answer = session.get(url, headers={**self._headers, **headers}, follow_redirects=True)
+        final = str(answer.url)
+        if answer.is_success and _origin(final) != _origin(url):
+            self._storage_urls[path] = final
+        return answer
+
+    def hub_files(self, folder: str) -> dict[str, str | None]:
+        """{repo path: the sha256 the Hub records for it} of the files in a folder of the commit
+        (one listing; None for a file kept in git rather than LFS). Notes their sizes too."""
+        from huggingface_hub import HfApi, RepoFile
+        from huggingface_hub.errors import EntryNotFoundError
+
         out = {}
-        for entry in self._fs.ls(self.url(folder), detail=True):
-            name = entry["name"][len(prefix) :] if entry["name"].startswith(prefix) else ""
-            lfs = entry.get("lfs")  # None for a file kept in git rather than LFS
-            sha = getattr(lfs, "sha256", None)
-            if sha is None and isinstance(lfs, dict):
-                sha = lfs.get("sha256")
-            out[name] = sha
+        try:
+            entries = HfApi().list_repo_tree(
+                self.location, folder, revision=self.revision, repo_type="dataset"
+            )
+            for entry in entries:
+                if isinstance(entry, RepoFile):
+                    self._sizes[entry.path] = entry.size
+                    out[entry.path] = entry.lfs.sha256 if entry.lfs is not None else None
+        except EntryNotFoundError:  # (RemoteEntryNotFoundError is one) no such folder
+            pass
         return out
 
     def list_data_files(self) -> list[str]:
         """data/*.parquet in name order (for manifests written before ``data_files``)."""
         if self.remote:
-            names = self._fs.glob(self.url("data/*.parquet"))
-            prefix = f"datasets/{self.location}@{self.revision}/"
-            return sorted(n[len(prefix) :] if n.startswith(prefix) else n for n in names)
+            return sorted(p for p in self.hub_files("data") if p.endswith(".parquet"))
         return sorted(p.relative_to(self.root).as_posix() for p in self.root.glob("data/*.parquet"))
+
+
+class _RemoteFile(io.RawIOBase):
+    """A file of the pinned commit, for pyarrow: seek anywhere, each read one ranged GET."""
+
+    def __init__(self, source: Source, path: str, size: int):
+        super().__init__()
+        self.source, self.path, self.size, self.position = source, path, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.position, os.SEEK_END: self.size}[whence]
+        self.position = max(0, base + offset)
+        return self.position
+
+    def readinto(self, buffer) -> int:
+        stop = min(self.position + len(buffer), self.size)
+        data = self.source.read_range(self.path, self.position, stop)
+        buffer[: len(data)] = data
+        self.position += len(data)
+        return len(data)
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.netloc
 
 
 def data_files(source: Source, manifest) -> list[DataFile]:
@@ -187,7 +246,7 @@ def _check_hub_files(source: Source, entries: list[dict]) -> None:
     """
     recorded: dict[str, str | None] = {}
     for folder in sorted({str(PurePosixPath(e["path"]).parent) for e in entries}):
-        recorded.update(source.hub_sha256(folder))
+        recorded.update(source.hub_files(folder))
     for entry in entries:
         if entry["path"] not in recorded:
             raise RowsError(
