@@ -26,6 +26,10 @@ README = BENCH_DIR / "README.md"
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH_DIR]
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests"), str(REPO_ROOT / "space")]
 
+# The shared TasvirEt photos and captions (research-use licence: read in place, never copied).
+SHARED_DATA = Path(
+    os.environ.get("IMAGESEARCHTR_TEST_DATA", REPO_ROOT.parent / "shared/data/tasviret-flickr8k")
+)
 DIM = 768
 SHARD_SIZE = 256  # the encode step's default --shard-size
 # MultiEmbedTR at full size (ModernBERT-base text, DINOv2-base image, 768-d heads), as

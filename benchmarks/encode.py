@@ -71,12 +71,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 from tiny_checkpoint import TURKISH_SENTENCES, write_tiny_checkpoint  # noqa: E402
 
-DATA_DIR = Path(
-    os.environ.get("IMAGESEARCHTR_TEST_DATA", REPO_ROOT.parent / "shared/data/tasviret-flickr8k")
-)
 LAYOUT_TSV = REPO_ROOT.parent / "shared/reference/multiembedtr_state_dict.tsv"
 
 import _common  # noqa: E402  (benchmarks/_common.py: shared sizes and helpers)
+
+DATA_DIR = _common.SHARED_DATA
 
 FULL_SIZE = _common.FULL_SIZE  # MultiEmbedTR's real sizes (random weights)
 REAL_PARAMETERS = 226_214_401

@@ -59,14 +59,13 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars from encode / dat
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 APP = REPO_ROOT / "space" / "app.py"
-DATA_DIR = Path(
-    os.environ.get("IMAGESEARCHTR_TEST_DATA", REPO_ROOT.parent / "shared/data/tasviret-flickr8k")
-)
 # The repository first: run as a script, this folder is sys.path[0], and benchmarks/pipeline.py
 # would shadow the pipeline package.
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests")]
 
 import _common  # noqa: E402  (benchmarks/_common.py: shared sizes and helpers)
+
+DATA_DIR = _common.SHARED_DATA
 
 FULL_SIZE = _common.FULL_SIZE  # MultiEmbedTR's real sizes (random weights)
 SIZES = {

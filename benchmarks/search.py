@@ -10,10 +10,10 @@ figures into benchmarks/README.md (section ``search``).
 
 Measures per index type: the index file size, ``Searcher.from_repo`` (no model: a stub encoder
 with the manifest's fingerprint; a build left in ``--work`` by benchmarks/pipeline.py is
-reused), the p50 of ``search_vector(q, k=10)`` (image-only: the index's candidates, exact
-re-scoring, the 10 rows fetched and decoded) and of Deep Search (alpha 0.5), and recall@10 of
-the image-only hits against the exact numpy top 10. Queries are database vectors plus noise, so
-that each has close neighbours as a text query for a photo would.
+reused), the p50 of ``search_vector(q, k=10)`` (image-only: the index's candidates, re-scored
+with the vectors it holds, the 10 rows fetched and decoded) and of Deep Search (alpha 0.5), and
+recall@10 of the image-only hits against the exact numpy top 10. Queries are database vectors
+plus noise, so that each has close neighbours as a text query for a photo would.
 """
 
 from __future__ import annotations
@@ -104,11 +104,12 @@ def main() -> None:
                 )
     text = "\n".join(
         [
-            "## Search by index type (`python benchmarks/search.py`)",
+            f"## Search by index type (`python benchmarks/search.py --sizes {args.sizes}`)",
             "",
             f"Machine: {machine}. Synthetic clustered 768-d embeddings; {args.queries} queries; "
-            "p50 of `Searcher.search_vector` (candidates, exact re-scoring, 10 rows fetched "
-            "and decoded); recall@10 of the image-only hits against exact numpy search.",
+            "p50 of `Searcher.search_vector` (candidates re-scored with the vectors the index "
+            "holds, 10 rows fetched and decoded); recall@10 of the image-only hits against "
+            "exact numpy search (`auto` picks ivf-sq8 only above 150,000 rows).",
             "",
             "| rows | index | image index MB | load s (no model) | image-only ms | "
             "Deep Search ms | recall@10 |",

@@ -118,8 +118,9 @@ def leave_one_out(vectors: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray,
 def evaluate(searcher, alphas=DEFAULT_ALPHAS, batch_size: int = 256) -> list[Metrics]:
     """Both protocols' metrics for image-only search and Deep Search at each alpha."""
     dim = searcher.manifest.dim
-    image_emb, _ = embedding_matrix(searcher.vectors.data.column("image_emb"), dim)
-    caption_emb, caption_valid = embedding_matrix(searcher.vectors.data.column("caption_emb"), dim)
+    stored = searcher.embeddings()
+    image_emb, _ = embedding_matrix(stored.column("image_emb"), dim)
+    caption_emb, caption_valid = embedding_matrix(stored.column("caption_emb"), dim)
     captions = searcher.rows.data.column("captions").to_pylist()
     queries = [c for caps in captions for c in caps]
     targets = np.array([row for row, caps in enumerate(captions) for _ in caps], dtype=np.int64)
@@ -242,8 +243,9 @@ def evaluate_composed(
     search and Deep Search at each of ``alphas``. ``pairs``: the negation task's (A, B) words
     (default: ``word_pairs`` of the captions)."""
     dim = searcher.manifest.dim
-    image_emb, _ = embedding_matrix(searcher.vectors.data.column("image_emb"), dim)
-    caption_emb, caption_valid = embedding_matrix(searcher.vectors.data.column("caption_emb"), dim)
+    stored = searcher.embeddings()
+    image_emb, _ = embedding_matrix(stored.column("image_emb"), dim)
+    caption_emb, caption_valid = embedding_matrix(stored.column("caption_emb"), dim)
     captions = searcher.rows.data.column("captions").to_pylist()
     if len(captions) < 2:
         raise ValueError(f"{searcher.location}: composed queries need at least 2 rows")

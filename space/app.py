@@ -312,7 +312,7 @@ def make_handlers(searcher: Searcher | LoadError):
     """
 
     # Only the encoder runs inside @spaces.GPU (ZeroGPU bills and queues GPU time per call); the
-    # FAISS search, the exact re-scoring and the gallery's JPEGs run on the CPU after it.
+    # FAISS search, the re-scoring of its candidates and the gallery's JPEGs run on the CPU.
     @on_gpu
     def encode_on_device(texts: list[str], images: list[str]) -> list[np.ndarray]:
         encoder = searcher.encoder

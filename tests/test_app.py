@@ -183,7 +183,7 @@ def test_deep_search_alpha_zero_ranks_by_caption_score(served, searcher):
     assert [r["score"] for r in results] == pytest.approx(caption_scores, abs=1e-5)
     # the exact top 5 by caption similarity over every row
     vector = searcher.encoder.encode_texts([query])[0]
-    table = searcher.vectors[:]  # the embedding columns, an Arrow table
+    table = searcher.embeddings()  # the exact embedding columns, an Arrow table
     matrix = np.stack(table.column("caption_emb").to_numpy(zero_copy_only=False))
     expected = np.argsort(-(matrix @ vector), kind="stable")[:5]
     assert [r["row"] for r in results] == [int(i) for i in expected]

@@ -174,6 +174,24 @@ def image_spans(folder: Path) -> dict[str, list[tuple[int, int]]]:
     }
 
 
+def chunk_spans(folder: Path, column: str) -> dict[str, list[tuple[int, int]]]:
+    """Per data file, the [start, end) byte range of ``column``'s chunk in each row group."""
+    import pyarrow.parquet as pq
+
+    out = {}
+    for path in sorted((folder / "data").glob("*.parquet")):
+        meta, spans = pq.read_metadata(path), []
+        for g in range(meta.num_row_groups):
+            group = meta.row_group(g)
+            for c in range(group.num_columns):
+                chunk = group.column(c)
+                if chunk.path_in_schema.split(".")[0] == column:
+                    first = min(chunk.data_page_offset, chunk.dictionary_page_offset or 1 << 62)
+                    spans.append((first, first + chunk.total_compressed_size))
+        out[f"data/{path.name}"] = spans
+    return out
+
+
 def data_reads(requests: list[dict], folder: Path) -> list[tuple[str, int | None, int | None]]:
     """(data file, first byte, last byte) of each GET that served bytes of a data file of
     ``folder``'s repo: from its resolve URL, or from the storage URL the Hub redirects to (named
@@ -235,6 +253,8 @@ def test_start_reads_no_image_bytes_and_a_search_reads_only_the_shown_images(
     assert start, "start-up read no data file at all"
     assert all(first is not None for _, first, _ in start), "a data file was downloaded whole"
     assert images_read(start, spans) == set(), "start-up read image bytes"
+    for column in ("image_emb", "caption_emb"):  # the indices hold the vectors
+        assert images_read(start, chunk_spans(folder, column)) == set(), f"start-up read {column}"
     start_bytes = sum(last - first + 1 for _, first, last in start)
     data_bytes = sum(p.stat().st_size for p in (folder / "data").glob("*.parquet"))
     assert start_bytes < data_bytes / 4

@@ -1,16 +1,17 @@
-"""The published rows, read lazily: the small columns at start, each shown image on demand.
+"""The published rows, read lazily: ids and captions at start, each shown image on demand.
 
 A published repo keeps every row in ``data/*.parquet`` (row order = the manifest's
 ``data_files`` order, else sorted file names), with the image bytes stored uncompressed, and
 ``index/image_ranges.npy``: where each row's image bytes lie in its file. This module never
 downloads a data file whole:
 
-- ``load_small_columns`` reads only the column chunks of ``SMALL_COLUMNS`` (ids, captions, both
-  embeddings) of every data file: pyarrow asks for one byte range per row group (the chunks of
-  those columns lie next to each other), plus the footer. The result is written once per data
-  file as an Arrow file under ``CACHE_DIR/rows/`` (keyed by the file's sha256 from the manifest,
-  or by its path, size and time for a local folder without one) and memory-mapped from there, so
-  a restart reads nothing again and RSS stays small.
+- ``load_columns`` reads only the chunks of the given columns of every data file: for the
+  search, ``ROW_COLUMNS`` (ids and captions; the vectors come from the indices). pyarrow asks
+  for one byte range per row group where those chunks lie within a few KiB of each other (else
+  one per chunk), plus the footer. The result is written once per data file and column set as
+  an Arrow file under ``CACHE_DIR/rows/`` (keyed by the file's sha256 from the manifest, or by
+  its path, size and time for a local folder without one) and memory-mapped from there, so a
+  restart reads nothing again and RSS stays small.
 - ``ImageStore.fetch`` reads each image of one result page with one range read of exactly its
   bytes (from the image ranges), concurrently, at the pinned commit, with retries and backoff.
   The bytes are kept in a bounded on-disk cache (``CACHE_DIR/images/``, oldest files evicted
@@ -20,13 +21,13 @@ downloads a data file whole:
 Hub files are read at the manifest's commit by ranged GETs of its resolve URLs (``Source``), so
 every read is of the same commit as the manifest and the indices; the Hub redirects each to a
 signed storage URL, which is remembered per file, so later reads of that file are one round
-trip. A local folder's files are opened in place. Reads: the data files' footers, small-column
-chunks and shown images, and one listing of ``data/``. Writes: the two caches.
+trip. A local folder's files are opened in place. Reads: the data files' footers, the chunks of
+the columns asked for and the shown images, and one listing of ``data/``. Writes: the two caches.
 
-Why not a separate small-columns file next to the indices: it would duplicate the embeddings in
-the repo (about 6 GB at a million rows of 768-dim vectors) and need its own upload and check;
-range reads of the published files cost one request per row group instead, and an update that
-keeps a data file byte-identical keeps its cache entry too (benchmarks/README.md has figures).
+Why not a separate file of ids and captions next to the indices: it would need its own upload
+and check; range reads of the published files cost one request per row group, and an update
+that keeps a data file byte-identical keeps its cache entry too (benchmarks/README.md has
+figures).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from urllib.parse import urlsplit
 
 from PIL import Image
 
-SMALL_COLUMNS = ["image_id", "captions", "image_emb", "caption_emb"]
+ROW_COLUMNS = ("image_id", "captions")  # what a result shows besides its image
 IMAGE_COLUMN = "image"
 DEFAULT_IMAGE_CACHE_BYTES = 1 << 30  # 1 GiB of image bytes on disk
 # The largest image a result fetches (a 64-megapixel JPEG, the most pixels the pipeline
@@ -262,8 +263,8 @@ def _check_hub_files(source: Source, entries: list[dict]) -> None:
             )
 
 
-def load_small_columns(source: Source, files: list[DataFile], cache_dir: Path):
-    """One memory-mapped Dataset of SMALL_COLUMNS over all files, in row order.
+def load_columns(source: Source, files: list[DataFile], cache_dir: Path, columns):
+    """One memory-mapped Dataset of ``columns`` over all files, in row order.
 
     Returns (dataset, per-file row counts). Files already in the cache are not read again.
     """
@@ -271,11 +272,12 @@ def load_small_columns(source: Source, files: list[DataFile], cache_dir: Path):
 
     rows_dir = Path(cache_dir) / "rows"
     rows_dir.mkdir(parents=True, exist_ok=True)
+    columns = list(columns)
 
     def one(f: DataFile) -> Path:
-        target = rows_dir / f"{f.key}.arrow"
+        target = rows_dir / f"{f.key}.{'+'.join(columns)}.arrow"
         if not target.is_file():
-            _with_retries(lambda: _write_small_columns(source, f, target))
+            _with_retries(lambda: _write_columns(source, f, columns, target))
         return target
 
     with ThreadPoolExecutor(FETCH_WORKERS) as pool:
@@ -292,7 +294,7 @@ def load_small_columns(source: Source, files: list[DataFile], cache_dir: Path):
     return dataset, counts
 
 
-def _write_small_columns(source: Source, f: DataFile, target: Path) -> None:
+def _write_columns(source: Source, f: DataFile, columns: list[str], target: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -300,7 +302,7 @@ def _write_small_columns(source: Source, f: DataFile, target: Path) -> None:
         meta = read_footer(handle, f"{source.location}: {f.path}")
         parquet = pq.ParquetFile(handle, metadata=meta, pre_buffer=True)
         names = parquet.schema_arrow.names
-        missing = [c for c in [*SMALL_COLUMNS, IMAGE_COLUMN] if c not in names]
+        missing = [c for c in [*columns, IMAGE_COLUMN] if c not in names]
         if missing:
             raise RowsError(
                 f"{source.location}: {f.path} has no {', '.join(missing)} column; publish a "
@@ -308,11 +310,11 @@ def _write_small_columns(source: Source, f: DataFile, target: Path) -> None:
             )
         tmp = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         schema = parquet.schema_arrow.remove_metadata()
-        schema = pa.schema([schema.field(c) for c in SMALL_COLUMNS])
+        schema = pa.schema([schema.field(c) for c in columns])
         try:
             with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
                 for group in range(parquet.num_row_groups):
-                    table = parquet.read_row_group(group, columns=SMALL_COLUMNS)
+                    table = parquet.read_row_group(group, columns=columns)
                     writer.write_table(table.replace_schema_metadata(None).cast(schema))
             os.replace(tmp, target)  # atomic: a crash leaves no half file under the key
         finally:

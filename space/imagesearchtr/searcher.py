@@ -2,19 +2,21 @@
 
 Reads a dataset repo (Hub id) or a local folder laid out like one: ``index/manifest.json`` and
 ``index/*.faiss`` through ``load_manifest`` and ``Dataset.load_faiss_index``, and from
-``data/*.parquet`` only the small columns (ids, captions, embeddings) at start and the images of
-the hits shown, on demand (lazy_rows.py), all from the same revision; loads the Encoder the
-manifest names. Writes nothing but caches (the Hub's, and lazy_rows' rows and images).
+``data/*.parquet`` only the ids and captions at start and the images of the hits shown, on
+demand (lazy_rows.py), all from the same revision; loads the Encoder the manifest names. Writes
+nothing but caches (the Hub's, and lazy_rows' rows and images).
 
 Loading checks that rows, indices, manifest and model belong together, and refuses a model whose
 weight fingerprint differs from the one that built the index: mixing models is the bug that made
 the original demo's results meaningless.
 
 Every query takes the same road: the FAISS index of a column proposes candidate rows
-(``Dataset.search``), each candidate is scored exactly (its cosine with the stored float32
-embeddings, read through the datasets API), the best k are kept and only their images are
-fetched. An exact inner-product (Flat) index proposes the k best itself; an approximate index
-(IVF, HNSW, scalar-quantised) proposes a larger pool, whose exact scores undo its rank errors.
+(``Dataset.search``), each candidate is scored in both spaces (its cosine with the vectors the
+two indices hold for it, so no embedding column is read at start), the best k are kept and only
+their images are fetched. An exact inner-product (Flat) index proposes the k best itself; an
+approximate one (IVF, HNSW) proposes a larger pool, whose re-scoring undoes its rank errors.
+The scores are exact cosines for Flat and HNSW indices and within a few thousandths for
+scalar-quantised ones (fp16, ivf-sq8: benchmarks/README.md has their recall).
 An image that cannot be fetched or decoded is shown as a placeholder with ``Hit.image_error``
 saying why; the search itself does not fail.
 """
@@ -31,22 +33,22 @@ from .encoder import Encoder
 from .images import ImageInput
 from .lazy_rows import (
     DEFAULT_IMAGE_CACHE_BYTES,
+    ROW_COLUMNS,
     ImageStore,
     RowsError,
     Source,
     data_files,
     default_cache_dir,
-    load_small_columns,
+    load_columns,
 )
 from .manifest import EMBEDDING_COLUMNS, LoadedManifest, Manifest, ManifestError, load_manifest
-from .vectors import as_query, compose_vectors, embedding_matrix
+from .vectors import as_query, compose_vectors
 
 # An approximate index, and each index in Deep Search, proposes a pool larger than k, so that a
-# row ranked just below the top k by one index can still win on its exact (or fused) score.
+# row ranked just below the top k by one index can still win on its re-computed (or fused) score.
 POOL_FACTOR = 4
 MIN_POOL = 50
 MAX_K = 100
-ROW_COLUMNS = ["image_id", "captions"]
 
 
 class SearchSetupError(RuntimeError):
@@ -73,25 +75,25 @@ class Hit:
 class Searcher:
     """Text search, Deep Search (image + caption fusion), image, similar-row and composed queries.
 
-    ``rows``: the dataset's image_id and captions columns; ``vectors``: its image_emb and
-    caption_emb columns in Arrow format, with a FAISS index loaded on each (the same Arrow
-    table, memory-mapped: no copy of the rows); ``images``: fetches the images of the hits
-    shown (``lazy_rows.ImageStore``); ``exact``: which of the two indices scores exactly. Use
-    ``from_repo``.
+    ``rows``: the dataset's image_id and captions columns (memory-mapped), with a FAISS index
+    loaded on it for each embedding column, under that column's name; ``exact``: which of the
+    two indices proposes the exact top k itself; ``images``: fetches the images of the hits
+    shown (``lazy_rows.ImageStore``). Use ``from_repo``.
     """
 
     def __init__(
         self,
         rows,
-        vectors,
         exact: dict,
         manifest: Manifest,
         encoder: Encoder,
         location: str,
         images,
+        cache_dir: Path,
     ):
-        self.rows, self.vectors, self.exact, self.images = rows, vectors, exact, images
+        self.rows, self.exact, self.images = rows, exact, images
         self.manifest, self.encoder, self.location = manifest, encoder, location
+        self._cache_dir, self._embeddings = cache_dir, None
 
     def __len__(self) -> int:
         return self.manifest.num_rows
@@ -110,10 +112,11 @@ class Searcher:
         cache_dir: str | Path | None = None,
         image_cache_bytes: int = DEFAULT_IMAGE_CACHE_BYTES,
     ) -> Searcher:
-        """Load the indices, manifest and small columns of one revision, and the model.
+        """Load the indices, manifest, ids and captions of one revision, and the model.
 
-        No image is read here: ``cache_dir`` (default: under the datasets cache) keeps the
-        small columns of each data file and up to ``image_cache_bytes`` of fetched images.
+        No image or embedding is read here: ``cache_dir`` (default: under the datasets cache)
+        keeps the ids and captions of each data file and up to ``image_cache_bytes`` of fetched
+        images.
         """
         where = str(repo_id_or_dir)
         try:
@@ -126,20 +129,21 @@ class Searcher:
         source = Source(where, loaded.root, loaded.revision)
         try:
             files = data_files(source, manifest)
-            dataset, counts = load_small_columns(source, files, cache_dir)
+            dataset, counts = load_columns(source, files, cache_dir, ROW_COLUMNS)
         except RowsError as err:
             raise SearchSetupError(str(err)) from None
         except FileNotFoundError as err:
             raise SearchSetupError(
                 f"{where}: a data file is missing ({err}); publish the build again"
             ) from None
-        _check_rows(dataset, manifest, where)
+        if len(dataset) != manifest.num_rows:
+            raise SearchSetupError(
+                f"{where}: the dataset has {len(dataset)} rows but its index manifest says "
+                f"{manifest.num_rows}; rows and indices come from different builds"
+            )
         images = ImageStore(source, files, counts, ranges, cache_dir, image_cache_bytes)
-        # Two column views of one table; the indices go on the embedding view, so that no view
-        # is made of a dataset holding them (with_format would deep-copy them).
-        vectors = dataset.select_columns(list(EMBEDDING_COLUMNS)).with_format("arrow")
         exact = {
-            column: _load_index(vectors, loaded, column, where) for column in EMBEDDING_COLUMNS
+            column: _load_index(dataset, loaded, column, where) for column in EMBEDDING_COLUMNS
         }
         if encoder is None:
             encoder = Encoder.from_pretrained(
@@ -147,8 +151,20 @@ class Searcher:
             )
         check_model(manifest, encoder)
         location = f"{where}@{loaded.revision}" if loaded.revision else where
-        rows = dataset.select_columns(ROW_COLUMNS)
-        return cls(rows, vectors, exact, manifest, encoder, location, images)
+        return cls(dataset, exact, manifest, encoder, location, images, cache_dir)
+
+    def embeddings(self):
+        """The exact float32 ``image_emb`` and ``caption_emb`` columns of every row, as an
+        Arrow table: read from the data files on first use (evaluation needs them; search
+        uses the indices' own vectors) and cached like the ids and captions."""
+        if self._embeddings is None:
+            files, source = self.images.files, self.images.source
+            try:
+                dataset, _ = load_columns(source, files, self._cache_dir, EMBEDDING_COLUMNS)
+            except RowsError as err:
+                raise SearchSetupError(str(err)) from None
+            self._embeddings = dataset.data.table
+        return self._embeddings
 
     # --- queries ----------------------------------------------------------------------------
 
@@ -173,8 +189,8 @@ class Searcher:
                 f"row {row} is out of range: the dataset has rows 0 to {len(self) - 1}"
             )
         k = _check_k(k, len(self) - 1)
-        own = self.vectors[int(row)].column("image_emb")  # a one-row Arrow table
-        vector = embedding_matrix(own, self.manifest.dim)[0][0]
+        vector = self._stored("image_emb", np.array([row]))[0]
+        vector /= max(float(np.linalg.norm(vector)), 1e-12)  # (a quantised copy is not unit)
         ids = self._candidates("image_emb", vector, self._pool("image_emb", k + 1))
         return self._best(vector, ids[ids != row], k, alpha=None)
 
@@ -223,11 +239,15 @@ class Searcher:
 
     def _candidates(self, column: str, vector: np.ndarray, n: int) -> np.ndarray:
         """The row numbers of ``column``'s index's own top n (fewer if it finds fewer)."""
-        _, ids = self.vectors.search(column, vector, min(n, len(self)))
+        _, ids = self.rows.search(column, vector, min(n, len(self)))
         return ids[ids >= 0].astype(np.int64)
 
+    def _stored(self, column: str, ids: np.ndarray) -> np.ndarray:
+        """The vectors ``column``'s index holds for rows ``ids``, float32 (len(ids), dim)."""
+        return self.rows.get_index(column).faiss_index.reconstruct_batch(ids)
+
     def _best(self, vector: np.ndarray, ids: np.ndarray, k: int, alpha: float | None) -> list:
-        """Score the candidate rows exactly, keep the best k and fetch only their rows.
+        """Score the candidate rows in both spaces, keep the best k and fetch only their rows.
 
         Both scores are cosines in one embedding space, fused as they are, and every candidate
         gets its real score from both sides (not min-max scaled per list, which made a score
@@ -236,9 +256,11 @@ class Searcher:
         ids = np.unique(ids)  # sorted, so that equal scores keep row order below
         if len(ids) == 0:
             return []
-        stored = self.vectors[ids.tolist()]  # an Arrow table: a null caption stays a null
-        image, _ = embedding_matrix(stored.column("image_emb"), self.manifest.dim)
-        caption, has_caption = embedding_matrix(stored.column("caption_emb"), self.manifest.dim)
+        image = self._stored("image_emb", ids)
+        caption = self._stored("caption_emb", ids)
+        # A row without captions is a zero vector in the caption index (pipeline/index.py);
+        # every other vector there has length 1, or nearly, when quantised.
+        has_caption = np.linalg.norm(caption, axis=1) > 0.5
         image_scores = image @ vector
         caption_scores = [
             float(s) if ok else None for s, ok in zip(caption @ vector, has_caption, strict=True)
@@ -277,23 +299,10 @@ def check_model(manifest: Manifest, encoder: Encoder) -> None:
         )
 
 
-def _check_rows(dataset, manifest: Manifest, where: str) -> None:
-    # (lazy_rows has checked each file's columns and, where the manifest lists them, its rows.)
-    if len(dataset) != manifest.num_rows:
-        raise SearchSetupError(
-            f"{where}: the dataset has {len(dataset)} rows but its index manifest says "
-            f"{manifest.num_rows}; rows and indices come from different builds"
-        )
-    length = getattr(dataset.features["image_emb"], "length", None)
-    if length not in (None, -1, manifest.dim):
-        raise SearchSetupError(
-            f"{where}: image_emb has length {length}, the manifest says dim {manifest.dim}"
-        )
-
-
-def _load_index(vectors, loaded: LoadedManifest, column: str, where: str) -> bool:
-    """Attach ``column``'s FAISS file to ``vectors``, check it covers the rows, and say whether
-    it is exact (a Flat inner-product index, whose scores are the exact cosines)."""
+def _load_index(rows, loaded: LoadedManifest, column: str, where: str) -> bool:
+    """Attach ``column``'s FAISS file to ``rows``, check it covers them and can give back each
+    row's vector, and say whether it is exact (a Flat inner-product index, whose top k is the
+    exact top k)."""
     import faiss
 
     manifest = loaded.manifest
@@ -308,14 +317,14 @@ def _load_index(vectors, loaded: LoadedManifest, column: str, where: str) -> boo
     if not path.is_file():
         raise SearchSetupError(f"{where}: index file {info.file} is missing")
     try:
-        vectors.load_faiss_index(column, str(path))
+        rows.load_faiss_index(column, str(path))
     except Exception:  # faiss raises RuntimeError; datasets asserts on ntotal
         # The library's text is not shown: FAISS quotes the file's first bytes in it.
         raise SearchSetupError(
             f"{where}: cannot load {info.file}: it is not a FAISS index over these rows, or it "
             "is damaged; re-run `python -m pipeline index` and publish again"
         ) from None
-    index = vectors.get_index(column).faiss_index
+    index = rows.get_index(column).faiss_index
     if index.d != manifest.dim or index.ntotal != manifest.num_rows:
         raise SearchSetupError(
             f"{where}: {info.file} holds {index.ntotal} vectors of dim "
@@ -324,6 +333,17 @@ def _load_index(vectors, loaded: LoadedManifest, column: str, where: str) -> boo
     space = faiss.ParameterSpace()
     for name, value in info.params.items():
         space.set_index_parameter(index, name, value)
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:  # an IVF index finds a row's vector through a row -> list map
+        ivf.make_direct_map()
+    try:
+        if index.ntotal:
+            index.reconstruct(0)
+    except RuntimeError:  # an expert's factory string whose codes cannot be decoded
+        raise SearchSetupError(
+            f"{where}: {info.file} cannot give back the vectors it holds, which the search "
+            "scores with; rebuild it with `python -m pipeline index --index-type auto`"
+        ) from None
     index = faiss.downcast_index(index)
     return isinstance(index, faiss.IndexFlat) and index.metric_type == faiss.METRIC_INNER_PRODUCT
 
