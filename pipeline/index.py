@@ -36,6 +36,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +60,7 @@ IVF_MIN_PROBE = 16
 INDEX_TYPES = ("auto", "flat", "fp16", "hnsw", "ivf-sq8")
 # BUILD/indexed.json: the shards the index was built from (publish refuses a stale index).
 INDEXED_FILE = "indexed.json"
+ARROW_CACHE_DIR = ".index-arrow"  # datasets' Arrow copy of the shards, during `index` only
 AUTO_RULE = (
     f"flat up to {AUTO_FLAT_MAX_ROWS:,} rows, fp16 up to {AUTO_FP16_MAX_ROWS:,}, ivf-sq8 above "
     f"(8-bit codes, 1/{IVF_PROBE_FRACTION} of the lists scanned)"
@@ -135,16 +137,31 @@ def build_shards(build: Path) -> list[Path]:
     return shards
 
 
-def load_build_dataset(build: Path):
-    """The encoded rows as one Dataset, shards in plan order."""
+def load_build_dataset(build: Path, cache_dir: Path):
+    """The encoded rows as one Dataset, shards in plan order, memory-mapped from the Arrow copy
+    ``datasets`` writes of them under ``cache_dir``."""
     from datasets import Dataset
 
     shards = build_shards(build)
-    return Dataset.from_parquet([str(p) for p in shards], split="train"), shards
+    files = [str(p) for p in shards]
+    return Dataset.from_parquet(files, split="train", cache_dir=str(cache_dir)), shards
 
 
 def run_index(config: IndexConfig):
-    """Write the data files, both indices and the manifest; return the Manifest."""
+    """Write the data files, both indices and the manifest; return the Manifest.
+
+    ``datasets`` reads the shards through an Arrow copy of them (as big as the build: 7 GB at a
+    million rows of small images); it is kept in BUILD/ARROW_CACHE_DIR for this run only, not
+    in the user's datasets cache, where every new build would leave another.
+    """
+    cache = Path(config.build) / ARROW_CACHE_DIR
+    try:
+        return _run_index(config, cache)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def _run_index(config: IndexConfig, cache: Path):
     import faiss
 
     from imagesearchtr.manifest import (
@@ -161,7 +178,7 @@ def run_index(config: IndexConfig):
 
     build = Path(config.build)
     build_info = _read_build_info(build)
-    ds, shards = load_build_dataset(build)
+    ds, shards = load_build_dataset(build, cache)
     dim = int(build_info["dim"])
     table = ds.data.table
     image_emb, image_valid = embedding_matrix(table.column("image_emb"), dim)

@@ -17,7 +17,7 @@ from conftest import REPO_ROOT, run_cli
 from PIL import Image
 
 from pipeline.encode import EncodeConfig, run_encode
-from pipeline.index import IndexConfig, choose_index, run_index
+from pipeline.index import ARROW_CACHE_DIR, IndexConfig, choose_index, run_index
 from pipeline.inputs import FolderSource
 from pipeline.publish import PublishConfig, publish_to_folder
 
@@ -327,10 +327,18 @@ def test_index_type_choice():
 
 
 def test_approximate_index_builds_and_searches(tmp_path, shared_build):
+    from datasets import config
+
     build = tmp_path / "b"
     shutil.copytree(shared_build, build, ignore=shutil.ignore_patterns("index"))
+    cache = Path(config.HF_DATASETS_CACHE)
+    before = set(cache.rglob("*.arrow")) if cache.is_dir() else set()
     manifest = run_index(IndexConfig(build=build, index_type="hnsw"))
     assert manifest.index("image_emb").factory == "HNSW32,Flat"
+    # datasets' Arrow copy of the shards lived in the build for the run only: none is left
+    # there, and none was added to the user's datasets cache.
+    assert not (build / ARROW_CACHE_DIR).exists()
+    assert (set(cache.rglob("*.arrow")) if cache.is_dir() else set()) == before
 
 
 # --- publish + load -----------------------------------------------------------------------
