@@ -155,6 +155,8 @@ def bytes_read(
         if r["status"] in (301, 302, 307, 308):
             redirects += 1
             continue
+        if r["status"] not in (200, 206):
+            continue
         rng = re.fullmatch(r"bytes=(\d+)-(\d*)", r["range"] or "")
         size = sizes[path]
         n = (min(int(rng[2] or size - 1), size - 1) - int(rng[1]) + 1) if rng else size

@@ -26,7 +26,8 @@ thresholds are in benchmarks/README.md, produced by ``benchmarks/search.py``):
   reads no embedding column. A sixteenth (the old setting) missed the 0.95 recall@10 target on
   clustered data; an eighth meets it (figures in benchmarks/README.md).
   An inverted file needs clusters in the data (real embeddings have them; i.i.d. random vectors
-  do not): for exact results at any size choose ``--index-type flat`` or ``fp16``.
+  do not): for exact results at any size choose ``--index-type flat`` (``fp16`` is off by
+  about 1e-4).
 - ``HNSW32,Flat`` (``hnsw``) is available on request: fast queries, but larger than Flat and
   much slower to build.
 """

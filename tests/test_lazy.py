@@ -282,8 +282,10 @@ def test_through_the_hubs_redirect_a_read_costs_one_round_trip_and_an_expired_ur
     emb = vectors()
     assert local_hub.lfs_redirects  # the test Hub's default, as the Hub's
     refused = [{"path": r"^/_storage/", "status": 403, "times": 1}]  # as an expired signature
+    dropped = [{"path": r"^/_storage/", "drop": True, "times": 1}]  # a dead storage connection
     queries = [{"vector": emb[row].tolist(), "k": 1} for row in (140, 141)]
     queries.append({"vector": emb[142].tolist(), "k": 1, "faults": refused})
+    queries.append({"vector": emb[143].tolist(), "k": 1, "faults": dropped})
     out = search(hub_env, repo, commit, tmp_path / "cache", queries)
     marks, log = out["marks"], local_hub.requests
 
@@ -300,7 +302,7 @@ def test_through_the_hubs_redirect_a_read_costs_one_round_trip_and_an_expired_ur
     assert len(stored) > len(data) and not any(r["auth"] for r in stored)
 
     trips = []
-    for n, row in enumerate((140, 141, 142)):
+    for n, row in enumerate((140, 141, 142, 143)):
         (hit,) = out["searches"][n]
         assert hit["row"] == row and hit["error"] is None and hit["pixels"] == pixels(1, row)
         path, local = image_of(row)
@@ -313,6 +315,7 @@ def test_through_the_hubs_redirect_a_read_costs_one_round_trip_and_an_expired_ur
         [(206, "_storage")],  # the storage URL the start-up was redirected to
         [(206, "_storage")],
         [(403, "_storage"), (302, "datasets"), (206, "_storage")],  # refused: resolved again
+        [("dropped", "_storage"), (302, "datasets"), (206, "_storage")],  # likewise
     ]
     renewed = log[marks[3] : marks[4]]
     assert f"/datasets/{repo}/resolve/{commit}/{image_of(142)[0]}" in [r["path"] for r in renewed]

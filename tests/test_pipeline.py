@@ -326,7 +326,7 @@ def test_index_type_choice():
     assert small.train_size >= 39 * int(small.factory[3:].split(",")[0])
 
 
-def test_approximate_index_builds_and_searches(tmp_path, shared_build):
+def test_an_hnsw_index_builds_and_the_run_leaves_no_arrow_copy(tmp_path, shared_build):
     from datasets import config
 
     build = tmp_path / "b"

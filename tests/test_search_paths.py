@@ -124,6 +124,29 @@ def test_text_search_and_fusion_with_an_ivf_index(tmp_path):
     assert [h.row for h in fused] == np.argsort(-want)[:5].tolist()
 
 
+def test_rows_without_captions_keep_their_image_score_with_a_quantised_index(tmp_path):
+    # A row without captions is a zero vector in the caption index; quantised, it must still
+    # read as "no caption", not as a caption scoring near 0.
+    rng = np.random.default_rng(10)
+    image_emb = clustered(600, rng)
+    caption_emb = [None if i % 3 == 0 else v for i, v in enumerate(clustered(600, rng))]
+    folder = write_repo(
+        tmp_path / "repo", image_emb, caption_emb, factory="IVF8,SQ8", params={"nprobe": 8}
+    )
+    searcher = open_repo(folder)
+    kinds = set()
+    for query in clustered(5, rng):
+        for hit in searcher.search_vector(query, k=20, alpha=0.3):
+            if caption_emb[hit.row] is None:
+                assert hit.caption_score is None and hit.score == hit.image_score
+            else:
+                want = float(caption_emb[hit.row] @ query)
+                assert hit.caption_score == pytest.approx(want, abs=2e-2)
+                assert hit.score == pytest.approx(0.3 * hit.image_score + 0.7 * hit.caption_score)
+            kinds.add(hit.caption_score is None)
+    assert kinds == {True, False}
+
+
 def test_the_ivf_sq8_plan_builds_and_searches(tmp_path):
     # A smoke test of the plan on toy 16-d data; benchmarks/search.py measures its recall on
     # 768-d embeddings.

@@ -99,6 +99,8 @@ class Source:
         if self.remote:
             if path not in self._sizes:
                 self.hub_files(str(PurePosixPath(path).parent))
+            if path not in self._sizes:
+                raise FileNotFoundError(f"{path} is not in {self.location}@{self.revision}")
             return _RemoteFile(self, path, self._sizes[path])
         return open(self.root / path, "rb")
 
@@ -130,20 +132,26 @@ class Source:
         go to it directly: one round trip per read instead of two. A signed URL expires; when
         the storage host refuses it, the Hub is asked again.
         """
-        from huggingface_hub import get_session, hf_hub_url
+        from huggingface_hub import constants, get_session, hf_hub_url
 
         session, headers = get_session(), {"Range": byte_range}
+        timeout = constants.HF_HUB_DOWNLOAD_TIMEOUT  # the session itself waits forever
         stored = self._storage_urls.get(path)
         if stored is not None:
-            # No Authorization header: the signature is the credential, and a storage host
-            # refuses a request that carries both.
-            answer = session.get(stored, headers=headers)
-            if answer.status_code in (200, 206):
-                return answer
-            self._storage_urls.pop(path, None)  # expired or refused: resolve it again
+            try:
+                # No Authorization header: the signature is the credential, and a storage host
+                # refuses a request that carries both.
+                answer = session.get(stored, headers=headers, timeout=timeout)
+                if answer.status_code in (200, 206):
+                    return answer
+            except Exception:  # noqa: BLE001 - a dead host or connection: ask the Hub below
+                pass
+            self._storage_urls.pop(path, None)  # expired, refused or unreachable: resolve again
         url = hf_hub_url(self.location, path, repo_type="dataset", revision=self.revision)
         # httpx drops the token on a redirect to another origin, as the Hub's own client relies on.
-        answer = session.get(url, headers={**self._headers, **headers}, follow_redirects=True)
+        answer = session.get(
+            url, headers={**self._headers, **headers}, follow_redirects=True, timeout=timeout
+        )
         final = str(answer.url)
         if answer.is_success and _origin(final) != _origin(url):
             self._storage_urls[path] = final
@@ -192,8 +200,10 @@ class _RemoteFile(io.RawIOBase):
         return self.position
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.position, os.SEEK_END: self.size}[whence]
-        self.position = max(0, base + offset)
+        bases = {os.SEEK_SET: 0, os.SEEK_CUR: self.position, os.SEEK_END: self.size}
+        if whence not in bases or bases[whence] + offset < 0:
+            raise ValueError(f"cannot seek to {offset} from {whence} in {self.path}")
+        self.position = bases[whence] + offset
         return self.position
 
     def readinto(self, buffer) -> int:
@@ -202,6 +212,11 @@ class _RemoteFile(io.RawIOBase):
         buffer[: len(data)] = data
         self.position += len(data)
         return len(data)
+
+    def readall(self) -> bytes:  # read() and read(-1): the rest in one GET, not in chunks
+        data = self.source.read_range(self.path, self.position, self.size)
+        self.position += len(data)
+        return data
 
 
 def _origin(url: str) -> tuple[str, str]:
@@ -275,6 +290,9 @@ def load_columns(source: Source, files: list[DataFile], cache_dir: Path, columns
     columns = list(columns)
 
     def one(f: DataFile) -> Path:
+        # Versions before the column set was in the name kept the embeddings too, under the
+        # bare key (6 GB at a million rows): nothing reads that file any more.
+        (rows_dir / f"{f.key}.arrow").unlink(missing_ok=True)
         target = rows_dir / f"{f.key}.{'+'.join(columns)}.arrow"
         if not target.is_file():
             _with_retries(lambda: _write_columns(source, f, columns, target))

@@ -13,10 +13,12 @@ the original demo's results meaningless.
 Every query takes the same road: the FAISS index of a column proposes candidate rows
 (``Dataset.search``), each candidate is scored in both spaces (its cosine with the vectors the
 two indices hold for it, so no embedding column is read at start), the best k are kept and only
-their images are fetched. An exact inner-product (Flat) index proposes the k best itself; an
-approximate one (IVF, HNSW) proposes a larger pool, whose re-scoring undoes its rank errors.
-The scores are exact cosines for Flat and HNSW indices and within a few thousandths for
-scalar-quantised ones (fp16, ivf-sq8: benchmarks/README.md has their recall).
+their images are fetched. An exact inner-product (Flat) index proposes the k best itself; any
+other proposes a larger pool: a graph (HNSW) index finds more of the true top k when asked for
+more, an L2 index's order is redone as cosines, and Deep Search fuses the two pools. The scores
+are exact cosines where the index holds whole vectors (Flat, HNSW, IVF-Flat) and the index's own
+quantised ones otherwise, so its rank errors stay (fp16: about 1e-4 off; ivf-sq8: about 0.002,
+recall@10 0.990 at a million rows: benchmarks/README.md).
 An image that cannot be fetched or decoded is shown as a placeholder with ``Hit.image_error``
 saying why; the search itself does not fail.
 """
@@ -219,12 +221,12 @@ class Searcher:
             return self._best(vector, ids, k, alpha)
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be between 0 and 1, got {alpha}")
-        # Deep Search: candidates from both indices, each scored exactly in both spaces.
+        # Deep Search: candidates from both indices, each scored in both spaces.
         pool = max(k * POOL_FACTOR, MIN_POOL)
         ids = [self._candidates(column, vector, pool) for column in EMBEDDING_COLUMNS]
         return self._best(vector, np.concatenate(ids), k, alpha)
 
-    # --- candidates, exact scores, fusion ---------------------------------------------------
+    # --- candidates, scores, fusion ---------------------------------------------------------
 
     def _encode_term(self, term) -> np.ndarray:
         if not isinstance(term, str):
@@ -234,7 +236,7 @@ class Searcher:
         return self.encoder.encode_texts([term.strip()])[0]
 
     def _pool(self, column: str, k: int) -> int:
-        """How many candidates to ask ``column``'s index for, to find the exact top k."""
+        """How many candidates to ask ``column``'s index for (a Flat one's top k is exact)."""
         return k if self.exact[column] else max(k * POOL_FACTOR, MIN_POOL)
 
     def _candidates(self, column: str, vector: np.ndarray, n: int) -> np.ndarray:
