@@ -2,9 +2,9 @@
 images fetched on demand, against the same queries on a local folder.
 
 Run: ``python benchmarks/lazy.py [--rows 20000] [--queries 40] [--rounds 1] [--work DIR]``
-(under a minute at 20,000 rows on 2 cores, about 6 minutes at 1M rows plus 40 s a round; no
+(under a minute at 20,000 rows on 2 cores, about 5 minutes at 1M rows plus 30 s a round; no
 model: the queries are vectors, and the Searcher gets a stand-in encoder with the manifest's
-fingerprint).
+fingerprint). ``--recall N,M`` measures the recall of ``auto``'s IVF-SQ8 instead.
 
 Writes, under ``--work`` (default: a temporary folder, deleted at the end): N synthetic rows
 (benchmarks/_common.py: clustered 768-d embeddings, small JPEGs), indexed with ``--index-type
@@ -12,9 +12,10 @@ auto`` and published to a folder (the pipeline's own code), and the storage of a
 (tests/hub_server.py on 127.0.0.1, in its own process) the folder is uploaded to. Each client
 runs in a subprocess with a fresh cache: ``Searcher.from_repo`` on the Hub repo (pinned to the
 uploaded commit) and on the local folder. The Hub's request log gives the bytes read at start
-(a ranged GET counts its range, a whole GET the file's size). Then the section "lazy" of
-benchmarks/README.md: measured figures at N rows, and figures for 1M rows computed from the
-measured bytes per row.
+(a ranged GET that served bytes, of a resolve URL or of the storage URL the test Hub redirects
+to, counts its range, a whole GET the file's size) and the redirects. Then the section "lazy" of
+benchmarks/README.md: measured figures at N rows, and figures for 1M rows of photo-sized images
+computed from the measured bytes per row.
 """
 
 from __future__ import annotations
@@ -182,7 +183,7 @@ def main() -> None:
     parser.add_argument(
         "--recall",
         help="instead: recall@10 of auto's ivf-sq8 at these row counts (e.g. 200000,1000000; "
-        "about 4 minutes at 1M rows, 6 GB of RAM)",
+        "about a minute at 1M rows, 6 GB of RAM)",
     )
     args = parser.parse_args()
     if args.rounds < 1:
