@@ -181,6 +181,13 @@ def main() -> None:
     )
     parser.add_argument("--work", type=Path, help="work folder (default: a temporary one)")
     parser.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="then one more lazy client with this many ms added to every read of a repo file "
+        "(resolve and storage URLs): a model of the round trip to the Hub (0: none)",
+    )
+    parser.add_argument(
         "--recall",
         help="instead: recall@10 of auto's ivf-sq8 at these row counts (e.g. 200000,1000000; "
         "about a minute at 1M rows, 6 GB of RAM)",
@@ -239,6 +246,17 @@ def main() -> None:
                 env = {"HF_HOME": str(work / "home-local"), "HF_HUB_OFFLINE": "1"}
                 cache = work / "cache-local"
                 local.append(client(env, str(repo), None, cache, work / "queries.npy"))
+            slow = None
+            if args.latency_ms > 0:  # the test Hub's fault rules can slow answers down
+                for old in ("home-lazy", "cache-lazy"):
+                    shutil.rmtree(work / old, ignore_errors=True)
+                delay = {"method": "GET", "path": r"^/(datasets/|_storage/)", "status": None}
+                delay.update(delay=args.latency_ms / 1000, times=10**9)
+                _admin(hub.endpoint, "POST", delay)
+                env = {**hub.env(), "HF_HOME": str(work / "home-lazy")}
+                cache = work / "cache-lazy"
+                slow = client(env, name, commit, cache, work / "queries.npy", hub.endpoint)
+                _admin(hub.endpoint, "DELETE")
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -247,7 +265,17 @@ def main() -> None:
     start = bytes_read(log[m[0] : m[1]], sizes, by_sha)
     queried = bytes_read(log[m[2] : m[3]], sizes, by_sha)  # timed queries (m[1]-m[2]: warm-up)
     report(args, machine, groups, data_bytes, index_bytes, image_bytes, start, queried)
-    report_latency(args, lazy, local, data_bytes, index_bytes, start[0], queried)
+    report_latency(args, lazy, local, data_bytes, index_bytes, start[0], queried, slow)
+
+
+def _admin(endpoint: str, method: str, rule: dict | None = None) -> None:
+    """Add a fault rule to the test Hub (POST) or clear them all (DELETE)."""
+    import urllib.request
+
+    body = json.dumps(rule).encode() if rule is not None else None
+    request = urllib.request.Request(f"{endpoint}/_test/faults", data=body, method=method)
+    request.add_header("Content-Type", "application/json")
+    urllib.request.urlopen(request, timeout=30).close()
 
 
 def recall(sizes: list[int]) -> None:
@@ -425,7 +453,7 @@ def report(args, machine, groups, data_bytes, index_bytes, image_bytes, start, q
 REPORT: list[str] = []
 
 
-def report_latency(args, lazy, local, data_bytes, index_bytes, start_data_bytes, queried):
+def report_latency(args, lazy, local, data_bytes, index_bytes, start_data_bytes, queried, slow):
     from imagesearchtr.lazy_rows import FETCH_WORKERS
 
     read_bytes, reads = queried[0], queried[1]
@@ -446,6 +474,14 @@ def report_latency(args, lazy, local, data_bytes, index_bytes, start_data_bytes,
                 f"{ms(r['latencies'], 95):.1f} | {r['errors']} |"
             )
         ratios.append(ms(one_lazy["latencies"], 50) / ms(one_local["latencies"], 50))
+    if slow is not None:
+        r = slow
+        rows.append(
+            f"| after | Hub, lazy images, +{args.latency_ms:g} ms a read | {r['start_s']:.1f} | "
+            f"{r['start_rss_mb']:.0f} | {r['rss_mb']:.0f} | {r['anon_mb']:.0f} / "
+            f"{r['file_mb']:.0f} | {ms(r['latencies'], 50):.1f} | {ms(r['latencies'], 95):.1f} | "
+            f"{r['errors']} |"
+        )
     ratio = float(np.median(ratios))
     REPORT.extend(
         [
@@ -479,6 +515,18 @@ def report_latency(args, lazy, local, data_bytes, index_bytes, start_data_bytes,
             "that URL per file, so a read is one round trip once its file has been read.",
         ]
     )
+    if slow is not None:
+        local_p50 = float(np.median([ms(r["latencies"], 50) for r in local]))
+        REPORT.extend(
+            [
+                "",
+                f"The last row: one more lazy client with {args.latency_ms:g} ms added by the "
+                "test Hub to every read of a repo file (`--latency-ms`; the index downloads, the "
+                "start-up's range reads and the image reads alike), a model of the round trip "
+                "to the Hub from a Space; its p50 against the rounds' median local p50: "
+                f"+{ms(slow['latencies'], 50) - local_p50:.1f} ms.",
+            ]
+        )
     if args.rows < 1_000_000:
         REPORT.extend(_rss_at_a_million(lazy[0], index_bytes))
     text = "## Lazy rows (`python benchmarks/lazy.py`)\n\n" + "\n".join(REPORT)

@@ -51,7 +51,9 @@ DEFAULT_IMAGE_CACHE_BYTES = 1 << 30  # 1 GiB of image bytes on disk
 # The largest image a result fetches (a 64-megapixel JPEG, the most pixels the pipeline
 # accepts, is a few tens of MB): a hostile ranges file must not make one page read gigabytes.
 MAX_IMAGE_BYTES = 100 << 20
-FETCH_WORKERS = 8  # concurrent range reads for one result page (and for the start-up reads)
+# Concurrent range reads for one result page (and for the start-up reads): at least the app's
+# default page of 10, so that on a real network a page costs one round trip, not two.
+FETCH_WORKERS = 16
 RETRIES = 3  # attempts per range read; waits BACKOFF_S, 2 * BACKOFF_S, ... between them
 BACKOFF_S = 0.25
 PLACEHOLDER_SIZE = (256, 256)
