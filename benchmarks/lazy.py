@@ -330,9 +330,10 @@ def recall(sizes: list[int]) -> None:
     _common.write_readme_section("ivf-recall", "\n".join(lines))
 
 
-def real_caption_bytes() -> float | None:
-    """Parquet bytes a row of ``image_id`` and ``captions`` takes with the shared Flickr8k
-    captions (real Turkish text, two a photo); None without them."""
+def real_row_bytes() -> float | None:
+    """Parquet bytes a row of ``image_id``, ``path`` and ``captions`` takes with the shared
+    Flickr8k rows (real file names, real Turkish text, two captions a photo); None without
+    them."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -343,7 +344,9 @@ def real_caption_bytes() -> float | None:
     for line in path.read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
         rows.setdefault(Path(record["path"]).stem, []).append(record["caption"])
-    table = pa.table({"image_id": list(rows), "captions": list(rows.values())})
+    ids = list(rows)
+    paths = [f"images/{stem}.jpg" for stem in ids]
+    table = pa.table({"image_id": ids, "path": paths, "captions": list(rows.values())})
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     without = pa.BufferOutputStream()
@@ -391,12 +394,14 @@ def report(args, machine, groups, data_bytes, index_bytes, image_bytes, start, q
     start_data, start_data_n, start_index, start_index_n, start_redirects = start
     q_data, q_data_n, _, _, q_redirects = queried
     start_total = start_data + start_index
-    start_per_row = start_data / n  # footers and id and caption chunks per row, measured
+    start_per_row = start_data / n  # footers and id, path and caption chunks per row, measured
     mean_image = float(np.mean(image_bytes))
     rest_per_row = (data_bytes - sum(image_bytes)) / n  # a data row's bytes but its image
     lines = [
         f"`python benchmarks/lazy.py --rows {n} --queries {args.queries} --rounds "
-        f"{args.rounds}`. Machine: {machine}.",
+        f"{args.rounds}"
+        + (f" --latency-ms {args.latency_ms:g}" if args.latency_ms else "")
+        + f"`. Machine: {machine}.",
         "",
         f"Measured at {n:,} rows (synthetic {mean_image / 1024:.1f} KiB JPEGs, 768-d "
         f"embeddings, `--index-type auto`, {groups[0]:,} row groups of at most {groups[1]:,} "
@@ -406,7 +411,7 @@ def report(args, machine, groups, data_bytes, index_bytes, image_bytes, start, q
         "| --- | --- |",
         f"| repo data bytes (data/*.parquet) | {data_bytes:,} |",
         f"| index bytes (index/*, downloaded whole) | {index_bytes:,} in {start_index_n} GETs |",
-        f"| data bytes read at start (footers + id and caption chunks) | {start_data:,} in "
+        f"| data bytes read at start (footers + id, path and caption chunks) | {start_data:,} in "
         f"{start_data_n} range reads |",
         f"| start-up bytes / data bytes | {start_total / data_bytes:.1%} |",
         f"| image bytes read by {args.queries} queries of k=10 | {q_data:,} in {q_data_n} "
@@ -418,19 +423,19 @@ def report(args, machine, groups, data_bytes, index_bytes, image_bytes, start, q
     ]
     million = 1_000_000
     # Computed, not measured: start-up = the indices at 1M (auto: IVF-SQ8, 768 B a vector plus
-    # its 8-byte id, two indices) + the ids and captions per row, taken from the shared
-    # Flickr8k captions when they are here (the synthetic ones repeat a few sentences and
-    # compress better than real text); data = the measured bytes of a row but its image, plus
-    # an image. Photo sizes: the shared photos' mean (measured, 26 KiB) and 150 KiB, the
-    # middle of the issue's 100-300 kB.
-    real = real_caption_bytes()
+    # its 8-byte id, two indices) + the ids, paths and captions per row, taken from the shared
+    # Flickr8k data when it is here (the synthetic captions repeat a few sentences and the
+    # synthetic paths count up, so they compress better than real ones); data = the measured
+    # bytes of a row but its image, plus an image. Photo sizes: the shared photos' mean
+    # (measured, 26 KiB) and 150 KiB, the middle of the issue's 100-300 kB.
+    real = real_row_bytes()
     per_row = max(start_per_row, real or 0.0)
     index_1m = 2 * million * (_common.DIM + 8)
     start_1m = index_1m + per_row * million
     source = (
-        f"{real:.0f} B a row of ids and captions as the shared Flickr8k captions take in parquet"
+        f"{real:.0f} B a row of ids, paths and captions as the shared Flickr8k rows take in parquet"
         if real
-        else f"{start_per_row:.0f} B a row of synthetic ids and captions (no shared captions)"
+        else f"{start_per_row:.0f} B a row of synthetic ids, paths and captions (no shared data)"
     )
     lines += [
         f"Computed for 1M rows of photo-sized images: start-up = two IVF-SQ8 indices plus "
@@ -491,7 +496,7 @@ def report_latency(args, lazy, local, data_bytes, index_bytes, start_data_bytes,
             "",
             *rows,
             "",
-            "File-backed RSS is pages of memory-mapped files (the ids and captions, and the "
+            "File-backed RSS is pages of memory-mapped files (the ids, paths and captions, and the "
             "libraries): page cache, which the kernel reclaims under memory pressure; anonymous "
             "memory (mostly the two indices) is what the process holds.",
             "",

@@ -165,11 +165,11 @@ def test_the_ivf_sq8_plan_builds_and_searches(tmp_path):
     assert found / (10 * len(queries)) >= 0.9
 
 
-def test_the_rows_hold_ids_captions_and_the_two_indices_and_no_embedding(tmp_path):
+def test_the_rows_hold_ids_paths_captions_and_the_two_indices_and_no_embedding(tmp_path):
     # The vectors come from the indices: no embedding column is read at start (lazy_rows).
     rng = np.random.default_rng(7)
     searcher = open_repo(write_repo(tmp_path / "repo", unit(rng.normal(size=(100, DIM)))))
-    assert searcher.rows.column_names == ["image_id", "captions"]
+    assert searcher.rows.column_names == ["image_id", "path", "captions"]
     assert sorted(searcher.rows.list_indexes()) == ["caption_emb", "image_emb"]
     assert searcher.rows[3]["image_id"] == "3"
 

@@ -1,4 +1,4 @@
-"""The published rows, read lazily: ids and captions at start, each shown image on demand.
+"""The published rows, read lazily: ids, paths, captions at start, each shown image on demand.
 
 A published repo keeps every row in ``data/*.parquet`` (row order = the manifest's
 ``data_files`` order, else sorted file names), with the image bytes stored uncompressed, and
@@ -6,9 +6,9 @@ A published repo keeps every row in ``data/*.parquet`` (row order = the manifest
 downloads a data file whole:
 
 - ``load_columns`` reads only the chunks of the given columns of every data file: for the
-  search, ``ROW_COLUMNS`` (ids and captions; the vectors come from the indices). pyarrow asks
-  for one byte range per row group where those chunks lie within a few KiB of each other (else
-  one per chunk), plus the footer. The result is written once per data file and column set as
+  search, ``ROW_COLUMNS`` (ids, paths and captions; the vectors come from the indices). pyarrow
+  asks for one byte range per row group where those chunks lie next to each other, plus the
+  footer. The result is written once per data file and column set as
   an Arrow file under ``CACHE_DIR/rows/`` (keyed by the file's sha256 from the manifest, or by
   its path, size and time for a local folder without one) and memory-mapped from there, so a
   restart reads nothing again and RSS stays small.
@@ -24,7 +24,7 @@ signed storage URL, which is remembered per file, so later reads of that file ar
 trip. A local folder's files are opened in place. Reads: the data files' footers, the chunks of
 the columns asked for and the shown images, and one listing of ``data/``. Writes: the two caches.
 
-Why not a separate file of ids and captions next to the indices: it would need its own upload
+Why not a separate file of ids, paths and captions next to the indices: it would need its own upload
 and check; range reads of the published files cost one request per row group, and an update
 that keeps a data file byte-identical keeps its cache entry too (benchmarks/README.md has
 figures).
@@ -45,7 +45,10 @@ from urllib.parse import urlsplit
 
 from PIL import Image
 
-ROW_COLUMNS = ("image_id", "captions")  # what a result shows besides its image
+# What a result shows besides its image, and ``path``, whose chunk lies between theirs in the
+# files: with it the three are one range read a row group; without it, pyarrow makes two
+# wherever the paths' chunk is over its 8 KiB gap limit (as real, unique paths make it).
+ROW_COLUMNS = ("image_id", "path", "captions")
 IMAGE_COLUMN = "image"
 DEFAULT_IMAGE_CACHE_BYTES = 1 << 30  # 1 GiB of image bytes on disk
 # The largest image a result fetches (a 64-megapixel JPEG, the most pixels the pipeline

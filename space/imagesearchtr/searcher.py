@@ -2,7 +2,7 @@
 
 Reads a dataset repo (Hub id) or a local folder laid out like one: ``index/manifest.json`` and
 ``index/*.faiss`` through ``load_manifest`` and ``Dataset.load_faiss_index``, and from
-``data/*.parquet`` only the ids and captions at start and the images of the hits shown, on
+``data/*.parquet`` only the ids, paths and captions at start and the images of the hits shown, on
 demand (lazy_rows.py), all from the same revision; loads the Encoder the manifest names. Writes
 nothing but caches (the Hub's, and lazy_rows' rows and images).
 
@@ -77,7 +77,7 @@ class Hit:
 class Searcher:
     """Text search, Deep Search (image + caption fusion), image, similar-row and composed queries.
 
-    ``rows``: the dataset's image_id and captions columns (memory-mapped), with a FAISS index
+    ``rows``: the dataset's image_id, path and captions columns (memory-mapped), with a FAISS index
     loaded on it for each embedding column, under that column's name; ``exact``: which of the
     two indices proposes the exact top k itself; ``images``: fetches the images of the hits
     shown (``lazy_rows.ImageStore``). Use ``from_repo``.
@@ -114,11 +114,11 @@ class Searcher:
         cache_dir: str | Path | None = None,
         image_cache_bytes: int = DEFAULT_IMAGE_CACHE_BYTES,
     ) -> Searcher:
-        """Load the indices, manifest, ids and captions of one revision, and the model.
+        """Load the indices, manifest, ids, paths and captions of one revision, and the model.
 
         No image or embedding is read here: ``cache_dir`` (default: under the datasets cache)
-        keeps the ids and captions of each data file and up to ``image_cache_bytes`` of fetched
-        images.
+        keeps the ids, paths and captions of each data file and up to ``image_cache_bytes`` of
+        fetched images.
         """
         where = str(repo_id_or_dir)
         try:
