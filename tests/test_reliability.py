@@ -351,6 +351,8 @@ def test_a_resumed_encode_removes_a_killed_runs_temporary_files(tmp_path, tiny_m
     # What a run killed while writing shard 1 leaves: no shard-00001.parquet, its temporary.
     (shard1,) = (build / "shards").glob("shard-00001-*.parquet")
     shard1.rename(build / "shards" / f".{shard1.name}.999999.tmp")
+    # ... and one killed while rewriting the build's skipped.jsonl at its end.
+    (build / ".skipped.jsonl.999999.tmp").write_text("half")
     run_encode(FolderSource(data), config, encoder=encoder)
     assert shard1.is_file()
     assert not [p.name for p in build.rglob("*.tmp")]
