@@ -21,7 +21,6 @@ computed from the measured bytes per row.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -200,6 +199,7 @@ def main() -> None:
     from hub_server import run_hub_process
 
     from imagesearchtr.searcher import ROW_COLUMNS  # noqa: F401  (the project is importable)
+    from pipeline.datafiles import sha256_file
 
     machine = _common.machine_line()
     work = args.work or Path(tempfile.mkdtemp(prefix="lazy-bench-"))
@@ -228,7 +228,7 @@ def main() -> None:
         shutil.rmtree(work / "hub", ignore_errors=True)  # a fresh Hub and fresh caches
         for old in ("home-upload", "home-lazy", "home-local", "cache-lazy", "cache-local"):
             shutil.rmtree(work / old, ignore_errors=True)
-        by_sha = {_sha256(repo / path): path for path in sizes}
+        by_sha = {sha256_file(repo / path): path for path in sizes}
         # With the Hub's LFS redirect to its storage host, which the test Hub models.
         with run_hub_process(work / "hub", request_log=None) as hub:
             env = {**hub.env(), "HF_HOME": str(work / "home-upload")}
@@ -250,13 +250,14 @@ def main() -> None:
             if args.latency_ms > 0:  # the test Hub's fault rules can slow answers down
                 for old in ("home-lazy", "cache-lazy"):
                     shutil.rmtree(work / old, ignore_errors=True)
-                delay = {"method": "GET", "path": r"^/(datasets/|_storage/)", "status": None}
-                delay.update(delay=args.latency_ms / 1000, times=10**9)
-                _admin(hub.endpoint, "POST", delay)
+                slowed = r"^/(datasets/|_storage/)"
+                hub.inject_fault(
+                    "GET", slowed, status=None, delay=args.latency_ms / 1000, times=10**9
+                )
                 env = {**hub.env(), "HF_HOME": str(work / "home-lazy")}
                 cache = work / "cache-lazy"
                 slow = client(env, name, commit, cache, work / "queries.npy", hub.endpoint)
-                _admin(hub.endpoint, "DELETE")
+                hub.clear_faults()
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -266,16 +267,6 @@ def main() -> None:
     queried = bytes_read(log[m[2] : m[3]], sizes, by_sha)  # timed queries (m[1]-m[2]: warm-up)
     report(args, machine, groups, data_bytes, index_bytes, image_bytes, start, queried)
     report_latency(args, lazy, local, data_bytes, index_bytes, start[0], queried, slow)
-
-
-def _admin(endpoint: str, method: str, rule: dict | None = None) -> None:
-    """Add a fault rule to the test Hub (POST) or clear them all (DELETE)."""
-    import urllib.request
-
-    body = json.dumps(rule).encode() if rule is not None else None
-    request = urllib.request.Request(f"{endpoint}/_test/faults", data=body, method=method)
-    request.add_header("Content-Type", "application/json")
-    urllib.request.urlopen(request, timeout=30).close()
 
 
 def recall(sizes: list[int]) -> None:
@@ -352,14 +343,6 @@ def real_row_bytes() -> float | None:
     without = pa.BufferOutputStream()
     pq.write_table(table.slice(0, 0), without)  # the footer and headers alone
     return (sink.getvalue().size - without.getvalue().size) / len(rows)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def image_sizes(repo: Path) -> list[int]:

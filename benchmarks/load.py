@@ -64,6 +64,7 @@ APP = REPO_ROOT / "space" / "app.py"
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests")]
 
 import _common  # noqa: E402  (benchmarks/_common.py: shared sizes and helpers)
+from hub_server import stop_process  # noqa: E402  (tests/hub_server.py)
 
 DATA_DIR = _common.SHARED_DATA
 
@@ -218,12 +219,7 @@ def running_app(published: Path, tmp: Path):
                 time.sleep(0.3)
         yield url, log, time.perf_counter() - started
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=20)
+        stop_process(proc, timeout=20)
 
 
 def make_client(url: str):

@@ -81,7 +81,7 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-from hub_server import local_hub  # noqa: E402, F401  (pytest fixture: a local Hub server)
+from hub_server import local_hub, stop_process  # noqa: E402, F401  (local_hub: a fixture)
 
 
 def run_cli(*args, env: dict | None = None, check: bool = True, timeout: float = 300):
@@ -385,14 +385,7 @@ def start_space_app(python: Path, folder: Path, env: dict, log: Path):
 
 
 def stop(proc) -> None:
-    import subprocess
-
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=20)
+    stop_process(proc, timeout=20)
 
 
 def space_env(published_space, home: Path) -> dict:

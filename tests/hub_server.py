@@ -1913,6 +1913,33 @@ class HubProcess:
         with urllib.request.urlopen(f"{self.endpoint}/_test/requests", timeout=600) as answer:
             return json.load(answer)
 
+    def inject_fault(self, method: str = "*", path: str = ".*", **rule) -> None:
+        """As ``LocalHub.inject_fault``, over HTTP (``POST /_test/faults``)."""
+        self._faults("POST", {"method": method.upper(), "path": path, **rule})
+
+    def clear_faults(self) -> None:
+        self._faults("DELETE", None)
+
+    def _faults(self, verb: str, rule: dict | None) -> None:
+        import urllib.request
+
+        body = json.dumps(rule).encode() if rule is not None else None
+        request = urllib.request.Request(f"{self.endpoint}/_test/faults", body, method=verb)
+        request.add_header("Content-Type", "application/json")
+        urllib.request.urlopen(request, timeout=30).close()
+
+
+def stop_process(proc, timeout: float = 30) -> None:
+    """End a child process: SIGTERM, then SIGKILL if it has not exited within ``timeout`` s."""
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)
+
 
 @contextlib.contextmanager
 def run_hub_process(
@@ -1951,12 +1978,7 @@ def run_hub_process(
                 time.sleep(0.05)
         yield HubProcess(endpoint, token, user)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         proc.stdout.close()
 
 
