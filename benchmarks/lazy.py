@@ -1,7 +1,8 @@
 """Lazy rows through a Hub: what a Space reads at start, its memory, and query latency with the
 images fetched on demand, against the same queries on a local folder.
 
-Run: ``python benchmarks/lazy.py [--rows 20000] [--queries 40] [--rounds 1] [--work DIR]``
+Run: ``python benchmarks/lazy.py [--rows 20000] [--queries 40] [--rounds 1] [--work DIR]
+[--latency-ms MS [--compare-workers 8]]``
 (under a minute at 20,000 rows on 2 cores, about 5 minutes at 1M rows plus 30 s a round; no
 model: the queries are vectors, and the Searcher gets a stand-in encoder with the manifest's
 fingerprint). ``--recall N,M`` measures the recall of ``auto``'s IVF-SQ8 instead.
@@ -55,6 +56,9 @@ CLIENT = textwrap.dedent(
     import numpy as np
     from search_repo import FakeEncoder
     from imagesearchtr import Searcher
+    if spec["workers"]:  # read when the Searcher's pools are made
+        import imagesearchtr.lazy_rows
+        imagesearchtr.lazy_rows.FETCH_WORKERS = spec["workers"]
     searcher = Searcher.from_repo(spec["location"], revision=spec["revision"],
                                   encoder=FakeEncoder(spec["dim"]), cache_dir=spec["cache"])
     start_s = time.perf_counter() - t0
@@ -125,8 +129,12 @@ def run(code: str, env: dict, *args: str) -> str:
     return result.stdout
 
 
-def client(env: dict, location: str, revision, cache: Path, queries: Path, hub=None) -> dict:
+def client(
+    env: dict, location: str, revision, cache: Path, queries: Path, hub=None, workers=None
+) -> dict:
+    """One client's figures; ``workers``: run it with that many fetch threads."""
     spec = {
+        "workers": workers,
         "hub": hub,
         "path": [str(_common.REPO_ROOT / "tests"), str(_common.REPO_ROOT / "space")],
         "location": location,
@@ -183,8 +191,15 @@ def main() -> None:
         "--latency-ms",
         type=float,
         default=0.0,
-        help="then one more lazy client with this many ms added to every read of a repo file "
-        "(resolve and storage URLs): a model of the round trip to the Hub (0: none)",
+        help="then two more lazy clients with this many ms added to every read of a repo file "
+        "(resolve and storage URLs), a model of the round trip to the Hub: one with the "
+        "Searcher's fetch threads, one with --compare-workers (0: none)",
+    )
+    parser.add_argument(
+        "--compare-workers",
+        type=int,
+        default=8,
+        help="fetch threads of the second client under --latency-ms (8: the value before 16)",
     )
     parser.add_argument(
         "--recall",
@@ -198,7 +213,7 @@ def main() -> None:
         return recall([int(n) for n in args.recall.split(",")])
     from hub_server import run_hub_process
 
-    from imagesearchtr.searcher import ROW_COLUMNS  # noqa: F401  (the project is importable)
+    from imagesearchtr.lazy_rows import FETCH_WORKERS
     from pipeline.datafiles import sha256_file
 
     machine = _common.machine_line()
@@ -246,17 +261,19 @@ def main() -> None:
                 env = {"HF_HOME": str(work / "home-local"), "HF_HUB_OFFLINE": "1"}
                 cache = work / "cache-local"
                 local.append(client(env, str(repo), None, cache, work / "queries.npy"))
-            slow = None
+            slow = []  # (fetch threads, figures) under the modelled round trip
             if args.latency_ms > 0:  # the test Hub's fault rules can slow answers down
-                for old in ("home-lazy", "cache-lazy"):
-                    shutil.rmtree(work / old, ignore_errors=True)
                 slowed = r"^/(datasets/|_storage/)"
                 hub.inject_fault(
                     "GET", slowed, status=None, delay=args.latency_ms / 1000, times=10**9
                 )
-                env = {**hub.env(), "HF_HOME": str(work / "home-lazy")}
-                cache = work / "cache-lazy"
-                slow = client(env, name, commit, cache, work / "queries.npy", hub.endpoint)
+                for workers in (FETCH_WORKERS, args.compare_workers):
+                    for old in ("home-lazy", "cache-lazy"):
+                        shutil.rmtree(work / old, ignore_errors=True)
+                    env = {**hub.env(), "HF_HOME": str(work / "home-lazy")}
+                    cache, queries = work / "cache-lazy", work / "queries.npy"
+                    one = client(env, name, commit, cache, queries, hub.endpoint, workers)
+                    slow.append((workers, one))
                 hub.clear_faults()
     finally:
         if args.work is None:
@@ -462,13 +479,12 @@ def report_latency(args, lazy, local, data_bytes, index_bytes, start_data_bytes,
                 f"{ms(r['latencies'], 95):.1f} | {r['errors']} |"
             )
         ratios.append(ms(one_lazy["latencies"], 50) / ms(one_local["latencies"], 50))
-    if slow is not None:
-        r = slow
+    for workers, r in slow:
         rows.append(
-            f"| after | Hub, lazy images, +{args.latency_ms:g} ms a read | {r['start_s']:.1f} | "
-            f"{r['start_rss_mb']:.0f} | {r['rss_mb']:.0f} | {r['anon_mb']:.0f} / "
-            f"{r['file_mb']:.0f} | {ms(r['latencies'], 50):.1f} | {ms(r['latencies'], 95):.1f} | "
-            f"{r['errors']} |"
+            f"| after | Hub, lazy images, +{args.latency_ms:g} ms a read, {workers} fetch "
+            f"threads | {r['start_s']:.1f} | {r['start_rss_mb']:.0f} | {r['rss_mb']:.0f} | "
+            f"{r['anon_mb']:.0f} / {r['file_mb']:.0f} | {ms(r['latencies'], 50):.1f} | "
+            f"{ms(r['latencies'], 95):.1f} | {r['errors']} |"
         )
     ratio = float(np.median(ratios))
     REPORT.extend(
@@ -503,16 +519,21 @@ def report_latency(args, lazy, local, data_bytes, index_bytes, start_data_bytes,
             "that URL per file, so a read is one round trip once its file has been read.",
         ]
     )
-    if slow is not None:
+    if slow:
         local_p50 = float(np.median([ms(r["latencies"], 50) for r in local]))
+        (ours, now), (theirs, before) = slow
         REPORT.extend(
             [
                 "",
-                f"The last row: one more lazy client with {args.latency_ms:g} ms added by the "
-                "test Hub to every read of a repo file (`--latency-ms`; the index downloads, the "
+                f"The last two rows: lazy clients with {args.latency_ms:g} ms added by the test "
+                "Hub to every read of a repo file (`--latency-ms`; the index downloads, the "
                 "start-up's range reads and the image reads alike), a model of the round trip "
-                "to the Hub from a Space; its p50 against the rounds' median local p50: "
-                f"+{ms(slow['latencies'], 50) - local_p50:.1f} ms.",
+                f"to the Hub from a Space, with the Searcher's {ours} fetch threads and with "
+                f"{theirs} (`--compare-workers`). p50 over the rounds' median local p50: "
+                f"+{ms(now['latencies'], 50) - local_p50:.1f} ms with {ours}, "
+                f"+{ms(before['latencies'], 50) - local_p50:.1f} ms with {theirs}; p50 with "
+                f"{ours} / p50 with {theirs}: "
+                f"{ms(now['latencies'], 50) / ms(before['latencies'], 50):.2f}x.",
             ]
         )
     if args.rows < 1_000_000:
