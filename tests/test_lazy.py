@@ -130,7 +130,7 @@ UPLOAD = textwrap.dedent(
 # the request-log length after start-up and after each query, so the test can split the log.
 CLIENT = textwrap.dedent(
     """
-    import json, os, sys
+    import json, os, sqlite3, sys
     import httpx
     import numpy as np
     sys.path.insert(0, "tests")
@@ -142,8 +142,13 @@ CLIENT = textwrap.dedent(
     mark = lambda: len(httpx.get(hub + "/_test/requests").json())
     out = {"marks": [mark()], "searches": []}
     searcher = Searcher.from_repo(spec["repo"], revision=spec["revision"],
-                                  encoder=FakeEncoder(spec["dim"]), cache_dir=spec["cache"])
+                                  encoder=FakeEncoder(spec["dim"]), cache_dir=spec["cache"],
+                                  **spec.get("options", {}))
     out["marks"].append(mark())
+    def cached():  # bytes of images in the image cache
+        with sqlite3.connect(os.path.join(spec["cache"], "images.sqlite")) as db:
+            return db.execute("SELECT COALESCE(SUM(LENGTH(data)), 0) FROM images").fetchone()[0]
+    out["cached"] = []
     for query in spec["queries"]:
         if query.get("faults"):
             httpx.post(hub + "/_test/faults", json={"faults": query["faults"]})
@@ -154,6 +159,7 @@ CLIENT = textwrap.dedent(
             for h in hits
         ])
         out["marks"].append(mark())
+        out["cached"].append(cached())  # bytes in the image cache
     print(json.dumps(out))
     """
 )
@@ -163,9 +169,12 @@ def publish(folder: Path, repo: str, env: dict) -> str:
     return run_python(UPLOAD, env, str(folder), repo).strip()
 
 
-def search(env: dict, repo: str, revision: str, cache: Path, queries: list[dict]) -> dict:
+def search(
+    env: dict, repo: str, revision: str, cache: Path, queries: list[dict], **options
+) -> dict:
+    """Run ``queries`` in a fresh client; ``options``: more arguments for ``from_repo``."""
     spec = {"repo": repo, "revision": revision, "dim": DIM, "cache": str(cache)}
-    spec["queries"] = queries
+    spec["queries"], spec["options"] = queries, options
     return json.loads(run_python(CLIENT, env, json.dumps(spec)).splitlines()[-1])
 
 
@@ -403,26 +412,56 @@ def test_image_ranges_point_at_each_image_and_a_row_without_one_is_a_placeholder
         assert "holds no image bytes" in hit.error
 
 
-def test_a_local_folder_takes_the_same_road_with_a_bounded_image_cache(tmp_path):
+def test_a_local_folder_reads_its_images_in_place_without_a_cache_copy(tmp_path):
     from search_repo import FakeEncoder
 
     from imagesearchtr import Searcher
 
     folder = write_lazy_repo(tmp_path / "repo", seed=3)
     cache = tmp_path / "cache"
-    one_image = len(noise_png(3, 0))
-    searcher = Searcher.from_repo(
-        folder, encoder=FakeEncoder(DIM), cache_dir=cache, image_cache_bytes=4 * one_image
-    )
+    searcher = Searcher.from_repo(folder, encoder=FakeEncoder(DIM), cache_dir=cache)
     emb = vectors()
-    for row in (0, 64, 140, 199, 10, 100):
+    for row in (0, 64, 140, 199, 64):
         (hit,) = searcher.search_vector(emb[row], k=1)
         assert hit.row == row and hit.image_error is None
         assert np.asarray(hit.image).tolist() == pixels(3, row)
-        stored = sum(p.stat().st_size for p in (cache / "images").glob("*"))
-        assert stored <= 4 * one_image + 64  # PNG sizes differ by a few bytes
     (hit,) = searcher.search_vector(emb[CORRUPT_ROW], k=1)
     assert hit.row == CORRUPT_ROW and "could not be decoded" in hit.image_error
+    assert not (cache / "images.sqlite").exists(), "a local folder's images were copied"
+
+
+def test_the_image_cache_of_a_hub_repo_keeps_the_recently_used_images_within_its_bound(
+    lazy_repo, local_hub, hub_env, tmp_path
+):
+    folder, repo, commit = lazy_repo
+    bound = int(4.5 * len(noise_png(1, 0)))  # room for 4 images (their sizes differ a little)
+    emb = vectors()
+    # Four fill the cache; 0 is used again; 10 overflows it, which evicts down to 80% of the
+    # bound the least recently used, 64 and 140; so 0 is still there and 64 is read again.
+    rows = (0, 64, 140, 199, 0, 10, 0, 64)
+    queries = [{"vector": emb[row].tolist(), "k": 1} for row in rows]
+    out = search(hub_env, repo, commit, tmp_path / "cache", queries, image_cache_bytes=bound)
+    for row, (hit,) in zip(rows, out["searches"], strict=True):
+        assert hit["row"] == row and hit["error"] is None and hit["pixels"] == pixels(1, row)
+    marks, log = out["marks"], local_hub.requests
+    reads = [len(data_reads(log[a:b], folder)) for a, b in zip(marks[1:-1], marks[2:], strict=True)]
+    assert reads == [1, 1, 1, 1, 0, 1, 0, 1]
+    assert 0 < max(out["cached"]) <= bound, out["cached"]
+
+
+def test_a_damaged_image_cache_is_started_afresh_and_an_old_one_removed(
+    lazy_repo, local_hub, hub_env, tmp_path
+):
+    folder, repo, commit = lazy_repo
+    cache = tmp_path / "cache"
+    (cache / "images").mkdir(parents=True)  # the file-per-image cache of older versions
+    (cache / "images" / "sha256-0-1.bin").write_bytes(b"x" * 1000)
+    (cache / "images.sqlite").write_bytes(b"not a database, e.g. a file cut short" * 100)
+    emb = vectors()
+    queries = [{"vector": emb[row].tolist(), "k": 1} for row in (5, 5)]
+    out = search(hub_env, repo, commit, cache, queries)
+    assert [hit["pixels"] for (hit,) in out["searches"]] == [pixels(1, 5)] * 2
+    assert out["cached"][0] > 0 and not (cache / "images").exists()
 
 
 def test_a_data_file_that_is_not_the_one_the_manifest_names_is_refused_at_start(

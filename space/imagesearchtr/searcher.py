@@ -117,8 +117,8 @@ class Searcher:
         """Load the indices, manifest, ids, paths and captions of one revision, and the model.
 
         No image or embedding is read here: ``cache_dir`` (default: under the datasets cache)
-        keeps the ids, paths and captions of each data file and up to ``image_cache_bytes`` of
-        fetched images.
+        keeps the ids, paths and captions of each data file and, for a Hub repo, up to
+        ``image_cache_bytes`` of fetched images.
         """
         where = str(repo_id_or_dir)
         try:
