@@ -2,7 +2,7 @@
 images fetched on demand, against the same queries on a local folder.
 
 Run: ``python benchmarks/lazy.py [--rows 20000] [--queries 40] [--rounds 1] [--work DIR]
-[--latency-ms MS [--compare-workers 8]]``
+[--compare DIR] [--latency-ms MS [--compare-workers 8]]``
 (under a minute at 20,000 rows on 2 cores, about 5 minutes at 1M rows plus 30 s a round; no
 model: the queries are vectors, and the Searcher gets a stand-in encoder with the manifest's
 fingerprint). ``--recall N,M`` measures the recall of ``auto``'s IVF-SQ8 instead.
@@ -77,7 +77,7 @@ CLIENT = textwrap.dedent(
     rss_mb = memory_mb("VmHWM")
     anon_mb, file_mb = memory_mb("RssAnon"), memory_mb("RssFile")
     marks.append(mark())
-    floor = []  # the server's own latency: bare 4 KiB range GETs, no Searcher involved
+    floor, page_floor = [], []  # bare 4 KiB range GETs, no Searcher involved
     if spec["hub"]:
         from huggingface_hub import get_session, hf_hub_url
         from huggingface_hub.utils import build_hf_headers
@@ -91,10 +91,18 @@ CLIENT = textwrap.dedent(
             t = time.perf_counter()
             get_session().get(url, headers=headers)
             floor.append(time.perf_counter() - t)
+        # A page's reads and nothing else: 10 such GETs on the Searcher's fetch threads.
+        from concurrent.futures import ThreadPoolExecutor
+        from imagesearchtr.lazy_rows import FETCH_WORKERS
+        with ThreadPoolExecutor(FETCH_WORKERS) as pool:
+            for i in range(20):
+                t = time.perf_counter()
+                list(pool.map(lambda _: get_session().get(url, headers=headers), range(10)))
+                page_floor.append(time.perf_counter() - t)
     print(json.dumps({"start_s": start_s, "latencies": latencies, "errors": errors,
                       "rss_mb": rss_mb, "start_rss_mb": start_rss_mb, "marks": marks,
                       "anon_mb": anon_mb, "file_mb": file_mb,
-                      "floor": floor}))
+                      "floor": floor, "page_floor": page_floor}))
     """
 )
 
@@ -130,13 +138,21 @@ def run(code: str, env: dict, *args: str) -> str:
 
 
 def client(
-    env: dict, location: str, revision, cache: Path, queries: Path, hub=None, workers=None
+    env: dict,
+    location: str,
+    revision,
+    cache: Path,
+    queries: Path,
+    hub=None,
+    workers=None,
+    version: Path = _common.REPO_ROOT,
 ) -> dict:
-    """One client's figures; ``workers``: run it with that many fetch threads."""
+    """One client's figures; ``workers``: run it with that many fetch threads; ``version``:
+    the folder whose ``space/`` it runs."""
     spec = {
         "workers": workers,
         "hub": hub,
-        "path": [str(_common.REPO_ROOT / "tests"), str(_common.REPO_ROOT / "space")],
+        "path": [str(_common.REPO_ROOT / "tests"), str(version / "space")],
         "location": location,
         "revision": revision,
         "dim": _common.DIM,
@@ -202,6 +218,13 @@ def main() -> None:
         help="fetch threads of the second client under --latency-ms (8: the value before 16)",
     )
     parser.add_argument(
+        "--compare",
+        type=Path,
+        metavar="DIR",
+        help="also run the pair of clients with another version's space/ folder (DIR holds it, "
+        "e.g. `git archive HEAD~1 space | tar -x -C DIR`), alternating with this one each round",
+    )
+    parser.add_argument(
         "--recall",
         help="instead: recall@10 of auto's ivf-sq8 at these row counts (e.g. 200000,1000000; "
         "about a minute at 1M rows, 6 GB of RAM)",
@@ -209,6 +232,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if args.compare and not (args.compare / "space" / "imagesearchtr").is_dir():
+        parser.error(f"--compare {args.compare}: no space/imagesearchtr/ folder there")
     if args.recall:
         return recall([int(n) for n in args.recall.split(",")])
     from hub_server import run_hub_process
@@ -249,18 +274,25 @@ def main() -> None:
             env = {**hub.env(), "HF_HOME": str(work / "home-upload")}
             name = f"{hub.user}/lazy-bench"
             commit = run(UPLOAD, env, str(repo), name).strip()
-            lazy, local = [], []
+            # {version: ([lazy clients' figures], [local clients']), one pair a round}
+            versions = [_common.REPO_ROOT, *([args.compare] if args.compare else [])]
+            figures = {v: ([], []) for v in versions}
+            log = None
             for n in range(args.rounds):
-                for old in ("home-lazy", "home-local", "cache-lazy", "cache-local"):
-                    shutil.rmtree(work / old, ignore_errors=True)
-                env = {**hub.env(), "HF_HOME": str(work / "home-lazy")}
-                cache = work / "cache-lazy"
-                lazy.append(client(env, name, commit, cache, work / "queries.npy", hub.endpoint))
-                if n == 0:
-                    log = hub.requests
-                env = {"HF_HOME": str(work / "home-local"), "HF_HUB_OFFLINE": "1"}
-                cache = work / "cache-local"
-                local.append(client(env, str(repo), None, cache, work / "queries.npy"))
+                for version in versions if n % 2 == 0 else versions[::-1]:
+                    for old in ("home-lazy", "home-local", "cache-lazy", "cache-local"):
+                        shutil.rmtree(work / old, ignore_errors=True)
+                    env = {**hub.env(), "HF_HOME": str(work / "home-lazy")}
+                    cache, queries = work / "cache-lazy", work / "queries.npy"
+                    one = client(env, name, commit, cache, queries, hub.endpoint, None, version)
+                    figures[version][0].append(one)
+                    if log is None and version == _common.REPO_ROOT:
+                        log = hub.requests
+                    env = {"HF_HOME": str(work / "home-local"), "HF_HUB_OFFLINE": "1"}
+                    cache = work / "cache-local"
+                    one = client(env, str(repo), None, cache, queries, None, None, version)
+                    figures[version][1].append(one)
+            lazy, local = figures[_common.REPO_ROOT]
             slow = []  # (fetch threads, figures) under the modelled round trip
             if args.latency_ms > 0:  # the test Hub's fault rules can slow answers down
                 slowed = r"^/(datasets/|_storage/)"
@@ -283,7 +315,8 @@ def main() -> None:
     start = bytes_read(log[m[0] : m[1]], sizes, by_sha)
     queried = bytes_read(log[m[2] : m[3]], sizes, by_sha)  # timed queries (m[1]-m[2]: warm-up)
     report(args, machine, groups, data_bytes, index_bytes, image_bytes, start, queried)
-    report_latency(args, lazy, local, data_bytes, index_bytes, start[0], queried, slow)
+    compared = figures[args.compare] if args.compare else None
+    report_latency(args, lazy, local, data_bytes, index_bytes, start[0], queried, slow, compared)
 
 
 def recall(sizes: list[int]) -> None:
@@ -458,7 +491,10 @@ def report(args, machine, groups, data_bytes, index_bytes, image_bytes, start, q
 REPORT: list[str] = []
 
 
-def report_latency(args, lazy, local, data_bytes, index_bytes, start_data_bytes, queried, slow):
+def report_latency(
+    args, lazy, local, data_bytes, index_bytes, start_data_bytes, queried, slow, compared
+):
+    """``compared``: ([lazy], [local]) figures of the ``--compare`` version, or None."""
     from imagesearchtr.lazy_rows import FETCH_WORKERS
 
     read_bytes, reads = queried[0], queried[1]
@@ -469,16 +505,21 @@ def report_latency(args, lazy, local, data_bytes, index_bytes, start_data_bytes,
         "at the end: anonymous / file-backed MB | p50 ms | p95 ms | placeholders |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    ratios = []
-    for n, (one_lazy, one_local) in enumerate(zip(lazy, local, strict=True), start=1):
-        for name, r in (("Hub, lazy images", one_lazy), ("local folder", one_local)):
-            rows.append(
-                f"| {n} | {name} | {r['start_s']:.1f} | {r['start_rss_mb']:.0f} | "
-                f"{r['rss_mb']:.0f} | {r['anon_mb']:.0f} / {r['file_mb']:.0f} | "
-                f"{ms(r['latencies'], 50):.1f} | "
-                f"{ms(r['latencies'], 95):.1f} | {r['errors']} |"
-            )
-        ratios.append(ms(one_lazy["latencies"], 50) / ms(one_local["latencies"], 50))
+    ratios, theirs = [], []  # lazy p50 / local p50 a round, this version's and --compare's
+    pairs = [("", lazy, local, ratios)]
+    if compared:
+        pairs.append((f", {args.compare.name}", *compared, theirs))
+    for n in range(len(lazy)):
+        for label, lazies, locals_, out in pairs:
+            one_lazy, one_local = lazies[n], locals_[n]
+            for name, r in (("Hub, lazy images", one_lazy), ("local folder", one_local)):
+                rows.append(
+                    f"| {n + 1} | {name}{label} | {r['start_s']:.1f} | {r['start_rss_mb']:.0f} | "
+                    f"{r['rss_mb']:.0f} | {r['anon_mb']:.0f} / {r['file_mb']:.0f} | "
+                    f"{ms(r['latencies'], 50):.1f} | "
+                    f"{ms(r['latencies'], 95):.1f} | {r['errors']} |"
+                )
+            out.append(ms(one_lazy["latencies"], 50) / ms(one_local["latencies"], 50))
     for workers, r in slow:
         rows.append(
             f"| after | Hub, lazy images, +{args.latency_ms:g} ms a read, {workers} fetch "
@@ -487,6 +528,11 @@ def report_latency(args, lazy, local, data_bytes, index_bytes, start_data_bytes,
             f"{ms(r['latencies'], 95):.1f} | {r['errors']} |"
         )
     ratio = float(np.median(ratios))
+    p50s = {
+        name: float(np.median([ms(r["latencies"], 50) for r in group]))
+        for name, group in (("lazy", lazy), ("local", local))
+    }
+    page_floor = float(np.median([ms(r["page_floor"], 50) for r in lazy]))
     REPORT.extend(
         [
             f"Cold start (a fresh cache, imports included) and `search_vector(k=10)` latency "
@@ -512,15 +558,32 @@ def report_latency(args, lazy, local, data_bytes, index_bytes, start_data_bytes,
             f"{reads / args.queries:.1f} range reads (one a shown image not yet cached, "
             f"{read_bytes / max(reads, 1) / 1024:.1f} KiB each), {FETCH_WORKERS} at a time; "
             f"one bare 4 KiB range GET of this test Hub takes {ms(lazy[0]['floor'], 50):.1f} ms "
-            "(p50 of 20, sequential, no Searcher involved). The test Hub is a Python server in "
-            "its own process on the same 2 cores as the client, so the difference between the "
-            "two p50s includes the server's CPU time for the reads. The test Hub redirects each "
-            "read of an LFS file to a signed storage URL, as the Hub does; the Searcher keeps "
-            "that URL per file, so a read is one round trip once its file has been read.",
+            "(p50 of 20, sequential, no Searcher involved), and a page's worth, 10 such GETs on "
+            f"{FETCH_WORKERS} threads, {page_floor:.1f} ms (p50 of 20, the median over the "
+            f"rounds), against a lazy p50 {p50s['lazy'] - p50s['local']:+.1f} ms off the local "
+            "one (medians over the rounds). The test Hub is a Python server in its own process "
+            "on the same 2 cores as the client, so those reads include the server's CPU time. "
+            "The test Hub redirects each read of an LFS file to a signed storage URL, as the "
+            "Hub does; the Searcher keeps that URL per file, so a read is one round trip once "
+            "its file has been read.",
         ]
     )
+    if compared:
+        mine = [ms(r["latencies"], 50) for r in lazy]
+        other = [ms(r["latencies"], 50) for r in compared[0]]
+        REPORT.extend(
+            [
+                "",
+                f"`--compare {args.compare.name}` (that version's space/, alternating with this "
+                "one, the same repo and queries): lazy/local p50 median "
+                f"{float(np.median(theirs)):.2f}x ({', '.join(f'{r:.2f}x' for r in theirs)}); "
+                f"lazy p50 this / that, a round: "
+                + ", ".join(f"{a / b:.2f}x" for a, b in zip(mine, other, strict=True))
+                + ".",
+            ]
+        )
     if slow:
-        local_p50 = float(np.median([ms(r["latencies"], 50) for r in local]))
+        local_p50 = p50s["local"]
         (ours, now), (theirs, before) = slow
         REPORT.extend(
             [
