@@ -464,6 +464,44 @@ def test_a_damaged_image_cache_is_started_afresh_and_an_old_one_removed(
     assert out["cached"][0] > 0 and not (cache / "images").exists()
 
 
+def test_concurrent_searches_share_the_image_cache_without_errors(lazy_repo, hub_env, tmp_path):
+    folder, repo, commit = lazy_repo
+    # Eight threads, each showing 20 overlapping rows a page, so that the same images are
+    # fetched, cached and read from the cache at once; a bound of 30 images keeps evicting.
+    code = textwrap.dedent(
+        """
+        import json, sys
+        from concurrent.futures import ThreadPoolExecutor
+        import numpy as np
+        sys.path.insert(0, "tests")
+        from search_repo import FakeEncoder
+        from imagesearchtr import Searcher
+
+        repo, commit, cache, bound = sys.argv[1:5]
+        searcher = Searcher.from_repo(repo, revision=commit, encoder=FakeEncoder(8),
+                                      cache_dir=cache, image_cache_bytes=int(bound))
+        vectors = np.load(sys.argv[5])
+        def page(n):
+            hits = searcher.search_vector(vectors[n % len(vectors)], k=20)
+            return [(h.row, h.image_error, np.asarray(h.image).tolist()) for h in hits]
+        with ThreadPoolExecutor(8) as pool:
+            print(json.dumps(list(pool.map(page, range(48)))))
+        """
+    )
+    emb = vectors()
+    np.save(tmp_path / "queries.npy", emb[[3, 3, 70, 140, 141, 199]])
+    bound = 30 * len(noise_png(1, 0))
+    args = (repo, commit, str(tmp_path / "cache"), str(bound), str(tmp_path / "queries.npy"))
+    pages = json.loads(run_python(code, hub_env, *args).splitlines()[-1])
+    shown = [hit for page in pages for hit in page]
+    assert len(shown) == 48 * 20
+    for row, error, image in shown:
+        if row == CORRUPT_ROW:
+            assert "could not be decoded" in error
+        else:
+            assert error is None and image == pixels(1, row), f"row {row}: {error}"
+
+
 def test_a_data_file_that_is_not_the_one_the_manifest_names_is_refused_at_start(
     local_hub, hub_env, tmp_path
 ):
