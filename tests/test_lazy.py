@@ -464,6 +464,43 @@ def test_a_damaged_image_cache_is_started_afresh_and_an_old_one_removed(
     assert out["cached"][0] > 0 and not (cache / "images").exists()
 
 
+def test_an_image_cache_that_cannot_be_opened_leaves_the_search_without_one(
+    lazy_repo, local_hub, hub_env, tmp_path
+):
+    folder, repo, commit = lazy_repo
+    cache = tmp_path / "cache"
+    (cache / "images.sqlite").mkdir(parents=True)  # where the file should be: a folder
+    (cache / "images.sqlite" / "keep").write_text("not ours to delete")
+    emb = vectors()
+    queries = [{"vector": emb[row].tolist(), "k": 1} for row in (5, 5)]
+    spec = {"repo": repo, "revision": commit, "dim": DIM, "cache": str(cache)}
+    code = textwrap.dedent(
+        """
+        import json, sys
+        import numpy as np
+        sys.path.insert(0, "tests")
+        from search_repo import FakeEncoder
+        from imagesearchtr import Searcher
+        spec = json.loads(sys.argv[1])
+        searcher = Searcher.from_repo(spec["repo"], revision=spec["revision"],
+                                      encoder=FakeEncoder(spec["dim"]), cache_dir=spec["cache"])
+        for vector in spec["vectors"]:
+            (hit,) = searcher.search_vector(vector, k=1)
+            print(json.dumps([hit.row, hit.image_error, np.asarray(hit.image).tolist()]))
+        """
+    )
+    spec["vectors"] = [q["vector"] for q in queries]
+    result = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(spec)],
+        cwd=REPO_ROOT, env={**os.environ, **hub_env}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "no image cache" in result.stderr and "images.sqlite" in result.stderr
+    for line in result.stdout.splitlines()[-2:]:
+        assert json.loads(line) == [5, None, pixels(1, 5)]
+    assert (cache / "images.sqlite" / "keep").is_file()
+
+
 def test_concurrent_searches_share_the_image_cache_without_errors(lazy_repo, hub_env, tmp_path):
     folder, repo, commit = lazy_repo
     # Eight threads, each showing 20 overlapping rows a page, so that the same images are

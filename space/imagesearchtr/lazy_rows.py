@@ -37,6 +37,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import io
+import logging
 import os
 import shutil
 import sqlite3
@@ -65,6 +66,9 @@ RETRIES = 3  # attempts per range read; waits BACKOFF_S, 2 * BACKOFF_S, ... betw
 BACKOFF_S = 0.25
 PLACEHOLDER_SIZE = (256, 256)
 PLACEHOLDER_COLOUR = (200, 200, 200)
+
+
+log = logging.getLogger(__name__)
 
 
 class RowsError(RuntimeError):
@@ -487,28 +491,39 @@ class _DiskCache:
         self.path, self.max_bytes = path, max_bytes
         self._lock = threading.Lock()  # one connection, shared by the fetch threads
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._db: sqlite3.Connection | None = None  # None: no cache, every get a miss
+        self.total = 0
         try:
             self._db = self._open()
         except sqlite3.DatabaseError:  # not a cache this version can read: start afresh
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{path}{suffix}").unlink(missing_ok=True)
-            self._db = self._open()
-        self.total = self._db.execute("SELECT COALESCE(SUM(LENGTH(data)), 0) FROM images")
-        self.total = self.total.fetchone()[0]
+            try:
+                for suffix in ("", "-wal", "-shm"):
+                    Path(f"{path}{suffix}").unlink(missing_ok=True)
+                self._db = self._open()
+            except (OSError, sqlite3.Error) as err:  # e.g. no locks on this file system
+                log.warning("no image cache: %s cannot be used (%s)", path, err)
 
     def _open(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA busy_timeout = 5000")  # another process (a second app worker)
-        db.execute("PRAGMA journal_mode = WAL")
-        db.execute("PRAGMA synchronous = NORMAL")  # a crash may lose the last images, no more
-        db.execute(
-            "CREATE TABLE IF NOT EXISTS images "
-            "(name TEXT PRIMARY KEY, data BLOB NOT NULL, used INTEGER NOT NULL)"
-        )
-        db.execute("CREATE INDEX IF NOT EXISTS images_by_use ON images (used)")
+        try:
+            db.execute("PRAGMA busy_timeout = 5000")  # another process (a second app worker)
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")  # a crash may lose the last images only
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS images "
+                "(name TEXT PRIMARY KEY, data BLOB NOT NULL, used INTEGER NOT NULL)"
+            )
+            db.execute("CREATE INDEX IF NOT EXISTS images_by_use ON images (used)")
+            total = db.execute("SELECT COALESCE(SUM(LENGTH(data)), 0) FROM images")
+            self.total = total.fetchone()[0]
+        except sqlite3.Error:
+            db.close()
+            raise
         return db
 
     def get(self, name: str) -> bytes | None:
+        if self._db is None:
+            return None
         try:
             with self._lock:
                 row = self._db.execute("SELECT data FROM images WHERE name = ?", (name,))
@@ -522,7 +537,7 @@ class _DiskCache:
         return None if row is None else bytes(row[0])
 
     def put(self, name: str, data: bytes) -> None:
-        if len(data) > self.max_bytes:
+        if self._db is None or len(data) > self.max_bytes:
             return
         try:
             with self._lock:
