@@ -434,6 +434,7 @@ def report(args, machine, groups, data_bytes, index_bytes, image_bytes, start, q
         f"`python benchmarks/lazy.py --rows {n} --queries {args.queries} --rounds "
         f"{args.rounds}"
         + (f" --latency-ms {args.latency_ms:g}" if args.latency_ms else "")
+        + (f" --compare {args.compare.name}" if args.compare else "")
         + f"`. Machine: {machine}.",
         "",
         f"Measured at {n:,} rows (synthetic {mean_image / 1024:.1f} KiB JPEGs, 768-d "
