@@ -38,7 +38,7 @@ import numpy as np
 
 CLIENT = textwrap.dedent(
     """
-    import json, sys, time, urllib.request
+    import json, os, sys, time, urllib.request
     t0 = time.perf_counter()
     def memory_mb(field):  # VmHWM (peak RSS), VmRSS, RssAnon or RssFile of this process
         for line in open("/proc/self/status"):
@@ -46,6 +46,12 @@ CLIENT = textwrap.dedent(
                 return int(line.split()[1]) / 1024
 
     spec = json.loads(sys.argv[1])
+    def hub_cpu_s():  # the test Hub process's CPU time so far (user + system)
+        if not spec["hub_pid"]:
+            return 0.0
+        fields = open(f"/proc/{spec['hub_pid']}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def mark():  # how many requests the test Hub has served so far
         if not spec["hub"]:
             return 0
@@ -69,11 +75,13 @@ CLIENT = textwrap.dedent(
         searcher.search_vector(vector, k=10)
     marks.append(mark())
     latencies, errors = [], 0
+    hub_cpu = -hub_cpu_s()
     for vector in queries[spec["warmup"] :]:
         t = time.perf_counter()
         hits = searcher.search_vector(vector, k=10)
         latencies.append(time.perf_counter() - t)
         errors += sum(h.image_error is not None for h in hits)
+    hub_cpu += hub_cpu_s()
     rss_mb = memory_mb("VmHWM")
     anon_mb, file_mb = memory_mb("RssAnon"), memory_mb("RssFile")
     marks.append(mark())
@@ -102,7 +110,7 @@ CLIENT = textwrap.dedent(
     print(json.dumps({"start_s": start_s, "latencies": latencies, "errors": errors,
                       "rss_mb": rss_mb, "start_rss_mb": start_rss_mb, "marks": marks,
                       "anon_mb": anon_mb, "file_mb": file_mb,
-                      "floor": floor, "page_floor": page_floor}))
+                      "floor": floor, "page_floor": page_floor, "hub_cpu_s": hub_cpu}))
     """
 )
 
@@ -147,11 +155,13 @@ def client(
     workers=None,
     version: Path = _common.REPO_ROOT,
 ) -> dict:
-    """One client's figures; ``workers``: run it with that many fetch threads; ``version``:
-    the folder whose ``space/`` it runs."""
+    """One client's figures; ``hub``: the test Hub's HubProcess (None: a local folder);
+    ``workers``: run it with that many fetch threads; ``version``: the folder whose ``space/``
+    it runs."""
     spec = {
         "workers": workers,
-        "hub": hub,
+        "hub": hub.endpoint if hub else None,
+        "hub_pid": hub.pid if hub else None,
         "path": [str(_common.REPO_ROOT / "tests"), str(version / "space")],
         "location": location,
         "revision": revision,
@@ -284,7 +294,7 @@ def main() -> None:
                         shutil.rmtree(work / old, ignore_errors=True)
                     env = {**hub.env(), "HF_HOME": str(work / "home-lazy")}
                     cache, queries = work / "cache-lazy", work / "queries.npy"
-                    one = client(env, name, commit, cache, queries, hub.endpoint, None, version)
+                    one = client(env, name, commit, cache, queries, hub, None, version)
                     figures[version][0].append(one)
                     if log is None and version == _common.REPO_ROOT:
                         log = hub.requests
@@ -304,7 +314,7 @@ def main() -> None:
                         shutil.rmtree(work / old, ignore_errors=True)
                     env = {**hub.env(), "HF_HOME": str(work / "home-lazy")}
                     cache, queries = work / "cache-lazy", work / "queries.npy"
-                    one = client(env, name, commit, cache, queries, hub.endpoint, workers)
+                    one = client(env, name, commit, cache, queries, hub, workers)
                     slow.append((workers, one))
                 hub.clear_faults()
     finally:
@@ -534,6 +544,7 @@ def report_latency(
         for name, group in (("lazy", lazy), ("local", local))
     }
     page_floor = float(np.median([ms(r["page_floor"], 50) for r in lazy]))
+    hub_cpu_ms = float(np.median([1000 * r["hub_cpu_s"] / args.queries for r in lazy]))
     REPORT.extend(
         [
             f"Cold start (a fresh cache, imports included) and `search_vector(k=10)` latency "
@@ -563,7 +574,9 @@ def report_latency(
             f"{FETCH_WORKERS} threads, {page_floor:.1f} ms (p50 of 20, the median over the "
             f"rounds), against a lazy p50 {p50s['lazy'] - p50s['local']:+.1f} ms off the local "
             "one (medians over the rounds). The test Hub is a Python server in its own process "
-            "on the same 2 cores as the client, so those reads include the server's CPU time. "
+            "on the same 2 cores as the client, so those reads include the server's CPU time: "
+            f"{hub_cpu_ms:.1f} ms a timed query (its process's user + system time, the median "
+            "over the rounds), which the Hub's own servers would spend elsewhere. "
             "The test Hub redirects each read of an LFS file to a signed storage URL, as the "
             "Hub does; the Searcher keeps that URL per file, so a read is one round trip once "
             "its file has been read.",

@@ -1901,6 +1901,7 @@ class HubProcess:
     endpoint: str
     token: str
     user: str
+    pid: int  # of the server process: a benchmark reads its CPU time from /proc
 
     def env(self) -> dict[str, str]:
         return client_env(self.endpoint, self.token)
@@ -1976,7 +1977,7 @@ def run_hub_process(
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("the local hub process failed to start") from None
                 time.sleep(0.05)
-        yield HubProcess(endpoint, token, user)
+        yield HubProcess(endpoint, token, user, proc.pid)
     finally:
         stop_process(proc)
         proc.stdout.close()
