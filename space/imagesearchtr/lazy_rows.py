@@ -14,8 +14,8 @@ downloads a data file whole:
   restart reads nothing again and RSS stays small.
 - ``ImageStore.fetch`` reads each image of one result page with one range read of exactly its
   bytes (from the image ranges), concurrently, at the pinned commit, with retries and backoff.
-  Bytes read from the Hub are kept in a bounded on-disk cache (``CACHE_DIR/images.sqlite``,
-  least recently used first out); a local folder's are read in place each time. An
+  Bytes read from the Hub are kept in a bounded on-disk cache (``image_cache.ImageCache``,
+  ``CACHE_DIR/images.sqlite``); a local folder's are read in place each time. An
   image that cannot be fetched or decoded becomes a grey placeholder with a message; it never
   fails the search.
 
@@ -23,8 +23,8 @@ Hub files are read at the manifest's commit by ranged GETs of its resolve URLs (
 every read is of the same commit as the manifest and the indices; the Hub redirects each to a
 signed storage URL, which is remembered per file, so later reads of that file are one round
 trip. A local folder's files are opened in place. Reads: the data files' footers, the chunks of
-the columns asked for and the shown images, and one listing of ``data/``. Writes: the two caches
-(the image cache only for a Hub repo).
+the columns asked for and the shown images, and one listing of ``data/``. Writes: the row cache
+(and deletes its files of older versions) and, for a Hub repo, the image cache.
 
 Why not a separate file of ids, paths and captions next to the indices: it would need its own upload
 and check; range reads of the published files cost one request per row group, and an update
@@ -37,10 +37,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import io
-import logging
 import os
-import shutil
-import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -49,6 +46,8 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 from PIL import Image
+
+from .image_cache import ImageCache, remove_old_files
 
 # What a result shows besides its image, and ``path``, whose chunk lies between theirs in the
 # files: with it the three are one range read a row group; without it, pyarrow makes two
@@ -66,9 +65,6 @@ RETRIES = 3  # attempts per range read; waits BACKOFF_S, 2 * BACKOFF_S, ... betw
 BACKOFF_S = 0.25
 PLACEHOLDER_SIZE = (256, 256)
 PLACEHOLDER_COLOUR = (200, 200, 200)
-
-
-log = logging.getLogger(__name__)
 
 
 class RowsError(RuntimeError):
@@ -418,11 +414,8 @@ class ImageStore:
         for n in counts:
             self.starts.append(self.starts[-1] + n)
         # A local folder's image is one read of a file on this disk already: no cache.
-        self.cache = None
-        if source.remote:
-            self.cache = _DiskCache(Path(cache_dir) / "images.sqlite", max_cache_bytes)
-        # Versions before kept one file per image here (up to the same bound).
-        shutil.rmtree(Path(cache_dir) / "images", ignore_errors=True)
+        self.cache = ImageCache(cache_dir, max_cache_bytes) if source.remote else None
+        remove_old_files(cache_dir)
         # One pool for the store's life: starting threads anew for every page costs more than
         # a small range read.
         self._pool = ThreadPoolExecutor(FETCH_WORKERS, thread_name_prefix="image-fetch")
@@ -476,90 +469,3 @@ class ImageStore:
 def _describe(err: Exception) -> str:
     text = str(err).splitlines()[0][:200] if str(err) else ""
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
-
-
-class _DiskCache:
-    """Image bytes in one SQLite file, ``images.sqlite``; the least recently used rows go when the
-    total passes the bound.
-
-    One file rather than one file per image: creating a small file took 0.05-0.8 ms of CPU on
-    the machines the benchmarks ran on, ten times a result page, where an insert takes about
-    0.02 ms. A cache error (a full disk, a damaged file) is a miss, never a failed search.
-    """
-
-    def __init__(self, path: Path, max_bytes: int):
-        self.path, self.max_bytes = path, max_bytes
-        self._lock = threading.Lock()  # one connection, shared by the fetch threads
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db: sqlite3.Connection | None = None  # None: no cache, every get a miss
-        self.total = 0
-        try:
-            self._db = self._open()
-        except sqlite3.DatabaseError:  # not a cache this version can read: start afresh
-            try:
-                for suffix in ("", "-wal", "-shm"):
-                    Path(f"{path}{suffix}").unlink(missing_ok=True)
-                self._db = self._open()
-            except (OSError, sqlite3.Error) as err:  # e.g. no locks on this file system
-                log.warning("no image cache: %s cannot be used (%s)", path, err)
-
-    def _open(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        try:
-            db.execute("PRAGMA busy_timeout = 5000")  # another process (a second app worker)
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = NORMAL")  # a crash may lose the last images only
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS images "
-                "(name TEXT PRIMARY KEY, data BLOB NOT NULL, used INTEGER NOT NULL)"
-            )
-            db.execute("CREATE INDEX IF NOT EXISTS images_by_use ON images (used)")
-            total = db.execute("SELECT COALESCE(SUM(LENGTH(data)), 0) FROM images")
-            self.total = total.fetchone()[0]
-        except sqlite3.Error:
-            db.close()
-            raise
-        return db
-
-    def get(self, name: str) -> bytes | None:
-        if self._db is None:
-            return None
-        try:
-            with self._lock:
-                row = self._db.execute("SELECT data FROM images WHERE name = ?", (name,))
-                row = row.fetchone()
-                if row is not None:  # recently used: evicted last
-                    self._db.execute(
-                        "UPDATE images SET used = ? WHERE name = ?", (time.time_ns(), name)
-                    )
-        except sqlite3.Error:
-            return None
-        return None if row is None else bytes(row[0])
-
-    def put(self, name: str, data: bytes) -> None:
-        if self._db is None or len(data) > self.max_bytes:
-            return
-        try:
-            with self._lock:
-                self._db.execute(
-                    "INSERT OR REPLACE INTO images VALUES (?, ?, ?)", (name, data, time.time_ns())
-                )
-                self.total += len(data)
-                if self.total > self.max_bytes:
-                    self._evict()
-        except sqlite3.Error:
-            pass
-
-    def _evict(self) -> None:
-        """Delete the least recently used images down to 80% of the bound."""
-        # The total again, as other processes may share the file.
-        self.total = self._db.execute("SELECT SUM(LENGTH(data)) FROM images").fetchone()[0]
-        doomed = []
-        oldest_first = self._db.execute("SELECT name, LENGTH(data) FROM images ORDER BY used")
-        for name, size in oldest_first:
-            if self.total <= self.max_bytes * 0.8:
-                break
-            doomed.append((name,))
-            self.total -= size
-        oldest_first.close()  # before the rows it was reading are deleted
-        self._db.executemany("DELETE FROM images WHERE name = ?", doomed)
