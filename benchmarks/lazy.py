@@ -14,7 +14,8 @@ auto`` and published to a folder (the pipeline's own code), and the storage of a
 runs in a subprocess with a fresh cache: ``Searcher.from_repo`` on the Hub repo (pinned to the
 uploaded commit) and on the local folder. The Hub's request log gives the bytes read at start
 (a ranged GET that served bytes, of a resolve URL or of the storage URL the test Hub redirects
-to, counts its range, a whole GET the file's size) and the redirects. Then the section "lazy" of
+to, counts its range, a whole GET the file's size) and the redirects; ``/proc/PID/stat`` of the
+test Hub's process gives its CPU time. Then the section "lazy" of
 benchmarks/README.md: measured figures at N rows, and figures for 1M rows of photo-sized images
 computed from the measured bytes per row.
 """
@@ -101,8 +102,7 @@ CLIENT = textwrap.dedent(
             floor.append(time.perf_counter() - t)
         # A page's reads and nothing else: 10 such GETs on the Searcher's fetch threads.
         from concurrent.futures import ThreadPoolExecutor
-        from imagesearchtr.lazy_rows import FETCH_WORKERS
-        with ThreadPoolExecutor(FETCH_WORKERS) as pool:
+        with ThreadPoolExecutor(spec["page_workers"]) as pool:
             for i in range(20):
                 t = time.perf_counter()
                 list(pool.map(lambda _: get_session().get(url, headers=headers), range(10)))
@@ -158,8 +158,11 @@ def client(
     """One client's figures; ``hub``: the test Hub's HubProcess (None: a local folder);
     ``workers``: run it with that many fetch threads; ``version``: the folder whose ``space/``
     it runs."""
+    from imagesearchtr.lazy_rows import FETCH_WORKERS
+
     spec = {
         "workers": workers,
+        "page_workers": FETCH_WORKERS,  # this version's, whichever space/ the client runs
         "hub": hub.endpoint if hub else None,
         "hub_pid": hub.pid if hub else None,
         "path": [str(_common.REPO_ROOT / "tests"), str(version / "space")],
@@ -444,7 +447,7 @@ def report(args, machine, groups, data_bytes, index_bytes, image_bytes, start, q
         f"`python benchmarks/lazy.py --rows {n} --queries {args.queries} --rounds "
         f"{args.rounds}"
         + (f" --latency-ms {args.latency_ms:g}" if args.latency_ms else "")
-        + (f" --compare {args.compare.name}" if args.compare else "")
+        + (" --compare DIR" if args.compare else "")
         + f"`. Machine: {machine}.",
         "",
         f"Measured at {n:,} rows (synthetic {mean_image / 1024:.1f} KiB JPEGs, 768-d "
@@ -516,10 +519,10 @@ def report_latency(
         "at the end: anonymous / file-backed MB | p50 ms | p95 ms | placeholders |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    ratios, theirs = [], []  # lazy p50 / local p50 a round, this version's and --compare's
+    ratios, compared_ratios = [], []  # lazy p50 / local p50 a round: this version, --compare
     pairs = [("", lazy, local, ratios)]
     if compared:
-        pairs.append((f", {args.compare.name}", *compared, theirs))
+        pairs.append((f", {args.compare.name}", *compared, compared_ratios))
     for n in range(len(lazy)):
         for label, lazies, locals_, out in pairs:
             one_lazy, one_local = lazies[n], locals_[n]
@@ -545,6 +548,7 @@ def report_latency(
     }
     page_floor = float(np.median([ms(r["page_floor"], 50) for r in lazy]))
     hub_cpu_ms = float(np.median([1000 * r["hub_cpu_s"] / args.queries for r in lazy]))
+    tick_ms = 1000 / os.sysconf("SC_CLK_TCK") / args.queries  # /proc counts CPU time in ticks
     REPORT.extend(
         [
             f"Cold start (a fresh cache, imports included) and `search_vector(k=10)` latency "
@@ -575,8 +579,9 @@ def report_latency(
             f"rounds), against a lazy p50 {p50s['lazy'] - p50s['local']:+.1f} ms off the local "
             "one (medians over the rounds). The test Hub is a Python server in its own process "
             "on the same 2 cores as the client, so those reads include the server's CPU time: "
-            f"{hub_cpu_ms:.1f} ms a timed query (its process's user + system time, the median "
-            "over the rounds), which the Hub's own servers would spend elsewhere. "
+            f"{hub_cpu_ms:.1f} ms a timed query (its process's user + system time, counted in "
+            f"steps of {tick_ms:.2f} ms a query; the median over the rounds), which the Hub's "
+            "own servers would spend elsewhere. "
             "The test Hub redirects each read of an LFS file to a signed storage URL, as the "
             "Hub does; the Searcher keeps that URL per file, so a read is one round trip once "
             "its file has been read.",
@@ -588,9 +593,10 @@ def report_latency(
         REPORT.extend(
             [
                 "",
-                f"`--compare {args.compare.name}` (that version's space/, alternating with this "
-                "one, the same repo and queries): lazy/local p50 median "
-                f"{float(np.median(theirs)):.2f}x ({', '.join(f'{r:.2f}x' for r in theirs)}); "
+                f"`--compare DIR`, DIR holding the space/ folder of {args.compare.name} "
+                "(alternating with this version, the same repo and queries): lazy/local p50 "
+                f"median {float(np.median(compared_ratios)):.2f}x "
+                f"({', '.join(f'{r:.2f}x' for r in compared_ratios)}); "
                 f"lazy p50 this / that, a round: "
                 + ", ".join(f"{a / b:.2f}x" for a, b in zip(mine, other, strict=True))
                 + ".",
