@@ -24,7 +24,7 @@ every read is of the same commit as the manifest and the indices; the Hub redire
 signed storage URL, which is remembered per file, so later reads of that file are one round
 trip. A local folder's files are opened in place. Reads: the data files' footers, the chunks of
 the columns asked for and the shown images, and one listing of ``data/``. Writes: the row cache
-(and deletes its files of older versions) and, for a Hub repo, the image cache.
+and, for a Hub repo, the image cache; deletes both caches' files of older versions.
 
 Why not a separate file of ids, paths and captions next to the indices: it would need its own upload
 and check; range reads of the published files cost one request per row group, and an update
