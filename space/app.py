@@ -94,9 +94,10 @@ DEFAULT_RESULTS = 10
 DEFAULT_ALPHA = 0.6
 
 # One query is a ~50-100 ms text (or image) encode, in which torch already uses every core,
-# then single-threaded work: FAISS search, decoding and re-encoding the shown JPEGs for the
-# gallery. Two at a time keeps both cores of a free CPU Space busy (one encoding while the
-# other prepares its gallery); more would only make every query slower and raise peak memory.
+# then mostly single-threaded work: FAISS search (with a flat or fp16 index, on every core
+# for a few ms), decoding and re-encoding the shown JPEGs for the gallery. Two at a time
+# keeps both cores of a free CPU Space busy (one encoding while the other prepares its
+# gallery); more would only make every query slower and raise peak memory.
 # Further requests wait in the queue, which is bounded so that a burst gets a clear "queue is
 # full" instead of minutes of waiting.
 CONCURRENCY_LIMIT = 2
