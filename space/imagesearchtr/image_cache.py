@@ -34,6 +34,7 @@ DAMAGED = {sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT}
 
 class ImageCache:
     """Image bytes by name, at most ``max_bytes`` of them; thread-safe (one connection, a lock).
+    ``max_bytes`` 0: no cache (no file; every get a miss, every put dropped).
 
     Several processes may share the file (SQLite's WAL mode); each counts its own inserts
     against the bound and counts the file again when it evicts.
@@ -44,6 +45,8 @@ class ImageCache:
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None  # None: no cache, every get a miss
         self.total = 0  # image bytes in the file, as this process last counted them
+        if max_bytes <= 0:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             try:

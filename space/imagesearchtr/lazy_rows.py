@@ -414,7 +414,7 @@ class ImageStore:
         for n in counts:
             self.starts.append(self.starts[-1] + n)
         # A local folder's image is one read of a file on this disk already: no cache.
-        self.cache = ImageCache(cache_dir, max_cache_bytes) if source.remote else None
+        self.cache = ImageCache(cache_dir, max_cache_bytes if source.remote else 0)
         remove_old_files(cache_dir)
         # One pool for the store's life: starting threads anew for every page costs more than
         # a small range read.
@@ -428,8 +428,7 @@ class ImageStore:
     def fetch(self, rows: list[int]) -> list[Fetched]:
         """The images of ``rows`` (RGB), in that order; placeholders for failures."""
         found: dict[int, bytes | Exception | None] = {
-            row: None if self.cache is None else self.cache.get(self._cache_name(row))
-            for row in rows
+            row: self.cache.get(self._cache_name(row)) for row in rows
         }
         missing = [row for row, data in found.items() if data is None]
         found.update(zip(missing, self._pool.map(self._read, missing), strict=True))
@@ -447,8 +446,7 @@ class ImageStore:
             data = _with_retries(lambda: self.source.read_range(path, offset, offset + length))
         except Exception as err:  # noqa: BLE001 - reported per hit, never fails the search
             return err
-        if self.cache is not None:
-            self.cache.put(self._cache_name(row), data)
+        self.cache.put(self._cache_name(row), data)
         return data
 
     def _cache_name(self, row: int) -> str:

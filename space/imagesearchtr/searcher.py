@@ -118,7 +118,7 @@ class Searcher:
 
         No image or embedding is read here: ``cache_dir`` (default: under the datasets cache)
         keeps the ids, paths and captions of each data file and, for a Hub repo, up to
-        ``image_cache_bytes`` of fetched images.
+        ``image_cache_bytes`` of fetched images (0: none).
         """
         where = str(repo_id_or_dir)
         try:
