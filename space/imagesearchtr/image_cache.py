@@ -6,12 +6,13 @@ place in it. When the image bytes pass the bound, the least recently used go, do
 it. Deletes a cache file SQLite reports as damaged; ``remove_old_files`` deletes the
 ``CACHE_DIR/images/*.bin`` files of versions that kept a file per image.
 
-One file rather than one file per image: creating a small file took 0.05-0.8 ms of CPU on the
-machines the benchmarks ran on, ten times a result page, where an insert takes about 0.02 ms.
-The bound counts image bytes, not the file's size (SQLite keeps freed pages for reuse). A cache
-error is a miss, never a failed search: a damaged file is started afresh, and one that cannot be
-opened at all (say, on a file system without the locks SQLite needs) leaves the Searcher
-without a cache, with a warning.
+One file rather than one file per image: creating a small file, ten times a result page, cost
+far more CPU than an insert on some disks (``benchmarks/lazy.py --compare`` measures a page
+against the file-per-image version: benchmarks/README.md, "lazy"). The bound counts image bytes,
+not the file's size (SQLite keeps freed pages for reuse). A cache error is a miss, never a
+failed search: a damaged file is started afresh, and one that cannot be opened at all (say, on
+a file system without the locks SQLite needs) leaves the Searcher without a cache, with a
+warning. A bound of 0 is no cache at all.
 """
 
 from __future__ import annotations
