@@ -527,20 +527,11 @@ def report_latency(
         for label, lazies, locals_, out in pairs:
             one_lazy, one_local = lazies[n], locals_[n]
             for name, r in (("Hub, lazy images", one_lazy), ("local folder", one_local)):
-                rows.append(
-                    f"| {n + 1} | {name}{label} | {r['start_s']:.1f} | {r['start_rss_mb']:.0f} | "
-                    f"{r['rss_mb']:.0f} | {r['anon_mb']:.0f} / {r['file_mb']:.0f} | "
-                    f"{ms(r['latencies'], 50):.1f} | "
-                    f"{ms(r['latencies'], 95):.1f} | {r['errors']} |"
-                )
+                rows.append(_client_row(str(n + 1), name + label, r))
             out.append(ms(one_lazy["latencies"], 50) / ms(one_local["latencies"], 50))
     for workers, r in slow:
-        rows.append(
-            f"| after | Hub, lazy images, +{args.latency_ms:g} ms a read, {workers} fetch "
-            f"threads | {r['start_s']:.1f} | {r['start_rss_mb']:.0f} | {r['rss_mb']:.0f} | "
-            f"{r['anon_mb']:.0f} / {r['file_mb']:.0f} | {ms(r['latencies'], 50):.1f} | "
-            f"{ms(r['latencies'], 95):.1f} | {r['errors']} |"
-        )
+        name = f"Hub, lazy images, +{args.latency_ms:g} ms a read, {workers} fetch threads"
+        rows.append(_client_row("after", name, r))
     ratio = float(np.median(ratios))
     p50s = {
         name: float(np.median([ms(r["latencies"], 50) for r in group]))
@@ -624,6 +615,15 @@ def report_latency(
     text = "## Lazy rows (`python benchmarks/lazy.py`)\n\n" + "\n".join(REPORT)
     print(text)
     _common.write_readme_section("lazy", text)
+
+
+def _client_row(round_: str, name: str, r: dict) -> str:
+    """One client's line of the latency table."""
+    return (
+        f"| {round_} | {name} | {r['start_s']:.1f} | {r['start_rss_mb']:.0f} | "
+        f"{r['rss_mb']:.0f} | {r['anon_mb']:.0f} / {r['file_mb']:.0f} | "
+        f"{ms(r['latencies'], 50):.1f} | {ms(r['latencies'], 95):.1f} | {r['errors']} |"
+    )
 
 
 def _rss_at_a_million(lazy, index_bytes: int) -> list[str]:
