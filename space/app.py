@@ -109,6 +109,11 @@ MAX_UPLOAD = "50mb"
 # (result_image_file); the quality of the gallery's own JPEG encoding.
 RESULTS_FOLDER = "imagesearchtr-results"
 JPEG_QUALITY = 90
+# The longest side of a result image as the gallery gets it. The page is at most 1100 px wide,
+# so more pixels would only cost decoding, encoding and the visitor's download; 1000 rather
+# than 1024 lets the common 4000-4032 px phone photo be decoded at 1/4 scale, not 1/2
+# (benchmarks/gallery.py).
+GALLERY_MAX_SIDE = 1000
 # Composed queries: a "+" or "-" with whitespace on both sides joins two terms, so the hyphen of
 # "Kuzey-Batı" or "15-20 yaş" stays part of the text (parse_query).
 # Each term is one encoder call: more terms than this are refused, not queued for seconds.
@@ -149,7 +154,7 @@ def load_searcher(env: Mapping[str, str] | None = None) -> Searcher | LoadError:
     where = f"{repo}@{revision}" if revision else repo
     started = time.perf_counter()
     try:
-        searcher = Searcher.from_repo(repo, revision)
+        searcher = Searcher.from_repo(repo, revision, image_max_side=GALLERY_MAX_SIDE)
     except ModelMismatchError as err:
         return _load_failed(f"Model ile arama dizini uyuşmuyor ({where}): {err}")
     except SearchSetupError as err:

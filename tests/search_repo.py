@@ -61,18 +61,20 @@ def write_repo(
     metric: int = faiss.METRIC_INNER_PRODUCT,
     params: dict | None = None,
     captions: list[list[str]] | None = None,
+    images: list[bytes] | None = None,
 ) -> Path:
-    """A repo folder over these embeddings; ``caption_emb`` entries may be None (no caption)."""
+    """A repo folder over these embeddings; ``caption_emb`` entries may be None (no caption);
+    ``images``: each row's image bytes (default: the same small PNG)."""
     image_emb = np.asarray(image_emb, dtype=np.float32)
     n, dim = image_emb.shape
     caption_emb = list(image_emb) if caption_emb is None else list(caption_emb)
     if captions is None:
         captions = [[] if c is None else [f"caption {i}"] for i, c in enumerate(caption_emb)]
     features = encode_features(dim)  # the schema encode writes
-    image = png()
+    images = [png()] * n if images is None else images
     rows = Dataset.from_dict(
         {
-            "image": [{"bytes": image, "path": f"{i}.png"} for i in range(n)],
+            "image": [{"bytes": image, "path": f"{i}.png"} for i, image in enumerate(images)],
             "image_id": [str(i) for i in range(n)],
             "path": [f"{i}.png" for i in range(n)],
             "captions": captions,

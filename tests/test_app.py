@@ -174,6 +174,26 @@ def test_a_hit_without_its_image_is_shown_with_a_placeholder_and_a_warning(app):
     assert all(Path(path).is_file() for path, _ in gallery)
 
 
+def test_the_gallery_gets_a_large_photo_scaled_to_the_page(app, tmp_path, monkeypatch):
+    import io
+
+    from PIL import Image
+    from search_repo import FakeEncoder, write_repo
+
+    buf = io.BytesIO()
+    Image.new("RGB", (3000, 2000), (30, 120, 200)).save(buf, format="JPEG")
+    emb = np.eye(2, dtype=np.float32)
+    folder = write_repo(tmp_path / "repo", emb, images=[buf.getvalue()] * 2)
+    from_repo = app.Searcher.from_repo  # the real one, with the test's stand-in for the model
+    monkeypatch.setattr(
+        app.Searcher, "from_repo", lambda *a, **kw: from_repo(*a, encoder=FakeEncoder(2), **kw)
+    )
+    searcher = app.load_searcher({"DATASET_REPO": str(folder)})
+    gallery, _ = app.hits_to_outputs(searcher.search_vector(emb[0], k=1))
+    with Image.open(gallery[0][0]) as shown:
+        assert shown.size == (app.GALLERY_MAX_SIDE, round(app.GALLERY_MAX_SIDE * 2 / 3))
+
+
 def test_deep_search_alpha_zero_ranks_by_caption_score(served, searcher):
     _, client = served
     query = "sahilde koşan çocuklar"

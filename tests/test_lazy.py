@@ -435,6 +435,68 @@ def test_a_local_folder_reads_its_images_in_place_without_a_cache_copy(tmp_path)
     assert not (cache / "images.sqlite").exists(), "a local folder's images were copied"
 
 
+def gradient_jpeg(width: int, height: int, orientation: int | None = None) -> bytes:
+    """A smooth JPEG whose pixels tell left from right and top from bottom."""
+    red = np.broadcast_to(np.linspace(0, 255, width), (height, width))
+    green = np.broadcast_to(np.linspace(0, 255, height)[:, None], (height, width))
+    rgb = np.stack([red, green, np.full((height, width), 128.0)], axis=-1).astype(np.uint8)
+    exif = PILImage.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation  # the EXIF Orientation tag
+    buf = io.BytesIO()
+    PILImage.fromarray(rgb).save(buf, format="JPEG", quality=95, exif=exif.tobytes())
+    return buf.getvalue()
+
+
+def test_shown_images_are_upright_on_white_and_within_image_max_side(tmp_path):
+    from search_repo import FakeEncoder, write_repo
+
+    from imagesearchtr import Searcher
+    from imagesearchtr.images import to_rgb
+
+    half_clear = np.zeros((600, 900, 4), dtype=np.uint8)  # left half: black, transparent
+    half_clear[:, 450:] = (255, 0, 0, 255)  # right half: opaque red
+    buf = io.BytesIO()
+    PILImage.fromarray(half_clear, mode="RGBA").save(buf, format="PNG")
+    images = [
+        gradient_jpeg(1600, 1200, orientation=6),  # a phone photo taken upright: 1200x1600
+        buf.getvalue(),
+        gradient_jpeg(64, 48),  # already within the bound: shown as decoded
+    ]
+    emb = np.eye(3, dtype=np.float32)
+    folder = write_repo(tmp_path / "repo", emb, images=images)
+
+    def shown(max_side):
+        searcher = Searcher.from_repo(
+            folder, encoder=FakeEncoder(3), cache_dir=tmp_path / "c", image_max_side=max_side
+        )
+        out = []
+        for row in range(3):
+            (hit,) = searcher.search_vector(emb[row], k=1)
+            assert hit.row == row and hit.image_error is None
+            out.append(hit.image)
+        return out
+
+    upright = to_rgb(PILImage.open(io.BytesIO(images[0])))
+    assert upright.size == (1200, 1600)
+    photo, logo, small = shown(400)
+    assert [photo.size, logo.size, small.size] == [(300, 400), (400, 267), (64, 48)]
+    assert all(image.mode == "RGB" for image in (photo, logo, small))
+    error = np.abs(np.asarray(photo, dtype=float) - np.asarray(upright.resize((300, 400))))
+    assert error.mean() < 4, error.mean()
+    assert logo.getpixel((20, 130)) == (255, 255, 255)  # transparent: white, not black
+    assert logo.getpixel((380, 130))[0] > 240 and logo.getpixel((380, 130))[1] < 15
+    decoded = PILImage.open(io.BytesIO(images[2])).convert("RGB")
+    assert np.array_equal(np.asarray(small), np.asarray(decoded))
+
+    photo, logo, _ = shown(None)  # no bound: as stored, but still upright and on white
+    assert photo.size == (1200, 1600) and logo.size == (900, 600)
+    assert np.array_equal(np.asarray(photo), np.asarray(upright))
+    assert logo.getpixel((20, 300)) == (255, 255, 255)
+    with pytest.raises(ValueError, match="image_max_side"):
+        shown(0)
+
+
 def test_the_image_cache_of_a_hub_repo_keeps_the_recently_used_images_within_its_bound(
     lazy_repo, local_hub, hub_env, tmp_path
 ):

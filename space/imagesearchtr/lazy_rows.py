@@ -15,9 +15,10 @@ downloads a data file whole:
 - ``ImageStore.fetch`` reads each image of one result page with one range read of exactly its
   bytes (from the image ranges), concurrently, at the pinned commit, with retries and backoff.
   Bytes read from the Hub are kept in a bounded on-disk cache (``image_cache.ImageCache``,
-  ``CACHE_DIR/images.sqlite``); a local folder's are read in place each time. An
-  image that cannot be fetched or decoded becomes a grey placeholder with a message; it never
-  fails the search.
+  ``CACHE_DIR/images.sqlite``); a local folder's are read in place each time. Each
+  image is decoded upright and on white as the encoder saw it (``images.to_rgb``), within a
+  size when one is asked for. An image that cannot be fetched or decoded becomes a grey
+  placeholder with a message; it never fails the search.
 
 Hub files are read at the manifest's commit by ranged GETs of its resolve URLs (``Source``), so
 every read is of the same commit as the manifest and the indices; the Hub redirects each to a
@@ -48,6 +49,7 @@ from urllib.parse import urlsplit
 from PIL import Image
 
 from .image_cache import ImageCache, remove_old_files
+from .images import to_rgb
 
 # What a result shows besides its image, and ``path``, whose chunk lies between theirs in the
 # files: with it the three are one range read a row group; without it, pyarrow makes two
@@ -406,10 +408,13 @@ class ImageStore:
         ranges,
         cache_dir: Path,
         max_cache_bytes: int = DEFAULT_IMAGE_CACHE_BYTES,
+        max_side: int | None = None,
     ):
         """``ranges``: (offset, length) of each row's image in its data file (the published
-        ``index/image_ranges.npy``)."""
+        ``index/image_ranges.npy``); ``max_side``: scale each image down to fit that many
+        pixels a side (None: as stored)."""
         self.source, self.files, self.ranges = source, files, ranges
+        self.max_side = max_side
         self.starts = [0]
         for n in counts:
             self.starts.append(self.starts[-1] + n)
@@ -459,9 +464,22 @@ class ImageStore:
             return Fetched(placeholder(), f"{where} could not be fetched: {_describe(data)}")
         try:
             with Image.open(io.BytesIO(data)) as image:
-                return Fetched(image.convert("RGB"), None)
+                return Fetched(self._fit(image), None)
         except Exception as err:  # noqa: BLE001 - PIL raises many types for bad bytes
             return Fetched(placeholder(), f"{where} could not be decoded: {_describe(err)}")
+
+    def _fit(self, image: Image.Image) -> Image.Image:
+        """The image as the encoder saw it (``to_rgb``: upright by its EXIF orientation,
+        transparency on white), within ``max_side``. A JPEG larger than that is decoded at
+        1/2, 1/4 or 1/8 scale (``draft``: the largest reduction that keeps the fitted size), so
+        a phone photo shown at 1,024 pixels costs a fraction of its full decode."""
+        if self.max_side is not None and max(image.size) > self.max_side:
+            scale = self.max_side / max(image.size)
+            image.draft("RGB", tuple(max(1, int(side * scale)) for side in image.size))
+        rgb = to_rgb(image)
+        if self.max_side is not None:
+            rgb.thumbnail((self.max_side, self.max_side))
+        return rgb
 
 
 def _describe(err: Exception) -> str:

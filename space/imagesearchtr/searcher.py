@@ -113,13 +113,20 @@ class Searcher:
         dtype: str | None = None,
         cache_dir: str | Path | None = None,
         image_cache_bytes: int = DEFAULT_IMAGE_CACHE_BYTES,
+        image_max_side: int | None = None,
     ) -> Searcher:
         """Load the indices, manifest, ids, paths and captions of one revision, and the model.
 
         No image or embedding is read here: ``cache_dir`` (default: under the datasets cache)
         keeps the ids, paths and captions of each data file and, for a Hub repo, up to
-        ``image_cache_bytes`` of fetched images (0: none).
+        ``image_cache_bytes`` of fetched images (0: none). ``image_max_side``: the hits'
+        images are scaled down to fit that many pixels a side (None: as stored).
         """
+        if image_max_side is not None and image_max_side < 1:
+            raise ValueError(
+                f"image_max_side must be a number of pixels (1 or more) or None, "
+                f"not {image_max_side!r}"
+            )
         where = str(repo_id_or_dir)
         try:
             loaded = load_manifest(repo_id_or_dir, revision)
@@ -143,7 +150,9 @@ class Searcher:
                 f"{where}: the dataset has {len(dataset)} rows but its index manifest says "
                 f"{manifest.num_rows}; rows and indices come from different builds"
             )
-        images = ImageStore(source, files, counts, ranges, cache_dir, image_cache_bytes)
+        images = ImageStore(
+            source, files, counts, ranges, cache_dir, image_cache_bytes, image_max_side
+        )
         exact = {
             column: _load_index(dataset, loaded, column, where) for column in EMBEDDING_COLUMNS
         }
