@@ -14,8 +14,9 @@ photos, not like flat colour), and the gallery's result files under gradio's upl
 Measures, alternating the two Searchers page by page on the same queries: the wall time of a
 page of k=10 as the app makes it (``Searcher.search_vector``, which fetches and decodes the
 hits' images, then ``app.hits_to_outputs``, which writes the gallery's JPEG files) and the bytes
-of the files a visitor's browser then downloads. Then, alone, the JPEG decode behind it: one
-photo decoded and fitted with PIL's ``draft`` (decoding at a reduced scale) and without.
+of the files a visitor's browser then downloads. Then, with PIL alone (outside the Searcher),
+the JPEG decode behind it: one photo decoded and fitted with ``draft`` (decoding at a reduced
+scale) and without.
 """
 
 from __future__ import annotations
@@ -132,7 +133,8 @@ def run(args, work: Path) -> None:
         f"Fitted / as stored: page time {fitted / whole:.2f}x, bytes sent "
         f"{sent_fitted / sent_whole:.3f}x.",
         "",
-        f"One photo decoded and fitted within {app.GALLERY_MAX_SIDE} px (PIL, median of 5): "
+        f"PIL alone, outside the Searcher (the technique `ImageStore` uses): one photo decoded "
+        f"and fitted within {app.GALLERY_MAX_SIDE} px (median of 5): "
         f"{draft['draft']:.0f} ms with `draft` (decoded at 1/{draft['scale']:.0f} scale), "
         f"{draft['full']:.0f} ms "
         f"decoding it whole first: {draft['draft'] / draft['full']:.2f}x.",
@@ -149,7 +151,7 @@ def decode_alone(data: bytes, side: int) -> dict[str, float]:
         with Image.open(io.BytesIO(data)) as image:
             if use_draft:
                 scale = side / max(image.size)
-                image.draft("RGB", tuple(int(s * scale) for s in image.size))
+                image.draft("RGB", tuple(max(1, int(s * scale)) for s in image.size))
                 out["scale"] = WIDTH / image.size[0]
             rgb = image.convert("RGB")
         rgb.thumbnail((side, side))

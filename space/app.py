@@ -112,7 +112,8 @@ JPEG_QUALITY = 90
 # The longest side of a result image as the gallery gets it. The page is at most 1100 px wide,
 # so more pixels would only cost decoding, encoding and the visitor's download; 1000 rather
 # than 1024 lets the common 4000-4032 px phone photo be decoded at 1/4 scale, not 1/2
-# (benchmarks/gallery.py).
+# (benchmarks/gallery.py). The price: the gallery's enlarged preview is a little soft on a
+# high-density (2x) screen.
 GALLERY_MAX_SIDE = 1000
 # Composed queries: a "+" or "-" with whitespace on both sides joins two terms, so the hyphen of
 # "Kuzey-Batı" or "15-20 yaş" stays part of the text (parse_query).

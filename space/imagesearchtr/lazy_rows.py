@@ -470,9 +470,10 @@ class ImageStore:
 
     def _fit(self, image: Image.Image) -> Image.Image:
         """The image as the encoder saw it (``to_rgb``: upright by its EXIF orientation,
-        transparency on white), within ``max_side``. A JPEG larger than that is decoded at
-        1/2, 1/4 or 1/8 scale (``draft``: the largest reduction that keeps the fitted size), so
-        a phone photo shown at 1,024 pixels costs a fraction of its full decode."""
+        transparency on white), within ``max_side``. A JPEG at least twice that size is
+        decoded at 1/2, 1/4 or 1/8 scale (``draft``: the largest reduction that keeps the fitted
+        size), so a phone photo shown at the size of a page costs a fraction of its full
+        decode."""
         if self.max_side is not None and max(image.size) > self.max_side:
             scale = self.max_side / max(image.size)
             image.draft("RGB", tuple(max(1, int(side * scale)) for side in image.size))
