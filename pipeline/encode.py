@@ -526,11 +526,11 @@ def _prepare_build_dir(out: Path, build: dict, overwrite: bool) -> None:
     if overwrite and out.exists():
         for path in (out / SHARDS_DIR).glob("*"):
             path.unlink()
-        for name in (SKIPPED_FILE, INPUT_SKIPS_FILE, BUILD_FILE, SUMMARY_FILE, REUSE_LAYOUT_FILE):
-            (out / name).unlink(missing_ok=True)
     (out / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
-    # A run killed while writing one of the build's own files left its temporary copy.
     for name in (SKIPPED_FILE, INPUT_SKIPS_FILE, BUILD_FILE, SUMMARY_FILE, REUSE_LAYOUT_FILE):
+        if overwrite:
+            (out / name).unlink(missing_ok=True)
+        # A run killed while writing one of the build's own files left its temporary copy.
         _io.remove_orphans(out, name)
     _io.write_text(build_file, json.dumps(build, indent=2) + "\n")
 

@@ -102,7 +102,7 @@ def write_lazy_repo(folder: Path, seed: int) -> Path:
     return folder
 
 
-def run_python(code: str, env: dict, *args: str) -> str:
+def run_python(code: str, env: dict, *args: str) -> subprocess.CompletedProcess:
     result = subprocess.run(
         [sys.executable, "-c", code, *args],
         cwd=REPO_ROOT,
@@ -112,7 +112,7 @@ def run_python(code: str, env: dict, *args: str) -> str:
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    return result.stdout
+    return result
 
 
 UPLOAD = textwrap.dedent(
@@ -145,8 +145,10 @@ CLIENT = textwrap.dedent(
                                   encoder=FakeEncoder(spec["dim"]), cache_dir=spec["cache"],
                                   **spec.get("options", {}))
     out["marks"].append(mark())
-    def cached():  # bytes of images in the image cache
+    def cached():  # bytes of images in the image cache (None: no cache file)
         path = os.path.join(spec["cache"], "images.sqlite")
+        if not os.path.isfile(path):
+            return None
         with contextlib.closing(sqlite3.connect(path)) as db:
             return db.execute("SELECT COALESCE(SUM(LENGTH(data)), 0) FROM images").fetchone()[0]
     out["cached"] = []
@@ -167,16 +169,18 @@ CLIENT = textwrap.dedent(
 
 
 def publish(folder: Path, repo: str, env: dict) -> str:
-    return run_python(UPLOAD, env, str(folder), repo).strip()
+    return run_python(UPLOAD, env, str(folder), repo).stdout.strip()
 
 
 def search(
     env: dict, repo: str, revision: str, cache: Path, queries: list[dict], **options
 ) -> dict:
-    """Run ``queries`` in a fresh client; ``options``: more arguments for ``from_repo``."""
+    """Run ``queries`` in a fresh client; ``options``: more arguments for ``from_repo``. The
+    client's report, plus its ``stderr``."""
     spec = {"repo": repo, "revision": revision, "dim": DIM, "cache": str(cache)}
     spec["queries"], spec["options"] = queries, options
-    return json.loads(run_python(CLIENT, env, json.dumps(spec)).splitlines()[-1])
+    result = run_python(CLIENT, env, json.dumps(spec))
+    return {**json.loads(result.stdout.splitlines()[-1]), "stderr": result.stderr}
 
 
 def image_spans(folder: Path) -> dict[str, list[tuple[int, int]]]:
@@ -540,31 +544,10 @@ def test_an_image_cache_that_cannot_be_opened_leaves_the_search_without_one(
     (cache / "images.sqlite" / "keep").write_text("not ours to delete")
     emb = vectors()
     queries = [{"vector": emb[row].tolist(), "k": 1} for row in (5, 5)]
-    spec = {"repo": repo, "revision": commit, "dim": DIM, "cache": str(cache)}
-    code = textwrap.dedent(
-        """
-        import json, sys
-        import numpy as np
-        sys.path.insert(0, "tests")
-        from search_repo import FakeEncoder
-        from imagesearchtr import Searcher
-        spec = json.loads(sys.argv[1])
-        searcher = Searcher.from_repo(spec["repo"], revision=spec["revision"],
-                                      encoder=FakeEncoder(spec["dim"]), cache_dir=spec["cache"])
-        for vector in spec["vectors"]:
-            (hit,) = searcher.search_vector(vector, k=1)
-            print(json.dumps([hit.row, hit.image_error, np.asarray(hit.image).tolist()]))
-        """
-    )
-    spec["vectors"] = [q["vector"] for q in queries]
-    result = subprocess.run(
-        [sys.executable, "-c", code, json.dumps(spec)],
-        cwd=REPO_ROOT, env={**os.environ, **hub_env}, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "no image cache" in result.stderr and "images.sqlite" in result.stderr
-    for line in result.stdout.splitlines()[-2:]:
-        assert json.loads(line) == [5, None, pixels(1, 5)]
+    out = search(hub_env, repo, commit, cache, queries)
+    assert "no image cache" in out["stderr"] and "images.sqlite" in out["stderr"]
+    for (hit,) in out["searches"]:
+        assert [hit["row"], hit["error"], hit["pixels"]] == [5, None, pixels(1, 5)]
     assert (cache / "images.sqlite" / "keep").is_file()
 
 
@@ -599,7 +582,7 @@ def test_concurrent_searches_share_the_image_cache_without_errors(
     bound = 60 * len(noise_png(1, 0))
     args = (repo, commit, str(tmp_path / "cache"), str(bound), str(tmp_path / "queries.npy"))
     before = len(local_hub.requests)
-    pages = json.loads(run_python(code, hub_env, *args).splitlines()[-1])
+    pages = json.loads(run_python(code, hub_env, *args).stdout.splitlines()[-1])
     spans = {(p, first, end - 1) for p, ss in image_spans(folder).items() for first, end in ss}
     images_read = [r for r in data_reads(local_hub.requests[before:], folder) if r in spans]
     shown = [hit for page in pages for hit in page]
@@ -635,6 +618,6 @@ def test_a_data_file_that_is_not_the_one_the_manifest_names_is_refused_at_start(
             print("refused:", err)
         """
     )
-    out = run_python(code, hub_env, repo, commit)
+    out = run_python(code, hub_env, repo, commit).stdout
     assert "refused:" in out and "data/train-00001.parquet is not the file" in out
     assert "publish again" in out
