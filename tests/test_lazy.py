@@ -497,8 +497,9 @@ def test_shown_images_are_upright_on_white_and_within_image_max_side(tmp_path):
     assert photo.size == (1200, 1600) and logo.size == (900, 600)
     assert np.array_equal(np.asarray(photo), np.asarray(upright))
     assert logo.getpixel((20, 300)) == (255, 255, 255)
-    with pytest.raises(ValueError, match="image_max_side"):
-        shown(0)
+    for bad in (0, "1000", 2.5):
+        with pytest.raises(ValueError, match="image_max_side"):
+            shown(bad)
 
 
 def test_the_image_cache_of_a_hub_repo_keeps_the_recently_used_images_within_its_bound(

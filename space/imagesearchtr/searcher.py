@@ -122,7 +122,9 @@ class Searcher:
         ``image_cache_bytes`` of fetched images (0: none). ``image_max_side``: the hits'
         images are scaled down to fit that many pixels a side (None: as stored).
         """
-        if image_max_side is not None and image_max_side < 1:
+        if image_max_side is not None and (
+            not isinstance(image_max_side, int) or image_max_side < 1
+        ):
             raise ValueError(
                 f"image_max_side must be a number of pixels (1 or more) or None, "
                 f"not {image_max_side!r}"
