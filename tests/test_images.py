@@ -39,6 +39,7 @@ def test_transparency_is_composited_on_white_not_black():
     assert (out[:, 4:] == [255, 255, 255]).all()
     la = Image.new("LA", (4, 4), (0, 0))
     assert (pixels(open_image(la)) == 255).all()
+    assert (pixels(open_image(la.convert("La"))) == 255).all()  # premultiplied alpha
     pal = Image.new("P", (4, 4), 0)
     pal.putpalette([0, 0, 0] * 256)
     pal.info["transparency"] = 0

@@ -5,6 +5,7 @@ queries, model pinning. Each test loads a small published folder through ``Searc
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -128,6 +129,35 @@ def test_bad_queries_give_clear_errors(tmp_path):
         with pytest.raises(ValueError, match="k must be a positive integer"):
             searcher.search_vector(query, k=k, alpha=0.5)
     assert len(searcher.search_vector(query, k=50, alpha=0.5)) == 5  # k > rows
+    for alpha in ("0.5", True, [0.5]):
+        with pytest.raises(ValueError, match="alpha must be a number between 0 and 1 or None"):
+            searcher.search_vector(query, k=3, alpha=alpha)
+    assert len(searcher.search_vector(query, k=3, alpha=np.float32(0.5))) == 3
+    # A vector of the wrong length, or with NaN, is not a query FAISS can answer sensibly.
+    for bad, said in (
+        (query[:4], "got 4$"),
+        (np.tile(query, 2), "got 16$"),
+        (np.full(DIM, np.nan), "with NaN or infinity"),
+    ):
+        with pytest.raises(ValueError, match=f"must be {DIM} finite numbers.*{said}"):
+            searcher.search_vector(bad, k=3)
+
+
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("image_max_side", 0),
+        ("image_max_side", "1000"),
+        ("image_max_side", 2.5),
+        ("image_cache_bytes", -1),
+        ("image_cache_bytes", "1GB"),
+        ("image_cache_bytes", 1.5),
+    ],
+)
+def test_from_repo_names_a_bad_image_setting(tmp_path, name, value):
+    folder = write_repo(tmp_path / "repo", unit(np.eye(3, DIM) + 0.1))
+    with pytest.raises(ValueError, match=f"^{name} must be a number of"):
+        Searcher.from_repo(folder, encoder=FakeEncoder(DIM), **{name: value})
 
 
 def test_search_similar_is_the_nearest_images_without_the_row_itself(tmp_path):
@@ -191,6 +221,13 @@ def test_composed_queries_refuse_what_cannot_be_searched(tmp_path):
         searcher.search_combined(["köpek"], negative=["köpek"])
     with pytest.raises(ValueError, match="query is empty"):
         searcher.search_combined(["köpek", " "])
+    # A bare str would be read letter by letter: four terms "k", "ö", ...
+    with pytest.raises(TypeError, match=r"positive must be a list of terms, e.g. \['köpek'\]"):
+        searcher.search_combined("köpek")
+    with pytest.raises(TypeError, match=r"negative must be a list of terms"):
+        searcher.search_combined(["köpek"], negative="kedi")
+    with pytest.raises(TypeError, match=r"positive must be a list of terms, e.g. \[image\]"):
+        searcher.search_combined(png((1, 2, 3)))
 
 
 def test_a_different_model_is_refused(tiny_encoder):
@@ -219,6 +256,67 @@ def test_from_repo_refuses_another_model_and_rows_of_another_build(tmp_path):
     (folder / "index" / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(SearchSetupError, match="rows and indices come from different builds"):
         Searcher.from_repo(folder, encoder=FakeEncoder(DIM))
+
+
+@pytest.mark.parametrize(
+    "field,value,said",
+    [
+        ("num_rows", 3.0, "num_rows is 3.0, not a whole number"),
+        ("num_rows", "3", "num_rows is '3', not a whole number"),
+        ("dim", "8", "dim is '8', not a whole number"),
+        ("ntotal", 3.5, "ntotal of image_emb is 3.5, not a whole number"),
+        ("params", [["nprobe", 4]], "the params of image_emb are not a name: value mapping"),
+        ("params", {"nprobe": 16}, "search parameter nprobe=16 for index/image_emb.faiss does not"),
+        ("params", {"nprobe": "16"}, "search parameter nprobe='16' for index/image_emb.faiss"),
+    ],
+)
+def test_from_repo_names_a_manifest_field_of_the_wrong_type(tmp_path, field, value, said):
+    folder = write_repo(tmp_path / "repo", unit(np.eye(3, DIM) + 0.1))  # Flat: no nprobe
+    path = folder / "index" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    if field in ("ntotal", "params"):
+        manifest["indices"][0][field] = value
+    else:
+        manifest[field] = value
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(SearchSetupError, match=re.escape(said)):
+        Searcher.from_repo(folder, encoder=FakeEncoder(DIM))
+
+
+def test_a_damaged_local_data_file_is_named(tmp_path):
+    import pyarrow.parquet as pq
+
+    folder = write_repo(tmp_path / "repo", unit(np.eye(3, DIM) + 0.1))
+    (path,) = (folder / "data").glob("*.parquet")
+    group = pq.read_metadata(path).row_group(0)
+    (chunk,) = [
+        group.column(i)
+        for i in range(group.num_columns)
+        if group.column(i).path_in_schema == "captions.list.element"
+    ]  # read at start
+    data = bytearray(path.read_bytes())
+    data[chunk.data_page_offset : chunk.data_page_offset + 40] = b"\xff" * 40
+    path.write_bytes(bytes(data))
+    with pytest.raises(SearchSetupError, match=f"{path.name} cannot be read .*it is damaged"):
+        Searcher.from_repo(folder, encoder=FakeEncoder(DIM), cache_dir=tmp_path / "cache")
+
+
+def test_a_result_image_over_the_pixel_limit_is_a_placeholder(tmp_path):
+    import io
+
+    from PIL import Image
+
+    from imagesearchtr.images import MAX_PIXELS
+
+    bomb = io.BytesIO()  # 8100x8100 one-bit pixels: a few KB of PNG, 66 megapixels decoded
+    Image.new("1", (8100, 8100)).save(bomb, format="PNG")
+    assert 8100 * 8100 > MAX_PIXELS and len(bomb.getvalue()) < 100_000
+    emb = unit(np.eye(2, DIM) + 0.1)
+    searcher = open_repo(write_repo(tmp_path / "repo", emb, images=[bomb.getvalue(), png()]))
+    bombed, fine = (searcher.search_vector(emb[row], k=1)[0] for row in (0, 1))
+    assert bombed.row == 0 and bombed.image.size == (256, 256)
+    assert "8100x8100 pixels, over the 64,000,000-pixel limit" in bombed.image_error
+    assert fine.row == 1 and fine.image_error is None
 
 
 def test_from_repo_refuses_missing_and_mismatched_index_files(tmp_path):

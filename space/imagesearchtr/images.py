@@ -98,6 +98,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
         img.mode == "P" and "transparency" in img.info
     )
     if has_alpha:
+        if img.mode == "La":  # premultiplied: Pillow converts it only to LA
+            img = img.convert("LA")
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")

@@ -49,7 +49,7 @@ from urllib.parse import urlsplit
 from PIL import Image
 
 from .image_cache import ImageCache, remove_old_files
-from .images import to_rgb
+from .images import MAX_PIXELS, to_rgb
 
 # What a result shows besides its image, and ``path``, whose chunk lies between theirs in the
 # files: with it the three are one range read a row group; without it, pyarrow makes two
@@ -294,6 +294,7 @@ def load_columns(source: Source, files: list[DataFile], cache_dir: Path, columns
 
     Returns (dataset, per-file row counts). Files already in the cache are not read again.
     """
+    import pyarrow as pa
     from datasets import Dataset, concatenate_datasets
 
     rows_dir = Path(cache_dir) / "rows"
@@ -305,8 +306,20 @@ def load_columns(source: Source, files: list[DataFile], cache_dir: Path, columns
         # bare key (6 GB at a million rows): nothing reads that file any more.
         (rows_dir / f"{f.key}.arrow").unlink(missing_ok=True)
         target = rows_dir / f"{f.key}.{'+'.join(columns)}.arrow"
-        if not target.is_file():
+        if target.is_file():
+            return target
+        if source.remote:
             _with_retries(lambda: _write_columns(source, f, columns, target))
+            return target
+        try:  # a file on this disk reads the same each time: no retries
+            _write_columns(source, f, columns, target)
+        except (FileNotFoundError, RowsError):
+            raise
+        except (OSError, pa.ArrowException) as err:  # pyarrow: OSError for a damaged page
+            raise RowsError(
+                f"{source.location}: {f.path} cannot be read ({_describe(err)}); it is "
+                "damaged: build and publish it again"
+            ) from None
         return target
 
     with ThreadPoolExecutor(FETCH_WORKERS) as pool:
@@ -464,6 +477,12 @@ class ImageStore:
             return Fetched(placeholder(), f"{where} could not be fetched: {_describe(data)}")
         try:
             with Image.open(io.BytesIO(data)) as image:
+                if image.width * image.height > MAX_PIXELS:  # as the encoder refuses it
+                    return Fetched(
+                        placeholder(),
+                        f"{where} is {image.width}x{image.height} pixels, over the "
+                        f"{MAX_PIXELS:,}-pixel limit",
+                    )
                 return Fetched(self._fit(image), None)
         except Exception as err:  # noqa: BLE001 - PIL raises many types for bad bytes
             return Fetched(placeholder(), f"{where} could not be decoded: {_describe(err)}")

@@ -90,7 +90,18 @@ class Manifest:
             )
         data["indices"] = tuple(IndexInfo(**info) for info in data.get("indices", ()))
         known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})
+        manifest = cls(**{k: v for k, v in data.items() if k in known})
+        # Checked here, once: a float or a string passes the comparisons made later on, and
+        # their messages ("20 rows but the manifest says 20") would contradict themselves.
+        counts = {"dim": manifest.dim, "num_rows": manifest.num_rows}
+        for info in manifest.indices:
+            counts[f"ntotal of {info.column}"] = info.ntotal
+            if not isinstance(info.params, dict):
+                raise ValueError(f"the params of {info.column} are not a name: value mapping")
+        for name, value in counts.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} is {value!r}, not a whole number")
+        return manifest
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_json(), encoding="utf-8")

@@ -122,12 +122,15 @@ class Searcher:
         ``image_cache_bytes`` of fetched images (0: none). ``image_max_side``: the hits'
         images are scaled down to fit that many pixels a side (None: as stored).
         """
-        if image_max_side is not None and (
-            not isinstance(image_max_side, int) or image_max_side < 1
-        ):
+        if image_max_side is not None and not _is_whole(image_max_side, minimum=1):
             raise ValueError(
                 f"image_max_side must be a number of pixels (1 or more) or None, "
                 f"not {image_max_side!r}"
+            )
+        if not _is_whole(image_cache_bytes, minimum=0):
+            raise ValueError(
+                f"image_cache_bytes must be a number of bytes (0: no cache), "
+                f"not {image_cache_bytes!r}"
             )
         where = str(repo_id_or_dir)
         try:
@@ -216,7 +219,7 @@ class Searcher:
         One positive term alone is its own (already normalised) embedding, so one text gives
         exactly ``search_text``'s result.
         """
-        positive, negative = list(positive), list(negative)
+        positive, negative = _terms("positive", positive), _terms("negative", negative)
         if not positive:
             raise ValueError("give at least one positive term (a text or an image)")
         plus = [self._encode_term(term) for term in positive]
@@ -227,9 +230,17 @@ class Searcher:
         """Search with an embedding: image-only (``alpha=None``) or Deep Search at ``alpha``."""
         k = _check_k(k, len(self))
         vector = as_query(vector)
+        if vector.shape[0] != self.manifest.dim or not np.isfinite(vector).all():
+            raise ValueError(
+                f"the query vector must be {self.manifest.dim} finite numbers (the index's "
+                f"dimension), got {vector.shape[0]}"
+                + ("" if vector.shape[0] != self.manifest.dim else " with NaN or infinity")
+            )
         if alpha is None:
             ids = self._candidates("image_emb", vector, self._pool("image_emb", k))
             return self._best(vector, ids, k, alpha)
+        if isinstance(alpha, bool) or not isinstance(alpha, int | float | np.number):
+            raise ValueError(f"alpha must be a number between 0 and 1 or None, got {alpha!r}")
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be between 0 and 1, got {alpha}")
         # Deep Search: candidates from both indices, each scored in both spaces.
@@ -345,7 +356,13 @@ def _load_index(rows, loaded: LoadedManifest, column: str, where: str) -> bool:
         )
     space = faiss.ParameterSpace()
     for name, value in info.params.items():
-        space.set_index_parameter(index, name, value)
+        try:
+            space.set_index_parameter(index, name, value)
+        except (RuntimeError, TypeError):  # FAISS's text is C++ internals: say what and where
+            raise SearchSetupError(
+                f"{where}: the manifest's search parameter {name}={value!r} for {info.file} does "
+                "not apply to that index; re-run `python -m pipeline index` and publish again"
+            ) from None
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:  # an IVF index finds a row's vector through a row -> list map
         ivf.make_direct_map()
@@ -359,6 +376,22 @@ def _load_index(rows, loaded: LoadedManifest, column: str, where: str) -> bool:
         ) from None
     index = faiss.downcast_index(index)
     return isinstance(index, faiss.IndexFlat) and index.metric_type == faiss.METRIC_INNER_PRODUCT
+
+
+def _is_whole(value, minimum: int) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and value >= minimum
+
+
+def _terms(name: str, terms) -> list:
+    """A composed query's terms as a list; a lone text or image is a TypeError, since a str
+    would otherwise be read letter by letter."""
+    if isinstance(terms, str | bytes | Path | Image.Image):
+        raise TypeError(
+            f"{name} must be a list of terms, e.g. [{terms!r}] rather than {terms!r}"
+            if isinstance(terms, str)
+            else f"{name} must be a list of terms, e.g. [image] rather than one image"
+        )
+    return list(terms)
 
 
 def _check_k(k: int, n: int) -> int:
