@@ -4,7 +4,8 @@ Reads the Hub dataset (default ituperceptron/image-captioning-turkish, columns i
 image_id; splits long_captions and short_captions) in streaming mode, shuffled with a buffer and
 a seed, so only the sampled rows are fetched. Writes:
 
-    OUTPUT_DIR/images/<image_id>.<ext>   the image bytes exactly as published
+    OUTPUT_DIR/images/<image_id>.<ext>   the image bytes exactly as published (another image
+                                        under the same id: <image_id>-<sha256[:12]>.<ext>)
     OUTPUT_DIR/captions.jsonl            {"path": "images/<file>", "caption": "..."} per line
 
 Re-running with the same arguments keeps what is there and completes what is missing: images are
@@ -14,6 +15,7 @@ exists, so a killed run leaves no half-written image and no line without an imag
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -78,14 +80,19 @@ def run_download(config: DownloadConfig) -> DownloadSummary:
                 skipped.append(f"row {row_no} ({raw_id}): no image bytes")
                 bar.update()
                 continue
-            name = f"{_safe_id(raw_id, row_no)}.{_extension(data, image.get('path'))}"
-            rel = f"images/{name}"
-            target = out / rel
-            if target.is_file() and target.stat().st_size == len(data):
+            stem, ext = _safe_id(raw_id, row_no), _extension(data, image.get("path"))
+            target = out / "images" / f"{stem}.{ext}"
+            if target.is_file() and target.read_bytes() != data:
+                # Another image under the same name (a repeated or missing id, or ids that
+                # differ only in characters a file name cannot hold): never overwrite it.
+                digest = hashlib.sha256(data).hexdigest()[:12]
+                target = target.with_name(f"{stem}-{digest}.{ext}")
+            if target.is_file() and target.read_bytes() == data:
                 kept += 1
             else:
                 _io.write_bytes(target, data)
                 written += 1
+            rel = f"images/{target.name}"
             if isinstance(caption, str) and caption.strip():
                 line = json.dumps({"path": rel, "caption": caption}, ensure_ascii=False)
                 if line not in have:
@@ -105,7 +112,7 @@ def _existing_lines(path: Path) -> set[str]:
 
 
 def _safe_id(raw, row_no: int) -> str:
-    text = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(raw)).strip("._")
+    text = "" if raw is None else re.sub(r"[^A-Za-z0-9_.-]+", "_", str(raw)).strip("._")
     return text[:100] or f"row{row_no}"
 
 

@@ -146,8 +146,13 @@ def fake_source(local_hub, tmp_path_factory, shared_data):
             return Dataset.from_dict(
                 {{"image": paths, "text": [t[:20] if short else t for t in texts],
                   "image_id": [f"id{{i}}" for i in range(len(paths))]}}, features=feats)
-        DatasetDict({{"long_captions": split(False), "short_captions": split(True)}}).push_to_hub(
-            {repo!r})
+        # Ids that name files alike: missing, repeated, or the same once sanitised; the last
+        # row is the fifth's image again, under its id, with another caption.
+        collide = Dataset.from_dict(
+            {{"image": paths[:6] + paths[4:5], "text": [f"altyazı {{i}}" for i in range(7)],
+              "image_id": [None, None, "a b", "a/b", "x1", "x1", "x1"]}}, features=feats)
+        DatasetDict({{"long_captions": split(False), "short_captions": split(True),
+                     "collisions": collide}}).push_to_hub({repo!r})
         """
     )
     run_python(code, {**local_hub.env(), "HF_HOME": str(home)})
@@ -171,6 +176,25 @@ def test_download_samples_and_completes_a_partial_run(fake_source, hub_env, tmp_
     assert "wrote 1 images, kept 4" in again.stdout
     assert sorted((out / "captions.jsonl").read_text().splitlines()) == sorted(lines)
     assert sorted(p.name for p in (out / "images").iterdir()) == files
+
+
+def test_download_never_gives_two_images_one_file(fake_source, hub_env, tmp_path, shared_data):
+    out = tmp_path / "data"
+    args = ["download", "--dataset", fake_source, "--split", "collisions", "--num-samples", "7"]
+    args += ["--output-dir", out]
+    first = run_cli(*args, env=hub_env)
+    assert "wrote 6 images, kept 1" in first.stdout  # the last row's image is the fifth's
+    sources = sorted((shared_data / "images").glob("*.jpg"))[:6]
+    sources.append(sources[4])
+    lines = [json.loads(x) for x in (out / "captions.jsonl").read_text().splitlines()]
+    assert sorted(line["caption"] for line in lines) == [f"altyazı {i}" for i in range(7)]
+    for line in lines:  # each caption beside the very image it was published with
+        row = int(line["caption"].split()[-1])
+        assert (out / line["path"]).read_bytes() == sources[row].read_bytes(), line
+    assert len(list((out / "images").iterdir())) == 6
+    again = run_cli(*args, env=hub_env)
+    assert "wrote 0 images, kept 7" in again.stdout
+    assert len((out / "captions.jsonl").read_text().splitlines()) == 7
 
 
 def test_encode_reads_a_hub_dataset_directly(fake_source, hub_env, tmp_path, tiny_model_dir):
