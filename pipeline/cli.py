@@ -14,6 +14,7 @@ from pathlib import Path
 from .download import DEFAULT_DATASET
 from .index import AUTO_RULE, INDEX_TYPES
 
+SHOWN_DELETES = 10  # deleted files `publish` names; the rest it counts
 DESCRIPTION = """\
 Build a searchable Turkish image dataset: download -> encode -> index -> publish.
 
@@ -159,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--retries",
         type=int,
         default=4,
-        help="commit retries on server errors (waits 1, 2, 4 s ...)",
+        help="commit retries on server errors, 0 or more (waits 1, 2, 4 s ...)",
     )
 
     p = commands.add_parser(
@@ -396,6 +397,12 @@ def _publish(args) -> int:
     state = "published" if result.changed else "already up to date:"
     where = f"{result.location}@{result.revision}" if result.revision else result.location
     print(f"{state} {where}")
+    if result.changed:
+        print(f"files written: {len(result.uploaded)}, deleted: {len(result.deleted)}")
+        for path in result.deleted[:SHOWN_DELETES]:
+            print(f"  deleted {path}")
+        if len(result.deleted) > SHOWN_DELETES:
+            print(f"  ... and {len(result.deleted) - SHOWN_DELETES} more")
     if result.revision:
         print(f"revision: {result.revision}")
     return 0
@@ -451,6 +458,11 @@ def _evaluate(args) -> int:
     from .evaluate import evaluate, evaluate_composed, format_composed, format_table, save
 
     alphas = _numbers("--alphas", args.alphas, 0, 1)
+    output = Path(args.output)  # checked now, not after the evaluation it would lose
+    if output.is_dir():
+        raise ValueError(f"--output {output} is a folder; give a file, e.g. {output / 'e.json'}")
+    if not output.parent.is_dir():
+        raise ValueError(f"--output {output}: there is no folder {output.parent}; create it first")
     if args.composed:
         negative = _numbers("--negative-weights", args.negative_weights, 0, 100)
         text = _numbers("--text-weights", args.text_weights, 0, 100)

@@ -514,9 +514,16 @@ def _prepare_build_dir(out: Path, build: dict, overwrite: bool) -> None:
     Runs on rank 0 only, while the other ranks wait (``rank0_first``): no rank plans from, or
     writes into, a folder ``--overwrite`` is clearing.
     """
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder for the build (new or not)")
     build_file = out / BUILD_FILE
     if build_file.is_file() and not overwrite:
-        previous = json.loads(build_file.read_text(encoding="utf-8"))
+        try:
+            previous = json.loads(build_file.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(
+                f"{build_file} is damaged ({err}); pass --overwrite to start the build again"
+            ) from None
         if previous.get("model_fingerprint") != build["model_fingerprint"]:
             raise ValueError(
                 f"{out} holds a build made with a different model "

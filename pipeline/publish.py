@@ -147,6 +147,7 @@ def publish_to_folder(config: PublishConfig) -> PublishResult:
     """Write the repo layout to a local folder that ``load_dataset(folder)`` reads."""
     build, target = Path(config.build), Path(config.to).resolve()
     manifest, files = staged_files(build)
+    _check_target_folder(target)
     existing_card = _read_text(target / CARD_FILE)
     old_files = _folder_files(target)
     unchanged = {
@@ -154,10 +155,6 @@ def publish_to_folder(config: PublishConfig) -> PublishResult:
         for path, (_, sha) in files.items()
         if path in old_files and _same_file(target / path, sha)
     }  # hashed once: the check below and the staging loop both use it
-    if _read_manifest(target / INDEX_DIR / MANIFEST_FILE) == _identity(manifest) and len(
-        unchanged
-    ) == len(files):
-        return PublishResult(str(target), None, changed=False)
     card = render_card(
         build,
         manifest,
@@ -166,6 +163,9 @@ def publish_to_folder(config: PublishConfig) -> PublishResult:
         existing=existing_card,
         license=config.source_license,
     )
+    same_index = _read_manifest(target / INDEX_DIR / MANIFEST_FILE) == _identity(manifest)
+    if same_index and len(unchanged) == len(files) and card == existing_card:
+        return PublishResult(str(target), None, changed=False)
     # Build the new tree beside the old one, then swap: a crash leaves one or the other whole.
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.with_name(f".{target.name}.staging-{os.getpid()}")
@@ -190,12 +190,33 @@ def publish_to_folder(config: PublishConfig) -> PublishResult:
     return PublishResult(str(target), None, True, tuple(written), tuple(deleted))
 
 
+def _check_target_folder(target: Path) -> None:
+    """Refuse a target whose data/ or index/ this publish would replace but did not write: a
+    folder of the user's own (say, the images and captions.jsonl an encode read)."""
+    if target.exists() and not target.is_dir():
+        raise PublishError(f"--to {target} is a file; give a folder (new, or published before)")
+    published = (target / INDEX_DIR / MANIFEST_FILE).is_file()
+    theirs = [name for name in MANAGED_DIRS if (target / name).exists()]
+    if theirs and not published:
+        raise PublishError(
+            f"--to {target} holds {' and '.join(f'{n}/' for n in theirs)} but is not a "
+            f"published repo (no {INDEX_DIR}/{MANIFEST_FILE}); publishing would replace "
+            f"{'them' if len(theirs) > 1 else 'it'}. Give a new folder, or one published before"
+        )
+
+
 def publish_to_hub(config: PublishConfig) -> PublishResult:
     """Publish to a Hub dataset repo (created if needed): data, indices and card, atomically."""
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 
     build, repo_id = Path(config.build), config.repo_id
+    if (
+        isinstance(config.retries, bool)
+        or not isinstance(config.retries, int)
+        or config.retries < 0
+    ):
+        raise ValueError(f"--retries must be 0 or more, got {config.retries!r}")
     manifest, files = staged_files(build)
     api = HfApi()
     try:
@@ -210,8 +231,6 @@ def publish_to_hub(config: PublishConfig) -> PublishResult:
             _download(api, repo_id, f"{INDEX_DIR}/{MANIFEST_FILE}", info.sha)
         )
     changes = _changes(files, remote)
-    if remote_manifest == _identity(manifest) and not any(changes):
-        return PublishResult(repo_id, info.sha, changed=False)
     existing_card = None
     if CARD_FILE in remote:
         try:
@@ -226,6 +245,8 @@ def publish_to_hub(config: PublishConfig) -> PublishResult:
         existing=existing_card,
         license=config.source_license,
     )
+    if remote_manifest == _identity(manifest) and not any(changes) and card == existing_card:
+        return PublishResult(repo_id, info.sha, changed=False)
     title = f"Publish {manifest.num_rows} rows and indices ({manifest.data_hash[:19]})"
     uploads, deletes = changes
     if len(uploads) + len(deletes) + 1 <= config.max_files_per_commit:

@@ -45,9 +45,14 @@ def test_publish_then_load_and_search_from_a_fresh_cache(built, hub_env, local_h
     revision = revision_of(first.stdout)
     assert local_hub.token not in first.stdout + first.stderr
 
-    # Publishing the same build again changes nothing.
+    # Publishing the same build again changes nothing; a new license changes the card alone.
     again = run_cli("publish", "--build", built, "--repo", repo, env=hub_env)
     assert "already up to date" in again.stdout and revision_of(again.stdout) == revision
+    licensed = run_cli("publish", "--build", built, "--repo", repo, "--license", "cc-by-4.0",
+                       env=hub_env)  # fmt: skip
+    assert "files written: 0, deleted: 0" in licensed.stdout
+    assert revision_of(licensed.stdout) != revision
+    revision = revision_of(licensed.stdout)
 
     fresh = {**hub_env, "HF_HOME": str(tmp_path / "fresh-home")}
     out = run_python(
@@ -58,6 +63,7 @@ def test_publish_then_load_and_search_from_a_fresh_cache(built, hub_env, local_h
             from datasets import load_dataset
             from imagesearchtr import Searcher
             files = sorted(HfApi().list_repo_files({repo!r}, repo_type="dataset"))
+            card = open(HfApi().hf_hub_download({repo!r}, "README.md", repo_type="dataset")).read()
             searcher = Searcher.from_repo({repo!r})
             # load_dataset(repo) still reads the rows, images included (the viewer's view).
             photo = load_dataset({repo!r}, split="train")[11]["image"]
@@ -65,6 +71,7 @@ def test_publish_then_load_and_search_from_a_fresh_cache(built, hub_env, local_h
             deep = searcher.search_text("köpek", k=5, alpha=0.5)
             print(json.dumps({{"files": files, "location": searcher.location,
                               "top": hits[0].row, "score": hits[0].score,
+                              "licensed": "license: cc-by-4.0" in card,
                               "deep": [h.score for h in deep]}}))
             """
         ),
@@ -79,7 +86,7 @@ def test_publish_then_load_and_search_from_a_fresh_cache(built, hub_env, local_h
         "index/image_ranges.npy",
         "index/manifest.json",
     ]
-    assert result["location"] == f"{repo}@{revision}"
+    assert result["location"] == f"{repo}@{revision}" and result["licensed"]
     assert result["top"] == 11 and result["score"] > 0.99
     assert result["deep"] == sorted(result["deep"], reverse=True)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 from conftest import REPO_ROOT, run_cli
 from PIL import Image
 
@@ -395,6 +396,63 @@ def test_republishing_the_same_build_is_a_no_op(tmp_path, shared_build):
     second = publish_to_folder(PublishConfig(build=shared_build, to=target))
     assert first.changed and not second.changed
     assert (target / "notes.txt").read_text() == "kept"
+
+
+def test_publish_to_folder_refuses_to_replace_what_it_did_not_write(tmp_path, shared_build):
+    from pipeline.publish import PublishError
+
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    with pytest.raises(PublishError, match="afile is a file; give a folder"):
+        publish_to_folder(PublishConfig(build=shared_build, to=afile))
+    assert afile.read_text() == "mine"
+    # The folder an encode read: data/images/... and data/captions.jsonl, no index/manifest.json.
+    photos = tmp_path / "photos"
+    (photos / "data" / "images").mkdir(parents=True)
+    (photos / "data" / "captions.jsonl").write_text("{}\n")
+    (photos / "data" / "images" / "a.jpg").write_bytes(b"jpeg")
+    with pytest.raises(PublishError, match="holds data/ but is not a published repo"):
+        publish_to_folder(PublishConfig(build=shared_build, to=photos))
+    assert sorted(p.name for p in photos.rglob("*")) == [
+        "a.jpg",
+        "captions.jsonl",
+        "data",
+        "images",
+    ]
+    # A folder published before is replaced, as ever (the no-op test republishes into one).
+    (photos / "index").mkdir()
+    with pytest.raises(PublishError, match="holds data/ and index/ but is not a published"):
+        publish_to_folder(PublishConfig(build=shared_build, to=photos))
+
+
+def test_publish_refuses_a_negative_retry_count_before_touching_the_hub(shared_build):
+    from pipeline.publish import publish_to_hub
+
+    with pytest.raises(ValueError, match="--retries must be 0 or more, got -1"):
+        publish_to_hub(PublishConfig(build=shared_build, repo_id="user/photos", retries=-1))
+
+
+def test_encode_names_a_build_folder_it_cannot_use(tmp_path, shared_data, tiny_model_dir):
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    with pytest.raises(ValueError, match="--out .*afile is a file; give a folder"):
+        run_encode(FolderSource(shared_data), EncodeConfig(out=afile, model=str(tiny_model_dir)))
+    build = tmp_path / "b"
+    build.mkdir()
+    (build / "build.json").write_text('{"model_fingerprint": ')  # cut off, as by a full disk
+    with pytest.raises(ValueError, match="build.json is damaged .*pass --overwrite"):
+        run_encode(FolderSource(shared_data), EncodeConfig(out=build, model=str(tiny_model_dir)))
+
+
+def test_evaluate_checks_its_output_path_before_it_evaluates(tmp_path, capsys):
+    from pipeline.cli import main
+
+    for output, said in (
+        (tmp_path, "is a folder; give a file"),
+        (tmp_path / "nodir" / "e.json", "there is no folder"),
+    ):
+        code = main(["evaluate", "--repo", str(tmp_path / "no-repo"), "--output", str(output)])
+        assert code == 2 and said in capsys.readouterr().err
 
 
 def test_publish_refuses_rows_and_index_from_different_builds(tmp_path, shared_build):

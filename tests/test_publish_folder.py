@@ -36,6 +36,16 @@ def test_the_card_already_in_the_folder_is_merged_not_replaced(build, tmp_path):
     assert "- my-own-tag" in (target / "README.md").read_text(encoding="utf-8")
 
 
+def test_a_new_license_on_an_unchanged_build_is_published(build, tmp_path):
+    target = tmp_path / "dataset"
+    assert publish_to_folder(PublishConfig(build=build, to=target)).changed
+    again = publish_to_folder(PublishConfig(build=build, to=target, source_license="cc-by-4.0"))
+    assert again.changed and again.uploaded == () and again.deleted == ()
+    assert "license: cc-by-4.0" in (target / "README.md").read_text(encoding="utf-8")
+    same = publish_to_folder(PublishConfig(build=build, to=target, source_license="cc-by-4.0"))
+    assert not same.changed
+
+
 def test_files_are_copied_when_hard_links_are_refused(build, tmp_path, monkeypatch):
     def refuse(source, dest):  # as across filesystems: EXDEV
         raise OSError(18, "Invalid cross-device link")
