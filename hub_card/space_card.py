@@ -85,7 +85,8 @@ def render_space_card(
         license=license,
         # datasets/models make the Hub link this Space from the dataset and model pages.
         datasets=[dataset_repo],
-        models=[manifest.model_id],
+        # A local model folder (a build for local runs) has no Hub page to link.
+        models=[manifest.model_id] if is_hub_id(manifest.model_id) else None,
         tags=list(SPACE_TAGS),
         emoji=emoji,
         colorFrom=color_from,
@@ -107,7 +108,9 @@ def render_space_card(
         dataset_revision=dataset_revision,
         dataset_url=f"https://huggingface.co/datasets/{dataset_repo}",
         model_id=manifest.model_id,
-        model_url=f"https://huggingface.co/{manifest.model_id}",
+        model_url=(
+            f"https://huggingface.co/{manifest.model_id}" if is_hub_id(manifest.model_id) else None
+        ),
         hardware=hardware,
         space_id=space_id,
         space_host=space_id.replace("/", "-").replace("_", "-").replace(".", "-").lower(),

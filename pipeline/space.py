@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from hub_card.dataset_card import is_hub_id
 from imagesearchtr.manifest import Manifest, load_manifest, require_image_ranges
 
 from .publish import PublishError, hub_error_text
@@ -191,10 +192,18 @@ def publish_space_to_hub(config: SpaceConfig) -> SpaceResult:
     api = HfApi()
     notes = []
     try:
-        info = api.dataset_info(dataset_repo, revision=config.dataset_revision)
-        revision = info.sha  # pin: a branch or tag name would follow later pushes
-        manifest = load_manifest(dataset_repo, revision, index_files=False).manifest
+        # First: its errors name a misspelled --dataset-repo or --dataset-revision as such.
+        loaded = load_manifest(dataset_repo, config.dataset_revision, index_files=False)
+        revision = loaded.revision  # pin: a branch or tag name would follow later pushes
+        manifest = loaded.manifest
         require_image_ranges(manifest, f"{dataset_repo}@{revision}")
+        info = api.dataset_info(dataset_repo, revision=revision)
+        if not is_hub_id(manifest.model_id):  # a warning: a test Hub's Space may reach it
+            notes.append(
+                f"{dataset_repo} was encoded with the local model folder {manifest.model_id}, "
+                "which a Space on the Hub cannot load; upload the model (`hf upload USER/NAME "
+                "FOLDER`), then encode with --model USER/NAME and publish again"
+            )
         if info.private:
             notes.append(
                 f"{dataset_repo} is private: add a Space secret HF_TOKEN with read access to it "
@@ -326,13 +335,11 @@ def publish_space_to_folder(config: SpaceConfig) -> SpaceResult:
         card = None
         notes.append(f"no {CARD_FILE} written: the Space card needs a Hub dataset id")
     else:
-        from huggingface_hub import HfApi
         from huggingface_hub.errors import HfHubHTTPError
 
-        api = HfApi()
         try:
-            revision = api.dataset_info(config.dataset_repo, revision=config.dataset_revision).sha
-            manifest = load_manifest(config.dataset_repo, revision, index_files=False).manifest
+            loaded = load_manifest(config.dataset_repo, config.dataset_revision, index_files=False)
+            revision, manifest = loaded.revision, loaded.manifest
             require_image_ranges(manifest, f"{config.dataset_repo}@{revision}")
         except HfHubHTTPError as err:
             raise PublishError(hub_error_text(err, config.dataset_repo)) from None

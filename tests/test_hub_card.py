@@ -476,6 +476,13 @@ def test_space_card_body():
     assert "Model Card" not in text and "[More Information Needed]" not in text
 
 
+def test_space_card_of_a_local_model_links_no_model_page(tmp_path):
+    text = render_space(manifest=make_manifest(model_id=str(tmp_path / "model")))
+    assert "models" not in yaml_block(text)  # the Hub would link a page that does not exist
+    assert f"`{tmp_path / 'model'}` (a local folder)" in text
+    assert f"huggingface.co/{tmp_path}" not in text and "huggingface.co//" not in text
+
+
 def test_space_card_without_revision():
     text = render_space(dataset_revision=None)
     assert f'repo, revision = "{REPO}", "main"' in extract_usage_snippet(text)

@@ -222,6 +222,31 @@ def test_publish_space_waits_until_running_and_prints_the_url(published_space):
     out = published_space.publish_output
     assert f"url: {published_space.hub_env['HF_ENDPOINT']}/spaces/{published_space.space_id}" in out
     assert "stage: RUNNING" in out
+    # Its dataset was encoded with a local model folder, which only this machine can read.
+    assert "note: " in out and "encoded with the local model folder" in out
+
+
+def test_publish_space_names_a_misspelled_dataset_or_revision(published_space):
+    space_id = f"testuser/typo-{uuid.uuid4().hex[:8]}"
+    for flags, said in (
+        (["--dataset-repo", "testuser/no-such"], "no dataset repo testuser/no-such on the Hub"),
+        (["--dataset-repo", published_space.dataset_repo, "--dataset-revision", "nope"],
+         "has no revision 'nope'"),
+    ):  # fmt: skip
+        result = run_cli("publish-space", "--space", space_id, *flags, "--no-wait",
+                         env=published_space.hub_env, check=False)  # fmt: skip
+        assert result.returncode == 2 and said in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+    import urllib.error
+    import urllib.request
+
+    env = published_space.hub_env
+    asked = urllib.request.Request(
+        f"{env['HF_ENDPOINT']}/api/spaces/{space_id}",
+        headers={"Authorization": f"Bearer {env['HF_TOKEN']}"},
+    )
+    with pytest.raises(urllib.error.HTTPError, match="404"):  # nothing was created
+        urllib.request.urlopen(asked)
 
 
 def test_publish_space_build_error_prints_the_hub_message_and_exits_2(published_space):
