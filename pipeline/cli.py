@@ -150,7 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--repo", help="Hub dataset repo id, USER/NAME")
     target.add_argument("--to", type=Path, help="local folder to write the repo layout into")
-    p.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    p.add_argument(
+        "--private",
+        action="store_true",
+        help="create the Hub repo as private (an existing repo keeps its visibility)",
+    )
     p.add_argument(
         "--license",
         default=None,
@@ -405,6 +409,8 @@ def _publish(args) -> int:
             print(f"  ... and {len(result.deleted) - SHOWN_DELETES} more")
     if result.revision:
         print(f"revision: {result.revision}")
+    for note in result.notes:
+        print(f"note: {note}")
     return 0
 
 

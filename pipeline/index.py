@@ -37,6 +37,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +106,23 @@ def choose_index(num_rows: int, index_type: str) -> IndexPlan:
         return IndexPlan("ivf-sq8", f"IVF{nlist},SQ8", train_size, {"nprobe": nprobe})
     # Any other string is taken as a FAISS factory string, for experts.
     return IndexPlan(index_type, index_type, num_rows, {})
+
+
+def _check_factory(index_type: str, dim: int) -> None:
+    """A ValueError naming --index-type when it is neither a name above nor a factory string
+    FAISS can parse for vectors of ``dim``."""
+    import faiss
+
+    if index_type in INDEX_TYPES:
+        return
+    try:
+        faiss.index_factory(dim, index_type, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as err:  # FAISS's text starts with its C++ function and source line
+        said = re.sub(r"^Error in .*? at \S+:\d+: (Error: )?", "", str(err).strip())
+        raise ValueError(
+            f"--index-type {index_type!r} is neither one of {', '.join(INDEX_TYPES)} nor a FAISS "
+            f"factory string FAISS can build for {dim}-d vectors ({said})"
+        ) from None
 
 
 def ivf_lists(num_rows: int) -> int:
@@ -179,8 +197,9 @@ def _run_index(config: IndexConfig, cache: Path):
 
     build = Path(config.build)
     build_info = _read_build_info(build)
-    ds, shards = load_build_dataset(build, cache)
     dim = int(build_info["dim"])
+    _check_factory(config.index_type, dim)  # before the data is read and written
+    ds, shards = load_build_dataset(build, cache)
     table = ds.data.table
     image_emb, image_valid = embedding_matrix(table.column("image_emb"), dim)
     caption_emb, caption_valid = embedding_matrix(table.column("caption_emb"), dim)

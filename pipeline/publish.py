@@ -78,6 +78,7 @@ class PublishResult:
     changed: bool
     uploaded: tuple[str, ...] = ()  # repo paths written (uploaded, or written to the folder)
     deleted: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()  # what the user should know but that did not stop the publish
 
 
 def staged_files(build: Path) -> tuple[Manifest, dict[str, tuple[Path, str]]]:
@@ -245,8 +246,14 @@ def publish_to_hub(config: PublishConfig) -> PublishResult:
         existing=existing_card,
         license=config.source_license,
     )
+    notes = ()
+    if config.private and not info.private:  # --private creates; it does not hide a repo
+        notes = (
+            f"{repo_id} already exists and is public; --private left it so (change it in the "
+            f"repo's settings, {api.endpoint}/datasets/{repo_id}/settings)",
+        )
     if remote_manifest == _identity(manifest) and not any(changes) and card == existing_card:
-        return PublishResult(repo_id, info.sha, changed=False)
+        return PublishResult(repo_id, info.sha, changed=False, notes=notes)
     title = f"Publish {manifest.num_rows} rows and indices ({manifest.data_hash[:19]})"
     uploads, deletes = changes
     if len(uploads) + len(deletes) + 1 <= config.max_files_per_commit:
@@ -268,7 +275,7 @@ def publish_to_hub(config: PublishConfig) -> PublishResult:
         )
     else:
         revision, uploads, deletes = _publish_through_pr(api, repo_id, files, card, title, config)
-    return PublishResult(repo_id, revision, True, tuple(uploads), tuple(deletes))
+    return PublishResult(repo_id, revision, True, tuple(uploads), tuple(deletes), notes)
 
 
 def _changes(files: dict, remote: dict) -> tuple[list[str], list[str]]:

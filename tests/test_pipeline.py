@@ -455,6 +455,20 @@ def test_evaluate_checks_its_output_path_before_it_evaluates(tmp_path, capsys):
         assert code == 2 and said in capsys.readouterr().err
 
 
+def test_an_index_type_faiss_cannot_build_is_named_before_the_data_is_written(
+    tmp_path, shared_build
+):
+    build = tmp_path / "b"
+    shutil.copytree(shared_build, build, ignore=shutil.ignore_patterns("data", "index"))
+    for index_type, said in (
+        ("garbage", "could not parse index string garbage"),
+        ("PQ5", "multiple of the number of subquantizers"),  # 32-d vectors
+    ):
+        with pytest.raises(ValueError, match=f"--index-type '{index_type}' is neither .*{said}"):
+            run_index(IndexConfig(build=build, index_type=index_type))
+        assert not (build / "data").exists() and not (build / "index").exists()
+
+
 def test_publish_refuses_rows_and_index_from_different_builds(tmp_path, shared_build):
     build = tmp_path / "b"
     shutil.copytree(shared_build, build)
