@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="long_captions", help="long_captions or short_captions")
     p.add_argument("--dataset", default=DEFAULT_DATASET, help="Hub dataset id")
     p.add_argument("--buffer-size", type=int, default=10_000, help="shuffle buffer size")
+    p.add_argument("--image-column", default="image", help="image column of --dataset")
+    p.add_argument("--caption-column", default="text", help="caption column of --dataset")
+    p.add_argument("--id-column", default="image_id", help="id column of --dataset, if any")
 
     p = commands.add_parser(
         "encode",
@@ -320,6 +323,9 @@ def _download(args) -> int:
             split=args.split,
             dataset=args.dataset,
             buffer_size=args.buffer_size,
+            image_column=args.image_column,
+            caption_column=args.caption_column,
+            id_column=args.id_column,
         )
     )
     print(f"wrote {summary.written} images, kept {summary.kept} already there")

@@ -55,6 +55,8 @@ def run_download(config: DownloadConfig) -> DownloadSummary:
 
     if config.num_samples < 1:
         raise ValueError(f"--num-samples must be >= 1, got {config.num_samples}")
+    if config.seed < 0:
+        raise ValueError(f"--seed must be 0 or more, got {config.seed}")
     out = Path(config.output_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     _io.remove_orphans(out / "images")  # temporary files of a run that was killed mid-write
@@ -62,6 +64,16 @@ def run_download(config: DownloadConfig) -> DownloadSummary:
     have = _existing_lines(captions_path)
 
     stream = load_dataset(config.dataset, split=config.split, streaming=True)
+    columns = stream.column_names  # from the data files' schema; None where it is not known
+    for flag, name in (
+        ("--image-column", config.image_column),
+        ("--caption-column", config.caption_column),
+    ):
+        if columns is not None and name not in columns:
+            raise ValueError(
+                f"{config.dataset} ({config.split}) has no column {name!r}: it has "
+                f"{', '.join(columns)}; name the right one with {flag}"
+            )
     # Raw bytes: saving needs no decode, and the file stays byte-identical to the source.
     stream = stream.cast_column(config.image_column, Image(decode=False))
     stream = stream.shuffle(seed=config.seed, buffer_size=config.buffer_size)

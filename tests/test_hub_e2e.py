@@ -203,6 +203,14 @@ def test_download_never_gives_two_images_one_file(fake_source, hub_env, tmp_path
     again = run_cli(*args, env=hub_env)
     assert "wrote 0 images, kept 7" in again.stdout
     assert len((out / "captions.jsonl").read_text().splitlines()) == 7
+    # The columns and the seed are checked before anything is fetched.
+    for flags, said in (
+        (["--caption-column", "caption"], "has no column 'caption': it has image, text, image_id;"
+                                          " name the right one with --caption-column"),
+        (["--seed", "-1"], "--seed must be 0 or more, got -1"),
+    ):  # fmt: skip
+        result = run_cli(*args, *flags, env=hub_env, check=False)
+        assert result.returncode == 2 and said in result.stderr, result.stderr
 
 
 def test_encode_reads_a_hub_dataset_directly(fake_source, hub_env, tmp_path, tiny_model_dir):

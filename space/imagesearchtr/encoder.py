@@ -485,7 +485,7 @@ def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.d
             return _DTYPES[str(dtype).lower()]
         except KeyError:
             raise ValueError(
-                f"unknown dtype {dtype!r}; use one of {', '.join(sorted(_DTYPES))} or None"
+                f"unknown dtype {dtype!r}; use one of {', '.join(sorted(_DTYPES))}, or auto"
             ) from None
     if device.type == "cuda":
         # Native bf16 needs compute capability 8.0 (Ampere); below it, is_bf16_supported() says
