@@ -8,7 +8,8 @@ Reads, from the environment only:
 and through ``Searcher.from_repo`` the dataset's rows, indices and manifest plus the model the
 manifest names (Hub cache). Writes only the result images it shows: each once, as a JPEG named
 by its content hash, into a folder of its own inside gradio's upload folder (GRADIO_TEMP_DIR),
-so that gradio serves them as files the app created (result_image_file says why).
+so that gradio serves them as files the app created (ResultFolder says why); past
+RESULTS_MAX_BYTES the least recently shown go.
 
 The Searcher is loaded once, when the app starts. If that fails (no DATASET_REPO, a missing or
 corrupt index, a manifest that does not match the rows, a model that is not the one that built
@@ -54,6 +55,7 @@ import logging
 import os
 import re
 import tempfile
+import threading
 import time
 import urllib.parse
 from collections.abc import Mapping
@@ -106,9 +108,14 @@ QUEUE_MAX_SIZE = 64
 # photo needs far less (a 64-megapixel JPEG, the decoder's limit, is ~10-30 MB).
 MAX_UPLOAD = "50mb"
 # Result images are written as JPEG files into this folder inside gradio's upload folder
-# (result_image_file); the quality of the gallery's own JPEG encoding.
+# (ResultFolder); the quality of the gallery's own JPEG encoding.
 RESULTS_FOLDER = "imagesearchtr-results"
 JPEG_QUALITY = 90
+# A Space runs for weeks: past this many bytes of result files, the least recently shown go
+# (down to 80% of it), but never one shown in the last RESULTS_KEEP_S seconds, which a visitor's
+# page may still fetch (its enlarged preview, say). About 10,000 gallery images of 1000 px.
+RESULTS_MAX_BYTES = 2 << 30
+RESULTS_KEEP_S = 3600
 # The longest side of a result image as the gallery gets it. The page is at most 1100 px wide,
 # so more pixels would only cost decoding, encoding and the visitor's download; 1000 rather
 # than 1024 lets the common 4000-4032 px phone photo be decoded at 1/4 scale, not 1/2
@@ -181,34 +188,94 @@ def _load_failed(message: str, exc_info: bool = False) -> LoadError:
     return LoadError(message)
 
 
-def result_image_file(image) -> str:
-    """The path of ``image`` as a JPEG in the app's result folder, written there at most once.
+class ResultFolder:
+    """Result images as JPEG files in ``folder``, each written once; at most about ``max_bytes``.
 
     Handing gradio a PIL image makes it encode the image and write it to a path named by the
-    content hash, with a truncating write, on every response: a second request returning the same
-    image truncated the file while the first response was still streaming it ("Too little data
-    for declared Content-Length"). Here each image is written once, under a temporary name,
+    content hash, with a truncating write, on every response: a second request returning the
+    same image truncated the file while the first response was still streaming it ("Too little
+    data for declared Content-Length"). Here each image is written once, under a temporary name,
     then renamed into place (atomic), and an existing file is never rewritten. The folder is
     inside gradio's upload folder, so gradio serves the path as it is (no copy, no re-encode)
     and it stays among the files the app created: nothing else on the server becomes reachable.
+
+    Each file's access time records when it was last shown. When a new file takes the folder
+    past ``max_bytes``, the least recently shown files go down to 80% of it, except those shown
+    in the last ``keep_s`` seconds (the bound is then exceeded for a while). Deleting a file
+    that a response is still streaming is safe: the open file lives on until it is closed.
     """
-    folder = Path(get_upload_folder()) / RESULTS_FOLDER
-    folder.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    rgb = image if image.mode == "RGB" else image.convert("RGB")  # hits are RGB already
-    rgb.save(buffer, format="JPEG", quality=JPEG_QUALITY)
-    data = buffer.getvalue()
-    path = folder / f"{hashlib.sha256(data).hexdigest()}.jpg"
-    if not path.exists():
-        fd, staging = tempfile.mkstemp(dir=folder, prefix=".partial-", suffix=".jpg")
-        try:
-            with os.fdopen(fd, "wb") as sink:
-                sink.write(data)
-            os.replace(staging, path)  # same bytes if two requests race: either rename wins
-        except BaseException:
-            Path(staging).unlink(missing_ok=True)
-            raise
-    return str(path)
+
+    def __init__(self, folder: Path, max_bytes: int, keep_s: float):
+        self.folder, self.max_bytes, self.keep_s = Path(folder), max_bytes, keep_s
+        # One lock for every look at the folder: a file found and shown again is never one that
+        # a concurrent prune is deleting.
+        self._lock = threading.Lock()
+        self._bytes: int | None = None  # the files' total, counted on the first write
+
+    def path_for(self, image) -> str:
+        """The path of ``image`` as a JPEG in the folder, written there at most once."""
+        buffer = io.BytesIO()
+        rgb = image if image.mode == "RGB" else image.convert("RGB")  # hits are RGB already
+        rgb.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+        data = buffer.getvalue()
+        path = self.folder / f"{hashlib.sha256(data).hexdigest()}.jpg"
+        with self._lock:
+            try:
+                os.utime(path, ns=(time.time_ns(), path.stat().st_mtime_ns))  # shown again
+                return str(path)
+            except FileNotFoundError:
+                pass
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd, staging = tempfile.mkstemp(dir=self.folder, prefix=".partial-", suffix=".jpg")
+            try:
+                with os.fdopen(fd, "wb") as sink:
+                    sink.write(data)
+                os.replace(staging, path)
+            except BaseException:
+                Path(staging).unlink(missing_ok=True)
+                raise
+            if self._bytes is None:
+                self._bytes = sum(size for _, size, _ in self._files())
+            else:
+                self._bytes += len(data)
+            if self._bytes > self.max_bytes:
+                self._bytes = self._prune()
+        return str(path)
+
+    def _files(self) -> list[tuple[int, int, Path]]:
+        """(last shown, bytes, path) of each result file."""
+        out = []
+        for path in self.folder.glob("*.jpg"):
+            with contextlib.suppress(FileNotFoundError):
+                stat = path.stat()
+                out.append((stat.st_atime_ns, stat.st_size, path))
+        return out
+
+    def _prune(self) -> int:
+        """Delete the least recently shown files down to 80% of the bound; the bytes left."""
+        files = sorted(self._files())
+        total = sum(size for _, size, _ in files)
+        recent = time.time_ns() - int(self.keep_s * 1e9)
+        for shown, size, path in files:
+            if total <= 0.8 * self.max_bytes or shown > recent:
+                break
+            path.unlink(missing_ok=True)
+            total -= size
+        return total
+
+
+_result_folder: ResultFolder | None = None
+_result_folder_lock = threading.Lock()
+
+
+def result_image_file(image) -> str:
+    """The path of ``image`` as a JPEG in the app's result folder (ResultFolder.path_for)."""
+    global _result_folder
+    with _result_folder_lock:
+        if _result_folder is None:
+            folder = Path(get_upload_folder()) / RESULTS_FOLDER
+            _result_folder = ResultFolder(folder, RESULTS_MAX_BYTES, RESULTS_KEEP_S)
+    return _result_folder.path_for(image)
 
 
 def hits_to_outputs(hits) -> tuple[list, list[dict]]:

@@ -13,6 +13,7 @@ import importlib.metadata
 import importlib.util
 import json
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -511,6 +512,31 @@ def test_result_images_are_written_once_in_the_apps_folder(served, app):
 
     for item in again:
         PIL.open(io.BytesIO(_result_file(url, item))).load()
+
+
+def test_the_result_folder_keeps_the_most_recently_shown_within_its_bound(app, tmp_path):
+    from PIL import Image
+
+    def shown_hours_ago(path: str, hours: float) -> None:
+        stat = os.stat(path)
+        os.utime(path, ns=(stat.st_atime_ns - int(hours * 3600e9), stat.st_mtime_ns))
+
+    images = [Image.new("RGB", (64, 64), (40 * i, 0, 0)) for i in range(6)]
+    probe = app.ResultFolder(tmp_path / "probe", max_bytes=10**9, keep_s=3600)
+    size = max(os.path.getsize(probe.path_for(image)) for image in images)
+    folder = app.ResultFolder(tmp_path / "results", max_bytes=int(5.5 * size), keep_s=3600)
+    paths = [folder.path_for(image) for image in images[:4]]
+    for path in paths:
+        shown_hours_ago(path, 2)
+    inode = os.stat(paths[1]).st_ino
+    assert folder.path_for(images[1]) == paths[1]  # shown again: kept, not rewritten
+    assert os.stat(paths[1]).st_ino == inode
+    paths += [folder.path_for(images[4]), folder.path_for(images[5])]  # 6 files: over 5.5
+    kept = {p for p in paths if os.path.exists(p)}
+    assert {paths[1], paths[4], paths[5]} <= kept and len(kept) == 4  # down to 80%: 4.4 files
+    # Files shown within keep_s stay, over the bound: a page may still fetch them.
+    recent = app.ResultFolder(tmp_path / "recent", max_bytes=1, keep_s=3600)
+    assert all(os.path.exists(recent.path_for(image)) for image in images)
 
 
 def test_overlapping_results_under_concurrency_have_no_errors(served):
