@@ -408,7 +408,10 @@ def _publish(args) -> int:
     where = f"{result.location}@{result.revision}" if result.revision else result.location
     print(f"{state} {where}")
     if result.changed:
-        print(f"files written: {len(result.uploaded)}, deleted: {len(result.deleted)}")
+        written = len(result.uploaded) + result.card_changed
+        print(f"files written: {written}, deleted: {len(result.deleted)}")
+        if result.card_changed:
+            print("  wrote README.md (the card)")
         for path in result.deleted[:SHOWN_DELETES]:
             print(f"  deleted {path}")
         if len(result.deleted) > SHOWN_DELETES:

@@ -94,12 +94,14 @@ def run_download(config: DownloadConfig) -> DownloadSummary:
                 continue
             stem, ext = _safe_id(raw_id, row_no), _extension(data, image.get("path"))
             target = out / "images" / f"{stem}.{ext}"
-            if target.is_file() and target.read_bytes() != data:
+            there = target.read_bytes() if target.is_file() else None
+            if there is not None and there != data:
                 # Another image under the same name (a repeated or missing id, or ids that
                 # differ only in characters a file name cannot hold): never overwrite it.
                 digest = hashlib.sha256(data).hexdigest()[:12]
                 target = target.with_name(f"{stem}-{digest}.{ext}")
-            if target.is_file() and target.read_bytes() == data:
+                there = target.read_bytes() if target.is_file() else None
+            if there == data:
                 kept += 1
             else:
                 _io.write_bytes(target, data)

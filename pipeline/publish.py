@@ -79,6 +79,7 @@ class PublishResult:
     uploaded: tuple[str, ...] = ()  # repo paths written (uploaded, or written to the folder)
     deleted: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()  # what the user should know but that did not stop the publish
+    card_changed: bool = False  # README.md written anew (it is not among ``uploaded``)
 
 
 def staged_files(build: Path) -> tuple[Manifest, dict[str, tuple[Path, str]]]:
@@ -188,7 +189,9 @@ def publish_to_folder(config: PublishConfig) -> PublishResult:
     (staging / CARD_FILE).write_text(card, encoding="utf-8")
     _io.swap_folder(staging, target)
     deleted = sorted(p for p in old_files if p.split("/", 1)[0] in MANAGED_DIRS and p not in files)
-    return PublishResult(str(target), None, True, tuple(written), tuple(deleted))
+    return PublishResult(
+        str(target), None, True, tuple(written), tuple(deleted), card_changed=card != existing_card
+    )
 
 
 def _check_target_folder(target: Path) -> None:
@@ -275,7 +278,9 @@ def publish_to_hub(config: PublishConfig) -> PublishResult:
         )
     else:
         revision, uploads, deletes = _publish_through_pr(api, repo_id, files, card, title, config)
-    return PublishResult(repo_id, revision, True, tuple(uploads), tuple(deletes), notes)
+    return PublishResult(
+        repo_id, revision, True, tuple(uploads), tuple(deletes), notes, card != existing_card
+    )
 
 
 def _changes(files: dict, remote: dict) -> tuple[list[str], list[str]]:

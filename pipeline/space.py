@@ -141,8 +141,8 @@ def preload_lines(api, manifest: Manifest) -> tuple[str, ...]:
     model again. The dataset cannot be preloaded this way (the Hub preloads model repos only).
     """
     model = manifest.model_id
-    if Path(model).expanduser().exists() or "/" not in model:
-        return ()  # a local model folder: nothing on the Hub to preload
+    if not is_hub_id(model):
+        return ()  # a local model folder (here or where it was encoded): nothing to preload
     present = set(api.list_repo_files(model, revision=manifest.model_revision))
     files = [f for f in MODEL_FILES if f in present]
     if "model.safetensors" in files and "pytorch_model.bin" in files:

@@ -211,6 +211,9 @@ class ResultFolder:
         # a concurrent prune is deleting.
         self._lock = threading.Lock()
         self._bytes: int | None = None  # the files' total, counted on the first write
+        # When a prune could not get under the bound (all shown within keep_s), the next one
+        # waits until the oldest of those leaves that window: not a rescan of every file per write.
+        self._prune_after_ns = 0
 
     def path_for(self, image) -> str:
         """The path of ``image`` as a JPEG in the folder, written there at most once."""
@@ -238,7 +241,7 @@ class ResultFolder:
                 self._bytes = sum(size for _, size, _ in self._files())
             else:
                 self._bytes += len(data)
-            if self._bytes > self.max_bytes:
+            if self._bytes > self.max_bytes and time.time_ns() >= self._prune_after_ns:
                 self._bytes = self._prune()
         return str(path)
 
@@ -255,9 +258,13 @@ class ResultFolder:
         """Delete the least recently shown files down to 80% of the bound; the bytes left."""
         files = sorted(self._files())
         total = sum(size for _, size, _ in files)
-        recent = time.time_ns() - int(self.keep_s * 1e9)
+        keep_ns = int(self.keep_s * 1e9)
+        recent = time.time_ns() - keep_ns
         for shown, size, path in files:
-            if total <= 0.8 * self.max_bytes or shown > recent:
+            if total <= 0.8 * self.max_bytes:
+                break
+            if shown > recent:
+                self._prune_after_ns = shown + keep_ns
                 break
             path.unlink(missing_ok=True)
             total -= size

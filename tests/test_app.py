@@ -17,6 +17,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 import urllib.parse
 import urllib.request
 import uuid
@@ -535,8 +536,12 @@ def test_the_result_folder_keeps_the_most_recently_shown_within_its_bound(app, t
     kept = {p for p in paths if os.path.exists(p)}
     assert {paths[1], paths[4], paths[5]} <= kept and len(kept) == 4  # down to 80%: 4.4 files
     # Files shown within keep_s stay, over the bound: a page may still fetch them.
-    recent = app.ResultFolder(tmp_path / "recent", max_bytes=1, keep_s=3600)
-    assert all(os.path.exists(recent.path_for(image)) for image in images)
+    recent = app.ResultFolder(tmp_path / "recent", max_bytes=1, keep_s=0.5)
+    first = [recent.path_for(image) for image in images[:3]]
+    assert all(os.path.exists(p) for p in first)
+    time.sleep(0.6)  # out of the window now: the next write prunes them
+    last = recent.path_for(images[3])
+    assert os.path.exists(last) and not any(os.path.exists(p) for p in first)
 
 
 def test_overlapping_results_under_concurrency_have_no_errors(served):

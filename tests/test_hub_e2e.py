@@ -50,7 +50,7 @@ def test_publish_then_load_and_search_from_a_fresh_cache(built, hub_env, local_h
     assert "already up to date" in again.stdout and revision_of(again.stdout) == revision
     licensed = run_cli("publish", "--build", built, "--repo", repo, "--license", "cc-by-4.0",
                        "--private", env=hub_env)  # fmt: skip
-    assert "files written: 0, deleted: 0" in licensed.stdout
+    assert "files written: 1, deleted: 0\n  wrote README.md (the card)" in licensed.stdout
     assert f"note: {repo} already exists and is public; --private left it so" in licensed.stdout
     assert revision_of(licensed.stdout) != revision
     revision = revision_of(licensed.stdout)

@@ -419,10 +419,13 @@ def test_publish_to_folder_refuses_to_replace_what_it_did_not_write(tmp_path, sh
         "data",
         "images",
     ]
-    # A folder published before is replaced, as ever (the no-op test republishes into one).
     (photos / "index").mkdir()
     with pytest.raises(PublishError, match="holds data/ and index/ but is not a published"):
         publish_to_folder(PublishConfig(build=shared_build, to=photos))
+    # A folder published before (its index/manifest.json names it so) is published into.
+    (photos / "index" / "manifest.json").write_text("{}")
+    assert publish_to_folder(PublishConfig(build=shared_build, to=photos)).changed
+    assert not (photos / "data" / "captions.jsonl").exists()  # data/ is the publish's own
 
 
 def test_publish_refuses_a_negative_retry_count_before_touching_the_hub(shared_build):

@@ -40,7 +40,7 @@ def test_a_new_license_on_an_unchanged_build_is_published(build, tmp_path):
     target = tmp_path / "dataset"
     assert publish_to_folder(PublishConfig(build=build, to=target)).changed
     again = publish_to_folder(PublishConfig(build=build, to=target, source_license="cc-by-4.0"))
-    assert again.changed and again.uploaded == () and again.deleted == ()
+    assert again.changed and again.card_changed and again.uploaded == again.deleted == ()
     assert "license: cc-by-4.0" in (target / "README.md").read_text(encoding="utf-8")
     same = publish_to_folder(PublishConfig(build=build, to=target, source_license="cc-by-4.0"))
     assert not same.changed

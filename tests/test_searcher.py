@@ -301,6 +301,7 @@ def test_a_damaged_local_data_file_is_named(tmp_path):
         Searcher.from_repo(folder, encoder=FakeEncoder(DIM), cache_dir=tmp_path / "cache")
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # PIL's, at open
 def test_a_result_image_over_the_pixel_limit_is_a_placeholder(tmp_path):
     import io
 

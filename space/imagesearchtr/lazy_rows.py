@@ -315,7 +315,10 @@ def load_columns(source: Source, files: list[DataFile], cache_dir: Path, columns
             _write_columns(source, f, columns, target)
         except (FileNotFoundError, RowsError):
             raise
-        except (OSError, pa.ArrowException) as err:  # pyarrow: OSError for a damaged page
+        except (OSError, pa.ArrowException) as err:
+            if getattr(err, "errno", None) is not None:  # the system's (full disk, permissions)
+                raise
+            # pyarrow's own: an OSError without errno for a page it cannot decode
             raise RowsError(
                 f"{source.location}: {f.path} cannot be read ({_describe(err)}); it is "
                 "damaged: build and publish it again"

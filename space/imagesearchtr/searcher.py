@@ -155,8 +155,9 @@ class Searcher:
                 f"{where}: the dataset has {len(dataset)} rows but its index manifest says "
                 f"{manifest.num_rows}; rows and indices come from different builds"
             )
+        max_side = None if image_max_side is None else int(image_max_side)
         images = ImageStore(
-            source, files, counts, ranges, cache_dir, image_cache_bytes, image_max_side
+            source, files, counts, ranges, cache_dir, int(image_cache_bytes), max_side
         )
         exact = {
             column: _load_index(dataset, loaded, column, where) for column in EMBEDDING_COLUMNS
@@ -379,7 +380,7 @@ def _load_index(rows, loaded: LoadedManifest, column: str, where: str) -> bool:
 
 
 def _is_whole(value, minimum: int) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int) and value >= minimum
+    return not isinstance(value, bool) and isinstance(value, int | np.integer) and value >= minimum
 
 
 def _terms(name: str, terms) -> list:
