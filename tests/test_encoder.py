@@ -201,10 +201,18 @@ def test_malicious_pickle_is_refused_and_runs_nothing(tiny_model_dir, tmp_path):
 
 
 def test_remote_code_config_is_never_executed(tiny_model_dir, tmp_path):
-    # The real config.json carries auto_map (custom code); loading must not need or run it.
+    # The real config.json carries auto_map (custom code); loading must not need or run it,
+    # even with that code beside it, as a Hub repo would hold it.
     config = json.loads((tiny_model_dir / "config.json").read_text())
-    assert "auto_map" in config
-    assert not list(tiny_model_dir.glob("*.py"))
+    assert set(config["auto_map"]) == {"AutoConfig", "AutoModel"}
+    folder = copy_checkpoint(tiny_model_dir, tmp_path / "with-code")
+    marker = tmp_path / "ran"
+    for reference in config["auto_map"].values():
+        module = reference.split(".")[0]
+        (folder / f"{module}.py").write_text(f"open({str(marker)!r}, 'w').write('{module}')\n")
+    encoder = Encoder.from_pretrained(folder)
+    assert encoder.encode_texts(["köpek"]).shape == (1, encoder.dim)
+    assert not marker.exists(), marker.read_text()
 
 
 def test_bad_inputs_give_clear_errors(tiny_encoder, tmp_path):

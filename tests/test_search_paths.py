@@ -37,7 +37,8 @@ def rows_and_scores(hits):
 def test_a_flat_index_gives_numpy_top_k(tmp_path, k):
     rng = np.random.default_rng(1)
     x = unit(rng.normal(size=(300, DIM)))
-    searcher = open_repo(write_repo(tmp_path / "repo", x))
+    captions = list(unit(rng.normal(size=(300, DIM))))  # unlike the images: a mix-up shows
+    searcher = open_repo(write_repo(tmp_path / "repo", x, captions))
     assert searcher.exact == {"image_emb": True, "caption_emb": True}
     for query in unit(rng.normal(size=(5, DIM))):
         ids, scores = rows_and_scores(searcher.search_vector(query, k))

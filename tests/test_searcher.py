@@ -108,7 +108,8 @@ def test_image_only_search_equals_numpy_top_k(tmp_path):
     n = 500
     image_emb = unit(rng.normal(size=(n, DIM)))
     query = unit(rng.normal(size=DIM))
-    searcher = open_repo(write_repo(tmp_path / "repo", image_emb), {"sorgu": query})
+    captions = list(unit(rng.normal(size=(n, DIM))))  # unlike the images: a mix-up shows
+    searcher = open_repo(write_repo(tmp_path / "repo", image_emb, captions), {"sorgu": query})
     hits = searcher.search_text("sorgu", k=10)
     scores = image_emb @ query
     assert [h.row for h in hits] == list(np.argsort(-scores)[:10])
@@ -163,7 +164,8 @@ def test_from_repo_names_a_bad_image_setting(tmp_path, name, value):
 def test_search_similar_is_the_nearest_images_without_the_row_itself(tmp_path):
     rng = np.random.default_rng(4)
     image_emb = unit(rng.normal(size=(200, DIM)))
-    searcher = open_repo(write_repo(tmp_path / "repo", image_emb))
+    captions = list(unit(rng.normal(size=(200, DIM))))  # unlike the images: a mix-up shows
+    searcher = open_repo(write_repo(tmp_path / "repo", image_emb, captions))
     row = 17
     scores = image_emb @ image_emb[row]
     expected = [int(i) for i in np.argsort(-scores) if i != row][:5]
@@ -175,7 +177,8 @@ def test_search_similar_is_the_nearest_images_without_the_row_itself(tmp_path):
 
 def test_search_similar_leaves_out_the_row_even_among_duplicates(tmp_path):
     image_emb = unit(np.ones((6, DIM)))  # every row has the same image embedding
-    searcher = open_repo(write_repo(tmp_path / "repo", image_emb))
+    captions = list(unit(np.random.default_rng(5).normal(size=(6, DIM))))  # and unlike captions
+    searcher = open_repo(write_repo(tmp_path / "repo", image_emb, captions))
     assert [h.row for h in searcher.search_similar(2, k=10)] == [0, 1, 3, 4, 5]
 
 
