@@ -105,6 +105,10 @@ def render_dataset_card(
         raise ValueError("give repo_id (a Hub publish) or local_dir (a local-folder publish)")
     if repo_id is not None and not is_hub_id(repo_id):
         raise ValueError(f"repo_id {repo_id!r} is not a Hub id of the form 'namespace/name'")
+    if not isinstance(features, dict):
+        raise TypeError(
+            f"features must be a dict, datasets.Features.to_dict(); got {type(features).__name__}"
+        )
     facts = yaml.safe_load(CARD_DATA_PATH.read_text(encoding="utf-8"))
     existing_data, existing_body = _parse_existing(existing)
     name = pretty_name or existing_data.get("pretty_name") or _default_pretty_name(repo_id, source)

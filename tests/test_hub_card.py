@@ -179,7 +179,7 @@ def test_features_are_one_shape():
     features = row_features(768)
     info = yaml_block(render(features=features.to_dict()))["dataset_info"]
     assert [f["name"] for f in info["features"]] == list(features)
-    with pytest.raises((TypeError, ValueError, AttributeError)):
+    with pytest.raises(TypeError, match=r"features must be a dict, datasets.Features.to_dict"):
         render(features="image,captions")
 
 
@@ -406,7 +406,7 @@ def test_needs_repo_or_local_dir():
 
 
 def test_extract_usage_snippet_without_block():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="the card has no ```python code block"):
         extract_usage_snippet("# no code here\n")
 
 
