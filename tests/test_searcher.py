@@ -265,10 +265,10 @@ def test_from_repo_refuses_another_model_and_rows_of_another_build(tmp_path):
 @pytest.mark.parametrize(
     "field,value,said",
     [
-        ("num_rows", 3.0, "num_rows is 3.0, not a whole number"),
-        ("num_rows", "3", "num_rows is '3', not a whole number"),
-        ("dim", "8", "dim is '8', not a whole number"),
-        ("ntotal", 3.5, "ntotal of image_emb is 3.5, not a whole number"),
+        ("num_rows", 3.0, "num_rows is 3.0, not a count"),
+        ("num_rows", "3", "num_rows is '3', not a count"),
+        ("dim", "8", "dim is '8', not a count"),
+        ("ntotal", 3.5, "ntotal of image_emb is 3.5, not a count"),
         ("params", [["nprobe", 4]], "the params of image_emb are not a name: value mapping"),
         ("params", {"nprobe": 16}, "search parameter nprobe=16 for index/image_emb.faiss does not"),
         ("params", {"nprobe": "16"}, "search parameter nprobe='16' for index/image_emb.faiss"),

@@ -100,7 +100,7 @@ class Manifest:
                 raise ValueError(f"the params of {info.column} are not a name: value mapping")
         for name, value in counts.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} is {value!r}, not a whole number")
+                raise ValueError(f"{name} is {value!r}, not a count (a whole number, 0 or more)")
         return manifest
 
     def save(self, path: str | Path) -> None:
