@@ -220,9 +220,9 @@ def main() -> None:
         "--latency-ms",
         type=float,
         default=0.0,
-        help="then two more lazy clients with this many ms added to every read of a repo file "
-        "(resolve and storage URLs), a model of the round trip to the Hub: one with the "
-        "Searcher's fetch threads, one with --compare-workers (0: none)",
+        help="then two more lazy clients (0, the default: none) with this many ms added to "
+        "every read of a repo file (resolve and storage URLs), a model of the round trip to the "
+        "Hub: one with the Searcher's fetch threads, one with --compare-workers",
     )
     parser.add_argument(
         "--compare-workers",
@@ -245,6 +245,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if args.compare_workers < 1:
+        parser.error("--compare-workers must be at least 1")
     if args.compare and not (args.compare / "space" / "imagesearchtr").is_dir():
         parser.error(f"--compare {args.compare}: no space/imagesearchtr/ folder there")
     if args.recall:
