@@ -257,6 +257,7 @@ def publish_to_hub(config: PublishConfig) -> PublishResult:
         )
     if remote_manifest == _identity(manifest) and not any(changes) and card == existing_card:
         return PublishResult(repo_id, info.sha, changed=False, notes=notes)
+    check_card(card, "dataset")  # before any upload: the card goes in the last commit
     title = f"Publish {manifest.num_rows} rows and indices ({manifest.data_hash[:19]})"
     uploads, deletes = changes
     if len(uploads) + len(deletes) + 1 <= config.max_files_per_commit:
@@ -450,6 +451,25 @@ def _landed(api, repo_id):
         return info.sha, ident
     except Exception:  # still failing: let the next attempt find out
         return None
+
+
+def check_card(card: str, repo_type: str) -> None:
+    """The Hub's own check of a card's metadata (``RepoCard.validate``: a known license id, a
+    Space's short_description within 60 characters, ...), so that a bad card fails before any
+    upload rather than at the commit that carries it; PublishError with the Hub's reasons."""
+    from huggingface_hub import RepoCard
+
+    try:
+        RepoCard(card).validate(repo_type=repo_type)
+    except ValueError as err:
+        try:  # the Hub's answer: {"errors": [{"message": ...}, ...]}
+            reasons = "; ".join(e["message"] for e in json.loads(str(err))["errors"])
+        except (ValueError, KeyError, TypeError):
+            reasons = " ".join(str(err).split())
+        raise PublishError(
+            f"the Hub refuses the {repo_type} card's metadata: {reasons} (the card's license "
+            "comes from --license, or from the card already in the repo)"
+        ) from None
 
 
 class PublishError(RuntimeError):

@@ -34,7 +34,7 @@ from pathlib import Path
 from hub_card.dataset_card import is_hub_id
 from imagesearchtr.manifest import Manifest, load_manifest, require_image_ranges
 
-from .publish import PublishError, hub_error_text
+from .publish import PublishError, check_card, hub_error_text
 
 SPACE_SOURCE = Path(__file__).resolve().parent.parent / "space"
 APP_FILE = "app.py"
@@ -211,6 +211,7 @@ def publish_space_to_hub(config: SpaceConfig) -> SpaceResult:
             )
         preload = preload_lines(api, manifest)
         card = render_card(space_id, dataset_repo, revision, manifest, hardware, preload)
+        check_card(card, "space")  # before the Space is created
         api.create_repo(
             space_id, repo_type="space", space_sdk="gradio", private=config.private, exist_ok=True
         )

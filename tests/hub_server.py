@@ -16,7 +16,9 @@ branch, ``refs/heads/X``, a tag or a full 40-hex commit sha, URL-encoded as the 
     GET    /api/whoami-v2
     POST   /api/repos/create                          (409 when it exists)
     DELETE /api/repos/delete
-    POST   /api/validate-yaml                         (always valid)
+    POST   /api/validate-yaml                         (400 for unparsable YAML, a license
+                                                      not on the Hub's list, or a Space's
+                                                      short_description over 60 characters)
     GET    /api/{type}/{repo}                         (repo info; ?blobs=true, ?expand=...)
     GET    /api/{type}/{repo}/revision/{rev}
     PUT    /api/{type}/{repo}/settings                (private / visibility only)
@@ -118,6 +120,82 @@ REGULAR_FILE_MAX_SIZE = 10 * 1024 * 1024
 TREE_PAGE_SIZE = 1000  # the Hub's page size for /tree (50 with expand=True)
 TREE_PAGE_SIZE_EXPAND = 50
 READ_CHUNK = 1024 * 1024
+# The license identifiers a card's `license` may take: the Hub's documented list
+# (huggingface/hub-docs, docs/hub/repositories-licenses.md; the Hub adds to it over time).
+HUB_LICENSES = frozenset(
+    [
+        "apache-2.0",
+        "mit",
+        "openrail",
+        "bigscience-openrail-m",
+        "creativeml-openrail-m",
+        "bigscience-bloom-rail-1.0",
+        "bigcode-openrail-m",
+        "afl-3.0",
+        "artistic-2.0",
+        "bsl-1.0",
+        "bsd",
+        "bsd-2-clause",
+        "bsd-3-clause",
+        "bsd-3-clause-clear",
+        "c-uda",
+        "cc",
+        "cc0-1.0",
+        "cc-by-2.0",
+        "cc-by-2.5",
+        "cc-by-3.0",
+        "cc-by-4.0",
+        "cc-by-sa-3.0",
+        "cc-by-sa-4.0",
+        "cc-by-nc-2.0",
+        "cc-by-nc-3.0",
+        "cc-by-nc-4.0",
+        "cc-by-nd-4.0",
+        "cc-by-nc-nd-3.0",
+        "cc-by-nc-nd-4.0",
+        "cc-by-nc-sa-2.0",
+        "cc-by-nc-sa-3.0",
+        "cc-by-nc-sa-4.0",
+        "cdla-sharing-1.0",
+        "cdla-permissive-1.0",
+        "cdla-permissive-2.0",
+        "wtfpl",
+        "ecl-2.0",
+        "epl-1.0",
+        "epl-2.0",
+        "etalab-2.0",
+        "eupl-1.1",
+        "agpl-3.0",
+        "gfdl",
+        "gpl",
+        "gpl-2.0",
+        "gpl-3.0",
+        "lgpl",
+        "lgpl-2.1",
+        "lgpl-3.0",
+        "isc",
+        "lppl-1.3c",
+        "ms-pl",
+        "mpl-2.0",
+        "odc-by",
+        "odbl",
+        "openrail++",
+        "osl-3.0",
+        "postgresql",
+        "ofl-1.1",
+        "ncsa",
+        "unlicense",
+        "zlib",
+        "pddl",
+        "lgpl-lr",
+        "deepfloyd-if-license",
+        "llama2",
+        "gemma",
+        "unknown",
+        "other",
+    ]
+)
+
 # A storage URL's lifetime: presigned URLs expire (S3's limit is 7 days; hours are common).
 SIGNED_URL_TTL_S = 3600.0
 API_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
@@ -1057,7 +1135,29 @@ class HubApp:
         return Response(status_code=200)
 
     async def validate_yaml(self, request: Request, m: re.Match) -> Response:
-        await request.body()
+        """The card metadata checks huggingface_hub runs before every commit of a README.md
+        (``HfApi._validate_yaml``): the Hub answers 400 with ``errors``, which the client raises
+        as ``ValueError("Invalid metadata in README.md ...")``. Modelled: the YAML parses, its
+        ``license`` is one of the Hub's identifiers, and a Space's ``short_description`` is at
+        most 60 characters."""
+        body = json.loads(await request.body() or b"{}")
+        content, repo_type = str(body.get("content", "")), body.get("repoType", "model")
+        errors = []
+        match = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", content, re.DOTALL)
+        try:
+            meta = yaml.safe_load(match.group(1)) if match else {}
+        except yaml.YAMLError as err:
+            meta, errors = {}, [f"Invalid YAML in the metadata: {err}"]
+        meta = meta if isinstance(meta, dict) else {}
+        licenses = meta.get("license")
+        for license_id in licenses if isinstance(licenses, list) else [licenses]:
+            if license_id is not None and license_id not in HUB_LICENSES:
+                errors.append(f'"license" must be one of [{", ".join(sorted(HUB_LICENSES))}]')
+        short = meta.get("short_description")
+        if repo_type == "space" and isinstance(short, str) and len(short) > 60:
+            errors.append('"short_description" length must be less than or equal to 60')
+        if errors:
+            return JSONResponse({"errors": [{"message": e} for e in errors]}, status_code=400)
         return JSONResponse({"errors": [], "warnings": []})
 
     async def repo_info(self, request: Request, m: re.Match) -> Response:

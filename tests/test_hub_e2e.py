@@ -54,6 +54,13 @@ def test_publish_then_load_and_search_from_a_fresh_cache(built, hub_env, local_h
     assert f"note: {repo} already exists and is public; --private left it so" in licensed.stdout
     assert revision_of(licensed.stdout) != revision
     revision = revision_of(licensed.stdout)
+    # A license the Hub does not know is refused before anything is uploaded or committed
+    # (the location check below finds the revision above still the newest).
+    typo = run_cli("publish", "--build", built, "--repo", repo, "--license", "cc-by-4.1",
+                   env=hub_env, check=False)  # fmt: skip
+    assert typo.returncode == 2, typo.stderr
+    assert "the Hub refuses the dataset card's metadata" in typo.stderr
+    assert '"license" must be one of' in typo.stderr and "--license" in typo.stderr
 
     fresh = {**hub_env, "HF_HOME": str(tmp_path / "fresh-home")}
     out = run_python(

@@ -112,6 +112,55 @@ def test_whoami_accepts_the_token_and_rejects_a_wrong_one(hub, tmp_path):
     assert out == {"name": hub.user, "wrong": 401}
 
 
+def test_card_metadata_is_validated_before_a_commit_as_the_hub_does(hub, tmp_path):
+    """huggingface_hub posts a README.md to /api/validate-yaml before committing it; the Hub
+    refuses a license it does not know and a Space's short_description over 60 characters."""
+    out = run_client(
+        hub,
+        """
+        from huggingface_hub import HfApi, RepoCard
+        api = HfApi()
+        repo = api.create_repo(ARGS["repo"], repo_type="dataset").repo_id
+        def refused(text, repo_type="dataset"):
+            try:
+                RepoCard(text).validate(repo_type=repo_type)
+                return None
+            except ValueError as err:
+                return str(err)
+        try:  # the client's own check inside create_commit
+            api.upload_file(path_or_fileobj=b"---\\nlicense: not-a-license\\n---\\n",
+                            path_in_repo="README.md", repo_id=repo, repo_type="dataset")
+            committed = None
+        except ValueError as err:
+            committed = str(err)
+        emit({
+            "ok": refused("---\\nlicense: cc-by-4.0\\n---\\n# x\\n"),
+            "license": refused("---\\nlicense: cc-by-4.1\\n---\\n"),
+            "short": refused("---\\nshort_description: " + "x" * 61 + "\\n---\\n", "space"),
+            "short_dataset": refused("---\\nshort_description: " + "x" * 61 + "\\n---\\n"),
+            "committed": committed,
+            "files": api.list_repo_files(repo, repo_type="dataset"),
+        })
+        """,
+        tmp_path,
+        {"repo": unique("cards")},
+    )
+    assert out["ok"] is None and out["short_dataset"] is None
+    assert '\\"license\\" must be one of' in out["license"] and "cc-by-4.0" in out["license"]
+    # YAML that does not parse (RepoCard refuses it before asking; another client may not).
+    asked = urllib.request.Request(
+        f"{hub.endpoint}/api/validate-yaml",
+        data=json.dumps({"content": "---\nlicense: [\n---\n", "repoType": "dataset"}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as answer:
+        urllib.request.urlopen(asked)
+    assert answer.value.code == 400 and b"Invalid YAML" in answer.value.read()
+    assert "short_description" in out["short"] and "60" in out["short"]
+    assert out["committed"].startswith("Invalid metadata in README.md")
+    assert "README.md" not in out["files"]  # refused before anything was committed
+
+
 def test_upload_folder_then_download_in_a_fresh_cache(hub, uploaded, tmp_path):
     out = run_client(
         hub,
