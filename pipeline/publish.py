@@ -466,9 +466,13 @@ def check_card(card: str, repo_type: str) -> None:
             reasons = "; ".join(e["message"] for e in json.loads(str(err))["errors"])
         except (ValueError, KeyError, TypeError):
             reasons = " ".join(str(err).split())
+        where = (
+            " (the card's license comes from --license, or from the card already in the repo)"
+            if repo_type == "dataset"
+            else ""
+        )
         raise PublishError(
-            f"the Hub refuses the {repo_type} card's metadata: {reasons} (the card's license "
-            "comes from --license, or from the card already in the repo)"
+            f"the Hub refuses the {repo_type} card's metadata: {reasons}{where}"
         ) from None
 
 
