@@ -52,7 +52,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import _io
-from .index import BUILD_FILE, REUSE_LAYOUT_FILE, SHARDS_DIR, SKIPPED_FILE
+from .index import BUILD_FILE, REUSE_LAYOUT_FILE, SHARDS_DIR, SKIPPED_FILE, read_build_info
 from .inputs import (
     DUPLICATE,
     EMPTY_FILE,
@@ -518,12 +518,7 @@ def _prepare_build_dir(out: Path, build: dict, overwrite: bool) -> None:
         raise ValueError(f"--out {out} is a file; give a folder for the build (new or not)")
     build_file = out / BUILD_FILE
     if build_file.is_file() and not overwrite:
-        try:
-            previous = json.loads(build_file.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ValueError(
-                f"{build_file} is damaged ({err}); pass --overwrite to start the build again"
-            ) from None
+        previous = read_build_info(out)
         if previous.get("model_fingerprint") != build["model_fingerprint"]:
             raise ValueError(
                 f"{out} holds a build made with a different model "

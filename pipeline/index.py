@@ -134,7 +134,7 @@ def ivf_lists(num_rows: int) -> int:
 def build_shards(build: Path) -> list[Path]:
     """The shard files of a complete, non-empty build, in row order; else a clear error."""
     build = Path(build)
-    info = _read_build_info(build)
+    info = read_build_info(build)
     shards_dir = build / SHARDS_DIR
     if "shards" in info:
         shards = [shards_dir / name for name in info["shards"]]
@@ -196,7 +196,7 @@ def _run_index(config: IndexConfig, cache: Path):
     from . import datafiles
 
     build = Path(config.build)
-    build_info = _read_build_info(build)
+    build_info = read_build_info(build)
     dim = int(build_info["dim"])
     _check_factory(config.index_type, dim)  # before the data is read and written
     ds, shards = load_build_dataset(build, cache)
@@ -336,14 +336,21 @@ def _runs(table, rows: list[int]) -> list:
     return pieces or [table.slice(0, 0)]
 
 
-def _read_build_info(build: Path) -> dict:
-    path = build / BUILD_FILE
+def read_build_info(build: Path) -> dict:
+    """BUILD/build.json, the plan ``encode`` records; a missing or damaged one is named."""
+    path = Path(build) / BUILD_FILE
     if not path.is_file():
         raise FileNotFoundError(
             f"{build}: not a build folder (no {BUILD_FILE}); run `python -m pipeline encode "
             f"--out {build}` first"
         )
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(
+            f"{path} is damaged ({err}); pass --overwrite to `python -m pipeline encode "
+            f"--out {build}` to start the build again"
+        ) from None
 
 
 def _count_lines(path: Path) -> int:

@@ -396,6 +396,6 @@ def _terms(name: str, terms) -> list:
 
 
 def _check_k(k: int, n: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+    if not _is_whole(k, minimum=1):
         raise ValueError(f"k must be a positive integer, got {k!r}")
     return int(min(k, MAX_K, n))
