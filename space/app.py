@@ -113,7 +113,7 @@ RESULTS_FOLDER = "imagesearchtr-results"
 JPEG_QUALITY = 90
 # A Space runs for weeks: past this many bytes of result files, the least recently shown go
 # (down to 80% of it), but never one shown in the last RESULTS_KEEP_S seconds, which a visitor's
-# page may still fetch (its enlarged preview, say). About 10,000 gallery images of 1000 px.
+# page may still fetch (its enlarged preview, say).
 RESULTS_MAX_BYTES = 2 << 30
 RESULTS_KEEP_S = 3600
 # The longest side of a result image as the gallery gets it. The page is at most 1100 px wide,
