@@ -19,7 +19,10 @@ at once, never half-way:
 - more (a large first publish): commits of at most MAX_FILES_PER_COMMIT files to a pull-request
   ref (``create_commit(create_pr=True)``, then ``revision="refs/pr/N"``), the manifest last,
   then ``merge_pull_request`` lands them on main as one change. An interrupted publish finds
-  its open pull request (by title) and uploads only what the pull request still lacks.
+  its open pull request (by title) and uploads only what the pull request still lacks; one
+  that conflicts with main (main changed a file it wrote meanwhile) is closed and replaced.
+  The Hub's merge keeps main's own changes, so main is read back after it and a file of
+  data/ or index/ that is not this build's is an error (a re-run removes it).
 - ``--to DIR``: the new tree is built beside the old one (unchanged files hard-linked from it,
   so they stay untouched) and swapped in with one rename.
 Publishing a build whose manifest (data hash, model, index types) and files are already the
@@ -337,6 +340,25 @@ def _publish_through_pr(api, repo_id, files, card, title, config):
             ),
             None,
         )
+        if pr is not None:
+            conflicts = api.get_discussion_details(
+                repo_id, pr.num, repo_type="dataset"
+            ).conflicting_files
+            if conflicts:  # main changed the same files since: it can never be merged
+                named = ", ".join(conflicts[:5]) if isinstance(conflicts, list) else "some files"
+                print(
+                    f"publish: pull request #{pr.num} of {repo_id} conflicts with main "
+                    f"({named}); closing it and opening a new one",
+                    file=sys.stderr,
+                )
+                api.change_discussion_status(
+                    repo_id,
+                    pr.num,
+                    "closed",
+                    comment="Conflicts with main; a new pull request replaces it.",
+                    repo_type="dataset",
+                )
+                pr = None
         if pr is None:  # open one with the deletions (none of them is read by anyone yet)
             head = api.dataset_info(repo_id).sha
             _, deletes = _changes(files, _remote_files(api, repo_id, head))
@@ -375,12 +397,29 @@ def _publish_through_pr(api, repo_id, files, card, title, config):
                 revision=ref,
             )
         api.merge_pull_request(repo_id, pr_num, repo_type="dataset")
-        revision = api.dataset_info(repo_id).sha
     except (HfHubHTTPError, OSError, RuntimeError) as err:
         raise PublishError(
             hub_error_text(err, repo_id) + "; main was left unchanged: run the same publish "
             "command again to resume"
         ) from None
+    try:
+        details = api.get_discussion_details(repo_id, pr_num, repo_type="dataset")
+        revision = details.merge_commit_oid or api.dataset_info(repo_id).sha
+        # The merge keeps what main gained meanwhile (another publish, a user's commit): files
+        # of data/ or index/ that are not this build's would mix rows of two builds.
+        differ, extra = _changes(files, _remote_files(api, repo_id, revision))
+    except (HfHubHTTPError, OSError) as err:
+        raise PublishError(
+            f"pull request #{pr_num} was merged, but reading main back failed: "
+            f"{hub_error_text(err, repo_id)}; run the same publish command again to check it"
+        ) from None
+    if differ or extra:
+        left = differ + extra
+        raise PublishError(
+            f"main of {repo_id} changed while this publish ran: after the merge ({revision}) "
+            f"{len(left)} file(s) under data/ or index/ differ from this build "
+            f"({', '.join(left[:5])}); run the same publish command again to make main match"
+        )
     return revision, uploads, deletes
 
 

@@ -24,9 +24,12 @@ branch, ``refs/heads/X``, a tag or a full 40-hex commit sha, URL-encoded as the 
     PUT    /api/{type}/{repo}/settings                (private / visibility only)
     POST   /api/{type}/{repo}/preupload/{rev}         (uploadMode lfs|regular, remote oid)
     POST   /api/{type}/{repo}/commit/{rev}            (ndjson; parentCommit -> 412 if stale;
-                                                       ?create_pr=1; 422 over the file limit)
+                                                       ?create_pr=1: a pull request from
+                                                       parentCommit; 422 over the file limit)
     GET    /api/{type}/{repo}/discussions             (pull requests; ?type=, ?status=)
-    POST   /api/{type}/{repo}/discussions/{n}/merge
+    GET    /api/{type}/{repo}/discussions/{n}         (details: filesWithConflicts, changes)
+    POST   /api/{type}/{repo}/discussions/{n}/merge   (409 on conflicts with the base)
+    POST   /api/{type}/{repo}/discussions/{n}/status  (open or closed)
     GET    /api/{type}/{repo}/tree/{rev}[/{path}]     (?recursive, ?expand, Link pagination)
     POST   /api/{type}/{repo}/paths-info/{rev}        (form: paths=..., expand=...)
     GET    /api/{type}/{repo}/refs
@@ -603,12 +606,20 @@ class Storage:
 # Pull requests and commit limits (the pipeline's large publishes)
 #
 # Modelled on the Hub's documented behaviour: ``create_commit(create_pr=True)`` (``?create_pr=1``)
-# opens a pull request whose head is the ref ``refs/pr/N``, starting from the target branch; more
-# commits go to ``revision="refs/pr/N"``; ``POST .../discussions/N/merge`` lands the pull
-# request's files on the base branch as ONE new commit, so readers of the branch see all of it
-# or none. The Hub asks for at most ~50-100 files per commit; this server refuses a commit with
-# more than ``HubState.max_files_per_commit`` operations (default MAX_FILES_PER_COMMIT; None:
-# no limit) with 422, so a test sees a publish that ignores the limit fail.
+# opens a pull request whose head is the ref ``refs/pr/N``, starting from the target branch, or
+# from ``parent_commit`` when one is given ("the pull request will be created from
+# parent_commit", huggingface_hub's create_commit; no 412 then); more commits go to
+# ``revision="refs/pr/N"``; ``POST .../discussions/N/merge`` lands the pull request's changes on
+# the base branch as ONE new commit, so readers of the branch see all of it or none. The base
+# may have moved since the pull request started: as a git merge would, the merge keeps the
+# base's own changes and applies the pull request's; a file both changed differently is a
+# conflict. The Hub reports those in ``GET .../discussions/N`` (``filesWithConflicts``, which
+# huggingface_hub reads as ``conflicting_files``) and cannot merge them; the status it answers
+# that merge with is not documented: 409 here. ``POST .../discussions/N/status`` closes or
+# reopens one. The details carry no ``diff`` and no events.
+# The Hub asks for at most ~50-100 files per commit; this server refuses a commit with more than
+# ``HubState.max_files_per_commit`` operations (default MAX_FILES_PER_COMMIT; None: no limit)
+# with 422, so a test sees a publish that ignores the limit fail.
 # PR heads are kept in ``repo["branches"]`` under their ref name (so every revision lookup and
 # commit works on them unchanged) and hidden from the branch list.
 # ---------------------------------------------------------------------------------------------
@@ -627,14 +638,18 @@ def _check_files_per_commit(state, operations: list) -> None:
 
 
 def _open_pull_request(storage, repo: dict, base: str, header: dict, author: str):
-    """Create refs/pr/N at the head of ``base``; return (the ref to commit to, N)."""
+    """Create refs/pr/N at ``parentCommit`` if the header names one, else at the head of
+    ``base``; return (the ref to commit to, N)."""
     with storage.lock:
         if base not in repo["branches"]:
             raise HubError(404, f"Invalid rev id: {base}", "RevisionNotFound")
+        start = repo["branches"][base]
+        if header.get("parentCommit"):
+            start = _commit_by_prefix(repo, header["parentCommit"])
         pulls = repo.setdefault("pulls", [])
         num = len(pulls) + 1
         ref = f"refs/pr/{num}"
-        repo["branches"][ref] = repo["branches"][base]
+        repo["branches"][ref] = start
         pulls.append(
             {
                 "num": num,
@@ -643,10 +658,40 @@ def _open_pull_request(storage, repo: dict, base: str, header: dict, author: str
                 "author": author,
                 "createdAt": _now(),
                 "base": base,
+                "start": start,  # the commit it started from: the merge's common ancestor
             }
         )
         storage.save_repo(repo)
     return ref, num
+
+
+def _commit_by_prefix(repo: dict, oid: str) -> str:
+    """A commit named by its sha or a unique prefix of at least 7 characters, as the Hub takes
+    ``parent_commit``."""
+    found = [sha for sha in repo["commits"] if len(oid) >= 7 and sha.startswith(oid.lower())]
+    if len(found) != 1:
+        raise HubError(404, f"Invalid rev id: {oid}", "RevisionNotFound")
+    return found[0]
+
+
+def _pull_files(repo: dict, pull: dict) -> tuple[dict, dict, dict]:
+    """(files where it started, its head's files, the base branch head's files)."""
+    head = repo["commits"][repo["branches"][f"refs/pr/{pull['num']}"]]["files"]
+    base = repo["commits"][repo["branches"][pull["base"]]]["files"]
+    # Pull requests stored before "start" was kept: taken as started from the base's head.
+    start = repo["commits"][pull["start"]]["files"] if "start" in pull else base
+    return start, head, base
+
+
+def _conflicts(start: dict, head: dict, base: dict) -> list[str]:
+    """Paths the pull request and the base both changed since ``start``, to different ends."""
+    return sorted(
+        path
+        for path in set(start) | set(head) | set(base)
+        if head.get(path) != start.get(path)
+        and base.get(path) != start.get(path)
+        and head.get(path) != base.get(path)
+    )
 
 
 def _merge_pull_request(storage, repo: dict, num: int, author: str) -> str:
@@ -656,14 +701,25 @@ def _merge_pull_request(storage, repo: dict, num: int, author: str) -> str:
             raise HubError(404, f"Discussion {num} not found", "EntryNotFound")
         if pull["status"] != "open":
             raise HubError(400, f"Pull request {num} is {pull['status']}, not open")
-        head = repo["branches"][f"refs/pr/{num}"]
+        start, head, base = _pull_files(repo, pull)
+        conflicts = _conflicts(start, head, base)
+        if conflicts:
+            raise HubError(
+                409, f"Pull request {num} has conflicts with {pull['base']}: {', '.join(conflicts)}"
+            )
+        files = dict(base)
+        for path in set(start) | set(head):
+            if head.get(path) != start.get(path):  # the pull request's change
+                if path in head:
+                    files[path] = head[path]
+                else:
+                    files.pop(path, None)
         base_head = repo["branches"][pull["base"]]
-        files = dict(repo["commits"][head]["files"])
         sha = storage._new_commit(
             repo, base_head, files, f"Merge pull request #{num}: {pull['title']}", "", author
         )
         repo["branches"][pull["base"]] = sha
-        pull["status"] = "merged"
+        pull["status"], pull["mergeCommit"] = "merged", sha
         storage.save_repo(repo)
         return sha
 
@@ -1030,7 +1086,9 @@ class HubApp:
             ("GET", r"/_storage/(?P<sha>[0-9a-f]{64})", self.storage_read),
             ("HEAD", r"/_storage/(?P<sha>[0-9a-f]{64})", self.storage_read),
             ("GET", api + r"/discussions", self.discussions),
+            ("GET", api + r"/discussions/(?P<num>\d+)", self.discussion_details),
             ("POST", api + r"/discussions/(?P<num>\d+)/merge", self.merge_pull_request),
+            ("POST", api + r"/discussions/(?P<num>\d+)/status", self.discussion_status),
             ("GET", api + r"/variables", self.space_variables),
             ("POST", api + r"/variables", self.space_variables),
             ("DELETE", api + r"/variables", self.space_variables),
@@ -1436,9 +1494,10 @@ class HubApp:
             else:
                 raise HubError(400, f"Unsupported commit operation key: {key}")
         _check_files_per_commit(self.state, operations)
-        pr_num = None
-        if create_pr:
+        pr_num, parent = None, header.get("parentCommit")
+        if create_pr:  # the pull request starts at parentCommit: nothing to be stale against
             branch, pr_num = _open_pull_request(storage, repo, branch, header, user)
+            parent = None
         sha = storage.commit(
             repo,
             branch,
@@ -1446,7 +1505,7 @@ class HubApp:
             title=header.get("summary") or "Upload files",
             message=header.get("description") or "",
             author=user,
-            parent_commit=header.get("parentCommit"),
+            parent_commit=parent,
         )
         if repo_type == "space" and branch == "main":
             self.state.space_runtimes.on_commit(repo_id, sha)
@@ -1493,6 +1552,57 @@ class HubApp:
             for p in pulls
         ]
         return JSONResponse({"discussions": entries, "count": len(entries), "start": 0})
+
+    def _pull(self, repo: dict, num: int) -> dict:
+        pull = next((p for p in repo.get("pulls", []) if p["num"] == num), None)
+        if pull is None:
+            raise HubError(404, f"Discussion {num} not found", "EntryNotFound")
+        return pull
+
+    async def discussion_details(self, request: Request, m: re.Match) -> Response:
+        repo_type, repo_id = _parse_repo_match(m)
+        repo = self.state.readable_repo(request, repo_type, repo_id)
+        with self.state.storage.lock:
+            pull = dict(self._pull(repo, int(m["num"])))
+            conflicts = _conflicts(*_pull_files(repo, pull)) if pull["status"] == "open" else []
+        return JSONResponse(
+            {
+                "num": pull["num"],
+                "title": pull["title"],
+                "status": pull["status"],
+                "author": {"name": pull["author"]},
+                "createdAt": pull["createdAt"],
+                "isPullRequest": True,
+                "repo": {"name": repo_id, "type": repo_type},
+                "events": [],
+                "changes": {
+                    "base": f"refs/heads/{pull['base']}",
+                    "mergeCommitId": pull.get("mergeCommit"),
+                },
+                "filesWithConflicts": conflicts,
+            }
+        )
+
+    async def discussion_status(self, request: Request, m: re.Match) -> Response:
+        repo_type, repo_id = _parse_repo_match(m)
+        repo, user = self.state.writable_repo(request, repo_type, repo_id)
+        status = (await request.json()).get("status")
+        if status not in ("open", "closed"):
+            raise HubError(400, f"Invalid status {status!r}")
+        with self.state.storage.lock:
+            pull = self._pull(repo, int(m["num"]))
+            if pull["status"] == "merged":
+                raise HubError(400, f"Pull request {pull['num']} is merged")
+            pull["status"] = status
+            self.state.storage.save_repo(repo)
+        event = {
+            "id": uuid.uuid4().hex[:24],
+            "type": "status-change",
+            "createdAt": _now(),
+            "author": {"name": user},
+            "data": {"status": status},
+        }
+        return JSONResponse({"newStatus": event})
 
     async def merge_pull_request(self, request: Request, m: re.Match) -> Response:
         repo_type, repo_id = _parse_repo_match(m)

@@ -442,3 +442,78 @@ def test_an_interrupted_large_publish_resumes_its_pull_request(
     files = doc["commits"][doc["branches"]["main"]]["files"]
     assert sum(p.startswith("data/") for p in files) == 240
     assert [p["status"] for p in doc["pulls"]] == ["merged"]
+
+
+def _interrupt_pull_request(local_hub, hub_env, build, repo: str) -> None:
+    """Create ``repo`` and run a publish whose pull request gets two commits, then fails."""
+    run_python(
+        f"from huggingface_hub import HfApi\nHfApi().create_repo({repo!r}, repo_type='dataset')",
+        hub_env,
+    )
+    path = f"/api/datasets/{repo}/commit/refs%2Fpr%2F1"
+    local_hub.inject_fault("POST", path, status=None)
+    local_hub.inject_fault("POST", path, status=None)
+    local_hub.inject_fault("POST", path, status=503, times=20)
+    try:
+        result = run_cli("publish", "--build", build, "--repo", repo, env=hub_env, check=False)
+    finally:
+        local_hub.clear_faults()
+    assert result.returncode == 2 and "run the same publish command again" in result.stderr
+
+
+def test_a_pull_request_that_main_overtook_is_replaced_or_its_merge_checked(
+    many_files_build, hub_env, local_hub
+):
+    # While a large publish is interrupted, main changes. A conflicting change makes the pull
+    # request one the Hub cannot merge; another (a file of its own) would be merged into main
+    # along with the build. Either way main must end as exactly this build.
+    from pipeline.datafiles import sha256_file
+
+    storage = local_hub.state.storage
+
+    def commit_to_main(repo: str, path: str, data: bytes) -> None:
+        run_python(
+            "from huggingface_hub import CommitOperationAdd, HfApi\n"
+            f"HfApi().create_commit({repo!r}, operations=[CommitOperationAdd({path!r}, "
+            f"{data!r})], repo_type='dataset', commit_message='meanwhile')",
+            hub_env,
+        )
+
+    def main_of(repo: str) -> tuple[str, dict]:
+        doc = storage.get_repo("dataset", repo)
+        return doc["branches"]["main"], doc["commits"][doc["branches"]["main"]]["files"]
+
+    build_data = {
+        f"data/{p.name}": sha256_file(p) for p in (many_files_build / "data").glob("*.parquet")
+    }
+    # A conflict: main gets another file at a path the pull request has written.
+    repo = f"{local_hub.user}/many-files-conflict"
+    _interrupt_pull_request(local_hub, hub_env, many_files_build, repo)
+    doc = storage.get_repo("dataset", repo)
+    on_pr = doc["commits"][doc["branches"]["refs/pr/1"]]["files"]
+    landed = sorted(p for p in on_pr if p.startswith("data/"))[0]
+    commit_to_main(repo, landed, b"another build's file")
+    result = run_cli("publish", "--build", many_files_build, "--repo", repo, env=hub_env)
+    assert f"pull request #1 of {repo} conflicts with main ({landed})" in result.stderr
+    assert [p["status"] for p in storage.get_repo("dataset", repo)["pulls"]] == [
+        "closed",
+        "merged",
+    ]
+    head, files = main_of(repo)
+    assert {p: e["sha256"] for p, e in files.items() if p.startswith("data/")} == build_data
+    assert revision_of(result.stdout) == head
+
+    # No conflict: main gains a data file of its own, which the merge keeps.
+    repo = f"{local_hub.user}/many-files-overtaken"
+    _interrupt_pull_request(local_hub, hub_env, many_files_build, repo)
+    commit_to_main(repo, "data/extra-00000.parquet", b"not this build's")
+    commit_to_main(repo, "notes.md", b"a note")  # outside data/ and index/: kept
+    result = run_cli("publish", "--build", many_files_build, "--repo", repo, env=hub_env,
+                     check=False)  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"main of {repo} changed while this publish ran" in result.stderr
+    assert "(data/extra-00000.parquet)" in result.stderr
+    again = run_cli("publish", "--build", many_files_build, "--repo", repo, env=hub_env)
+    head, files = main_of(repo)
+    assert {p: e["sha256"] for p, e in files.items() if p.startswith("data/")} == build_data
+    assert "notes.md" in files and revision_of(again.stdout) == head

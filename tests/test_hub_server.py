@@ -275,6 +275,61 @@ def test_old_revision_stays_downloadable_after_a_second_commit(hub, tmp_path):
     assert out["files"] == [".gitattributes", "w.bin"]
 
 
+def test_pull_requests_start_at_parent_commit_and_merge_as_git_does(hub, tmp_path):
+    # huggingface_hub's create_commit: "If specified and create_pr is True, the pull request will
+    # be created from parent_commit"; its merge keeps the base's own changes, and a file both
+    # sides changed differently is a conflict that get_discussion_details names.
+    out = run_client(
+        hub,
+        """
+        from huggingface_hub import CommitOperationAdd as Add, CommitOperationDelete as Delete
+        from huggingface_hub import HfApi
+        from huggingface_hub.errors import HfHubHTTPError
+        api, repo = HfApi(), ARGS["repo"]
+        api.create_repo(repo, repo_type="dataset")
+        def commit(ops, **kw):
+            return api.create_commit(repo, operations=ops, repo_type="dataset",
+                                     commit_message="m", **kw)
+        def files(rev):
+            return sorted(api.list_repo_files(repo, repo_type="dataset", revision=rev))
+        start = commit([Add("a.txt", b"a1"), Add("b.txt", b"b1"), Add("gone.txt", b"g")]).oid
+        commit([Add("c.txt", b"c1")])  # main moves on: start is stale now
+        pr = commit([Add("a.txt", b"a2"), Delete("gone.txt")], create_pr=True,
+                    parent_commit=start[:7])
+        on_pr = files(f"refs/pr/{pr.pr_num}")
+        commit([Add("b.txt", b"b2")])  # another change of main's, to a file the PR keeps
+        details = api.get_discussion_details(repo, pr.pr_num, repo_type="dataset")
+        api.merge_pull_request(repo, pr.pr_num, repo_type="dataset")
+        merged = {f: api.hf_hub_download(repo, f, repo_type="dataset") for f in files("main")}
+        merged = {f: open(path, "rb").read().decode() for f, path in merged.items()
+                  if f.endswith(".txt")}
+        clash = commit([Add("a.txt", b"a3")], create_pr=True, parent_commit=start)
+        commit([Add("a.txt", b"a4")])  # both change a.txt since start
+        head = api.dataset_info(repo).sha
+        conflicting = api.get_discussion_details(repo, clash.pr_num,
+                                                 repo_type="dataset").conflicting_files
+        try:
+            api.merge_pull_request(repo, clash.pr_num, repo_type="dataset")
+            refused = "merged"
+        except HfHubHTTPError as err:
+            refused = err.response.status_code
+        api.change_discussion_status(repo, clash.pr_num, "closed", repo_type="dataset")
+        status = api.get_discussion_details(repo, clash.pr_num, repo_type="dataset").status
+        emit({"on_pr": on_pr, "conflicts": details.conflicting_files, "merged": merged,
+              "base": details.target_branch, "conflicting": conflicting, "refused": refused,
+              "unchanged": api.dataset_info(repo).sha == head, "status": status})
+        """,
+        tmp_path / "home",
+        {"repo": f"{hub.user}/{unique('pulls')}"},
+    )
+    assert out["on_pr"] == [".gitattributes", "a.txt", "b.txt"]  # from start, not from main
+    assert out["conflicts"] == [] and out["base"] == "refs/heads/main"
+    assert out["merged"] == {"a.txt": "a2", "b.txt": "b2", "c.txt": "c1"}
+    assert out["conflicting"] == ["a.txt"]
+    assert out["refused"] == 409 and out["unchanged"]
+    assert out["status"] == "closed"
+
+
 def test_hffilesystem_partial_read_uses_range(hub, uploaded, tmp_path):
     before = len(hub.requests)
     out = run_client(
