@@ -735,6 +735,13 @@ def _merge_pull_request(storage, repo: dict, num: int, author: str) -> str:
 # GET moves one step along it and then stays on its last stage. The default script is BUILDING ->
 # RUNNING for a first build and RUNNING_BUILDING -> RUNNING after that (the old commit keeps
 # serving meanwhile); ``sha`` in the answer is the commit that runs (the new one from RUNNING on).
+# What the commit holds is checked first, as the Hub reads the card before it builds (Spaces
+# config reference): a card whose ``sdk`` is missing or not one of SPACE_SDKS gives CONFIG_ERROR,
+# and a Space without its app file (``app_file``; app.py for gradio and streamlit, index.html
+# for static, a Dockerfile for docker) gives NO_APP_FILE; the Hub's wording of those messages is
+# not documented. ``hardware.current`` is None until a first build runs ("Can be None if Space
+# is BUILDING for the first time", huggingface_hub's SpaceRuntime), then the requested hardware
+# or cpu-basic.
 # A test makes a build fail with ``hub.script_space(space_id, ["BUILDING", "BUILD_ERROR"],
 # error_message="...")`` (used by the next commit), and points ``host`` (what gradio_client
 # connects to for a Space id) at a local app with ``hub.set_space_host(space_id, url)``.
@@ -742,6 +749,21 @@ def _merge_pull_request(storage, repo: dict, num: int, author: str) -> str:
 # (cpu-basic unless a test adds more); ZeroGPU otherwise answers 403 (PRO accounts only), other
 # paid hardware 402 (no payment method), as the Hub does for such accounts.
 # Kept in memory: a restarted server forgets runtimes, as a restarted Space would rebuild.
+
+
+SPACE_SDKS = ("gradio", "streamlit", "docker", "static")
+
+
+def _space_config_error(card: dict | None, files: dict) -> tuple[str, str] | None:
+    """(stage, message) for a Space commit the Hub would not build, else None."""
+    sdk = (card or {}).get("sdk")
+    if sdk not in SPACE_SDKS:
+        return "CONFIG_ERROR", f"Invalid or missing sdk in README.md: {sdk!r}"
+    default = {"docker": "Dockerfile", "static": "index.html"}.get(sdk, "app.py")
+    app_file = default if sdk == "docker" else (card.get("app_file") or default)
+    if app_file not in files:
+        return "NO_APP_FILE", f"No application file: {app_file} is not in the repository"
+    return None
 
 
 class SpaceRuntimes:
@@ -759,13 +781,17 @@ class SpaceRuntimes:
              "current": None, "requested": None},
         )  # fmt: skip
 
-    def on_commit(self, space_id: str, sha: str) -> None:
+    def on_commit(self, space_id: str, sha: str, card: dict | None, files: dict) -> None:
         with self.lock:
             entry = self._entry(space_id)
             default = ["RUNNING_BUILDING", "RUNNING"] if entry["sha"] else ["BUILDING", "RUNNING"]
-            stages, error = self.scripts.pop(space_id, (default, None))
+            config_error = _space_config_error(card, files)
+            if config_error is not None:
+                default = [config_error[0]]
+            stages, error = self.scripts.pop(
+                space_id, (default, config_error[1] if config_error else None)
+            )
             entry.update(stages=list(stages), next_sha=sha, error=error)
-            entry["current"] = entry["current"] or "cpu-basic"
 
     def runtime(self, space_id: str) -> dict:
         with self.lock:
@@ -773,8 +799,8 @@ class SpaceRuntimes:
             stage = entry["stages"].pop(0) if len(entry["stages"]) > 1 else entry["stages"][0]
             if stage == "RUNNING" and entry["next_sha"]:
                 entry["sha"], entry["next_sha"] = entry["next_sha"], None
-            if entry["requested"] and stage == "RUNNING":
-                entry["current"] = entry["requested"]
+            if stage == "RUNNING":
+                entry["current"] = entry["requested"] or entry["current"] or "cpu-basic"
             answer = {
                 "stage": stage,
                 "hardware": {"current": entry["current"], "requested": entry["requested"]},
@@ -786,7 +812,7 @@ class SpaceRuntimes:
             }
             if entry["sha"]:
                 answer["sha"] = entry["sha"]
-            if stage.endswith("_ERROR") and entry["error"]:
+            if (stage.endswith("_ERROR") or stage == "NO_APP_FILE") and entry["error"]:
                 answer["errorMessage"] = entry["error"]
             return answer
 
@@ -1508,7 +1534,9 @@ class HubApp:
             parent_commit=parent,
         )
         if repo_type == "space" and branch == "main":
-            self.state.space_runtimes.on_commit(repo_id, sha)
+            files = repo["commits"][sha]["files"]
+            card = _card_data(self.state, files)
+            self.state.space_runtimes.on_commit(repo_id, sha, card, files)
         prefix = URL_PREFIX[repo_type]
         return JSONResponse(
             {

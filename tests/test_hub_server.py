@@ -548,6 +548,42 @@ def test_space_create_upload_and_snapshot(hub, tmp_path):
     assert out["sdk"] == "gradio"
 
 
+def test_a_space_runtime_follows_what_its_commit_holds(hub, tmp_path):
+    # The Hub reads the card and looks for the app file before it builds; a first build has
+    # no hardware yet (huggingface_hub: "Can be None if Space is BUILDING for the first time").
+    out = run_client(
+        hub,
+        """
+        from huggingface_hub import HfApi
+        api, repo = HfApi(), ARGS["repo"]
+        def step():
+            runtime = api.get_space_runtime(repo)
+            return [runtime.stage, runtime.hardware, runtime.raw.get("errorMessage")]
+        api.create_repo(repo, repo_type="space", space_sdk="gradio")
+        seen = {"created": step()}
+        api.upload_file(path_or_fileobj=b"x = 1", path_in_repo="main.py", repo_id=repo,
+                        repo_type="space")
+        seen["no app file"] = step()
+        api.upload_file(path_or_fileobj=b"---\\ntitle: t\\n---\\n", path_in_repo="README.md",
+                        repo_id=repo, repo_type="space")
+        seen["no sdk"] = step()
+        api.upload_file(path_or_fileobj=b"---\\nsdk: gradio\\napp_file: main.py\\n---\\n",
+                        path_in_repo="README.md", repo_id=repo, repo_type="space")
+        seen["builds"] = [step(), step(), step()]
+        emit(seen)
+        """,
+        tmp_path / "home",
+        {"repo": f"{hub.user}/{unique('runtime')}"},
+    )
+    assert out["created"] == ["NO_APP_FILE", None, None]
+    stage, hardware, message = out["no app file"]
+    assert (stage, hardware) == ("NO_APP_FILE", None) and "app.py" in message
+    stage, hardware, message = out["no sdk"]
+    assert (stage, hardware) == ("CONFIG_ERROR", None) and "sdk" in message
+    running = ["RUNNING", "cpu-basic", None]
+    assert out["builds"] == [["BUILDING", None, None], running, running]
+
+
 def test_injected_commit_failure_raises_and_changes_nothing(hub, tmp_path):
     repo = f"{hub.user}/{unique('faults')}"
     hub.inject_fault("POST", rf"^/api/models/{repo}/commit/", status=500, times=1)

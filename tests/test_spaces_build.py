@@ -222,6 +222,9 @@ def test_publish_space_waits_until_running_and_prints_the_url(published_space):
     out = published_space.publish_output
     assert f"url: {published_space.hub_env['HF_ENDPOINT']}/spaces/{published_space.space_id}" in out
     assert "stage: RUNNING" in out
+    # A new Space has no hardware during its first build; cpu-basic is what it gets unasked.
+    hub, space_id = published_space.hub, published_space.space_id
+    assert hub.requests_matching("POST", rf"^/api/spaces/{space_id}/hardware$") == []
     # Its dataset was encoded with a local model folder, which only this machine can read.
     assert "note: " in out and "encoded with the local model folder" in out
 
