@@ -48,6 +48,19 @@ def test_a_config_without_its_component_models_names_every_missing_field(tmp_pat
         MultiEmbedTRConfig.from_file(path)
 
 
+def test_a_config_asking_for_cls_pooling_is_refused(tmp_path):
+    # MultiEmbedTR's own config says true; the author's code pools the CLS token when false.
+    path = write_config(
+        tmp_path, model_type="multimodal_embedder", text_model_name="t", vision_model_name="v",
+        use_mean_pooling_for_text=False,
+    )  # fmt: skip
+    expected = f"{path}: use_mean_pooling_for_text is False; this loader implements mean pooling"
+    with pytest.raises(CheckpointError, match=f"^{re.escape(expected)} only$"):
+        MultiEmbedTRConfig.from_file(path)
+    path.write_text(path.read_text().replace("false", "true"), encoding="utf-8")
+    assert MultiEmbedTRConfig.from_file(path).text_model_name == "t"
+
+
 @pytest.mark.parametrize(
     ("folder", "found", "expected"),
     [("text_model", "bert", "modernbert"), ("vision_model", "vit", "dinov2")],

@@ -122,6 +122,25 @@ def test_batching_and_length_sorting_do_not_change_results(tiny_encoder):
     np.testing.assert_allclose(one_batch, singles, atol=1e-5)
 
 
+def test_the_tiny_checkpoint_has_the_real_checkpoints_tensor_names(tiny_model_dir):
+    # The tiny checkpoint takes its names from the installed transformers (with the DINOv2
+    # attention renames undone). If an upgrade renamed another tensor, the tiny checkpoint would
+    # follow and the tests stay green while the real checkpoint no longer loads.
+    from conftest import REPO_ROOT
+
+    tsv = REPO_ROOT.parent / "shared/reference/multiembedtr_state_dict.tsv"
+    if not tsv.is_file():
+        pytest.skip(f"{tsv} is absent: MultiEmbedTR's layout belongs in ../shared/reference")
+
+    def pattern(key: str) -> str:  # layer numbers aside: the tiny model has fewer layers
+        return re.sub(r"\.\d+\.", ".N.", key)
+
+    lines = tsv.read_text(encoding="utf-8").splitlines()
+    real = {pattern(line.split("\t")[0]) for line in lines if line and not line.startswith("#")}
+    tiny = torch.load(tiny_model_dir / "pytorch_model.bin", weights_only=True)
+    assert {pattern(key) for key in tiny} == real
+
+
 def test_both_weight_formats_load_identically(tiny_model_dir, tmp_path):
     bin_dir = copy_checkpoint(tiny_model_dir, tmp_path / "bin", keep=("bin",))
     st_dir = copy_checkpoint(tiny_model_dir, tmp_path / "st", keep=("safetensors",))
@@ -165,8 +184,17 @@ def test_wrapped_state_dict_is_accepted(tiny_model_dir, tmp_path):
             lambda sd: sd.pop("vision_encoder.encoder.layer.0.attention.attention.query.weight"),
             r"missing.*\n.*vision_encoder\.encoder\.layer\.0\.attention\.q_proj\.weight",
         ),
+        (  # the old and the new name of one tensor: one of them would be dropped silently
+            lambda sd: sd.__setitem__(
+                "vision_encoder.encoder.layer.0.attention.q_proj.weight",
+                torch.zeros_like(
+                    sd["vision_encoder.encoder.layer.0.attention.attention.query.weight"]
+                ),
+            ),
+            r"holds vision_encoder\.encoder\.layer\.0\.attention\.q_proj\.weight twice",
+        ),
     ],
-    ids=["missing", "unexpected", "misshaped", "missing-renamed-dinov2-key"],
+    ids=["missing", "unexpected", "misshaped", "missing-renamed-dinov2-key", "renamed-twice"],
 )
 def test_strict_loading_names_the_bad_tensor(tiny_model_dir, tmp_path, edit, expected):
     broken = copy_checkpoint(tiny_model_dir, tmp_path / "broken")
@@ -239,6 +267,28 @@ def test_very_long_text_is_truncated_not_an_error(tiny_encoder):
     emb = tiny_encoder.encode_texts([long, "karlı dağlar " * 200])
     # Both are cut at 128 tokens, so they embed identically.
     np.testing.assert_allclose(emb[0], emb[1], atol=1e-6)
+
+
+def test_a_very_thin_image_is_not_scaled_up_whole(tiny_encoder):
+    # The processor scales the short side to 256 px: a 400x1 strip scaled whole is 102,400 x
+    # 256 pixels, 315 MB as float32 (a 20000x1 one, 13 GB). The centre it keeps is all that counts.
+    import tracemalloc
+
+    strips = [Image.new("RGB", (400, 1), (200, 30, 30)), Image.new("RGB", (1, 400), (30, 30, 200))]
+    tracemalloc.start()
+    try:
+        vectors = tiny_encoder.encode_images(strips)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20, f"{peak >> 20} MB traced while encoding two 400-pixel strips"
+    assert vectors.shape == (2, tiny_encoder.dim)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    # An ordinary photo's proportions reach the processor unchanged.
+    photo = Image.new("RGB", (640, 427), (90, 140, 60))
+    pixels = tiny_encoder.image_preprocessor([photo])
+    direct = tiny_encoder.image_preprocessor.image_processor(images=[photo], return_tensors="pt")
+    assert torch.equal(pixels, direct["pixel_values"].float())
 
 
 def test_missing_model_folder_and_bad_dtype(tmp_path):

@@ -52,6 +52,13 @@ def test_cmyk_jpeg_becomes_rgb():
     assert out[..., 0].min() > 240 and out[..., 1:].max() < 15
 
 
+def test_a_float_image_within_0_and_1_is_read_as_such():
+    mid = Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32), mode="F")
+    assert abs(int(pixels(open_image(mid))[0, 0, 0]) - 128) <= 1  # not 0.5 of 255: black
+    eight_bit = Image.fromarray(np.full((4, 4), 200.0, dtype=np.float32), mode="F")
+    assert int(pixels(open_image(eight_bit))[0, 0, 0]) == 200
+
+
 def test_sixteen_bit_greyscale_is_rescaled_not_clipped():
     array = np.full((8, 8), 32768, dtype=np.uint16)  # mid-grey in 16 bits
     img16 = Image.fromarray(array)

@@ -53,6 +53,12 @@ PROGRESS_MIN_ITEMS = 256
 # because the activations of 8 images stay in cache. The caller's batch_size still sets how
 # many images are decoded and reported at a time.
 CPU_IMAGE_FORWARD_BATCH = 8
+# The most characters of a text that reach the tokenizer. The encoders keep 128 tokens (or the
+# model's maximum), far fewer than this, but a fast tokenizer reads the whole string before it
+# truncates: an 8 MB query held a worker for 9 s.
+TEXT_MAX_CHARS = 100_000
+# The longest side an image keeps, as a multiple of its short side (``_within_aspect``).
+MAX_ASPECT = 8
 
 _DTYPES = {
     "float32": torch.float32,
@@ -178,6 +184,7 @@ class Encoder:
                     f"text #{i} is not valid Unicode (it holds a lone surrogate such as "
                     "'\\ud800'); fix its encoding"
                 ) from None
+        texts = [text[:TEXT_MAX_CHARS] for text in texts]
         # Longest first, as sentence-transformers does: batches of similar length pad less,
         # and an out-of-memory error shows up on the first batch rather than the last.
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
@@ -305,8 +312,28 @@ class ImagePreprocessor:
         self.image_processor = image_processor
 
     def __call__(self, images: list) -> torch.Tensor:
+        images = [_within_aspect(image) for image in images]
         pixels = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
         return pixels.float()
+
+
+def _within_aspect(image):
+    """``image``, its long side cut to MAX_ASPECT times the short one around the centre.
+
+    The processors scale the short side to about 256 pixels and keep a centred square, so the
+    cut loses nothing they keep; without it a 20000x1 strip is scaled to 5,120,000x256 pixels
+    (gigabytes). Images within MAX_ASPECT, every ordinary photo, pass unchanged.
+    """
+    width, height = image.size
+    short = min(width, height)
+    if max(width, height) <= MAX_ASPECT * short:
+        return image
+    kept = MAX_ASPECT * short
+    if width > height:
+        left = (width - kept) // 2
+        return image.crop((left, 0, left + kept, height))
+    top = (height - kept) // 2
+    return image.crop((0, top, width, top + kept))
 
 
 class _MultiEmbedTRBackend(_Backend):

@@ -11,7 +11,8 @@ Decisions on odd inputs (tested in tests/test_images.py):
   colour hidden under transparent pixels is arbitrary (often black) and would dominate the
   embedding of a logo or a cut-out.
 - 16-bit greyscale (I;16, and I/F holding values above 255) is rescaled from 0..65535 to 8
-  bits; Pillow's own conversion clips everything above 255 to white.
+  bits; Pillow's own conversion clips everything above 255 to white. A float image (F) whose
+  values lie within 0..1 is read as 0..1, not as 8-bit values (which would make it black).
 - CMYK, YCbCr, L, 1, HSV, LAB: Pillow's standard conversion to RGB.
 - Images over ``MAX_PIXELS`` are refused before they are decoded (decompression bombs).
 """
@@ -92,6 +93,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
         # 16-bit modes use the full 0..65535 range; "I"/"F" hold whatever the file held, so
         # values above 255 are read as 16-bit data and smaller ones as 8-bit data.
         top = 65535.0 if img.mode.startswith("I;16") or array.max() > 255 else 255.0
+        if img.mode == "F" and array.max() <= 1.0:
+            top = 1.0
         array = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(array, mode="L").convert("RGB")
     has_alpha = img.mode in ("RGBA", "LA", "La", "RGBa", "PA") or (

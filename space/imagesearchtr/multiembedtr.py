@@ -63,6 +63,13 @@ class MultiEmbedTRConfig:
         missing = [k for k in ("text_model_name", "vision_model_name") if not data.get(k)]
         if missing:
             raise CheckpointError(f"{path}: config.json lacks {', '.join(missing)}")
+        # MultiEmbedTR's text embedding is the masked mean (its config says true); the author's
+        # code takes the CLS token when it is false, which this module does not implement.
+        if data.get("use_mean_pooling_for_text", True) is not True:
+            raise CheckpointError(
+                f"{path}: use_mean_pooling_for_text is "
+                f"{data['use_mean_pooling_for_text']!r}; this loader implements mean pooling only"
+            )
         return cls(
             text_model_name=data["text_model_name"],
             vision_model_name=data["vision_model_name"],
@@ -130,6 +137,11 @@ def map_checkpoint_keys(state_dict: dict, target_keys: set[str]) -> dict:
         if key.startswith("vision_encoder.") and key not in target_keys:
             for pattern, replacement in _DINOV2_RENAMES:
                 new_key = pattern.sub(replacement, new_key)
+        if new_key in mapped:  # an old and a new name of one tensor: which one is meant?
+            raise CheckpointError(
+                f"the checkpoint holds {new_key} twice (once under an older transformers name); "
+                "keep one of them"
+            )
         mapped[new_key] = tensor
     return mapped
 
