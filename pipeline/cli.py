@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--num-samples", type=int, default=1000, help="rows to sample")
     p.add_argument("--seed", type=int, default=14, help="shuffle seed")
-    p.add_argument("--output-dir", type=Path, required=True, help="folder to write into")
+    p.add_argument("--output-dir", type=_path, required=True, help="folder to write into")
     p.add_argument("--split", default="long_captions", help="long_captions or short_captions")
     p.add_argument("--dataset", default=DEFAULT_DATASET, help="Hub dataset id")
     p.add_argument("--buffer-size", type=int, default=10_000, help="shuffle buffer size")
@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument(
-        "--data", type=Path, help="folder with captions.jsonl and images (see README)"
+        "--data", type=_path, help="folder with captions.jsonl and images (see README)"
     )
     source.add_argument("--hf-dataset", help="a Hub dataset id to read directly instead")
     p.add_argument("--split", default="train", help="split of --hf-dataset")
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id-column", default="image_id", help="id column of --hf-dataset, if any")
     p.add_argument("--model", default="utkubascakir/MultiEmbedTR", help="Hub id or folder")
     p.add_argument("--revision", default=None, help="model revision (branch, tag or commit)")
-    p.add_argument("--out", type=Path, required=True, help="build folder")
+    p.add_argument("--out", type=_path, required=True, help="build folder")
     p.add_argument("--batch-size-img", type=int, default=32, help="images per forward pass")
     p.add_argument("--batch-size-txt", type=int, default=64, help="captions per forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         "new files.",
         formatter_class=defaults,
     )
-    p.add_argument("--build", type=Path, required=True, help="build folder from `encode`")
+    p.add_argument("--build", type=_path, required=True, help="build folder from `encode`")
     p.add_argument(
         "--index-type",
         default="auto",
@@ -149,10 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
         "local folder with --to. Uses HF_TOKEN or `hf auth login`.",
         formatter_class=defaults,
     )
-    p.add_argument("--build", type=Path, required=True, help="build folder from `index`")
+    p.add_argument("--build", type=_path, required=True, help="build folder from `index`")
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--repo", help="Hub dataset repo id, USER/NAME")
-    target.add_argument("--to", type=Path, help="local folder to write the repo layout into")
+    target.add_argument("--to", type=_path, help="local folder to write the repo layout into")
     p.add_argument(
         "--private",
         action="store_true",
@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--space", help="Hub Space id, USER/NAME")
-    target.add_argument("--to", type=Path, help="local folder to write the Space files into")
+    target.add_argument("--to", type=_path, help="local folder to write the Space files into")
     p.add_argument(
         "--dataset-repo",
         required=True,
@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--alphas", default="0,0.25,0.5,0.6,0.75,1", help="comma-separated Deep Search alphas"
     )
     p.add_argument(
-        "--output", type=Path, default=Path("evaluation.json"), help="JSON file to write"
+        "--output", type=_path, default=Path("evaluation.json"), help="JSON file to write"
     )
     p.add_argument("--device", default="auto", help="device for the query encoder")
     p.add_argument(
@@ -259,6 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _path(text: str) -> Path:
+    """A path flag's value; an empty one (an unset shell variable) would mean this folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty path; give a folder or file name")
+    return Path(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -278,7 +285,34 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(err, (ValueError, FileNotFoundError, RuntimeError, TimeoutError)):
             print(f"error: {_one_line(err)}", file=sys.stderr)
             return 2
+        refused = _hub_refused(err)
+        if refused is not None:
+            print(f"error: {refused}", file=sys.stderr)
+            return 2
         raise
+
+
+def _hub_refused(err: BaseException) -> str | None:
+    """The one-line message for an HTTP error answer of the Hub somewhere in ``err``'s chain."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    seen, cause = set(), err
+    while cause is not None and id(cause) not in seen and not isinstance(cause, HfHubHTTPError):
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    if not isinstance(cause, HfHubHTTPError):
+        return None
+    status = getattr(cause.response, "status_code", None)
+    try:
+        url = str(cause.response.request.url)
+    except (AttributeError, RuntimeError):  # httpx raises RuntimeError for a missing request
+        url = "the Hub"
+    if status in (401, 403):
+        return (
+            f"the Hub refused access (HTTP {status}) to {url}: set HF_TOKEN to a valid token "
+            "that can read it, or run `hf auth login`"
+        )
+    return f"the Hub answered {url} with HTTP {status}: {_one_line(cause)}"
 
 
 def _one_line(err: BaseException) -> str:
@@ -338,6 +372,11 @@ def _encode(args) -> int:
     from .encode import EncodeConfig, run_encode, summary_text
     from .inputs import FolderSource, HubSource
 
+    if args.data is not None and _holds(args.out, args.data):
+        raise ValueError(
+            f"--out {args.out} would put the build's data/, index/ and shards/ where the photos "
+            f"of --data {args.data} are; give the build a folder of its own"
+        )
     if args.data is not None:
         source = FolderSource(args.data)
     else:
@@ -367,8 +406,18 @@ def _encode(args) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
     if config.workers is not None and config.workers < 0:
         raise ValueError(f"--workers must be >= 0 (0: in the main process), got {config.workers}")
-    print(summary_text(run_encode(source, config)))
+    summary = run_encode(source, config)
+    if summary.reports:  # under torchrun: rank 0 alone
+        print(summary_text(summary))
     return 0
+
+
+def _holds(build: Path, photos: Path) -> bool:
+    """Whether the build folder is the photos folder, or holds it in data/, index/ or shards/."""
+    build, photos = build.expanduser().resolve(), photos.expanduser().resolve()
+    return photos == build or any(
+        photos.is_relative_to(build / name) for name in ("data", "index", "shards")
+    )
 
 
 def _index(args) -> int:

@@ -45,7 +45,7 @@ import hashlib
 import json
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +100,8 @@ class EncodeSummary:
     skipped_reasons: dict
     seconds: float
     shards_written: int
+    # False on the other ranks of a torchrun: rank 0 alone reports what the run did.
+    reports: bool = True
 
     @property
     def num_images(self) -> int:
@@ -258,7 +260,7 @@ def run_encode(source, config: EncodeConfig, encoder=None) -> EncodeSummary:
         barrier(ranks)  # every rank's shards are written
         stats = _sum_over_ranks(ranks, stats)
     if not ranks.is_main:
-        return _summary(stats, 0, 0, [], started)
+        return replace(_summary(stats, 0, 0, [], started), reports=False)
     # The new plan is complete: the shards of the old one are no longer needed.
     for path in old:
         path.with_suffix(".skipped.jsonl").unlink(missing_ok=True)

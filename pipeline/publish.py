@@ -152,6 +152,11 @@ def publish_to_folder(config: PublishConfig) -> PublishResult:
     """Write the repo layout to a local folder that ``load_dataset(folder)`` reads."""
     build, target = Path(config.build), Path(config.to).resolve()
     manifest, files = staged_files(build)
+    if target == build.resolve() or target.is_relative_to(build.resolve()):
+        raise PublishError(
+            f"--to {target} is the build folder {build} or inside it: publishing there would "
+            "replace the build; give another folder"
+        )
     _check_target_folder(target)
     existing_card = _read_text(target / CARD_FILE)
     old_files = _folder_files(target)
@@ -209,6 +214,19 @@ def _check_target_folder(target: Path) -> None:
             f"--to {target} holds {' and '.join(f'{n}/' for n in theirs)} but is not a "
             f"published repo (no {INDEX_DIR}/{MANIFEST_FILE}); publishing would replace "
             f"{'them' if len(theirs) > 1 else 'it'}. Give a new folder, or one published before"
+        )
+    # A publish writes only parquet files under data/: anything else there (say, photos an
+    # encode read, when the build was made inside their folder) is someone else's.
+    foreign = sorted(
+        p.relative_to(target).as_posix()
+        for p in (target / DATA_DIR).rglob("*")
+        if p.is_file() and p.suffix != ".parquet"
+    )
+    if foreign:
+        raise PublishError(
+            f"--to {target} holds files under {DATA_DIR}/ that publish never writes "
+            f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); publishing "
+            "would delete them. Give a new folder, or one published before"
         )
 
 

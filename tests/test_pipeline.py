@@ -422,10 +422,20 @@ def test_publish_to_folder_refuses_to_replace_what_it_did_not_write(tmp_path, sh
     (photos / "index").mkdir()
     with pytest.raises(PublishError, match="holds data/ and index/ but is not a published"):
         publish_to_folder(PublishConfig(build=shared_build, to=photos))
-    # A folder published before (its index/manifest.json names it so) is published into.
+    # Even with an index/manifest.json (an `index` run with the build inside the photos
+    # folder writes one), files under data/ that a publish never writes are not deleted.
     (photos / "index" / "manifest.json").write_text("{}")
-    assert publish_to_folder(PublishConfig(build=shared_build, to=photos)).changed
-    assert not (photos / "data" / "captions.jsonl").exists()  # data/ is the publish's own
+    with pytest.raises(
+        PublishError,
+        match=r"holds files under data/ that publish never writes \(data/captions.jsonl, "
+        r"data/images/a.jpg\)",
+    ):
+        publish_to_folder(PublishConfig(build=shared_build, to=photos))
+    assert (photos / "data" / "images" / "a.jpg").read_bytes() == b"jpeg"
+    # Nor does a publish replace its own build.
+    with pytest.raises(PublishError, match="is the build folder .* or inside it"):
+        publish_to_folder(PublishConfig(build=shared_build, to=shared_build / "repo"))
+    assert not (shared_build / "repo").exists()
 
 
 def test_publish_refuses_a_negative_retry_count_before_touching_the_hub(shared_build):
@@ -445,6 +455,23 @@ def test_encode_names_a_build_folder_it_cannot_use(tmp_path, shared_data, tiny_m
     (build / "build.json").write_text('{"model_fingerprint": ')  # cut off, as by a full disk
     with pytest.raises(ValueError, match="build.json is damaged .*pass --overwrite"):
         run_encode(FolderSource(shared_data), EncodeConfig(out=build, model=str(tiny_model_dir)))
+
+
+def test_the_cli_refuses_empty_paths_and_a_build_among_the_photos(tmp_path, capsys, shared_data):
+    from pipeline.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:  # an unset shell variable: not "this folder"
+        main(["encode", "--data", str(shared_data), "--out", ""])
+    assert exit_info.value.code == 2
+    assert "argument --out: empty path" in capsys.readouterr().err
+    photos = tmp_path / "photos"
+    (photos / "data").mkdir(parents=True)
+    for data in (photos, photos / "data"):  # the build folder itself, or its data/
+        code = main(["encode", "--data", str(data), "--out", str(photos),
+                     "--model", str(tmp_path / "no-model")])  # fmt: skip
+        assert code == 2
+        assert "give the build a folder of its own" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["data", "photos"]
 
 
 def test_evaluate_checks_its_output_path_before_it_evaluates(tmp_path, capsys):
