@@ -591,4 +591,10 @@ def summary_text(summary: EncodeSummary) -> str:
         f"skipped {summary.skipped} inputs (reasons in skipped.jsonl)",
     ]
     lines += [f"  {count:6d}  {kind}" for kind, count in sorted(summary.skipped_reasons.items())]
+    if summary.images and not summary.num_captions:
+        lines.append(
+            "warning: no caption was read, so text search and Deep Search will find nothing "
+            "in this build; a folder's captions come from its captions.jsonl, one UTF-8 JSON "
+            "line per caption (README, 'Your own photos'; skipped.jsonl says why a line failed)"
+        )
     return "\n".join(lines)

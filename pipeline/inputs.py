@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +93,13 @@ class FolderSource:
         captions_file = folder / CAPTIONS_FILE
         skips: list[Skip] = []
         captions: dict[str, list[str]] = {}
+        # A name can be written in two Unicode forms (ş as one code point, or s + cedilla):
+        # macOS and many zip tools store file names decomposed while editors write captions
+        # composed. Both are matched by their composed form; the file keeps its own name.
+        on_disk = {
+            _nfc(path.relative_to(folder).as_posix()): path.relative_to(folder).as_posix()
+            for path in _image_files(folder)
+        }
         if captions_file.is_file():
             for line_no, entry, problem in _read_jsonl(captions_file):
                 where = f"{CAPTIONS_FILE}:{line_no}"
@@ -102,6 +110,7 @@ class FolderSource:
                 if problem:
                     skips.append(Skip(where, BAD_PATH, problem))
                     continue
+                rel = on_disk.get(_nfc(rel), rel)
                 caption = entry.get("caption")
                 captions.setdefault(rel, [])
                 if not isinstance(caption, str) or not caption.strip():
@@ -111,17 +120,17 @@ class FolderSource:
                     skips.append(Skip(where, BAD_LINE, f"caption for {rel} is not valid Unicode"))
                     continue
                 captions[rel].append(" ".join(caption.split()))
-        elif not any(_image_files(folder)):
+        elif not on_disk:
             raise FileNotFoundError(
                 f"--data {folder}: neither {CAPTIONS_FILE} nor image files found; see README "
                 "'Your own photos' for the folder layout"
             )
         # Images on disk that no caption line names are indexed too, without captions.
-        for path in _image_files(folder):
-            captions.setdefault(path.relative_to(folder).as_posix(), [])
+        for rel in on_disk.values():
+            captions.setdefault(rel, [])
         records = [
             ImageRecord(
-                image_id=_image_id(rel),
+                image_id=_image_id(_nfc(rel)),
                 path=rel,
                 captions=caps,
                 read_bytes=(lambda p=folder / rel: p.read_bytes()),
@@ -252,6 +261,10 @@ def _image_files(folder: Path) -> Iterator[Path]:
             if any(part.startswith(".") for part in path.relative_to(folder).parts):
                 continue  # hidden folders (.cache, .git) are not photos
             yield path
+
+
+def _nfc(text: str) -> str:
+    return unicodedata.normalize("NFC", text)
 
 
 def _image_id(rel: str) -> str:

@@ -471,6 +471,42 @@ def test_a_caption_with_a_lone_surrogate_is_skipped(tmp_path):
             caption.encode("utf-8")  # raises UnicodeEncodeError on a lone surrogate
 
 
+def test_file_names_in_another_unicode_form_keep_their_captions(tmp_path):
+    # macOS and many zip tools store "kış" decomposed (k, i, combining breve...); captions
+    # typed in an editor are composed. The names match by their composed form.
+    import json
+    import unicodedata
+
+    from pipeline.inputs import FolderSource
+
+    (tmp_path / "images").mkdir()
+    names = ["kış", "şişe", "göl"]
+    for name in names:
+        (tmp_path / "images" / f"{unicodedata.normalize('NFD', name)}.jpg").write_bytes(b"x")
+    lines = [json.dumps({"path": f"images/{name}.jpg", "caption": f"{name} fotoğrafı"},
+                        ensure_ascii=False) for name in names]  # fmt: skip
+    (tmp_path / "captions.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    records, skips = FolderSource(tmp_path).read()
+    assert skips == []
+    assert {r.image_id: r.captions for r in records} == {
+        f"images/{name}": [f"{name} fotoğrafı"] for name in names
+    }
+    for record in records:  # each reads its file under the name it has on disk
+        assert record.read_bytes() == b"x"
+
+
+def test_a_build_without_any_caption_says_so():
+    from pipeline.encode import EncodeSummary, summary_text
+
+    counts = dict(
+        encoded_images=3, reused_images=0, reused_captions=0, skipped=41,
+        skipped_reasons={"bad caption line": 41}, seconds=1.0, shards_written=1,
+    )  # fmt: skip
+    text = summary_text(EncodeSummary(images=3, encoded_captions=0, **counts))
+    assert "warning: no caption was read" in text and "captions.jsonl" in text
+    assert "warning" not in summary_text(EncodeSummary(images=3, encoded_captions=2, **counts))
+
+
 def test_hostile_strategies_reach_the_cases_they_name():
     """The strategies above really produce the hostile cases (not only tame text)."""
     from hypothesis import find as hypothesis_find
