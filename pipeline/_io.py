@@ -1,16 +1,19 @@
-"""Atomic file writes: the one place in the pipeline that renames temporary files.
+"""Atomic file writes (the one place in the pipeline that renames temporary files), and the
+lock that keeps two commands out of one build folder.
 
 A file the pipeline writes either exists whole or not at all: it is written under a temporary
 name in the same folder (``.NAME.PID.tmp``) and renamed over the target, which POSIX makes
 atomic. A process killed mid-write leaves only its temporary file, which ``remove_orphans``
 deletes on the next run. ``swap_folder`` does the same for a whole folder (``publish --to``).
-Reads nothing; writes the files it is given.
+``build_lock`` holds BUILD/.lock (an advisory ``flock``) while encode, index or publish uses a
+build. Reads nothing but the lock file; writes the files it is given.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,3 +62,45 @@ def remove_orphans(folder: Path, name_glob: str = "*") -> None:
     """Delete the temporary files killed runs left for targets matching ``name_glob``."""
     for orphan in Path(folder).glob(f".{name_glob}.*.tmp"):
         orphan.unlink(missing_ok=True)
+
+
+LOCK_FILE = ".lock"
+
+
+@contextmanager
+def build_lock(
+    folder: Path, command: str, create: bool = False, shared: bool = False
+) -> Iterator[None]:
+    """Hold ``folder``'s lock while ``command`` runs; raise RuntimeError if another run holds it.
+    ``shared``: a reader's lock (publish), which other readers may hold too, but not a writer
+    (encode, index). ``create``: make the folder first (else a folder that is not there is not
+    locked: the command names it).
+
+    Two encodes on one build each wrote shards the other's plan deleted, and reported
+    success; two index runs removed each other's temporary files. The lock is ``flock``'s:
+    the system drops it when the process ends, however it ends, so a killed run leaves none
+    behind. Without fcntl (Windows) there is no lock.
+    """
+    folder = Path(folder)
+    if create and not folder.exists():
+        folder.mkdir(parents=True)
+    if sys.platform == "win32" or not folder.is_dir():
+        yield
+        return
+    import fcntl
+
+    with open(folder / LOCK_FILE, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise RuntimeError(
+                f"{folder} is in use by {holder}; wait for it to finish (two runs on one build "
+                "would mix their files), or give another folder"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"`{command}` (pid {os.getpid()})")
+        handle.flush()
+        yield

@@ -41,6 +41,7 @@ the same as in one process. After a barrier, rank 0 writes the summary.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -187,7 +188,7 @@ def run_encode(source, config: EncodeConfig, encoder=None) -> EncodeSummary:
     started = time.perf_counter()
     out = Path(config.out)
     shards_dir = out / SHARDS_DIR
-    with coordination() as ranks:
+    with coordination() as ranks, _lock_on_rank0(ranks, out):
         if encoder is None:
             encoder = Encoder.from_pretrained(
                 config.model, revision=config.revision, device=config.device, dtype=config.dtype
@@ -504,6 +505,12 @@ def _write_shard(final: Path, rows: dict, skips: list[Skip], row_features):
     table = shard_table(rows, row_features)
     with _io.atomic_path(final) as tmp:
         pq.write_table(table, str(tmp), row_group_size=100)
+
+
+def _lock_on_rank0(ranks, out: Path):
+    """The build's lock, held by rank 0 (under torchrun the other ranks write into the
+    folder too, as rank 0's helpers)."""
+    return _io.build_lock(out, "encode", create=True) if ranks.is_main else contextlib.nullcontext()
 
 
 def _write_jsonl(path: Path, skips: list[Skip]) -> None:

@@ -174,10 +174,11 @@ def run_index(config: IndexConfig):
     in the user's datasets cache, where every new build would leave another.
     """
     cache = Path(config.build) / ARROW_CACHE_DIR
-    try:
-        return _run_index(config, cache)
-    finally:
-        shutil.rmtree(cache, ignore_errors=True)
+    with _io.build_lock(config.build, "index"):
+        try:
+            return _run_index(config, cache)
+        finally:
+            shutil.rmtree(cache, ignore_errors=True)
 
 
 def _run_index(config: IndexConfig, cache: Path):

@@ -150,6 +150,11 @@ def render_card(build: Path, manifest: Manifest, *, repo_id, local_dir, existing
 
 def publish_to_folder(config: PublishConfig) -> PublishResult:
     """Write the repo layout to a local folder that ``load_dataset(folder)`` reads."""
+    with _io.build_lock(config.build, "publish", shared=True):
+        return _publish_to_folder(config)
+
+
+def _publish_to_folder(config: PublishConfig) -> PublishResult:
     build, target = Path(config.build), Path(config.to).resolve()
     manifest, files = staged_files(build)
     if target == build.resolve() or target.is_relative_to(build.resolve()):
@@ -232,6 +237,11 @@ def _check_target_folder(target: Path) -> None:
 
 def publish_to_hub(config: PublishConfig) -> PublishResult:
     """Publish to a Hub dataset repo (created if needed): data, indices and card, atomically."""
+    with _io.build_lock(config.build, "publish", shared=True):
+        return _publish_to_hub(config)
+
+
+def _publish_to_hub(config: PublishConfig) -> PublishResult:
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 

@@ -474,6 +474,32 @@ def test_the_cli_refuses_empty_paths_and_a_build_among_the_photos(tmp_path, caps
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["data", "photos"]
 
 
+def test_one_build_is_used_by_one_writer_at_a_time(tmp_path, generated_build):
+    # BUILD/.lock is flock'ed: exclusively by encode and index, shared by publish.
+    import fcntl
+
+    from pipeline.index import IndexConfig, run_index
+    from pipeline.publish import publish_to_folder
+
+    build = tmp_path / "build"
+    shutil.copytree(generated_build, build)
+    with open(build / ".lock", "a+") as other:
+        fcntl.flock(other, fcntl.LOCK_EX)  # as another `encode` holds it
+        other.truncate(0)
+        other.write("`encode` (pid 4242)")
+        other.flush()
+        with pytest.raises(RuntimeError, match=r"build is in use by `encode` \(pid 4242\); wait"):
+            run_index(IndexConfig(build=build))
+        with pytest.raises(RuntimeError, match="in use by"):
+            publish_to_folder(PublishConfig(build=build, to=tmp_path / "repo"))
+        fcntl.flock(other, fcntl.LOCK_UN)
+        fcntl.flock(other, fcntl.LOCK_SH)  # as a `publish` reads it: readers share
+        assert publish_to_folder(PublishConfig(build=build, to=tmp_path / "repo")).changed
+        with pytest.raises(RuntimeError, match="in use by"):
+            run_index(IndexConfig(build=build))
+    assert run_index(IndexConfig(build=build)).num_rows == 6  # the lock went with its holder
+
+
 def test_evaluate_checks_its_output_path_before_it_evaluates(tmp_path, capsys):
     from pipeline.cli import main
 
