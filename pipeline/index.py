@@ -231,13 +231,20 @@ def _run_index(config: IndexConfig, cache: Path):
     factory = None if plan.factory == "Flat" else plan.factory
     infos = []
     for column, vectors in (("image_emb", image_emb), ("caption_emb", caption_emb)):
-        ds.add_faiss_index_from_external_arrays(
-            external_arrays=vectors,
-            index_name=column,
-            string_factory=factory,
-            metric_type=faiss.METRIC_INNER_PRODUCT,
-            train_size=plan.train_size,
-        )
+        try:
+            ds.add_faiss_index_from_external_arrays(
+                external_arrays=vectors,
+                index_name=column,
+                string_factory=factory,
+                metric_type=faiss.METRIC_INNER_PRODUCT,
+                train_size=plan.train_size,
+            )
+        except RuntimeError as err:  # FAISS's C++ errors: too few rows to train, and the like
+            reason = " ".join(str(err).split())
+            raise ValueError(
+                f"--index-type {config.index_type}: FAISS cannot build {plan.factory} over "
+                f"{len(ds)} rows ({reason}); choose another type (auto fits the row count)"
+            ) from None
         with _io.atomic_path(build / index_file(column)) as tmp:
             ds.save_faiss_index(column, str(tmp))
         infos.append(

@@ -48,6 +48,16 @@ def test_a_config_without_its_component_models_names_every_missing_field(tmp_pat
         MultiEmbedTRConfig.from_file(path)
 
 
+def test_a_model_folder_missing_a_component_folder_names_it(tiny_model_dir, tmp_path):
+    # Not a Hub id (those are namespace/name): a folder that did not come along, not a network
+    # problem to retry for half a minute.
+    model = checkpoint_copy(tiny_model_dir, tmp_path / "model")
+    shutil.rmtree(model / "text_model")
+    expected = f"config.json names the component 'text_model', but there is no folder {model}"
+    with pytest.raises(CheckpointError, match=re.escape(expected)):
+        Encoder.from_pretrained(model)
+
+
 def test_a_config_asking_for_cls_pooling_is_refused(tmp_path):
     # MultiEmbedTR's own config says true; the author's code pools the CLS token when false.
     path = write_config(

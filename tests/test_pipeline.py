@@ -474,6 +474,16 @@ def test_the_cli_refuses_empty_paths_and_a_build_among_the_photos(tmp_path, caps
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["data", "photos"]
 
 
+def test_an_index_type_faiss_cannot_train_is_named_with_the_row_count(tmp_path, generated_build):
+    from pipeline.index import IndexConfig, run_index
+
+    build = tmp_path / "build"
+    shutil.copytree(generated_build, build)
+    with pytest.raises(ValueError, match=r"--index-type PQ8: FAISS cannot build PQ8 over 6 rows "
+                       r"\(.*256.*\); choose another type"):  # fmt: skip
+        run_index(IndexConfig(build=build, index_type="PQ8"))
+
+
 def test_one_build_is_used_by_one_writer_at_a_time(tmp_path, generated_build):
     # BUILD/.lock is flock'ed: exclusively by encode and index, shared by publish.
     import fcntl

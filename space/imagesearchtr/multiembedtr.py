@@ -224,6 +224,11 @@ def resolve_component(name: str, model_dir: Path) -> str:
     beside = model_dir / name
     if beside.is_dir():
         return str(beside)
+    if "/" not in name:  # a Hub id is namespace/name: a missing folder, not a network problem
+        raise CheckpointError(
+            f"{model_dir}: config.json names the component {name!r}, but there is no folder "
+            f"{beside}; copy the model folder whole"
+        )
     return name
 
 
