@@ -232,6 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="auto", help="device for the query encoder")
     p.add_argument(
+        "--model",
+        default=None,
+        help="query encoder: a model folder or Hub id (default: the model the manifest names); "
+        "its weights must be the ones the dataset was encoded with, which is checked",
+    )
+    p.add_argument(
         "--composed",
         action="store_true",
         help="also measure composed queries (Searcher.search_combined's vector) at several "
@@ -531,7 +537,12 @@ def _evaluate(args) -> int:
         negative = _numbers("--negative-weights", args.negative_weights, 0, 100)
         text = _numbers("--text-weights", args.text_weights, 0, 100)
         composed_alphas = _numbers("--composed-alphas", args.composed_alphas, 0, 1)
-    searcher = Searcher.from_repo(args.repo, args.revision, device=args.device)
+    encoder = None
+    if args.model is not None:  # say, the folder a dataset was encoded with, moved since
+        from imagesearchtr import Encoder
+
+        encoder = Encoder.from_pretrained(args.model, device=args.device)
+    searcher = Searcher.from_repo(args.repo, args.revision, encoder=encoder, device=args.device)
     results = evaluate(searcher, alphas)
     print(format_table(results))
     composed = None

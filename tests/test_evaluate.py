@@ -229,6 +229,27 @@ def test_evaluate_composed_writes_labelled_records(tmp_path, generated_build, ca
     assert main(bad) == 2 and "error: --text-weights 'x'" in capsys.readouterr().err
 
 
+def test_evaluate_takes_the_query_encoder_from_model_when_given(
+    tmp_path, generated_build, tiny_model_dir, capsys
+):
+    # The folder a dataset was encoded with may have moved: --model names it again, and a
+    # model with other weights is refused as the Searcher refuses it.
+    import shutil
+
+    from tiny_checkpoint import write_tiny_checkpoint
+
+    repo = tmp_path / "repo"
+    assert main(["publish", "--build", str(generated_build), "--to", str(repo)]) == 0
+    moved = shutil.copytree(tiny_model_dir, tmp_path / "moved-model")
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", "--repo", str(repo), "--model", str(moved), "--output", str(out)]) == 0
+    assert json.loads(out.read_text())["results"]
+    other = write_tiny_checkpoint(tmp_path / "other-model", seed=1)
+    capsys.readouterr()
+    assert main(["evaluate", "--repo", str(repo), "--model", str(other), "--output", str(out)]) == 2
+    assert "error: this index was built by model" in capsys.readouterr().err
+
+
 def test_the_text_weight_decides_between_rows_like_the_reference(tmp_path):
     """Photos in threes that look alike; each row's caption names the small detail that sets its
     image apart. The reference (the target's nearest other row) is left out of the ranking, so
