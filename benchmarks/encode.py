@@ -97,7 +97,9 @@ class OriginalPath:
         from transformers import AutoImageProcessor, AutoTokenizer
 
         config = MultiEmbedTRConfig.from_file(ckpt_dir / "config.json")
-        self.model, _ = build_model(ckpt_dir, config)  # float32, eval(), strict load
+        self.model, _ = build_model(  # float32, eval(), strict load
+            ckpt_dir, config, ckpt_dir / config.text_model_name, ckpt_dir / config.vision_model_name
+        )
         self.tokenizer = AutoTokenizer.from_pretrained(ckpt_dir / config.text_model_name)
         self.processor = AutoImageProcessor.from_pretrained(ckpt_dir / config.vision_model_name)
 

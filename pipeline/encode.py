@@ -190,8 +190,17 @@ def run_encode(source, config: EncodeConfig, encoder=None) -> EncodeSummary:
     shards_dir = out / SHARDS_DIR
     with coordination() as ranks, _lock_on_rank0(ranks, out):
         if encoder is None:
+            # An update keeps the components (tokenizer, image processor) the build began with,
+            # whatever their Hub repos hold now: rows of one build are tokenised alike.
+            pinned = None
+            if not config.overwrite and (out / BUILD_FILE).is_file():
+                pinned = read_build_info(out).get("component_revisions") or None
             encoder = Encoder.from_pretrained(
-                config.model, revision=config.revision, device=config.device, dtype=config.dtype
+                config.model,
+                revision=config.revision,
+                device=config.device,
+                dtype=config.dtype,
+                component_revisions=pinned,
             )
         # Checked before any work: a --reuse made with another model is refused at once.
         reuse_files, reuse_revision = published_files(
@@ -211,6 +220,7 @@ def run_encode(source, config: EncodeConfig, encoder=None) -> EncodeSummary:
             "model_id": encoder.model_id,
             "model_revision": encoder.revision,
             "model_fingerprint": encoder.fingerprint,
+            "component_revisions": encoder.component_revisions,
             "dim": encoder.dim,
             "source": source.describe(),
             "num_planned": len(planned),

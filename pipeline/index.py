@@ -261,6 +261,7 @@ def _run_index(config: IndexConfig, cache: Path):
         model_id=build_info["model_id"],
         model_revision=build_info.get("model_revision"),
         model_fingerprint=build_info["model_fingerprint"],
+        component_revisions=build_info.get("component_revisions") or {},
         dim=dim,
         num_rows=len(ds),
         data_hash=data_hash(image_ids, image_emb, caption_emb, caption_valid),

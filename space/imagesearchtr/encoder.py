@@ -106,6 +106,11 @@ class Encoder:
         return self._backend.dim
 
     @property
+    def component_revisions(self) -> dict[str, str]:
+        """{Hub id: commit} of the components loaded from the Hub ({}: none, or all local)."""
+        return dict(self._backend.component_revisions)
+
+    @property
     def model(self) -> torch.nn.Module:
         """The underlying torch module (MultiEmbedTR, CLIPModel or SiglipModel), for inspection."""
         return self._backend.model
@@ -123,6 +128,7 @@ class Encoder:
         revision: str | None = None,
         device: str = "auto",
         dtype: str | torch.dtype | None = None,
+        component_revisions: dict[str, str] | None = None,
     ) -> Encoder:
         """Load a MultiEmbedTR, CLIP or SigLIP model from the Hub or a local folder.
 
@@ -136,6 +142,10 @@ class Encoder:
                 bfloat16 on CPUs with native bf16 and on GPUs of compute capability >= 8.0,
                 float16 on older GPUs, float32 otherwise. Pass ``"float32"`` to force full
                 precision.
+            component_revisions: {Hub id: commit} for MultiEmbedTR's text and vision
+                components named by Hub id (their configs, tokenizer and image processor):
+                load them at those commits, as a manifest recorded them (None: their main
+                branch). ``encoder.component_revisions`` says which commits were loaded.
         """
         torch_device = pick_device(device)
         torch_dtype = pick_dtype(dtype, torch_device)
@@ -144,7 +154,7 @@ class Encoder:
         config = json.loads(config_path.read_text(encoding="utf-8"))
         model_type = config.get("model_type")
         if model_type == MODEL_TYPE:
-            backend, fingerprint = _MultiEmbedTRBackend.load(model_dir)
+            backend, fingerprint = _MultiEmbedTRBackend.load(model_dir, component_revisions)
         elif model_type in DUAL_ENCODER_TYPES:
             backend, fingerprint = _DualEncoderBackend.load(model_dir, model_type)
         else:
@@ -293,6 +303,7 @@ class _Backend:
     """What the Encoder needs from a model family."""
 
     dim: int
+    component_revisions: dict[str, str] = {}  # replaced per backend, never mutated
 
     def to(self, device: torch.device, dtype: torch.dtype) -> None:
         raise NotImplementedError
@@ -346,16 +357,27 @@ class _MultiEmbedTRBackend(_Backend):
         self.dtype = torch.float32
 
     @classmethod
-    def load(cls, model_dir: Path) -> tuple[_MultiEmbedTRBackend, str]:
+    def load(cls, model_dir: Path, pinned: dict | None = None) -> tuple[_MultiEmbedTRBackend, str]:
+        """``pinned``: {Hub id: commit} of the components to load at a recorded commit."""
         from transformers import AutoTokenizer
 
         config = MultiEmbedTRConfig.from_file(model_dir / "config.json")
-        model, fingerprint = build_model(model_dir, config)
-        tokenizer = AutoTokenizer.from_pretrained(
-            resolve_component(config.text_model_name, model_dir)
+        folders, revisions = [], {}
+        for name in (config.text_model_name, config.vision_model_name):
+            folder, commit = resolve_component(name, model_dir, (pinned or {}).get(name))
+            folders.append(folder)
+            if commit is not None:
+                revisions[name] = commit
+        text_dir, vision_dir = folders
+        model, fingerprint = build_model(model_dir, config, text_dir, vision_dir)
+        backend = cls(
+            model,
+            AutoTokenizer.from_pretrained(text_dir),
+            _image_processor(vision_dir),
+            config.embed_dim,
         )
-        image_processor = _image_processor(resolve_component(config.vision_model_name, model_dir))
-        return cls(model, tokenizer, image_processor, config.embed_dim), fingerprint
+        backend.component_revisions = revisions
+        return backend, fingerprint
 
     def to(self, device: torch.device, dtype: torch.dtype) -> None:
         # Only the encoders change dtype; the small heads stay float32 (see encode_text).

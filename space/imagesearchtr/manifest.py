@@ -68,6 +68,9 @@ class Manifest:
     source: str = ""  # where the rows came from: a Hub dataset id or "local folder"
     data_files: list = field(default_factory=list)  # [{path, num_rows, sha256}] in row order
     image_ranges_sha256: str = ""  # of IMAGE_RANGES_FILE; "" in manifests written before it
+    # {Hub id: commit} of the model's components loaded from the Hub (MultiEmbedTR's tokenizer
+    # and image processor repos); queries load them at these commits. {}: none, or older.
+    component_revisions: dict = field(default_factory=dict)
     manifest_version: int = MANIFEST_VERSION
 
     def index(self, column: str) -> IndexInfo:
@@ -101,6 +104,11 @@ class Manifest:
         for name, value in counts.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} is {value!r}, not a count (a whole number, 0 or more)")
+        pins = manifest.component_revisions
+        if not isinstance(pins, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in pins.items()
+        ):
+            raise ValueError(f"component_revisions is {pins!r}, not a Hub id: commit mapping")
         return manifest
 
     def save(self, path: str | Path) -> None:

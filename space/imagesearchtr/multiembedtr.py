@@ -1,7 +1,9 @@
 """MultiEmbedTR rebuilt from stock transformers classes, without ``trust_remote_code``.
 
 Reads a MultiEmbedTR directory (config.json + model.safetensors or pytorch_model.bin) and the
-text/vision model folders its config names (configs, tokenizer, image processor); writes nothing.
+text/vision model folders its config names (configs, tokenizer, image processor): folders beside
+config.json, or Hub repos, whose configs and tokenizer files (never weights) are downloaded at a
+pinned commit when one is given (``resolve_component``). Writes nothing but the Hub cache.
 
 The architecture (from ../shared/reference/MULTIEMBEDTR.md):
 - text:  normalize(text_proj(masked_mean(ModernBERT(last_hidden_state), attention_mask)))
@@ -219,25 +221,40 @@ def fingerprint_state_dict(state_dict: dict) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def resolve_component(name: str, model_dir: Path) -> str:
-    """A component named in config.json: a folder beside the checkpoint, a path or a Hub id."""
+# What a component repo contributes: its config, tokenizer and image processor files. Its
+# weights are not needed: the checkpoint holds every tensor.
+COMPONENT_FILES = ["*.json", "*.txt", "*.model"]
+_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+
+
+def resolve_component(
+    name: str, model_dir: Path, revision: str | None = None
+) -> tuple[str, str | None]:
+    """(a local folder, the Hub commit it holds or None) for a component named in config.json:
+    a folder beside the checkpoint or a path, else a Hub id, fetched at ``revision`` (None: its
+    main branch). The commit is what a build records, so that queries are tokenised by the same
+    tokenizer files however the component's repo changes later."""
     beside = model_dir / name
     if beside.is_dir():
-        return str(beside)
-    if "/" not in name:  # a Hub id is namespace/name: a missing folder, not a network problem
+        return str(beside), None
+    if "/" not in name or Path(name).is_absolute():  # a Hub id is namespace/name
         raise CheckpointError(
             f"{model_dir}: config.json names the component {name!r}, but there is no folder "
             f"{beside}; copy the model folder whole"
         )
-    return name
+    from huggingface_hub import snapshot_download
+
+    folder = Path(snapshot_download(name, revision=revision, allow_patterns=COMPONENT_FILES))
+    return str(folder), folder.name if _COMMIT_RE.match(folder.name) else revision
 
 
-def build_model(model_dir: Path, config: MultiEmbedTRConfig) -> tuple[MultiEmbedTR, str]:
-    """Build the model from its configs, load the checkpoint strictly; return it and its hash."""
-    text_config = AutoConfig.from_pretrained(resolve_component(config.text_model_name, model_dir))
-    vision_config = AutoConfig.from_pretrained(
-        resolve_component(config.vision_model_name, model_dir)
-    )
+def build_model(
+    model_dir: Path, config: MultiEmbedTRConfig, text_dir: str, vision_dir: str
+) -> tuple[MultiEmbedTR, str]:
+    """Build the model from its configs (the folders ``resolve_component`` gave), load the
+    checkpoint strictly; return it and its hash."""
+    text_config = AutoConfig.from_pretrained(text_dir)
+    vision_config = AutoConfig.from_pretrained(vision_dir)
     for component, cfg, expected in (
         ("text", text_config, "modernbert"),
         ("vision", vision_config, "dinov2"),

@@ -164,7 +164,11 @@ class Searcher:
         }
         if encoder is None:
             encoder = Encoder.from_pretrained(
-                manifest.model_id, revision=manifest.model_revision, device=device, dtype=dtype
+                manifest.model_id,
+                revision=manifest.model_revision,
+                device=device,
+                dtype=dtype,
+                component_revisions=manifest.component_revisions or None,
             )
         check_model(manifest, encoder)
         location = f"{where}@{loaded.revision}" if loaded.revision else where
