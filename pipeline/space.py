@@ -24,6 +24,7 @@ else is written; the token comes from HF_TOKEN or ``hf auth login`` and is never
 
 from __future__ import annotations
 
+import fnmatch
 import shlex
 import shutil
 import sys
@@ -32,7 +33,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hub_card.dataset_card import is_hub_id
-from imagesearchtr.manifest import Manifest, load_manifest, require_image_ranges
+from imagesearchtr.manifest import (
+    COMPONENT_FILES,
+    Manifest,
+    load_manifest,
+    require_image_ranges,
+)
 
 from .publish import PublishError, check_card, hub_error_text
 
@@ -135,7 +141,8 @@ def requirements_text(hardware: str, source: Path = SPACE_SOURCE) -> str:
 
 
 def preload_lines(api, manifest: Manifest) -> tuple[str, ...]:
-    """``preload_from_hub`` for the model: the files the encoder fetches, at the pinned commit.
+    """``preload_from_hub`` for the model: the files the encoder fetches, at the pinned commit,
+    and those of its components from the Hub (configs, tokenizer, image processor) at theirs.
 
     The builder fetches them into the Space's Hub cache, so a cold start does not download the
     model again. The dataset cannot be preloaded this way (the Hub preloads model repos only).
@@ -149,7 +156,16 @@ def preload_lines(api, manifest: Manifest) -> tuple[str, ...]:
         files.remove("pytorch_model.bin")  # the encoder takes safetensors when both exist
     # A revision needs the file list before it ("repo files revision"), as the Hub parses it.
     revision = f" {manifest.model_revision}" if manifest.model_revision else ""
-    return (f"{model} {','.join(files)}{revision}",) if files else ()
+    lines = [f"{model} {','.join(files)}{revision}"] if files else []
+    for component, commit in sorted(manifest.component_revisions.items()):
+        wanted = sorted(
+            f
+            for f in api.list_repo_files(component, revision=commit)
+            if any(fnmatch.fnmatch(f, pattern) for pattern in COMPONENT_FILES)
+        )
+        if wanted:
+            lines.append(f"{component} {','.join(wanted)} {commit}")
+    return tuple(lines)
 
 
 def render_card(

@@ -880,6 +880,17 @@ def test_preload_names_the_model_files_at_the_pinned_revision(local_hub, monkeyp
         indices=(),
     )
     assert preload_lines(api, manifest) == (f"{model} config.json,model.safetensors {commit.oid}",)
+    # Components taken from the Hub: their config and tokenizer files (no weights) at their pins.
+    text = f"testuser/text-{uuid.uuid4().hex[:8]}"
+    api.create_repo(text)
+    parts = ("config.json", "tokenizer.json", "vocab.txt", "model.safetensors")
+    pin = api.create_commit(
+        text,
+        [CommitOperationAdd(path_in_repo=f, path_or_fileobj=b"x") for f in parts],
+        commit_message="tokenizer",
+    ).oid
+    pinned = Manifest(**{**manifest.__dict__, "component_revisions": {text: pin}})
+    assert preload_lines(api, pinned)[1:] == (f"{text} config.json,tokenizer.json,vocab.txt {pin}",)
     local = Manifest(**{**manifest.__dict__, "model_id": str(REPO_ROOT)})
     assert preload_lines(api, local) == ()  # a local model folder: nothing to preload
 

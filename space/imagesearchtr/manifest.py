@@ -27,6 +27,11 @@ EMBEDDING_COLUMNS = ("image_emb", "caption_emb")
 IMAGE_RANGES_FILE = f"{INDEX_DIR}/image_ranges.npy"
 
 
+# What a model component repo (``component_revisions``) contributes: its config, tokenizer and
+# image processor files. Its weights are not needed: the model's checkpoint holds every tensor.
+COMPONENT_FILES = ("*.json", "*.txt", "*.model")
+
+
 class ManifestError(ValueError):
     """A manifest that cannot be read, or that names files it must not; the message says why."""
 

@@ -27,6 +27,8 @@ import torch
 from torch import nn
 from transformers import AutoConfig, Dinov2Model, ModernBertModel
 
+from .manifest import COMPONENT_FILES
+
 MODEL_TYPE = "multimodal_embedder"
 TEXT_MAX_LENGTH = 128  # MultiEmbedTR was trained with max_length 128
 SAFETENSORS_FILE = "model.safetensors"
@@ -221,9 +223,6 @@ def fingerprint_state_dict(state_dict: dict) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-# What a component repo contributes: its config, tokenizer and image processor files. Its
-# weights are not needed: the checkpoint holds every tensor.
-COMPONENT_FILES = ["*.json", "*.txt", "*.model"]
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 
 
@@ -244,7 +243,7 @@ def resolve_component(
         )
     from huggingface_hub import snapshot_download
 
-    folder = Path(snapshot_download(name, revision=revision, allow_patterns=COMPONENT_FILES))
+    folder = Path(snapshot_download(name, revision=revision, allow_patterns=list(COMPONENT_FILES)))
     return str(folder), folder.name if _COMMIT_RE.match(folder.name) else revision
 
 
