@@ -529,7 +529,8 @@ def test_a_build_pins_the_model_components_it_took_from_the_hub(
     hub_env, local_hub, tiny_model_dir, tmp_path
 ):
     # MultiEmbedTR names its tokenizer and image processor by Hub id. A build records the
-    # commits it loaded them at, and queries load those, whatever the repos hold later.
+    # commits it loaded them at; queries and updates of the build load those, whatever the
+    # repos hold later. One process (the pipeline's Python API) keeps the test short.
     import shutil
 
     from conftest import write_photos
@@ -538,57 +539,58 @@ def test_a_build_pins_the_model_components_it_took_from_the_hub(
     shutil.copytree(tiny_model_dir, model)
     parts = ("text_model", "vision_model")
     ids = {part: f"{user}/pinned-{part.replace('_', '-')}" for part in parts}
-    run_python(
-        "from huggingface_hub import HfApi\napi = HfApi()\n"
-        + "".join(
-            f"api.create_repo({repo!r})\n"
-            f"api.upload_folder(folder_path={str(model / part)!r}, repo_id={repo!r})\n"
-            for part, repo in ids.items()
-        ),
-        hub_env,
-    )
     config = json.loads((model / "config.json").read_text())
     config.update(text_model_name=ids["text_model"], vision_model_name=ids["vision_model"])
     (model / "config.json").write_text(json.dumps(config))
-    for part in ids:
-        shutil.rmtree(model / part)  # from the Hub only
-    build, repo = tmp_path / "build", tmp_path / "repo"
-    photos = write_photos(tmp_path / "photos", ["a", "b", "c"])
-    run_cli("encode", "--data", photos, "--model", model, "--out", build, env=hub_env)
-    run_cli("index", "--build", build, env=hub_env)
-    run_cli("publish", "--build", build, "--to", repo, env=hub_env)
-    pins = json.loads((repo / "index" / "manifest.json").read_text())["component_revisions"]
+    for part in parts:  # to the Hub, and from the model folder: only the Hub has them
+        shutil.move(model / part, tmp_path / part)
+    write_photos(tmp_path / "photos", ["a", "b", "c"])
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        from pathlib import Path
+        import numpy as np
+        from huggingface_hub import HfApi, hf_hub_download
+        sys.path.insert(0, "space")
+        from imagesearchtr import Encoder, Searcher
+        from pipeline.encode import EncodeConfig, run_encode
+        from pipeline.index import IndexConfig, run_index
+        from pipeline.inputs import FolderSource
+        from pipeline.publish import PublishConfig, publish_to_folder
+        work, ids, api = Path({str(tmp_path)!r}), {ids!r}, HfApi()
+        for part, repo in ids.items():
+            api.create_repo(repo)
+            api.upload_folder(folder_path=work / part, repo_id=repo)
+        config = EncodeConfig(out=work / "build", model={str(model)!r}, dtype="float32")
+        run_encode(FolderSource(work / "photos"), config)
+        run_index(IndexConfig(build=work / "build"))
+        publish_to_folder(PublishConfig(build=work / "build", to=work / "repo"))
+        # The text component's repo changes: its tokenizer no longer lower-cases.
+        tok = json.load(open(hf_hub_download(ids["text_model"], "tokenizer.json")))
+        tok["normalizer"]["lowercase"] = False
+        api.upload_file(path_or_fileobj=json.dumps(tok).encode(), path_in_repo="tokenizer.json",
+                        repo_id=ids["text_model"])
+        searcher = Searcher.from_repo(work / "repo")
+        latest = Encoder.from_pretrained({str(model)!r})
+        def lowercases(encoder):
+            a, b = encoder.encode_texts(["DAĞLAR", "dağlar"])
+            return bool(np.allclose(a, b, atol=1e-6))
+        (work / "photos" / "images" / "a.jpg").rename(work / "photos" / "images" / "d.jpg")
+        run_encode(FolderSource(work / "photos"), config)  # an update of the build
+        print(json.dumps({{
+            "pinned": searcher.encoder.component_revisions, "latest": latest.component_revisions,
+            "pinned_lowercases": lowercases(searcher.encoder),
+            "latest_lowercases": lowercases(latest),
+            "updated": json.loads((work / "build" / "build.json").read_text())[
+                "component_revisions"],
+        }}))
+        """
+    )
+    seen = json.loads(run_python(script, hub_env).strip().splitlines()[-1])
+    pins = json.loads((tmp_path / "repo" / "index" / "manifest.json").read_text())[
+        "component_revisions"
+    ]
     assert set(pins) == set(ids.values()) and all(len(sha) == 40 for sha in pins.values())
-
-    # The text component's repo changes: its tokenizer no longer lower-cases.
-    run_python(
-        "import json, sys\nfrom huggingface_hub import HfApi, hf_hub_download\n"
-        f"repo = {ids['text_model']!r}\n"
-        "tok = json.load(open(hf_hub_download(repo, 'tokenizer.json')))\n"
-        "tok['normalizer']['lowercase'] = False\n"
-        "HfApi().upload_file(path_or_fileobj=json.dumps(tok).encode(), "
-        "path_in_repo='tokenizer.json', repo_id=repo)\n",
-        hub_env,
-    )
-    out = run_python(
-        "import json, sys\nimport numpy as np\nsys.path.insert(0, 'space')\n"
-        "from imagesearchtr import Encoder, Searcher\n"
-        f"searcher = Searcher.from_repo({str(repo)!r})\n"
-        f"latest = Encoder.from_pretrained({str(model)!r})\n"
-        "def same(encoder):\n"
-        "    a, b = encoder.encode_texts(['DAĞLAR', 'dağlar'])\n"
-        "    return bool(np.allclose(a, b, atol=1e-6))\n"
-        "print(json.dumps({'pinned': searcher.encoder.component_revisions,\n"
-        "                  'latest': latest.component_revisions,\n"
-        "                  'pinned_lowercases': same(searcher.encoder),\n"
-        "                  'latest_lowercases': same(latest)}))\n",
-        hub_env,
-    )
-    seen = json.loads(out.strip().splitlines()[-1])
-    assert seen["pinned"] == pins
+    assert seen["pinned"] == pins and seen["updated"] == pins
     assert seen["latest"][ids["text_model"]] != pins[ids["text_model"]]
     assert seen["pinned_lowercases"] and not seen["latest_lowercases"], seen
-    # An update of the build keeps the components it began with.
-    write_photos(photos, ["d"])
-    run_cli("encode", "--data", photos, "--model", model, "--out", build, env=hub_env)
-    assert json.loads((build / "build.json").read_text())["component_revisions"] == pins
