@@ -694,11 +694,29 @@ def _conflicts(start: dict, head: dict, base: dict) -> list[str]:
     )
 
 
+def _find_pull(repo: dict, num: int) -> dict:
+    pull = next((p for p in repo.get("pulls", []) if p["num"] == num), None)
+    if pull is None:
+        raise HubError(404, f"Discussion {num} not found", "EntryNotFound")
+    return pull
+
+
+def _discussion(pull: dict, repo_id: str, repo_type: str) -> dict:
+    """A pull request as the Hub's discussion listings and details describe it."""
+    return {
+        "num": pull["num"],
+        "title": pull["title"],
+        "status": pull["status"],
+        "author": {"name": pull["author"]},
+        "createdAt": pull["createdAt"],
+        "isPullRequest": True,
+        "repo": {"name": repo_id, "type": repo_type},
+    }
+
+
 def _merge_pull_request(storage, repo: dict, num: int, author: str) -> str:
     with storage.lock:
-        pull = next((p for p in repo.get("pulls", []) if p["num"] == num), None)
-        if pull is None:
-            raise HubError(404, f"Discussion {num} not found", "EntryNotFound")
+        pull = _find_pull(repo, num)
         if pull["status"] != "open":
             raise HubError(400, f"Pull request {num} is {pull['status']}, not open")
         start, head, base = _pull_files(repo, pull)
@@ -1566,42 +1584,20 @@ class HubApp:
             pulls = [p for p in pulls if p["status"] == params["status"]]
         pulls.sort(key=lambda p: -p["num"])  # newest first, like the Hub
         entries = [
-            {
-                "num": p["num"],
-                "title": p["title"],
-                "status": p["status"],
-                "author": {"name": p["author"]},
-                "createdAt": p["createdAt"],
-                "isPullRequest": True,
-                "repo": {"name": repo_id, "type": repo_type},
-                "numComments": 1,
-                "pinned": False,
-            }
+            {**_discussion(p, repo_id, repo_type), "numComments": 1, "pinned": False}
             for p in pulls
         ]
         return JSONResponse({"discussions": entries, "count": len(entries), "start": 0})
-
-    def _pull(self, repo: dict, num: int) -> dict:
-        pull = next((p for p in repo.get("pulls", []) if p["num"] == num), None)
-        if pull is None:
-            raise HubError(404, f"Discussion {num} not found", "EntryNotFound")
-        return pull
 
     async def discussion_details(self, request: Request, m: re.Match) -> Response:
         repo_type, repo_id = _parse_repo_match(m)
         repo = self.state.readable_repo(request, repo_type, repo_id)
         with self.state.storage.lock:
-            pull = dict(self._pull(repo, int(m["num"])))
+            pull = dict(_find_pull(repo, int(m["num"])))
             conflicts = _conflicts(*_pull_files(repo, pull)) if pull["status"] == "open" else []
         return JSONResponse(
             {
-                "num": pull["num"],
-                "title": pull["title"],
-                "status": pull["status"],
-                "author": {"name": pull["author"]},
-                "createdAt": pull["createdAt"],
-                "isPullRequest": True,
-                "repo": {"name": repo_id, "type": repo_type},
+                **_discussion(pull, repo_id, repo_type),
                 "events": [],
                 "changes": {
                     "base": f"refs/heads/{pull['base']}",
@@ -1618,7 +1614,7 @@ class HubApp:
         if status not in ("open", "closed"):
             raise HubError(400, f"Invalid status {status!r}")
         with self.state.storage.lock:
-            pull = self._pull(repo, int(m["num"]))
+            pull = _find_pull(repo, int(m["num"]))
             if pull["status"] == "merged":
                 raise HubError(400, f"Pull request {pull['num']} is merged")
             pull["status"] = status

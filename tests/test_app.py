@@ -862,33 +862,30 @@ def test_preload_names_the_model_files_at_the_pinned_revision(local_hub, monkeyp
     from pipeline.space import preload_lines
 
     api = HfApi(endpoint=local_hub.endpoint, token=local_hub.token)
-    model = f"testuser/model-{uuid.uuid4().hex[:8]}"
-    api.create_repo(model)
-    files = ("config.json", "model.safetensors", "pytorch_model.bin", "notes.md")
-    commit = api.create_commit(
-        model,
-        [CommitOperationAdd(path_in_repo=f, path_or_fileobj=b"x") for f in files],
-        commit_message="weights",
+
+    def repo_with(kind: str, files: tuple[str, ...]) -> tuple[str, str]:
+        repo = f"testuser/{kind}-{uuid.uuid4().hex[:8]}"
+        api.create_repo(repo)
+        operations = [CommitOperationAdd(path_in_repo=f, path_or_fileobj=b"x") for f in files]
+        return repo, api.create_commit(repo, operations, commit_message=kind).oid
+
+    model, oid = repo_with(
+        "model", ("config.json", "model.safetensors", "pytorch_model.bin", "notes.md")
     )
     manifest = Manifest(
         model_id=model,
-        model_revision=commit.oid,
+        model_revision=oid,
         model_fingerprint="sha256:" + "0" * 64,
         dim=8,
         num_rows=1,
         data_hash="0" * 64,
         indices=(),
     )
-    assert preload_lines(api, manifest) == (f"{model} config.json,model.safetensors {commit.oid}",)
+    assert preload_lines(api, manifest) == (f"{model} config.json,model.safetensors {oid}",)
     # Components taken from the Hub: their config and tokenizer files (no weights) at their pins.
-    text = f"testuser/text-{uuid.uuid4().hex[:8]}"
-    api.create_repo(text)
-    parts = ("config.json", "tokenizer.json", "vocab.txt", "model.safetensors")
-    pin = api.create_commit(
-        text,
-        [CommitOperationAdd(path_in_repo=f, path_or_fileobj=b"x") for f in parts],
-        commit_message="tokenizer",
-    ).oid
+    text, pin = repo_with(
+        "text", ("config.json", "tokenizer.json", "vocab.txt", "model.safetensors")
+    )
     pinned = Manifest(**{**manifest.__dict__, "component_revisions": {text: pin}})
     assert preload_lines(api, pinned)[1:] == (f"{text} config.json,tokenizer.json,vocab.txt {pin}",)
     local = Manifest(**{**manifest.__dict__, "model_id": str(REPO_ROOT)})
