@@ -1584,8 +1584,7 @@ class HubApp:
             pulls = [p for p in pulls if p["status"] == params["status"]]
         pulls.sort(key=lambda p: -p["num"])  # newest first, like the Hub
         entries = [
-            {**_discussion(p, repo_id, repo_type), "numComments": 1, "pinned": False}
-            for p in pulls
+            {**_discussion(p, repo_id, repo_type), "numComments": 1, "pinned": False} for p in pulls
         ]
         return JSONResponse({"discussions": entries, "count": len(entries), "start": 0})
 
