@@ -6,11 +6,12 @@ name in the same folder (``.NAME.PID.tmp``) and renamed over the target, which P
 atomic. A process killed mid-write leaves only its temporary file, which ``remove_orphans``
 deletes on the next run. ``swap_folder`` does the same for a whole folder (``publish --to``).
 ``build_lock`` holds BUILD/.lock (an advisory ``flock``) while encode, index or publish uses a
-build. Reads nothing but the lock file; writes the files it is given.
+build. Reads and writes only the files it is given, and the lock file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -87,20 +88,39 @@ def build_lock(
     if sys.platform == "win32" or not folder.is_dir():
         yield
         return
+    path = folder / LOCK_FILE
+    with contextlib.ExitStack() as stack:
+        try:
+            handle = stack.enter_context(open(path, "a+", encoding="utf-8"))
+        except OSError as err:
+            if not shared:  # a writer could not write the build either: say so now
+                raise RuntimeError(
+                    f"{folder}: cannot open {LOCK_FILE} ({err}); is the folder writable?"
+                ) from None
+            # A reader of a read-only build (a mounted artifact): share its lock, if it has one.
+            handle = stack.enter_context(open(path, encoding="utf-8")) if path.is_file() else None
+        if handle is not None and _flock(handle, shared, folder) and handle.writable():
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"`{command}` (pid {os.getpid()})")
+            handle.flush()
+        yield
+
+
+def _flock(handle, shared: bool, folder: Path) -> bool:
+    """Lock ``handle`` without waiting; False where the file system has no locks (some NFS
+    mounts: the run goes on without one); RuntimeError naming the holder when it is taken."""
     import fcntl
 
-    with open(folder / LOCK_FILE, "a+", encoding="utf-8") as handle:
-        try:
-            fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise RuntimeError(
-                f"{folder} is in use by {holder}; wait for it to finish (two runs on one build "
-                "would mix their files), or give another folder"
-            ) from None
+    try:
+        fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except BlockingIOError:
         handle.seek(0)
-        handle.truncate()
-        handle.write(f"`{command}` (pid {os.getpid()})")
-        handle.flush()
-        yield
+        holder = handle.read().strip() or "another process"
+        raise RuntimeError(
+            f"{folder} is in use by {holder}; wait for it to finish (two runs on one build "
+            "would mix their files), or give another folder"
+        ) from None
+    except OSError:
+        return False
+    return True

@@ -540,8 +540,12 @@ def _evaluate(args) -> int:
     encoder = None
     if args.model is not None:  # say, the folder a dataset was encoded with, moved since
         from imagesearchtr import Encoder
+        from imagesearchtr.manifest import load_manifest
 
-        encoder = Encoder.from_pretrained(args.model, device=args.device)
+        pins = load_manifest(args.repo, args.revision, index_files=False).manifest
+        encoder = Encoder.from_pretrained(
+            args.model, device=args.device, component_revisions=pins.component_revisions or None
+        )
     searcher = Searcher.from_repo(args.repo, args.revision, encoder=encoder, device=args.device)
     results = evaluate(searcher, alphas)
     print(format_table(results))

@@ -180,6 +180,11 @@ def shard_name(index: int, chunk: list[tuple[ImageRecord, str]], fingerprint: st
 
 def run_encode(source, config: EncodeConfig, encoder=None) -> EncodeSummary:
     """Encode ``source`` into ``config.out``; resumes or updates an earlier build there."""
+    with contextlib.ExitStack() as lock:  # the build's lock, held until the summary is written
+        return _run_encode(source, config, encoder, lock)
+
+
+def _run_encode(source, config: EncodeConfig, encoder, lock: contextlib.ExitStack):
     from imagesearchtr import Encoder
 
     from .distributed import barrier, check_same, coordination, rank0_first
@@ -188,7 +193,10 @@ def run_encode(source, config: EncodeConfig, encoder=None) -> EncodeSummary:
     started = time.perf_counter()
     out = Path(config.out)
     shards_dir = out / SHARDS_DIR
-    with coordination() as ranks, _lock_on_rank0(ranks, out):
+    with coordination() as ranks:
+        # Rank 0 takes it (under torchrun the other ranks write into the folder as its helpers);
+        # a refusal reaches every rank with its reason.
+        rank0_first(ranks, lambda: lock.enter_context(_io.build_lock(out, "encode", create=True)))
         if encoder is None:
             # An update keeps the components (tokenizer, image processor) the build began with,
             # whatever their Hub repos hold now: rows of one build are tokenised alike.
@@ -515,12 +523,6 @@ def _write_shard(final: Path, rows: dict, skips: list[Skip], row_features):
     table = shard_table(rows, row_features)
     with _io.atomic_path(final) as tmp:
         pq.write_table(table, str(tmp), row_group_size=100)
-
-
-def _lock_on_rank0(ranks, out: Path):
-    """The build's lock, held by rank 0 (under torchrun the other ranks write into the
-    folder too, as rank 0's helpers)."""
-    return _io.build_lock(out, "encode", create=True) if ranks.is_main else contextlib.nullcontext()
 
 
 def _write_jsonl(path: Path, skips: list[Skip]) -> None:

@@ -18,6 +18,7 @@ import hashlib
 import json
 import posixpath
 import unicodedata
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,10 +97,11 @@ class FolderSource:
         # A name can be written in two Unicode forms (ş as one code point, or s + cedilla):
         # macOS and many zip tools store file names decomposed while editors write captions
         # composed. Both are matched by their composed form; the file keeps its own name.
-        on_disk = {
-            _nfc(path.relative_to(folder).as_posix()): path.relative_to(folder).as_posix()
-            for path in _image_files(folder)
-        }
+        files = [path.relative_to(folder).as_posix() for path in _image_files(folder)]
+        forms = Counter(_nfc(rel) for rel in files)
+        # Two files whose names differ only in their form (possible on Linux) stay two rows,
+        # each matched by its own exact name.
+        on_disk = {_nfc(rel): rel for rel in files if forms[_nfc(rel)] == 1}
         if captions_file.is_file():
             for line_no, entry, problem in _read_jsonl(captions_file):
                 where = f"{CAPTIONS_FILE}:{line_no}"
@@ -120,17 +122,17 @@ class FolderSource:
                     skips.append(Skip(where, BAD_LINE, f"caption for {rel} is not valid Unicode"))
                     continue
                 captions[rel].append(" ".join(caption.split()))
-        elif not on_disk:
+        elif not files:
             raise FileNotFoundError(
                 f"--data {folder}: neither {CAPTIONS_FILE} nor image files found; see README "
                 "'Your own photos' for the folder layout"
             )
         # Images on disk that no caption line names are indexed too, without captions.
-        for rel in on_disk.values():
+        for rel in files:
             captions.setdefault(rel, [])
         records = [
             ImageRecord(
-                image_id=_image_id(_nfc(rel)),
+                image_id=_image_id(_nfc(rel) if forms[_nfc(rel)] == 1 else rel),
                 path=rel,
                 captions=caps,
                 read_bytes=(lambda p=folder / rel: p.read_bytes()),

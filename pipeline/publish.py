@@ -58,6 +58,7 @@ from .index import INDEXED_FILE, build_shards
 
 CARD_FILE = "README.md"
 MANAGED_DIRS = (DATA_DIR, INDEX_DIR)
+DESKTOP_FILES = ("Thumbs.db", "desktop.ini")  # what Windows drops into a folder it shows
 # The Hub asks for commits of at most ~50-100 files; above this, publish goes through a PR.
 MAX_FILES_PER_COMMIT = 50
 
@@ -225,8 +226,9 @@ def _check_target_folder(target: Path) -> None:
     foreign = sorted(
         p.relative_to(target).as_posix()
         for p in (target / DATA_DIR).rglob("*")
-        if p.is_file() and p.suffix != ".parquet"
-    )
+        if p.is_file() and p.suffix != ".parquet" and p.name not in DESKTOP_FILES
+        and not p.name.startswith(".")  # .DS_Store and the like: a file manager's, not data
+    )  # fmt: skip
     if foreign:
         raise PublishError(
             f"--to {target} holds files under {DATA_DIR}/ that publish never writes "

@@ -493,6 +493,15 @@ def test_file_names_in_another_unicode_form_keep_their_captions(tmp_path):
     }
     for record in records:  # each reads its file under the name it has on disk
         assert record.read_bytes() == b"x"
+    # Both forms of one name on disk (Linux allows it): two rows, each its own exact name's.
+    (tmp_path / "images" / "göl.jpg").write_bytes(b"y")
+    records, _ = FolderSource(tmp_path).read()
+    lakes = sorted(
+        (r.read_bytes(), r.captions)
+        for r in records
+        if unicodedata.normalize("NFC", r.image_id) == "images/göl"
+    )
+    assert lakes == [(b"x", []), (b"y", ["göl fotoğrafı"])]
 
 
 def test_a_build_without_any_caption_says_so():

@@ -575,6 +575,11 @@ def test_a_build_pins_the_model_components_it_took_from_the_hub(
         def lowercases(encoder):
             a, b = encoder.encode_texts(["DAĞLAR", "dağlar"])
             return bool(np.allclose(a, b, atol=1e-6))
+        try:  # an encoder with the component at another commit is refused for this index
+            Searcher.from_repo(work / "repo", encoder=latest)
+            refused = ""
+        except RuntimeError as err:  # ModelMismatchError
+            refused = str(err)
         (work / "photos" / "images" / "a.jpg").rename(work / "photos" / "images" / "d.jpg")
         run_encode(FolderSource(work / "photos"), config)  # an update of the build
         print(json.dumps({{
@@ -583,6 +588,7 @@ def test_a_build_pins_the_model_components_it_took_from_the_hub(
             "latest_lowercases": lowercases(latest),
             "updated": json.loads((work / "build" / "build.json").read_text())[
                 "component_revisions"],
+            "refused": refused,
         }}))
         """
     )
@@ -594,3 +600,4 @@ def test_a_build_pins_the_model_components_it_took_from_the_hub(
     assert seen["pinned"] == pins and seen["updated"] == pins
     assert seen["latest"][ids["text_model"]] != pins[ids["text_model"]]
     assert seen["pinned_lowercases"] and not seen["latest_lowercases"], seen
+    assert f"this index was built with {ids['text_model']} at commit" in seen["refused"]

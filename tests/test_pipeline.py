@@ -393,6 +393,7 @@ def test_republishing_the_same_build_is_a_no_op(tmp_path, shared_build):
     target = tmp_path / "repo"
     first = publish_to_folder(PublishConfig(build=shared_build, to=target))
     (target / "notes.txt").write_text("kept")
+    (target / "data" / ".DS_Store").write_bytes(b"\0")  # a file manager looked at it
     second = publish_to_folder(PublishConfig(build=shared_build, to=target))
     assert first.changed and not second.changed
     assert (target / "notes.txt").read_text() == "kept"

@@ -321,9 +321,14 @@ class ImagePreprocessor:
 
     def __init__(self, image_processor):
         self.image_processor = image_processor
+        # Only a processor that scales the short side and keeps a centred square (DINOv2's,
+        # CLIP's) ignores what the cut removes; SigLIP's squeezes the whole image to a square.
+        size = getattr(image_processor, "size", None) or {}
+        self.cut = "shortest_edge" in size and bool(getattr(image_processor, "do_center_crop", 0))
 
     def __call__(self, images: list) -> torch.Tensor:
-        images = [_within_aspect(image) for image in images]
+        if self.cut:
+            images = [_within_aspect(image) for image in images]
         pixels = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
         return pixels.float()
 

@@ -230,12 +230,14 @@ def resolve_component(
     name: str, model_dir: Path, revision: str | None = None
 ) -> tuple[str, str | None]:
     """(a local folder, the Hub commit it holds or None) for a component named in config.json:
-    a folder beside the checkpoint or a path, else a Hub id, fetched at ``revision`` (None: its
-    main branch). The commit is what a build records, so that queries are tokenised by the same
-    tokenizer files however the component's repo changes later."""
+    a folder beside the checkpoint or any other folder path, else a Hub id (namespace/name; a
+    bare name is a folder that is missing), fetched at ``revision`` (None: its main branch).
+    The commit is what a build records, so that queries are tokenised by the same tokenizer
+    files however the component's repo changes later."""
+    for folder in (model_dir / name, Path(name)):  # beside config.json, or any other path
+        if folder.is_dir():
+            return str(folder), None
     beside = model_dir / name
-    if beside.is_dir():
-        return str(beside), None
     if "/" not in name or Path(name).is_absolute():  # a Hub id is namespace/name
         raise CheckpointError(
             f"{model_dir}: config.json names the component {name!r}, but there is no folder "

@@ -326,6 +326,14 @@ def check_model(manifest: Manifest, encoder: Encoder) -> None:
             f"encoder is {encoder.model_id} (weights {encoder.fingerprint[:19]}..., dim "
             f"{encoder.dim}). Load that model, or rebuild the index with this one."
         )
+    for component, commit in manifest.component_revisions.items():
+        loaded = encoder.component_revisions.get(component)
+        if loaded is not None and loaded != commit:
+            raise ModelMismatchError(
+                f"this index was built with {component} at commit {commit[:12]}, but the "
+                f"loaded encoder took it at {loaded[:12]}: its tokenizer or image processor may "
+                "differ. Load the encoder with component_revisions=manifest.component_revisions"
+            )
 
 
 def _load_index(rows, loaded: LoadedManifest, column: str, where: str) -> bool:
