@@ -258,6 +258,23 @@ def test_encode_ranks_that_see_different_inputs_stop_before_encoding(
     assert not list(build.glob("shards/*.parquet"))
 
 
+def test_a_build_in_use_stops_every_rank_with_the_reason(tmp_path, photos, tiny_model_dir):
+    import fcntl
+
+    build = tmp_path / "build"
+    build.mkdir()
+    with open(build / ".lock", "w") as other:  # as another `encode` on this build holds it
+        fcntl.flock(other, fcntl.LOCK_EX)
+        other.write("`encode` (pid 4242)")
+        other.flush()
+        results = encode_ranks(tmp_path, [photos, photos], *encode_flags(tiny_model_dir, build))
+    for result in results:
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+        last = result.stderr.strip().splitlines()[-1]
+        assert "is in use by `encode` (pid 4242)" in last, last
+    assert not list(build.glob("shards/*"))
+
+
 def test_encode_overwrite_under_two_ranks_rewrites_every_shard(tmp_path, photos, tiny_model_dir):
     from conftest import run_cli
     from tiny_checkpoint import write_tiny_checkpoint
