@@ -129,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--build", type=_path, required=True, help="build folder from `encode`")
     p.add_argument(
         "--index-type",
+        type=_index_type,
         default="auto",
         help=f"{', '.join(INDEX_TYPES)}, or a FAISS factory string (auto: {AUTO_RULE})",
     )
@@ -270,6 +271,12 @@ def _path(text: str) -> Path:
     if not text.strip():
         raise argparse.ArgumentTypeError("empty path; give a folder or file name")
     return Path(text)
+
+
+def _index_type(text: str) -> str:
+    """One of INDEX_TYPES in any case and spacing ("Flat ", "FLAT"), else the factory string."""
+    name = text.strip()
+    return name.lower() if name.lower() in INDEX_TYPES else name
 
 
 def main(argv: list[str] | None = None) -> int:

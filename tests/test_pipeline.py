@@ -475,6 +475,15 @@ def test_the_cli_refuses_empty_paths_and_a_build_among_the_photos(tmp_path, caps
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["data", "photos"]
 
 
+def test_index_type_names_are_taken_in_any_case(tmp_path, generated_build, capsys):
+    from pipeline.cli import main
+
+    build = tmp_path / "build"
+    shutil.copytree(generated_build, build)
+    assert main(["index", "--build", str(build), "--index-type", " FLAT "]) == 0
+    assert "image_emb: Flat" in capsys.readouterr().out
+
+
 def test_an_index_type_faiss_cannot_train_is_named_with_the_row_count(tmp_path, generated_build):
     from pipeline.index import IndexConfig, run_index
 
