@@ -27,7 +27,13 @@ from datasets.info import DatasetInfosDict
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from hub_card.usage import DATA_FILES, SPLIT, render_usage
-from imagesearchtr.manifest import IMAGE_RANGES_FILE, INDEX_DIR, MANIFEST_FILE, Manifest
+from imagesearchtr.manifest import (
+    IMAGE_RANGES_FILE,
+    INDEX_DIR,
+    MANIFEST_FILE,
+    Manifest,
+    is_hub_id,
+)
 
 TEMPLATE_PATH = Path(__file__).resolve().parent / "templates" / "dataset_card.md"
 # Task categories, tags, column meanings and citations: the card's facts, as data.
@@ -44,7 +50,6 @@ DEFAULT_CONFIG = "default"
 # ``configs`` and ``dataset_info``: only our ``default`` entry is replaced, other configs stay.
 OWNED_KEYS = ("configs", "dataset_info", "size_categories")
 
-_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 _USER_NOTES_RE = re.compile(
     re.escape(USER_NOTES_START) + r"\n?(.*?)\n?" + re.escape(USER_NOTES_END), re.DOTALL
 )
@@ -59,11 +64,6 @@ def size_category(num_rows: int) -> str:
         if num_rows < 1000 * 10**i:
             return f"n<{bound}" if i == 0 else f"{bounds[i - 1]}<n<{bound}"
     return "n>1T"
-
-
-def is_hub_id(value: str) -> bool:
-    """True for ``namespace/name`` that is not an existing local path."""
-    return bool(_HUB_ID_RE.match(value)) and ".." not in value and not os.path.exists(value)
 
 
 def render_dataset_card(

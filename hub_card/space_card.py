@@ -17,9 +17,8 @@ from pathlib import Path
 import jinja2
 from huggingface_hub import SpaceCard, SpaceCardData, SpaceHardware
 
-from hub_card.dataset_card import is_hub_id
 from hub_card.usage import render_usage
-from imagesearchtr.manifest import Manifest
+from imagesearchtr.manifest import Manifest, is_hub_id
 
 TEMPLATE_PATH = Path(__file__).resolve().parent / "templates" / "space_card.md"
 

@@ -309,11 +309,8 @@ def _hub_refused(err: BaseException) -> str | None:
     """The one-line message for an HTTP error answer of the Hub somewhere in ``err``'s chain."""
     from huggingface_hub.errors import HfHubHTTPError
 
-    seen, cause = set(), err
-    while cause is not None and id(cause) not in seen and not isinstance(cause, HfHubHTTPError):
-        seen.add(id(cause))
-        cause = cause.__cause__ or cause.__context__
-    if not isinstance(cause, HfHubHTTPError):
+    cause = _in_chain(err, (HfHubHTTPError,))
+    if cause is None:
         return None
     status = getattr(cause.response, "status_code", None)
     try:
@@ -333,22 +330,30 @@ def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 
+def _in_chain(err: BaseException, types: tuple) -> BaseException | None:
+    """The first exception of ``types`` in ``err``'s chain of causes (itself first), or None."""
+    seen, cause = set(), err
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, types):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def _unreachable(err: BaseException) -> str | None:
     """The one-line message for "the Hub could not be reached" somewhere in ``err``'s chain."""
     import httpx
     from huggingface_hub import constants
     from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 
-    seen, cause = set(), err
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, (httpx.TransportError, LocalEntryNotFoundError, ConnectionError)):
-            break
-        if isinstance(cause, OfflineModeIsEnabled):
-            return f"the Hub is not used offline (HF_HUB_OFFLINE=1): {cause}"
-        cause = cause.__cause__ or cause.__context__
-    else:
+    cause = _in_chain(
+        err, (httpx.TransportError, LocalEntryNotFoundError, ConnectionError, OfflineModeIsEnabled)
+    )
+    if cause is None:
         return None
+    if isinstance(cause, OfflineModeIsEnabled):
+        return f"the Hub is not used offline (HF_HUB_OFFLINE=1): {cause}"
     url = getattr(getattr(cause, "request", None), "url", None)
     where = f"{url.scheme}://{url.host}" + (f":{url.port}" if url.port else "") if url else ""
     where = where or constants.ENDPOINT

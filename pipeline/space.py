@@ -32,10 +32,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hub_card.dataset_card import is_hub_id
 from imagesearchtr.manifest import (
     COMPONENT_FILES,
     Manifest,
+    is_hub_id,
     load_manifest,
     require_image_ranges,
 )

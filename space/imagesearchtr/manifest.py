@@ -13,6 +13,8 @@ the search at ``/proc/self/environ`` and have a library echo its bytes in an err
 from __future__ import annotations
 
 import json
+import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -30,6 +32,14 @@ IMAGE_RANGES_FILE = f"{INDEX_DIR}/image_ranges.npy"
 # What a model component repo (``component_revisions``) contributes: its config, tokenizer and
 # image processor files. Its weights are not needed: the model's checkpoint holds every tensor.
 COMPONENT_FILES = ("*.json", "*.txt", "*.model")
+
+
+_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+
+
+def is_hub_id(value: str) -> bool:
+    """True for ``namespace/name`` that is not an existing local path."""
+    return bool(_HUB_ID_RE.match(value)) and ".." not in value and not os.path.exists(value)
 
 
 class ManifestError(ValueError):

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, Dinov2Model, ModernBertModel
 
-from .manifest import COMPONENT_FILES
+from .manifest import COMPONENT_FILES, is_hub_id
 
 MODEL_TYPE = "multimodal_embedder"
 TEXT_MAX_LENGTH = 128  # MultiEmbedTR was trained with max_length 128
@@ -238,7 +238,7 @@ def resolve_component(
         if folder.is_dir():
             return str(folder), None
     beside = model_dir / name
-    if "/" not in name or Path(name).is_absolute():  # a Hub id is namespace/name
+    if not is_hub_id(name):
         raise CheckpointError(
             f"{model_dir}: config.json names the component {name!r}, but there is no folder "
             f"{beside}; copy the model folder whole"
