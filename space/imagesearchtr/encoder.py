@@ -55,7 +55,7 @@ PROGRESS_MIN_ITEMS = 256
 CPU_IMAGE_FORWARD_BATCH = 8
 # The most characters of a text that reach the tokenizer. The encoders keep 128 tokens (or the
 # model's maximum), far fewer than this, but a fast tokenizer reads the whole string before it
-# truncates: an 8 MB query held a worker for 9 s.
+# truncates, so a multi-megabyte query would hold a worker for seconds.
 TEXT_MAX_CHARS = 100_000
 # The longest side an image keeps, as a multiple of its short side (``_within_aspect``).
 MAX_ASPECT = 8
