@@ -130,9 +130,11 @@ class FolderSource:
         # Images on disk that no caption line names are indexed too, without captions.
         for rel in files:
             captions.setdefault(rel, [])
+        keys = {rel: _nfc(rel) if forms[_nfc(rel)] == 1 else rel for rel in captions}
+        ids = _unique_ids(keys.values())
         records = [
             ImageRecord(
-                image_id=_image_id(_nfc(rel) if forms[_nfc(rel)] == 1 else rel),
+                image_id=ids[keys[rel]],
                 path=rel,
                 captions=caps,
                 read_bytes=(lambda p=folder / rel: p.read_bytes()),
@@ -272,3 +274,16 @@ def _nfc(text: str) -> str:
 def _image_id(rel: str) -> str:
     """A stable id: the relative path without its extension."""
     return rel.rsplit(".", 1)[0] if "." in Path(rel).name else rel
+
+
+def _unique_ids(paths) -> dict[str, str]:
+    """{path: id}: the path without its extension, or the whole path where that would not be
+    unique (``foto.jpg`` beside ``foto.png``; ``a.jpg.png`` beside ``a.jpg``). Paths are
+    unique, so the ids are."""
+    paths = list(paths)
+    stems = Counter(_image_id(rel) for rel in paths)
+    taken = set(paths)
+    return {
+        rel: stem if stems[stem] == 1 and (stem == rel or stem not in taken) else rel
+        for rel, stem in ((rel, _image_id(rel)) for rel in paths)
+    }

@@ -504,6 +504,20 @@ def test_file_names_in_another_unicode_form_keep_their_captions(tmp_path):
     assert lakes == [(b"x", []), (b"y", ["göl fotoğrafı"])]
 
 
+def test_images_that_share_a_name_but_not_an_extension_get_ids_of_their_own(tmp_path):
+    from pipeline.inputs import FolderSource
+
+    for name in ("foto.jpg", "foto.png", "a.jpg", "a.jpg.png", "b.jpg"):
+        (tmp_path / name).write_bytes(name.encode())
+    records, _ = FolderSource(tmp_path).read()
+    assert {r.path: r.image_id for r in records} == {
+        "foto.jpg": "foto.jpg", "foto.png": "foto.png",  # "foto" would name two rows
+        "a.jpg": "a", "a.jpg.png": "a.jpg.png",  # "a.jpg" is another file's path
+        "b.jpg": "b",
+    }  # fmt: skip
+    assert all(r.read_bytes() == r.path.encode() for r in records)
+
+
 def test_a_build_without_any_caption_says_so():
     from pipeline.encode import EncodeSummary, summary_text
 
