@@ -600,10 +600,13 @@ def _sum_over_ranks(ranks, stats: Counter) -> Counter:
 
 
 def summary_text(summary: EncodeSummary) -> str:
-    rate = summary.images / summary.seconds if summary.seconds else 0.0
+    # The build's size first, then what this run did: a re-run that changed nothing must not
+    # read as if it had encoded the whole build again.
+    took = f"{summary.seconds:.1f} s"
+    if summary.encoded_images and summary.seconds:
+        took += f", {summary.encoded_images / summary.seconds:.1f} images encoded/s"
     lines = [
-        f"encoded {summary.images} images with {summary.num_captions} captions "
-        f"in {summary.seconds:.1f} s ({rate:.1f} images/s overall)",
+        f"build: {summary.images} images with {summary.num_captions} captions ({took})",
         f"  images: {summary.encoded_images} encoded, {summary.reused_images} reused; "
         f"captions: {summary.encoded_captions} encoded, {summary.reused_captions} reused "
         f"(counts in {SUMMARY_FILE})",

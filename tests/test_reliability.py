@@ -321,7 +321,7 @@ def test_encode_killed_at_random_points_resumes_with_every_row_once(tmp_path, ti
         assert zygote.run(args, log) == 0, log.read_text()[-3000:]  # the final re-run
     finally:
         zygote.close()
-    assert f"encoded {n} images with {n} captions" in log.read_text()
+    assert f"build: {n} images with {n} captions" in log.read_text()
     rows = shard_rows(build)
     assert [r["image_id"] for r in rows] == [r["image_id"] for r in expected]
     assert len({r["sha256"] for r in rows}) == n  # every row once

@@ -45,5 +45,7 @@ def test_reuse_revision_pins_the_commit_the_rows_are_reused_from(
         "--out", out, "--reuse", repo, "--reuse-revision", first.oid, env=hub_env,
     )  # fmt: skip
     assert "0 encoded, 3 reused" in result.stdout
+    # Nothing was encoded, and the first line of the summary does not say otherwise.
+    assert result.stdout.count("encoded") == 2 and "images encoded/s" not in result.stdout
     reuse = json.loads((out / "build.json").read_text(encoding="utf-8"))["reuse"]
     assert reuse == {"location": repo, "revision": first.oid}
