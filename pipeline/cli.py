@@ -82,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--caption-column", default="text", help="caption column of --hf-dataset")
     p.add_argument("--id-column", default="image_id", help="id column of --hf-dataset, if any")
     p.add_argument("--model", default="utkubascakir/MultiEmbedTR", help="Hub id or folder")
-    p.add_argument("--revision", default=None, help="model revision (branch, tag or commit)")
+    p.add_argument(
+        "--revision", default=None, help="model revision (branch, tag or commit; Hub ids only)"
+    )
     p.add_argument("--out", type=_path, required=True, help="build folder")
     p.add_argument("--batch-size-img", type=int, default=32, help="images per forward pass")
     p.add_argument("--batch-size-txt", type=int, default=64, help="captions per forward pass")
@@ -394,6 +396,12 @@ def _encode(args) -> int:
         raise ValueError(
             f"--out {args.out} would put the build's data/, index/ and shards/ where the photos "
             f"of --data {args.data} are; give the build a folder of its own"
+        )
+    if args.revision is not None and Path(args.model).expanduser().is_dir():
+        # A folder has no revisions; recording one would pin the index to a commit it never had.
+        raise ValueError(
+            f"--revision {args.revision} names a commit of a Hub model, but --model "
+            f"{args.model} is a local folder; drop --revision, or pass the model's Hub id"
         )
     if args.data is not None:
         source = FolderSource(args.data)

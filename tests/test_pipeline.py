@@ -475,6 +475,19 @@ def test_the_cli_refuses_empty_paths_and_a_build_among_the_photos(tmp_path, caps
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["data", "photos"]
 
 
+def test_a_revision_is_refused_with_a_model_folder(tmp_path, capsys, shared_data, tiny_model_dir):
+    # A folder has no commits: a --revision beside it would be recorded as a pin it never had.
+    from imagesearchtr.encoder import Encoder
+    from pipeline.cli import main
+
+    out = tmp_path / "build"
+    code = main(["encode", "--data", str(shared_data), "--out", str(out),
+                 "--model", str(tiny_model_dir), "--revision", "v2"])  # fmt: skip
+    assert code == 2 and not out.exists()
+    assert "--revision v2 names a commit of a Hub model" in capsys.readouterr().err
+    assert Encoder.from_pretrained(tiny_model_dir, revision="v2").revision is None
+
+
 def test_index_type_names_are_taken_in_any_case(tmp_path, generated_build, capsys):
     from pipeline.cli import main
 

@@ -136,6 +136,7 @@ class Encoder:
             model_id_or_path: a Hub repo id (``utkubascakir/MultiEmbedTR``) or a local folder
                 holding config.json and model.safetensors or pytorch_model.bin.
             revision: a branch, tag or commit of the Hub repo; the resolved commit is recorded.
+                Ignored for a local folder, which has no commits (``encoder.revision`` None).
             device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``,
                 ``"cuda:1"``, ... ``"auto"`` and ``"cuda"`` take ``cuda:LOCAL_RANK`` (0 when unset).
             dtype: ``None`` picks the fastest dtype that keeps cosine >= 0.999 to float32:
@@ -568,7 +569,8 @@ def _locate(model_id_or_path: str, revision: str | None) -> tuple[Path, str, str
     if local.is_dir():
         if not (local / "config.json").is_file():
             raise FileNotFoundError(f"{local} has no config.json; is it a model folder?")
-        return local.resolve(), str(local.resolve()), revision
+        # A folder has no commits: a revision passed with it is not recorded as if it had one.
+        return local.resolve(), str(local.resolve()), None
     if local.exists() or model_id_or_path.startswith((".", "/", "~")):
         raise FileNotFoundError(f"{model_id_or_path}: no such model folder")
 
