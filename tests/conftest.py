@@ -108,9 +108,13 @@ def run_cli(*args, env: dict | None = None, check: bool = True, timeout: float =
 def shared_build(tmp_path_factory, tiny_model_dir, shared_data) -> Path:
     """The 413 shared photos encoded and indexed once per run (tests copy, never modify)."""
 
-    def make(build: Path) -> None:
-        run_cli("encode", "--data", shared_data, "--model", tiny_model_dir, "--out", build)
-        run_cli("index", "--build", build)
+    def make(build: Path) -> None:  # the CLI's defaults, in this process
+        from pipeline.encode import EncodeConfig, run_encode
+        from pipeline.index import IndexConfig, run_index
+        from pipeline.inputs import FolderSource
+
+        run_encode(FolderSource(shared_data), EncodeConfig(out=build, model=str(tiny_model_dir)))
+        run_index(IndexConfig(build=build))
 
     return made_once(tmp_path_factory, "shared-build", make)
 

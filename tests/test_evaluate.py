@@ -10,6 +10,7 @@ from conftest import run_cli
 from search_repo import open_repo, unit, write_repo
 
 from pipeline.cli import main
+from pipeline.encode import EncodeConfig, run_encode
 from pipeline.evaluate import (
     caption_words,
     evaluate,
@@ -19,6 +20,9 @@ from pipeline.evaluate import (
     ranks_of_targets,
     word_pairs,
 )
+from pipeline.index import IndexConfig, run_index
+from pipeline.inputs import FolderSource
+from pipeline.publish import PublishConfig, publish_to_folder
 
 DIM = 32
 
@@ -102,9 +106,9 @@ def test_one_caption_per_image_ranks_its_own_image_first(tmp_path, shared_data, 
         "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in first.values()), "utf-8"
     )
     build, repo = tmp_path / "build", tmp_path / "repo"
-    run_cli("encode", "--data", folder, "--model", tiny_model_dir, "--out", build)
-    run_cli("index", "--build", build)
-    run_cli("publish", "--build", build, "--to", repo)
+    run_encode(FolderSource(folder), EncodeConfig(out=build, model=str(tiny_model_dir)))
+    run_index(IndexConfig(build=build))
+    publish_to_folder(PublishConfig(build=build, to=repo))
     out = tmp_path / "eval.json"
     result = run_cli("evaluate", "--repo", repo, "--alphas", "0,0.5,1", "--output", out)
     assert "R@1" in result.stdout and "leave-one-out" in result.stdout

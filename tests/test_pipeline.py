@@ -141,7 +141,9 @@ def test_kill_during_encode_then_resume_keeps_every_row_once(
         done = len(list((build / "shards").glob("shard-*.parquet")))
         assert 0 < done < 13
     complete = shard_stats(build)
-    run_cli(*cmd[3:])
+    # The resume: the killed runs' settings, in this process (the CLI is what was killed).
+    config = EncodeConfig(out=build, model=str(tiny_model_dir), shard_size=32)
+    run_encode(FolderSource(shared_data), config)
     assert {n: shard_stats(build)[n] for n in complete} == complete  # not written again
     table = read_rows(build)
     ids = table.column("image_id").to_pylist()
@@ -163,12 +165,12 @@ def test_resume_with_another_model_is_refused(tmp_path, shared_data, tiny_model_
     other = write_tiny_checkpoint(tmp_path / "other-model", seed=1)
     folder = make_messy_folder(tmp_path, shared_data)
     build = tmp_path / "build"
-    run_cli("encode", "--data", folder, "--model", tiny_model_dir, "--out", build)
+    run_encode(FolderSource(folder), EncodeConfig(out=build, model=str(tiny_model_dir)))
     result = run_cli("encode", "--data", folder, "--model", other, "--out", build, check=False)
     assert result.returncode == 2
     assert "different model" in result.stderr and "--overwrite" in result.stderr
     assert "Traceback" not in result.stderr
-    run_cli("encode", "--data", folder, "--model", other, "--out", build, "--overwrite")
+    run_encode(FolderSource(folder), EncodeConfig(out=build, model=str(other), overwrite=True))
 
 
 def test_cli_errors_are_one_clear_line(tmp_path, tiny_model_dir):
@@ -232,8 +234,10 @@ def test_a_hub_dataset_listing_holds_no_image_bytes(tmp_path):
     assert [r.read_bytes() for r in records] == blobs
 
 
-def test_workers_give_the_same_shards_as_the_main_process(tmp_path, tiny_model_dir):
+def test_workers_give_the_same_shards_as_the_main_process(tmp_path, tiny_model_dir, capsys):
     from conftest import write_photos
+
+    from pipeline.cli import main
 
     data = write_photos(tmp_path / "data", [f"p{i:02d}" for i in range(10)])
     (data / "images" / "p04.jpg").write_bytes(b"not a photo")  # a skip, in both runs alike
@@ -251,10 +255,9 @@ def test_workers_give_the_same_shards_as_the_main_process(tmp_path, tiny_model_d
     assert [s["source"] for s in skipped(builds["2"])] == ["images/p04.jpg"]
     result = run_cli("encode", "--help")
     assert "--workers" in " ".join(result.stdout.split())
-    result = run_cli(
-        "encode", "--data", data, "--out", tmp_path / "b", "--workers", "-1", check=False
-    )
-    assert result.returncode == 2 and result.stderr.startswith("error: --workers must be >= 0")
+    capsys.readouterr()
+    code = main(["encode", "--data", str(data), "--out", str(tmp_path / "b"), "--workers", "-1"])
+    assert code == 2 and capsys.readouterr().err.startswith("error: --workers must be >= 0")
 
 
 def test_a_nan_embedding_ends_with_one_error_line_and_writes_nothing(tmp_path):
@@ -653,9 +656,9 @@ def test_update_encodes_only_added_and_modified_images(tmp_path, tiny_encoder, t
     assert emb_bytes(p05, "image_emb") != emb_bytes(before["images/p05"], "image_emb")
     assert emb_bytes(p07, "image_emb") == emb_bytes(before["images/p07"], "image_emb")
     assert p07["captions"] == ["evde uyuyan köpek p07"]
-    # Every row equals what a fresh build of the new input holds (the CLI's default dtype).
+    # Every row equals what a fresh build of the new input holds.
     fresh = tmp_path / "fresh"
-    run_cli("encode", "--data", data, "--out", fresh, *flags)
+    encode(data, fresh, tiny_encoder, tiny_model_dir)
     reference = rows_by_id(fresh)
     assert list(after) == list(reference)
     for image_id, row in reference.items():
@@ -797,7 +800,9 @@ def test_reuse_from_a_published_folder(tmp_path, tiny_encoder, tiny_model_dir):
     assert "--reuse" in result.stderr and "another model" in result.stderr
 
 
-def test_empty_builds_are_refused_at_encode_index_and_publish(tmp_path, tiny_model_dir):
+def test_empty_builds_are_refused_at_encode_index_and_publish(tmp_path, tiny_model_dir, capsys):
+    from pipeline.cli import main
+
     data = tmp_path / "data"
     (data / "images").mkdir(parents=True)
     (data / "images" / "a.jpg").write_text("not a photo")
@@ -810,13 +815,12 @@ def test_empty_builds_are_refused_at_encode_index_and_publish(tmp_path, tiny_mod
     assert line.startswith("error:") and "no usable image" in line
     assert json.loads((build / "summary.json").read_text())["images"] == 0
     for command in (
-        ("index", "--build", build),
-        ("publish", "--build", build, "--to", tmp_path / "r"),
+        ["index", "--build", str(build)],
+        ["publish", "--build", str(build), "--to", str(tmp_path / "r")],
     ):
-        result = run_cli(*command, check=False)
-        assert result.returncode == 2, result.stderr
-        assert result.stderr.startswith("error:") and "Traceback" not in result.stderr
-        assert "holds no image" in result.stderr
+        code, err = main(command), capsys.readouterr().err
+        assert code == 2, err
+        assert err.startswith("error:") and "Traceback" not in err and "holds no image" in err
 
 
 def shard_stats(build: Path) -> dict:
@@ -827,9 +831,11 @@ def shard_stats(build: Path) -> dict:
 
 
 def test_update_killed_with_sigkill_resumes_without_encoding_done_shards_again(
-    tmp_path, tiny_encoder, tiny_model_dir
+    tmp_path, tiny_encoder, tiny_model_dir, capsys
 ):
     from conftest import write_photos
+
+    from pipeline.cli import main
 
     data = write_photos(tmp_path / "data", [f"a{i:02d}" for i in range(8)])
     build = tmp_path / "build"
@@ -850,10 +856,10 @@ def test_update_killed_with_sigkill_resumes_without_encoding_done_shards_again(
     done = shard_stats(build)
     assert len(done) < 2 + 30
     # index refuses the half-updated build
-    result = run_cli("index", "--build", build, check=False)
-    assert result.returncode == 2 and "re-run the same" in result.stderr
+    assert main(["index", "--build", str(build)]) == 2
+    assert "re-run the same" in capsys.readouterr().err
 
-    run_cli(*cmd[3:])
+    encode(data, build, tiny_encoder, tiny_model_dir)  # the same settings as the killed run
     after = shard_stats(build)
     assert len(after) == 32
     for name, stat in done.items():  # every shard that was complete is the very same file
