@@ -254,7 +254,7 @@ def main() -> None:
     from hub_server import run_hub_process
 
     from imagesearchtr.lazy_rows import FETCH_WORKERS
-    from pipeline.datafiles import sha256_file
+    from imagesearchtr.manifest import sha256_file
 
     machine = _common.machine_line()
     work = args.work or Path(tempfile.mkdtemp(prefix="lazy-bench-"))

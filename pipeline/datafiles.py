@@ -316,11 +316,3 @@ def recorded_ranges(build: Path) -> dict:
         out[entry["sha256"]] = ranges[start : start + entry["num_rows"]]
         start += entry["num_rows"]
     return out
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -191,6 +191,7 @@ def _run_index(config: IndexConfig, cache: Path):
         IndexInfo,
         Manifest,
         index_file,
+        sha256_file,
     )
     from imagesearchtr.vectors import data_hash, embedding_matrix
 
@@ -222,7 +223,12 @@ def _run_index(config: IndexConfig, cache: Path):
     index_dir = build / INDEX_DIR
     index_dir.mkdir(exist_ok=True)
     files = [
-        {"path": f.path, "num_rows": len(f.rows), "sha256": datafiles.sha256_file(build / f.path)}
+        {
+            "path": f.path,
+            "num_rows": len(f.rows),
+            "sha256": sha256_file(build / f.path),
+            "size": (build / f.path).stat().st_size,  # a cheap check of a local folder's file
+        }
         for f in layout
     ]
     ranges_sha256 = datafiles.write_image_ranges(
@@ -273,6 +279,7 @@ def _run_index(config: IndexConfig, cache: Path):
         source=build_info.get("source", ""),
         data_files=files,
         image_ranges_sha256=ranges_sha256,
+        index_sha256={i.file: sha256_file(build / i.file) for i in infos},
     )
     _io.write_text(index_dir / MANIFEST_FILE, manifest.to_json())
     _io.write_text(build / INDEXED_FILE, json.dumps({"shards": [p.name for p in shards]}) + "\n")

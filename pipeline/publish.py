@@ -49,10 +49,11 @@ from imagesearchtr.manifest import (
     Manifest,
     index_file,
     load_manifest,
+    sha256_file,
 )
 
 from . import _io
-from .datafiles import DATA_DIR, sha256_file
+from .datafiles import DATA_DIR
 from .encode import SKIPPED_FILE, features, skip_kind
 from .index import INDEXED_FILE, build_shards
 

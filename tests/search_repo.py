@@ -17,7 +17,7 @@ from datasets import Dataset
 from PIL import Image as PILImage
 
 from imagesearchtr import IndexInfo, Manifest, Searcher
-from imagesearchtr.manifest import IMAGE_RANGES_FILE
+from imagesearchtr.manifest import IMAGE_RANGES_FILE, sha256_file
 from pipeline import datafiles
 from pipeline.encode import features as encode_features
 
@@ -89,7 +89,7 @@ def write_repo(
     data_file = "data/train-00000-of-00001.parquet"
     datafiles.write_file(rows.data.table, folder / data_file)
     (folder / "index").mkdir()
-    files = [(data_file, datafiles.sha256_file(folder / data_file))]
+    files = [(data_file, sha256_file(folder / data_file))]
     ranges_sha256 = datafiles.write_image_ranges(folder, files, folder / IMAGE_RANGES_FILE)
     zeros = np.zeros(dim, dtype=np.float32)
     matrices = {

@@ -643,7 +643,7 @@ def _break(kind: str, folder: Path) -> None:
     [
         ("unset", "DATASET_REPO ayarlanmamış"),
         ("missing-index", "index/image_emb.faiss is missing"),
-        ("corrupt-index", "cannot load index/caption_emb.faiss"),
+        ("corrupt-index", "index/caption_emb.faiss is not the index the manifest"),
         ("manifest-rows", "rows and indices come from different builds"),
         ("manifest-model", "Model ile arama dizini uyuşmuyor"),
     ],

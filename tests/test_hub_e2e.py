@@ -473,7 +473,7 @@ def test_a_pull_request_that_main_overtook_is_replaced_or_its_merge_checked(
     # While a large publish is interrupted, main changes. A conflicting change makes the pull
     # request one the Hub cannot merge; another (a file of its own) would be merged into main
     # along with the build. Either way main must end as exactly this build.
-    from pipeline.datafiles import sha256_file
+    from imagesearchtr.manifest import sha256_file
 
     storage = local_hub.state.storage
 

@@ -30,7 +30,7 @@ from PIL import Image as PILImage
 from search_repo import FINGERPRINT, unit
 
 from imagesearchtr import IndexInfo, Manifest
-from imagesearchtr.manifest import IMAGE_RANGES_FILE
+from imagesearchtr.manifest import IMAGE_RANGES_FILE, sha256_file
 from pipeline import datafiles
 from pipeline.encode import features as row_features
 
@@ -78,7 +78,7 @@ def write_lazy_repo(folder: Path, seed: int) -> Path:
     for number, (start, stop) in enumerate(((0, SPLIT), (SPLIT, N_ROWS))):
         path = datafiles.file_name(number)
         datafiles.write_file(table.slice(start, stop - start), folder / path)
-        sha = datafiles.sha256_file(folder / path)
+        sha = sha256_file(folder / path)
         entries.append({"path": path, "num_rows": stop - start, "sha256": sha})
     files = [(entry["path"], entry["sha256"]) for entry in entries]
     ranges_sha256 = datafiles.write_image_ranges(folder, files, folder / IMAGE_RANGES_FILE)

@@ -338,6 +338,31 @@ def test_from_repo_refuses_missing_and_mismatched_index_files(tmp_path):
         open_repo(folder)
 
 
+def test_an_index_or_data_file_from_another_build_is_refused(
+    tmp_path, generated_build, tiny_encoder
+):
+    # The two indices hold as many vectors of one dim, so the ntotal and dim checks pass: only
+    # the sha256 the index step records tells them apart. A data file of another size is
+    # caught by its size, with the rows already cached (so no byte of it would be read).
+    from pipeline.publish import PublishConfig, publish_to_folder
+
+    folder, cache = tmp_path / "repo", tmp_path / "cache"
+    publish_to_folder(PublishConfig(build=generated_build, to=folder))
+    manifest = json.loads((folder / "index" / "manifest.json").read_text())
+    assert set(manifest["index_sha256"]) == {"index/image_emb.faiss", "index/caption_emb.faiss"}
+    Searcher.from_repo(folder, encoder=tiny_encoder, cache_dir=cache)  # caches the rows
+    image, caption = folder / "index" / "image_emb.faiss", folder / "index" / "caption_emb.faiss"
+    kept = image.read_bytes()
+    image.write_bytes(caption.read_bytes())
+    with pytest.raises(SearchSetupError, match="image_emb.faiss is not the index the manifest"):
+        Searcher.from_repo(folder, encoder=tiny_encoder, cache_dir=cache)
+    image.write_bytes(kept)
+    (data,) = (folder / "data").glob("*.parquet")
+    data.write_bytes(data.read_bytes()[:-100])
+    with pytest.raises(SearchSetupError, match=f"{data.name} has .* bytes, the manifest says"):
+        Searcher.from_repo(folder, encoder=tiny_encoder, cache_dir=cache)
+
+
 def test_from_repo_refuses_missing_altered_or_misshapen_image_ranges(tmp_path):
     import hashlib
     import io

@@ -245,11 +245,18 @@ def data_files(source: Source, manifest) -> list[DataFile]:
         if source.remote:
             _check_hub_files(source, manifest.data_files)
         else:  # the rows may be cached by sha256: still refuse a folder that lost its files
-            for f in files:
-                if not (source.root / f.path).is_file():
+            for entry in manifest.data_files:  # or holds other ones (by size: no file is read)
+                path = source.root / entry["path"]
+                if not path.is_file():
                     raise RowsError(
-                        f"{source.location}: the manifest lists {f.path}, which the folder does "
-                        "not have (a data file is missing); publish the build again"
+                        f"{source.location}: the manifest lists {entry['path']}, which the "
+                        "folder does not have (a data file is missing); publish the build again"
+                    )
+                if entry.get("size", path.stat().st_size) != path.stat().st_size:
+                    raise RowsError(
+                        f"{source.location}: {entry['path']} has {path.stat().st_size} bytes, "
+                        f"the manifest says {entry['size']}: it was cut short or replaced; "
+                        "publish the build again"
                     )
         return files
     files = []

@@ -46,6 +46,24 @@ class ManifestError(ValueError):
     """A manifest that cannot be read, or that names files it must not; the message says why."""
 
 
+def _known(cls, data) -> dict:
+    """The entries of ``data`` that are fields of the dataclass ``cls``."""
+    if not isinstance(data, dict):
+        raise TypeError(f"{data!r} is not a JSON object")
+    return {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+
+
+def sha256_file(path: str | Path) -> str:
+    """The sha256 of a file's bytes, read 1 MiB at a time (the manifest's hashes)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def index_file(column: str) -> str:
     """Repo-relative path of the FAISS index for an embedding column."""
     return f"{INDEX_DIR}/{column}.faiss"
@@ -83,6 +101,9 @@ class Manifest:
     source: str = ""  # where the rows came from: a Hub dataset id or "local folder"
     data_files: list = field(default_factory=list)  # [{path, num_rows, sha256}] in row order
     image_ranges_sha256: str = ""  # of IMAGE_RANGES_FILE; "" in manifests written before it
+    # {repo path: sha256} of the FAISS files: an index swapped in from another build of the same
+    # size and model would otherwise search silently wrong. {}: written before it.
+    index_sha256: dict = field(default_factory=dict)
     # {Hub id: commit} of the model's components loaded from the Hub (MultiEmbedTR's tokenizer
     # and image processor repos); queries load them at these commits. {}: none, or older.
     component_revisions: dict = field(default_factory=dict)
@@ -106,9 +127,10 @@ class Manifest:
                 f"manifest version {version} is newer than this imagesearchtr understands "
                 f"({MANIFEST_VERSION}); upgrade imagesearchtr"
             )
-        data["indices"] = tuple(IndexInfo(**info) for info in data.get("indices", ()))
-        known = set(cls.__dataclass_fields__)
-        manifest = cls(**{k: v for k, v in data.items() if k in known})
+        # Fields a newer writer adds are left out, so that older readers still read its
+        # manifests.
+        data["indices"] = tuple(IndexInfo(**_known(IndexInfo, i)) for i in data.get("indices", ()))
+        manifest = cls(**_known(cls, data))
         # Checked here, once: a float or a string passes the comparisons made later on, and
         # their messages ("20 rows but the manifest says 20") would contradict themselves.
         counts = {"dim": manifest.dim, "num_rows": manifest.num_rows}
@@ -124,6 +146,11 @@ class Manifest:
             isinstance(k, str) and isinstance(v, str) for k, v in pins.items()
         ):
             raise ValueError(f"component_revisions is {pins!r}, not a Hub id: commit mapping")
+        hashes = manifest.index_sha256
+        if not isinstance(hashes, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in hashes.items()
+        ):
+            raise ValueError(f"index_sha256 is {hashes!r}, not a path: sha256 mapping")
         return manifest
 
     def save(self, path: str | Path) -> None:
@@ -333,6 +360,7 @@ def _check_data_file(where: str, entry) -> None:
         and "\0" not in path
         and isinstance(entry.get("num_rows"), int)
         and isinstance(entry.get("sha256"), str)
+        and isinstance(entry.get("size", 0), int)
     )
     if not ok:
         raise ManifestError(

@@ -43,7 +43,14 @@ from .lazy_rows import (
     default_cache_dir,
     load_columns,
 )
-from .manifest import EMBEDDING_COLUMNS, LoadedManifest, Manifest, ManifestError, load_manifest
+from .manifest import (
+    EMBEDDING_COLUMNS,
+    LoadedManifest,
+    Manifest,
+    ManifestError,
+    load_manifest,
+    sha256_file,
+)
 from .vectors import as_query, compose_vectors
 
 # An approximate index, and each index in Deep Search, proposes a pool larger than k, so that a
@@ -353,6 +360,13 @@ def _load_index(rows, loaded: LoadedManifest, column: str, where: str) -> bool:
     path = loaded.index_path(column)
     if not path.is_file():
         raise SearchSetupError(f"{where}: index file {info.file} is missing")
+    expected = manifest.index_sha256.get(info.file)
+    if expected is not None and sha256_file(path) != expected:
+        raise SearchSetupError(
+            f"{where}: {info.file} is not the index the manifest was written with (its sha256 "
+            "differs): it comes from another build, or it is damaged; re-run `python -m "
+            "pipeline index` and publish again"
+        )
     try:
         rows.load_faiss_index(column, str(path))
     except Exception:  # faiss raises RuntimeError; datasets asserts on ntotal
