@@ -713,7 +713,7 @@ def build_app(searcher: Searcher | LoadError) -> gr.Blocks:
             api_name="search",
             concurrency_id="queries",  # one limit shared by every kind of query (see top)
         )
-        gr.on(
+        image_search = gr.on(
             [image.upload, image_button.click],
             search_image,
             inputs=[image, k],
@@ -729,6 +729,15 @@ def build_app(searcher: Searcher | LoadError) -> gr.Blocks:
             concurrency_id="queries",
         )
         gr.api(embed, api_name="embed", concurrency_id="queries")
+        # An example fills the box and searches it as the button would, with the attached
+        # image if there is one; private, so /search stays the one text endpoint.
+        examples_search = examples.load_input_event.then(
+            search,
+            inputs=[query, k, deep, alpha, query_image],
+            outputs=outputs,
+            api_visibility="private",
+            concurrency_id="queries",
+        )
 
         # UI-only events: private, so the four endpoints above are the whole public API.
         def pick(answer, evt: gr.SelectData):
@@ -747,23 +756,31 @@ def build_app(searcher: Searcher | LoadError) -> gr.Blocks:
             queue=False,
         )
 
-        def link(text, n, on, weight, request: gr.Request, picture=None):
-            """The share link of the text search just run (none with an image: a link has none)."""
-            if not isinstance(text, str) or not text.strip() or picture:
+        def link(text, n, on, weight, request: gr.Request, picture=None, answer=None):
+            """The share link of the text search just run: none with an image (a link cannot
+            carry it) and none for a search that failed or found nothing."""
+            if not isinstance(text, str) or not text.strip() or picture or not answer:
                 return gr.update(visible=False)
             url = share_url(public_base_url(request), text, n, on, weight)
             return gr.update(visible=True, value=url)
 
-        def link_after_search(text, n, on, weight, picture, request: gr.Request):
-            return link(text, n, on, weight, request, picture)
+        def after_text_search(text, n, on, weight, picture, answer, request: gr.Request):
+            # The "Benzerlerini bul (#row)" of a result no longer shown goes too.
+            return link(text, n, on, weight, request, picture, answer), gr.update(visible=False)
 
-        text_search.then(
-            link_after_search,
-            inputs=[query, k, deep, alpha, query_image],
-            outputs=share,
-            api_visibility="private",
-        )
-        similar.then(lambda: gr.update(visible=False), outputs=share, api_visibility="private")
+        for event in (text_search, examples_search):
+            event.then(
+                after_text_search,
+                inputs=[query, k, deep, alpha, query_image, results],
+                outputs=[share, similar_button],
+                api_visibility="private",
+            )
+        for event in (image_search, similar):  # results no link can name
+            event.then(
+                lambda: (gr.update(visible=False), gr.update(visible=False)),
+                outputs=[share, similar_button],
+                api_visibility="private",
+            )
 
         def from_link(request: gr.Request):
             """Page load: run the search a share link names (?q=...&k=...&deep=...&alpha=...)."""
@@ -772,6 +789,7 @@ def build_app(searcher: Searcher | LoadError) -> gr.Blocks:
             if settings is None:
                 return [gr.update()] * 8
             answer = search(**settings)
+            text, n, on = settings["query"], settings["k"], settings["deep"]
             valid_k = isinstance(settings["k"], int) and 1 <= settings["k"] <= MAX_RESULTS
             weight = settings["alpha"]
             valid_alpha = isinstance(weight, float) and 0.0 <= weight <= 1.0
@@ -783,7 +801,7 @@ def build_app(searcher: Searcher | LoadError) -> gr.Blocks:
                 if valid_alpha
                 else gr.update(visible=settings["deep"]),
                 *answer,
-                link(settings["query"], settings["k"], settings["deep"], weight, request)
+                link(text, n, on, weight, request, answer=answer[1])
                 if valid_k and (valid_alpha or not settings["deep"])
                 else gr.update(visible=False),
             ]
@@ -801,9 +819,6 @@ def build_app(searcher: Searcher | LoadError) -> gr.Blocks:
             api_visibility="private",
             queue=False,
         )
-        examples.load_input_event.then(
-            search, inputs=[query, k, deep, alpha], outputs=outputs, api_visibility="private"
-        ).then(link, inputs=[query, k, deep, alpha], outputs=share, api_visibility="private")
     demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=QUEUE_MAX_SIZE)
     return demo
 

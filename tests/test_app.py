@@ -424,6 +424,15 @@ def test_search_similar_handler_refuses_a_fraction(app, searcher):
     assert gallery == [] and answer == [] and "tam sayı" in status
 
 
+def test_every_event_that_runs_a_query_shares_one_concurrency_limit(app):
+    # The example buttons' search too: the model and the image fetches are shared by all.
+    demo = app.build_app(app.LoadError("none"))
+    names = ("search", "search_image", "search_similar", "embed", "from_link")
+    queries = [fn for fn in demo.fns.values() if fn.name in names]
+    assert len([fn for fn in queries if fn.name == "search"]) == 2  # the API's and the examples'
+    assert {fn.concurrency_id for fn in queries} == {"queries"}
+
+
 def test_share_links_round_trip(app):
     url = app.share_url("http://127.0.0.1:7860/", "köpek + kar", 7, True, 0.25)
     query = url.split("?", 1)[1]
@@ -903,6 +912,7 @@ def _shown_files(browser) -> set[str]:
 
 def test_browser_click_a_result_then_find_similar(served, app, searcher):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
     url, _ = served
@@ -930,6 +940,56 @@ def test_browser_click_a_result_then_find_similar(served, app, searcher):
         assert "10 sonuç" in browser.find_element(By.ID, "status").text
         ARTIFACTS.mkdir(exist_ok=True)
         browser.save_screenshot(str(ARTIFACTS / "app-similar.png"))
+        # Neither the text search's link nor the button of a result no longer shown stays.
+        WebDriverWait(browser, 30).until(
+            lambda b: not _displayed(b, "#share-link") and not _displayed(b, "#similar-button")
+        )
+        # A search that fails shows no link to itself.
+        box = browser.find_element(By.CSS_SELECTOR, "#query textarea, #query input")
+        box.clear()
+        box.send_keys("köpek +", Keys.ENTER)
+        WebDriverWait(browser, 60).until(lambda b: "⚠️" in b.find_element(By.ID, "status").text)
+        time.sleep(1)  # the link, if any, comes in the event after the answer
+        assert not _displayed(browser, "#share-link")
+
+
+def _displayed(browser, css: str) -> bool:
+    from selenium.webdriver.common.by import By
+
+    return any(e.is_displayed() for e in browser.find_elements(By.CSS_SELECTOR, css))
+
+
+def test_browser_an_example_searches_with_the_attached_image(served, app, searcher, shared_data):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, _ = served
+    example = app.EXAMPLES[0]
+    text_only = {Path(app.result_image_file(h.image)).name for h in searcher.search_text(example)}
+    with _browser() as browser:
+        browser.get(url)
+        box = WebDriverWait(browser, 60).until(
+            lambda b: b.find_element(By.CSS_SELECTOR, "#query textarea, #query input")
+        )
+        upload = browser.find_element(By.CSS_SELECTOR, "#query-image input[type=file]")
+        upload.send_keys(str(shared_data / QUERY_PHOTO))
+        WebDriverWait(browser, 30).until(lambda b: _displayed(b, "#query-image img"))
+        box.send_keys(example, Keys.ENTER)
+        WebDriverWait(browser, 60).until(lambda b: len(_shown_files(b)) == 10)
+        typed = _shown_files(browser)
+        assert typed != text_only  # the image took part
+        box.clear()
+        shown = [
+            e
+            for e in browser.find_elements(By.XPATH, f"//*[normalize-space(text())='{example}']")
+            if e.is_displayed()
+        ]
+        shown[-1].click()  # the example's own element (the innermost that shows its text)
+        WebDriverWait(browser, 60).until(
+            lambda b: _shown_files(b) == typed, message="the example ignored the attached image"
+        )
+        assert not _displayed(browser, "#share-link")  # a link cannot carry the image
 
 
 def test_browser_opens_a_share_link(served, app, searcher):
