@@ -420,8 +420,8 @@ def make_handlers(searcher: Searcher | LoadError):
         started = time.perf_counter()
         try:
             hits = query_fn()
-        except ImageLoadError as err:
-            return [], [], f"⚠️ Görsel açılamadı: {err}"
+        except ImageLoadError as err:  # the reason only: the name is a path on this server
+            return [], [], f"⚠️ Görsel açılamadı: {err.reason}"
         except ValueError as err:
             return [], [], f"⚠️ {err}"
         except Exception:

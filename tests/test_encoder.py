@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import re
 import shutil
 
@@ -252,8 +253,11 @@ def test_bad_inputs_give_clear_errors(tiny_encoder, tmp_path):
         tiny_encoder.encode_texts("köpek")
     not_image = tmp_path / "notes.jpg"
     not_image.write_text("this is not a photo")
-    with pytest.raises(ImageLoadError, match=re.escape(str(not_image))):
+    with pytest.raises(ImageLoadError, match=re.escape(str(not_image))) as err:
         tiny_encoder.encode_images([not_image])
+    assert err.value.reason == "not an image file Pillow can read"  # what the app shows
+    # (an encode worker's error reaches the main process pickled)
+    assert str(pickle.loads(pickle.dumps(err.value))) == str(err.value)
     empty = tmp_path / "empty.png"
     empty.write_bytes(b"")
     with pytest.raises(ImageLoadError, match="0 bytes"):

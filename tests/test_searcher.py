@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -351,16 +352,27 @@ def test_an_index_or_data_file_from_another_build_is_refused(
     manifest = json.loads((folder / "index" / "manifest.json").read_text())
     assert set(manifest["index_sha256"]) == {"index/image_emb.faiss", "index/caption_emb.faiss"}
     Searcher.from_repo(folder, encoder=tiny_encoder, cache_dir=cache)  # caches the rows
+
+    def replace(path: Path, content: bytes) -> None:  # a new file: the published ones are
+        path.unlink()  # hard links to the build's, which other tests share
+        path.write_bytes(content)
+
     image, caption = folder / "index" / "image_emb.faiss", folder / "index" / "caption_emb.faiss"
     kept = image.read_bytes()
-    image.write_bytes(caption.read_bytes())
+    replace(image, caption.read_bytes())
     with pytest.raises(SearchSetupError, match="image_emb.faiss is not the index the manifest"):
         Searcher.from_repo(folder, encoder=tiny_encoder, cache_dir=cache)
-    image.write_bytes(kept)
+    replace(image, kept)
     (data,) = (folder / "data").glob("*.parquet")
-    data.write_bytes(data.read_bytes()[:-100])
+    replace(data, data.read_bytes()[:-100])
     with pytest.raises(SearchSetupError, match=f"{data.name} has .* bytes, the manifest says"):
         Searcher.from_repo(folder, encoder=tiny_encoder, cache_dir=cache)
+
+
+def test_a_revision_is_refused_with_a_local_folder(tmp_path):
+    folder = write_repo(tmp_path / "repo", unit(np.eye(3, DIM) + 0.1))
+    with pytest.raises(SearchSetupError, match="is a local folder, which has no revisions"):
+        Searcher.from_repo(folder, "v2", encoder=FakeEncoder(DIM))
 
 
 def test_from_repo_refuses_missing_altered_or_misshapen_image_ranges(tmp_path):

@@ -35,7 +35,15 @@ ImageInput = str | os.PathLike | bytes | Image.Image
 
 
 class ImageLoadError(ValueError):
-    """An input could not be used as an image. The message names the input and the reason."""
+    """An input could not be used as an image. The message names the input and the reason;
+    ``reason`` alone is for pages that must not show a server's file paths."""
+
+    def __init__(self, name: str, reason: str):
+        super().__init__(name, reason)  # both in args: the error pickles across processes
+        self.name, self.reason = name, reason
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.reason}"
 
 
 def describe(source: ImageInput) -> str:
@@ -54,33 +62,34 @@ def open_image(source: ImageInput) -> Image.Image:
         return to_rgb(source)
     if isinstance(source, bytes):
         if not source:
-            raise ImageLoadError(f"{name}: empty image data (0 bytes)")
+            raise ImageLoadError(name, "empty image data (0 bytes)")
         fp = io.BytesIO(source)
     else:
         path = Path(source)
         if not path.is_file():
-            raise ImageLoadError(f"{name}: no such file")
+            raise ImageLoadError(name, "no such file")
         if path.stat().st_size == 0:
-            raise ImageLoadError(f"{name}: the file is empty (0 bytes)")
+            raise ImageLoadError(name, "the file is empty (0 bytes)")
         fp = path
     try:
         with Image.open(fp) as img:
             width, height = img.size
             if width * height > MAX_PIXELS:
                 raise ImageLoadError(
-                    f"{name}: {width}x{height} pixels is over the {MAX_PIXELS:,}-pixel limit "
-                    "(possible decompression bomb); resize it first"
+                    name,
+                    f"{width}x{height} pixels is over the {MAX_PIXELS:,}-pixel limit "
+                    "(possible decompression bomb); resize it first",
                 )
             img.load()  # decode now, so a truncated file fails here and not later
             return to_rgb(img)
     except ImageLoadError:
         raise
     except UnidentifiedImageError:
-        raise ImageLoadError(f"{name}: not an image file Pillow can read") from None
+        raise ImageLoadError(name, "not an image file Pillow can read") from None
     except Image.DecompressionBombError as err:
-        raise ImageLoadError(f"{name}: refused as a decompression bomb ({err})") from None
+        raise ImageLoadError(name, f"refused as a decompression bomb ({err})") from None
     except (OSError, SyntaxError, ValueError) as err:
-        raise ImageLoadError(f"{name}: broken or truncated image ({err})") from None
+        raise ImageLoadError(name, f"broken or truncated image ({err})") from None
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -251,15 +251,20 @@ def load_manifest(
 ) -> LoadedManifest:
     """Read ``index/manifest.json`` of a local folder or a Hub dataset repo (at ``revision``).
 
-    A folder is read in place (``revision`` does not apply to it); for a Hub id the ``index/``
-    files of one commit are downloaded into the Hub cache and that commit is returned, so the
-    caller can load the rows from the same commit (``index_files=False``: the manifest alone,
-    for callers that only read it). Raises ``ManifestError`` for a missing, unreadable or unsafe
+    A folder is read in place (it has no revisions: one given with it is refused); for a Hub
+    id the ``index/`` files of one commit are downloaded into the Hub cache and that commit is
+    returned, so the caller can load the rows from the same commit (``index_files=False``: the
+    manifest alone, for callers that only read it). Raises ``ManifestError`` for a missing, unreadable or unsafe
     manifest; Hub connection errors pass through unchanged.
     """
     where = str(location)
     local = Path(location).expanduser()
     if local.is_dir():
+        if revision is not None:  # ignored, it would seem to pin a commit
+            raise ManifestError(
+                f"{where} is a local folder, which has no revisions; drop the revision "
+                f"({revision}), or give the dataset's Hub id"
+            )
         root, resolved = local, None
     else:
         root, resolved = _download_index(where, revision, index_files)
