@@ -386,10 +386,13 @@ def make_handlers(searcher: Searcher | LoadError):
     """The four API functions, bound to one Searcher (or to the reason there is none).
 
     Their parameter names are the API's parameter names, and their docstrings its description
-    (and the MCP tools' descriptions). Known problems of /search, /search_image and
-    /search_similar come back as the status message with an empty gallery, never as an error: a
-    gradio_client caller and the page both see the same Turkish sentence. /embed has no status
-    output, so it raises ``gr.Error`` with that sentence.
+    (and the MCP tools' descriptions; gradio reads each line under "Returns:" as one output).
+    Known problems of /search, /search_image and /search_similar come back as the status
+    message with an empty gallery, never as an error: a gradio_client caller and the page both
+    see the same Turkish sentence. /embed has no status output, so it raises ``gr.Error`` with
+    that sentence. (A k or alpha outside its slider's range, or not a number, never reaches
+    these functions through the API: gradio refuses it first, in its own words; a fractional
+    row is rounded by its ``gr.Number(precision=0)``.)
     """
 
     # Only the encoder runs inside @spaces.GPU (ZeroGPU bills and queues GPU time per call); the
@@ -452,9 +455,9 @@ def make_handlers(searcher: Searcher | LoadError):
             alpha: with deep=True, 0 = captions only, 1 = images only
             image: optional image added as a positive term (a file or URL)
         Returns:
-            the gallery (image URLs with "score · caption" labels), the results as JSON (one
-            object per photo, best first: caption, captions, score, image_score,
-            caption_score, row) and a one-line Turkish status
+            the gallery: image URLs, each labelled "score · caption"
+            JSON results, best first: caption, captions, score, image_score, caption_score, row
+            a one-line Turkish status
         """
         if isinstance(searcher, LoadError):
             return unavailable()
@@ -500,8 +503,9 @@ def make_handlers(searcher: Searcher | LoadError):
             image: the query image (a file; gradio_client: handle_file(path_or_url))
             k: how many results, 1-30
         Returns:
-            the gallery (image URLs with "score · caption" labels), the results as JSON and a
-            one-line Turkish status
+            the gallery: image URLs, each labelled "score · caption"
+            JSON results, best first, as search gives them
+            a one-line Turkish status
         """
         if isinstance(searcher, LoadError):
             return unavailable()
@@ -519,8 +523,9 @@ def make_handlers(searcher: Searcher | LoadError):
             row: the photo's row number, as the "row" field of a result of search
             k: how many results, 1-30 (the photo itself is left out)
         Returns:
-            the gallery (image URLs with "score · caption" labels), the results as JSON and a
-            one-line Turkish status
+            the gallery: image URLs, each labelled "score · caption"
+            JSON results, best first, as search gives them
+            a one-line Turkish status
         """
         if isinstance(searcher, LoadError):
             return unavailable()
@@ -539,6 +544,9 @@ def make_handlers(searcher: Searcher | LoadError):
 
     def embed(text: str) -> list[float]:
         """The query embedding of a Turkish text (MultiEmbedTR), to search the index elsewhere.
+
+        The text is one term, embedded as written: "köpek + kar" is not composed as search
+        composes it.
 
         Args:
             text: the Turkish text, e.g. "karlı dağlar"
@@ -582,6 +590,11 @@ class QueryImage(gr.Image):
                 return processing_utils.save_base64_to_cache(payload.url, self.GRADIO_CACHE)
             except ValueError:
                 raise gr.Error("Görsel açılamadı: geçersiz base64 verisi.") from None
+        if not payload.path:  # a bare URL that gradio did not fetch: not silently no image
+            raise gr.Error(
+                "Görsel alınamadı: yalnız bir adres geldi; görseli yükleyin "
+                "(gradio_client: handle_file(yol_ya_da_adres))."
+            )
         return payload.path
 
 

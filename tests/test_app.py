@@ -433,6 +433,16 @@ def test_every_event_that_runs_a_query_shares_one_concurrency_limit(app):
     assert {fn.concurrency_id for fn in queries} == {"queries"}
 
 
+def test_a_query_image_that_is_only_a_url_is_refused_not_dropped(app):
+    # gradio fetches a URL sent with handle_file; one it did not fetch reaches the component
+    # without a file, which a search would have taken for "no image".
+    box = app.QueryImage(type="filepath")
+    payload = box.data_model(url="http://127.0.0.1:9/photo.jpg", path=None)
+    with pytest.raises(app.gr.Error, match="yalnız bir adres geldi"):
+        box.preprocess(payload)
+    assert box.preprocess(None) is None
+
+
 def test_share_links_round_trip(app):
     url = app.share_url("http://127.0.0.1:7860/", "köpek + kar", 7, True, 0.25)
     query = url.split("?", 1)[1]
@@ -598,6 +608,10 @@ def test_mcp_schema_lists_the_search_tools(served):
     assert "köpek + kar - şehir" in search_tool["description"]
     assert {"query", "k"} <= set(search_tool["inputSchema"]["properties"])
     assert "row" in tools["search_similar"]["inputSchema"]["properties"]
+    # gradio joins the lines under "Returns:" with ", ": one line an output reads whole.
+    for name in ("search", "search_image", "search_similar"):
+        description = tools[name]["description"]
+        assert 'labelled "score · caption", JSON results, best first' in description, name
 
 
 def test_mcp_tool_call_answers(served):

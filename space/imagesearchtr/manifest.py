@@ -254,8 +254,8 @@ def load_manifest(
     A folder is read in place (it has no revisions: one given with it is refused); for a Hub
     id the ``index/`` files of one commit are downloaded into the Hub cache and that commit is
     returned, so the caller can load the rows from the same commit (``index_files=False``: the
-    manifest alone, for callers that only read it). Raises ``ManifestError`` for a missing, unreadable or unsafe
-    manifest; Hub connection errors pass through unchanged.
+    manifest alone, for callers that only read it). Raises ``ManifestError`` for a missing,
+    unreadable or unsafe manifest; Hub connection errors pass through unchanged.
     """
     where = str(location)
     local = Path(location).expanduser()
