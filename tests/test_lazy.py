@@ -415,6 +415,16 @@ def test_image_ranges_point_at_each_image_and_a_row_without_one_is_a_placeholder
     assert np.asarray(fetched[0].image).tolist() == pixels(5, 3)
     for hit in fetched[1:3]:
         assert "holds no image bytes" in hit.error
+    # A local file that reads short reads short again: one attempt, no backoff.
+    calls = []
+
+    def short(path, start, stop):
+        calls.append(path)
+        raise OSError(f"asked for {stop - start} bytes at {start}, got 0")
+
+    source.read_range = short
+    (hit,) = store.fetch([0])
+    assert "got 0" in hit.error and len(calls) == 1
 
 
 def test_a_local_folder_reads_its_images_in_place_without_a_cache_copy(tmp_path):

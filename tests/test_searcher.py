@@ -143,6 +143,14 @@ def test_bad_queries_give_clear_errors(tmp_path):
     ):
         with pytest.raises(ValueError, match=f"must be {DIM} finite numbers.*{said}"):
             searcher.search_vector(bad, k=3)
+    with pytest.raises(ValueError, match="all zeros"):
+        searcher.search_vector(np.zeros(DIM), k=3)
+    # Any length: the scores stay cosines, the ranking the unit vector's.
+    long, plain = searcher.search_vector(query * 100, k=3), searcher.search_vector(query, k=3)
+    assert [(h.row, round(h.score, 5)) for h in long] == [(h.row, round(h.score, 5)) for h in plain]
+    for not_text in (b"kopek", None):  # bytes were taken for an image
+        with pytest.raises(TypeError, match="search_text takes a str"):
+            searcher.search_text(not_text)
 
 
 @pytest.mark.parametrize(

@@ -463,7 +463,8 @@ class ImageStore:
         return [self._decode(row, found[row]) for row in rows]
 
     def _read(self, row: int) -> bytes | Exception:
-        """One image's bytes (or the error): one range read, retried with backoff."""
+        """One image's bytes (or the error): one range read, retried with backoff from the Hub
+        (a local file reads the same each time: no retries)."""
         offset, length = (int(x) for x in self.ranges[row])
         if offset < 0 or length <= 0:
             return ValueError("the row holds no image bytes")
@@ -471,7 +472,8 @@ class ImageStore:
             return ValueError(f"the image is {length:,} bytes, over {MAX_IMAGE_BYTES:,}")
         path = self.files[self.locate(row)[0]].path
         try:
-            data = _with_retries(lambda: self.source.read_range(path, offset, offset + length))
+            read = lambda: self.source.read_range(path, offset, offset + length)  # noqa: E731
+            data = _with_retries(read) if self.source.remote else read()
         except Exception as err:  # noqa: BLE001 - reported per hit, never fails the search
             return err
         self.cache.put(self._cache_name(row), data)

@@ -201,7 +201,13 @@ class Searcher:
 
         ``alpha=None``: image-only search (the query against image embeddings).
         ``alpha`` in [0, 1]: Deep Search, ``alpha * image + (1 - alpha) * caption`` scores.
+        ``k``: as many hits, capped at ``MAX_K`` and at the row count (every search alike).
         """
+        if not isinstance(query, str):  # bytes would otherwise be taken for an image
+            raise TypeError(
+                f"search_text takes a str, not {type(query).__name__}; for an image use "
+                "search_image"
+            )
         return self.search_vector(self._encode_term(query), k, alpha)
 
     def search_image(self, image: ImageInput, k: int = 10) -> list[Hit]:
@@ -239,7 +245,11 @@ class Searcher:
         return self.search_vector(compose_vectors(plus, minus), k)
 
     def search_vector(self, vector, k: int = 10, alpha: float | None = None) -> list[Hit]:
-        """Search with an embedding: image-only (``alpha=None``) or Deep Search at ``alpha``."""
+        """Search with an embedding: image-only (``alpha=None``) or Deep Search at ``alpha``.
+
+        The vector is scaled to unit length first, so that the scores are cosines whatever its
+        length (the ranking does not depend on it); an all-zero vector is a ValueError.
+        """
         k = _check_k(k, len(self))
         vector = as_query(vector)
         if vector.shape[0] != self.manifest.dim or not np.isfinite(vector).all():
@@ -248,6 +258,10 @@ class Searcher:
                 f"dimension), got {vector.shape[0]}"
                 + ("" if vector.shape[0] != self.manifest.dim else " with NaN or infinity")
             )
+        norm = float(np.linalg.norm(vector))
+        if norm < 1e-12:
+            raise ValueError("the query vector is all zeros: it points nowhere")
+        vector = vector / norm
         if alpha is None:
             ids = self._candidates("image_emb", vector, self._pool("image_emb", k))
             return self._best(vector, ids, k, alpha)
