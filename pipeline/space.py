@@ -335,9 +335,31 @@ def wait_for_space(api, space_id: str, revision: str, timeout: float) -> str:
         delay = min(delay * 2, 10.0)
 
 
+def _check_space_folder(target: Path) -> None:
+    """Refuse a folder this command did not write: it replaces app.py, requirements.txt, the
+    card and the whole imagesearchtr/ there, so the source it copies from (space/, or a folder
+    holding it) and a folder of someone else's files are off limits."""
+    source = SPACE_SOURCE.resolve()
+    if target == source or target.is_relative_to(source) or source.is_relative_to(target):
+        raise ValueError(
+            f"--to {target} is (or holds, or lies inside) the Space's source folder {source}, "
+            "which the command copies from; give the Space a folder of its own"
+        )
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"--to {target} is a file, not a folder")
+    ours = (target / APP_FILE).is_file() and (target / LIBRARY_DIR).is_dir()
+    if target.is_dir() and any(target.iterdir()) and not ours:
+        raise ValueError(
+            f"--to {target} holds files, but not a Space this command wrote ({APP_FILE} and "
+            f"{LIBRARY_DIR}/); it would replace {APP_FILE}, {REQUIREMENTS_FILE}, {CARD_FILE} "
+            f"and {LIBRARY_DIR}/ there: give an empty or new folder"
+        )
+
+
 def publish_space_to_folder(config: SpaceConfig) -> SpaceResult:
     """Write the Space's files to a folder and return the command that runs them."""
     target = Path(config.to).resolve()
+    _check_space_folder(target)
     hardware = check_hardware(config.hardware)
     files = app_files()
     local = Path(config.dataset_repo).expanduser()

@@ -735,9 +735,10 @@ def test_local_hub_space_variables_follow_the_hub_api(local_hub):
 def test_publish_space_to_a_folder_prints_the_command(published, tmp_path, capsys):
     from pipeline.cli import main
 
-    target = tmp_path / "space"
+    target = tmp_path / "space"  # as an older run of the command left it
     (target / "imagesearchtr").mkdir(parents=True)
     (target / "imagesearchtr" / "stale.py").write_text("raise ImportError\n")
+    (target / "app.py").write_text("# an older app\n")
     # in-process (the Hub test above runs the CLI as a subprocess): no second torch import
     assert main(["publish-space", "--to", str(target), "--dataset-repo", str(published)]) == 0
     out = capsys.readouterr().out
@@ -747,6 +748,18 @@ def test_publish_space_to_a_folder_prints_the_command(published, tmp_path, capsy
     assert not list(target.rglob("__pycache__"))
     assert (target / "imagesearchtr" / "searcher.py").is_file()
     assert not (target / "imagesearchtr" / "stale.py").exists()
+    # Folders it did not write are refused untouched: the source it copies from (or a folder
+    # holding it: it deleted space/imagesearchtr/ there), and someone else's files.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "README.md").write_text("my notes")
+    before = sorted(p.name for p in SPACE_DIR.rglob("*.py"))
+    for folder, said in ((SPACE_DIR, "the Space's source folder"), (REPO_ROOT, "holds, or lies"),
+                         (mine, "not a Space this command wrote")):  # fmt: skip
+        assert main(["publish-space", "--to", str(folder), "--dataset-repo", str(published)]) == 2
+        assert said in capsys.readouterr().err
+    assert sorted(p.name for p in SPACE_DIR.rglob("*.py")) == before
+    assert [p.name for p in mine.iterdir()] == ["README.md"]
 
     # A dataset published before image ranges were recorded gets no Space that cannot start.
     old = tmp_path / "old-dataset"
