@@ -281,8 +281,26 @@ def _run_index(config: IndexConfig, cache: Path):
         image_ranges_sha256=ranges_sha256,
         index_sha256={i.file: sha256_file(build / i.file) for i in infos},
     )
+    manifest = _keep_creation_time(index_dir / MANIFEST_FILE, manifest)
     _io.write_text(index_dir / MANIFEST_FILE, manifest.to_json())
     _io.write_text(build / INDEXED_FILE, json.dumps({"shards": [p.name for p in shards]}) + "\n")
+    return manifest
+
+
+def _keep_creation_time(path: Path, manifest):
+    """``manifest``, with the creation time of the one at ``path`` when nothing else differs:
+    an index run over an unchanged build then writes the same bytes, so that the next publish
+    (and `make publish`, which runs every step) has nothing to commit."""
+    import dataclasses
+
+    from imagesearchtr.manifest import Manifest
+
+    try:
+        old = Manifest.load(path)
+    except (OSError, ValueError, TypeError):  # none yet, or unreadable: this one stands
+        return manifest
+    if dataclasses.replace(old, created_at=manifest.created_at) == manifest:
+        return old
     return manifest
 
 

@@ -491,6 +491,20 @@ def test_a_revision_is_refused_with_a_model_folder(tmp_path, capsys, shared_data
     assert Encoder.from_pretrained(tiny_model_dir, revision="v2").revision is None
 
 
+def test_an_index_run_over_an_unchanged_build_changes_no_byte(tmp_path, generated_build):
+    # make publish runs every step: a manifest with a new creation time alone would make a
+    # new dataset commit and a new Space commit each time.
+    build = tmp_path / "build"
+    shutil.copytree(generated_build, build)
+    published = publish_to_folder(PublishConfig(build=build, to=tmp_path / "repo"))
+    files = {p: p.read_bytes() for p in sorted((build / "index").iterdir())}
+    time.sleep(1.1)  # the creation time is written to the second
+    run_index(IndexConfig(build=build))
+    assert {p: p.read_bytes() for p in sorted((build / "index").iterdir())} == files
+    again = publish_to_folder(PublishConfig(build=build, to=tmp_path / "repo"))
+    assert published.changed and not again.changed
+
+
 def test_index_type_names_are_taken_in_any_case(tmp_path, generated_build, capsys):
     from pipeline.cli import main
 
