@@ -8,6 +8,7 @@ status 2, not a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -288,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # what read the output went away (`| head`): no error of the work
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (the exit's flush)
+        return 141  # as a shell reports a command ended by SIGPIPE
     except Exception as err:
         # The Hub unreachable, whichever library noticed it first (httpx, huggingface_hub's
         # offline errors, datasets' ConnectionError): one line naming the address.
@@ -297,7 +301,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         # Our own errors subclass these: the encode feed's FeedError, the ranks'
         # DistributedError (RuntimeError), the encoder's NonFiniteEmbeddingError (ValueError).
-        if isinstance(err, (ValueError, FileNotFoundError, RuntimeError, TimeoutError)):
+        # OSError: the system's answer about a path (a file where a folder must be, no space
+        # left, no permission), whose message names the path.
+        if isinstance(err, (ValueError, OSError, RuntimeError)):
             print(f"error: {_one_line(err)}", file=sys.stderr)
             return 2
         refused = _hub_refused(err)

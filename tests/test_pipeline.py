@@ -194,6 +194,30 @@ def test_cli_errors_are_one_clear_line(tmp_path, tiny_model_dir):
         assert "usage: python -m pipeline " + command in help_text
 
 
+def test_path_errors_and_a_closed_output_pipe_are_not_tracebacks(tmp_path, generated_build, capsys):
+    from pipeline.cli import main
+
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a folder")
+    for command in (
+        ["download", "--output-dir", str(a_file), "--num-samples", "1"],
+        ["publish", "--build", str(generated_build), "--to", str(a_file / "sub")],
+    ):
+        assert main(command) == 2, command
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and str(a_file) in err and "Traceback" not in err
+    # `... | head`: the reader goes away; not "cannot reach the Hub", not a traceback.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "publish", "--build", str(generated_build),
+         "--to", str(tmp_path / "repo")],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == "", err
+    assert (tmp_path / "repo" / "index" / "manifest.json").is_file()  # the work was done
+
+
 def test_in_process_api_matches_the_cli(tmp_path, shared_data, tiny_model_dir):
     folder = make_messy_folder(tmp_path, shared_data)
     summary = run_encode(
