@@ -256,6 +256,9 @@ def _publish_to_hub(config: PublishConfig) -> PublishResult:
     ):
         raise ValueError(f"--retries must be 0 or more, got {config.retries!r}")
     manifest, files = staged_files(build)
+    if config.source_license:
+        # A license the Hub refuses creates no repo; the whole card is checked again below.
+        check_card(f"---\nlicense: {config.source_license}\n---\n", "dataset")
     api = HfApi()
     try:
         api.create_repo(repo_id, repo_type="dataset", private=config.private, exist_ok=True)

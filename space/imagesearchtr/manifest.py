@@ -272,7 +272,8 @@ def load_manifest(
     if not path.is_file():
         raise ManifestError(
             f"{where} has no {INDEX_DIR}/{MANIFEST_FILE}; build one with `python -m pipeline "
-            "index` and publish it with `python -m pipeline publish --build BUILD --to TARGET`"
+            "index --build BUILD`, and publish it with `python -m pipeline publish --build BUILD` "
+            "and --repo USER/NAME or --to FOLDER"
         )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
