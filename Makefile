@@ -31,8 +31,10 @@ INDEX_TYPE ?= auto
 ENCODE_FLAGS ?=
 HOST ?= 127.0.0.1
 PORT ?= 7860
-# Without DATA, the sample is downloaded from the Hub into out/data first.
-DATA_DIR = $(if $(DATA),$(DATA),out/data)
+# Without DATA, the sample is downloaded from the Hub first, into a folder of its own for each
+# NUM_SAMPLES and SEED (a download adds to its folder: two samples in one would mix).
+SAMPLE_DIR = out/data-$(NUM_SAMPLES)-$(SEED)
+DATA_DIR = $(if $(DATA),$(DATA),$(SAMPLE_DIR))
 
 .PHONY: help install test lint format data build demo publish clean
 
@@ -41,7 +43,10 @@ help: ## show this help
 	@echo "  variables: MODEL=$(MODEL) DATA=<folder> NUM_SAMPLES=$(NUM_SAMPLES) SEED=$(SEED)"
 	@echo "             BUILD=$(BUILD) DEMO_DIR=$(DEMO_DIR) SPACE_DIR=$(SPACE_DIR) PORT=$(PORT)"
 	@echo "             HF_REPO=<user/name> SPACE_REPO=<user/name> PRIVATE=1 DEVICE=$(DEVICE)"
-	@echo "             HARDWARE=$(HARDWARE) (Space hardware for make publish)"
+	@echo "             HARDWARE=$(HARDWARE) (Space hardware for make publish) HOST=$(HOST)"
+	@echo "             INDEX_TYPE=$(INDEX_TYPE) ENCODE_FLAGS=<encode flags> TORCH=$(TORCH)"
+	@echo "             PYTHON=$(PYTHON) VENV=$(VENV) TEST_WORKERS=$(TEST_WORKERS)"
+	@echo "  (a path with spaces: quote it, DATA=\"my photos\")"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -62,26 +67,27 @@ format: ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-data: ## download NUM_SAMPLES rows of the default Hub dataset into out/data (skipped with DATA=)
+data: ## download NUM_SAMPLES rows of the default Hub dataset into out/data-N-SEED (not with DATA=)
 	@if [ -z "$(DATA)" ]; then \
-	  $(PY) -m pipeline download --num-samples $(NUM_SAMPLES) --seed $(SEED) --output-dir out/data; \
+	  $(PY) -m pipeline download --num-samples $(NUM_SAMPLES) --seed $(SEED) \
+	    --output-dir "$(SAMPLE_DIR)"; \
 	fi
 
 build: data ## encode DATA with MODEL into BUILD and index it
-	$(PY) -m pipeline encode --data $(DATA_DIR) --model $(MODEL) --out $(BUILD) \
+	$(PY) -m pipeline encode --data "$(DATA_DIR)" --model "$(MODEL)" --out "$(BUILD)" \
 	  --device $(DEVICE) $(ENCODE_FLAGS)
-	$(PY) -m pipeline index --build $(BUILD) --index-type $(INDEX_TYPE)
+	$(PY) -m pipeline index --build "$(BUILD)" --index-type "$(INDEX_TYPE)"
 
 demo: build ## publish the build to DEMO_DIR (a local Hub-like repo) and serve it on HOST:PORT
-	$(PY) -m pipeline publish --build $(BUILD) --to $(DEMO_DIR)
-	$(PY) -m pipeline publish-space --to $(SPACE_DIR) --dataset-repo $(DEMO_DIR)
-	DATASET_REPO="$(abspath $(DEMO_DIR))" GRADIO_SERVER_NAME=$(HOST) GRADIO_SERVER_PORT=$(PORT) \
-	  GRADIO_ANALYTICS_ENABLED=False $(PY) $(SPACE_DIR)/app.py
+	$(PY) -m pipeline publish --build "$(BUILD)" --to "$(DEMO_DIR)"
+	$(PY) -m pipeline publish-space --to "$(SPACE_DIR)" --dataset-repo "$(DEMO_DIR)"
+	DATASET_REPO="$$(realpath "$(DEMO_DIR)")" GRADIO_SERVER_NAME=$(HOST) GRADIO_SERVER_PORT=$(PORT) \
+	  GRADIO_ANALYTICS_ENABLED=False $(PY) "$(SPACE_DIR)/app.py"
 
 publish: build ## publish the dataset to HF_REPO, then the Space to SPACE_REPO pinned to it
 	@if [ -z "$(HF_REPO)" ]; then echo "usage: make publish HF_REPO=user/name"; exit 2; fi
 	mkdir -p out
-	$(PY) -m pipeline publish --build $(BUILD) --repo $(HF_REPO) $(if $(PRIVATE),--private) \
+	$(PY) -m pipeline publish --build "$(BUILD)" --repo $(HF_REPO) $(if $(PRIVATE),--private) \
 	  | tee out/publish.log
 	rev=$$(awk '/^revision:/ {print $$2}' out/publish.log); \
 	$(PY) -m pipeline publish-space --space $(SPACE_REPO) --dataset-repo $(HF_REPO) \

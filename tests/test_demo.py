@@ -18,9 +18,12 @@ def test_make_demo_serves_a_page_that_finds_dogs(tmp_path, shared_data, tiny_mod
     from gradio_client import Client
 
     port = free_port()
-    cmd = ["make", "demo", f"PY={sys.executable}", f"DATA={shared_data}"]
-    cmd += [f"MODEL={tiny_model_dir}", f"BUILD={tmp_path / 'build'}", f"PORT={port}"]
-    cmd += [f"DEMO_DIR={tmp_path / 'repo'}", f"SPACE_DIR={tmp_path / 'space'}"]
+    photos = tmp_path / "my photos"  # paths with spaces, as a user's often are
+    photos.symlink_to(shared_data, target_is_directory=True)
+    out = tmp_path / "demo out"
+    cmd = ["make", "demo", f"PY={sys.executable}", f"DATA={photos}"]
+    cmd += [f"MODEL={tiny_model_dir}", f"BUILD={out / 'build'}", f"PORT={port}"]
+    cmd += [f"DEMO_DIR={out / 'repo'}", f"SPACE_DIR={out / 'space'}"]
     log = open(tmp_path / "demo.log", "w")  # noqa: SIM115 - closed in finally
     proc = subprocess.Popen(
         cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -42,8 +45,8 @@ def test_make_demo_serves_a_page_that_finds_dogs(tmp_path, shared_data, tiny_mod
         )
         assert len(gallery) == 5 and all(os.path.isfile(item["image"]) for item in gallery)
         assert any("köpek" in " ".join(r["captions"]).lower() for r in results)
-        assert (tmp_path / "repo" / "index" / "manifest.json").is_file()
-        assert (tmp_path / "space" / "app.py").is_file()
+        assert (out / "repo" / "index" / "manifest.json").is_file()
+        assert (out / "space" / "app.py").is_file()
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)

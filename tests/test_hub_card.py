@@ -155,6 +155,13 @@ def test_local_source_license_other_and_no_source_datasets(tmp_path):
     assert meta["license"] == "other"
     assert "source_datasets" not in meta
     assert meta["size_categories"] == ["n<1K"]
+    # A local model and local photos: nothing to cite, and no empty "Citation" heading.
+    card = render(
+        make_manifest(413, model_id=str(tmp_path / "model"), source="local folder"),
+        repo_id=None, local_dir=str(tmp_path), source=str(tmp_path / "photos"),
+        source_license=None,
+    )  # fmt: skip
+    assert "## Citation" not in card and "## Notes" in card
 
 
 @pytest.mark.parametrize(
