@@ -59,6 +59,33 @@ def swap_folder(staging: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def remove_dead_staging(target: Path) -> None:
+    """Remove what a killed ``swap_folder`` caller left beside ``target``: its staging folder
+    (``.TARGET.staging-PID``), and the old tree (``.TARGET.old-PID``), which is put back as
+    ``target`` when the run died between the two renames. Folders of live processes stay."""
+    target = Path(target)
+    for leftover in sorted(target.parent.glob(f".{target.name}.*-*")):
+        kind, _, pid = leftover.name[len(target.name) + 2 :].rpartition("-")
+        if kind not in ("staging", "old") or not pid.isdigit() or _alive(int(pid)):
+            continue
+        if kind == "old" and not target.exists():
+            os.replace(leftover, target)
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would end the process there: leave its folders be
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def remove_orphans(folder: Path, name_glob: str = "*") -> None:
     """Delete the temporary files killed runs left for targets matching ``name_glob``."""
     for orphan in Path(folder).glob(f".{name_glob}.*.tmp"):

@@ -164,6 +164,7 @@ def _publish_to_folder(config: PublishConfig) -> PublishResult:
             f"--to {target} is the build folder {build} or inside it: publishing there would "
             "replace the build; give another folder"
         )
+    _io.remove_dead_staging(target)  # (a run killed between its renames: its tree comes back)
     _check_target_folder(target)
     existing_card = _read_text(target / CARD_FILE)
     old_files = _folder_files(target)
@@ -615,10 +616,15 @@ def _same_file(path: Path, sha: str) -> bool:
 
 
 def _copy(item: Path, dest: Path) -> None:
-    if item.is_dir():
-        shutil.copytree(item, dest)
+    """A file or folder the publish keeps, linked into the new tree (copied where it cannot
+    be): a folder of large files of the user's costs no space and no time at each publish."""
+    if item.is_symlink() or not item.is_dir():
+        if item.is_symlink():
+            dest.symlink_to(os.readlink(item))
+        else:
+            _link_or_copy(item, dest)
     else:
-        shutil.copy2(item, dest)
+        shutil.copytree(item, dest, symlinks=True, copy_function=_link_or_copy)
 
 
 __all__ = [

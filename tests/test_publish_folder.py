@@ -59,3 +59,30 @@ def test_files_are_copied_when_hard_links_are_refused(build, tmp_path, monkeypat
         assert copied.stat().st_ino != original.stat().st_ino
         digest = hashlib.sha256(copied.read_bytes()).hexdigest()
         assert digest == hashlib.sha256(original.read_bytes()).hexdigest()
+
+
+def test_a_killed_publishs_leftovers_are_cleared_and_kept_files_are_linked(build, tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid no process has now
+    target = tmp_path / "dataset"
+    target.mkdir()
+    (target / "notes.bin").write_bytes(b"x" * 1000)  # the user's, beside the dataset
+    (target / "extra").mkdir()
+    (target / "extra" / "a.txt").write_text("a")
+    inode = (target / "notes.bin").stat().st_ino
+    stale = tmp_path / f".dataset.staging-{dead.pid}"  # a killed run's half-made tree
+    (stale / "data").mkdir(parents=True)
+    other = tmp_path / f".dataset.staging-{os.getppid()}"  # a live process's: not touched
+    other.mkdir()
+    publish_to_folder(PublishConfig(build=build, to=target))
+    assert not stale.exists() and other.exists()
+    assert (target / "notes.bin").stat().st_ino == inode  # linked into the new tree, not copied
+    assert (target / "extra" / "a.txt").read_text() == "a"
+    # Killed between its two renames: no target, the whole old tree beside it. It comes back.
+    os.replace(target, tmp_path / f".dataset.old-{dead.pid}")
+    result = publish_to_folder(PublishConfig(build=build, to=target))
+    assert not result.changed and (target / "notes.bin").stat().st_ino == inode
+    assert not list(tmp_path.glob(f".dataset.*-{dead.pid}"))
