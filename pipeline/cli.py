@@ -177,10 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser(
         "publish-space",
         help="publish the search app as a Gradio Space (or write it to a local folder)",
-        description="Uploads space/app.py, space/imagesearchtr/*.py, space/requirements.txt and "
-        "a Space card in one commit, after setting the Space variables DATASET_REPO and "
-        "DATASET_REVISION (pinned to the dataset's commit). With --to, writes the same files "
-        "to a folder and prints the command that runs them. Uses HF_TOKEN or `hf auth login`.",
+        description="Uploads space/app.py, space/imagesearchtr/*.py, a requirements.txt "
+        "(space/requirements.txt's pins fitted to --hardware) and a Space card in one commit, "
+        "after setting the Space variables DATASET_REPO and DATASET_REVISION (pinned to the "
+        "dataset's commit). With --to, writes the same files to a new folder (or one it wrote "
+        "before) and prints the command that runs them. Uses HF_TOKEN or `hf auth login`.",
         formatter_class=defaults,
     )
     target = p.add_mutually_exclusive_group(required=True)
@@ -391,6 +392,11 @@ def _download(args) -> int:
     print(f"wrote {summary.written} images, kept {summary.kept} already there")
     for line in summary.skipped:
         print(f"  skipped {line}")
+    if summary.rows < args.num_samples:
+        print(
+            f"note: {args.dataset} ({args.split}) has {summary.rows} rows, fewer than "
+            f"--num-samples {args.num_samples}: all of them were read"
+        )
     return 0
 
 

@@ -48,6 +48,7 @@ class DownloadSummary:
     written: int
     kept: int
     skipped: list[str]
+    rows: int = 0  # rows read: fewer than --num-samples when the split has fewer
 
 
 def run_download(config: DownloadConfig) -> DownloadSummary:
@@ -77,13 +78,14 @@ def run_download(config: DownloadConfig) -> DownloadSummary:
     # Raw bytes: saving needs no decode, and the file stays byte-identical to the source.
     stream = stream.cast_column(config.image_column, Image(decode=False))
     stream = stream.shuffle(seed=config.seed, buffer_size=config.buffer_size)
-    written = kept = 0
+    written = kept = rows = 0
     skipped: list[str] = []
     with (
         captions_path.open("a", encoding="utf-8") as captions,
         tqdm(total=config.num_samples, desc="downloading", unit="img") as bar,
     ):
         for row_no, row in enumerate(stream.take(config.num_samples)):
+            rows = row_no + 1
             image = row.get(config.image_column) or {}
             data = image.get("bytes")
             caption = row.get(config.caption_column)
@@ -116,7 +118,7 @@ def run_download(config: DownloadConfig) -> DownloadSummary:
             else:
                 skipped.append(f"row {row_no} ({raw_id}): empty caption, image kept")
             bar.update()
-    return DownloadSummary(written=written, kept=kept, skipped=skipped)
+    return DownloadSummary(written=written, kept=kept, skipped=skipped, rows=rows)
 
 
 def _existing_lines(path: Path) -> set[str]:

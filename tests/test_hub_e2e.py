@@ -221,8 +221,11 @@ def test_download_never_gives_two_images_one_file(fake_source, hub_env, tmp_path
         row = int(line["caption"].split()[-1])
         assert (out / line["path"]).read_bytes() == sources[row].read_bytes(), line
     assert len(list((out / "images").iterdir())) == 6
-    again = run_cli(*args, env=hub_env)
+    assert "note:" not in first.stdout
+    more = [*args[:-4], "--num-samples", "9", "--output-dir", out]  # the split has 7 rows
+    again = run_cli(*more, env=hub_env)
     assert "wrote 0 images, kept 7" in again.stdout
+    assert "has 7 rows, fewer than --num-samples 9: all of them were read" in again.stdout
     assert len((out / "captions.jsonl").read_text().splitlines()) == 7
     # The columns and the seed are checked before anything is fetched.
     for flags, said in (
