@@ -228,6 +228,7 @@ def publish_space_to_hub(config: SpaceConfig) -> SpaceResult:
         preload = preload_lines(api, manifest)
         card = render_card(space_id, dataset_repo, revision, manifest, hardware, preload)
         check_card(card, "space")  # before the Space is created
+        _check_space_is_ours(api, space_id)  # before a variable restarts someone's app
         api.create_repo(
             space_id, repo_type="space", space_sdk="gradio", private=config.private, exist_ok=True
         )
@@ -273,6 +274,28 @@ def publish_space_to_hub(config: SpaceConfig) -> SpaceResult:
         notes=tuple(notes),
         stage=stage,
     )
+
+
+def _check_space_is_ours(api, space_id: str) -> None:
+    """Refuse an existing Space that holds another app: publishing replaces its app file, card
+    and requirements and sets its variables. A new Space, an empty one (its .gitattributes and
+    card only) and one this command published (it has imagesearchtr/) are fine."""
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        files = {s.rfilename for s in api.space_info(space_id).siblings or []}
+    except RepositoryNotFoundError:
+        return
+    if any(f.startswith(f"{LIBRARY_DIR}/") for f in files):
+        return
+    others = sorted(files - {".gitattributes", CARD_FILE})
+    if others:
+        shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+        raise PublishError(
+            f"the Space {space_id} holds another app ({shown}); publish-space would replace its "
+            f"{APP_FILE}, {REQUIREMENTS_FILE} and card: give a new Space id, or remove those "
+            "files from it first"
+        )
 
 
 def _request_hardware(api, space_id: str, hardware: str, revision: str, url: str) -> None:

@@ -252,6 +252,28 @@ def test_publish_space_names_a_misspelled_dataset_or_revision(published_space):
         urllib.request.urlopen(asked)
 
 
+def test_publish_space_refuses_a_space_that_holds_another_app(published_space):
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    env = published_space.hub_env
+    api = HfApi(endpoint=env["HF_ENDPOINT"], token=env["HF_TOKEN"])
+    space_id = f"testuser/someones-app-{uuid.uuid4().hex[:8]}"
+    api.create_repo(space_id, repo_type="space", space_sdk="streamlit")
+    files = {"app.py": b"import streamlit\n", "README.md": b"---\nsdk: streamlit\n---\nMine\n"}
+    api.create_commit(
+        space_id,
+        [CommitOperationAdd(path_in_repo=k, path_or_fileobj=v) for k, v in files.items()],
+        commit_message="my app",
+        repo_type="space",
+    )
+    before = api.space_info(space_id).sha
+    result = _publish_space(published_space, space_id, "--no-wait", check=False)
+    assert result.returncode == 2, result.stderr
+    assert f"the Space {space_id} holds another app (app.py)" in result.stderr
+    assert api.space_info(space_id).sha == before  # nothing committed...
+    assert not api.get_space_variables(space_id)  # ...and no variable restarted it
+
+
 def test_publish_space_build_error_prints_the_hub_message_and_exits_2(published_space):
     space_id = f"testuser/broken-{uuid.uuid4().hex[:8]}"
     published_space.hub.script_space(
