@@ -113,7 +113,7 @@ def render_dataset_card(
     existing_data, existing_body = _parse_existing(existing)
     name = pretty_name or existing_data.get("pretty_name") or _default_pretty_name(repo_id, source)
     sources = facts["sources"]
-    known = [sources[k] for k in dict.fromkeys([manifest.model_id, source, Path(source).name])
+    known = [sources[k] for k in dict.fromkeys([manifest.model_id, source, _source_name(source)])
              if k in sources]  # fmt: skip
     model_url = _hub_url(manifest.model_id, "model")
 
@@ -155,7 +155,7 @@ def render_dataset_card(
         model_url=model_url,
         source=source,
         source_url=_hub_url(source, "dataset"),
-        source_name=Path(source).name,
+        source_name=_source_name(source),
         card_license=data["license"],
         research_only=any(entry.get("research_only") for entry in known),
         usage_snippet=snippet,
@@ -208,7 +208,7 @@ def _parse_existing(existing: str | None) -> tuple[dict, str]:
 
 def _default_pretty_name(repo_id: str | None, source: str) -> str:
     base = (repo_id or (source if is_hub_id(source) else "")).split("/")[-1]
-    return f"ImageSearchTR: {base or Path(source).name or 'images'}"
+    return f"ImageSearchTR: {base or _source_name(source) or 'images'}"
 
 
 def _dataset_info(features: dict, rows: int, num_bytes: int | None, size: int | None) -> dict:
@@ -282,6 +282,12 @@ def _describe(feature) -> str:
         inner, length = _describe(feature.feature), getattr(feature, "length", -1)
         return f"list<{inner}>[{length}]" if length and length > 0 else f"list<{inner}>"
     return kind.lower()
+
+
+def _source_name(source: str) -> str:
+    """A Hub dataset id's name, or a local folder's: "local folder NAME" as encode records it
+    (older builds recorded the folder's whole path)."""
+    return Path(source.removeprefix("local folder ")).name
 
 
 def _hub_url(name: str, repo_type: str) -> str:

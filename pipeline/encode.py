@@ -230,7 +230,7 @@ def _run_encode(source, config: EncodeConfig, encoder, lock: contextlib.ExitStac
             "model_fingerprint": encoder.fingerprint,
             "component_revisions": encoder.component_revisions,
             "dim": encoder.dim,
-            "source": source.describe(),
+            "source": source.label(),
             "num_planned": len(planned),
             "shard_size": config.shard_size,
             "shards": names,

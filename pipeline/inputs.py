@@ -79,6 +79,11 @@ class FolderSource:
     def describe(self) -> str:
         return f"local folder {self.folder}"
 
+    def label(self) -> str:
+        """The input as the manifest records it: its folder's name, not the path on this
+        machine (a published manifest is public)."""
+        return f"local folder {self.folder.resolve().name}"
+
     def fingerprint(self) -> str:
         """Identifies the input for resume checks: the folder and its captions file's content."""
         digest = hashlib.sha256(str(self.folder.resolve()).encode())
@@ -156,6 +161,9 @@ class HubSource:
     revision: str | None = None
 
     def describe(self) -> str:
+        return self.dataset
+
+    def label(self) -> str:
         return self.dataset
 
     def fingerprint(self) -> str:

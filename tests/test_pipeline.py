@@ -44,6 +44,20 @@ def test_shared_photos_encode_completely(shared_build):
     assert skipped(shared_build) == []
     emb = np.asarray(table.column("image_emb").to_pylist(), dtype=np.float32)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    # The manifest, published as it is, names the photos' folder, not where it lies here...
+    manifest = json.loads((shared_build / "index" / "manifest.json").read_text())
+    assert manifest["source"] == "local folder tasviret-flickr8k"
+    # ...and the card still knows it for the TasvirEt photos, and cites them.
+    from hub_card import render_dataset_card
+    from imagesearchtr import Manifest
+    from pipeline.encode import features
+
+    card = render_dataset_card(
+        Manifest.from_dict(manifest), repo_id="you/photos", source=manifest["source"],
+        source_license=None, features=features(manifest["dim"]).to_dict(),
+        num_captions=826, num_skipped=0, skipped_reasons={},
+    )  # fmt: skip
+    assert "TasvirEt" in card and "## Citation" in card
 
 
 def test_caption_embedding_is_the_normalised_mean(shared_build, tiny_model_dir):
