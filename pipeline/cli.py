@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # what read the output went away (`| head`): no error of the work
+    except BrokenPipeError:  # the output's reader went away (`| head`): not a failure
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (the exit's flush)
         return 141  # as a shell reports a command ended by SIGPIPE
     except Exception as err:

@@ -618,13 +618,12 @@ def _same_file(path: Path, sha: str) -> bool:
 def _copy(item: Path, dest: Path) -> None:
     """A file or folder the publish keeps, linked into the new tree (copied where it cannot
     be): a folder of large files of the user's costs no space and no time at each publish."""
-    if item.is_symlink() or not item.is_dir():
-        if item.is_symlink():
-            dest.symlink_to(os.readlink(item))
-        else:
-            _link_or_copy(item, dest)
-    else:
+    if item.is_symlink():
+        dest.symlink_to(os.readlink(item))
+    elif item.is_dir():
         shutil.copytree(item, dest, symlinks=True, copy_function=_link_or_copy)
+    else:
+        _link_or_copy(item, dest)
 
 
 __all__ = [

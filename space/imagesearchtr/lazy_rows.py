@@ -252,9 +252,10 @@ def data_files(source: Source, manifest) -> list[DataFile]:
                         f"{source.location}: the manifest lists {entry['path']}, which the "
                         "folder does not have (a data file is missing); publish the build again"
                     )
-                if entry.get("size", path.stat().st_size) != path.stat().st_size:
+                size = path.stat().st_size
+                if entry.get("size", size) != size:
                     raise RowsError(
-                        f"{source.location}: {entry['path']} has {path.stat().st_size} bytes, "
+                        f"{source.location}: {entry['path']} has {size} bytes, "
                         f"the manifest says {entry['size']}: it was cut short or replaced; "
                         "publish the build again"
                     )
@@ -471,8 +472,11 @@ class ImageStore:
         if length > MAX_IMAGE_BYTES:
             return ValueError(f"the image is {length:,} bytes, over {MAX_IMAGE_BYTES:,}")
         path = self.files[self.locate(row)[0]].path
+
+        def read() -> bytes:
+            return self.source.read_range(path, offset, offset + length)
+
         try:
-            read = lambda: self.source.read_range(path, offset, offset + length)  # noqa: E731
             data = _with_retries(read) if self.source.remote else read()
         except Exception as err:  # noqa: BLE001 - reported per hit, never fails the search
             return err

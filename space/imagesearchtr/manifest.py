@@ -99,7 +99,7 @@ class Manifest:
     versions: dict = field(default_factory=dict)  # library versions used for the build
     created_at: str = ""
     source: str = ""  # where the rows came from: a Hub dataset id or "local folder"
-    data_files: list = field(default_factory=list)  # [{path, num_rows, sha256}] in row order
+    data_files: list = field(default_factory=list)  # [{path, num_rows, sha256, size}], row order
     image_ranges_sha256: str = ""  # of IMAGE_RANGES_FILE; "" in manifests written before it
     # {repo path: sha256} of the FAISS files: an index swapped in from another build of the same
     # size and model would otherwise search silently wrong. {}: written before it.
