@@ -302,14 +302,18 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         # Our own errors subclass these: the encode feed's FeedError, the ranks'
         # DistributedError (RuntimeError), the encoder's NonFiniteEmbeddingError (ValueError).
-        # OSError: the system's answer about a path (a file where a folder must be, no space
-        # left, no permission), whose message names the path.
-        if isinstance(err, (ValueError, OSError, RuntimeError)):
+        if isinstance(err, (ValueError, RuntimeError)):
             print(f"error: {_one_line(err)}", file=sys.stderr)
             return 2
         refused = _hub_refused(err)
         if refused is not None:
             print(f"error: {refused}", file=sys.stderr)
+            return 2
+        # The system's answer about a path (a file where a folder must be, no space left, no
+        # permission), whose message names the path. After the Hub's: its HTTP errors are
+        # OSErrors too.
+        if isinstance(err, OSError):
+            print(f"error: {_one_line(err)}", file=sys.stderr)
             return 2
         raise
 
