@@ -81,7 +81,7 @@ build: data ## encode DATA with MODEL into BUILD and index it
 demo: build ## publish the build to DEMO_DIR (a local Hub-like repo) and serve it on HOST:PORT
 	$(PY) -m pipeline publish --build "$(BUILD)" --to "$(DEMO_DIR)"
 	$(PY) -m pipeline publish-space --to "$(SPACE_DIR)" --dataset-repo "$(DEMO_DIR)"
-	DATASET_REPO="$$(realpath "$(DEMO_DIR)")" GRADIO_SERVER_NAME=$(HOST) GRADIO_SERVER_PORT=$(PORT) \
+	DATASET_REPO="$$(cd "$(DEMO_DIR)" && pwd)" GRADIO_SERVER_NAME=$(HOST) GRADIO_SERVER_PORT=$(PORT) \
 	  GRADIO_ANALYTICS_ENABLED=False $(PY) "$(SPACE_DIR)/app.py"
 
 publish: build ## publish the dataset to HF_REPO, then the Space to SPACE_REPO pinned to it

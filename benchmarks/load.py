@@ -139,6 +139,9 @@ class RecordsSource:
     def describe(self) -> str:
         return self.name
 
+    def label(self) -> str:
+        return self.name
+
     def fingerprint(self) -> str:
         return self.name
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import sys
 from collections.abc import Iterator
@@ -50,36 +51,56 @@ def write_text(target: str | os.PathLike, text: str) -> None:
 
 def swap_folder(staging: Path, target: Path) -> None:
     """Put the fully written folder ``staging`` in place of ``target`` (two renames; a crash
-    between them leaves the old tree at ``.TARGET.old-PID``, whole, and no ``target``)."""
+    between them leaves the old tree at ``.TARGET.old-PID-N``, whole, and no ``target``, which
+    ``swap_leftovers`` puts back)."""
     staging, target = Path(staging), Path(target)
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    n = 0  # a name no earlier run left: never the old tree of another run
+    while (old := target.with_name(f".{target.name}.old-{os.getpid()}-{n}")).exists():
+        n += 1
     if target.exists():
         os.replace(target, old)
     os.replace(staging, target)
     shutil.rmtree(old, ignore_errors=True)
 
 
-def remove_dead_staging(target: Path) -> None:
-    """Remove what a killed ``swap_folder`` caller left beside ``target``: its staging folder
-    (``.TARGET.staging-PID``), and the old tree (``.TARGET.old-PID``), which is put back as
-    ``target`` when the run died between the two renames. Folders of live processes stay."""
+def swap_leftovers(target: Path) -> list[str]:
+    """Deal with what killed ``swap_folder`` callers left beside ``target``; return notes.
+
+    A staging tree (``.TARGET.staging-PID``) of a process that is gone is removed: it is an
+    unfinished new tree, whose kept files are links to the old tree's. An old tree
+    (``.TARGET.old-PID-N``) is put back as ``target`` when ``target`` is missing (a run died
+    between its two renames) and is otherwise left alone, with a note: it may hold the only
+    copy of files, and its process id may belong to another program now. On Windows, where no
+    process can be asked whether it is alive without ending it, nothing is removed.
+    """
     target = Path(target)
-    for leftover in sorted(target.parent.glob(f".{target.name}.*-*")):
-        kind, _, pid = leftover.name[len(target.name) + 2 :].rpartition("-")
-        if kind not in ("staging", "old") or not pid.isdigit() or _alive(int(pid)):
-            continue
-        if kind == "old" and not target.exists():
-            os.replace(leftover, target)
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(staging|old)-(\d+)(-\d+)?")
+    found = []
+    for item in target.parent.iterdir() if target.parent.is_dir() else ():
+        match = pattern.fullmatch(item.name)
+        if match:
+            found.append((match[1], int(match[2]), item))
+    notes = []
+    for kind, pid, item in sorted(found, key=lambda f: f[2].name):
+        if kind == "staging":
+            if pid == os.getpid() or not _alive(pid):
+                shutil.rmtree(item, ignore_errors=True)
+        elif not target.exists():
+            os.replace(item, target)
         else:
-            shutil.rmtree(leftover, ignore_errors=True)
+            notes.append(
+                f"{item} is an older tree of {target.name} that an interrupted publish left; "
+                "check it for files of yours, then delete it"
+            )
+    return notes
 
 
 def _alive(pid: int) -> bool:
-    if os.name == "nt":  # os.kill(pid, 0) would end the process there: leave its folders be
+    if os.name == "nt":  # os.kill(pid, 0) would end the process there
         return True
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # (no process can have a huge id)
         return False
     except PermissionError:  # another user's process
         return True

@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _io
-from .inputs import EmptyBuildError
+from .inputs import EmptyBuildError, public_source
 
 # Build-folder names (pipeline/encode.py writes them; kept here so `--help` imports no torch).
 BUILD_FILE = "build.json"
@@ -276,7 +276,7 @@ def _run_index(config: IndexConfig, cache: Path):
         num_skipped=_count_lines(build / SKIPPED_FILE),
         versions=_versions(),
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        source=build_info.get("source", ""),
+        source=public_source(build_info.get("source", "")),
         data_files=files,
         image_ranges_sha256=ranges_sha256,
         index_sha256={i.file: sha256_file(build / i.file) for i in infos},

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 CAPTIONS_FILE = "captions.jsonl"
+LOCAL_FOLDER = "local folder "  # how a source that is a folder is described: "local folder X"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
@@ -77,12 +78,11 @@ class FolderSource:
     folder: Path
 
     def describe(self) -> str:
-        return f"local folder {self.folder}"
+        return f"{LOCAL_FOLDER}{self.folder}"
 
     def label(self) -> str:
-        """The input as the manifest records it: its folder's name, not the path on this
-        machine (a published manifest is public)."""
-        return f"local folder {self.folder.resolve().name}"
+        """The input as the manifest records it (``public_source``)."""
+        return public_source(f"{LOCAL_FOLDER}{self.folder.resolve()}")
 
     def fingerprint(self) -> str:
         """Identifies the input for resume checks: the folder and its captions file's content."""
@@ -273,6 +273,14 @@ def _image_files(folder: Path) -> Iterator[Path]:
             if any(part.startswith(".") for part in path.relative_to(folder).parts):
                 continue  # hidden folders (.cache, .git) are not photos
             yield path
+
+
+def public_source(source: str) -> str:
+    """A source as a published manifest may name it: a local folder by its name, not by its
+    path on this machine (builds encoded before this recorded the path)."""
+    if source.startswith(LOCAL_FOLDER):
+        return LOCAL_FOLDER + Path(source.removeprefix(LOCAL_FOLDER)).name
+    return source
 
 
 def _nfc(text: str) -> str:

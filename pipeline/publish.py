@@ -42,6 +42,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from imagesearchtr.manifest import (
     IMAGE_RANGES_FILE,
     INDEX_DIR,
@@ -164,7 +166,7 @@ def _publish_to_folder(config: PublishConfig) -> PublishResult:
             f"--to {target} is the build folder {build} or inside it: publishing there would "
             "replace the build; give another folder"
         )
-    _io.remove_dead_staging(target)  # (a run killed between its renames: its tree comes back)
+    notes = tuple(_io.swap_leftovers(target))  # (a run killed mid-swap: its tree comes back)
     _check_target_folder(target)
     existing_card = _read_text(target / CARD_FILE)
     old_files = _folder_files(target)
@@ -183,7 +185,7 @@ def _publish_to_folder(config: PublishConfig) -> PublishResult:
     )
     same_index = _read_manifest(target / INDEX_DIR / MANIFEST_FILE) == _identity(manifest)
     if same_index and len(unchanged) == len(files) and card == existing_card:
-        return PublishResult(str(target), None, changed=False)
+        return PublishResult(str(target), None, changed=False, notes=notes)
     # Build the new tree beside the old one, then swap: a crash leaves one or the other whole.
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.with_name(f".{target.name}.staging-{os.getpid()}")
@@ -206,8 +208,9 @@ def _publish_to_folder(config: PublishConfig) -> PublishResult:
     _io.swap_folder(staging, target)
     deleted = sorted(p for p in old_files if p.split("/", 1)[0] in MANAGED_DIRS and p not in files)
     return PublishResult(
-        str(target), None, True, tuple(written), tuple(deleted), card_changed=card != existing_card
-    )
+        str(target), None, True, tuple(written), tuple(deleted), notes,
+        card_changed=card != existing_card,
+    )  # fmt: skip
 
 
 def _check_target_folder(target: Path) -> None:
@@ -259,7 +262,8 @@ def _publish_to_hub(config: PublishConfig) -> PublishResult:
     manifest, files = staged_files(build)
     if config.source_license:
         # A license the Hub refuses creates no repo; the whole card is checked again below.
-        check_card(f"---\nlicense: {config.source_license}\n---\n", "dataset")
+        probe = yaml.safe_dump({"license": config.source_license})  # quoted as the card's
+        check_card(f"---\n{probe}---\n", "dataset")
     api = HfApi()
     try:
         api.create_repo(repo_id, repo_type="dataset", private=config.private, exist_ok=True)
@@ -619,7 +623,10 @@ def _copy(item: Path, dest: Path) -> None:
     """A file or folder the publish keeps, linked into the new tree (copied where it cannot
     be): a folder of large files of the user's costs no space and no time at each publish."""
     if item.is_symlink():
-        dest.symlink_to(os.readlink(item))
+        try:
+            dest.symlink_to(os.readlink(item))
+        except OSError:  # (Windows without the symlink privilege): what it points to
+            shutil.copytree(item, dest) if item.is_dir() else shutil.copy2(item, dest)
     elif item.is_dir():
         shutil.copytree(item, dest, symlinks=True, copy_function=_link_or_copy)
     else:

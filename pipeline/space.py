@@ -370,10 +370,10 @@ def _check_space_folder(target: Path) -> None:
         )
     if target.exists() and not target.is_dir():
         raise ValueError(f"--to {target} is a file, not a folder")
-    ours = (target / APP_FILE).is_file() and (target / LIBRARY_DIR).is_dir()
+    ours = (target / LIBRARY_DIR).is_dir()  # written first, so a run cut short leaves it too
     if target.is_dir() and any(target.iterdir()) and not ours:
         raise ValueError(
-            f"--to {target} holds files, but not a Space this command wrote ({APP_FILE} and "
+            f"--to {target} holds files, but not a Space this command wrote (it has "
             f"{LIBRARY_DIR}/); it would replace {APP_FILE}, {REQUIREMENTS_FILE}, {CARD_FILE} "
             f"and {LIBRARY_DIR}/ there: give an empty or new folder"
         )
@@ -409,11 +409,15 @@ def publish_space_to_folder(config: SpaceConfig) -> SpaceResult:
         # The card's snippet calls this folder's app, run locally (the command printed below).
         card = render_card("http://127.0.0.1:7860/", dataset_repo, revision, manifest, hardware)
     target.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(target / LIBRARY_DIR, ignore_errors=True)  # no stale modules
-    for path, source in files.items():
+    for path, source in sorted(files.items(), key=lambda f: f[0] == APP_FILE):  # library first
         dest = target / path
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, dest)
+    # Then no stale modules; after the copy, so that a run cut short still leaves a folder
+    # this command knows as its own (imagesearchtr/), which a re-run completes.
+    for stale in (target / LIBRARY_DIR).iterdir():
+        if f"{LIBRARY_DIR}/{stale.name}" not in files:
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     (target / REQUIREMENTS_FILE).write_text(requirements_text(hardware), encoding="utf-8")
     if card is not None:
         (target / CARD_FILE).write_text(card, encoding="utf-8")

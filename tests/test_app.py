@@ -735,10 +735,9 @@ def test_local_hub_space_variables_follow_the_hub_api(local_hub):
 def test_publish_space_to_a_folder_prints_the_command(published, tmp_path, capsys):
     from pipeline.cli import main
 
-    target = tmp_path / "space"  # as an older run of the command left it
+    target = tmp_path / "space"  # as an older run left it, cut short before its app.py
     (target / "imagesearchtr").mkdir(parents=True)
     (target / "imagesearchtr" / "stale.py").write_text("raise ImportError\n")
-    (target / "app.py").write_text("# an older app\n")
     # in-process (the Hub test above runs the CLI as a subprocess): no second torch import
     assert main(["publish-space", "--to", str(target), "--dataset-repo", str(published)]) == 0
     out = capsys.readouterr().out

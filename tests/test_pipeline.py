@@ -543,6 +543,17 @@ def test_an_index_run_over_an_unchanged_build_changes_no_byte(tmp_path, generate
     assert published.changed and not again.changed
 
 
+def test_a_build_that_recorded_its_photos_path_publishes_only_the_folders_name(
+    tmp_path, generated_build
+):
+    build = tmp_path / "build"
+    shutil.copytree(generated_build, build)
+    info = json.loads((build / "build.json").read_text())
+    info["source"] = "local folder /home/someone/private/photos"  # as encode once recorded it
+    (build / "build.json").write_text(json.dumps(info))
+    assert run_index(IndexConfig(build=build)).source == "local folder photos"
+
+
 def test_index_type_names_are_taken_in_any_case(tmp_path, generated_build, capsys):
     from pipeline.cli import main
 

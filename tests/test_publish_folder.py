@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 
 import pytest
 
@@ -77,12 +78,26 @@ def test_a_killed_publishs_leftovers_are_cleared_and_kept_files_are_linked(build
     (stale / "data").mkdir(parents=True)
     other = tmp_path / f".dataset.staging-{os.getppid()}"  # a live process's: not touched
     other.mkdir()
+    sibling = tmp_path / f".dataset2.old-{dead.pid}-0"  # another folder's: not touched
+    sibling.mkdir()
     publish_to_folder(PublishConfig(build=build, to=target))
-    assert not stale.exists() and other.exists()
+    assert not stale.exists() and other.exists() and sibling.exists()
     assert (target / "notes.bin").stat().st_ino == inode  # linked into the new tree, not copied
     assert (target / "extra" / "a.txt").read_text() == "a"
-    # Killed between its two renames: no target, the whole old tree beside it. It comes back.
-    os.replace(target, tmp_path / f".dataset.old-{dead.pid}")
+    # Killed between its two renames: no target, the whole old tree beside it. It comes back,
+    # whatever its process id (in a container each run may have the same one).
+    for pid in (dead.pid, os.getpid()):
+        os.replace(target, tmp_path / f".dataset.old-{pid}-0")
+        result = publish_to_folder(PublishConfig(build=build, to=target))
+        assert not result.changed and (target / "notes.bin").stat().st_ino == inode
+        assert not list(tmp_path.glob(".dataset.old-*"))
+    # An old tree beside a folder that exists may hold the only copy of a file: kept, named.
+    leftover = tmp_path / f".dataset.old-{dead.pid}-0"
+    shutil.copytree(target, leftover)
     result = publish_to_folder(PublishConfig(build=build, to=target))
-    assert not result.changed and (target / "notes.bin").stat().st_ino == inode
-    assert not list(tmp_path.glob(f".dataset.*-{dead.pid}"))
+    assert leftover.exists() and any(str(leftover) in note for note in result.notes)
+    # A name with glob characters matches its own leftovers only, not "ab"'s.
+    theirs = tmp_path / f".ab.old-{dead.pid}-0"
+    theirs.mkdir()
+    publish_to_folder(PublishConfig(build=build, to=tmp_path / "a*"))
+    assert theirs.exists() and not (tmp_path / "a*" / "notes.bin").exists()

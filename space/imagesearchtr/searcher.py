@@ -258,10 +258,11 @@ class Searcher:
                 f"dimension), got {vector.shape[0]}"
                 + ("" if vector.shape[0] != self.manifest.dim else " with NaN or infinity")
             )
-        norm = float(np.linalg.norm(vector))
-        if norm < 1e-12:
+        wide = vector.astype(np.float64)  # (the norm of large or tiny float32 values fits)
+        norm = float(np.linalg.norm(wide))
+        if norm == 0.0:
             raise ValueError("the query vector is all zeros: it points nowhere")
-        vector = vector / norm
+        vector = as_query(wide / norm)
         if alpha is None:
             ids = self._candidates("image_emb", vector, self._pool("image_emb", k))
             return self._best(vector, ids, k, alpha)
