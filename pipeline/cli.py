@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--build", type=_path, required=True, help="build folder from `index`")
     target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--repo", help="Hub dataset repo id, USER/NAME")
+    target.add_argument("--repo", type=_repo_id, help="Hub dataset repo id, USER/NAME")
     target.add_argument("--to", type=_path, help="local folder to write the repo layout into")
     p.add_argument(
         "--private",
@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=defaults,
     )
     target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--space", help="Hub Space id, USER/NAME")
+    target.add_argument("--space", type=_repo_id, help="Hub Space id, USER/NAME")
     target.add_argument("--to", type=_path, help="local folder to write the Space files into")
     p.add_argument(
         "--dataset-repo",
@@ -275,6 +275,16 @@ def _path(text: str) -> Path:
     if not text.strip():
         raise argparse.ArgumentTypeError("empty path; give a folder or file name")
     return Path(text)
+
+
+def _repo_id(text: str) -> str:
+    """A repo to publish to: USER/NAME (or ORG/NAME). A bare NAME does not say whose repo it
+    is, and creating and reading it need not agree (the test Hub answers 501)."""
+    from imagesearchtr.manifest import is_repo_id
+
+    if not is_repo_id(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a repo id: give USER/NAME")
+    return text
 
 
 def _index_type(text: str) -> str:

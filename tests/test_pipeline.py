@@ -506,6 +506,13 @@ def test_the_cli_refuses_empty_paths_and_a_build_among_the_photos(tmp_path, caps
         main(["encode", "--data", str(shared_data), "--out", ""])
     assert exit_info.value.code == 2
     assert "argument --out: empty path" in capsys.readouterr().err
+    for flags in (["publish", "--build", "b", "--repo"], ["publish-space", "--dataset-repo", "a/b",
+                                                          "--space"]):  # fmt: skip
+        # a bare name does not say whose repo it is
+        with pytest.raises(SystemExit) as exit_info:
+            main([*flags, "turkish-photos"])
+        assert exit_info.value.code == 2
+        assert "'turkish-photos' is not a repo id: give USER/NAME" in capsys.readouterr().err
     photos = tmp_path / "photos"
     (photos / "data").mkdir(parents=True)
     for data in (photos, photos / "data"):  # the build folder itself, or its data/

@@ -37,9 +37,14 @@ COMPONENT_FILES = ("*.json", "*.txt", "*.model")
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 
 
+def is_repo_id(value: str) -> bool:
+    """True for a repo id written ``namespace/name``, the form this project publishes to."""
+    return bool(_HUB_ID_RE.match(value)) and ".." not in value
+
+
 def is_hub_id(value: str) -> bool:
     """True for ``namespace/name`` that is not an existing local path."""
-    return bool(_HUB_ID_RE.match(value)) and ".." not in value and not os.path.exists(value)
+    return is_repo_id(value) and not os.path.exists(value)
 
 
 class ManifestError(ValueError):
