@@ -45,6 +45,7 @@ from .lazy_rows import (
 )
 from .manifest import (
     EMBEDDING_COLUMNS,
+    INDEX_DIR,
     LoadedManifest,
     Manifest,
     ManifestError,
@@ -166,8 +167,12 @@ class Searcher:
         images = ImageStore(
             source, files, counts, ranges, cache_dir, int(image_cache_bytes), max_side
         )
+        # The Hub records each LFS file's sha256: one listing checks the index files against the
+        # manifest without reading them again (a folder's are hashed).
+        recorded = source.hub_files(INDEX_DIR) if source.remote else {}
         exact = {
-            column: _load_index(dataset, loaded, column, where) for column in EMBEDDING_COLUMNS
+            column: _load_index(dataset, loaded, column, where, recorded)
+            for column in EMBEDDING_COLUMNS
         }
         if encoder is None:
             encoder = Encoder.from_pretrained(
@@ -358,10 +363,11 @@ def check_model(manifest: Manifest, encoder: Encoder) -> None:
             )
 
 
-def _load_index(rows, loaded: LoadedManifest, column: str, where: str) -> bool:
-    """Attach ``column``'s FAISS file to ``rows``, check it covers them and can give back each
-    row's vector, and say whether it is exact (a Flat inner-product index, whose top k is the
-    exact top k)."""
+def _load_index(rows, loaded: LoadedManifest, column: str, where: str, recorded: dict) -> bool:
+    """Attach ``column``'s FAISS file to ``rows``, check it is the one the manifest names (by
+    sha256: ``recorded``'s, the Hub's, else the file's own), covers the rows and can give back
+    each row's vector, and say whether it is exact (a Flat inner-product index, whose top k is
+    the exact top k)."""
     import faiss
 
     manifest = loaded.manifest
@@ -376,7 +382,7 @@ def _load_index(rows, loaded: LoadedManifest, column: str, where: str) -> bool:
     if not path.is_file():
         raise SearchSetupError(f"{where}: index file {info.file} is missing")
     expected = manifest.index_sha256.get(info.file)
-    if expected is not None and sha256_file(path) != expected:
+    if expected is not None and (recorded.get(info.file) or sha256_file(path)) != expected:
         raise SearchSetupError(
             f"{where}: {info.file} is not the index the manifest was written with (its sha256 "
             "differs): it comes from another build, or it is damaged; re-run `python -m "
