@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -34,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .images import ImageInput, open_image
+from .manifest import snapshot_commit
 from .multiembedtr import (
     MODEL_TYPE,
     PICKLE_FILE,
@@ -560,9 +560,6 @@ def _cpu_has_native_bf16() -> bool:
         return False
 
 
-_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
-
-
 def _locate(model_id_or_path: str, revision: str | None) -> tuple[Path, str, str | None]:
     """Return (local folder, model id to record, resolved commit or None for local folders)."""
     local = Path(model_id_or_path).expanduser()
@@ -599,7 +596,7 @@ def _locate(model_id_or_path: str, revision: str | None) -> tuple[Path, str, str
             allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"],
         )
     snapshot = config_file.parent
-    commit = snapshot.name if _COMMIT_RE.match(snapshot.name) else revision
+    commit = snapshot_commit(snapshot, revision)
     return snapshot, model_id_or_path, commit
 
 

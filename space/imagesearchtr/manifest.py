@@ -37,6 +37,13 @@ COMPONENT_FILES = ("*.json", "*.txt", "*.model")
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 
 
+def snapshot_commit(folder: str | Path, asked: str | None) -> str | None:
+    """The commit a Hub snapshot folder holds (huggingface_hub names it by the commit), else
+    ``asked``, the revision that was asked for."""
+    name = Path(folder).name
+    return name if re.fullmatch(r"[0-9a-f]{40}", name) else asked
+
+
 def is_repo_id(value: str) -> bool:
     """True for a repo id written ``namespace/name``, the form this project publishes to."""
     return bool(_HUB_ID_RE.match(value)) and ".." not in value

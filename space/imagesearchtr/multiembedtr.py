@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, Dinov2Model, ModernBertModel
 
-from .manifest import COMPONENT_FILES, is_hub_id
+from .manifest import COMPONENT_FILES, is_hub_id, snapshot_commit
 
 MODEL_TYPE = "multimodal_embedder"
 TEXT_MAX_LENGTH = 128  # MultiEmbedTR was trained with max_length 128
@@ -223,9 +223,6 @@ def fingerprint_state_dict(state_dict: dict) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
-
-
 def resolve_component(
     name: str, model_dir: Path, revision: str | None = None
 ) -> tuple[str, str | None]:
@@ -246,7 +243,7 @@ def resolve_component(
     from huggingface_hub import snapshot_download
 
     folder = Path(snapshot_download(name, revision=revision, allow_patterns=list(COMPONENT_FILES)))
-    return str(folder), folder.name if _COMMIT_RE.match(folder.name) else revision
+    return str(folder), snapshot_commit(folder, revision)
 
 
 def build_model(
