@@ -30,6 +30,7 @@ from hub_card.usage import DATA_FILES, SPLIT, render_usage
 from imagesearchtr.manifest import (
     IMAGE_RANGES_FILE,
     INDEX_DIR,
+    LOCAL_SOURCE,
     MANIFEST_FILE,
     Manifest,
     is_hub_id,
@@ -285,9 +286,9 @@ def _describe(feature) -> str:
 
 
 def _source_name(source: str) -> str:
-    """A Hub dataset id's name, or a local folder's: "local folder NAME" as encode records it
-    (older builds recorded the folder's whole path)."""
-    return Path(source.removeprefix("local folder ")).name
+    """A Hub dataset id's name, or a local folder's (``public_source``: the folder's name;
+    older builds recorded its whole path)."""
+    return Path(source.removeprefix(LOCAL_SOURCE)).name
 
 
 def _hub_url(name: str, repo_type: str) -> str:

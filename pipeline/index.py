@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _io
-from .inputs import EmptyBuildError, public_source
+from .inputs import EmptyBuildError
 
 # Build-folder names (pipeline/encode.py writes them; kept here so `--help` imports no torch).
 BUILD_FILE = "build.json"
@@ -191,6 +191,7 @@ def _run_index(config: IndexConfig, cache: Path):
         IndexInfo,
         Manifest,
         index_file,
+        public_source,
         sha256_file,
     )
     from imagesearchtr.vectors import data_hash, embedding_matrix

@@ -23,8 +23,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from imagesearchtr.manifest import LOCAL_SOURCE, public_source
+
 CAPTIONS_FILE = "captions.jsonl"
-LOCAL_FOLDER = "local folder "  # how a source that is a folder is described: "local folder X"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
@@ -78,11 +79,11 @@ class FolderSource:
     folder: Path
 
     def describe(self) -> str:
-        return f"{LOCAL_FOLDER}{self.folder}"
+        return f"{LOCAL_SOURCE}{self.folder}"
 
     def label(self) -> str:
         """The input as the manifest records it (``public_source``)."""
-        return public_source(f"{LOCAL_FOLDER}{self.folder.resolve()}")
+        return public_source(f"{LOCAL_SOURCE}{self.folder.resolve()}")
 
     def fingerprint(self) -> str:
         """Identifies the input for resume checks: the folder and its captions file's content."""
@@ -273,14 +274,6 @@ def _image_files(folder: Path) -> Iterator[Path]:
             if any(part.startswith(".") for part in path.relative_to(folder).parts):
                 continue  # hidden folders (.cache, .git) are not photos
             yield path
-
-
-def public_source(source: str) -> str:
-    """A source as a published manifest may name it: a local folder by its name, not by its
-    path on this machine (builds encoded before this recorded the path)."""
-    if source.startswith(LOCAL_FOLDER):
-        return LOCAL_FOLDER + Path(source.removeprefix(LOCAL_FOLDER)).name
-    return source
 
 
 def _nfc(text: str) -> str:

@@ -189,8 +189,7 @@ def _publish_to_folder(config: PublishConfig) -> PublishResult:
     # Build the new tree beside the old one, then swap: a crash leaves one or the other whole.
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.with_name(f".{target.name}.staging-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    staging.mkdir()  # (one this process id left was removed by swap_leftovers above)
     if target.is_dir():  # keep files we do not manage (a .gitattributes, notes, ...)
         for item in target.iterdir():
             if item.name not in (*MANAGED_DIRS, CARD_FILE):

@@ -37,6 +37,18 @@ COMPONENT_FILES = ("*.json", "*.txt", "*.model")
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 
 
+# How a manifest's ``source`` names rows read from a folder: "local folder NAME".
+LOCAL_SOURCE = "local folder "
+
+
+def public_source(source: str) -> str:
+    """A source as a published manifest may name it: a local folder by its name, not by its
+    path on the machine that encoded it (builds encoded before this recorded the path)."""
+    if source.startswith(LOCAL_SOURCE):
+        return LOCAL_SOURCE + Path(source.removeprefix(LOCAL_SOURCE)).name
+    return source
+
+
 def snapshot_commit(folder: str | Path, asked: str | None) -> str | None:
     """The commit a Hub snapshot folder holds (huggingface_hub names it by the commit), else
     ``asked``, the revision that was asked for."""
