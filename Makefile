@@ -79,7 +79,8 @@ build: data ## encode DATA with MODEL into BUILD and index it
 	$(PY) -m pipeline index --build "$(BUILD)" --index-type "$(INDEX_TYPE)"
 
 demo: build ## publish the build to DEMO_DIR (a local Hub-like repo) and serve it on HOST:PORT
-	$(PY) -m pipeline publish --build "$(BUILD)" --to "$(DEMO_DIR)"
+	$(PY) -m pipeline publish --build "$(BUILD)" --to "$(DEMO_DIR)" \
+	  --space http://$(if $(filter 0.0.0.0,$(HOST)),127.0.0.1,$(HOST)):$(PORT)/
 	$(PY) -m pipeline publish-space --to "$(SPACE_DIR)" --dataset-repo "$(DEMO_DIR)"
 	DATASET_REPO="$$(cd "$(DEMO_DIR)" && pwd)" GRADIO_SERVER_NAME=$(HOST) GRADIO_SERVER_PORT=$(PORT) \
 	  GRADIO_ANALYTICS_ENABLED=False $(PY) "$(SPACE_DIR)/app.py"
@@ -87,7 +88,8 @@ demo: build ## publish the build to DEMO_DIR (a local Hub-like repo) and serve i
 publish: build ## publish the dataset to HF_REPO, then the Space to SPACE_REPO pinned to it
 	@if [ -z "$(HF_REPO)" ]; then echo "usage: make publish HF_REPO=user/name"; exit 2; fi
 	mkdir -p out
-	$(PY) -m pipeline publish --build "$(BUILD)" --repo $(HF_REPO) $(if $(PRIVATE),--private) \
+	$(PY) -m pipeline publish --build "$(BUILD)" --repo $(HF_REPO) --space $(SPACE_REPO) \
+	  $(if $(PRIVATE),--private) \
 	  | tee out/publish.log
 	rev=$$(awk '/^revision:/ {print $$2}' out/publish.log); \
 	$(PY) -m pipeline publish-space --space $(SPACE_REPO) --dataset-repo $(HF_REPO) \

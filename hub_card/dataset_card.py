@@ -51,6 +51,9 @@ DEFAULT_CONFIG = "default"
 # ``configs`` and ``dataset_info``: only our ``default`` entry is replaced, other configs stay.
 OWNED_KEYS = ("configs", "dataset_info", "size_categories")
 
+# FAISS factory parts that store vectors as codes (SQfp16, SQ8, PQ, OPQ, RQ, ...): such an
+# index scores approximately; Flat, IVF..,Flat and HNSW..,Flat keep the float32 vectors.
+_QUANTISED = re.compile(r"SQ|PQ|RQ|LSH|RaBitQ")
 _USER_NOTES_RE = re.compile(
     re.escape(USER_NOTES_START) + r"\n?(.*?)\n?" + re.escape(USER_NOTES_END), re.DOTALL
 )
@@ -110,12 +113,11 @@ def render_dataset_card(
         raise TypeError(
             f"features must be a dict, datasets.Features.to_dict(); got {type(features).__name__}"
         )
-    facts = yaml.safe_load(CARD_DATA_PATH.read_text(encoding="utf-8"))
+    facts = _facts()
     existing_data, existing_body = _parse_existing(existing)
     name = pretty_name or existing_data.get("pretty_name") or _default_pretty_name(repo_id, source)
     sources = facts["sources"]
-    known = [sources[k] for k in dict.fromkeys([manifest.model_id, source, _source_name(source)])
-             if k in sources]  # fmt: skip
+    known = _known_sources(manifest.model_id, source)
     model_url = _hub_url(manifest.model_id, "model")
 
     ours = {
@@ -134,8 +136,7 @@ def render_dataset_card(
     if is_hub_id(source):  # source_datasets names Hub datasets; a local folder has no Hub page
         ours["source_datasets"] = [source]
     data = _merge(existing_data, ours)
-    if space is None:
-        space = f"{repo_id}-search" if repo_id else "http://127.0.0.1:7860/"
+    space = space or default_space(repo_id)
     snippet = render_usage(
         manifest,
         space=space,
@@ -158,7 +159,7 @@ def render_dataset_card(
         source_url=_hub_url(source, "dataset"),
         source_name=_source_name(source),
         card_license=data["license"],
-        research_only=any(entry.get("research_only") for entry in known),
+        research_only=research_only(manifest.model_id, source),
         usage_snippet=snippet,
         space=space,
         columns=[
@@ -167,6 +168,7 @@ def render_dataset_card(
         ],
         manifest_file=f"{INDEX_DIR}/{MANIFEST_FILE}",
         ranges_file=IMAGE_RANGES_FILE if manifest.image_ranges_sha256 else "",
+        quantised=[i.file for i in manifest.indices if _QUANTISED.search(i.factory)],
         caption_index=next((i.file for i in manifest.indices if i.column == "caption_emb"), ""),
         num_captions=num_captions,
         num_skipped=num_skipped,
@@ -179,6 +181,29 @@ def render_dataset_card(
         user_notes=_user_notes(existing_body),
     )
     return str(card)
+
+
+def default_space(repo_id: str | None) -> str:
+    """The Space a card's usage example calls when none is named: ``REPO-search`` (what
+    ``make publish`` names it), or for a folder publish the local app on its default port."""
+    return f"{repo_id}-search" if repo_id else "http://127.0.0.1:7860/"
+
+
+def research_only(model_id: str, source: str) -> bool:
+    """Whether ``card_data.yaml`` marks the model or the source data research-use only (such
+    data may not be published in a public repo)."""
+    return any(entry.get("research_only") for entry in _known_sources(model_id, source))
+
+
+def _facts() -> dict:
+    return yaml.safe_load(CARD_DATA_PATH.read_text(encoding="utf-8"))
+
+
+def _known_sources(model_id: str, source: str) -> list[dict]:
+    """``card_data.yaml``'s entries for the model id, the source's Hub id and its folder name."""
+    sources = _facts()["sources"]
+    names = dict.fromkeys([model_id, source, _source_name(source)])
+    return [sources[name] for name in names if name in sources]
 
 
 def parquet_sizes(files: list[str | os.PathLike]) -> tuple[int, int]:
@@ -234,7 +259,9 @@ def _merge(existing: dict, ours: dict) -> dict:
     """The user's keys survive except OWNED_KEYS; tags are a union (ours first)."""
     merged = {**ours, **{k: v for k, v in existing.items() if k not in OWNED_KEYS}}
     merged["license"] = ours["license"]  # already the user's unless --license was given
-    merged["tags"] = ours["tags"] + [t for t in existing.get("tags") or [] if t not in ours["tags"]]
+    theirs = existing.get("tags") or []
+    theirs = [theirs] if isinstance(theirs, str) else theirs  # `tags: photos`, one tag
+    merged["tags"] = ours["tags"] + [t for t in theirs if t not in ours["tags"]]
     merged["configs"] = _replace_default(existing.get("configs"), ours["configs"][0])
     infos = existing.get("dataset_info")
     infos = [infos] if isinstance(infos, dict) else infos

@@ -27,7 +27,7 @@ TEMPLATE_PATH = Path(__file__).resolve().parent / "templates" / "space_card.md"
 SHORT_DESCRIPTION_MAX = 60
 SPACE_COLORS = ("red", "yellow", "green", "blue", "indigo", "purple", "pink", "gray")
 DEFAULT_SHORT_DESCRIPTION = "Türkçe metinle veya görselle anlamsal görsel arama"
-SPACE_TAGS = ["image-search", "turkish", "faiss", "multiembedtr", "imagesearchtr"]
+SPACE_TAGS = ["image-search", "turkish", "faiss", "imagesearchtr"]  # + the model's name
 HARDWARE = tuple(h.value for h in SpaceHardware)
 
 
@@ -74,6 +74,7 @@ def render_space_card(
     if not gradio_version:
         raise ValueError("gradio_version is empty; pass hub_card.gradio_version()")
 
+    model_name = Path(manifest.model_id).name  # MultiEmbedTR, or the model the index was built with
     card_data = SpaceCardData(
         title=title,
         sdk="gradio",
@@ -86,7 +87,7 @@ def render_space_card(
         datasets=[dataset_repo],
         # A local model folder (a build for local runs) has no Hub page to link.
         models=[manifest.model_id] if is_hub_id(manifest.model_id) else None,
-        tags=list(SPACE_TAGS),
+        tags=SPACE_TAGS + ([model_name.lower()] if is_hub_id(manifest.model_id) else []),
         emoji=emoji,
         colorFrom=color_from,
         colorTo=color_to,
@@ -100,7 +101,7 @@ def render_space_card(
     body = env.from_string(TEMPLATE_PATH.read_text(encoding="utf-8")).render(
         title=title,
         tr_summary=(
-            "Türkçe bir açıklama yazın ya da bir görsel yükleyin; MultiEmbedTR ile en yakın "
+            f"Türkçe bir açıklama yazın ya da bir görsel yükleyin; {model_name} ile en yakın "
             "görselleri bulun."
         ),
         dataset_repo=dataset_repo,

@@ -8,6 +8,7 @@ four packages and no torch, pinned to the versions this publish was made with.
 
 from __future__ import annotations
 
+import glob
 import importlib.metadata
 import json
 import re
@@ -55,7 +56,10 @@ def render_usage(
     info = manifest.index(column) if columns else None
     index_path = info.file if info is not None else index_file(column)
     params = ",".join(f"{k}={v}" for k, v in sorted(info.params.items())) if info else ""
+    data_files = ""
     if local_dir is not None:
+        # (escaped: data_files is a glob, and a folder may be called "photos [v2]")
+        data_files = f"{glob.escape(Path(local_dir).as_posix())}/{DATA_FILES}"
         # The parquet loader, not load_dataset(folder): datasets caches a folder's Arrow copy
         # under the folder's name without checking file times, so a re-published folder could
         # load stale rows; the parquet loader keys its cache on the files' mtimes.
@@ -70,7 +74,7 @@ def render_usage(
             revision=revision or "main",
             revision_note=revision_note,
             split=SPLIT,
-            data_files=f"{Path(local_dir).as_posix()}/{DATA_FILES}" if local_dir else "",
+            data_files=data_files,
             index_file=index_path,
             column=column,
             search_params=params,

@@ -168,6 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="license id of the source data for the card (default: other)",
     )
     p.add_argument(
+        "--space",
+        type=_space_ref,
+        default=None,
+        help="the Space (USER/NAME) or running app (http(s) URL) whose /embed the card's usage "
+        "example calls (default: REPO-search, as make publish names it; with --to, "
+        "http://127.0.0.1:7860/)",
+    )
+    p.add_argument(
         "--retries",
         type=int,
         default=4,
@@ -285,6 +293,13 @@ def _repo_id(text: str) -> str:
     if not is_repo_id(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a repo id: give USER/NAME")
     return text
+
+
+def _space_ref(text: str) -> str:
+    """A Space the dataset card points at: its id USER/NAME, or the URL of a running app."""
+    if text.startswith(("http://", "https://")):
+        return text
+    return _repo_id(text)
 
 
 def _index_type(text: str) -> str:
@@ -502,6 +517,7 @@ def _publish(args) -> int:
         to=args.to,
         private=args.private,
         source_license=args.license,
+        space=args.space,
         retries=args.retries,
     )
     result = publish_to_hub(config) if args.repo else publish_to_folder(config)

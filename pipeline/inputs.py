@@ -21,6 +21,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import chain, count
 from pathlib import Path
 
 from imagesearchtr.manifest import LOCAL_SOURCE, public_source
@@ -137,7 +138,16 @@ class FolderSource:
         for rel in files:
             captions.setdefault(rel, [])
         keys = {rel: _nfc(rel) if forms[_nfc(rel)] == 1 else rel for rel in captions}
-        ids = _unique_ids(keys.values())
+        # Ids are decided by the files on disk; a caption line naming no file (a typo, skipped
+        # later as missing) takes an id left over, never changing a file's id.
+        listed = set(files)
+        ids = _unique_ids(key for rel, key in keys.items() if rel in listed)
+        used = set(ids.values())
+        for rel, key in keys.items():
+            if rel not in listed:
+                candidates = chain((_image_id(key), key), (f"{key}#{n}" for n in count(2)))
+                ids[key] = next(i for i in candidates if i not in used)
+                used.add(ids[key])
         records = [
             ImageRecord(
                 image_id=ids[keys[rel]],

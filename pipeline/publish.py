@@ -73,6 +73,7 @@ class PublishConfig:
     to: Path | None = None
     private: bool = False
     source_license: str | None = None
+    space: str | None = None  # the card's usage example calls its /embed (hub_card.default_space)
     retries: int = 4  # commit attempts after the first, with exponential backoff
     backoff: float = 1.0  # seconds before the first retry
     max_files_per_commit: int = MAX_FILES_PER_COMMIT
@@ -123,7 +124,9 @@ def staged_files(build: Path) -> tuple[Manifest, dict[str, tuple[Path, str]]]:
     return manifest, files
 
 
-def render_card(build: Path, manifest: Manifest, *, repo_id, local_dir, existing, license):
+def render_card(
+    build: Path, manifest: Manifest, *, repo_id, local_dir, existing, license, space=None
+):
     from hub_card import parquet_sizes, render_dataset_card
 
     skipped = []
@@ -147,6 +150,7 @@ def render_card(build: Path, manifest: Manifest, *, repo_id, local_dir, existing
         num_skipped=len(skipped),
         skipped_reasons=dict(Counter(skip_kind(s) for s in skipped)),
         existing=existing,
+        space=space,
         num_bytes=num_bytes,
         download_size=download_size,
     )
@@ -161,12 +165,15 @@ def publish_to_folder(config: PublishConfig) -> PublishResult:
 def _publish_to_folder(config: PublishConfig) -> PublishResult:
     build, target = Path(config.build), Path(config.to).resolve()
     manifest, files = staged_files(build)
+    # The folder is laid out for the Hub, so the Hub's rule for the license holds too.
+    license_note = _check_license(config.source_license, offline_ok=True)
     if target == build.resolve() or target.is_relative_to(build.resolve()):
         raise PublishError(
             f"--to {target} is the build folder {build} or inside it: publishing there would "
             "replace the build; give another folder"
         )
     notes = tuple(_io.swap_leftovers(target))  # (a run killed mid-swap: its tree comes back)
+    notes += (license_note,) if license_note else ()
     _check_target_folder(target)
     existing_card = _read_text(target / CARD_FILE)
     old_files = _folder_files(target)
@@ -182,6 +189,7 @@ def _publish_to_folder(config: PublishConfig) -> PublishResult:
         local_dir=str(target),
         existing=existing_card,
         license=config.source_license,
+        space=config.space,
     )
     same_index = _read_manifest(target / INDEX_DIR / MANIFEST_FILE) == _identity(manifest)
     if same_index and len(unchanged) == len(files) and card == existing_card:
@@ -210,6 +218,24 @@ def _publish_to_folder(config: PublishConfig) -> PublishResult:
         str(target), None, True, tuple(written), tuple(deleted), notes,
         card_changed=card != existing_card,
     )  # fmt: skip
+
+
+def _check_license(license: str | None, *, offline_ok: bool = False) -> str | None:
+    """Refuse a ``--license`` the Hub's card validation refuses (checked as the card writes
+    it), before anything is created or written. ``offline_ok`` (a folder publish, which needs
+    no Hub): when the Hub cannot be asked, a note saying so instead of an error."""
+    if not license:
+        return None
+    probe = yaml.safe_dump({"license": license})  # quoted as the card's
+    try:
+        check_card(f"---\n{probe}---\n", "dataset")
+    except PublishError:
+        raise
+    except Exception:  # the Hub's validation could not be reached (offline, no network)
+        if not offline_ok:
+            raise
+        return f"--license {license} was not checked: the Hub's card validation is unreachable"
+    return None
 
 
 def _check_target_folder(target: Path) -> None:
@@ -251,6 +277,8 @@ def _publish_to_hub(config: PublishConfig) -> PublishResult:
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 
+    from hub_card.dataset_card import research_only
+
     build, repo_id = Path(config.build), config.repo_id
     if (
         isinstance(config.retries, bool)
@@ -259,10 +287,14 @@ def _publish_to_hub(config: PublishConfig) -> PublishResult:
     ):
         raise ValueError(f"--retries must be 0 or more, got {config.retries!r}")
     manifest, files = staged_files(build)
-    if config.source_license:
-        # A license the Hub refuses creates no repo; the whole card is checked again below.
-        probe = yaml.safe_dump({"license": config.source_license})  # quoted as the card's
-        check_card(f"---\n{probe}---\n", "dataset")
+    _check_license(config.source_license)  # a license the Hub refuses creates no repo
+    restricted = research_only(manifest.model_id, manifest.source)
+    if restricted and not config.private:
+        raise PublishError(
+            f"{build}'s rows come from {manifest.source}, which may be used for research only "
+            f"and not published openly; publish to a private repo: add --private "
+            "(make publish PRIVATE=1)"
+        )
     api = HfApi()
     try:
         api.create_repo(repo_id, repo_type="dataset", private=config.private, exist_ok=True)
@@ -270,6 +302,12 @@ def _publish_to_hub(config: PublishConfig) -> PublishResult:
         remote = _remote_files(api, repo_id, info.sha)
     except HfHubHTTPError as err:
         raise PublishError(hub_error_text(err, repo_id)) from None
+    if restricted and not info.private:  # --private creates private; it does not hide a repo
+        raise PublishError(
+            f"{repo_id} is public and {manifest.source} may be used for research only; make "
+            f"the repo private first ({api.endpoint}/datasets/{repo_id}/settings) or publish "
+            "to another one"
+        )
     remote_manifest = None
     if f"{INDEX_DIR}/{MANIFEST_FILE}" in remote:
         remote_manifest = _read_manifest(
@@ -289,6 +327,7 @@ def _publish_to_hub(config: PublishConfig) -> PublishResult:
         local_dir=None,
         existing=existing_card,
         license=config.source_license,
+        space=config.space,
     )
     notes = ()
     if config.private and not info.private:  # --private creates; it does not hide a repo

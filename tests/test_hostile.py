@@ -516,6 +516,13 @@ def test_images_that_share_a_name_but_not_an_extension_get_ids_of_their_own(tmp_
         "b.jpg": "b",
     }  # fmt: skip
     assert all(r.read_bytes() == r.path.encode() for r in records)
+    # A caption line naming a file that is not there (skipped as missing) changes no file's id.
+    (tmp_path / "captions.jsonl").write_text(
+        '{"path": "b.png", "caption": "yazım hatası"}\n{"path": "a.jpg", "caption": "göl"}\n'
+    )
+    records, _ = FolderSource(tmp_path).read()
+    ids = {r.path: r.image_id for r in records}
+    assert ids["b.jpg"] == "b" and ids["a.jpg"] == "a" and ids["b.png"] == "b.png"
 
 
 def test_a_build_without_any_caption_says_so():

@@ -6,8 +6,10 @@ One test builds a tiny dataset folder and runs the card's usage snippet verbatim
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import json
+import re
 
 import pytest
 import yaml
@@ -194,6 +196,17 @@ def test_multiembedtr_tag_only_for_multiembedtr():
     meta = yaml_block(render(make_manifest(model_id="openai/clip-vit-base-patch32")))
     assert "multiembedtr" not in meta["tags"]
     assert "clip-vit-base-patch32" in meta["tags"] and "image-retrieval" in meta["tags"]
+    # The Space card names the model the index was built with too.
+    space = render_space(manifest=make_manifest(model_id="openai/clip-vit-base-patch32"))
+    assert "multiembedtr" not in yaml_block(space)["tags"] and "MultiEmbedTR" not in space
+    assert "clip-vit-base-patch32" in yaml_block(space)["tags"]
+    assert "clip-vit-base-patch32 ile en yakın görselleri bulun" in space
+    assert "multiembedtr" in yaml_block(render_space())["tags"]
+
+
+def test_a_single_tag_written_as_a_string_stays_one_tag():
+    meta = yaml_block(render(existing="---\ntags: fotoğraf\n---\n"))
+    assert "fotoğraf" in meta["tags"] and "f" not in meta["tags"]
 
 
 # -- dataset card: merge with the card already in the repo -----------------------------------
@@ -330,7 +343,7 @@ def test_body_reports_the_build():
         "| `index/image_ranges.npy` | `image` |",
         "index/manifest.json",
         "inner-product",
-        "L2-normalised float32",
+        "inner-product** indices over **L2-normalised** vectors",
         "datasets 5.2.0",
         "2025-06-01T12:00:00+00:00",
         "null when the image has no caption",
@@ -340,6 +353,20 @@ def test_body_reports_the_build():
         assert expected in text, expected
     assert "None" not in text
     assert "TasvirEt" not in text and "Flickr8k" not in text
+    assert "quantised" not in text  # Flat and IVF64,Flat keep the float32 vectors
+
+
+def test_quantised_indices_are_said_to_score_approximately():
+    manifest = make_manifest()
+    sq8 = dataclasses.replace(manifest.indices[1], index_type="ivf-sq8", factory="IVF64,SQ8")
+    text = " ".join(
+        render(dataclasses.replace(manifest, indices=(manifest.indices[0], sq8))).split()
+    )
+    assert "`index/caption_emb.faiss` stores the vectors quantised" in text
+    assert "its scores are close to the cosines of the float32 embeddings" in text
+    fp16 = dataclasses.replace(manifest.indices[0], index_type="fp16", factory="SQfp16")
+    text = " ".join(render(dataclasses.replace(manifest, indices=(fp16, sq8))).split())
+    assert "`index/image_emb.faiss` and `index/caption_emb.faiss` store the vectors" in text
 
 
 def test_tasviret_source_cites_tasviret_and_flickr8k(tmp_path):
@@ -423,6 +450,21 @@ def test_local_folder_snippet_loads_the_folder(tmp_path):
     assert f'data_files="{tmp_path.as_posix()}/data/*.parquet"' in snippet
     assert f'index_file = "{tmp_path.as_posix()}/index/image_emb.faiss"' in snippet
     assert 'Client("http://127.0.0.1:7860/")' in snippet  # the local app of `make demo`
+
+
+def test_local_folder_snippet_escapes_a_folder_name_that_reads_as_a_glob(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets import load_dataset
+
+    folder = tmp_path / "photos [v2]"
+    (folder / "data").mkdir(parents=True)
+    pq.write_table(pa.table({"n": [1, 2]}), folder / "data" / "train-00000.parquet")
+    snippet = extract_usage_snippet(render(repo_id=None, local_dir=str(folder)))
+    data_files = re.search(r'data_files="([^"]+)"', snippet).group(1)
+    assert "[[]v2]" in data_files  # "[v2]" unescaped matches a folder named "photos 2"
+    rows = load_dataset("parquet", data_files=data_files, split="train", cache_dir=tmp_path / "c")
+    assert rows["n"] == [1, 2]
 
 
 # -- Space card ------------------------------------------------------------------------------

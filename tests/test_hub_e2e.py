@@ -42,36 +42,48 @@ def revision_of(stdout: str) -> str:
 
 def test_publish_then_load_and_search_from_a_fresh_cache(built, hub_env, local_hub, tmp_path):
     repo = f"{local_hub.user}/tasvir-e2e"
-    first = run_cli("publish", "--build", built, "--repo", repo, env=hub_env)
+    api = HfApi(endpoint=local_hub.endpoint, token=local_hub.token)
+    # The shared photos are research-use data: a public repo is refused before it is created,
+    # and an existing public one before anything is uploaded to it.
+    public = run_cli("publish", "--build", built, "--repo", repo, env=hub_env, check=False)
+    assert public.returncode == 2 and "research only" in public.stderr, public.stderr
+    assert "add --private" in public.stderr
+    assert not api.repo_exists(repo, repo_type="dataset")
+    api.create_repo(f"{repo}-open", repo_type="dataset")
+    public = run_cli("publish", "--build", built, "--repo", f"{repo}-open", "--private",
+                     env=hub_env, check=False)  # fmt: skip
+    assert public.returncode == 2 and f"{repo}-open is public" in public.stderr, public.stderr
+    assert api.list_repo_files(f"{repo}-open", repo_type="dataset") == [".gitattributes"]
+
+    first = run_cli("publish", "--build", built, "--repo", repo, "--private", env=hub_env)
     revision = revision_of(first.stdout)
     assert local_hub.token not in first.stdout + first.stderr
+    assert api.dataset_info(repo).private
 
     # Publishing the same build again changes nothing; a new license changes the card alone.
-    again = run_cli("publish", "--build", built, "--repo", repo, env=hub_env)
+    again = run_cli("publish", "--build", built, "--repo", repo, "--private", env=hub_env)
     assert "already up to date" in again.stdout and revision_of(again.stdout) == revision
     licensed = run_cli("publish", "--build", built, "--repo", repo, "--license", "cc-by-4.0",
-                       "--private", env=hub_env)  # fmt: skip
+                       "--private", "--space", f"{repo}-app", env=hub_env)  # fmt: skip
     assert "files written: 1, deleted: 0\n  wrote README.md (the card)" in licensed.stdout
-    assert f"note: {repo} already exists and is public; --private left it so" in licensed.stdout
     assert revision_of(licensed.stdout) != revision
     revision = revision_of(licensed.stdout)
     # A license the Hub does not know is refused before anything is uploaded or committed
     # (the location check below finds the revision above still the newest).
     typo = run_cli("publish", "--build", built, "--repo", repo, "--license", "cc-by-4.1",
-                   env=hub_env, check=False)  # fmt: skip
+                   "--private", env=hub_env, check=False)  # fmt: skip
     assert typo.returncode == 2, typo.stderr
     assert "the Hub refuses the dataset card's metadata" in typo.stderr
     assert '"license" must be one of' in typo.stderr and "--license" in typo.stderr
     # ...and for a repo that does not exist yet, none is created (a value YAML would cut at
     # its "#" when pasted raw, as the first check once did, is checked as the card carries it).
     typo = run_cli("publish", "--build", built, "--repo", f"{repo}-new", "--license",
-                   "mit # comment", env=hub_env, check=False)  # fmt: skip
+                   "mit # comment", "--private", env=hub_env, check=False)  # fmt: skip
     assert typo.returncode == 2 and "the Hub refuses" in typo.stderr, typo.stderr
-    assert not HfApi(endpoint=local_hub.endpoint, token=local_hub.token).repo_exists(
-        f"{repo}-new", repo_type="dataset"
-    )
+    assert not api.repo_exists(f"{repo}-new", repo_type="dataset")
 
     fresh = {**hub_env, "HF_HOME": str(tmp_path / "fresh-home")}
+    space_line = f'Client("{repo}-app")'  # --space: the card's usage example calls that Space
     out = run_python(
         textwrap.dedent(
             f"""
@@ -95,6 +107,7 @@ def test_publish_then_load_and_search_from_a_fresh_cache(built, hub_env, local_h
             print(json.dumps({{"files": files, "location": searcher.location,
                               "top": hits[0].row, "score": hits[0].score,
                               "licensed": "license: cc-by-4.0" in card,
+                              "space": {space_line!r} in card,
                               "deep": [h.score for h in deep]}}))
             """
         ),
@@ -109,9 +122,29 @@ def test_publish_then_load_and_search_from_a_fresh_cache(built, hub_env, local_h
         "index/image_ranges.npy",
         "index/manifest.json",
     ]
-    assert result["location"] == f"{repo}@{revision}" and result["licensed"]
+    assert result["location"] == f"{repo}@{revision}" and result["licensed"] and result["space"]
     assert result["top"] == 11 and result["score"] > 0.99
     assert result["deep"] == sorted(result["deep"], reverse=True)
+
+
+def test_a_folder_publish_checks_its_license_with_the_hub_and_names_its_app(
+    built, hub_env, tmp_path
+):
+    folder = tmp_path / "repo"
+    typo = run_cli("publish", "--build", built, "--to", folder, "--license", "CC-BY-4.0",
+                   env=hub_env, check=False)  # fmt: skip
+    assert typo.returncode == 2 and "the Hub refuses the dataset card's metadata" in typo.stderr
+    assert not folder.exists()
+    # Without a Hub (offline, as make demo may run) the folder is written and the user told.
+    offline = {**hub_env, "HF_ENDPOINT": "http://127.0.0.1:9"}
+    done = run_cli("publish", "--build", built, "--to", folder, "--license", "cc-by-4.0",
+                   "--space", "http://127.0.0.1:8000/", env=offline)  # fmt: skip
+    assert "note: --license cc-by-4.0 was not checked" in done.stdout
+    card = (folder / "README.md").read_text()
+    assert "license: cc-by-4.0" in card and 'Client("http://127.0.0.1:8000/")' in card
+    bad = run_cli("publish", "--build", built, "--to", folder, "--space", "my-space",
+                  env=offline, check=False)  # fmt: skip
+    assert bad.returncode == 2 and "'my-space' is not a repo id" in bad.stderr, bad.stderr
 
 
 def test_a_new_build_replaces_the_old_one_in_one_commit(
@@ -120,7 +153,7 @@ def test_a_new_build_replaces_the_old_one_in_one_commit(
     import shutil
 
     repo = f"{local_hub.user}/tasvir-replace"
-    run_cli("publish", "--build", built, "--repo", repo, env=hub_env)
+    run_cli("publish", "--build", built, "--repo", repo, "--private", env=hub_env)
     smaller = tmp_path / "smaller"
     shutil.copytree(built, smaller, ignore=shutil.ignore_patterns("index"))
     build_info = json.loads((smaller / "build.json").read_text())
@@ -131,7 +164,7 @@ def test_a_new_build_replaces_the_old_one_in_one_commit(
     (smaller / "build.json").write_text(json.dumps(build_info))
     run_cli("index", "--build", smaller)
     commits = len(local_hub.requests_matching("POST", f"/api/datasets/{repo}/commit/"))
-    second = run_cli("publish", "--build", smaller, "--repo", repo, env=hub_env)
+    second = run_cli("publish", "--build", smaller, "--repo", repo, "--private", env=hub_env)
     assert len(local_hub.requests_matching("POST", f"/api/datasets/{repo}/commit/")) == commits + 1
     out = run_python(
         "from datasets import load_dataset\n"
@@ -146,7 +179,14 @@ def test_a_new_build_replaces_the_old_one_in_one_commit(
 def test_publish_without_a_valid_token_fails_clearly(built, hub_env, local_hub):
     env = {**hub_env, "HF_TOKEN": "hf_wrong_token_123456"}
     result = run_cli(
-        "publish", "--build", built, "--repo", f"{local_hub.user}/nope", env=env, check=False
+        "publish",
+        "--build",
+        built,
+        "--repo",
+        f"{local_hub.user}/nope",
+        "--private",
+        env=env,
+        check=False,
     )
     assert result.returncode == 2
     assert "HF_TOKEN" in result.stderr and "Traceback" not in result.stderr
@@ -320,7 +360,8 @@ def test_reuse_from_the_hub_updates_without_downloading_the_images(
 
     run_cli("index", "--build", fresh, "--max-data-file-size", "8KB")
     since = len(local_hub.requests)
-    run_cli("publish", "--build", fresh, "--repo", repo, env=hub_env)
+    again = run_cli("publish", "--build", fresh, "--repo", repo, "--private", env=hub_env)
+    assert f"note: {repo} already exists and is public; --private left it so" in again.stdout
     uploaded = lfs_uploads(local_hub, since)
     manifest = json.loads((fresh / "index/manifest.json").read_text())
     new_data = [f for f in manifest["data_files"] if f["path"] not in old_data]
