@@ -216,6 +216,14 @@ def _run_encode(source, config: EncodeConfig, encoder, lock: contextlib.ExitStac
         )
         records, input_skips = source.read()  # a listing: no image bytes are read here
         planned, plan_skips = _shared_plan(ranks, records)
+        if not planned:  # (a moved or unmounted photo folder): refused before the build changes
+            kinds = Counter(skip.kind for skip in input_skips + plan_skips)
+            raise EmptyBuildError(
+                f"{source.describe()}: no usable image (skipped: "
+                + (", ".join(f"{kind} {n}" for kind, n in kinds.most_common()) or "none, no input")
+                + "); add images or fix the input, then run encode again. The build in "
+                f"{out} is unchanged"
+            )
         chunks = [
             planned[i : i + config.shard_size] for i in range(0, len(planned), config.shard_size)
         ]
@@ -280,19 +288,19 @@ def _run_encode(source, config: EncodeConfig, encoder, lock: contextlib.ExitStac
         stats = _sum_over_ranks(ranks, stats)
     if not ranks.is_main:
         return replace(_summary(stats, 0, 0, [], started), reports=False)
-    # The new plan is complete: the shards of the old one are no longer needed.
-    for path in old:
-        path.with_suffix(".skipped.jsonl").unlink(missing_ok=True)
-        path.unlink(missing_ok=True)
     summary_skips = _collect_skips(out, names)
     images, captions = _count_rows(shards_dir, names)
     summary = _summary(stats, images, captions, summary_skips, started)
     _io.write_text(out / SUMMARY_FILE, json.dumps(summary.counts(), indent=2) + "\n")
-    if images == 0:
+    if images == 0:  # not a finished update: the old rows stay, for the run that fixes it
         raise EmptyBuildError(
             f"{source.describe()}: no usable image ({len(summary_skips)} inputs skipped, reasons "
             f"in {out / SKIPPED_FILE}); add images or fix the input, then run encode again"
         )
+    # The new plan is complete: the shards of the old one are no longer needed.
+    for path in old:
+        path.with_suffix(".skipped.jsonl").unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
     return summary
 
 

@@ -893,6 +893,40 @@ def test_empty_builds_are_refused_at_encode_index_and_publish(tmp_path, tiny_mod
         assert err.startswith("error:") and "Traceback" not in err and "holds no image" in err
 
 
+def test_an_update_that_finds_no_usable_image_keeps_the_rows_encoded_before(
+    tmp_path, tiny_encoder, tiny_model_dir
+):
+    import shutil
+
+    from conftest import write_photos
+
+    from pipeline.inputs import EmptyBuildError
+
+    data = write_photos(tmp_path / "data", ["a", "b", "c", "d", "e"])
+    build = tmp_path / "build"
+    encode(data, build, tiny_encoder, tiny_model_dir)
+    before = {p.name: p.read_bytes() for p in (build / "shards").iterdir()}
+    build_json = (build / "build.json").read_bytes()
+    # The photos folder moved away (an unmounted disk): refused before the build changes.
+    shutil.move(data / "images", tmp_path / "elsewhere")
+    with pytest.raises(EmptyBuildError, match=r"skipped: missing file 5\).*is unchanged"):
+        encode(data, build, tiny_encoder, tiny_model_dir)
+    assert {p.name: p.read_bytes() for p in (build / "shards").iterdir()} == before
+    assert (build / "build.json").read_bytes() == build_json
+    # Every photo unreadable (found only when decoded): refused, and the old rows kept too.
+    (data / "images").mkdir()
+    for name in "abcde":
+        (data / "images" / f"{name}.jpg").write_bytes(b"not a photo")
+    with pytest.raises(EmptyBuildError, match="no usable image"):
+        encode(data, build, tiny_encoder, tiny_model_dir)
+    assert all((build / "shards" / name).read_bytes() == body for name, body in before.items())
+    # The photos back: every row comes from the shards kept, none is encoded again.
+    shutil.rmtree(data / "images")
+    shutil.move(tmp_path / "elsewhere", data / "images")
+    again = encode(data, build, tiny_encoder, tiny_model_dir)
+    assert (again.encoded_images, again.reused_images) == (0, 5)
+
+
 def shard_stats(build: Path) -> dict:
     return {
         p.name: (p.stat().st_ino, p.stat().st_mtime_ns)
