@@ -101,3 +101,39 @@ def test_a_killed_publishs_leftovers_are_cleared_and_kept_files_are_linked(build
     theirs.mkdir()
     publish_to_folder(PublishConfig(build=build, to=tmp_path / "a*"))
     assert theirs.exists() and not (tmp_path / "a*" / "notes.bin").exists()
+
+
+def test_a_search_app_running_on_a_folder_keeps_showing_its_own_rows_after_a_republish(
+    tmp_path, tiny_encoder, tiny_model_dir
+):
+    import numpy as np
+    from conftest import write_photos
+    from imagesearchtr import Searcher
+
+    from pipeline.encode import EncodeConfig, run_encode
+    from pipeline.index import IndexConfig, run_index
+    from pipeline.inputs import FolderSource
+
+    def build_and_publish():
+        config = EncodeConfig(out=build, model=str(tiny_model_dir), dtype="float32")
+        run_encode(FolderSource(data), config, encoder=tiny_encoder)
+        run_index(IndexConfig(build=build))
+        publish_to_folder(PublishConfig(build=build, to=repo))
+
+    data, build, repo = tmp_path / "photos", tmp_path / "build", tmp_path / "repo"
+    write_photos(data, ["a", "b", "c", "d", "e", "f"])
+    build_and_publish()
+    searcher = Searcher.from_repo(repo, encoder=tiny_encoder, cache_dir=tmp_path / "cache")
+
+    def shown():
+        hits = searcher.search_similar(0, k=5)
+        assert all(h.image_error is None for h in hits), [h.image_error for h in hits]
+        return {h.row: (h.captions, np.asarray(h.image).tobytes()) for h in hits}
+
+    before = shown()
+    # Rows shift: every row after "a" moves up one in the new files of the same names.
+    (data / "images" / "a.jpg").unlink()
+    build_and_publish()
+    assert shown() == before  # the app shows the photos its index and captions describe
+    fresh = Searcher.from_repo(repo, encoder=tiny_encoder, cache_dir=tmp_path / "cache")
+    assert len(fresh) == 5  # and a new start reads the new folder

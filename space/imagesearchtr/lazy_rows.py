@@ -23,7 +23,9 @@ downloads a data file whole:
 Hub files are read at the manifest's commit by ranged GETs of its resolve URLs (``Source``), so
 every read is of the same commit as the manifest and the indices; the Hub redirects each to a
 signed storage URL, which is remembered per file, so later reads of that file are one round
-trip. A local folder's files are opened in place. Reads: the data files' footers, the chunks of
+trip. A local folder's data files are opened once, when they are checked at load, and read
+through those handles, so a publish that replaces the folder meanwhile does not change what a
+running search reads. Reads: the data files' footers, the chunks of
 the columns asked for and the shown images, and one listing of ``data/``. Writes: the row cache
 and, for a Hub repo, the image cache; deletes both caches' files of older versions.
 
@@ -94,6 +96,7 @@ class Source:
         self._headers: dict[str, str] = {}
         self._sizes: dict[str, int] = {}  # repo path -> bytes, from the Hub's listing
         self._storage_urls: dict[str, str] = {}  # repo path -> its signed storage URL
+        self._pinned: dict[str, io.FileIO] = {}  # repo path -> the local file opened at load
         if revision is not None:
             from huggingface_hub.utils import build_hf_headers
 
@@ -105,14 +108,32 @@ class Source:
     def remote(self) -> bool:
         return self.revision is not None
 
+    def pin(self, path: str) -> int:
+        """Open a local data file now and read it through that handle from then on; its size.
+
+        ``publish --to`` replaces a folder by swapping in a new tree: a Searcher that opened
+        the files of the one it loaded keeps reading those, whose rows its indices and image
+        ranges describe, not the new files under the same names. (Without ``os.pread``, as on
+        Windows, files are opened by name at each read; there the swap fails while they are
+        open.)"""
+        if self.remote or not hasattr(os, "pread"):
+            return (self.root / path).stat().st_size
+        handle = open(self.root / path, "rb", buffering=0)  # noqa: SIM115 - held for reads
+        self._pinned[path] = handle
+        self._sizes[path] = os.fstat(handle.fileno()).st_size
+        return self._sizes[path]
+
     def open(self, path: str):
-        """A read-only file object: each read pyarrow asks for is one ranged GET on the Hub."""
+        """A read-only file object: each read pyarrow asks for is one ranged GET on the Hub
+        (or one read of the local file pinned at load)."""
         if self.remote:
             if path not in self._sizes:
                 self.hub_files(str(PurePosixPath(path).parent))
             if path not in self._sizes:
                 raise FileNotFoundError(f"{path} is not in {self.location}@{self.revision}")
-            return _RemoteFile(self, path, self._sizes[path])
+            return _RangeFile(self, path, self._sizes[path])
+        if path in self._pinned:
+            return _RangeFile(self, path, self._sizes[path])
         return open(self.root / path, "rb")
 
     def read_range(self, path: str, start: int, stop: int) -> bytes:
@@ -120,9 +141,13 @@ class Source:
         if stop <= start:
             return b""
         if not self.remote:
-            with open(self.root / path, "rb") as handle:
-                handle.seek(start)
-                data = handle.read(stop - start)
+            pinned = self._pinned.get(path)
+            if pinned is not None:  # (pread: no shared file position between threads)
+                data = os.pread(pinned.fileno(), stop - start, start)
+            else:
+                with open(self.root / path, "rb") as handle:
+                    handle.seek(start)
+                    data = handle.read(stop - start)
         else:
             answer = self._get_range(path, f"bytes={start}-{stop - 1}")
             if answer.status_code == 404:
@@ -194,8 +219,9 @@ class Source:
         return sorted(p.relative_to(self.root).as_posix() for p in self.root.glob("data/*.parquet"))
 
 
-class _RemoteFile(io.RawIOBase):
-    """A file of the pinned commit, for pyarrow: seek anywhere, each read one ranged GET."""
+class _RangeFile(io.RawIOBase):
+    """A data file for pyarrow: seek anywhere, each read one ``Source.read_range`` (a ranged
+    GET of the pinned commit, or a read of the local file pinned at load)."""
 
     def __init__(self, source: Source, path: str, size: int):
         super().__init__()
@@ -252,7 +278,7 @@ def data_files(source: Source, manifest) -> list[DataFile]:
                         f"{source.location}: the manifest lists {entry['path']}, which the "
                         "folder does not have (a data file is missing); publish the build again"
                     )
-                size = path.stat().st_size
+                size = source.pin(entry["path"])  # the file checked is the file read
                 if entry.get("size", size) != size:
                     raise RowsError(
                         f"{source.location}: {entry['path']} has {size} bytes, "
@@ -265,6 +291,7 @@ def data_files(source: Source, manifest) -> list[DataFile]:
         if source.remote:
             raw = f"{source.location}@{source.revision}/{path}"
         else:
+            source.pin(path)
             stat = (source.root / path).stat()
             raw = f"{(source.root / path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
         files.append(DataFile(path, None, "path-" + hashlib.sha256(raw.encode()).hexdigest()))
