@@ -108,8 +108,8 @@ def test_a_search_app_running_on_a_folder_keeps_showing_its_own_rows_after_a_rep
 ):
     import numpy as np
     from conftest import write_photos
-    from imagesearchtr import Searcher
 
+    from imagesearchtr import Searcher
     from pipeline.encode import EncodeConfig, run_encode
     from pipeline.index import IndexConfig, run_index
     from pipeline.inputs import FolderSource
