@@ -444,8 +444,14 @@ def _encode(args) -> int:
             f"--revision {args.revision} names a commit of a Hub model, but --model "
             f"{args.model} is a local folder; drop --revision, or pass the model's Hub id"
         )
+    if args.reuse_revision is not None and args.reuse is None:
+        raise ValueError(
+            f"--reuse-revision {args.reuse_revision} pins the dataset --reuse names, and no "
+            "--reuse was given; add --reuse USER/NAME (or a published folder), or drop it"
+        )
     if args.data is not None:
         source = FolderSource(args.data)
+        source.check()  # a typo in --data: said before the model loads (seconds to minutes)
     else:
         source = HubSource(
             args.hf_dataset,

@@ -203,6 +203,9 @@ def _run_encode(source, config: EncodeConfig, encoder, lock: contextlib.ExitStac
             pinned = None
             if not config.overwrite and (out / BUILD_FILE).is_file():
                 pinned = read_build_info(out).get("component_revisions") or None
+            elif config.reuse:  # a new build over published rows tokenises as they were
+                pinned = _reused_manifest(config.reuse, config.reuse_revision)[0]
+                pinned = pinned.component_revisions or None
             encoder = Encoder.from_pretrained(
                 config.model,
                 revision=config.revision,
@@ -212,7 +215,7 @@ def _run_encode(source, config: EncodeConfig, encoder, lock: contextlib.ExitStac
             )
         # Checked before any work: a --reuse made with another model is refused at once.
         reuse_files, reuse_revision = published_files(
-            config.reuse, config.reuse_revision, encoder.fingerprint
+            config.reuse, config.reuse_revision, encoder.fingerprint, encoder.component_revisions
         )
         records, input_skips = source.read()  # a listing: no image bytes are read here
         planned, plan_skips = _shared_plan(ranks, records)
@@ -484,15 +487,9 @@ class RowCache:
         return found
 
 
-def published_files(location: str | None, revision: str | None, fingerprint: str):
-    """([(filesystem or None, path)], resolved revision) of a published dataset's data files.
-
-    ``location`` is a Hub dataset id or a folder written by ``publish --to``; refused when its
-    manifest names another model than ``fingerprint``.
-    """
-    if location is None:
-        return [], None
-    from imagesearchtr.manifest import DATA_DIR, load_manifest
+def _reused_manifest(location: str, revision: str | None):
+    """(manifest, loaded) of the published dataset ``--reuse`` names; one clear line if none."""
+    from imagesearchtr.manifest import load_manifest
 
     try:
         loaded = load_manifest(location, revision, index_files=False)
@@ -501,7 +498,24 @@ def published_files(location: str | None, revision: str | None, fingerprint: str
             f"--reuse {location}: {err}; give a published dataset id (USER/NAME) or a folder "
             "written by `publish --to`"
         ) from None
-    manifest, sha = loaded.manifest, loaded.revision
+    return loaded.manifest, loaded
+
+
+def published_files(
+    location: str | None, revision: str | None, fingerprint: str, components: dict | None = None
+):
+    """([(filesystem or None, path)], resolved revision) of a published dataset's data files.
+
+    ``location`` is a Hub dataset id or a folder written by ``publish --to``; refused when its
+    manifest names another model than ``fingerprint``, or other commits of the model's
+    components (tokenizer, image processor) than ``components``, the encoder's.
+    """
+    if location is None:
+        return [], None
+    from imagesearchtr.manifest import DATA_DIR
+
+    manifest, loaded = _reused_manifest(location, revision)
+    sha = loaded.revision
     if sha is None:  # a local folder
         files = [(None, str(p)) for p in sorted((loaded.root / DATA_DIR).glob("*.parquet"))]
     else:
@@ -516,7 +530,20 @@ def published_files(location: str | None, revision: str | None, fingerprint: str
             f"fingerprint {manifest.model_fingerprint[:19]}...) than --model "
             f"({fingerprint[:19]}...); pass the model it was made with, or drop --reuse"
         )
+    recorded = manifest.component_revisions
+    if recorded and recorded != (components or {}):  # (older manifests record none: unknown)
+        # Rows tokenised by one tokenizer commit and queries by another would not match.
+        raise ValueError(
+            f"--reuse {location}'s rows were made with the model's components at "
+            f"{_pins(recorded)}, this build uses {_pins(components)}; "
+            "start a new build (a new --out) to reuse them, or drop --reuse"
+        )
     return files, sha
+
+
+def _pins(components: dict | None) -> str:
+    pins = [f"{repo}@{sha[:10]}" for repo, sha in sorted((components or {}).items())]
+    return ", ".join(pins) or "the model's own folder"
 
 
 def _write_shard(final: Path, rows: dict, skips: list[Skip], row_features):

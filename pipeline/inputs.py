@@ -94,10 +94,14 @@ class FolderSource:
             digest.update(captions.read_bytes())
         return digest.hexdigest()[:16]
 
+    def check(self) -> None:
+        """Refuse a folder that is not there (before a model is loaded for it)."""
+        if not self.folder.is_dir():
+            raise FileNotFoundError(f"--data {self.folder}: no such folder")
+
     def read(self) -> tuple[list[ImageRecord], list[Skip]]:
         folder = self.folder
-        if not folder.is_dir():
-            raise FileNotFoundError(f"--data {folder}: no such folder")
+        self.check()
         captions_file = folder / CAPTIONS_FILE
         skips: list[Skip] = []
         captions: dict[str, list[str]] = {}

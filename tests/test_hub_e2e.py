@@ -641,7 +641,23 @@ def test_a_build_pins_the_model_components_it_took_from_the_hub(
             refused = str(err)
         (work / "photos" / "images" / "a.jpg").rename(work / "photos" / "images" / "d.jpg")
         run_encode(FolderSource(work / "photos"), config)  # an update of the build
+        # A new build over the published rows (--reuse) takes their components' commits...
+        fresh = EncodeConfig(out=work / "fresh", model={str(model)!r}, dtype="float32",
+                             reuse=str(work / "repo"))
+        run_encode(FolderSource(work / "photos"), fresh)
+        # ...and one begun with the components' newest commits is refused those rows.
+        other = EncodeConfig(out=work / "other", model={str(model)!r}, dtype="float32")
+        run_encode(FolderSource(work / "photos"), other)
+        try:
+            run_encode(FolderSource(work / "photos"),
+                       EncodeConfig(**{{**vars(other), "reuse": str(work / "repo")}}))
+            mixed = ""
+        except ValueError as err:
+            mixed = str(err)
         print(json.dumps({{
+            "fresh": json.loads((work / "fresh" / "build.json").read_text())[
+                "component_revisions"],
+            "mixed": mixed,
             "pinned": searcher.encoder.component_revisions, "latest": latest.component_revisions,
             "pinned_lowercases": lowercases(searcher.encoder),
             "latest_lowercases": lowercases(latest),
@@ -660,3 +676,5 @@ def test_a_build_pins_the_model_components_it_took_from_the_hub(
     assert seen["latest"][ids["text_model"]] != pins[ids["text_model"]]
     assert seen["pinned_lowercases"] and not seen["latest_lowercases"], seen
     assert f"this index was built with {ids['text_model']} at commit" in seen["refused"]
+    assert seen["fresh"] == pins
+    assert "rows were made with the model's components at" in seen["mixed"], seen["mixed"]

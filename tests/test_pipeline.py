@@ -187,20 +187,20 @@ def test_resume_with_another_model_is_refused(tmp_path, shared_data, tiny_model_
     run_encode(FolderSource(folder), EncodeConfig(out=build, model=str(other), overwrite=True))
 
 
-def test_cli_errors_are_one_clear_line(tmp_path, tiny_model_dir):
-    result = run_cli(
-        "encode",
-        "--data",
-        tmp_path / "nope",
-        "--model",
-        tiny_model_dir,
-        "--out",
-        tmp_path / "b",
-        check=False,
-    )
-    assert result.returncode == 2
-    assert "--data" in result.stderr and "no such folder" in result.stderr
-    assert "Traceback" not in result.stderr
+def test_cli_errors_are_one_clear_line(tmp_path, tiny_model_dir, capsys):
+    from pipeline.cli import main
+
+    # A --data typo is said first, before a model is loaded (this one would fail to load).
+    encode = ["encode", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "b")]
+    assert main([*encode, "--model", str(tmp_path / "no-model")]) == 2
+    err = capsys.readouterr().err
+    assert "--data" in err and "no such folder" in err and "Traceback" not in err
+    (tmp_path / "photos").mkdir()
+    encode[2] = str(tmp_path / "photos")
+    assert main([*encode, "--model", str(tiny_model_dir), "--reuse-revision", "v2"]) == 2
+    err = capsys.readouterr().err
+    assert "--reuse-revision v2" in err
+    assert "add --reuse" in err and not (tmp_path / "b").exists()
     result = run_cli("index", "--build", tmp_path, check=False)
     assert result.returncode == 2 and "pipeline encode" in result.stderr
     for command in ("download", "encode", "index", "publish"):
