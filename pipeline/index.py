@@ -284,8 +284,21 @@ def _run_index(config: IndexConfig, cache: Path):
     )
     manifest = _keep_creation_time(index_dir / MANIFEST_FILE, manifest)
     _io.write_text(index_dir / MANIFEST_FILE, manifest.to_json())
-    _io.write_text(build / INDEXED_FILE, json.dumps({"shards": [p.name for p in shards]}) + "\n")
+    _io.write_text(build / INDEXED_FILE, json.dumps(indexed_state(build, shards)) + "\n")
     return manifest
+
+
+def indexed_state(build: Path, shards: list[Path]) -> dict:
+    """What an index run was made from (``INDEXED_FILE``): the shards, and the skipped rows
+    whose count the manifest records and whose reasons the card lists; publish refuses a build
+    whose state differs, as the index would not describe it."""
+    from imagesearchtr.manifest import sha256_file
+
+    skipped = build / SKIPPED_FILE
+    return {
+        "shards": [p.name for p in shards],
+        "skipped_sha256": sha256_file(skipped) if skipped.is_file() else None,
+    }
 
 
 def _keep_creation_time(path: Path, manifest):

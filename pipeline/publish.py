@@ -57,7 +57,7 @@ from imagesearchtr.manifest import (
 from . import _io
 from .datafiles import DATA_DIR
 from .encode import SKIPPED_FILE, features, skip_kind
-from .index import INDEXED_FILE, build_shards
+from .index import INDEXED_FILE, build_shards, indexed_state
 
 CARD_FILE = "README.md"
 MANAGED_DIRS = (DATA_DIR, INDEX_DIR)
@@ -103,8 +103,11 @@ def staged_files(build: Path) -> tuple[Manifest, dict[str, tuple[Path, str]]]:
     )
     layout = build / INDEXED_FILE
     indexed = json.loads(layout.read_text(encoding="utf-8")) if layout.is_file() else {}
-    if not manifest.data_files or indexed.get("shards") != [p.name for p in shards]:
+    now = indexed_state(build, shards)
+    if not manifest.data_files or indexed.get("shards") != now["shards"]:
         raise ValueError(stale)
+    if "skipped_sha256" in indexed and indexed["skipped_sha256"] != now["skipped_sha256"]:
+        raise ValueError(stale)  # an encode that changed only which inputs it skipped
     files = {}
     for entry in manifest.data_files:
         path = build / entry["path"]

@@ -639,6 +639,17 @@ def test_publish_refuses_rows_and_index_from_different_builds(tmp_path, shared_b
     result = run_cli("publish", "--build", build, "--to", tmp_path / "repo", check=False)
     assert result.returncode == 2 and "re-run" in result.stderr
     assert not (tmp_path / "repo").exists()
+    # An encode that changed only which inputs were skipped: the manifest's count and the
+    # card's reasons would disagree, so the index is stale too.
+    from pipeline.publish import PublishConfig, publish_to_folder
+
+    skips = tmp_path / "skips"
+    shutil.copytree(shared_build, skips)
+    line = {"source": "captions.jsonl:9", "kind": "bad caption line", "reason": "not JSON"}
+    with (skips / "skipped.jsonl").open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(line) + "\n")
+    with pytest.raises(ValueError, match="index does not match the encoded rows; re-run"):
+        publish_to_folder(PublishConfig(build=skips, to=tmp_path / "repo"))
 
 
 def test_sharded_encoding_with_torchrun_equals_one_process(
