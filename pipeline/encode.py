@@ -103,6 +103,7 @@ class EncodeSummary:
     shards_written: int
     # False on the other ranks of a torchrun: rank 0 alone reports what the run did.
     reports: bool = True
+    notes: tuple[str, ...] = ()  # what the user should know about the rows kept
 
     @property
     def num_images(self) -> int:
@@ -197,13 +198,14 @@ def _run_encode(source, config: EncodeConfig, encoder, lock: contextlib.ExitStac
         # Rank 0 takes it (under torchrun the other ranks write into the folder as its helpers);
         # a refusal reaches every rank with its reason.
         rank0_first(ranks, lambda: lock.enter_context(_io.build_lock(out, "encode", create=True)))
+        earlier = {}  # the build.json of the run before: this run is an update
+        if not config.overwrite and (out / BUILD_FILE).is_file():
+            earlier = read_build_info(out)
         if encoder is None:
             # An update keeps the components (tokenizer, image processor) the build began with,
             # whatever their Hub repos hold now: rows of one build are tokenised alike.
-            pinned = None
-            if not config.overwrite and (out / BUILD_FILE).is_file():
-                pinned = read_build_info(out).get("component_revisions") or None
-            elif config.reuse:  # a new build over published rows tokenises as they were
+            pinned = earlier.get("component_revisions") or None
+            if not earlier and config.reuse:  # a new build over published rows: as they were
                 pinned = _reused_manifest(config.reuse, config.reuse_revision)[0]
                 pinned = pinned.component_revisions or None
             encoder = Encoder.from_pretrained(
@@ -240,6 +242,7 @@ def _run_encode(source, config: EncodeConfig, encoder, lock: contextlib.ExitStac
             "model_revision": encoder.revision,
             "model_fingerprint": encoder.fingerprint,
             "component_revisions": encoder.component_revisions,
+            "dtype": dtype_name(encoder.dtype),
             "dim": encoder.dim,
             "source": source.label(),
             "num_planned": len(planned),
@@ -294,6 +297,15 @@ def _run_encode(source, config: EncodeConfig, encoder, lock: contextlib.ExitStac
     summary_skips = _collect_skips(out, names)
     images, captions = _count_rows(shards_dir, names)
     summary = _summary(stats, images, captions, summary_skips, started)
+    before, now = earlier.get("dtype"), dtype_name(encoder.dtype)
+    if before and before != now and summary.reused_images:
+        # Rows are reused by image and model, not by precision: say so rather than let
+        # `--dtype float32` look as if it had re-encoded the build.
+        summary = replace(summary, notes=(
+            f"the {summary.reused_images} images encoded before keep their {before} "
+            f"embeddings; this run encoded with {now} (--overwrite encodes every image with "
+            f"{now})",
+        ))  # fmt: skip
     _io.write_text(out / SUMMARY_FILE, json.dumps(summary.counts(), indent=2) + "\n")
     if images == 0:  # not a finished update: the old rows stay, for the run that fixes it
         raise EmptyBuildError(
@@ -357,6 +369,11 @@ def _summary(stats: Counter, images: int, captions: int, skips: list, started: f
         seconds=time.perf_counter() - started,
         shards_written=stats["shards_written"],
     )
+
+
+def dtype_name(dtype) -> str:
+    """``torch.bfloat16`` -> ``bfloat16``, as ``--dtype`` names it."""
+    return str(dtype).removeprefix("torch.")
 
 
 def skip_kind(entry: dict) -> str:
@@ -648,6 +665,7 @@ def summary_text(summary: EncodeSummary) -> str:
         f"skipped {summary.skipped} inputs (reasons in skipped.jsonl)",
     ]
     lines += [f"  {count:6d}  {kind}" for kind, count in sorted(summary.skipped_reasons.items())]
+    lines += [f"note: {note}" for note in summary.notes]
     if summary.images and not summary.num_captions:
         lines.append(
             "warning: no caption was read, so text search and Deep Search will find nothing "

@@ -938,6 +938,30 @@ def test_an_update_that_finds_no_usable_image_keeps_the_rows_encoded_before(
     assert (again.encoded_images, again.reused_images) == (0, 5)
 
 
+def test_an_update_in_another_precision_says_the_rows_kept_stay_in_theirs(
+    tmp_path, tiny_encoder, tiny_model_dir
+):
+    from conftest import write_photos
+
+    from imagesearchtr import Encoder
+    from pipeline.encode import summary_text
+
+    data = write_photos(tmp_path / "data", ["a", "b", "c"])
+    build = tmp_path / "build"
+    bf16 = Encoder.from_pretrained(str(tiny_model_dir), dtype="bfloat16")
+    encode(data, build, bf16, tiny_model_dir)
+    assert json.loads((build / "build.json").read_text())["dtype"] == "bfloat16"
+    write_photos(data, ["d"])
+    summary = encode(data, build, tiny_encoder, tiny_model_dir)  # float32
+    assert (summary.encoded_images, summary.reused_images) == (1, 3)
+    assert (
+        "note: the 3 images encoded before keep their bfloat16 embeddings; this run encoded "
+        "with float32 (--overwrite encodes every image with float32)"
+    ) in summary_text(summary)
+    again = encode(data, build, tiny_encoder, tiny_model_dir)  # the build says float32 now
+    assert again.notes == ()
+
+
 def shard_stats(build: Path) -> dict:
     return {
         p.name: (p.stat().st_ino, p.stat().st_mtime_ns)
