@@ -25,6 +25,7 @@ else is written; the token comes from HF_TOKEN or ``hf auth login`` and is never
 from __future__ import annotations
 
 import fnmatch
+import json
 import shlex
 import shutil
 import sys
@@ -35,6 +36,7 @@ from pathlib import Path
 from imagesearchtr.manifest import (
     COMPONENT_FILES,
     Manifest,
+    component_folders,
     is_hub_id,
     load_manifest,
     require_image_ranges,
@@ -154,6 +156,8 @@ def preload_lines(api, manifest: Manifest) -> tuple[str, ...]:
     files = [f for f in MODEL_FILES if f in present]
     if "model.safetensors" in files and "pytorch_model.bin" in files:
         files.remove("pytorch_model.bin")  # the encoder takes safetensors when both exist
+    folders = component_folders(_model_config(api, model, manifest.model_revision))
+    files += sorted(f for f in present if f.split("/", 1)[0] in folders and "/" in f)
     # A revision needs the file list before it ("repo files revision"), as the Hub parses it.
     revision = f" {manifest.model_revision}" if manifest.model_revision else ""
     lines = [f"{model} {','.join(files)}{revision}"] if files else []
@@ -166,6 +170,17 @@ def preload_lines(api, manifest: Manifest) -> tuple[str, ...]:
         if wanted:
             lines.append(f"{component} {','.join(wanted)} {commit}")
     return tuple(lines)
+
+
+def _model_config(api, model: str, revision: str | None) -> dict:
+    """The model's config.json; {} when it is not a JSON object (then no folders to add)."""
+    try:
+        config = json.loads(
+            Path(api.hf_hub_download(model, "config.json", revision=revision)).read_text()
+        )
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
 
 
 def render_card(

@@ -925,6 +925,18 @@ def test_preload_names_the_model_files_at_the_pinned_revision(local_hub, monkeyp
     assert preload_lines(api, pinned)[1:] == (f"{text} config.json,tokenizer.json,vocab.txt {pin}",)
     local = Manifest(**{**manifest.__dict__, "model_id": str(REPO_ROOT)})
     assert preload_lines(api, local) == ()  # a local model folder: nothing to preload
+    # A component kept as a folder in the model's repo: the encoder fetches all of it.
+    config = b'{"model_type": "multimodal_embedder", "text_model_name": "text_model", '
+    config += b'"vision_model_name": "facebook/dinov2-base"}'
+    files = ("pytorch_model.bin", "text_model/config.json", "text_model/vocab.txt")
+    folders, oid = repo_with("folders", (*files, "vision_model/config.json"))
+    api.upload_file(path_or_fileobj=config, path_in_repo="config.json", repo_id=folders)
+    oid = api.model_info(folders).sha
+    in_repo = Manifest(**{**manifest.__dict__, "model_id": folders, "model_revision": oid})
+    assert preload_lines(api, in_repo) == (
+        f"{folders} config.json,pytorch_model.bin,text_model/config.json,text_model/vocab.txt "
+        f"{oid}",
+    )
 
 
 def _shown_files(browser) -> set[str]:

@@ -33,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .images import ImageInput, open_image
-from .manifest import snapshot_commit
+from .manifest import component_folders, snapshot_commit
 from .multiembedtr import (
     MODEL_TYPE,
     PICKLE_FILE,
@@ -582,11 +582,8 @@ def _locate(model_id_or_path: str, revision: str | None) -> tuple[Path, str, str
             hf_hub_download(model_id_or_path, SAFETENSORS_FILE, revision=revision)
         except EntryNotFoundError:
             hf_hub_download(model_id_or_path, PICKLE_FILE, revision=revision)
-        # Components named as folders inside the repo (rather than Hub ids) come along too.
-        for key in ("text_model_name", "vision_model_name"):
-            name = config.get(key, "")
-            if name and not Path(name).is_absolute() and "/" not in name:
-                _download_folder(model_id_or_path, name, revision)
+        for folder in component_folders(config):
+            _download_folder(model_id_or_path, folder, revision)
     else:
         from huggingface_hub import snapshot_download
 

@@ -34,6 +34,16 @@ IMAGE_RANGES_FILE = f"{INDEX_DIR}/image_ranges.npy"
 COMPONENT_FILES = ("*.json", "*.txt", "*.model")
 
 
+def component_folders(config: dict) -> list[str]:
+    """The components a MultiEmbedTR config names as folders inside the model's own repo,
+    rather than as Hub ids (``text_model_name: text_model``): fetched with the model, every file
+    in them."""
+    names = [config.get(key) for key in ("text_model_name", "vision_model_name")]
+    return [
+        n for n in names if isinstance(n, str) and n and not Path(n).is_absolute() and "/" not in n
+    ]
+
+
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 
 
