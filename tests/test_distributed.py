@@ -202,13 +202,20 @@ def encode_flags(model: Path, out: Path) -> list:
     return ["--model", model, "--out", out, "--dtype", "float32", "--shard-size", "4"]
 
 
-def test_encode_ranks_use_rank0s_plan_and_read_only_their_own_chunks(
-    tmp_path, photos, tiny_model_dir
-):
-    from conftest import run_cli
+def encode_here(photos: Path, out: Path, model: Path, encoder) -> None:
+    """``encode_flags``' build, in this process (a set-up step, not what a test checks)."""
+    from pipeline.encode import EncodeConfig, run_encode
+    from pipeline.inputs import FolderSource
 
+    config = EncodeConfig(out=out, model=str(model), dtype="float32", shard_size=4)
+    run_encode(FolderSource(photos), config, encoder=encoder)
+
+
+def test_encode_ranks_use_rank0s_plan_and_read_only_their_own_chunks(
+    tmp_path, photos, tiny_model_dir, tiny_encoder
+):
     reference = tmp_path / "reference"
-    run_cli("encode", "--data", photos, *encode_flags(tiny_model_dir, reference))
+    encode_here(photos, reference, tiny_model_dir, tiny_encoder)  # what one process writes
     # Rank 1's copy of the input: the same listing, but the images of rank 0's chunks are
     # garbage. Rank 1 neither plans (hashes) them nor reads them, so the build is unchanged.
     mirror = tmp_path / "mirror"
@@ -275,12 +282,13 @@ def test_a_build_in_use_stops_every_rank_with_the_reason(tmp_path, photos, tiny_
     assert not list(build.glob("shards/*"))
 
 
-def test_encode_overwrite_under_two_ranks_rewrites_every_shard(tmp_path, photos, tiny_model_dir):
-    from conftest import run_cli
+def test_encode_overwrite_under_two_ranks_rewrites_every_shard(
+    tmp_path, photos, tiny_model_dir, tiny_encoder
+):
     from tiny_checkpoint import write_tiny_checkpoint
 
     build = tmp_path / "build"
-    run_cli("encode", "--data", photos, *encode_flags(tiny_model_dir, build))
+    encode_here(photos, build, tiny_model_dir, tiny_encoder)
     before = {p.name: p.stat().st_ino for p in (build / "shards").glob("*.parquet")}
     assert len(before) == 3
 
