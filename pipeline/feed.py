@@ -22,6 +22,7 @@ goes on with the smaller size.
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import os
 import queue
@@ -155,13 +156,15 @@ def encode_chunks(
                     names = ", ".join(items[batch.positions[r]][0].path for r in err.rows)
                     raise FeedError(f"{names}: {err}") from None
                 for p, data, img_vec in zip(batch.positions, batch.data, image_emb, strict=True):
-                    record, digest = items[p]
+                    record, _ = items[p]
                     rows["image"].append({"bytes": data, "path": Path(record.path).name})
                     rows["image_id"].append(record.image_id)
                     rows["path"].append(record.path)
                     rows["captions"].append(list(record.captions))
                     rows["image_emb"].append(img_vec)
-                    rows["sha256"].append(digest)
+                    # Of the bytes stored, not the plan's: a photo edited since the plan hashed
+                    # it is stored as read now, and its next update sees it as it is.
+                    rows["sha256"].append(hashlib.sha256(data).hexdigest())
             if progress is not None:
                 progress(len(positions))
             if last:

@@ -107,6 +107,15 @@ class OomAbove:
         return self.encoder.encode_texts(texts, batch_size, show_progress_bar)
 
 
+def test_a_photo_edited_after_the_plan_is_stored_with_the_hash_of_the_bytes_stored(tiny_encoder):
+    before, after = jpeg((200, 40, 40)), jpeg((10, 120, 200))
+    edited, planned = record("p.jpg", after)  # the feed reads the edited bytes...
+    planned = hashlib.sha256(before).hexdigest()  # ...the plan hashed the photo before
+    (chunk,) = run([(0, [(edited, planned)])], tiny_encoder, workers=0)
+    assert chunk.rows["image"][0]["bytes"] == after
+    assert chunk.rows["sha256"] == [hashlib.sha256(after).hexdigest()]
+
+
 def test_out_of_memory_halves_the_batch_and_goes_on(chunks, tiny_encoder):
     lines: list[str] = []
     flaky = OomAbove(tiny_encoder, limit=1)
