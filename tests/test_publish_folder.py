@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -103,8 +104,9 @@ def test_a_killed_publishs_leftovers_are_cleared_and_kept_files_are_linked(build
     assert theirs.exists() and not (tmp_path / "a*" / "notes.bin").exists()
 
 
+@pytest.mark.parametrize("pread", [True, False], ids=["pread", "no-pread (as on Windows)"])
 def test_a_search_app_running_on_a_folder_keeps_showing_its_own_rows_after_a_republish(
-    tmp_path, tiny_encoder, tiny_model_dir
+    tmp_path, tiny_encoder, tiny_model_dir, monkeypatch, pread
 ):
     import numpy as np
     from conftest import write_photos
@@ -123,6 +125,8 @@ def test_a_search_app_running_on_a_folder_keeps_showing_its_own_rows_after_a_rep
     data, build, repo = tmp_path / "photos", tmp_path / "build", tmp_path / "repo"
     write_photos(data, ["a", "b", "c", "d", "e", "f"])
     build_and_publish()
+    if not pread:
+        monkeypatch.delattr(os, "pread")
     searcher = Searcher.from_repo(repo, encoder=tiny_encoder, cache_dir=tmp_path / "cache")
 
     def shown():
@@ -135,5 +139,29 @@ def test_a_search_app_running_on_a_folder_keeps_showing_its_own_rows_after_a_rep
     (data / "images" / "a.jpg").unlink()
     build_and_publish()
     assert shown() == before  # the app shows the photos its index and captions describe
-    fresh = Searcher.from_repo(repo, encoder=tiny_encoder, cache_dir=tmp_path / "cache")
-    assert len(fresh) == 5  # and a new start reads the new folder
+    with Searcher.from_repo(repo, encoder=tiny_encoder, cache_dir=tmp_path / "cache") as fresh:
+        assert len(fresh) == 5  # and a new start reads the new folder
+    searcher.close()
+    if Path("/proc/self/fd").is_dir():  # every data file let go of (the old tree's included)
+        held = [os.readlink(fd) for fd in Path("/proc/self/fd").iterdir() if fd.is_symlink()]
+        assert not [path for path in held if str(tmp_path) in path], held
+
+
+def test_a_folder_with_more_data_files_than_the_process_may_open_is_one_clear_error(
+    generated_build, tmp_path, tiny_encoder, monkeypatch
+):
+    import errno
+
+    import imagesearchtr.lazy_rows
+    from imagesearchtr import Searcher
+    from imagesearchtr.searcher import SearchSetupError
+
+    repo = tmp_path / "repo"
+    publish_to_folder(PublishConfig(build=generated_build, to=repo))
+
+    def no_more_files(*args, **kwargs):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(imagesearchtr.lazy_rows, "open", no_more_files, raising=False)
+    with pytest.raises(SearchSetupError, match=r"may open no more files; raise the limit"):
+        Searcher.from_repo(repo, encoder=tiny_encoder, cache_dir=tmp_path / "cache")

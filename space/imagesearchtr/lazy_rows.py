@@ -38,6 +38,7 @@ figures).
 from __future__ import annotations
 
 import bisect
+import errno
 import hashlib
 import io
 import os
@@ -97,6 +98,7 @@ class Source:
         self._sizes: dict[str, int] = {}  # repo path -> bytes, from the Hub's listing
         self._storage_urls: dict[str, str] = {}  # repo path -> its signed storage URL
         self._pinned: dict[str, io.FileIO] = {}  # repo path -> the local file opened at load
+        self._lock = threading.Lock()  # (reads of a pinned file where there is no pread)
         if revision is not None:
             from huggingface_hub.utils import build_hf_headers
 
@@ -113,15 +115,29 @@ class Source:
 
         ``publish --to`` replaces a folder by swapping in a new tree: a Searcher that opened
         the files of the one it loaded keeps reading those, whose rows its indices and image
-        ranges describe, not the new files under the same names. (Without ``os.pread``, as on
-        Windows, files are opened by name at each read; there the swap fails while they are
-        open.)"""
-        if self.remote or not hasattr(os, "pread"):
-            return (self.root / path).stat().st_size
-        handle = open(self.root / path, "rb", buffering=0)  # noqa: SIM115 - held for reads
+        ranges describe, not the new files under the same names (on Windows, where an open
+        file cannot be renamed away, the swap fails instead). One handle a data file, held
+        until ``close``.
+        """
+        try:
+            handle = open(self.root / path, "rb", buffering=0)  # noqa: SIM115 - held for reads
+        except OSError as err:
+            if err.errno != errno.EMFILE:
+                raise
+            raise RowsError(
+                f"{self.location}: cannot keep its {path} open: this process may open no more "
+                "files; raise the limit (ulimit -n) or publish with a larger "
+                "--max-data-file-size (fewer data files)"
+            ) from None
         self._pinned[path] = handle
         self._sizes[path] = os.fstat(handle.fileno()).st_size
         return self._sizes[path]
+
+    def close(self) -> None:
+        """Close the local data files held open since load (no reads after this)."""
+        for handle in self._pinned.values():
+            handle.close()
+        self._pinned.clear()
 
     def open(self, path: str):
         """A read-only file object: each read pyarrow asks for is one ranged GET on the Hub
@@ -142,12 +158,16 @@ class Source:
             return b""
         if not self.remote:
             pinned = self._pinned.get(path)
-            if pinned is not None:  # (pread: no shared file position between threads)
-                data = os.pread(pinned.fileno(), stop - start, start)
-            else:
+            if pinned is None:
                 with open(self.root / path, "rb") as handle:
                     handle.seek(start)
                     data = handle.read(stop - start)
+            elif hasattr(os, "pread"):  # no file position shared between the fetch threads
+                data = os.pread(pinned.fileno(), stop - start, start)
+            else:  # Windows: one read at a time through the handle
+                with self._lock:
+                    pinned.seek(start)
+                    data = pinned.read(stop - start)
         else:
             answer = self._get_range(path, f"bytes={start}-{stop - 1}")
             if answer.status_code == 404:

@@ -108,6 +108,16 @@ class Searcher:
     def __len__(self) -> int:
         return self.manifest.num_rows
 
+    def close(self) -> None:
+        """Let go of the local data files held open since load; no search after this."""
+        self.images.source.close()
+
+    def __enter__(self) -> Searcher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     # --- load and check ---------------------------------------------------------------------
 
     @classmethod
