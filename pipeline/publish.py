@@ -37,6 +37,7 @@ import json
 import os
 import shutil
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -64,6 +65,7 @@ MANAGED_DIRS = (DATA_DIR, INDEX_DIR)
 DESKTOP_FILES = ("Thumbs.db", "desktop.ini")  # what Windows drops into a folder it shows
 # The Hub asks for commits of at most ~50-100 files; above this, publish goes through a PR.
 MAX_FILES_PER_COMMIT = 50
+LICENSE_CHECK_TIMEOUT_S = 10  # how long a folder publish waits for the Hub to check --license
 
 
 @dataclass(frozen=True)
@@ -226,19 +228,33 @@ def _publish_to_folder(config: PublishConfig) -> PublishResult:
 def _check_license(license: str | None, *, offline_ok: bool = False) -> str | None:
     """Refuse a ``--license`` the Hub's card validation refuses (checked as the card writes
     it), before anything is created or written. ``offline_ok`` (a folder publish, which needs
-    no Hub): when the Hub cannot be asked, a note saying so instead of an error."""
+    no Hub): when the Hub cannot be asked, or does not answer within
+    ``LICENSE_CHECK_TIMEOUT_S``, a note saying so instead of an error."""
     if not license:
         return None
-    probe = yaml.safe_dump({"license": license})  # quoted as the card's
-    try:
-        check_card(f"---\n{probe}---\n", "dataset")
-    except PublishError:
-        raise
-    except Exception:  # the Hub's validation could not be reached (offline, no network)
-        if not offline_ok:
-            raise
-        return f"--license {license} was not checked: the Hub's card validation is unreachable"
-    return None
+    probe = f"---\n{yaml.safe_dump({'license': license})}---\n"  # quoted as the card's
+    if not offline_ok:
+        check_card(probe, "dataset")
+        return None
+    # huggingface_hub's validation request has no timeout; a folder publish must not hang on a
+    # Hub that accepts the connection and never answers (a proxy, a captive portal).
+    outcome: list = []
+
+    def check() -> None:
+        try:
+            check_card(probe, "dataset")
+            outcome.append(None)
+        except Exception as err:  # noqa: BLE001 - handed to the caller below
+            outcome.append(err)
+
+    worker = threading.Thread(target=check, daemon=True)
+    worker.start()
+    worker.join(LICENSE_CHECK_TIMEOUT_S)
+    if outcome and isinstance(outcome[0], PublishError):
+        raise outcome[0]
+    if outcome and outcome[0] is None:
+        return None
+    return f"--license {license} was not checked: the Hub's card validation did not answer"
 
 
 def _check_target_folder(target: Path) -> None:

@@ -165,3 +165,29 @@ def test_a_folder_with_more_data_files_than_the_process_may_open_is_one_clear_er
     monkeypatch.setattr(imagesearchtr.lazy_rows, "open", no_more_files, raising=False)
     with pytest.raises(SearchSetupError, match=r"may open no more files; raise the limit"):
         Searcher.from_repo(repo, encoder=tiny_encoder, cache_dir=tmp_path / "cache")
+
+
+def test_a_hub_that_never_answers_the_license_check_does_not_hold_up_a_folder_publish(
+    build, tmp_path, monkeypatch
+):
+    import socket
+
+    from huggingface_hub import constants
+
+    import pipeline.publish
+
+    silent = socket.socket()  # accepts connections (the backlog) and never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
+    monkeypatch.setattr(pipeline.publish, "LICENSE_CHECK_TIMEOUT_S", 0.5)
+    try:
+        result = publish_to_folder(
+            PublishConfig(build=build, to=tmp_path / "r", source_license="mit")
+        )
+    finally:
+        silent.close()
+    assert result.changed and "license: mit" in (tmp_path / "r" / "README.md").read_text()
+    assert result.notes == (
+        "--license mit was not checked: the Hub's card validation did not answer",
+    )
