@@ -144,7 +144,8 @@ class FolderSource:
         keys = {rel: _nfc(rel) if forms[_nfc(rel)] == 1 else rel for rel in captions}
         # Ids are decided by the files on disk; a caption line naming no file (a typo, skipped
         # later as missing) takes an id left over, never changing a file's id.
-        listed = set(files)
+        # (a file captions.jsonl names counts too, whatever its extension or folder)
+        listed = set(files) | {rel for rel in captions if (folder / rel).is_file()}
         ids = _unique_ids(key for rel, key in keys.items() if rel in listed)
         used = set(ids.values())
         for rel, key in keys.items():

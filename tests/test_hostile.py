@@ -523,6 +523,12 @@ def test_images_that_share_a_name_but_not_an_extension_get_ids_of_their_own(tmp_
     records, _ = FolderSource(tmp_path).read()
     ids = {r.path: r.image_id for r in records}
     assert ids["b.jpg"] == "b" and ids["a.jpg"] == "a" and ids["b.png"] == "b.png"
+    # ...nor of a file the listing does not take by its extension but a caption line names.
+    (tmp_path / "c.jfif").write_bytes(b"c.jfif")
+    with (tmp_path / "captions.jsonl").open("a", encoding="utf-8") as handle:
+        handle.write('{"path": "c.jpg", "caption": "yok"}\n{"path": "c.jfif", "caption": "var"}\n')
+    ids = {r.path: r.image_id for r in FolderSource(tmp_path).read()[0]}
+    assert ids["c.jfif"] == "c" and ids["c.jpg"] == "c.jpg"
 
 
 def test_a_build_without_any_caption_says_so():
