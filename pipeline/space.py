@@ -211,6 +211,8 @@ def publish_space_to_hub(config: SpaceConfig) -> SpaceResult:
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
+    from hub_card.dataset_card import research_only
+
     space_id, dataset_repo = config.space_id, config.dataset_repo
     if Path(dataset_repo).expanduser().exists():
         raise ValueError(
@@ -229,6 +231,13 @@ def publish_space_to_hub(config: SpaceConfig) -> SpaceResult:
         manifest = loaded.manifest
         require_image_ranges(manifest, f"{dataset_repo}@{revision}")
         info = api.dataset_info(dataset_repo, revision=revision)
+        restricted = research_only(manifest.model_id, manifest.source)
+        if restricted and not config.private:  # a public Space would show the photos to all
+            raise PublishError(
+                f"{dataset_repo}'s rows come from {manifest.source}, which may be used for "
+                "research only and not shown openly; publish a private Space: add --private "
+                "(make publish PRIVATE=1)"
+            )
         if not is_hub_id(manifest.model_id):  # a warning: a test Hub's Space may reach it
             notes.append(
                 f"{dataset_repo} was encoded with the local model folder {manifest.model_id}, "
@@ -247,6 +256,11 @@ def publish_space_to_hub(config: SpaceConfig) -> SpaceResult:
         api.create_repo(
             space_id, repo_type="space", space_sdk="gradio", private=config.private, exist_ok=True
         )
+        if restricted and not api.space_info(space_id).private:  # (an existing public Space)
+            raise PublishError(
+                f"{space_id} is public and {manifest.source} may be used for research only; "
+                f"make the Space private first ({api.endpoint}/spaces/{space_id}/settings)"
+            )
         # Variables first: every change of a variable restarts the Space, and the commit below
         # starts a build; set this way round, the first build already sees the right dataset.
         variables = {"DATASET_REPO": dataset_repo, "DATASET_REVISION": revision}

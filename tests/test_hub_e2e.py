@@ -59,6 +59,16 @@ def test_publish_then_load_and_search_from_a_fresh_cache(built, hub_env, local_h
     revision = revision_of(first.stdout)
     assert local_hub.token not in first.stdout + first.stderr
     assert api.dataset_info(repo).private
+    # ...and so is a public Space over them, before it is created or an existing one changed.
+    space = run_cli("publish-space", "--space", f"{repo}-search", "--dataset-repo", repo,
+                    "--no-wait", env=hub_env, check=False)  # fmt: skip
+    assert space.returncode == 2 and "research only" in space.stderr, space.stderr
+    assert not api.repo_exists(f"{repo}-search", repo_type="space")
+    api.create_repo(f"{repo}-app", repo_type="space", space_sdk="gradio")
+    space = run_cli("publish-space", "--space", f"{repo}-app", "--dataset-repo", repo,
+                    "--private", "--no-wait", env=hub_env, check=False)  # fmt: skip
+    assert space.returncode == 2 and f"{repo}-app is public" in space.stderr, space.stderr
+    assert api.get_space_variables(f"{repo}-app") == {}
 
     # Publishing the same build again changes nothing; a new license changes the card alone.
     again = run_cli("publish", "--build", built, "--repo", repo, "--private", env=hub_env)
