@@ -51,9 +51,10 @@ DEFAULT_CONFIG = "default"
 # ``configs`` and ``dataset_info``: only our ``default`` entry is replaced, other configs stay.
 OWNED_KEYS = ("configs", "dataset_info", "size_categories")
 
-# FAISS factory parts that store vectors as codes (SQfp16, SQ8, PQ, OPQ, RQ, ...): such an
-# index scores approximately; Flat, IVF..,Flat and HNSW..,Flat keep the float32 vectors.
-_QUANTISED = re.compile(r"SQ|PQ|RQ|LSH|RaBitQ")
+# FAISS factory parts that store vectors as codes (SQfp16, SQ8, PQ, OPQ, RQ, ...) or fewer
+# dimensions (PCA, ITQ): such an index scores approximately; Flat, IVF..,Flat and HNSW..,Flat
+# keep the float32 vectors.
+_QUANTISED = re.compile(r"SQ|PQ|RQ|LSH|RaBitQ|PCA|ITQ")
 _USER_NOTES_RE = re.compile(
     re.escape(USER_NOTES_START) + r"\n?(.*?)\n?" + re.escape(USER_NOTES_END), re.DOTALL
 )

@@ -206,8 +206,10 @@ def _run_encode(source, config: EncodeConfig, encoder, lock: contextlib.ExitStac
             # whatever their Hub repos hold now: rows of one build are tokenised alike.
             pinned = earlier.get("component_revisions") or None
             if not earlier and config.reuse:  # a new build over published rows: as they were
-                pinned = _reused_manifest(config.reuse, config.reuse_revision)[0]
-                pinned = pinned.component_revisions or None
+                reused, loaded = _reused_manifest(config.reuse, config.reuse_revision)
+                pinned = reused.component_revisions or None
+                # The commit read here, not the branch again: a push meanwhile changes nothing.
+                config = replace(config, reuse_revision=loaded.revision or config.reuse_revision)
             encoder = Encoder.from_pretrained(
                 config.model,
                 revision=config.revision,
@@ -226,8 +228,8 @@ def _run_encode(source, config: EncodeConfig, encoder, lock: contextlib.ExitStac
             raise EmptyBuildError(
                 f"{source.describe()}: no usable image (skipped: "
                 + (", ".join(f"{kind} {n}" for kind, n in kinds.most_common()) or "none, no input")
-                + "); add images or fix the input, then run encode again. The build in "
-                f"{out} is unchanged"
+                + "); add images or fix the input, then run encode again. No row of the "
+                f"build in {out} was changed"
             )
         chunks = [
             planned[i : i + config.shard_size] for i in range(0, len(planned), config.shard_size)

@@ -367,6 +367,9 @@ def test_quantised_indices_are_said_to_score_approximately():
     fp16 = dataclasses.replace(manifest.indices[0], index_type="fp16", factory="SQfp16")
     text = " ".join(render(dataclasses.replace(manifest, indices=(fp16, sq8))).split())
     assert "`index/image_emb.faiss` and `index/caption_emb.faiss` store the vectors" in text
+    pca = dataclasses.replace(manifest.indices[0], index_type="PCA64,Flat", factory="PCA64,Flat")
+    text = " ".join(render(dataclasses.replace(manifest, indices=(pca,))).split())
+    assert "`index/image_emb.faiss` stores the vectors quantised" in text
 
 
 def test_tasviret_source_cites_tasviret_and_flickr8k(tmp_path):
