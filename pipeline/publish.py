@@ -170,16 +170,16 @@ def publish_to_folder(config: PublishConfig) -> PublishResult:
 def _publish_to_folder(config: PublishConfig) -> PublishResult:
     build, target = Path(config.build), Path(config.to).resolve()
     manifest, files = staged_files(build)
-    # The folder is laid out for the Hub, so the Hub's rule for the license holds too.
-    license_note = _check_license(config.source_license, offline_ok=True)
     if target == build.resolve() or target.is_relative_to(build.resolve()):
         raise PublishError(
             f"--to {target} is the build folder {build} or inside it: publishing there would "
             "replace the build; give another folder"
         )
     notes = tuple(_io.swap_leftovers(target))  # (a run killed mid-swap: its tree comes back)
-    notes += (license_note,) if license_note else ()
     _check_target_folder(target)
+    # The folder is laid out for the Hub, so the Hub's rule for the license holds too.
+    license_note = _check_license(config.source_license, offline_ok=True)
+    notes += (license_note,) if license_note else ()
     existing_card = _read_text(target / CARD_FILE)
     old_files = _folder_files(target)
     unchanged = {
