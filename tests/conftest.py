@@ -85,17 +85,27 @@ from hub_server import local_hub, stop_process  # noqa: E402, F401  (local_hub: 
 
 
 def run_cli(*args, env: dict | None = None, check: bool = True, timeout: float = 300):
-    """Run ``python -m pipeline ARGS`` the way a user does; return the CompletedProcess."""
+    """Run ``python -m pipeline ARGS`` the way a user does; return the CompletedProcess.
+
+    Without ``env``, forked from a process that imported the pipeline already (tests/cli_forks.py:
+    the same ``main()`` in a process of its own, without 5 s of imports); with ``env`` (a Hub's
+    variables, read at import), a fresh interpreter.
+    """
     import subprocess
 
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline", *map(str, args)],
-        cwd=REPO_ROOT,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    if env is None:
+        import cli_forks
+
+        result = cli_forks.run(args, timeout=timeout)
+    else:
+        result = subprocess.run(
+            [sys.executable, "-m", "pipeline", *map(str, args)],
+            cwd=REPO_ROOT,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     if check and result.returncode != 0:
         raise AssertionError(
             f"pipeline {' '.join(map(str, args))} exited {result.returncode}\n"

@@ -156,30 +156,21 @@ def test_one_process_needs_no_group_and_env_errors_are_clear():
 
 def encode_ranks(tmp_path: Path, data_per_rank: list[Path], *args) -> list:
     """Start ``python -m pipeline encode`` once per rank with torchrun's variables set (rank r
-    reads ``data_per_rank[r]``); return each rank's CompletedProcess."""
-    from conftest import REPO_ROOT
+    reads ``data_per_rank[r]``); return each rank's CompletedProcess. The ranks are forked
+    from a process that has imported the pipeline (tests/cli_forks.py), as torchrun would start
+    them but without each one's 5 s of imports; the group forms when they run."""
+    import cli_forks
 
     port = free_port()
     world = len(data_per_rank)
-    procs = []
-    for rank, data in enumerate(data_per_rank):
-        env = rank_env(rank, world, port, 120, OMP_NUM_THREADS="1")
-        cmd = [sys.executable, "-m", "pipeline", "encode", "--data", str(data), *map(str, args)]
-        procs.append(
-            subprocess.Popen(
-                cmd,
-                cwd=REPO_ROOT,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )  # fmt: skip
+    runs = [
+        cli_forks.start(
+            ["encode", "--data", data, *args],
+            rank_env(rank, world, port, 120, OMP_NUM_THREADS="1"),
         )
-    results = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=300)
-        results.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
-    return results
+        for rank, data in enumerate(data_per_rank)
+    ]
+    return [cli_forks.wait(run, timeout=300) for run in runs]
 
 
 def shard_rows(build: Path) -> dict:

@@ -1,0 +1,153 @@
+"""``python -m pipeline ARGS`` runs forked from a process that has imported the pipeline already.
+
+Starting Python with torch, transformers and datasets costs about 5 s of CPU; the suite starts the
+CLI dozens of times, so on two cores those imports alone were a minute of `make test`. A fork
+server imports them once (per pytest worker and environment) and forks one child per run. The
+child sets the run's environment, points its stdout and stderr at files, and calls the CLI's
+``main()`` from its first line, exactly as ``python -m pipeline`` does after its imports, then
+exits with main's status. Several runs may go at once (the ranks of one distributed encode).
+
+What differs from a fresh interpreter: import-time side effects happen once, in the server (a
+warning printed while importing would not reach the run's stderr), and settings read at import
+(``HF_*``, ``OMP_NUM_THREADS``, ...) are the server's. So a server serves only runs whose
+environment equals the one it started with, apart from ``RUNTIME_VARIABLES``, which the code
+reads when it runs; any other difference starts a server of its own.
+
+Writes temporary files only (each run's stdout, stderr and exit status).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Read by the pipeline (and torch.distributed's env:// rendezvous) when a run starts, not at
+# import: a run may set them differently from its server.
+RUNTIME_VARIABLES = (
+    "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+    "IMAGESEARCHTR_DIST_TIMEOUT_S", "PYTEST_CURRENT_TEST",
+)  # fmt: skip
+
+SERVER = r"""
+import json, os, signal, sys, traceback
+import datasets, huggingface_hub, pyarrow.parquet, torch, transformers  # noqa: F401
+import imagesearchtr, imagesearchtr.encoder, imagesearchtr.multiembedtr  # noqa: F401
+import pipeline.distributed, pipeline.encode, pipeline.feed, pipeline.index  # noqa: F401
+import pipeline.inputs, pipeline.publish  # noqa: F401
+from pipeline.cli import main
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the system
+for line in sys.stdin:
+    job = json.loads(line)
+    pid = os.fork()
+    if pid:
+        print(pid, flush=True)
+        continue
+    code = 1
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the run waits for its own children
+        os.environ.clear()
+        os.environ.update(job["env"])
+        for fd, name in ((1, "stdout"), (2, "stderr")):
+            os.dup2(os.open(job[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+        try:
+            code = main(job["args"])
+        except SystemExit as stop:  # argparse's --help and usage errors
+            if isinstance(stop.code, str):
+                print(stop.code, file=sys.stderr)
+            code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+        except BaseException:
+            traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        with open(job["status"] + ".tmp", "w") as status:
+            status.write(str(code))
+        os.replace(job["status"] + ".tmp", job["status"])
+        os._exit(code)
+"""
+
+
+class ForkServer:
+    """One server process; ``start`` forks a run, ``wait`` gives its CompletedProcess."""
+
+    def __init__(self, env: dict):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", SERVER],
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.work = Path(tempfile.mkdtemp(prefix="cli-forks-"))
+        self.runs = 0
+
+    def start(self, args, env: dict) -> tuple[int, Path, list[str]]:
+        self.runs += 1
+        base = self.work / str(self.runs)
+        job = {"args": [str(a) for a in args], "env": env}
+        job.update({name: f"{base}.{name}" for name in ("stdout", "stderr", "status")})
+        self.proc.stdin.write(json.dumps(job) + "\n")
+        self.proc.stdin.flush()
+        pid = int(self.proc.stdout.readline())
+        return pid, base, job["args"]
+
+    def wait(self, run, timeout: float) -> subprocess.CompletedProcess:
+        pid, base, args = run
+        status = Path(f"{base}.status")
+        deadline = time.monotonic() + timeout
+        while not status.exists():
+            if not _alive(pid) and not status.exists():  # killed: no status written
+                code = -signal.SIGKILL
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                raise subprocess.TimeoutExpired(["python", "-m", "pipeline", *args], timeout)
+            time.sleep(0.02)
+        else:
+            code = int(status.read_text())
+        out, err = (Path(f"{base}.{n}").read_text(errors="replace") for n in ("stdout", "stderr"))
+        return subprocess.CompletedProcess(["python", "-m", "pipeline", *args], code, out, err)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+_servers: dict[tuple, ForkServer] = {}
+
+
+def server_for(env: dict) -> ForkServer:
+    """The server of this pytest worker for ``env`` (started on first use)."""
+    key = tuple(sorted((k, v) for k, v in env.items() if k not in RUNTIME_VARIABLES))
+    if key not in _servers:
+        _servers[key] = ForkServer({k: v for k, v in env.items() if k not in RUNTIME_VARIABLES})
+    return _servers[key]
+
+
+def start(args, env: dict | None = None):
+    """Fork ``python -m pipeline ARGS`` with ``env`` (default: this process's); a handle."""
+    env = dict(os.environ if env is None else env)
+    server = server_for(env)
+    return server, server.start(args, env)
+
+
+def wait(handle, timeout: float = 300) -> subprocess.CompletedProcess:
+    server, run = handle
+    return server.wait(run, timeout)
+
+
+def run(args, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return wait(start(args, env), timeout)
