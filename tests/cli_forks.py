@@ -37,26 +37,44 @@ RUNTIME_VARIABLES = (
 )  # fmt: skip
 
 SERVER = r"""
-import json, os, signal, sys, traceback
+import json, os, signal, sys, threading, traceback
 import datasets, huggingface_hub, pyarrow.parquet, torch, transformers  # noqa: F401
 import imagesearchtr, imagesearchtr.encoder, imagesearchtr.multiembedtr  # noqa: F401
 import pipeline.distributed, pipeline.encode, pipeline.feed, pipeline.index  # noqa: F401
 import pipeline.inputs, pipeline.publish  # noqa: F401
 from pipeline.cli import main
-signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the system
+
+def write_status(path, text):
+    with open(path + ".tmp", "w") as status:
+        status.write(text)
+    os.replace(path + ".tmp", path)
+
+def reap(pid, path):  # a run killed by a signal writes no status: its -signal, as Popen's
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status) and not os.path.exists(path):
+        write_status(path, str(-os.WTERMSIG(status)))
+
 for line in sys.stdin:
     job = json.loads(line)
     pid = os.fork()
     if pid:
+        threading.Thread(target=reap, args=(pid, job["status"]), daemon=True).start()
         print(pid, flush=True)
         continue
     code = 1
     try:
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the run waits for its own children
         os.environ.clear()
         os.environ.update(job["env"])
-        for fd, name in ((1, "stdout"), (2, "stderr")):
-            os.dup2(os.open(job[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+        out = os.open(job["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(out, 1)
+        if job["stderr"] == job["stdout"]:  # one log of both, in the order written
+            os.dup2(out, 2)
+        else:
+            os.dup2(os.open(job["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
+        if job["fast_hub_retries"]:
+            import huggingface_hub.utils._http as hub_http
+
+            hub_http.http_backoff.__kwdefaults__.update(base_wait_time=0.05, max_wait_time=0.1)
         try:
             code = main(job["args"])
         except SystemExit as stop:  # argparse's --help and usage errors
@@ -68,9 +86,7 @@ for line in sys.stdin:
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
-        with open(job["status"] + ".tmp", "w") as status:
-            status.write(str(code))
-        os.replace(job["status"] + ".tmp", job["status"])
+        write_status(job["status"], str(code))
         os._exit(code)
 """
 
@@ -90,40 +106,34 @@ class ForkServer:
         self.work = Path(tempfile.mkdtemp(prefix="cli-forks-"))
         self.runs = 0
 
-    def start(self, args, env: dict) -> tuple[int, Path, list[str]]:
+    def start(self, args, env: dict, log=None, fast_hub_retries=False):
+        """Fork a run; ``log``: one file for its stdout and stderr (default: one each here).
+        ``fast_hub_retries``: huggingface_hub's own upload retries (5, waiting 1, 2, 4, 8 and
+        8 s) wait 0.05-0.1 s instead; the pipeline's own retries and backoff are unchanged."""
         self.runs += 1
         base = self.work / str(self.runs)
-        job = {"args": [str(a) for a in args], "env": env}
+        job = {"args": [str(a) for a in args], "env": env, "fast_hub_retries": fast_hub_retries}
         job.update({name: f"{base}.{name}" for name in ("stdout", "stderr", "status")})
+        if log is not None:
+            job["stdout"] = job["stderr"] = str(log)
         self.proc.stdin.write(json.dumps(job) + "\n")
         self.proc.stdin.flush()
         pid = int(self.proc.stdout.readline())
-        return pid, base, job["args"]
+        return pid, base, job
 
     def wait(self, run, timeout: float) -> subprocess.CompletedProcess:
-        pid, base, args = run
-        status = Path(f"{base}.status")
+        """The run's CompletedProcess (returncode -N when signal N ended it, as Popen's)."""
+        pid, base, job = run
+        args, status = job["args"], Path(job["status"])
         deadline = time.monotonic() + timeout
         while not status.exists():
-            if not _alive(pid) and not status.exists():  # killed: no status written
-                code = -signal.SIGKILL
-                break
             if time.monotonic() > deadline:
                 os.kill(pid, signal.SIGKILL)
                 raise subprocess.TimeoutExpired(["python", "-m", "pipeline", *args], timeout)
             time.sleep(0.02)
-        else:
-            code = int(status.read_text())
-        out, err = (Path(f"{base}.{n}").read_text(errors="replace") for n in ("stdout", "stderr"))
+        code = int(status.read_text())
+        out, err = (Path(job[n]).read_text(errors="replace") for n in ("stdout", "stderr"))
         return subprocess.CompletedProcess(["python", "-m", "pipeline", *args], code, out, err)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 _servers: dict[tuple, ForkServer] = {}
@@ -137,11 +147,16 @@ def server_for(env: dict) -> ForkServer:
     return _servers[key]
 
 
-def start(args, env: dict | None = None):
-    """Fork ``python -m pipeline ARGS`` with ``env`` (default: this process's); a handle."""
+def start(args, env: dict | None = None, **options):
+    """Fork ``python -m pipeline ARGS`` with ``env`` (default: this process's); a handle.
+    ``options``: ``ForkServer.start``'s."""
     env = dict(os.environ if env is None else env)
     server = server_for(env)
-    return server, server.start(args, env)
+    return server, server.start(args, env, **options)
+
+
+def pid(handle) -> int:
+    return handle[1][0]
 
 
 def wait(handle, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -37,6 +37,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import cli_forks
 import numpy as np
 import PIL.Image
 import pyarrow.parquet as pq
@@ -74,64 +75,23 @@ def photo_folder(folder: Path, n: int, seed: int = 0, size=(96, 72), quality=85)
 
 # Each trial is a separate process killed with SIGKILL. Starting Python with torch and datasets
 # takes 5-10 s on 2 busy cores, so the processes are forked from one that has imported them
-# already (a "zygote"): each child then runs the CLI's main() from its first line, exactly as
-# ``python -m pipeline ...`` does after its imports, and is killed at a random point of that.
-ZYGOTE = """
-import json, os, sys
-import datasets, huggingface_hub, pyarrow.parquet, torch, transformers  # noqa: F401
-import huggingface_hub.utils._http as hub_http
-import imagesearchtr, pipeline.download, pipeline.encode, pipeline.inputs  # noqa: F401
-import pipeline.index, pipeline.publish  # noqa: F401
-from pipeline.cli import main
-for line in sys.stdin:
-    job = json.loads(line)
-    pid = os.fork()
-    if pid == 0:
-        log = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
-        if job["fast_hub_retries"]:
-            hub_http.http_backoff.__kwdefaults__.update(base_wait_time=0.05, max_wait_time=0.1)
-        try:
-            code = main(job["args"])
-        except BaseException:
-            import traceback
-            traceback.print_exc()
-            code = 1
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    print(pid, flush=True)
-    print(os.waitpid(pid, 0)[1], flush=True)
-"""
-
-
+# already (tests/cli_forks.py): each child then runs the CLI's main() from its first line, exactly
+# as ``python -m pipeline ...`` does after its imports, and is killed at a random point of that.
 class Zygote:
-    """A process that forks one ``python -m pipeline ARGS`` run per ``run`` call."""
+    """Forks one ``python -m pipeline ARGS`` run per ``run`` call, with ``env``."""
 
     def __init__(self, env: dict):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", ZYGOTE],
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        self.env = env
 
     def run(
         self, args, log: Path, reached=None, jitter: float = 0.0, fast_hub_retries=False
     ) -> int | None:
         """Run the CLI with ``args``, its output into ``log``; with ``reached``, SIGKILL it
         ``jitter`` s after ``reached()`` turns true. The exit status; None if it was killed.
-
-        ``fast_hub_retries``: huggingface_hub's own upload retries (5, waiting 1, 2, 4, 8 and
-        8 s) wait 0.05-0.1 s instead; the pipeline's retries and backoff are unchanged.
+        ``fast_hub_retries``: as ``cli_forks.ForkServer.start``'s.
         """
-        job = {"args": [str(a) for a in args], "log": str(log)}
-        self.proc.stdin.write(json.dumps({**job, "fast_hub_retries": fast_hub_retries}) + "\n")
-        self.proc.stdin.flush()
-        pid = int(self.proc.stdout.readline())
+        handle = cli_forks.start(args, self.env, log=log, fast_hub_retries=fast_hub_retries)
+        pid = cli_forks.pid(handle)
         if reached is not None:
             limit = time.monotonic() + 180
             while not reached() and _alive(pid):
@@ -139,16 +99,15 @@ class Zygote:
                 time.sleep(0.002)
             time.sleep(jitter)
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)  # a zombie already reaped: nothing to kill
-        status = int(self.proc.stdout.readline())
-        if os.WIFSIGNALED(status):
-            assert os.WTERMSIG(status) == signal.SIGKILL
+                os.kill(pid, signal.SIGKILL)  # (already ended: nothing to kill)
+        code = cli_forks.wait(handle, timeout=300).returncode
+        if code < 0:
+            assert code == -signal.SIGKILL, f"the run ended with signal {-code}"
             return None
-        return os.WEXITSTATUS(status)
+        return code
 
     def close(self) -> None:
-        self.proc.stdin.close()
-        self.proc.wait(timeout=60)
+        pass  # the fork servers end with this test process
 
 
 def _alive(pid: int) -> bool:
