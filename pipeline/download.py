@@ -2,7 +2,8 @@
 
 Reads the Hub dataset (default ituperceptron/image-captioning-turkish, columns image, text,
 image_id; splits long_captions and short_captions) in streaming mode, shuffled with a buffer and
-a seed, so only the sampled rows are fetched. Writes:
+a seed: no full download, but the buffer fills before the first row comes out, so about
+buffer_size + num_samples rows are fetched. Writes:
 
     OUTPUT_DIR/images/<image_id>.<ext>   the image bytes exactly as published (another image
                                         under the same id: <image_id>-<sha256[:12]>.<ext>)
