@@ -262,6 +262,7 @@ def test_out_of_range_settings_are_refused_by_the_sliders(served, kwargs, expect
 def test_handlers_check_their_settings_too(app, searcher):
     search_fn, _, _, _ = app.make_handlers(searcher)
     assert "Sonuç sayısı 1 ile 30" in search_fn("köpek", 0, False, 0.6)[2]
+    assert "Sonuç sayısı 1 ile 30" in search_fn("köpek", 31, False, 0.6)[2]  # (gradio's too)
     assert "Denge (alpha) 0 ile 1" in search_fn("köpek", 5, True, 1.5)[2]
     assert len(search_fn("köpek", 3.0, True, 0.5)[1]) == 3  # a float k from a slider is fine
 
@@ -497,6 +498,13 @@ def test_a_link_runs_its_search_on_load(app, searcher):
     assert k == {"__type__": "update"} and gallery == [] and "1 ile 30" in status
     # no q: the page stays as it is
     assert all(out == {"__type__": "update"} for out in load.fn(request("")))
+    # The Deep Search box shows the balance slider, and only while it is ticked.
+    (toggle,) = [
+        fn for fn in demo.fns.values()
+        if [type(b).__name__ for b in fn.inputs] == ["Checkbox"]
+        and [type(b).__name__ for b in fn.outputs] == ["Slider"]
+    ]  # fmt: skip
+    assert toggle.fn(True)["visible"] is True and toggle.fn(False)["visible"] is False
 
 
 # ---------------------------------------------------------------------------------------------

@@ -531,6 +531,18 @@ def test_images_that_share_a_name_but_not_an_extension_get_ids_of_their_own(tmp_
     assert ids["c.jfif"] == "c" and ids["c.jpg"] == "c.jpg"
 
 
+def test_a_byte_order_mark_and_hidden_folders_are_not_taken_for_data(tmp_path):
+    from pipeline.inputs import FolderSource
+
+    (tmp_path / "a.jpg").write_bytes(b"a")
+    (tmp_path / ".cache").mkdir()
+    (tmp_path / ".cache" / "thumb.jpg").write_bytes(b"t")  # a viewer's thumbnail, not a photo
+    line = json.dumps({"path": "a.jpg", "caption": "göl"}, ensure_ascii=False)
+    (tmp_path / "captions.jsonl").write_text("\ufeff" + line + "\n", encoding="utf-8")  # Windows
+    records, skips = FolderSource(tmp_path).read()
+    assert [(r.path, r.captions) for r in records] == [("a.jpg", ["göl"])] and skips == []
+
+
 def test_a_build_without_any_caption_says_so():
     from pipeline.encode import EncodeSummary, summary_text
 

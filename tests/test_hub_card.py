@@ -268,6 +268,12 @@ def test_merge_keeps_user_keys_and_extra_configs_and_replaces_only_owned_keys():
 def test_a_license_given_on_the_command_line_replaces_the_cards():
     meta = yaml_block(render(existing=PUSHED_BY_DATASETS, source_license="cc-by-4.0"))
     assert meta["license"] == "cc-by-4.0"
+    # license_name and license_link describe `license: other`: gone with it.
+    other = "---\nlicense: other\nlicense_name: ours\nlicense_link: LICENSE.md\n---\n"
+    meta = yaml_block(render(existing=other, source_license="cc-by-4.0"))
+    assert "license_name" not in meta and "license_link" not in meta
+    kept = yaml_block(render(existing=other, source_license=None))
+    assert (kept["license"], kept["license_name"]) == ("other", "ours")
 
 
 def test_merge_keeps_other_dataset_info_configs():

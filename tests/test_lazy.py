@@ -19,6 +19,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import faiss
 import numpy as np
@@ -415,6 +416,22 @@ def test_image_ranges_point_at_each_image_and_a_row_without_one_is_a_placeholder
     assert np.asarray(fetched[0].image).tolist() == pixels(5, 3)
     for hit in fetched[1:3]:
         assert "holds no image bytes" in hit.error
+    # A ranges file may claim any length: above MAX_IMAGE_BYTES nothing is read for it.
+    import imagesearchtr.lazy_rows
+
+    limit, imagesearchtr.lazy_rows.MAX_IMAGE_BYTES = imagesearchtr.lazy_rows.MAX_IMAGE_BYTES, 10
+    try:
+        (hit,) = store.fetch([0])
+    finally:
+        imagesearchtr.lazy_rows.MAX_IMAGE_BYTES = limit
+    assert hit.error and "over 10" in hit.error
+    # A server that ignores Range and sends the whole file: the bytes asked for are cut out.
+    remote = Source("user/repo", None, "0" * 40)
+    whole = bytes(range(100))
+    remote._get_range = lambda path, byte_range: SimpleNamespace(
+        status_code=200, content=whole, raise_for_status=lambda: None
+    )
+    assert remote.read_range("data/x.parquet", 3, 7) == whole[3:7]
     # A local file that reads short reads short again: one attempt, no backoff.
     calls = []
 

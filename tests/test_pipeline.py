@@ -240,7 +240,7 @@ def test_in_process_api_matches_the_cli(tmp_path, shared_data, tiny_model_dir):
     assert (summary.num_images, summary.num_skipped) == (5, 9)
     assert summary.skipped_reasons["duplicate"] == 1
     manifest = run_index(IndexConfig(build=tmp_path / "b"))
-    assert manifest.num_rows == 5 and manifest.num_captions == 5
+    assert manifest.num_rows == 5 and manifest.num_captions == 5 and manifest.num_skipped == 9
 
 
 def test_a_hub_dataset_listing_holds_no_image_bytes(tmp_path):
@@ -256,7 +256,7 @@ def test_a_hub_dataset_listing_holds_no_image_bytes(tmp_path):
     features = Features({"image": Image(), "text": Value("string"), "image_id": Value("string")})
     rows = {
         "image": [{"bytes": b, "path": None} for b in blobs],
-        "text": [f"foto {i}" for i in range(20)],
+        "text": [None, ""] + [f"foto {i}" for i in range(2, 20)],  # two rows without one
         "image_id": [f"id{i}" for i in range(20)],
     }
     (tmp_path / "ds" / "data").mkdir(parents=True)
@@ -267,7 +267,10 @@ def test_a_hub_dataset_listing_holds_no_image_bytes(tmp_path):
     records, skips = source.read()
     held, _ = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    assert skips == [] and [r.image_id for r in records] == rows["image_id"]
+    # The rows without a caption are kept for image search, each skip said once.
+    assert [s.kind for s in skips] == ["empty or missing caption"] * 2, skips
+    assert [r.image_id for r in records] == rows["image_id"]
+    assert [r.captions for r in records[:3]] == [[], [], ["foto 2"]]
     assert held < sum(map(len, blobs)) / 4, f"the listing holds {held} bytes"
     assert [r.read_bytes() for r in records] == blobs
 
@@ -438,6 +441,16 @@ def test_republishing_the_same_build_is_a_no_op(tmp_path, shared_build):
     second = publish_to_folder(PublishConfig(build=shared_build, to=target))
     assert first.changed and not second.changed
     assert (target / "notes.txt").read_text() == "kept"
+    # A published file lost or damaged since: the next publish puts it back.
+    index = target / "index" / "image_emb.faiss"
+    good = index.read_bytes()
+    index.unlink()
+    ranges = target / "index" / "image_ranges.npy"
+    ranges.unlink()  # (not written in place: it is a hard link to the build's file)
+    ranges.write_bytes(b"damaged")
+    third = publish_to_folder(PublishConfig(build=shared_build, to=target))
+    assert third.changed and index.read_bytes() == good
+    assert set(third.uploaded) == {"index/image_emb.faiss", "index/image_ranges.npy"}
 
 
 def test_publish_to_folder_refuses_to_replace_what_it_did_not_write(tmp_path, shared_build):
@@ -962,6 +975,9 @@ def test_an_update_in_another_precision_says_the_rows_kept_stay_in_theirs(
     ) in summary_text(summary)
     again = encode(data, build, tiny_encoder, tiny_model_dir)  # the build says float32 now
     assert again.notes == ()
+    encode(data, build, bf16, tiny_model_dir, overwrite=True)
+    anew = encode(data, build, tiny_encoder, tiny_model_dir, overwrite=True)  # nothing kept
+    assert anew.reused_images == 0 and anew.notes == ()
 
 
 def shard_stats(build: Path) -> dict:
