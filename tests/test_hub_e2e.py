@@ -664,7 +664,21 @@ def test_a_build_pins_the_model_components_it_took_from_the_hub(
             mixed = ""
         except ValueError as err:
             mixed = str(err)
+        # The model itself from the Hub (as utkubascakir/MultiEmbedTR is): the manifest pins
+        # its commit, and a search loads that commit after the repo moves on.
+        model_repo = "{local_hub.user}/pinned-model"
+        api.create_repo(model_repo)
+        api.upload_folder(folder_path={str(model)!r}, repo_id=model_repo)
+        model_commit = api.model_info(model_repo).sha
+        hub_built = EncodeConfig(out=work / "hub-model", model=model_repo, dtype="float32")
+        run_encode(FolderSource(work / "photos"), hub_built)
+        hub_manifest = run_index(IndexConfig(build=work / "hub-model"))
+        publish_to_folder(PublishConfig(build=work / "hub-model", to=work / "hub-repo"))
+        api.upload_file(path_or_fileobj=b"moved on", path_in_repo="NOTES.md", repo_id=model_repo)
+        hub_searcher = Searcher.from_repo(work / "hub-repo")
         print(json.dumps({{
+            "model_pins": [model_commit, hub_manifest.model_id, hub_manifest.model_revision,
+                           hub_searcher.encoder.revision, api.model_info(model_repo).sha],
             "fresh": json.loads((work / "fresh" / "build.json").read_text())[
                 "component_revisions"],
             "mixed": mixed,
@@ -687,4 +701,7 @@ def test_a_build_pins_the_model_components_it_took_from_the_hub(
     assert seen["pinned_lowercases"] and not seen["latest_lowercases"], seen
     assert f"this index was built with {ids['text_model']} at commit" in seen["refused"]
     assert seen["fresh"] == pins
+    commit, model_id, recorded, loaded, newest = seen["model_pins"]
+    assert model_id == f"{user}/pinned-model" and len(commit) == 40
+    assert recorded == loaded == commit != newest
     assert "rows were made with the model's components at" in seen["mixed"], seen["mixed"]
