@@ -252,15 +252,15 @@ def publish_space_to_hub(config: SpaceConfig) -> SpaceResult:
         preload = preload_lines(api, manifest)
         card = render_card(space_id, dataset_repo, revision, manifest, hardware, preload)
         check_card(card, "space")  # before the Space is created
-        _check_space_is_ours(api, space_id)  # before a variable restarts someone's app
-        api.create_repo(
-            space_id, repo_type="space", space_sdk="gradio", private=config.private, exist_ok=True
-        )
-        if restricted and not api.space_info(space_id).private:  # (an existing public Space)
+        existing = _check_space_is_ours(api, space_id)  # before a variable restarts an app
+        if restricted and existing is not None and not existing.private:  # (--private was given)
             raise PublishError(
                 f"{space_id} is public and {manifest.source} may be used for research only; "
                 f"make the Space private first ({api.endpoint}/spaces/{space_id}/settings)"
             )
+        api.create_repo(
+            space_id, repo_type="space", space_sdk="gradio", private=config.private, exist_ok=True
+        )
         # Variables first: every change of a variable restarts the Space, and the commit below
         # starts a build; set this way round, the first build already sees the right dataset.
         variables = {"DATASET_REPO": dataset_repo, "DATASET_REVISION": revision}
@@ -305,18 +305,20 @@ def publish_space_to_hub(config: SpaceConfig) -> SpaceResult:
     )
 
 
-def _check_space_is_ours(api, space_id: str) -> None:
+def _check_space_is_ours(api, space_id: str):
     """Refuse an existing Space that holds another app: publishing replaces its app file, card
     and requirements and sets its variables. A new Space, an empty one (its .gitattributes and
-    card only) and one this command published (it has imagesearchtr/) are fine."""
+    card only) and one this command published (it has imagesearchtr/) are fine. The existing
+    Space's info, or None."""
     from huggingface_hub.errors import RepositoryNotFoundError
 
     try:
-        files = {s.rfilename for s in api.space_info(space_id).siblings or []}
+        info = api.space_info(space_id)
     except RepositoryNotFoundError:
-        return
+        return None
+    files = {s.rfilename for s in info.siblings or []}
     if any(f.startswith(f"{LIBRARY_DIR}/") for f in files):
-        return
+        return info
     others = sorted(files - {".gitattributes", CARD_FILE})
     if others:
         shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
@@ -325,6 +327,7 @@ def _check_space_is_ours(api, space_id: str) -> None:
             f"{APP_FILE}, {REQUIREMENTS_FILE} and card: give a new Space id, or remove those "
             "files from it first"
         )
+    return info
 
 
 def _request_hardware(api, space_id: str, hardware: str, revision: str, url: str) -> None:
@@ -436,7 +439,9 @@ def publish_space_to_folder(config: SpaceConfig) -> SpaceResult:
             raise PublishError(hub_error_text(err, config.dataset_repo)) from None
         dataset_repo = config.dataset_repo
         # The card's snippet calls this folder's app, run locally (the command printed below).
-        card = render_card("http://127.0.0.1:7860/", dataset_repo, revision, manifest, hardware)
+        from hub_card.dataset_card import default_space
+
+        card = render_card(default_space(None), dataset_repo, revision, manifest, hardware)
     target.mkdir(parents=True, exist_ok=True)
     for path, source in sorted(files.items(), key=lambda f: f[0] == APP_FILE):  # library first
         dest = target / path
