@@ -1,7 +1,7 @@
 """``python -m pipeline ARGS`` runs forked from a process that has imported the pipeline already.
 
-Starting Python with torch, transformers and datasets costs about 5 s of CPU; the suite starts the
-CLI dozens of times, so on two cores those imports alone were a minute of `make test`. A fork
+Starting Python with torch, transformers and datasets costs seconds of CPU, and the suite starts
+the CLI dozens of times: on two cores those imports were a large part of `make test`. A fork
 server imports them once (per pytest worker and environment) and forks one child per run. The
 child sets the run's environment, points its stdout and stderr at files, and calls the CLI's
 ``main()`` from its first line, exactly as ``python -m pipeline`` does after its imports, then

@@ -88,7 +88,7 @@ def run_cli(*args, env: dict | None = None, check: bool = True, timeout: float =
     """Run ``python -m pipeline ARGS`` the way a user does; return the CompletedProcess.
 
     Without ``env``, forked from a process that imported the pipeline already (tests/cli_forks.py:
-    the same ``main()`` in a process of its own, without 5 s of imports); with ``env`` (a Hub's
+    the same ``main()`` in a process of its own, without the imports); with ``env`` (a Hub's
     variables, read at import), a fresh interpreter.
     """
     import subprocess

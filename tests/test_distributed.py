@@ -158,7 +158,7 @@ def encode_ranks(tmp_path: Path, data_per_rank: list[Path], *args) -> list:
     """Start ``python -m pipeline encode`` once per rank with torchrun's variables set (rank r
     reads ``data_per_rank[r]``); return each rank's CompletedProcess. The ranks are forked
     from a process that has imported the pipeline (tests/cli_forks.py), as torchrun would start
-    them but without each one's 5 s of imports; the group forms when they run."""
+    them but without each one's imports; the group forms when they run."""
     import cli_forks
 
     port = free_port()
