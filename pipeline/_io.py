@@ -131,8 +131,23 @@ def build_lock(
     behind. Without fcntl (Windows) there is no lock.
     """
     folder = Path(folder)
-    if create and not folder.exists():
+    created = create and not folder.exists()
+    if created:
         folder.mkdir(parents=True)
+    try:
+        yield from _locked(folder, command, shared)
+    except BaseException:
+        # A run refused before it wrote anything (no usable image, a model that does not
+        # load) leaves no folder behind that holds only its lock file.
+        with contextlib.suppress(OSError):
+            if created and [p.name for p in folder.iterdir()] in ([], [LOCK_FILE]):
+                (folder / LOCK_FILE).unlink(missing_ok=True)
+                folder.rmdir()
+        raise
+
+
+def _locked(folder: Path, command: str, shared: bool) -> Iterator[None]:
+    """``build_lock``'s lock itself, on a folder that exists (or nothing, on Windows)."""
     if sys.platform == "win32" or not folder.is_dir():
         yield
         return

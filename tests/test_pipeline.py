@@ -953,6 +953,27 @@ def test_an_update_that_finds_no_usable_image_keeps_the_rows_encoded_before(
     assert (again.encoded_images, again.reused_images) == (0, 5)
 
 
+def test_a_first_run_refused_before_it_writes_leaves_no_build_folder(
+    tmp_path, tiny_encoder, tiny_model_dir
+):
+    from pipeline.inputs import EmptyBuildError
+
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    # Every caption names a photo that is not there (a run that decodes photos and finds none
+    # usable keeps its folder: the skip report the error names is there).
+    (data / "captions.jsonl").write_text('{"path": "images/gone.jpg", "caption": "bir kedi"}\n')
+    build = tmp_path / "new" / "build"
+    with pytest.raises(EmptyBuildError, match="no usable image"):
+        encode(data, build, tiny_encoder, tiny_model_dir)
+    assert not build.exists()  # not a folder holding only the lock file
+    # A folder the user made beforehand stays, as it was.
+    build.mkdir()
+    with pytest.raises(EmptyBuildError, match="no usable image"):
+        encode(data, build, tiny_encoder, tiny_model_dir)
+    assert build.is_dir()
+
+
 def test_an_update_in_another_precision_says_the_rows_kept_stay_in_theirs(
     tmp_path, tiny_encoder, tiny_model_dir
 ):
