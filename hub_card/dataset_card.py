@@ -201,10 +201,18 @@ def _facts() -> dict:
 
 
 def _known_sources(model_id: str, source: str) -> list[dict]:
-    """``card_data.yaml``'s entries for the model id, the source's Hub id and its folder name."""
+    """``card_data.yaml``'s entries for the model id, the source's Hub id and its folder name,
+    and those whose ``name_parts`` that name contains in any case (copies of a source go by
+    other names: ``TasvirEt-Flickr8k``, ``tasviret-500``)."""
     sources = _facts()["sources"]
-    names = dict.fromkeys([model_id, source, _source_name(source)])
-    return [sources[name] for name in names if name in sources]
+    name = _source_name(source)
+    names = [key for key in dict.fromkeys([model_id, source, name]) if key in sources]
+    names += [
+        key
+        for key, entry in sources.items()
+        if key not in names and any(part in name.lower() for part in entry.get("name_parts", ()))
+    ]
+    return [sources[key] for key in names]
 
 
 def parquet_sizes(files: list[str | os.PathLike]) -> tuple[int, int]:

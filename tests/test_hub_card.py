@@ -391,6 +391,27 @@ def test_tasviret_source_cites_tasviret_and_flickr8k(tmp_path):
     assert "Research use only" in text
 
 
+@pytest.mark.parametrize(
+    ("source", "restricted"),
+    [
+        ("local folder tasviret-flickr8k", True),
+        ("local folder TasvirEt-Flickr8k", True),  # a copy under another name is the same data
+        ("local folder tasviret-500", True),
+        ("local folder flickr8k-tr", True),
+        ("someone/TasvirEt", True),
+        ("local folder fotograflarim", False),
+        ("ituperceptron/image-captioning-turkish", False),
+    ],
+)
+def test_research_only_data_is_known_by_its_name_in_any_form(source, restricted):
+    from hub_card.dataset_card import research_only
+
+    assert research_only("utkubascakir/MultiEmbedTR", source) is restricted
+    cited = render(make_manifest(3, source=source), repo_id="u/x", source=source)
+    assert ("Research use only" in cited) is restricted
+    assert ("@inproceedings{unal2016tasviret" in cited) is restricted
+
+
 def test_snippet_for_a_hub_repo():
     snippet = extract_usage_snippet(render())
     compile(snippet, "<usage>", "exec")
