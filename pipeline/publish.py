@@ -292,6 +292,23 @@ def publish_to_hub(config: PublishConfig) -> PublishResult:
         return _publish_to_hub(config)
 
 
+def _private(api, repo_id: str) -> bool | None:
+    """Whether the dataset repo is private; None when there is no such repo."""
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        return bool(api.dataset_info(repo_id).private)
+    except RepositoryNotFoundError:
+        return None
+
+
+def _research_only_refusal(repo_id: str, source: str, endpoint: str) -> PublishError:
+    return PublishError(
+        f"{repo_id} is public and {source} may be used for research only; make the repo "
+        f"private first ({endpoint}/datasets/{repo_id}/settings) or publish to another one"
+    )
+
+
 def _publish_to_hub(config: PublishConfig) -> PublishResult:
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
@@ -308,25 +325,26 @@ def _publish_to_hub(config: PublishConfig) -> PublishResult:
     manifest, files = staged_files(build)
     _check_license(config.source_license)  # a license the Hub refuses creates no repo
     restricted = research_only(manifest.model_id, manifest.source)
-    if restricted and not config.private:
-        raise PublishError(
-            f"{build}'s rows come from {manifest.source}, which may be used for research only "
-            f"and not published openly; publish to a private repo: add --private "
-            "(make publish PRIVATE=1)"
-        )
     api = HfApi()
     try:
+        # A repo this run would create public needs --private; one that exists private stays
+        # private, and a public one is refused (--private does not hide it).
+        private = _private(api, repo_id) if restricted and not config.private else True
+        if private is None:
+            raise PublishError(
+                f"{build}'s rows come from {manifest.source}, which may be used for research "
+                "only and not published openly; publish to a private repo: add --private "
+                "(make publish PRIVATE=1)"
+            )
+        if not private:
+            raise _research_only_refusal(repo_id, manifest.source, api.endpoint)
         api.create_repo(repo_id, repo_type="dataset", private=config.private, exist_ok=True)
         info = api.dataset_info(repo_id, files_metadata=False)
         remote = _remote_files(api, repo_id, info.sha)
     except HfHubHTTPError as err:
         raise PublishError(hub_error_text(err, repo_id)) from None
     if restricted and not info.private:  # --private creates private; it does not hide a repo
-        raise PublishError(
-            f"{repo_id} is public and {manifest.source} may be used for research only; make "
-            f"the repo private first ({api.endpoint}/datasets/{repo_id}/settings) or publish "
-            "to another one"
-        )
+        raise _research_only_refusal(repo_id, manifest.source, api.endpoint)
     remote_manifest = None
     if f"{INDEX_DIR}/{MANIFEST_FILE}" in remote:
         remote_manifest = _read_manifest(

@@ -232,12 +232,6 @@ def publish_space_to_hub(config: SpaceConfig) -> SpaceResult:
         require_image_ranges(manifest, f"{dataset_repo}@{revision}")
         info = api.dataset_info(dataset_repo, revision=revision)
         restricted = research_only(manifest.model_id, manifest.source)
-        if restricted and not config.private:  # a public Space would show the photos to all
-            raise PublishError(
-                f"{dataset_repo}'s rows come from {manifest.source}, which may be used for "
-                "research only and not shown openly; publish a private Space: add --private "
-                "(make publish PRIVATE=1)"
-            )
         if not is_hub_id(manifest.model_id):  # a warning: a test Hub's Space may reach it
             notes.append(
                 f"{dataset_repo} was encoded with the local model folder {manifest.model_id}, "
@@ -253,7 +247,15 @@ def publish_space_to_hub(config: SpaceConfig) -> SpaceResult:
         card = render_card(space_id, dataset_repo, revision, manifest, hardware, preload)
         check_card(card, "space")  # before the Space is created
         existing = _check_space_is_ours(api, space_id)  # before a variable restarts an app
-        if restricted and existing is not None and not existing.private:  # (--private was given)
+        # A public Space would show the photos to all: a new one needs --private, an existing
+        # one must be private already (--private does not hide it).
+        if restricted and existing is None and not config.private:
+            raise PublishError(
+                f"{dataset_repo}'s rows come from {manifest.source}, which may be used for "
+                "research only and not shown openly; publish a private Space: add --private "
+                "(make publish PRIVATE=1)"
+            )
+        if restricted and existing is not None and not existing.private:
             raise PublishError(
                 f"{space_id} is public and {manifest.source} may be used for research only; "
                 f"make the Space private first ({api.endpoint}/spaces/{space_id}/settings)"

@@ -53,6 +53,9 @@ def test_publish_then_load_and_search_from_a_fresh_cache(built, hub_env, local_h
     public = run_cli("publish", "--build", built, "--repo", f"{repo}-open", "--private",
                      env=hub_env, check=False)  # fmt: skip
     assert public.returncode == 2 and f"{repo}-open is public" in public.stderr, public.stderr
+    public = run_cli("publish", "--build", built, "--repo", f"{repo}-open", env=hub_env,
+                     check=False)  # fmt: skip
+    assert public.returncode == 2 and f"{repo}-open is public" in public.stderr, public.stderr
     assert api.list_repo_files(f"{repo}-open", repo_type="dataset") == [".gitattributes"]
 
     first = run_cli("publish", "--build", built, "--repo", repo, "--private", env=hub_env)
@@ -69,9 +72,16 @@ def test_publish_then_load_and_search_from_a_fresh_cache(built, hub_env, local_h
                     "--private", "--no-wait", env=hub_env, check=False)  # fmt: skip
     assert space.returncode == 2 and f"{repo}-app is public" in space.stderr, space.stderr
     assert api.get_space_variables(f"{repo}-app") == {}
+    # A Space that is private already needs no --private.
+    api.create_repo(f"{repo}-own", repo_type="space", space_sdk="gradio", private=True)
+    run_cli("publish-space", "--space", f"{repo}-own", "--dataset-repo", repo, "--no-wait",
+            env=hub_env)  # fmt: skip
+    assert "app.py" in api.list_repo_files(f"{repo}-own", repo_type="space")
+    assert api.space_info(f"{repo}-own").private
 
-    # Publishing the same build again changes nothing; a new license changes the card alone.
-    again = run_cli("publish", "--build", built, "--repo", repo, "--private", env=hub_env)
+    # Publishing the same build again changes nothing (a repo that is private already needs no
+    # --private); a new license changes the card alone.
+    again = run_cli("publish", "--build", built, "--repo", repo, env=hub_env)
     assert "already up to date" in again.stdout and revision_of(again.stdout) == revision
     licensed = run_cli("publish", "--build", built, "--repo", repo, "--license", "cc-by-4.0",
                        "--private", "--space", f"{repo}-app", env=hub_env)  # fmt: skip
