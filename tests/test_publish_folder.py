@@ -142,6 +142,8 @@ def test_a_search_app_running_on_a_folder_keeps_showing_its_own_rows_after_a_rep
     with Searcher.from_repo(repo, encoder=tiny_encoder, cache_dir=tmp_path / "cache") as fresh:
         assert len(fresh) == 5  # and a new start reads the new folder
     searcher.close()
+    with pytest.raises(ValueError, match="this Searcher was closed"):  # not the new files' bytes
+        searcher.search_similar(0, k=5)
     if Path("/proc/self/fd").is_dir():  # every data file let go of (the old tree's included)
         held = [os.readlink(fd) for fd in Path("/proc/self/fd").iterdir() if fd.is_symlink()]
         assert not [path for path in held if str(tmp_path) in path], held
@@ -163,7 +165,9 @@ def test_a_folder_with_more_data_files_than_the_process_may_open_is_one_clear_er
         raise OSError(errno.EMFILE, "Too many open files")
 
     monkeypatch.setattr(imagesearchtr.lazy_rows, "open", no_more_files, raising=False)
-    with pytest.raises(SearchSetupError, match=r"may open no more files; raise the limit"):
+    with pytest.raises(
+        SearchSetupError, match=r"may open no more files; raise the limit .*index --max-data-file"
+    ):
         Searcher.from_repo(repo, encoder=tiny_encoder, cache_dir=tmp_path / "cache")
 
 

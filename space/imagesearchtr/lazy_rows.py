@@ -99,6 +99,7 @@ class Source:
         self._storage_urls: dict[str, str] = {}  # repo path -> its signed storage URL
         self._pinned: dict[str, io.FileIO] = {}  # repo path -> the local file opened at load
         self._lock = threading.Lock()  # (reads of a pinned file where there is no pread)
+        self.closed = False
         if revision is not None:
             from huggingface_hub.utils import build_hf_headers
 
@@ -126,8 +127,8 @@ class Source:
                 raise
             raise RowsError(
                 f"{self.location}: cannot keep its {path} open: this process may open no more "
-                "files; raise the limit (ulimit -n) or publish with a larger "
-                "--max-data-file-size (fewer data files)"
+                "files; raise the limit (ulimit -n), or make fewer, larger data files (`python "
+                "-m pipeline index --max-data-file-size SIZE`) and publish again"
             ) from None
         self._pinned[path] = handle
         self._sizes[path] = os.fstat(handle.fileno()).st_size
@@ -135,6 +136,7 @@ class Source:
 
     def close(self) -> None:
         """Close the local data files held open since load (no reads after this)."""
+        self.closed = True
         for handle in self._pinned.values():
             handle.close()
         self._pinned.clear()
@@ -156,6 +158,8 @@ class Source:
         """Bytes [start, stop) of a file: one ranged GET of the pinned commit on the Hub."""
         if stop <= start:
             return b""
+        if self.closed:  # not the file now under that name: a publish may have replaced it
+            raise ValueError(f"{self.location}: read after close()")
         if not self.remote:
             pinned = self._pinned.get(path)
             if pinned is None:
