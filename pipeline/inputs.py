@@ -142,14 +142,16 @@ class FolderSource:
         for rel in files:
             captions.setdefault(rel, [])
         keys = {rel: _nfc(rel) if forms[_nfc(rel)] == 1 else rel for rel in captions}
-        # Ids are decided by the files on disk; a caption line naming no file (a typo, skipped
-        # later as missing) takes an id left over, never changing a file's id.
-        # (a file captions.jsonl names counts too, whatever its extension or folder)
-        listed = set(files) | {rel for rel in captions if (folder / rel).is_file()}
-        ids = _unique_ids(key for rel, key in keys.items() if rel in listed)
+        # Ids are decided by the image files on disk, whatever the caption lines say. A file
+        # of another extension that a line names (a .jfif, or a .txt skipped later as no
+        # image) takes an id left over, and then a line naming no file (a typo, skipped later
+        # as missing): neither ever changes an image file's id.
+        images = set(files)
+        ids = _unique_ids(key for rel, key in keys.items() if rel in images)
         used = set(ids.values())
-        for rel, key in keys.items():
-            if rel not in listed:
+        named = {rel for rel in captions if rel not in images and (folder / rel).is_file()}
+        for rel, key in sorted(keys.items(), key=lambda item: item[0] not in named):
+            if rel not in images:
                 candidates = chain((_image_id(key), key), (f"{key}#{n}" for n in count(2)))
                 ids[key] = next(i for i in candidates if i not in used)
                 used.add(ids[key])

@@ -529,6 +529,12 @@ def test_images_that_share_a_name_but_not_an_extension_get_ids_of_their_own(tmp_
         handle.write('{"path": "c.jpg", "caption": "yok"}\n{"path": "c.jfif", "caption": "var"}\n')
     ids = {r.path: r.image_id for r in FolderSource(tmp_path).read()[0]}
     assert ids["c.jfif"] == "c" and ids["c.jpg"] == "c.jpg"
+    # ...and such a file never takes an image file's id, nor makes it longer.
+    (tmp_path / "a.txt").write_text("not a photo")
+    with (tmp_path / "captions.jsonl").open("a", encoding="utf-8") as handle:
+        handle.write('{"path": "a.txt", "caption": "metin"}\n')
+    again = {r.path: r.image_id for r in FolderSource(tmp_path).read()[0]}
+    assert again.pop("a.txt") == "a.txt" and again == ids
 
 
 def test_a_byte_order_mark_and_hidden_folders_are_not_taken_for_data(tmp_path):
