@@ -13,13 +13,16 @@ warning printed while importing would not reach the run's stderr), and settings 
 environment equals the one it started with, apart from ``RUNTIME_VARIABLES``, which the code
 reads when it runs; any other difference starts a server of its own.
 
-Writes temporary files only (each run's stdout, stderr and exit status).
+Writes temporary files only (each run's stdout, stderr and exit status, the server's stderr),
+removed when the pytest worker exits.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -49,10 +52,9 @@ def write_status(path, text):
         status.write(text)
     os.replace(path + ".tmp", path)
 
-def reap(pid, path):  # a run killed by a signal writes no status: its -signal, as Popen's
+def reap(pid, path):  # the run's exit status once its process is gone (-N: signal N, as Popen's)
     _, status = os.waitpid(pid, 0)
-    if os.WIFSIGNALED(status) and not os.path.exists(path):
-        write_status(path, str(-os.WTERMSIG(status)))
+    write_status(path, str(os.waitstatus_to_exitcode(status)))
 
 for line in sys.stdin:
     job = json.loads(line)
@@ -84,10 +86,9 @@ for line in sys.stdin:
         except BaseException:
             traceback.print_exc()
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        write_status(job["status"], str(code))
-        os._exit(code)
+        # Exit as `python -m pipeline` does: threads that are not daemons are joined and atexit
+        # handlers run, so a run that would hang at its exit hangs here too.
+        sys.exit(code)
 """
 
 
@@ -95,15 +96,17 @@ class ForkServer:
     """One server process; ``start`` forks a run, ``wait`` gives its CompletedProcess."""
 
     def __init__(self, env: dict):
+        self.work = Path(tempfile.mkdtemp(prefix="cli-forks-"))
+        atexit.register(shutil.rmtree, self.work, ignore_errors=True)
         self.proc = subprocess.Popen(
             [sys.executable, "-c", SERVER],
             cwd=REPO_ROOT,
             env=env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            stderr=(self.work / "server.stderr").open("w"),
             text=True,
         )
-        self.work = Path(tempfile.mkdtemp(prefix="cli-forks-"))
         self.runs = 0
 
     def start(self, args, env: dict, log=None, fast_hub_retries=False):
@@ -118,8 +121,11 @@ class ForkServer:
             job["stdout"] = job["stderr"] = str(log)
         self.proc.stdin.write(json.dumps(job) + "\n")
         self.proc.stdin.flush()
-        pid = int(self.proc.stdout.readline())
-        return pid, base, job
+        line = self.proc.stdout.readline()
+        if not line.strip().isdigit():  # the server died (an import failed): say why
+            stderr = (self.work / "server.stderr").read_text(errors="replace")
+            raise RuntimeError(f"the CLI fork server is gone ({self.proc.poll()}):\n{stderr}")
+        return int(line), base, job
 
     def wait(self, run, timeout: float) -> subprocess.CompletedProcess:
         """The run's CompletedProcess (returncode -N when signal N ended it, as Popen's)."""
