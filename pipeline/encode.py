@@ -202,17 +202,22 @@ def _run_encode(source, config: EncodeConfig, encoder, lock: contextlib.ExitStac
         if not config.overwrite and (out / BUILD_FILE).is_file():
             earlier = read_build_info(out)
         if encoder is None:
-            # An update keeps the components (tokenizer, image processor) the build began with,
-            # whatever their Hub repos hold now: rows of one build are tokenised alike.
-            pinned = earlier.get("component_revisions") or None
+            # An update keeps the model's commit and its components (tokenizer, image processor)
+            # the build began with, whatever their Hub repos hold now: rows of one build are
+            # tokenised alike (the weights' fingerprint would not see a new tokenizer).
+            made_with = earlier
             if not earlier and config.reuse:  # a new build over published rows: as they were
                 reused, loaded = _reused_manifest(config.reuse, config.reuse_revision)
-                pinned = reused.component_revisions or None
+                made_with = vars(reused)
                 # The commit read here, not the branch again: a push meanwhile changes nothing.
                 config = replace(config, reuse_revision=loaded.revision or config.reuse_revision)
+            pinned = made_with.get("component_revisions") or None
+            revision = config.revision
+            if revision is None and made_with.get("model_id") == config.model:
+                revision = made_with.get("model_revision")  # (None for a model folder)
             encoder = Encoder.from_pretrained(
                 config.model,
-                revision=config.revision,
+                revision=revision,
                 device=config.device,
                 dtype=config.dtype,
                 component_revisions=pinned,

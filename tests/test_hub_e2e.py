@@ -686,9 +686,19 @@ def test_a_build_pins_the_model_components_it_took_from_the_hub(
         publish_to_folder(PublishConfig(build=work / "hub-model", to=work / "hub-repo"))
         api.upload_file(path_or_fileobj=b"moved on", path_in_repo="NOTES.md", repo_id=model_repo)
         hub_searcher = Searcher.from_repo(work / "hub-repo")
+        # An update, and a new build over the published rows, load the commit they were made
+        # with, not the repo's newest (a tokenizer in the model's repo may have changed).
+        (work / "photos" / "images" / "d.jpg").rename(work / "photos" / "images" / "e.jpg")
+        run_encode(FolderSource(work / "photos"), hub_built)
+        hub_fresh = EncodeConfig(out=work / "hub-fresh", model=model_repo, dtype="float32",
+                                 reuse=str(work / "hub-repo"))
+        run_encode(FolderSource(work / "photos"), hub_fresh)
+        kept = [json.loads((work / name / "build.json").read_text())["model_revision"]
+                for name in ("hub-model", "hub-fresh")]
         print(json.dumps({{
             "model_pins": [model_commit, hub_manifest.model_id, hub_manifest.model_revision,
                            hub_searcher.encoder.revision, api.model_info(model_repo).sha],
+            "kept": kept,
             "fresh": json.loads((work / "fresh" / "build.json").read_text())[
                 "component_revisions"],
             "mixed": mixed,
@@ -714,4 +724,5 @@ def test_a_build_pins_the_model_components_it_took_from_the_hub(
     commit, model_id, recorded, loaded, newest = seen["model_pins"]
     assert model_id == f"{user}/pinned-model" and len(commit) == 40
     assert recorded == loaded == commit != newest
+    assert seen["kept"] == [commit, commit]
     assert "rows were made with the model's components at" in seen["mixed"], seen["mixed"]
