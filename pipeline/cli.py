@@ -84,7 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id-column", default="image_id", help="id column of --hf-dataset, if any")
     p.add_argument("--model", default="utkubascakir/MultiEmbedTR", help="Hub id or folder")
     p.add_argument(
-        "--revision", default=None, help="model revision (branch, tag or commit; Hub ids only)"
+        "--revision",
+        default=None,
+        help="model revision (branch, tag or commit; Hub ids only; default: the newest, or for "
+        "an update or a --reuse build the commit its rows were made with)",
     )
     p.add_argument("--out", type=_path, required=True, help="build folder")
     p.add_argument("--batch-size-img", type=int, default=32, help="images per forward pass")
