@@ -72,16 +72,21 @@ def test_a_row_left_without_captions_counts_on_its_image_only(tmp_path):
     n = 20
     queries, image_emb = unit(rng.normal(size=(n, DIM))), unit(rng.normal(size=(n, DIM)))
     image_emb[3] = queries[3]  # row 3's image matches its only caption exactly
+    image_emb[7] = queries[0]  # row 7 has no caption at all, and an image like query 0's
     captions = [[f"c{i}"] for i in range(n)]
-    folder = write_repo(tmp_path / "repo", image_emb, list(queries), captions=captions)
+    captions[7] = []
+    stored = [None if i == 7 else q for i, q in enumerate(queries)]
+    folder = write_repo(tmp_path / "repo", image_emb, stored, captions=captions)
     searcher = open_repo(folder, {f"c{i}": queries[i] for i in range(n)})
     results = by_key(evaluate(searcher, alphas=(0.0, 0.5)))
     for alpha in (0.0, 0.5):
-        # brute force: other rows fuse image and caption; the target, captionless, its image
+        # brute force: other rows fuse image and caption; the target, captionless, its image,
+        # and so does row 7, as in the Searcher
         fused = alpha * queries @ image_emb.T + (1 - alpha) * queries @ queries.T
+        fused[:, 7] = queries @ image_emb[7]
         own = np.einsum("ij,ij->i", queries, image_emb)
         np.fill_diagonal(fused, own)
-        ranks = 1 + (fused > own[:, None]).sum(axis=1)
+        ranks = (1 + (fused > own[:, None]).sum(axis=1))[np.arange(n) != 7]  # 7 asks nothing
         honest = results["leave-one-out", f"deep alpha={alpha:.2f}"]
         assert honest.recall_at_1 == (ranks == 1).mean() and honest.mrr == (1 / ranks).mean()
         assert ranks[3] == 1
@@ -138,10 +143,12 @@ def test_caption_words_lower_turkish_text_and_drop_function_words():
     assert word_pairs(rows, min_rows=3) == [("köpek", "kar"), ("köpek", "çimen")]
 
 
-def negation_repo(tmp_path, rng):
+def negation_repo(tmp_path, rng, same_snow=False):
     """15 rows "köpek kar" whose images lean to kar, 15 rows "köpek çimen" leaning less to çimen:
-    "köpek" alone finds the kar rows first; only the negative term can push them out."""
+    "köpek" alone finds the kar rows first; only the negative term can push them out.
+    ``same_snow``: the encoder gives "kar" the vector of "köpek"."""
     dog, snow, grass = np.eye(3, DIM)
+    snow = dog if same_snow else snow
     noise = 0.01 * rng.normal(size=(30, DIM))
     image_emb = unit(
         np.vstack([np.tile(dog + 0.5 * snow, (15, 1)), np.tile(dog + 0.8 * grass, (15, 1))]) + noise
@@ -175,6 +182,15 @@ def test_a_negative_term_changes_which_rows_reach_the_top_ten(tmp_path):
         honest = m.alpha is None or m.task == "image+text"
         assert m.protocol == ("leave-one-out" if honest else "own-caption")
     assert {m.mode for m in results} == {"image-only", "deep alpha=0.00"}
+
+
+def test_a_pair_of_words_the_encoder_cannot_tell_apart_is_left_out(tmp_path):
+    # "köpek - kar" would be a zero query when both words encode alike: it measures nothing.
+    searcher = negation_repo(tmp_path, np.random.default_rng(2), same_snow=True)
+    results = evaluate_composed(searcher, negative_weights=(1.0,), text_weights=())
+    assert {tuple(p) for m in results if m.task == "negation" for p in m.pairs} == {
+        ("köpek", "çimen")
+    }
 
 
 def image_text_repo(tmp_path, siblings_agree: bool, n: int = 30):
@@ -272,3 +288,5 @@ def test_the_text_weight_decides_between_rows_like_the_reference(tmp_path):
     assert 0.5 <= recall[1.0, 0.0] <= 0.8  # one of two look-alikes: about half, never 0
     assert recall[1.0, 1.0] == 1.0
     assert recall[1.0, 4.0] < 0.9 and recall[0.0, 1.0] < 0.5  # too much text: other threes
+    # Chance: one of the 29 rows that are not the reference.
+    assert {m.values["chance_recall_at_1"] for m in results} == {1 / 29}

@@ -452,6 +452,15 @@ def test_captions_jsonl_never_raises_and_skips_each_bad_line_by_number(
         assert all(isinstance(c, str) and c == " ".join(c.split()) and c for c in record.captions)
 
 
+def test_a_caption_line_naming_the_folder_itself_is_a_bad_path(tmp_path):
+    from pipeline.inputs import BAD_PATH
+
+    lines = ['{"path": ".", "caption": "klasör"}', '{"path": "./", "caption": "klasör"}']
+    (tmp_path / CAPTIONS_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    records, skips = FolderSource(tmp_path).read()
+    assert records == [] and [s.kind for s in skips] == [BAD_PATH] * 2, skips
+
+
 def test_a_deeply_nested_line_is_skipped_not_fatal(tmp_path):
     deep = b'{"path": "a.jpg", "caption": ' + b"[" * 5000 + b"]" * 5000 + b"}"
     good = json.dumps({"path": "b.jpg", "caption": "iki köpek"}).encode()

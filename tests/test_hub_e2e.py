@@ -246,7 +246,7 @@ def fake_source(local_hub, tmp_path_factory, shared_data):
         # row is the fifth's image again, under its id, with another caption.
         collide = Dataset.from_dict(
             {{"image": paths[:6] + paths[4:5], "text": [f"altyazı {{i}}" for i in range(7)],
-              "image_id": [None, None, "a b", "a/b", "x1", "x1", "x1"]}}, features=feats)
+              "image_id": [None, "..", "a b", "a/b", "x1", "x1", "x1"]}}, features=feats)
         DatasetDict({{"long_captions": split(False), "short_captions": split(True),
                      "collisions": collide}}).push_to_hub({repo!r})
         """
@@ -288,6 +288,8 @@ def test_download_never_gives_two_images_one_file(fake_source, hub_env, tmp_path
         row = int(line["caption"].split()[-1])
         assert (out / line["path"]).read_bytes() == sources[row].read_bytes(), line
     assert len(list((out / "images").iterdir())) == 6
+    # (an id of dots names no hidden file, which a folder's listing would pass over)
+    assert not [p.name for p in (out / "images").iterdir() if p.name.startswith(".")]
     assert "note:" not in first.stdout
     more = [*args[:-4], "--num-samples", "9", "--output-dir", out]  # the split has 7 rows
     again = run_cli(*more, env=hub_env)
@@ -299,6 +301,7 @@ def test_download_never_gives_two_images_one_file(fake_source, hub_env, tmp_path
         (["--caption-column", "caption"], "has no column 'caption': it has image, text, image_id;"
                                           " name the right one with --caption-column"),
         (["--seed", "-1"], "--seed must be 0 or more, got -1"),
+        (["--num-samples", "0"], "--num-samples must be >= 1, got 0"),
     ):  # fmt: skip
         result = run_cli(*args, *flags, env=hub_env, check=False)
         assert result.returncode == 2 and said in result.stderr, result.stderr

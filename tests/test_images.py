@@ -64,6 +64,10 @@ def test_sixteen_bit_greyscale_is_rescaled_not_clipped():
     img16 = Image.fromarray(array)
     out = pixels(open_image(saved(img16, "PNG")))
     assert abs(int(out[0, 0, 0]) - 128) <= 1  # Pillow's plain convert would give 255
+    # A 32-bit "I" image holding 16-bit values is rescaled the same way, not clipped to white.
+    img32 = Image.fromarray(np.full((8, 8), 32768, dtype=np.int32))
+    assert img32.mode == "I"
+    assert abs(int(pixels(open_image(img32))[0, 0, 0]) - 128) <= 1
 
 
 def test_exif_orientation_is_applied():

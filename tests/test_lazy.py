@@ -537,14 +537,16 @@ def test_the_image_cache_of_a_hub_repo_keeps_the_recently_used_images_within_its
     emb = vectors()
     # Four fill the cache; 0 is used again; 10 overflows it, which evicts down to 80% of the
     # bound the least recently used, 64 and 140; so 0 is still there and 64 is read again.
-    rows = (0, 64, 140, 199, 0, 10, 0, 64)
+    # 100 overflows it again: down to 80% takes 199 and 10 (down to 100% would take 199
+    # alone), so 10 is read again.
+    rows = (0, 64, 140, 199, 0, 10, 0, 64, 100, 10)
     queries = [{"vector": emb[row].tolist(), "k": 1} for row in rows]
     out = search(hub_env, repo, commit, tmp_path / "cache", queries, image_cache_bytes=bound)
     for row, (hit,) in zip(rows, out["searches"], strict=True):
         assert hit["row"] == row and hit["error"] is None and hit["pixels"] == pixels(1, row)
     marks, log = out["marks"], local_hub.requests
     reads = [len(data_reads(log[a:b], folder)) for a, b in zip(marks[1:-1], marks[2:], strict=True)]
-    assert reads == [1, 1, 1, 1, 0, 1, 0, 1]
+    assert reads == [1, 1, 1, 1, 0, 1, 0, 1, 1, 1]
     assert 0 < max(out["cached"]) <= bound, out["cached"]
 
 
@@ -577,6 +579,40 @@ def test_an_image_cache_that_cannot_be_opened_leaves_the_search_without_one(
     for (hit,) in out["searches"]:
         assert [hit["row"], hit["error"], hit["pixels"]] == [5, None, pixels(1, 5)]
     assert (cache / "images.sqlite" / "keep").is_file()
+
+
+def test_an_image_bigger_than_the_whole_cache_is_not_kept_and_evicts_nothing(tmp_path):
+    from imagesearchtr.image_cache import ImageCache
+
+    cache = ImageCache(tmp_path, 100)
+    cache.put("small", b"s" * 50)
+    cache.put("huge", b"h" * 200)  # over the bound by itself: dropped, not stored
+    assert cache.get("small") == b"s" * 50
+    assert cache.get("huge") is None
+
+
+def test_an_image_cache_locked_by_another_process_is_left_alone(tmp_path, caplog):
+    # Locked is not damaged: the file may be a second app worker's live cache. It stays as it
+    # is, and this process goes without a cache (after SQLite's 5 s busy timeout).
+    import contextlib
+    import sqlite3
+
+    from imagesearchtr.image_cache import FILE_NAME, ImageCache
+
+    other = sqlite3.connect(tmp_path / FILE_NAME, isolation_level=None)
+    other.execute("CREATE TABLE theirs (x)")
+    other.execute("BEGIN EXCLUSIVE")
+    other.execute("INSERT INTO theirs VALUES (1)")
+    try:
+        cache = ImageCache(tmp_path, 1000)
+        other.execute("COMMIT")
+    finally:
+        other.close()
+    assert "no image cache" in caplog.text and "database is locked" in caplog.text
+    cache.put("a", b"bytes")
+    assert cache.get("a") is None
+    with contextlib.closing(sqlite3.connect(tmp_path / FILE_NAME)) as db:  # still theirs
+        assert db.execute("SELECT x FROM theirs").fetchall() == [(1,)]
 
 
 def test_concurrent_searches_share_the_image_cache_without_errors(
@@ -625,6 +661,25 @@ def test_concurrent_searches_share_the_image_cache_without_errors(
     assert len({row for row, _, _ in shown}) < len(images_read) < len(shown) * 3 / 4
 
 
+REFUSAL = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, "tests")
+    from search_repo import FakeEncoder
+    from imagesearchtr import Searcher, SearchSetupError
+    try:
+        Searcher.from_repo(sys.argv[1], revision=sys.argv[2], encoder=FakeEncoder(8))
+    except SearchSetupError as err:
+        print("refused:", err)
+    """
+)
+
+
+def refusal(env: dict, repo: str, commit: str) -> str:
+    """What a client that loads ``repo`` at ``commit`` prints: "refused: ..." if it is refused."""
+    return run_python(REFUSAL, env, repo, commit).stdout
+
+
 def test_a_data_file_that_is_not_the_one_the_manifest_names_is_refused_at_start(
     local_hub, hub_env, tmp_path
 ):
@@ -634,18 +689,20 @@ def test_a_data_file_that_is_not_the_one_the_manifest_names_is_refused_at_start(
     (folder / "index" / "manifest.json").write_text(json.dumps(manifest))
     repo = f"{local_hub.user}/lazy-mismatch"
     commit = publish(folder, repo, hub_env)
-    code = textwrap.dedent(
-        """
-        import sys
-        sys.path.insert(0, "tests")
-        from search_repo import FakeEncoder
-        from imagesearchtr import Searcher, SearchSetupError
-        try:
-            Searcher.from_repo(sys.argv[1], revision=sys.argv[2], encoder=FakeEncoder(8))
-        except SearchSetupError as err:
-            print("refused:", err)
-        """
-    )
-    out = run_python(code, hub_env, repo, commit).stdout
+    out = refusal(hub_env, repo, commit)
     assert "refused:" in out and "data/train-00001.parquet is not the file" in out
     assert "publish again" in out
+
+
+def test_a_data_file_the_manifest_lists_but_the_commit_lacks_is_named_at_start(
+    local_hub, hub_env, tmp_path
+):
+    # The Hub's listing is checked for every file the manifest lists: a missing one is named,
+    # not a KeyError from the listing.
+    folder = write_lazy_repo(tmp_path / "repo", seed=4)
+    (folder / "data" / "train-00001.parquet").unlink()  # as if left out of the upload
+    repo = f"{local_hub.user}/lazy-missing"
+    commit = publish(folder, repo, hub_env)
+    out = refusal(hub_env, repo, commit)
+    assert "refused:" in out, out
+    assert "lists data/train-00001.parquet, which this commit does not have" in out

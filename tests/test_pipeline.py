@@ -256,7 +256,9 @@ def test_a_hub_dataset_listing_holds_no_image_bytes(tmp_path):
     features = Features({"image": Image(), "text": Value("string"), "image_id": Value("string")})
     rows = {
         "image": [{"bytes": b, "path": None} for b in blobs],
-        "text": [None, ""] + [f"foto {i}" for i in range(2, 20)],  # two rows without one
+        # Two rows without a caption; a caption's runs of blanks are made one space, as a
+        # folder's are (the same text must embed alike from either source).
+        "text": [None, ""] + ["foto\t 2\n"] + [f"foto {i}" for i in range(3, 20)],
         "image_id": [f"id{i}" for i in range(20)],
     }
     (tmp_path / "ds" / "data").mkdir(parents=True)
@@ -779,7 +781,7 @@ def test_republish_after_an_update_keeps_unchanged_data_files(
     from conftest import write_photos
     from datasets import load_dataset
 
-    from pipeline.datafiles import image_ranges
+    from pipeline.datafiles import image_ranges, images_uncompressed
 
     data = write_photos(tmp_path / "data", [f"p{i:02d}" for i in range(24)])
     build, repo = tmp_path / "build", tmp_path / "repo"
@@ -842,18 +844,36 @@ def test_republish_after_an_update_keeps_unchanged_data_files(
     for row in (0, 7, 25):
         _, found = ds.get_nearest_examples("image_emb", np.asarray(ds[row]["image_emb"]), k=1)
         assert found["image_id"] == [ds[row]["image_id"]]
+    # The kept files' image ranges (taken from the last run, not worked out again) are each
+    # file's own, in the manifest's order: the Space's reads find every row's photo.
+    published = [image_ranges(repo / f["path"]) for f in updated.data_files]
+    assert np.array_equal(np.load(repo / "index/image_ranges.npy"), np.concatenate(published))
     # Nothing changed: nothing is written.
     assert not publish_to_folder(PublishConfig(build=build, to=repo)).changed
+    # Every photo of one file removed: that file goes from the build too (a file left behind
+    # would be read as the previous layout by the next run).
+    for image_id in pq.read_table(build / paths[1])["image_id"].to_pylist():
+        (data / f"{image_id}.jpg").unlink(missing_ok=True)
+    encode(data, build, tiny_encoder, tiny_model_dir)
+    fewer = run_index(IndexConfig(build=build, target_bytes=target))
+    listed = {Path(f["path"]).name for f in fewer.data_files}
+    assert (
+        Path(paths[1]).name not in listed
+        and {p.name for p in (build / "data").glob("*.parquet")} == listed
+    )
 
-    # A data file an older version wrote (image bytes compressed) is written again by index,
-    # so that each image stays one range read of its own bytes.
-    pq.write_table(pq.read_table(build / paths[0]), build / paths[0], compression="snappy")
-    assert image_ranges(build / paths[0]) is None
-    run_index(IndexConfig(build=build, target_bytes=target))
-    ranges = image_ranges(build / paths[0])
-    first = pq.read_table(build / paths[0])["image"][0].as_py()["bytes"]
-    offset, length = ranges[0]
-    assert (build / paths[0]).read_bytes()[offset : offset + length] == first
+    # A data file an older version wrote (image bytes compressed, or a dictionary page) is
+    # written again by index, so that each image stays one range read of its own bytes.
+    styles = ({"compression": "snappy"}, {"compression": "zstd", "use_dictionary": False},
+              {"compression": "none", "use_dictionary": True})  # fmt: skip
+    for old_style in styles:
+        pq.write_table(pq.read_table(build / paths[0]), build / paths[0], **old_style)
+        assert not images_uncompressed(build / paths[0]), old_style
+        run_index(IndexConfig(build=build, target_bytes=target))
+        ranges = image_ranges(build / paths[0])
+        first = pq.read_table(build / paths[0])["image"][0].as_py()["bytes"]
+        offset, length = ranges[0]
+        assert (build / paths[0]).read_bytes()[offset : offset + length] == first
 
 
 def test_reuse_from_a_published_folder(tmp_path, tiny_encoder, tiny_model_dir):
@@ -1065,6 +1085,55 @@ def test_index_type_help_and_readme_state_the_rule_the_code_applies():
     assert AUTO_RULE in help_text
     readme = " ".join((REPO_ROOT / "README.md").read_text(encoding="utf-8").split())
     assert f"`auto` (default: {AUTO_RULE};" in readme
+
+
+def test_index_refuses_a_row_without_an_image_embedding(tmp_path, tiny_encoder, tiny_model_dir):
+    import pyarrow as pa
+    from conftest import write_photos
+
+    build = tmp_path / "build"
+    encode(write_photos(tmp_path / "data", ["a", "b"]), build, tiny_encoder, tiny_model_dir)
+    # A shard damaged by hand, or written by a broken tool: a null image embedding would be
+    # indexed as a zero vector, a row no query can find, without a word.
+    (shard,) = sorted((build / "shards").glob("shard-*.parquet"))
+    table = pq.read_table(shard)
+    column = table.column("image_emb").to_pylist()
+    damaged = pa.array([None, *column[1:]], table.schema.field("image_emb").type)
+    table = table.set_column(table.schema.get_field_index("image_emb"), "image_emb", damaged)
+    pq.write_table(table, shard)
+    with pytest.raises(ValueError, match="1 rows lack an image embedding"):
+        run_index(IndexConfig(build=build))
+
+
+def test_a_row_key_changes_with_any_of_its_stored_values():
+    import pyarrow as pa
+
+    from pipeline.datafiles import row_keys
+
+    vector = pa.list_(pa.float32(), 2)
+
+    def table(image, caption):  # one row without captions: its caption embedding is null
+        return pa.table({
+            "image_id": ["a"], "path": ["a.jpg"], "sha256": ["00"], "captions": [[]],
+            "image_emb": pa.array([image], vector), "caption_emb": pa.array([caption], vector),
+        })  # fmt: skip
+
+    keys = row_keys(table([1.0, 0.0], None))
+    # A data file whose rows' keys are unchanged is kept as it is: a new image embedding (a
+    # model change) must make a new key, with captions or without.
+    assert row_keys(table([0.0, 1.0], None)) != keys
+    assert row_keys(table([1.0, 0.0], [1.0, 0.0])) != keys
+    assert row_keys(table([1.0, 0.0], None)) == keys
+
+
+def test_row_groups_hold_at_most_max_group_rows():
+    import pyarrow as pa
+
+    from pipeline.datafiles import MAX_GROUP_ROWS, group_rows
+
+    # Tiny rows would make groups of tens of thousands by size alone; a reader takes a group at
+    # a time, so the cap bounds that read.
+    assert group_rows(pa.table({"a": [1] * (4 * MAX_GROUP_ROWS)})) == MAX_GROUP_ROWS
 
 
 def test_data_file_layout_keeps_rewrites_appends_and_compacts():

@@ -76,6 +76,18 @@ def test_deep_search_finds_rows_through_either_index(fusion_case):
     assert 9 in by_row and by_row[9].image_score < 0
 
 
+def test_a_row_without_a_caption_leaves_the_other_rows_caption_vectors_alone():
+    # A null caption embedding is a zero row and a False in the mask, for that row only.
+    import pyarrow as pa
+
+    from imagesearchtr.vectors import embedding_matrix
+
+    column = pa.array([[1.0, 0.0], None], type=pa.list_(pa.float32(), 2))
+    matrix, valid = embedding_matrix(column, 2)
+    assert matrix.tolist() == [[1.0, 0.0], [0.0, 0.0]]
+    assert valid.tolist() == [True, False]
+
+
 def test_rows_without_a_caption_anywhere_among_the_candidates(tmp_path):
     rng = np.random.default_rng(5)
     image_emb = unit(rng.normal(size=(12, DIM)))
@@ -278,11 +290,13 @@ def test_from_repo_refuses_another_model_and_rows_of_another_build(tmp_path):
     [
         ("num_rows", 3.0, "num_rows is 3.0, not a count"),
         ("num_rows", "3", "num_rows is '3', not a count"),
+        ("num_rows", -1, "num_rows is -1, not a count (a whole number, 0 or more)"),
         ("dim", "8", "dim is '8', not a count"),
         ("ntotal", 3.5, "ntotal of image_emb is 3.5, not a count"),
         ("params", [["nprobe", 4]], "the params of image_emb are not a name: value mapping"),
         ("params", {"nprobe": 16}, "search parameter nprobe=16 for index/image_emb.faiss does not"),
         ("params", {"nprobe": "16"}, "search parameter nprobe='16' for index/image_emb.faiss"),
+        ("index_sha256", [1], "index_sha256 is [1], not a path: sha256 mapping"),
     ],
 )
 def test_from_repo_names_a_manifest_field_of_the_wrong_type(tmp_path, field, value, said):
@@ -313,6 +327,17 @@ def test_a_damaged_local_data_file_is_named(tmp_path):
     data[chunk.data_page_offset : chunk.data_page_offset + 40] = b"\xff" * 40
     path.write_bytes(bytes(data))
     with pytest.raises(SearchSetupError, match=f"{path.name} cannot be read .*it is damaged"):
+        Searcher.from_repo(folder, encoder=FakeEncoder(DIM), cache_dir=tmp_path / "cache")
+
+
+def test_a_data_file_whose_footer_claims_more_bytes_than_it_has_is_named(tmp_path):
+    # The footer length is the file's last word: one past the file's start must be named, not
+    # a bare seek error (the file keeps its size, so the manifest's size check passes).
+    folder = write_repo(tmp_path / "repo", unit(np.eye(3, DIM) + 0.1))
+    (path,) = (folder / "data").glob("*.parquet")
+    data = path.read_bytes()
+    path.write_bytes(data[:-8] + (10**6).to_bytes(4, "little") + b"PAR1")
+    with pytest.raises(SearchSetupError, match=f"{path.name} is not a parquet file"):
         Searcher.from_repo(folder, encoder=FakeEncoder(DIM), cache_dir=tmp_path / "cache")
 
 
@@ -415,12 +440,24 @@ def test_from_repo_refuses_missing_altered_or_misshapen_image_ranges(tmp_path):
     put(np.array([[0, 10], [-5, 10], [-1, 0]], dtype=np.int64))
     with pytest.raises(SearchSetupError, match="a negative offset or length"):
         open_repo(folder)
+    # A length of 0 at a real offset is no image either: only (-1, 0) marks a row without one.
+    put(np.array([[0, 10], [5, 0], [-1, 0]], dtype=np.int64))
+    with pytest.raises(SearchSetupError, match="a negative offset or length"):
+        open_repo(folder)
     # A header that claims a huge array, over a few bytes: refused before any allocation.
     header = io.BytesIO()
     np.lib.format.write_array_header_1_0(
         header, {"descr": "<i8", "fortran_order": False, "shape": (3, 2**40)}
     )
     put(np.zeros(0), raw=header.getvalue() + bytes(48))
+    with pytest.raises(SearchSetupError, match=r"not an int64 array of \(3, 2\)"):
+        open_repo(folder)
+    # The right header over too few bytes (40, not 48): named, not a numpy reshape error.
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<i8", "fortran_order": False, "shape": (3, 2)}
+    )
+    put(np.zeros(0), raw=header.getvalue() + bytes(40))
     with pytest.raises(SearchSetupError, match=r"not an int64 array of \(3, 2\)"):
         open_repo(folder)
     buf = io.BytesIO()
