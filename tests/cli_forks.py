@@ -40,7 +40,7 @@ RUNTIME_VARIABLES = (
 )  # fmt: skip
 
 SERVER = r"""
-import json, os, signal, sys, threading, traceback
+import atexit, json, os, signal, sys, threading, traceback
 import datasets, huggingface_hub, pyarrow.parquet, torch, transformers  # noqa: F401
 import imagesearchtr, imagesearchtr.encoder, imagesearchtr.multiembedtr  # noqa: F401
 import pipeline.distributed, pipeline.encode, pipeline.feed, pipeline.index  # noqa: F401
@@ -86,9 +86,14 @@ for line in sys.stdin:
         except BaseException:
             traceback.print_exc()
     finally:
-        # Exit as `python -m pipeline` does: threads that are not daemons are joined and atexit
-        # handlers run, so a run that would hang at its exit hangs here too.
-        sys.exit(code)
+        # Exit as `python -m pipeline` does, up to the interpreter's teardown: threads that are
+        # not daemons are joined (after concurrent.futures' own exit hook) and atexit handlers
+        # run, so a run that would hang at its exit hangs here too.
+        threading._shutdown()
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 """
 
 
