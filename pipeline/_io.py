@@ -131,25 +131,22 @@ def build_lock(
     behind. Without fcntl (Windows) there is no lock.
     """
     folder = Path(folder)
-    created = create and not folder.exists()
-    if created:
+    # The folders this run makes, innermost first: a run refused before it wrote anything (no
+    # usable image, a model that does not load) removes them again.
+    made = [p for p in (folder, *folder.parents) if not p.exists()] if create else []
+    if made:
         folder.mkdir(parents=True)
-    try:
-        yield from _locked(folder, command, shared)
-    except BaseException:
-        # A run refused before it wrote anything (no usable image, a model that does not
-        # load) leaves no folder behind that holds only its lock file.
-        with contextlib.suppress(OSError):
-            if created and [p.name for p in folder.iterdir()] in ([], [LOCK_FILE]):
-                (folder / LOCK_FILE).unlink(missing_ok=True)
-                folder.rmdir()
-        raise
+    yield from _locked(folder, command, shared, made)
 
 
-def _locked(folder: Path, command: str, shared: bool) -> Iterator[None]:
-    """``build_lock``'s lock itself, on a folder that exists (or nothing, on Windows)."""
+def _locked(folder: Path, command: str, shared: bool, made: list[Path]) -> Iterator[None]:
+    """``build_lock``'s lock itself, on a folder that exists (or none, on Windows)."""
     if sys.platform == "win32" or not folder.is_dir():
-        yield
+        try:
+            yield
+        except BaseException:
+            _remove_unused(made)
+            raise
         return
     path = folder / LOCK_FILE
     with contextlib.ExitStack() as stack:
@@ -167,7 +164,21 @@ def _locked(folder: Path, command: str, shared: bool) -> Iterator[None]:
             handle.truncate()
             handle.write(f"`{command}` (pid {os.getpid()})")
             handle.flush()
-        yield
+        try:
+            yield
+        except BaseException:
+            _remove_unused(made)  # while the lock is held: no other run is in the folder
+            raise
+
+
+def _remove_unused(made: list[Path]) -> None:
+    """Remove the folders a run made (innermost first) while they hold nothing but its lock
+    file; stops at the first that holds anything else."""
+    with contextlib.suppress(OSError):
+        if made and [p.name for p in made[0].iterdir()] in ([], [LOCK_FILE]):
+            (made[0] / LOCK_FILE).unlink(missing_ok=True)
+        for path in made:
+            path.rmdir()  # refused for a folder that is not empty
 
 
 def _flock(handle, shared: bool, folder: Path) -> bool:

@@ -983,12 +983,12 @@ def test_a_first_run_refused_before_it_writes_leaves_no_build_folder(
     # Every caption names a photo that is not there (a run that decodes photos and finds none
     # usable keeps its folder: the skip report the error names is there).
     (data / "captions.jsonl").write_text('{"path": "images/gone.jpg", "caption": "bir kedi"}\n')
-    build = tmp_path / "new" / "build"
+    build = tmp_path / "new" / "deeper" / "build"
     with pytest.raises(EmptyBuildError, match="no usable image"):
         encode(data, build, tiny_encoder, tiny_model_dir)
-    assert not build.exists()  # not a folder holding only the lock file
+    assert not (tmp_path / "new").exists()  # not folders holding only the lock file
     # A folder the user made beforehand stays, as it was.
-    build.mkdir()
+    build.mkdir(parents=True)
     with pytest.raises(EmptyBuildError, match="no usable image"):
         encode(data, build, tiny_encoder, tiny_model_dir)
     assert build.is_dir()
