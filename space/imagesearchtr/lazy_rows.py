@@ -45,6 +45,7 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
@@ -98,7 +99,9 @@ class Source:
         self._sizes: dict[str, int] = {}  # repo path -> bytes, from the Hub's listing
         self._storage_urls: dict[str, str] = {}  # repo path -> its signed storage URL
         self._pinned: dict[str, io.FileIO] = {}  # repo path -> the local file opened at load
-        self._lock = threading.Lock()  # (reads of a pinned file where there is no pread)
+        # Local reads and close() take turns: close() cannot free a descriptor a read is using
+        # (its number could be another file's by then), and no read follows it.
+        self._lock = threading.Lock()
         self.closed = False
         if revision is not None:
             from huggingface_hub.utils import build_hf_headers
@@ -136,14 +139,20 @@ class Source:
 
     def close(self) -> None:
         """Close the local data files held open since load (no reads after this)."""
-        self.closed = True
-        for handle in self._pinned.values():
-            handle.close()
-        self._pinned.clear()
+        with self._lock:
+            self.closed = True
+            for handle in self._pinned.values():
+                handle.close()
+            self._pinned.clear()
+
+    def _check_open(self) -> None:
+        if self.closed:  # not the file now under that name: a publish may have replaced it
+            raise ValueError(f"{self.location}: this Searcher was closed; load it again")
 
     def open(self, path: str):
         """A read-only file object: each read pyarrow asks for is one ranged GET on the Hub
         (or one read of the local file pinned at load)."""
+        self._check_open()
         if self.remote:
             if path not in self._sizes:
                 self.hub_files(str(PurePosixPath(path).parent))
@@ -158,21 +167,15 @@ class Source:
         """Bytes [start, stop) of a file: one ranged GET of the pinned commit on the Hub."""
         if stop <= start:
             return b""
-        if self.closed:  # not the file now under that name: a publish may have replaced it
-            raise ValueError(f"{self.location}: read after close()")
         if not self.remote:
-            pinned = self._pinned.get(path)
-            if pinned is None:
-                with open(self.root / path, "rb") as handle:
-                    handle.seek(start)
-                    data = handle.read(stop - start)
-            elif hasattr(os, "pread"):  # no file position shared between the fetch threads
-                data = os.pread(pinned.fileno(), stop - start, start)
-            else:  # Windows: one read at a time through the handle
-                with self._lock:
-                    pinned.seek(start)
-                    data = pinned.read(stop - start)
+            with self._lock:
+                self._check_open()
+                pinned = self._pinned.get(path)
+                with open(self.root / path, "rb") if pinned is None else nullcontext(pinned) as f:
+                    f.seek(start)
+                    data = f.read(stop - start)
         else:
+            self._check_open()
             answer = self._get_range(path, f"bytes={start}-{stop - 1}")
             if answer.status_code == 404:
                 raise FileNotFoundError(f"{path} is not in {self.location}@{self.revision}")
