@@ -399,7 +399,11 @@ def test_tasviret_source_cites_tasviret_and_flickr8k(tmp_path):
         ("local folder tasviret-500", True),
         ("local folder flickr8k-tr", True),
         ("someone/TasvirEt", True),
+        ("local folder flickr8k_tr", True),
         ("local folder fotograflarim", False),
+        ("local folder kedilerimi-tasviretme-denemesi", False),  # Turkish for "describing"
+        ("ahmet/TasvirEtme-veriseti", False),
+        ("local folder flickr8kb", False),
         ("ituperceptron/image-captioning-turkish", False),
     ],
 )
