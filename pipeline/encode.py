@@ -186,6 +186,8 @@ def run_encode(source, config: EncodeConfig, encoder=None) -> EncodeSummary:
 
 
 def _run_encode(source, config: EncodeConfig, encoder, lock: contextlib.ExitStack):
+    from huggingface_hub.errors import RevisionNotFoundError
+
     from imagesearchtr import Encoder
 
     from .distributed import barrier, check_same, coordination, rank0_first
@@ -212,16 +214,27 @@ def _run_encode(source, config: EncodeConfig, encoder, lock: contextlib.ExitStac
                 # The commit read here, not the branch again: a push meanwhile changes nothing.
                 config = replace(config, reuse_revision=loaded.revision or config.reuse_revision)
             pinned = made_with.get("component_revisions") or None
-            revision = config.revision
-            if revision is None and made_with.get("model_id") == config.model:
-                revision = made_with.get("model_revision")  # (None for a model folder)
-            encoder = Encoder.from_pretrained(
-                config.model,
-                revision=revision,
-                device=config.device,
-                dtype=config.dtype,
-                component_revisions=pinned,
-            )
+            kept = None  # the commit the rows were made with, when this run loads it
+            same_model = str(made_with.get("model_id", "")).lower() == config.model.lower()
+            if config.revision is None and same_model:  # (Hub ids are not case-sensitive)
+                kept = made_with.get("model_revision")  # (None for a model folder)
+            try:
+                encoder = Encoder.from_pretrained(
+                    config.model,
+                    revision=config.revision or kept,
+                    device=config.device,
+                    dtype=config.dtype,
+                    component_revisions=pinned,
+                )
+            except RevisionNotFoundError:
+                if kept is None:
+                    raise
+                raise ValueError(
+                    f"{config.model} no longer has commit {kept[:12]}, which the rows of "
+                    f"{'--reuse ' + config.reuse if not earlier else out} were made with; pass "
+                    "--revision (another commit of the same weights), or --overwrite to encode "
+                    "every image again"
+                ) from None
         # Checked before any work: a --reuse made with another model is refused at once.
         reuse_files, reuse_revision = published_files(
             config.reuse, config.reuse_revision, encoder.fingerprint, encoder.component_revisions

@@ -698,10 +698,19 @@ def test_a_build_pins_the_model_components_it_took_from_the_hub(
         run_encode(FolderSource(work / "photos"), hub_fresh)
         kept = [json.loads((work / name / "build.json").read_text())["model_revision"]
                 for name in ("hub-model", "hub-fresh")]
+        # A commit the Hub no longer has (a squashed history): the error says where it came
+        # from and what to do.
+        build_json = work / "hub-model" / "build.json"
+        build_json.write_text(build_json.read_text().replace(kept[0], "0" * 40))
+        try:
+            run_encode(FolderSource(work / "photos"), hub_built)
+            lost = ""
+        except ValueError as err:
+            lost = str(err)
         print(json.dumps({{
             "model_pins": [model_commit, hub_manifest.model_id, hub_manifest.model_revision,
                            hub_searcher.encoder.revision, api.model_info(model_repo).sha],
-            "kept": kept,
+            "kept": kept, "lost": lost,
             "fresh": json.loads((work / "fresh" / "build.json").read_text())[
                 "component_revisions"],
             "mixed": mixed,
@@ -728,4 +737,6 @@ def test_a_build_pins_the_model_components_it_took_from_the_hub(
     assert model_id == f"{user}/pinned-model" and len(commit) == 40
     assert recorded == loaded == commit != newest
     assert seen["kept"] == [commit, commit]
+    assert f"{user}/pinned-model no longer has commit 000000000000" in seen["lost"], seen["lost"]
+    assert "pass --revision" in seen["lost"]
     assert "rows were made with the model's components at" in seen["mixed"], seen["mixed"]
