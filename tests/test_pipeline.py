@@ -187,6 +187,65 @@ def test_resume_with_another_model_is_refused(tmp_path, shared_data, tiny_model_
     run_encode(FolderSource(folder), EncodeConfig(out=build, model=str(other), overwrite=True))
 
 
+def test_cli_refuses_bad_numbers_before_any_work(tmp_path, capsys):
+    from conftest import write_photos
+
+    from pipeline.cli import main
+
+    data = write_photos(tmp_path / "data", ["a"])
+    encode = ["encode", "--data", data, "--model", tmp_path / "no-model", "--out", tmp_path / "b"]
+    evaluate = ["evaluate", "--repo", tmp_path / "no-repo", "--output", tmp_path / "e.json"]
+    # Each refused before the model or the dataset loads (a missing one is not what is named).
+    for argv, said in (
+        ([*encode, "--shard-size", "0"], "--shard-size must be >= 1"),
+        ([*encode, "--batch-size-img", "0"], "--batch-size-img must be >= 1"),
+        ([*evaluate, "--alphas", "1.5"], "--alphas '1.5': each number must be between 0 and 1"),
+        ([*evaluate, "--composed", "--negative-weights", "500"], "between 0 and 100"),
+    ):
+        assert main([str(a) for a in argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert said in err and "no-model" not in err and "no-repo" not in err, err
+
+
+def test_cli_interrupted_exits_130_and_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    from pipeline import cli
+    from pipeline.cli import main
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.COMMANDS, "index", interrupted)
+    # 130 as a shell reports Ctrl-C: `make` and scripts stop on it and a user knows to re-run.
+    assert main(["index", "--build", str(tmp_path)]) == 130
+    assert "re-run the same command to resume" in capsys.readouterr().err
+
+
+def test_publish_lists_the_first_deletions_and_counts_the_rest(tmp_path, capsys, monkeypatch):
+    from pipeline import publish
+    from pipeline.cli import main
+
+    deleted = [f"data/train-{i:05d}.parquet" for i in range(12)]
+    result = publish.PublishResult(
+        location=str(tmp_path / "r"), revision=None, changed=True, deleted=tuple(deleted)
+    )
+    monkeypatch.setattr(publish, "publish_to_folder", lambda config: result)
+    assert main(["publish", "--build", str(tmp_path), "--to", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "deleted data/train-00009.parquet" in out and "train-00010" not in out
+    assert "  ... and 2 more" in out
+
+
+def test_a_failed_atomic_write_leaves_neither_the_file_nor_its_temporary(tmp_path):
+    from pipeline import _io
+
+    target = tmp_path / "index" / "manifest.json"
+    target.parent.mkdir()
+    with pytest.raises(OSError, match="disk full"), _io.atomic_path(target) as tmp:
+        tmp.write_text("half a manifest")
+        raise OSError("disk full")
+    assert list(target.parent.iterdir()) == []  # no hidden .manifest.json.PID.tmp left
+
+
 def test_cli_errors_are_one_clear_line(tmp_path, tiny_model_dir, capsys):
     from pipeline.cli import main
 
