@@ -55,9 +55,11 @@ def commits_to(local_hub, repo):
     return [r for r in local_hub.requests_matching("POST", f"/api/datasets/{repo}/commit/")]
 
 
-def test_commit_500_is_retried_and_lands_once(built, local_hub, hub_env):
+def test_commit_500_and_429_are_retried_and_it_lands_once(built, local_hub, hub_env):
     repo = f"{local_hub.user}/flaky-500"
-    local_hub.inject_fault("POST", f"/api/datasets/{repo}/commit/", status=500, times=2)
+    local_hub.inject_fault("POST", f"/api/datasets/{repo}/commit/", status=500, times=1)
+    # The Hub's rate limit: wait and try again, as for a server error.
+    local_hub.inject_fault("POST", f"/api/datasets/{repo}/commit/", status=429, times=1)
     result = run_cli("publish", "--build", built, "--repo", repo, "--retries", "3", env=hub_env)
     assert result.stderr.count("retrying in") == 2
     state = remote_state(hub_env, repo)
