@@ -314,6 +314,33 @@ def test_hardware_granted_is_requested_and_fitted(published_space, tmp_path):
     hardware, requirements = done.stdout.split("\n", 1)
     assert hardware == "t4-small"
     assert "download.pytorch.org" not in requirements and "torch==2.13.0" in requirements
+    # Publishing again with the same hardware asks for nothing (a request restarts the Space),
+    # and a library module the new version no longer has goes from the Space.
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    env = published_space.hub_env
+    api = HfApi(endpoint=env["HF_ENDPOINT"], token=env["HF_TOKEN"])
+    old = CommitOperationAdd(path_in_repo="imagesearchtr/old.py", path_or_fileobj=b"x = 1\n")
+    api.create_commit(space_id, [old], commit_message="an older version", repo_type="space")
+    _publish_space(published_space, space_id, "--hardware", "t4-small", "--no-wait")
+    posts = published_space.hub.requests_matching("POST", rf"^/api/spaces/{space_id}/hardware$")
+    assert len(posts) == 1
+    assert "imagesearchtr/old.py" not in api.list_repo_files(space_id, repo_type="space")
+
+
+def test_waiting_for_a_space_skips_a_running_stage_of_the_commit_before(monkeypatch):
+    from types import SimpleNamespace
+
+    import pipeline.space
+    from pipeline.space import wait_for_space
+
+    stages = [("RUNNING", "old"), ("BUILDING", None), ("RUNNING", "new")]
+    answers = iter(SimpleNamespace(stage=s, raw={"sha": sha}) for s, sha in stages)
+    api = SimpleNamespace(endpoint="http://hub", get_space_runtime=lambda space_id: next(answers))
+    monkeypatch.setattr(pipeline.space.time, "sleep", lambda s: None)
+    # Right after the commit the Space still runs the old one: that is not this version running.
+    assert wait_for_space(api, "u/app", "new", timeout=60) == "RUNNING"
+    assert next(answers, None) is None  # it asked until the new commit ran
 
 
 def test_unknown_hardware_is_refused_before_anything_is_sent(published_space):
