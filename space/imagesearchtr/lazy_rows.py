@@ -145,14 +145,15 @@ class Source:
                 handle.close()
             self._pinned.clear()
 
-    def _check_open(self) -> None:
+    def check_open(self) -> None:
+        """Raise ValueError after ``close``."""
         if self.closed:  # not the file now under that name: a publish may have replaced it
             raise ValueError(f"{self.location}: this Searcher was closed; load it again")
 
     def open(self, path: str):
         """A read-only file object: each read pyarrow asks for is one ranged GET on the Hub
         (or one read of the local file pinned at load)."""
-        self._check_open()
+        self.check_open()
         if self.remote:
             if path not in self._sizes:
                 self.hub_files(str(PurePosixPath(path).parent))
@@ -169,13 +170,13 @@ class Source:
             return b""
         if not self.remote:
             with self._lock:
-                self._check_open()
+                self.check_open()
                 pinned = self._pinned.get(path)
                 with open(self.root / path, "rb") if pinned is None else nullcontext(pinned) as f:
                     f.seek(start)
                     data = f.read(stop - start)
         else:
-            self._check_open()
+            self.check_open()
             answer = self._get_range(path, f"bytes={start}-{stop - 1}")
             if answer.status_code == 404:
                 raise FileNotFoundError(f"{path} is not in {self.location}@{self.revision}")

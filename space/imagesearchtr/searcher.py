@@ -319,8 +319,7 @@ class Searcher:
         gets its real score from both sides (not min-max scaled per list, which made a score
         depend on whatever else was retrieved and scored a row one list missed as 0).
         """
-        if self.images.source.closed:
-            raise ValueError(f"{self.location}: this Searcher was closed; load it again")
+        self.images.source.check_open()
         ids = np.unique(ids)  # sorted, so that equal scores keep row order below
         if len(ids) == 0:
             return []
