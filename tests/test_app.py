@@ -425,6 +425,28 @@ def test_search_similar_handler_refuses_a_fraction(app, searcher):
     assert gallery == [] and answer == [] and "tam sayı" in status
 
 
+def test_an_unexpected_error_is_logged_not_shown(app, caplog):
+    # The exception's text may name server paths: the visitor gets a Turkish sentence, the
+    # server log the traceback.
+    from types import SimpleNamespace
+
+    def broken(row, k):
+        raise RuntimeError("/srv/x")
+
+    _, _, search_similar, _ = app.make_handlers(SimpleNamespace(search_similar=broken))
+    with caplog.at_level(logging.ERROR, logger="imagesearchtr.space"):
+        gallery, answer, status = search_similar(1, 5)
+    assert gallery == [] and answer == []
+    assert "Beklenmeyen" in status and "/srv/x" not in status
+    logged = [r for r in caplog.records if r.name == "imagesearchtr.space"]
+    assert any(
+        "search failed for row 1" in r.getMessage()
+        and r.exc_info
+        and "/srv/x" in str(r.exc_info[1])
+        for r in logged
+    )
+
+
 def test_every_event_that_runs_a_query_shares_one_concurrency_limit(app):
     # The example buttons' search too: the model and the image fetches are shared by all.
     demo = app.build_app(app.LoadError("none"))

@@ -146,6 +146,10 @@ def test_one_process_needs_no_group_and_env_errors_are_clear():
         ranks_from_env({"RANK": "4", "WORLD_SIZE": "4"})
     with pytest.raises(DistributedError, match="WORLD_SIZE='two' is not an integer"):
         ranks_from_env({"WORLD_SIZE": "two"})
+    # A LOCAL_RANK past the node's processes would pick a GPU no rank should share.
+    env = {"RANK": "2", "WORLD_SIZE": "4", "LOCAL_RANK": "2", "LOCAL_WORLD_SIZE": "2"}
+    with pytest.raises(DistributedError, match="LOCAL_RANK=2 with LOCAL_WORLD_SIZE=2"):
+        ranks_from_env(env)
     assert timeout_from_env({}).total_seconds() == 24 * 3600
     with pytest.raises(DistributedError, match="seconds > 0"):
         timeout_from_env({"IMAGESEARCHTR_DIST_TIMEOUT_S": "0"})

@@ -274,6 +274,19 @@ def test_very_long_text_is_truncated_not_an_error(tiny_encoder):
     np.testing.assert_allclose(emb[0], emb[1], atol=1e-6)
 
 
+def test_a_caption_is_cut_at_128_tokens_as_the_model_was_trained(tiny_encoder):
+    # The model saw at most 128 tokens in training: what comes after them must not count.
+    # "karlı dağlar " is 2 tokens in the tiny tokenizer, so 70 of them fill 140 (< 256).
+    prefix = "karlı dağlar " * 70
+    long = tiny_encoder.encode_texts([prefix + "köpek", prefix + "kedi"])
+    np.testing.assert_allclose(long[0], long[1], atol=1e-6)
+    # The same last word within the first 128 tokens does change the embedding.
+    short = tiny_encoder.encode_texts(
+        ["karlı dağlar " * 10 + "köpek", "karlı dağlar " * 10 + "kedi"]
+    )
+    assert not np.allclose(short[0], short[1], atol=1e-4)
+
+
 def test_a_very_thin_image_is_not_scaled_up_whole(tiny_encoder):
     # The processor scales the short side to 256 px: a 400x1 strip scaled whole is 102,400 x
     # 256 pixels, 315 MB as float32 (a 20000x1 one, 13 GB). The centre it keeps is all that counts.
@@ -432,6 +445,29 @@ def test_default_gpu_dtype_follows_compute_capability(fake_cuda, capability, exp
     fake_cuda["capability"] = capability
     assert pick_dtype(None, torch.device("cuda", 0)) == expected
     assert pick_dtype("float32", torch.device("cuda", 0)) == torch.float32
+
+
+def test_dtype_names_are_case_insensitive():
+    # `--dtype BF16` or `Float16` on a command line names the same dtype as its lower case.
+    from imagesearchtr.encoder import pick_dtype
+
+    cpu = torch.device("cpu")
+    assert pick_dtype("BF16", cpu) == torch.bfloat16
+    assert pick_dtype("Float16", cpu) == torch.float16
+    assert pick_dtype("FP32", cpu) == torch.float32
+
+
+def test_default_cpu_dtype_is_bf16_only_where_the_cpu_has_it_natively(monkeypatch):
+    # A CPU with AVX512-BF16/AMX runs bf16 faster; elsewhere bf16 is emulated: float32 then.
+    from imagesearchtr import encoder as encoder_module
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(encoder_module, "_cpu_has_native_bf16", lambda: True)
+    assert encoder_module.pick_dtype(None, cpu) == torch.bfloat16
+    assert encoder_module.pick_dtype("auto", cpu) == torch.bfloat16
+    monkeypatch.setattr(encoder_module, "_cpu_has_native_bf16", lambda: False)
+    assert encoder_module.pick_dtype(None, cpu) == torch.float32
+    assert encoder_module.pick_dtype("auto", cpu) == torch.float32
 
 
 def _rotary_buffers(encoder):

@@ -311,6 +311,17 @@ def test_merge_keeps_user_notes_block():
     assert "- **Rows:** 20000 images, 1 captions" in again  # the rest is regenerated
 
 
+def test_user_notes_survive_a_deleted_end_marker():
+    # Someone editing the card on the Hub deletes the end marker: their notes (the card's last
+    # section) must survive the next publish, not be replaced by the default.
+    first = render()
+    notes = "## Ekip notları\n\nBu veri kümesi *deneme* amaçlıdır."
+    edited = first[: first.index(USER_NOTES_START)] + f"{USER_NOTES_START}\n{notes}\n"
+    assert USER_NOTES_END not in edited
+    again = render(existing=edited)
+    assert f"{USER_NOTES_START}\n{notes}\n{USER_NOTES_END}" in again
+
+
 def test_hand_written_body_becomes_user_notes():
     existing = "---\nlicense: mit\n---\n\n# My dataset\n\nWritten by hand.\n"
     text = render(existing=existing)

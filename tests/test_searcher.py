@@ -198,6 +198,23 @@ def test_search_similar_is_the_nearest_images_without_the_row_itself(tmp_path):
     assert len(searcher.search_similar(0, k=500)) == 100  # k is capped like every search
 
 
+def test_search_similar_on_a_quantised_index_scores_cosines_with_the_rows_unit_vector(tmp_path):
+    # An SQ8 index gives back the row's vector only nearly unit: unnormalised, every score
+    # would be off by its length, and Deep Search would weigh the image side by it.
+    rng = np.random.default_rng(6)
+    image_emb = unit(rng.normal(size=(200, DIM)))
+    searcher = open_repo(write_repo(tmp_path / "repo", image_emb, factory="SQ8"))
+    held = searcher.rows.get_index("image_emb").faiss_index
+    row = 17
+    rebuilt = held.reconstruct(row)
+    assert abs(float(np.linalg.norm(rebuilt)) - 1.0) > 1e-5  # the case this test is about
+    query = rebuilt / np.linalg.norm(rebuilt)
+    hits = searcher.search_similar(row, k=10)
+    ids = np.array([h.row for h in hits])
+    expected = held.reconstruct_batch(ids) @ query
+    np.testing.assert_allclose([h.image_score for h in hits], expected, atol=1e-6)
+
+
 def test_search_similar_leaves_out_the_row_even_among_duplicates(tmp_path):
     image_emb = unit(np.ones((6, DIM)))  # every row has the same image embedding
     captions = list(unit(np.random.default_rng(5).normal(size=(6, DIM))))  # and unlike captions
@@ -269,6 +286,30 @@ def test_a_different_model_is_refused(tiny_encoder):
     )
     with pytest.raises(ModelMismatchError, match=r"built by model utkubascakir/MultiEmbedTR"):
         check_model(manifest, tiny_encoder)
+
+
+def test_a_component_at_another_commit_is_refused():
+    # Same weights, but the tokenizer/image processor came from another commit of a component
+    # repo: queries would be tokenised unlike the index's rows.
+    encoder = FakeEncoder(DIM)
+    built = {"org/text-model": "1" * 40}
+    manifest = Manifest(
+        model_id=encoder.model_id,
+        model_revision="abc123",
+        model_fingerprint=encoder.fingerprint,
+        dim=DIM,
+        num_rows=1,
+        data_hash="sha256:x",
+        indices=(),
+        component_revisions=built,
+    )
+    encoder.component_revisions = dict(built)
+    check_model(manifest, encoder)  # the same commit: accepted
+    encoder.component_revisions = {"org/text-model": "2" * 40}
+    with pytest.raises(
+        ModelMismatchError, match=r"org/text-model at commit 111111111111, .* at 222222222222"
+    ):
+        check_model(manifest, encoder)
 
 
 def test_from_repo_refuses_another_model_and_rows_of_another_build(tmp_path):
