@@ -159,7 +159,14 @@ def _locked(folder: Path, command: str, shared: bool, made: list[Path]) -> Itera
                 ) from None
             # A reader of a read-only build (a mounted artifact): share its lock, if it has one.
             handle = stack.enter_context(open(path, encoding="utf-8")) if path.is_file() else None
-        if handle is not None and _flock(handle, shared, folder) and handle.writable():
+        locked = handle is not None and _flock(handle, shared, folder)
+        if locked and os.fstat(handle.fileno()).st_nlink == 0:
+            # A refused first run removed the folder (and this lock file) between this run's
+            # open and its lock: the lock guards nothing now.
+            raise RuntimeError(
+                f"{folder} was removed by another run as this one started; run again"
+            )
+        if locked and handle.writable():
             handle.seek(0)
             handle.truncate()
             handle.write(f"`{command}` (pid {os.getpid()})")

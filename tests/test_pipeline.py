@@ -235,6 +235,27 @@ def test_publish_lists_the_first_deletions_and_counts_the_rest(tmp_path, capsys,
     assert "  ... and 2 more" in out
 
 
+def test_a_lock_taken_on_a_folder_a_refused_run_just_removed_is_refused(tmp_path, monkeypatch):
+    from pipeline import _io
+
+    build = tmp_path / "build"
+    build.mkdir()
+    real = _io._flock
+
+    def after_their_cleanup(handle, shared, folder):
+        # A refused first run removed its lock file (and folder) between this run's open and
+        # its lock: holding that lock would guard nothing, and a third run would take a new one.
+        (folder / _io.LOCK_FILE).unlink()
+        return real(handle, shared, folder)
+
+    monkeypatch.setattr(_io, "_flock", after_their_cleanup)
+    with (
+        pytest.raises(RuntimeError, match="was removed by another run"),
+        _io.build_lock(build, "encode"),
+    ):
+        pass
+
+
 def test_a_failed_atomic_write_leaves_neither_the_file_nor_its_temporary(tmp_path):
     from pipeline import _io
 
