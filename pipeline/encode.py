@@ -226,8 +226,9 @@ def _run_encode(source, config: EncodeConfig, encoder, lock: contextlib.ExitStac
                     dtype=config.dtype,
                     component_revisions=pinned,
                 )
-            except RevisionNotFoundError:
-                if kept is None:
+            except RevisionNotFoundError as err:
+                url = str(getattr(getattr(err, "response", None), "url", ""))
+                if kept is None or kept not in url:  # (a component's commit: its own message)
                     raise
                 raise ValueError(
                     f"{config.model} no longer has commit {kept[:12]}, which the rows of "

@@ -701,16 +701,27 @@ def test_a_build_pins_the_model_components_it_took_from_the_hub(
         # A commit the Hub no longer has (a squashed history): the error says where it came
         # from and what to do.
         build_json = work / "hub-model" / "build.json"
-        build_json.write_text(build_json.read_text().replace(kept[0], "0" * 40))
+        good = build_json.read_text()
+        build_json.write_text(good.replace(kept[0], "0" * 40))
         try:
             run_encode(FolderSource(work / "photos"), hub_built)
             lost = ""
         except ValueError as err:
             lost = str(err)
+        # ...but a component's lost commit is not reported as the model's.
+        info = json.loads(good)
+        component = sorted(info["component_revisions"])[0]
+        info["component_revisions"][component] = "0" * 40
+        build_json.write_text(json.dumps(info))
+        try:
+            run_encode(FolderSource(work / "photos"), hub_built)
+            lost_component = ""
+        except Exception as err:
+            lost_component = f"{{type(err).__name__}}: {{err}}"
         print(json.dumps({{
             "model_pins": [model_commit, hub_manifest.model_id, hub_manifest.model_revision,
                            hub_searcher.encoder.revision, api.model_info(model_repo).sha],
-            "kept": kept, "lost": lost,
+            "kept": kept, "lost": lost, "lost_component": lost_component,
             "fresh": json.loads((work / "fresh" / "build.json").read_text())[
                 "component_revisions"],
             "mixed": mixed,
@@ -739,4 +750,6 @@ def test_a_build_pins_the_model_components_it_took_from_the_hub(
     assert seen["kept"] == [commit, commit]
     assert f"{user}/pinned-model no longer has commit 000000000000" in seen["lost"], seen["lost"]
     assert "pass --revision" in seen["lost"]
+    assert "RevisionNotFound" in seen["lost_component"], seen["lost_component"]
+    assert "no longer has commit" not in seen["lost_component"]
     assert "rows were made with the model's components at" in seen["mixed"], seen["mixed"]
