@@ -202,18 +202,24 @@ def _facts() -> dict:
 
 def _known_sources(model_id: str, source: str) -> list[dict]:
     """``card_data.yaml``'s entries for the model id, the source's Hub id and its folder name,
-    and those with a ``name_parts`` word among that name's words, in any case (copies of a
-    source go by other names: ``TasvirEt-Flickr8k``, ``tasviret-500``; but ``tasviretme``,
-    Turkish for "describing", is another word)."""
+    and those whose ``name_parts`` make up a word of that name, in any case, with digits and
+    ``tr`` (copies of a source go by other names: ``TasvirEt-Flickr8k``, ``tasviret500``,
+    ``Flickr8kTR``; but ``tasviretme``, Turkish for "describing", is another word)."""
     sources = _facts()["sources"]
     name = _source_name(source)
-    words = set(re.split(r"[^0-9a-z]+", name.lower()))
+    words = re.split(r"[^0-9a-z]+", name.lower())
     names = [key for key in dict.fromkeys([model_id, source, name]) if key in sources]
-    names += [
-        key
-        for key, entry in sources.items()
-        if key not in names and words & set(entry.get("name_parts", ()))
-    ]
+    for key, entry in sources.items():
+        parts = "|".join(re.escape(part.lower()) for part in entry.get("name_parts", ()))
+        if (
+            parts
+            and key not in names
+            and any(
+                re.fullmatch(rf"(?:{parts}|tr|\d+)+", word) and re.search(parts, word)
+                for word in words
+            )
+        ):
+            names.append(key)
     return [sources[key] for key in names]
 
 

@@ -411,6 +411,10 @@ def test_tasviret_source_cites_tasviret_and_flickr8k(tmp_path):
         ("local folder flickr8k-tr", True),
         ("someone/TasvirEt", True),
         ("local folder flickr8k_tr", True),
+        ("someone/TasvirEtFlickr8k", True),
+        ("local folder tasviret500", True),
+        ("local folder Flickr8kTR", True),
+        ("local folder 500", False),
         ("local folder fotograflarim", False),
         ("local folder kedilerimi-tasviretme-denemesi", False),  # Turkish for "describing"
         ("ahmet/TasvirEtme-veriseti", False),
