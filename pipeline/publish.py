@@ -329,15 +329,16 @@ def _publish_to_hub(config: PublishConfig) -> PublishResult:
     try:
         # A repo this run would create public needs --private; one that exists private stays
         # private, and a public one is refused (--private does not hide it).
-        private = _private(api, repo_id) if restricted and not config.private else True
-        if private is None:
-            raise PublishError(
-                f"{build}'s rows come from {manifest.source}, which may be used for research "
-                "only and not published openly; publish to a private repo: add --private "
-                "(make publish PRIVATE=1)"
-            )
-        if not private:
-            raise _research_only_refusal(repo_id, manifest.source, api.endpoint)
+        if restricted and not config.private:
+            private = _private(api, repo_id)
+            if private is None:
+                raise PublishError(
+                    f"{build}'s rows come from {manifest.source}, which may be used for "
+                    "research only and not published openly; publish to a private repo: add "
+                    "--private (make publish PRIVATE=1)"
+                )
+            if not private:
+                raise _research_only_refusal(repo_id, manifest.source, api.endpoint)
         api.create_repo(repo_id, repo_type="dataset", private=config.private, exist_ok=True)
         info = api.dataset_info(repo_id, files_metadata=False)
         remote = _remote_files(api, repo_id, info.sha)
