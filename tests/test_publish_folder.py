@@ -148,6 +148,19 @@ def test_a_search_app_running_on_a_folder_keeps_showing_its_own_rows_after_a_rep
         assert not [path for path in held if str(tmp_path) in path], held
 
 
+def test_a_load_that_opens_a_data_file_after_close_lets_go_of_it(tmp_path):
+    from imagesearchtr.lazy_rows import Source
+
+    (tmp_path / "data.parquet").write_bytes(b"rows")
+    source = Source(str(tmp_path), tmp_path, revision=None)
+    source.close()  # say, the app shutting down while a load runs in another thread
+    with pytest.raises(ValueError, match="this Searcher was closed"):
+        source.pin("data.parquet")
+    if Path("/proc/self/fd").is_dir():
+        held = [os.readlink(fd) for fd in Path("/proc/self/fd").iterdir() if fd.is_symlink()]
+        assert str(tmp_path / "data.parquet") not in held
+
+
 def test_a_folder_with_more_data_files_than_the_process_may_open_is_one_clear_error(
     generated_build, tmp_path, tiny_encoder, monkeypatch
 ):

@@ -133,9 +133,13 @@ class Source:
                 "files; raise the limit (ulimit -n), or make fewer, larger data files (`python "
                 "-m pipeline index --max-data-file-size SIZE`) and publish again"
             ) from None
-        self._pinned[path] = handle
-        self._sizes[path] = os.fstat(handle.fileno()).st_size
-        return self._sizes[path]
+        with self._lock:  # a close() that came first would never close this handle
+            if self.closed:
+                handle.close()
+            self.check_open()
+            self._pinned[path] = handle
+            self._sizes[path] = os.fstat(handle.fileno()).st_size
+            return self._sizes[path]
 
     def close(self) -> None:
         """Close the local data files held open since load (no reads after this)."""
