@@ -310,7 +310,7 @@ def _research_only_refusal(repo_id: str, source: str, endpoint: str) -> PublishE
 
 
 def _publish_to_hub(config: PublishConfig) -> PublishResult:
-    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 
     from hub_card.dataset_card import research_only
@@ -331,6 +331,12 @@ def _publish_to_hub(config: PublishConfig) -> PublishResult:
         # private, and a public one is refused (--private does not hide it).
         if restricted and not config.private:
             private = _private(api, repo_id)
+            if private is None and get_token() is None:
+                # The Hub shows private repos to their owners only: this one may exist.
+                raise PublishError(
+                    f"no Hub token, so {repo_id} cannot be published to (nor seen, if it is "
+                    "private): set HF_TOKEN to a token with write access, or run `hf auth login`"
+                )
             if private is None:
                 raise PublishError(
                     f"{build}'s rows come from {manifest.source}, which may be used for "

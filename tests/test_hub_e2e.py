@@ -62,6 +62,12 @@ def test_publish_then_load_and_search_from_a_fresh_cache(built, hub_env, local_h
     revision = revision_of(first.stdout)
     assert local_hub.token not in first.stdout + first.stderr
     assert api.dataset_info(repo).private
+    # Without a token the Hub shows no private repo: the run asks for the token, not for a
+    # --private that this private repo does not need.
+    anonymous = {**hub_env, "HF_TOKEN": ""}
+    no_token = run_cli("publish", "--build", built, "--repo", repo, env=anonymous, check=False)
+    assert no_token.returncode == 2 and "no Hub token" in no_token.stderr, no_token.stderr
+    assert "--private" not in no_token.stderr
     # ...and so is a public Space over them, before it is created or an existing one changed.
     space = run_cli("publish-space", "--space", f"{repo}-search", "--dataset-repo", repo,
                     "--no-wait", env=hub_env, check=False)  # fmt: skip
