@@ -190,7 +190,7 @@ def _run_encode(source, config: EncodeConfig, encoder, lock: contextlib.ExitStac
 
     from imagesearchtr import Encoder
 
-    from .distributed import barrier, check_same, coordination, rank0_first
+    from .distributed import barrier, check_same, coordination, rank0_first, share_from_rank0
     from .feed import default_workers, encode_chunks
 
     started = time.perf_counter()
@@ -203,16 +203,20 @@ def _run_encode(source, config: EncodeConfig, encoder, lock: contextlib.ExitStac
         earlier = {}  # the build.json of the run before: this run is an update
         if not config.overwrite and (out / BUILD_FILE).is_file():
             earlier = read_build_info(out)
+        reused = None
+        if config.reuse:
+            # One commit for the whole run and every rank, read by rank 0: a push to the
+            # branch meanwhile changes nothing.
+            reused, loaded = share_from_rank0(
+                ranks, lambda: _reused_manifest(config.reuse, config.reuse_revision)
+            )
+            config = replace(config, reuse_revision=loaded.revision or config.reuse_revision)
         if encoder is None:
             # An update keeps the model's commit and its components (tokenizer, image processor)
             # the build began with, whatever their Hub repos hold now: rows of one build are
-            # tokenised alike (the weights' fingerprint would not see a new tokenizer).
-            made_with = earlier
-            if not earlier and config.reuse:  # a new build over published rows: as they were
-                reused, loaded = _reused_manifest(config.reuse, config.reuse_revision)
-                made_with = vars(reused)
-                # The commit read here, not the branch again: a push meanwhile changes nothing.
-                config = replace(config, reuse_revision=loaded.revision or config.reuse_revision)
+            # tokenised alike (the weights' fingerprint would not see a new tokenizer). A new
+            # build over published rows takes them as those rows were made.
+            made_with = earlier or (vars(reused) if reused else {})
             pinned = made_with.get("component_revisions") or None
             kept = None  # the commit the rows were made with, when this run loads it
             same_model = str(made_with.get("model_id", "")).lower() == config.model.lower()

@@ -1,7 +1,8 @@
 """``encode --reuse REPO --reuse-revision SHA`` reuses that commit of the dataset, not its head.
 
 Kills the pipeline/encode.py mutant that survived the rest of the suite by dropping
-``config.reuse_revision`` (the head was used whatever revision was asked for).
+``config.reuse_revision`` (the head was used whatever revision was asked for), and checks that
+under torchrun the branch is resolved once, by rank 0, for every rank.
 """
 
 from __future__ import annotations
@@ -49,3 +50,45 @@ def test_reuse_revision_pins_the_commit_the_rows_are_reused_from(
     assert result.stdout.count("encoded") == 2 and "images encoded/s" not in result.stdout
     reuse = json.loads((out / "build.json").read_text(encoding="utf-8"))["reuse"]
     assert reuse == {"location": repo, "revision": first.oid}
+
+    # Under torchrun, rank 0 alone resolves the branch and every rank reuses that commit: a
+    # push between two ranks' reads cannot give them different rows.
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT, free_port
+
+    head = api.dataset_info(repo).sha
+    resolved = rf"^/api/datasets/{repo}/revision/main$"
+    before = len(local_hub.requests_matching("GET", resolved))
+    port, out = free_port(), tmp_path / "ranks"
+    args = ["encode", "--data", photos, "--model", tiny_model_dir, "--dtype", "float32",
+            "--out", out, "--reuse", repo, "--shard-size", "1"]  # fmt: skip
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, "-m", "pipeline", *map(str, args)],
+            cwd=REPO_ROOT,
+            env={
+                **os.environ,
+                **hub_env,
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+                "RANK": str(rank),
+                "WORLD_SIZE": "2",
+                "LOCAL_RANK": str(rank),
+                "LOCAL_WORLD_SIZE": "2",
+                "OMP_NUM_THREADS": "1",
+            },  # fmt: skip
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(2)
+    ]
+    results = [(rank.communicate(timeout=300), rank.returncode) for rank in ranks]
+    assert [code for _, code in results] == [0, 0], [err[-3000:] for (_, err), _ in results]
+    assert "0 encoded, 3 reused" in results[0][0][0]
+    assert len(local_hub.requests_matching("GET", resolved)) == before + 1
+    reuse = json.loads((out / "build.json").read_text(encoding="utf-8"))["reuse"]
+    assert reuse == {"location": repo, "revision": head}
