@@ -14,7 +14,7 @@ TEST_WORKERS ?= 3
 # empty and pip resolves the normal torch for that machine. Override with `make install TORCH=...`.
 TORCH ?= $(if $(wildcard /opt/wheels/torch-2.13.0+cpu-*.whl),torch==2.13.0)
 
-# Pipeline settings (README "make demo / make publish" explains each).
+# Pipeline settings (README "The two ways in" explains each).
 MODEL ?= utkubascakir/MultiEmbedTR
 DATA ?=
 NUM_SAMPLES ?= 1000

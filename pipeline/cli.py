@@ -1,6 +1,7 @@
 """Command line: ``python -m pipeline COMMAND --help`` (download ... evaluate, below).
 
-The only place that parses arguments; each command builds a frozen config and calls its module.
+The only place that parses arguments; each command builds its module's frozen config (or its
+arguments) and calls the module.
 Known failures (bad input, missing files, Hub refusals) end with one ``error:`` line and exit
 status 2, not a traceback.
 """

@@ -2,7 +2,8 @@
 that an update leaves the files of unchanged rows byte-identical.
 
 Reads the build's rows (the index step passes them) and the previous layout: the data files in
-BUILD/data from the last index run, else those of the dataset ``encode --reuse`` read from.
+BUILD/data from the last index run, else the layout of the dataset ``encode --reuse`` read from
+(BUILD/reuse-layout.json, which encode recorded).
 Writes BUILD/data/*.parquet (the exact files publish uploads; row order = sorted file names,
 which is also the row order of the FAISS indices built over them).
 

@@ -1,7 +1,8 @@
 """Lay out the published data files and attach FAISS indices over them, with their manifest.
 
-Reads BUILD/build.json and BUILD/shards/*.parquet (from the encode step) and the previous data
-files (BUILD/data from the last run, else those of ``encode --reuse``); writes
+Reads BUILD/build.json and BUILD/shards/*.parquet (from the encode step) and the previous
+layout (the data files in BUILD/data from the last run, else BUILD/reuse-layout.json, the one
+``encode --reuse`` recorded, so that no network is needed here); writes
 BUILD/data/train-NNNNN.parquet (pipeline/datafiles.py decides which rows go where),
 BUILD/index/image_emb.faiss, BUILD/index/caption_emb.faiss, BUILD/index/image_ranges.npy (where
 each row's image bytes lie in its data file) and BUILD/index/manifest.json. The
@@ -47,7 +48,8 @@ import numpy as np
 from . import _io
 from .inputs import EmptyBuildError
 
-# Build-folder names (pipeline/encode.py writes them; kept here so `--help` imports no torch).
+# Build-folder names (pipeline/encode.py writes them and imports them from here: encode imports
+# this module, not the other way round).
 BUILD_FILE = "build.json"
 SHARDS_DIR = "shards"
 SKIPPED_FILE = "skipped.jsonl"

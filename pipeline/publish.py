@@ -24,7 +24,7 @@ at once, never half-way:
   The Hub's merge keeps main's own changes, so main is read back after it and a file of
   data/ or index/ that is not this build's is an error (a re-run removes it).
 - ``--to DIR``: the new tree is built beside the old one (unchanged files hard-linked from it,
-  so they stay untouched) and swapped in with one rename.
+  so they stay untouched) and swapped in with two renames (``_io.swap_folder``).
 Publishing a build whose manifest (data hash, model, index types) and files are already the
 repo's is a no-op. The token comes from HF_TOKEN or ``hf auth login`` through huggingface_hub
 and is never printed or written.

@@ -35,6 +35,8 @@ from pathlib import Path
 
 from imagesearchtr.manifest import (
     COMPONENT_FILES,
+    MULTIEMBEDTR_TYPE,
+    SNAPSHOT_FILES,
     Manifest,
     component_folders,
     is_hub_id,
@@ -64,7 +66,7 @@ ZERO_GPU_HARDWARE = ("zero-a10g",)
 CPU_TORCH_INDEX = "--extra-index-url https://download.pytorch.org/whl/cpu"
 # ZeroGPU needs the spaces package (@spaces.GPU); the app imports it only where installed.
 SPACES_REQUIREMENT = "spaces==0.51.3"
-# The model files the encoder fetches, in the order it tries them (preload_from_hub).
+# The MultiEmbedTR files the encoder fetches, in the order it tries them (preload_from_hub).
 MODEL_FILES = ("config.json", "model.safetensors", "pytorch_model.bin")
 # What a Space's runtime stage means for publish-space's wait (huggingface_hub SpaceStage).
 RUNNING_STAGES = ("RUNNING",)
@@ -153,23 +155,29 @@ def preload_lines(api, manifest: Manifest) -> tuple[str, ...]:
     if not is_hub_id(model):
         return ()  # a local model folder (here or where it was encoded): nothing to preload
     present = set(api.list_repo_files(model, revision=manifest.model_revision))
-    files = [f for f in MODEL_FILES if f in present]
-    if "model.safetensors" in files and "pytorch_model.bin" in files:
-        files.remove("pytorch_model.bin")  # the encoder takes safetensors when both exist
-    folders = component_folders(_model_config(api, model, manifest.model_revision))
-    files += sorted(f for f in present if f.split("/", 1)[0] in folders and "/" in f)
+    config = _model_config(api, model, manifest.model_revision)
+    if config.get("model_type") == MULTIEMBEDTR_TYPE:
+        files = [f for f in MODEL_FILES if f in present]
+        if "model.safetensors" in files and "pytorch_model.bin" in files:
+            files.remove("pytorch_model.bin")  # the encoder takes safetensors when both exist
+        folders = component_folders(config)
+        files += sorted(f for f in present if f.split("/", 1)[0] in folders and "/" in f)
+    else:  # CLIP, SigLIP: one snapshot of these
+        files = sorted(f for f in present if _matches(f, SNAPSHOT_FILES))
     # A revision needs the file list before it ("repo files revision"), as the Hub parses it.
     revision = f" {manifest.model_revision}" if manifest.model_revision else ""
     lines = [f"{model} {','.join(files)}{revision}"] if files else []
     for component, commit in sorted(manifest.component_revisions.items()):
-        wanted = sorted(
-            f
-            for f in api.list_repo_files(component, revision=commit)
-            if any(fnmatch.fnmatch(f, pattern) for pattern in COMPONENT_FILES)
-        )
+        present = api.list_repo_files(component, revision=commit)
+        wanted = sorted(f for f in present if _matches(f, COMPONENT_FILES))
         if wanted:
             lines.append(f"{component} {','.join(wanted)} {commit}")
     return tuple(lines)
+
+
+def _matches(path: str, patterns) -> bool:
+    """Whether ``huggingface_hub``'s ``allow_patterns`` would take ``path`` (fnmatch)."""
+    return any(fnmatch.fnmatch(path, pattern) for pattern in patterns)
 
 
 def _model_config(api, model: str, revision: str | None) -> dict:

@@ -27,7 +27,8 @@ Public API (gradio_client), also served as MCP tools (launch); the first three a
     /search_similar(row, k)          more like this: the photos closest to that row's photo
     /embed(text)                     the text's query embedding: a list of floats (L2-normalised),
                                      to search the dataset's FAISS index elsewhere without torch
-``results`` is plain JSON: [{caption, captions, score, image_score, caption_score, row}, ...]
+``results`` is plain JSON: [{caption, captions, score, image_score, caption_score, row,
+image_error}, ...]
 best first; ``status`` is a one-line Turkish message (a result count, or what went wrong).
 
 The page: clicking a result offers "Benzerlerini bul" (/search_similar on its row); after a text
@@ -456,7 +457,8 @@ def make_handlers(searcher: Searcher | LoadError):
             image: optional image added as a positive term (a file or URL)
         Returns:
             the gallery: image URLs, each labelled "score · caption"
-            JSON results, best first: caption, captions, score, image_score, caption_score, row
+            JSON results, best first: caption, captions, score, image_score, caption_score, row,
+            image_error (null, or why the image is a grey placeholder)
             a one-line Turkish status
         """
         if isinstance(searcher, LoadError):

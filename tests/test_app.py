@@ -918,7 +918,8 @@ def test_browser_search_shows_images(served):
 
 
 def test_preload_names_the_model_files_at_the_pinned_revision(local_hub, monkeypatch):
-    """preload_from_hub: the files the encoder fetches (safetensors over the pickle), pinned."""
+    """preload_from_hub: the files the encoder fetches (MultiEmbedTR: safetensors over the
+    pickle; CLIP and SigLIP: their tokenizer and processor files too), pinned."""
     from huggingface_hub import CommitOperationAdd, HfApi, constants
 
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # the local Hub has no Xet
@@ -928,14 +929,21 @@ def test_preload_names_the_model_files_at_the_pinned_revision(local_hub, monkeyp
 
     api = HfApi(endpoint=local_hub.endpoint, token=local_hub.token)
 
-    def repo_with(kind: str, files: tuple[str, ...]) -> tuple[str, str]:
+    def repo_with(kind: str, files: tuple[str, ...], config: bytes = b"x") -> tuple[str, str]:
         repo = f"testuser/{kind}-{uuid.uuid4().hex[:8]}"
         api.create_repo(repo)
-        operations = [CommitOperationAdd(path_in_repo=f, path_or_fileobj=b"x") for f in files]
+        operations = [
+            CommitOperationAdd(
+                path_in_repo=f, path_or_fileobj=config if f == "config.json" else b"x"
+            )
+            for f in files
+        ]
         return repo, api.create_commit(repo, operations, commit_message=kind).oid
 
     model, oid = repo_with(
-        "model", ("config.json", "model.safetensors", "pytorch_model.bin", "notes.md")
+        "model",
+        ("config.json", "model.safetensors", "pytorch_model.bin", "notes.md", "vocab.txt"),
+        config=b'{"model_type": "multimodal_embedder"}',
     )
     manifest = Manifest(
         model_id=model,
@@ -953,6 +961,23 @@ def test_preload_names_the_model_files_at_the_pinned_revision(local_hub, monkeyp
     )
     pinned = Manifest(**{**manifest.__dict__, "component_revisions": {text: pin}})
     assert preload_lines(api, pinned)[1:] == (f"{text} config.json,tokenizer.json,vocab.txt {pin}",)
+    clip, clip_oid = repo_with(
+        "clip",
+        (
+            "config.json",
+            "model.safetensors",
+            "pytorch_model.bin",
+            "tokenizer.json",
+            "vocab.txt",
+            "spiece.model",
+            "notes.md",
+        ),  # fmt: skip
+        config=b'{"model_type": "clip"}',
+    )
+    clip_manifest = Manifest(**{**manifest.__dict__, "model_id": clip, "model_revision": clip_oid})
+    assert preload_lines(api, clip_manifest) == (
+        f"{clip} config.json,model.safetensors,spiece.model,tokenizer.json,vocab.txt {clip_oid}",
+    )
     local = Manifest(**{**manifest.__dict__, "model_id": str(REPO_ROOT)})
     assert preload_lines(api, local) == ()  # a local model folder: nothing to preload
     # A component kept as a folder in the model's repo: the encoder fetches all of it.

@@ -15,7 +15,8 @@ inner product is a cosine similarity. A row that comes out NaN or infinite is ne
 
 Devices: ``device="auto"`` or ``"cuda"`` means ``cuda:LOCAL_RANK`` (torchrun sets LOCAL_RANK), so
 every process of a multi-GPU run gets its own GPU. The default dtype is bfloat16 on GPUs of compute
-capability 8.0 and up (Ampere and later), float16 below (T4, V100: bf16 there is only emulated).
+capability 8.0 and up (Ampere and later), float16 below (T4, V100: bf16 there is only emulated);
+on a CPU, bfloat16 where it has native bf16 instructions (AVX512-BF16, AMX), else float32.
 
 For a feed that decodes in other processes (pipeline/feed.py), ``Encoder.image_preprocessor``
 turns PIL images into pixel tensors anywhere, and ``Encoder.encode_pixels`` embeds them.
@@ -33,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .images import ImageInput, open_image
-from .manifest import component_folders, snapshot_commit
+from .manifest import SNAPSHOT_FILES, component_folders, snapshot_commit
 from .multiembedtr import (
     MODEL_TYPE,
     PICKLE_FILE,
@@ -590,7 +591,7 @@ def _locate(model_id_or_path: str, revision: str | None) -> tuple[Path, str, str
         snapshot_download(
             model_id_or_path,
             revision=revision,
-            allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"],
+            allow_patterns=list(SNAPSHOT_FILES),
         )
     snapshot = config_file.parent
     commit = snapshot_commit(snapshot, revision)

@@ -4,7 +4,7 @@ Read and written as ``index/manifest.json`` next to the FAISS files in a build f
 published repo. The search side reads it to pick the right encoder and refuses to search when the
 loaded model's weight fingerprint differs from the one recorded here.
 
-``load_manifest`` is the one way to read a manifest from a folder or a Hub dataset repo: it
+``load_manifest`` reads a published manifest, from a folder or a Hub dataset repo: it
 downloads ``index/*`` (Hub), parses the manifest, and refuses any index file it names outside
 the repo's ``index/`` folder before anything opens it (a hostile manifest could otherwise point
 the search at ``/proc/self/environ`` and have a library echo its bytes in an error message).
@@ -32,6 +32,11 @@ IMAGE_RANGES_FILE = f"{INDEX_DIR}/image_ranges.npy"
 # What a model component repo (``component_revisions``) contributes: its config, tokenizer and
 # image processor files. Its weights are not needed: the model's checkpoint holds every tensor.
 COMPONENT_FILES = ("*.json", "*.txt", "*.model")
+# What the encoder fetches of a CLIP or SigLIP model repo, in one snapshot (publish-space
+# preloads the same files); a MultiEmbedTR repo (config.json's model_type is this one) gives
+# its config, one checkpoint file and its component folders instead.
+SNAPSHOT_FILES = ("*.json", "*.safetensors", "*.txt", "*.model")
+MULTIEMBEDTR_TYPE = "multimodal_embedder"
 
 
 def component_folders(config: dict) -> list[str]:
@@ -109,10 +114,10 @@ class IndexInfo:
 
     column: str
     file: str  # repo-relative, e.g. "index/image_emb.faiss"
-    index_type: str  # "flat" or a FAISS factory string
+    index_type: str  # a name of pipeline.index.INDEX_TYPES ("flat", "ivf-sq8"...) or a factory
     factory: str  # the exact FAISS factory string that was built
     ntotal: int  # vectors in the index (rows with a null embedding hold a zero vector)
-    params: dict = field(default_factory=dict)  # e.g. {"nprobe": 16} or {"efSearch": 64}
+    params: dict = field(default_factory=dict)  # e.g. {"nprobe": 64} or {"efSearch": 128}
 
 
 @dataclass(frozen=True)
@@ -132,7 +137,7 @@ class Manifest:
     normalized: bool = True
     versions: dict = field(default_factory=dict)  # library versions used for the build
     created_at: str = ""
-    source: str = ""  # where the rows came from: a Hub dataset id or "local folder"
+    source: str = ""  # where the rows came from: a Hub dataset id or "local folder NAME"
     data_files: list = field(default_factory=list)  # [{path, num_rows, sha256, size}], row order
     image_ranges_sha256: str = ""  # of IMAGE_RANGES_FILE; "" in manifests written before it
     # {repo path: sha256} of the FAISS files: an index swapped in from another build of the same
@@ -294,7 +299,7 @@ def load_manifest(
     where = str(location)
     local = Path(location).expanduser()
     if local.is_dir():
-        if revision is not None:  # ignored, it would seem to pin a commit
+        if revision is not None:  # refused: ignored, it would seem to pin a commit
             raise ManifestError(
                 f"{where} is a local folder, which has no revisions; drop the revision "
                 f"({revision}), or give the dataset's Hub id"

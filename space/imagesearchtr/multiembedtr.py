@@ -28,8 +28,8 @@ from torch import nn
 from transformers import AutoConfig, Dinov2Model, ModernBertModel
 
 from .manifest import COMPONENT_FILES, is_hub_id, snapshot_commit
+from .manifest import MULTIEMBEDTR_TYPE as MODEL_TYPE  # (publish-space reads it without torch)
 
-MODEL_TYPE = "multimodal_embedder"
 TEXT_MAX_LENGTH = 128  # MultiEmbedTR was trained with max_length 128
 SAFETENSORS_FILE = "model.safetensors"
 PICKLE_FILE = "pytorch_model.bin"
