@@ -13,8 +13,18 @@ import os
 import sys
 from pathlib import Path
 
-from .download import DEFAULT_DATASET
+from .download import DownloadConfig
+from .encode import EncodeConfig
+from .evaluate import (
+    DEFAULT_ALPHAS,
+    DEFAULT_COMPOSED_ALPHAS,
+    DEFAULT_NEGATIVE_WEIGHTS,
+    DEFAULT_TEXT_WEIGHTS,
+)
 from .index import AUTO_RULE, INDEX_TYPES
+from .inputs import HubSource
+from .publish import PublishConfig
+from .space import DEFAULT_HARDWARE, SpaceConfig
 
 SHOWN_DELETES = 10  # deleted files `publish` names; the rest it counts
 DESCRIPTION = """\
@@ -54,15 +64,27 @@ def build_parser() -> argparse.ArgumentParser:
         "completes a partial download.",
         formatter_class=defaults,
     )
-    p.add_argument("--num-samples", type=int, default=1000, help="rows to sample")
-    p.add_argument("--seed", type=int, default=14, help="shuffle seed")
+    p.add_argument(
+        "--num-samples", type=int, default=DownloadConfig.num_samples, help="rows to sample"
+    )
+    p.add_argument("--seed", type=int, default=DownloadConfig.seed, help="shuffle seed")
     p.add_argument("--output-dir", type=_path, required=True, help="folder to write into")
-    p.add_argument("--split", default="long_captions", help="long_captions or short_captions")
-    p.add_argument("--dataset", default=DEFAULT_DATASET, help="Hub dataset id")
-    p.add_argument("--buffer-size", type=int, default=10_000, help="shuffle buffer size")
-    p.add_argument("--image-column", default="image", help="image column of --dataset")
-    p.add_argument("--caption-column", default="text", help="caption column of --dataset")
-    p.add_argument("--id-column", default="image_id", help="id column of --dataset, if any")
+    p.add_argument("--split", default=DownloadConfig.split, help="long_captions or short_captions")
+    p.add_argument("--dataset", default=DownloadConfig.dataset, help="Hub dataset id")
+    p.add_argument(
+        "--buffer-size", type=int, default=DownloadConfig.buffer_size, help="shuffle buffer size"
+    )
+    p.add_argument(
+        "--image-column", default=DownloadConfig.image_column, help="image column of --dataset"
+    )
+    p.add_argument(
+        "--caption-column",
+        default=DownloadConfig.caption_column,
+        help="caption column of --dataset",
+    )
+    p.add_argument(
+        "--id-column", default=DownloadConfig.id_column, help="id column of --dataset, if any"
+    )
 
     p = commands.add_parser(
         "encode",
@@ -79,11 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", type=_path, help="folder with captions.jsonl and images (see README)"
     )
     source.add_argument("--hf-dataset", help="a Hub dataset id to read directly instead")
-    p.add_argument("--split", default="train", help="split of --hf-dataset")
-    p.add_argument("--image-column", default="image", help="image column of --hf-dataset")
-    p.add_argument("--caption-column", default="text", help="caption column of --hf-dataset")
-    p.add_argument("--id-column", default="image_id", help="id column of --hf-dataset, if any")
-    p.add_argument("--model", default="utkubascakir/MultiEmbedTR", help="Hub id or folder")
+    p.add_argument("--split", default=HubSource.split, help="split of --hf-dataset")
+    p.add_argument(
+        "--image-column", default=HubSource.image_column, help="image column of --hf-dataset"
+    )
+    p.add_argument(
+        "--caption-column", default=HubSource.caption_column, help="caption column of --hf-dataset"
+    )
+    p.add_argument(
+        "--id-column", default=HubSource.id_column, help="id column of --hf-dataset, if any"
+    )
+    p.add_argument("--model", default=EncodeConfig.model, help="Hub id or folder")
     p.add_argument(
         "--revision",
         default=None,
@@ -91,16 +119,28 @@ def build_parser() -> argparse.ArgumentParser:
         "an update or a --reuse build the commit its rows were made with)",
     )
     p.add_argument("--out", type=_path, required=True, help="build folder")
-    p.add_argument("--batch-size-img", type=int, default=32, help="images per forward pass")
-    p.add_argument("--batch-size-txt", type=int, default=64, help="captions per forward pass")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument(
+        "--batch-size-img",
+        type=int,
+        default=EncodeConfig.batch_size_img,
+        help="images per forward pass",
+    )
+    p.add_argument(
+        "--batch-size-txt",
+        type=int,
+        default=EncodeConfig.batch_size_txt,
+        help="captions per forward pass",
+    )
+    p.add_argument("--device", default=EncodeConfig.device, help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument(
         "--dtype",
         default=None,
         help="float32, bfloat16 or float16 (default: the fastest dtype that keeps "
         "cosine >= 0.999 to float32)",
     )
-    p.add_argument("--shard-size", type=int, default=256, help="rows per parquet shard")
+    p.add_argument(
+        "--shard-size", type=int, default=EncodeConfig.shard_size, help="rows per parquet shard"
+    )
     p.add_argument(
         "--overwrite",
         action="store_true",
@@ -182,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--retries",
         type=int,
-        default=4,
+        default=PublishConfig.retries,
         help="commit retries on server errors, 0 or more (waits 1, 2, 4 s ...)",
     )
 
@@ -210,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--private", action="store_true", help="create the Space as private")
     p.add_argument(
         "--hardware",
-        default="cpu-basic",
+        default=DEFAULT_HARDWARE,
         help="Spaces hardware: cpu-basic (free), cpu-upgrade, t4-small, l4x1, a10g-small, "
         "zero-a10g (ZeroGPU), ... The requirements fit it (CPU-only torch on CPU hardware, "
         "`spaces` on ZeroGPU), the card suggests it, and other than cpu-basic it is requested "
@@ -224,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--wait-timeout",
         type=float,
-        default=1800,
+        default=SpaceConfig.wait_timeout,
         help="seconds to wait for the Space to run before giving up (exit 2)",
     )
 
@@ -242,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repo", required=True, help="published dataset: Hub id or local folder")
     p.add_argument("--revision", default=None, help="dataset revision (Hub only)")
     p.add_argument(
-        "--alphas", default="0,0.25,0.5,0.6,0.75,1", help="comma-separated Deep Search alphas"
+        "--alphas", default=_listed(DEFAULT_ALPHAS), help="comma-separated Deep Search alphas"
     )
     p.add_argument(
         "--output", type=_path, default=Path("evaluation.json"), help="JSON file to write"
@@ -264,22 +304,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--negative-weights",
-        default="0,0.25,0.5,1",
+        default=_listed(DEFAULT_NEGATIVE_WEIGHTS),
         help="with --composed: comma-separated weights of the negative term (positive: 1)",
     )
     p.add_argument(
         "--text-weights",
-        default="0,0.5,1,2,4",
+        default=_listed(DEFAULT_TEXT_WEIGHTS),
         help="with --composed: comma-separated weights of the text term beside an image "
         "(image: 1); the text alone is always added",
     )
     p.add_argument(
         "--composed-alphas",
-        default="0",
+        default=_listed(DEFAULT_COMPOSED_ALPHAS),
         help="with --composed: Deep Search alphas tried besides image-only search (which is "
         "what composed queries use); empty for image-only alone",
     )
     return parser
+
+
+def _listed(numbers) -> str:
+    """A comma-separated flag value: (0.0, 0.25, 1.0) -> "0,0.25,1"."""
+    return ",".join(f"{n:g}" for n in numbers)
 
 
 def _path(text: str) -> Path:
@@ -407,7 +452,7 @@ def _unreachable(err: BaseException) -> str | None:
 
 
 def _download(args) -> int:
-    from .download import DownloadConfig, run_download
+    from .download import run_download
 
     summary = run_download(
         DownloadConfig(
@@ -434,8 +479,8 @@ def _download(args) -> int:
 
 
 def _encode(args) -> int:
-    from .encode import EncodeConfig, run_encode, summary_text
-    from .inputs import FolderSource, HubSource
+    from .encode import run_encode, summary_text
+    from .inputs import FolderSource
 
     if args.data is not None and _holds(args.out, args.data):
         raise ValueError(
@@ -519,7 +564,7 @@ def _index(args) -> int:
 
 
 def _publish(args) -> int:
-    from .publish import PublishConfig, publish_to_folder, publish_to_hub
+    from .publish import publish_to_folder, publish_to_hub
 
     config = PublishConfig(
         build=args.build,
@@ -551,7 +596,7 @@ def _publish(args) -> int:
 
 
 def _publish_space(args) -> int:
-    from .space import SpaceConfig, publish_space_to_folder, publish_space_to_hub
+    from .space import publish_space_to_folder, publish_space_to_hub
 
     config = SpaceConfig(
         dataset_repo=args.dataset_repo,

@@ -75,7 +75,7 @@ class EncodeConfig:
     """Settings of one encode run (the CLI's flags)."""
 
     out: Path
-    model: str
+    model: str = "utkubascakir/MultiEmbedTR"
     revision: str | None = None
     batch_size_img: int = 32
     batch_size_txt: int = 64

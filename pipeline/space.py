@@ -86,7 +86,7 @@ class SpaceConfig:
     private: bool = False
     hardware: str = DEFAULT_HARDWARE
     wait: bool = True  # follow the Space's build until it runs or fails
-    wait_timeout: float = 1800.0  # seconds
+    wait_timeout: float = 1800  # seconds
 
 
 @dataclass(frozen=True)
