@@ -71,7 +71,7 @@ except ImportError:  # not on ZeroGPU hardware (see the module docstring)
 import gradio as gr
 import numpy as np
 from gradio import processing_utils
-from gradio.utils import get_upload_folder
+from gradio.utils import get_upload_folder, is_in_or_equal
 
 from imagesearchtr import ImageLoadError, ModelMismatchError, Searcher, SearchSetupError
 from imagesearchtr.vectors import compose_vectors
@@ -597,6 +597,11 @@ class QueryImage(gr.Image):
                 "Görsel alınamadı: yalnız bir adres geldi; görseli yükleyin "
                 "(gradio_client: handle_file(yol_ya_da_adres))."
             )
+        # Gradio keeps a path to its upload folder only when the payload is tagged
+        # meta={"_type": "gradio.FileData"}; untagged, the path came as the visitor sent it,
+        # and a server file must not be read (nor its existence told) for a visitor.
+        if not is_in_or_equal(payload.path, self.GRADIO_CACHE):  # (both resolved: no ../)
+            raise gr.Error("Görsel alınamadı: yalnız yüklenen görseller aranabilir; yükleyin.")
         return payload.path
 
 

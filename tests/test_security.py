@@ -425,8 +425,10 @@ def call_api(url: str, endpoint: str, data: list) -> str:
 
 
 @pytest.mark.parametrize("target", ["/etc/passwd", "index", "dataset-photo", "app.py"])
-def test_server_paths_sent_to_the_api_are_refused(served, published, tmp_path, target):
-    """A client cannot make the image search read a server file by naming its path."""
+@pytest.mark.parametrize("tagged", [True, False], ids=["FileData", "bare-path"])
+def test_server_paths_sent_to_the_api_are_refused(served, published, tmp_path, target, tagged):
+    """A client cannot make the image search read a server file by naming its path, with or
+    without gradio's FileData tag (gradio checks the path only with it)."""
     url, _, _ = served
     path = {
         "/etc/passwd": "/etc/passwd",
@@ -436,11 +438,13 @@ def test_server_paths_sent_to_the_api_are_refused(served, published, tmp_path, t
     if target == "dataset-photo":  # a real image on the server, outside gradio's cache
         path = str(tmp_path / "server-photo.jpg")
         PIL.Image.new("RGB", (32, 32), (9, 9, 9)).save(path)
-    events = call_api(
-        url, "search_image", [{"path": path, "meta": {"_type": "gradio.FileData"}}, 3]
-    )
+    payload = {"path": path, "meta": {"_type": "gradio.FileData"}} if tagged else {"path": path}
+    events = call_api(url, "search_image", [payload, 3])
     assert "event: error" in events and "sonuç" not in events, events
-    assert "root:" not in events
+    assert "root:" not in events and "açılamadı" not in events  # nothing read, nothing told
+    if not tagged:  # the composed search's image term too
+        events = call_api(url, "search", ["köpek", 3, False, 0.5, payload])
+        assert "event: error" in events and "sonuç" not in events, events
 
 
 def test_uploads_come_back_only_as_downloads(served):
