@@ -117,6 +117,12 @@ JPEG_QUALITY = 90
 # page may still fetch (its enlarged preview, say).
 RESULTS_MAX_BYTES = 2 << 30
 RESULTS_KEEP_S = 3600
+# Visitors' uploads (query photos, or any file sent to /gradio_api/upload) would otherwise stay
+# for the Space's life: gradio deletes the files it took in or served (uploads and result
+# images alike) once they are older than this, looking every UPLOADS_SWEEP_S. A result image
+# shown again is touched (ResultFolder), so one shown within RESULTS_KEEP_S is never deleted.
+UPLOADS_KEEP_S = RESULTS_KEEP_S
+UPLOADS_SWEEP_S = 600
 # The longest side of a result image as the gallery gets it. The page is at most 1100 px wide,
 # so more pixels would only cost decoding, encoding and the visitor's download; 1000 rather
 # than 1024 lets the common 4000-4032 px phone photo be decoded at 1/4 scale, not 1/2
@@ -611,7 +617,9 @@ def build_app(searcher: Searcher | LoadError) -> gr.Blocks:
     Theme and CSS are launch() arguments in gradio 6: start it with ``launch(demo, ...)``.
     """
     search, search_image, search_similar, embed = make_handlers(searcher)
-    with gr.Blocks(title=f"{TITLE} · Türkçe görsel arama") as demo:
+    with gr.Blocks(
+        title=f"{TITLE} · Türkçe görsel arama", delete_cache=(UPLOADS_SWEEP_S, UPLOADS_KEEP_S)
+    ) as demo:
         gr.Markdown(f"# {TITLE}\n{DESCRIPTION}", elem_id="title")
         if isinstance(searcher, LoadError):
             gr.Markdown(f"⚠️ **Arama kullanılamıyor.** {searcher.message}", elem_id="load-error")

@@ -314,6 +314,23 @@ def published(tmp_path_factory, tiny_model_dir, tiny_encoder) -> Path:
     return target
 
 
+def load_app(name: str):
+    """space/app.py as a module of its own (its constants can be patched apart from others)."""
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "space" / "app.py")
+    app = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = app
+    spec.loader.exec_module(app)
+    return app
+
+
+def launch_app(app, demo) -> str:
+    port = free_port()
+    app.launch(
+        demo, prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True
+    )
+    return f"http://127.0.0.1:{port}"
+
+
 @pytest.fixture(scope="module")
 def served(published, tiny_encoder):
     """The app launched in this process, as test_app.py does: (url, demo, client)."""
@@ -321,18 +338,9 @@ def served(published, tiny_encoder):
 
     from imagesearchtr import Searcher
 
-    spec = importlib.util.spec_from_file_location(
-        "imagesearchtr_space_app_security", REPO_ROOT / "space" / "app.py"
-    )
-    app = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = app
-    spec.loader.exec_module(app)
+    app = load_app("imagesearchtr_space_app_security")
     demo = app.build_app(Searcher.from_repo(published, encoder=tiny_encoder))
-    port = free_port()
-    app.launch(
-        demo, prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True
-    )
-    url = f"http://127.0.0.1:{port}"
+    url = launch_app(app, demo)
     try:
         yield (
             url,
@@ -470,6 +478,48 @@ def test_uploads_come_back_only_as_downloads(served):
     assert status == 200 and content == page
     assert headers["content-type"] == "application/octet-stream"
     assert headers["content-disposition"].startswith("attachment")
+
+
+def upload(url: str, name: str, content: bytes) -> str:
+    """POST a file to gradio's /gradio_api/upload, as any visitor may; its path on the server."""
+    boundary = "----imagesearchtr-test"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + content
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    request = urllib.request.Request(
+        f"{url}/gradio_api/upload",
+        body,
+        {"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    (stored,) = json.loads(urllib.request.urlopen(request, timeout=30).read())
+    return stored
+
+
+def test_uploads_do_not_stay_for_the_spaces_life(published, tiny_encoder, monkeypatch):
+    """Uploads nobody searched with would fill the disk (and keep visitors' photos) for weeks."""
+    from imagesearchtr import Searcher
+
+    app = load_app("imagesearchtr_space_app_uploads")
+    # Result images are deleted the same way: never one shown within RESULTS_KEEP_S.
+    assert app.UPLOADS_KEEP_S >= app.RESULTS_KEEP_S
+    monkeypatch.setattr(app, "UPLOADS_SWEEP_S", 1)  # the default: every 10 minutes, 1 h old
+    monkeypatch.setattr(app, "UPLOADS_KEEP_S", 1)
+    demo = app.build_app(Searcher.from_repo(published, encoder=tiny_encoder))
+    url = launch_app(app, demo)
+    try:
+        stored = Path(upload(url, "x.bin", b"\0" * 4096))
+        assert stored.is_file()
+        deadline = time.monotonic() + 20
+        while stored.exists() and time.monotonic() < deadline:
+            time.sleep(0.25)
+        assert not stored.exists()
+    finally:
+        demo.close()
 
 
 def test_oversized_uploads_are_refused(served):
