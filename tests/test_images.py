@@ -23,6 +23,12 @@ def pixels(img: Image.Image) -> np.ndarray:
     return np.asarray(img, dtype=np.int16)
 
 
+def test_an_image_of_no_pixels_is_refused_by_name():
+    for size in [(0, 0), (0, 5), (5, 0)]:  # PIL makes them; the image processor divides by 0
+        with pytest.raises(ImageLoadError, match=r"<PIL image RGB .*: the image has no pixels"):
+            open_image(Image.new("RGB", size))
+
+
 def test_greyscale_and_palette_become_rgb():
     grey = Image.new("L", (8, 8), 77)
     assert (pixels(open_image(saved(grey, "PNG"))) == 77).all()

@@ -14,7 +14,8 @@ Decisions on odd inputs (tested in tests/test_images.py):
   bits; Pillow's own conversion clips everything above 255 to white. A float image (F) whose
   values lie within 0..1 is read as 0..1, not as 8-bit values (which would make it black).
 - CMYK, YCbCr, L, 1, HSV, LAB: Pillow's standard conversion to RGB.
-- Images over ``MAX_PIXELS`` are refused before they are decoded (decompression bombs).
+- Images over ``MAX_PIXELS`` are refused before they are decoded (decompression bombs), and
+  images of no pixels (a PIL image 0 pixels wide) are refused.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 # 64 megapixels is far beyond what the 224-px encoders need and far below what exhausts memory
-# (an RGBA 64 MP image decodes to 256 MB). Pillow's own limit only warns up to twice its value.
+# (an RGBA 64 MP image decodes to 256 MB, and to_rgb keeps one or two more copies at most, of
+# 64-256 MB). Pillow's own limit only warns up to twice its value.
 MAX_PIXELS = 64_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
@@ -93,26 +95,37 @@ def open_image(source: ImageInput) -> Image.Image:
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any PIL image to RGB following the decisions in the module docstring."""
-    img = ImageOps.exif_transpose(img)
+    """Convert any PIL image to RGB following the decisions in the module docstring.
+
+    Each step keeps as few full-size copies as it can (a 64 MP image is 64-256 MB a copy): an
+    RGB image without an EXIF rotation comes back as it is.
+    """
+    if min(img.size) == 0:
+        raise ImageLoadError(describe(img), "the image has no pixels")
+    img.load()  # the pixels are read now, while the caller's file is still open
+    if img.getexif().get(ExifTags.Base.Orientation, 1) != 1:
+        img = ImageOps.exif_transpose(img)
     if img.mode == "RGB":
         return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        array = np.asarray(img, dtype=np.float64)
+        array = np.array(img, dtype=np.float32)  # a copy, scaled in place below
         # 16-bit modes use the full 0..65535 range; "I"/"F" hold whatever the file held, so
         # values above 255 are read as 16-bit data and smaller ones as 8-bit data.
         top = 65535.0 if img.mode.startswith("I;16") or array.max() > 255 else 255.0
         if img.mode == "F" and array.max() <= 1.0:
             top = 1.0
-        array = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(array, mode="L").convert("RGB")
+        array *= 255.0 / top
+        array += 0.5
+        np.clip(array, 0, 255, out=array)
+        return Image.fromarray(array.astype(np.uint8), mode="L").convert("RGB")
     has_alpha = img.mode in ("RGBA", "LA", "La", "RGBa", "PA") or (
         img.mode == "P" and "transparency" in img.info
     )
     if has_alpha:
         if img.mode == "La":  # premultiplied: Pillow converts it only to LA
             img = img.convert("LA")
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+        rgba = img if img.mode == "RGBA" else img.convert("RGBA")
+        white = Image.new("RGB", rgba.size, (255, 255, 255))
+        white.paste(rgba, mask=rgba)  # the alpha channel blends each pixel onto white
+        return white
     return img.convert("RGB")
