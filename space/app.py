@@ -53,6 +53,7 @@ import hashlib
 import importlib.util
 import io
 import logging
+import math
 import os
 import re
 import tempfile
@@ -91,8 +92,9 @@ EXAMPLES = [
     "bisiklet süren bir adam",
 ]
 MAX_RESULTS = 30
-# /embed refuses longer texts: the model reads 128 tokens, so more only costs tokenizer time.
-MAX_EMBED_CHARS = 2000
+# /search and /embed refuse longer texts: the model reads 128 tokens a term, so more only costs
+# parsing and tokenizer time (a 100 MB query took seconds and hundreds of MB).
+MAX_QUERY_CHARS = 2000
 DEFAULT_RESULTS = 10
 DEFAULT_ALPHA = 0.6
 
@@ -397,9 +399,10 @@ def make_handlers(searcher: Searcher | LoadError):
     Known problems of /search, /search_image and /search_similar come back as the status
     message with an empty gallery, never as an error: a gradio_client caller and the page both
     see the same Turkish sentence. /embed has no status output, so it raises ``gr.Error`` with
-    that sentence. (A k or alpha outside its slider's range, or not a number, never reaches
-    these functions through the API: gradio refuses it first, in its own words; a fractional
-    row is rounded by its ``gr.Number(precision=0)``.)
+    that sentence. (A k, alpha or row that is not a number never reaches these functions
+    through the API: their inputs refuse it first with a Turkish ``gr.Error``, as gradio
+    refuses one outside a slider's range, in its own words; a fractional row is rounded by its
+    ``RowNumber(precision=0)``.)
     """
 
     # Only the encoder runs inside @spaces.GPU (ZeroGPU bills and queues GPU time per call); the
@@ -425,6 +428,9 @@ def make_handlers(searcher: Searcher | LoadError):
 
     def bad_k(k):
         return [], [], f"⚠️ Sonuç sayısı 1 ile {MAX_RESULTS} arasında olmalı (verilen: {k})."
+
+    def too_long(text: str) -> str:
+        return f"Metin en çok {MAX_QUERY_CHARS} karakter olabilir ({len(text)})."
 
     def run(query_fn, what: str):
         started = time.perf_counter()
@@ -472,6 +478,10 @@ def make_handlers(searcher: Searcher | LoadError):
         n = check_k(k)
         if n is None:
             return bad_k(k)
+        if not isinstance(deep, bool) and deep is not None:  # the string "false" is true
+            return [], [], f"⚠️ deep true ya da false olmalı (verilen: {str(deep)[:40]!r})."
+        if isinstance(query, str) and len(query) > MAX_QUERY_CHARS:
+            return [], [], f"⚠️ {too_long(query)}"
         try:
             weight = float(alpha) if deep else None
         except (TypeError, ValueError):
@@ -565,8 +575,8 @@ def make_handlers(searcher: Searcher | LoadError):
             raise gr.Error(f"Arama kullanılamıyor: {searcher.message}")
         if not isinstance(text, str) or not text.strip():
             raise gr.Error("Lütfen bir metin verin (ör. “karlı dağlar”).")
-        if len(text) > MAX_EMBED_CHARS:
-            raise gr.Error(f"Metin en çok {MAX_EMBED_CHARS} karakter olabilir ({len(text)}).")
+        if len(text) > MAX_QUERY_CHARS:
+            raise gr.Error(too_long(text))
         try:
             (vector,) = encode_terms([text.strip()])
         except ValueError as err:
@@ -574,6 +584,38 @@ def make_handlers(searcher: Searcher | LoadError):
         return [float(x) for x in vector]
 
     return search, search_image, search_similar, embed
+
+
+def checked_number(payload, label: str, optional: bool):
+    """An API value for a number input, or a Turkish ``gr.Error``: gradio's own preprocess
+    compares a string with the input's range and fails with a TypeError, which reaches the
+    caller as an error without a message and the log as a traceback."""
+    if payload is None and optional:
+        return None
+    if isinstance(payload, bool) or not isinstance(payload, (int, float)):
+        raise gr.Error(f"“{label}” bir sayı olmalı (verilen: {str(payload)[:40]!r}).")
+    if not math.isfinite(payload):
+        raise gr.Error(f"“{label}” sonlu bir sayı olmalı (verilen: {payload}).")
+    return payload
+
+
+class NumberSlider(gr.Slider):
+    """``gr.Slider`` that refuses an API value that is not a number in Turkish (checked_number)."""
+
+    is_template = True  # rendered by gradio's own Slider component
+
+    def preprocess(self, payload):
+        return super().preprocess(checked_number(payload, self.label, optional=False))
+
+
+class RowNumber(gr.Number):
+    """``gr.Number`` that refuses an API value that is not a number in Turkish (checked_number);
+    empty (None) is no row chosen."""
+
+    is_template = True  # rendered by gradio's own Number component
+
+    def preprocess(self, payload):
+        return super().preprocess(checked_number(payload, "row", optional=True))
 
 
 class QueryImage(gr.Image):
@@ -664,7 +706,7 @@ def build_app(searcher: Searcher | LoadError) -> gr.Blocks:
                         scale=1,
                         elem_id="deep",
                     )
-                    alpha = gr.Slider(
+                    alpha = NumberSlider(
                         0,
                         1,
                         value=DEFAULT_ALPHA,
@@ -694,7 +736,7 @@ def build_app(searcher: Searcher | LoadError) -> gr.Blocks:
                 image_button = gr.Button(
                     "Benzerlerini bul", variant="primary", scale=1, min_width=120
                 )
-        k = gr.Slider(
+        k = NumberSlider(
             1,
             MAX_RESULTS,
             value=DEFAULT_RESULTS,
@@ -716,7 +758,7 @@ def build_app(searcher: Searcher | LoadError) -> gr.Blocks:
         )
         with gr.Row():
             # The selected result's row: the input of /search_similar (hidden on the page).
-            row = gr.Number(value=None, precision=0, visible=False, elem_id="similar-row")
+            row = RowNumber(value=None, precision=0, visible=False, elem_id="similar-row")
             similar_button = gr.Button(
                 "Benzerlerini bul", visible=False, scale=1, elem_id="similar-button"
             )

@@ -259,6 +259,38 @@ def test_out_of_range_settings_are_refused_by_the_sliders(served, kwargs, expect
         search(client, "köpek", **kwargs)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"k": "5"}, "“Sonuç sayısı” bir sayı olmalı"),
+        ({"k": None}, "“Sonuç sayısı” bir sayı olmalı"),
+        ({"k": [5]}, "“Sonuç sayısı” bir sayı olmalı"),
+        ({"deep": True, "alpha": "0.5"}, "“Denge” bir sayı olmalı"),
+    ],
+)
+def test_settings_that_are_not_numbers_are_refused_in_turkish(served, kwargs, expected):
+    # gradio's own Slider preprocess failed on them with a TypeError: an error without a
+    # message for the caller, a traceback in the log.
+    from gradio_client.exceptions import AppError
+
+    _, client = served
+    with pytest.raises(AppError, match=expected):
+        search(client, "köpek", **kwargs)
+    for row in ("3", "nan", [1]):
+        with pytest.raises(AppError, match="“row” bir sayı olmalı"):
+            client.predict(row=row, k=5, api_name="/search_similar")
+
+
+def test_deep_must_be_true_or_false_and_a_query_not_too_long(served):
+    _, client = served
+    for deep in ("false", "0", 1):  # the string "false" would have run Deep Search
+        gallery, results, status = search(client, "köpek", k=3, deep=deep)
+        assert gallery == [] and results == [] and "deep true ya da false" in status, status
+    gallery, results, status = search(client, "köpek " * 400, k=3)  # 2400 characters
+    assert gallery == [] and results == [] and "en çok 2000 karakter" in status, status
+    assert len(search(client, "köpek", k=3, deep=None)[1]) == 3  # not given: image-only
+
+
 def test_handlers_check_their_settings_too(app, searcher):
     search_fn, _, _, _ = app.make_handlers(searcher)
     assert "Sonuç sayısı 1 ile 30" in search_fn("köpek", 0, False, 0.6)[2]
@@ -524,7 +556,7 @@ def test_a_link_runs_its_search_on_load(app, searcher):
     (toggle,) = [
         fn for fn in demo.fns.values()
         if [type(b).__name__ for b in fn.inputs] == ["Checkbox"]
-        and [type(b).__name__ for b in fn.outputs] == ["Slider"]
+        and [type(b).__name__ for b in fn.outputs] == ["NumberSlider"]
     ]  # fmt: skip
     assert toggle.fn(True)["visible"] is True and toggle.fn(False)["visible"] is False
 
