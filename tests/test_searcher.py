@@ -157,6 +157,11 @@ def test_bad_queries_give_clear_errors(tmp_path):
             searcher.search_vector(bad, k=3)
     with pytest.raises(ValueError, match="all zeros"):
         searcher.search_vector(np.zeros(DIM), k=3)
+    # Two half vectors do not search as one, nor a complex vector as its real part.
+    for bad, said in ((query.reshape(2, -1), r"\(2, 4\)$"), (query + 1j, "of complex numbers")):
+        with pytest.raises(ValueError, match=f"must be one vector of {DIM} real numbers.*{said}"):
+            searcher.search_vector(bad, k=3)
+    assert len(searcher.search_vector(query[None, :], k=3)) == 3  # (1, dim): one vector
     # Any length: the scores stay cosines, the ranking the unit vector's.
     plain = [(h.row, round(h.score, 5)) for h in searcher.search_vector(query, k=3)]
     for scale in (100, 1e20, 1e-30):  # (float32's norm of the last two is inf and 0)
@@ -272,6 +277,22 @@ def test_composed_queries_refuse_what_cannot_be_searched(tmp_path):
         searcher.search_combined(["köpek"], negative="kedi")
     with pytest.raises(TypeError, match=r"positive must be a list of terms, e.g. \[image\]"):
         searcher.search_combined(png((1, 2, 3)))
+
+
+def test_a_model_that_cannot_be_fetched_or_a_cache_that_cannot_be_made_is_named(
+    tmp_path, monkeypatch
+):
+    from huggingface_hub import constants
+
+    folder = write_repo(tmp_path / "repo", [unit([1, 0, 0, 0])])
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # as with no network
+    with pytest.raises(SearchSetupError, match=r"its model fake/model could not be fetched .*"
+                       r"LocalEntryNotFoundError.*check the connection"):  # fmt: skip
+        Searcher.from_repo(folder, cache_dir=tmp_path / "cache")
+    (tmp_path / "a-file").write_text("x")
+    for cache in (tmp_path / "a-file", tmp_path / "a-file" / "below"):
+        with pytest.raises(SearchSetupError, match=r"cannot use the cache folder .*a-file"):
+            Searcher.from_repo(folder, encoder=FakeEncoder(4), cache_dir=cache)
 
 
 def test_a_different_model_is_refused(tiny_encoder):

@@ -158,6 +158,13 @@ class Searcher:
             raise SearchSetupError(str(err)) from None
         manifest = loaded.manifest
         cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:  # (later, it would read as a missing data file)
+            raise SearchSetupError(
+                f"cannot use the cache folder {cache_dir} ({err.strerror}); give cache_dir= a "
+                "folder this process can write"
+            ) from None
         source = Source(where, loaded.root, loaded.revision)
         try:
             files = data_files(source, manifest)
@@ -185,13 +192,24 @@ class Searcher:
             for column in EMBEDDING_COLUMNS
         }
         if encoder is None:
-            encoder = Encoder.from_pretrained(
-                manifest.model_id,
-                revision=manifest.model_revision,
-                device=device,
-                dtype=dtype,
-                component_revisions=manifest.component_revisions or None,
-            )
+            from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+            try:
+                encoder = Encoder.from_pretrained(
+                    manifest.model_id,
+                    revision=manifest.model_revision,
+                    device=device,
+                    dtype=dtype,
+                    component_revisions=manifest.component_revisions or None,
+                )
+            except (LocalEntryNotFoundError, HfHubHTTPError) as err:  # (offline: the former)
+                pinned = f"@{manifest.model_revision[:12]}" if manifest.model_revision else ""
+                said = (str(err).splitlines() or [""])[0][:200]
+                raise SearchSetupError(
+                    f"{where}: its model {manifest.model_id}{pinned} could not be fetched "
+                    f"({type(err).__name__}: {said}); check the connection (and HF_TOKEN for a "
+                    "private model), or pass encoder="
+                ) from None
         check_model(manifest, encoder)
         location = f"{where}@{loaded.revision}" if loaded.revision else where
         return cls(dataset, exact, manifest, encoder, location, images, cache_dir)
@@ -266,6 +284,13 @@ class Searcher:
         length (the ranking does not depend on it); an all-zero vector is a ValueError.
         """
         k = _check_k(k, len(self))
+        shape = np.shape(vector)
+        if len(shape) not in (1, 2) or len(shape) == 2 and shape[0] != 1 or np.iscomplexobj(vector):
+            raise ValueError(  # a (2, 384) array must not search as one 768-d vector
+                f"the query vector must be one vector of {self.manifest.dim} real numbers, shape "
+                f"({self.manifest.dim},) or (1, {self.manifest.dim}); got shape {shape}"
+                + (" of complex numbers" if np.iscomplexobj(vector) else "")
+            )
         vector = as_query(vector)
         if vector.shape[0] != self.manifest.dim or not np.isfinite(vector).all():
             raise ValueError(
