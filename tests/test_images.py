@@ -23,6 +23,14 @@ def pixels(img: Image.Image) -> np.ndarray:
     return np.asarray(img, dtype=np.int16)
 
 
+def test_what_is_not_an_image_input_is_a_type_error_and_a_bytearray_is_bytes():
+    for not_an_image in (None, 3, np.zeros((4, 4, 3), dtype=np.uint8)):
+        with pytest.raises(TypeError, match="an image must be a file path, bytes or a PIL image"):
+            open_image(not_an_image)
+    data = saved(Image.new("RGB", (4, 4), (1, 2, 3)), "PNG")
+    assert (pixels(open_image(bytearray(data))) == [1, 2, 3]).all()
+
+
 def test_an_image_of_no_pixels_is_refused_by_name():
     for size in [(0, 0), (0, 5), (5, 0)]:  # PIL makes them; the image processor divides by 0
         with pytest.raises(ImageLoadError, match=r"<PIL image RGB .*: the image has no pixels"):

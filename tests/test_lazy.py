@@ -362,7 +362,7 @@ def test_an_image_that_cannot_be_fetched_or_decoded_is_a_placeholder_with_a_mess
     corrupt, failed, retried = out["searches"]
 
     assert corrupt[0]["row"] == CORRUPT_ROW
-    assert "could not be decoded" in corrupt[0]["error"]
+    assert "could not be decoded: not an image" in corrupt[0]["error"]  # (no object address)
     assert "row 150" in corrupt[0]["error"]
     grey = np.asarray(corrupt[0]["pixels"])
     assert grey.ndim == 3 and (grey == grey[0, 0]).all()  # a plain placeholder

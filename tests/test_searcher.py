@@ -277,6 +277,10 @@ def test_composed_queries_refuse_what_cannot_be_searched(tmp_path):
         searcher.search_combined(["köpek"], negative="kedi")
     with pytest.raises(TypeError, match=r"positive must be a list of terms, e.g. \[image\]"):
         searcher.search_combined(png((1, 2, 3)))
+    with pytest.raises(TypeError, match=r"positive must be a list of terms, not dict"):
+        searcher.search_combined({"köpek": 1})  # its keys were searched
+    with pytest.raises(TypeError, match=r"negative must be a list of terms, not NoneType"):
+        searcher.search_combined(["köpek"], negative=None)
 
 
 def test_a_model_that_cannot_be_fetched_or_a_cache_that_cannot_be_made_is_named(

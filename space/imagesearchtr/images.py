@@ -58,7 +58,14 @@ def describe(source: ImageInput) -> str:
 
 
 def open_image(source: ImageInput) -> Image.Image:
-    """Open, fully decode and convert an image to RGB, or raise ImageLoadError."""
+    """Open, fully decode and convert an image to RGB, or raise ImageLoadError (TypeError for
+    what is not an image input at all)."""
+    if isinstance(source, bytearray | memoryview):
+        source = bytes(source)
+    if not isinstance(source, str | os.PathLike | bytes | Image.Image):
+        raise TypeError(
+            f"an image must be a file path, bytes or a PIL image, not {type(source).__name__}"
+        )
     name = describe(source)
     if isinstance(source, Image.Image):
         return to_rgb(source)

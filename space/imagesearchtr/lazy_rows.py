@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from .image_cache import ImageCache, remove_old_files
 from .images import MAX_PIXELS, to_rgb
@@ -559,6 +559,8 @@ class ImageStore:
                         f"{MAX_PIXELS:,}-pixel limit",
                     )
                 return Fetched(self._fit(image), None)
+        except UnidentifiedImageError:  # (its message names a BytesIO object's address)
+            return Fetched(placeholder(), f"{where} could not be decoded: not an image")
         except Exception as err:  # noqa: BLE001 - PIL raises many types for bad bytes
             return Fetched(placeholder(), f"{where} could not be decoded: {_describe(err)}")
 

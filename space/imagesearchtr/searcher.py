@@ -475,6 +475,8 @@ def _terms(name: str, terms) -> list:
             if isinstance(terms, str)
             else f"{name} must be a list of terms, e.g. [image] rather than one image"
         )
+    if not isinstance(terms, list | tuple):  # a dict's keys, say, are no list of terms
+        raise TypeError(f"{name} must be a list of terms, not {type(terms).__name__}")
     return list(terms)
 
 
