@@ -106,16 +106,8 @@ class EncodeSummary:
     notes: tuple[str, ...] = ()  # what the user should know about the rows kept
 
     @property
-    def num_images(self) -> int:
-        return self.images
-
-    @property
     def num_captions(self) -> int:
         return self.encoded_captions + self.reused_captions
-
-    @property
-    def num_skipped(self) -> int:
-        return self.skipped
 
     def counts(self) -> dict:
         keys = ("images", "encoded_images", "reused_images", "encoded_captions")

@@ -14,7 +14,6 @@ the encode step can report each one instead of dropping it silently.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import posixpath
 import unicodedata
@@ -85,14 +84,6 @@ class FolderSource:
     def label(self) -> str:
         """The input as the manifest records it (``public_source``)."""
         return public_source(f"{LOCAL_SOURCE}{self.folder.resolve()}")
-
-    def fingerprint(self) -> str:
-        """Identifies the input for resume checks: the folder and its captions file's content."""
-        digest = hashlib.sha256(str(self.folder.resolve()).encode())
-        captions = self.folder / CAPTIONS_FILE
-        if captions.is_file():
-            digest.update(captions.read_bytes())
-        return digest.hexdigest()[:16]
 
     def check(self) -> None:
         """Refuse a folder that is not there (before a model is loaded for it)."""
@@ -183,12 +174,6 @@ class HubSource:
 
     def label(self) -> str:
         return self.dataset
-
-    def fingerprint(self) -> str:
-        key = (
-            f"{self.dataset}|{self.split}|{self.revision}|{self.image_column}|{self.caption_column}"
-        )
-        return hashlib.sha256(key.encode()).hexdigest()[:16]
 
     def read(self) -> tuple[list[ImageRecord], list[Skip]]:
         from datasets import Image, load_dataset

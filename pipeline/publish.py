@@ -50,15 +50,14 @@ from imagesearchtr.manifest import (
     INDEX_DIR,
     MANIFEST_FILE,
     Manifest,
-    index_file,
     load_manifest,
     sha256_file,
 )
 
 from . import _io
 from .datafiles import DATA_DIR
-from .encode import SKIPPED_FILE, features, skip_kind
-from .index import INDEXED_FILE, build_shards, indexed_state
+from .encode import features, skip_kind
+from .index import INDEXED_FILE, SKIPPED_FILE, build_shards, indexed_state
 
 CARD_FILE = "README.md"
 MANAGED_DIRS = (DATA_DIR, INDEX_DIR)
@@ -719,7 +718,6 @@ __all__ = [
     "PublishConfig",
     "PublishError",
     "PublishResult",
-    "index_file",
     "publish_to_folder",
     "publish_to_hub",
     "staged_files",

@@ -44,13 +44,12 @@ from imagesearchtr.manifest import (
     require_image_ranges,
 )
 
-from .publish import PublishError, check_card, hub_error_text
+from .publish import CARD_FILE, PublishError, check_card, hub_error_text
 
 SPACE_SOURCE = Path(__file__).resolve().parent.parent / "space"
 APP_FILE = "app.py"
 REQUIREMENTS_FILE = "requirements.txt"
 LIBRARY_DIR = "imagesearchtr"
-CARD_FILE = "README.md"
 TITLE = "ImageSearchTR"
 # The Python the Space is built with: the pins (numpy 2.4, transformers 5.24) need >= 3.11, and
 # Spaces builds with 3.10 when the card does not say (pyproject's requires-python agrees).

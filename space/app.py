@@ -137,8 +137,6 @@ GALLERY_MAX_SIDE = 1000
 MAX_TERMS = 8
 OPERATOR = re.compile(r"(?:^|(?<=\s))([+-])(?=\s|$)")
 # The share link's parameters (?q=...&k=...&deep=...&alpha=...), read by the page on load.
-SHARE_PARAMS = ("q", "k", "deep", "alpha")
-
 THEME = gr.themes.Soft(primary_hue="red", secondary_hue="indigo", neutral_hue="slate")
 CSS = """
 .gradio-container { max-width: 1100px !important; margin: auto; }

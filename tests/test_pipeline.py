@@ -317,7 +317,7 @@ def test_in_process_api_matches_the_cli(tmp_path, shared_data, tiny_model_dir):
     summary = run_encode(
         FolderSource(folder), EncodeConfig(out=tmp_path / "b", model=str(tiny_model_dir))
     )
-    assert (summary.num_images, summary.num_skipped) == (5, 9)
+    assert (summary.images, summary.skipped) == (5, 9)
     assert summary.skipped_reasons["duplicate"] == 1
     manifest = run_index(IndexConfig(build=tmp_path / "b"))
     assert manifest.num_rows == 5 and manifest.num_captions == 5 and manifest.num_skipped == 9
