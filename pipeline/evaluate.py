@@ -117,11 +117,7 @@ def leave_one_out(vectors: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray,
 
 def evaluate(searcher, alphas=DEFAULT_ALPHAS, batch_size: int = 256) -> list[Metrics]:
     """Both protocols' metrics for image-only search and Deep Search at each alpha."""
-    dim = searcher.manifest.dim
-    stored = searcher.embeddings()
-    image_emb, _ = embedding_matrix(stored.column("image_emb"), dim)
-    caption_emb, caption_valid = embedding_matrix(stored.column("caption_emb"), dim)
-    captions = searcher.rows.data.column("captions").to_pylist()
+    (image_emb, caption_emb, caption_valid), captions = _rows(searcher)
     queries = [c for caps in captions for c in caps]
     targets = np.array([row for row, caps in enumerate(captions) for _ in caps], dtype=np.int64)
     if not queries:
@@ -129,7 +125,7 @@ def evaluate(searcher, alphas=DEFAULT_ALPHAS, batch_size: int = 256) -> list[Met
     vectors = np.asarray(searcher.encoder.encode_texts(queries, batch_size=64), dtype=np.float32)
     own_loo, own_loo_valid = leave_one_out(vectors, targets)
 
-    modes = [("image-only", None)] + [(f"deep alpha={a:.2f}", a) for a in alphas]
+    modes = _modes(alphas)
     ranks = {(p, mode): [] for p in PROTOCOLS for mode, _ in modes}
     for start in range(0, len(queries), batch_size):
         batch = slice(start, start + batch_size)
@@ -216,6 +212,16 @@ def _scores(queries, image_emb, caption_emb, caption_valid, alpha):
     return np.where(caption_valid, fused, image_scores)
 
 
+def _rows(searcher):
+    """((image_emb, caption_emb, caption_valid), captions) of every row: the exact float32
+    embeddings (read from the data files once) and each row's list of captions."""
+    dim, stored = searcher.manifest.dim, searcher.embeddings()
+    image_emb, _ = embedding_matrix(stored.column("image_emb"), dim)
+    caption_emb, caption_valid = embedding_matrix(stored.column("caption_emb"), dim)
+    captions = searcher.rows.data.column("captions").to_pylist()
+    return (image_emb, caption_emb, caption_valid), captions
+
+
 def _modes(alphas) -> list[tuple[str, float | None]]:
     return [("image-only", None)] + [(f"deep alpha={a:.2f}", a) for a in alphas]
 
@@ -242,14 +248,9 @@ def evaluate_composed(
     """The negation and image+text tasks (module docstring) at each weight, for image-only
     search and Deep Search at each of ``alphas``. ``pairs``: the negation task's (A, B) words
     (default: ``word_pairs`` of the captions)."""
-    dim = searcher.manifest.dim
-    stored = searcher.embeddings()
-    image_emb, _ = embedding_matrix(stored.column("image_emb"), dim)
-    caption_emb, caption_valid = embedding_matrix(stored.column("caption_emb"), dim)
-    captions = searcher.rows.data.column("captions").to_pylist()
+    tables, captions = _rows(searcher)
     if len(captions) < 2:
         raise ValueError(f"{searcher.location}: composed queries need at least 2 rows")
-    tables = (image_emb, caption_emb, caption_valid)
     row_words = [set().union(*map(caption_words, caps)) for caps in captions]
     if pairs is None:
         pairs = word_pairs(row_words, min_rows)
