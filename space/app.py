@@ -553,6 +553,9 @@ def make_handlers(searcher: Searcher | LoadError):
             number = float("nan")
         if not number.is_integer():
             return [], [], f"⚠️ Satır numarası bir tam sayı olmalı (verilen: {row})."
+        if not 0 <= number < len(searcher):
+            last = len(searcher) - 1
+            return [], [], f"⚠️ Satır numarası 0 ile {last} arasında olmalı (verilen: {number:g})."
         n = check_k(k)
         if n is None:
             return bad_k(k)

@@ -445,7 +445,9 @@ def test_search_similar_through_the_api(served, searcher):
     assert [r["row"] for r in similar] == want_rows
     assert [r["score"] for r in similar] == pytest.approx(want_scores, abs=1e-6)
     # bad rows come back as a Turkish status, not an error
-    for bad, words in ((len(searcher), "out of range"), (None, "görsel seçin")):
+    last = f"0 ile {len(searcher) - 1} arasında"
+    for bad, words in ((len(searcher), last), (-1, "(verilen: -1)"), (1e308, "(verilen: 1e+308)"),
+                       (None, "görsel seçin")):  # fmt: skip
         gallery, answer, status = client.predict(row=bad, k=5, api_name="/search_similar")
         assert gallery == [] and answer == [] and words in status, (bad, status)
 
