@@ -52,40 +52,54 @@ def write_text(target: str | os.PathLike, text: str) -> None:
 def swap_folder(staging: Path, target: Path) -> None:
     """Put the fully written folder ``staging`` in place of ``target`` (two renames; a crash
     between them leaves the old tree at ``.TARGET.old-PID-N``, whole, and no ``target``, which
-    ``swap_leftovers`` puts back)."""
+    ``swap_leftovers`` puts back). The old tree is deleted under another name,
+    ``.TARGET.trash-PID-N``: a tree named ``old`` is always whole, one named ``trash`` never."""
     staging, target = Path(staging), Path(target)
     n = 0  # a name no earlier run left: never the old tree of another run
     while (old := target.with_name(f".{target.name}.old-{os.getpid()}-{n}")).exists():
         n += 1
-    if target.exists():
+    had_target = target.exists()
+    if had_target:
         os.replace(target, old)
-    os.replace(staging, target)
-    shutil.rmtree(old, ignore_errors=True)
+    try:
+        os.replace(staging, target)
+    except BaseException:  # (a failed rename, or Ctrl-C): the old tree goes back at once
+        if had_target and not target.exists():
+            os.replace(old, target)
+        raise
+    if had_target:
+        trash = old.with_name(old.name.replace(".old-", ".trash-", 1))
+        os.replace(old, trash)
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 def swap_leftovers(target: Path) -> list[str]:
     """Deal with what killed ``swap_folder`` callers left beside ``target``; return notes.
 
     A staging tree (``.TARGET.staging-PID``) of a process that is gone is removed: it is an
-    unfinished new tree, whose kept files are links to the old tree's. An old tree
-    (``.TARGET.old-PID-N``) is put back as ``target`` when ``target`` is missing (a run died
-    between its two renames) and is otherwise left alone, with a note: it may hold the only
+    unfinished new tree, whose kept files are links to the old tree's; so is a tree it was
+    deleting (``.TARGET.trash-PID-N``). An old tree (``.TARGET.old-PID-N``, whole) is put back
+    as ``target`` when ``target`` is missing (a run died between its two renames; of several,
+    the one moved aside last, and one with its manifest before one without, which older
+    versions left half deleted) and is otherwise left alone, with a note: it may hold the only
     copy of files, and its process id may belong to another program now. On Windows, where no
     process can be asked whether it is alive without ending it, nothing is removed.
     """
     target = Path(target)
-    pattern = re.compile(rf"\.{re.escape(target.name)}\.(staging|old)-(\d+)(-\d+)?")
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(staging|trash|old)-(\d+)(-\d+)?")
     found = []
     for item in target.parent.iterdir() if target.parent.is_dir() else ():
         match = pattern.fullmatch(item.name)
         if match:
             found.append((match[1], int(match[2]), item))
     notes = []
-    for kind, pid, item in sorted(found, key=lambda f: f[2].name):
-        if kind == "staging":
-            if pid == os.getpid() or not _alive(pid):
-                shutil.rmtree(item, ignore_errors=True)
-        elif not target.exists():
+    for kind, pid, item in found:
+        if kind != "old" and (pid == os.getpid() or not _alive(pid)):
+            shutil.rmtree(item, ignore_errors=True)
+    old = [item for kind, _, item in found if kind == "old"]
+    # A rename sets a folder's ctime: the newest is the tree the last run moved aside.
+    for item in sorted(old, key=lambda i: (_has_manifest(i), i.lstat().st_ctime_ns), reverse=True):
+        if not target.exists():
             os.replace(item, target)
         else:
             notes.append(
@@ -93,6 +107,10 @@ def swap_leftovers(target: Path) -> list[str]:
                 "check it for files of yours, then delete it"
             )
     return notes
+
+
+def _has_manifest(tree: Path) -> bool:
+    return (tree / "index" / "manifest.json").is_file()
 
 
 def _alive(pid: int) -> bool:

@@ -225,6 +225,9 @@ def _run_index(config: IndexConfig, cache: Path):
 
     index_dir = build / INDEX_DIR
     index_dir.mkdir(exist_ok=True)
+    # Temporary files of a run killed mid-write (each as large as what it was writing).
+    _io.remove_orphans(index_dir)
+    _io.remove_orphans(build, INDEXED_FILE)
     files = [
         {
             "path": f.path,

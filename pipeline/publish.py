@@ -118,7 +118,10 @@ def staged_files(build: Path) -> tuple[Manifest, dict[str, tuple[Path, str]]]:
     for info in manifest.indices:
         if not (build / info.file).is_file():
             raise FileNotFoundError(f"{build / info.file} is missing; re-run the index step")
-        files[info.file] = (build / info.file, sha256_file(build / info.file))
+        sha = sha256_file(build / info.file)
+        if manifest.index_sha256 and manifest.index_sha256.get(info.file) != sha:
+            raise ValueError(stale)  # (an index run killed between the FAISS file and manifest)
+        files[info.file] = (build / info.file, sha)
     ranges = build / IMAGE_RANGES_FILE
     if not ranges.is_file() or sha256_file(ranges) != manifest.image_ranges_sha256:
         raise ValueError(stale)  # (also a build indexed before image ranges were recorded)

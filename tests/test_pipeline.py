@@ -745,6 +745,23 @@ def test_publish_refuses_rows_and_index_from_different_builds(tmp_path, shared_b
         handle.write(json.dumps(line) + "\n")
     with pytest.raises(ValueError, match="index does not match the encoded rows; re-run"):
         publish_to_folder(PublishConfig(build=skips, to=tmp_path / "repo"))
+    # An index run killed between writing a FAISS file and the manifest: the file is not the
+    # one the manifest names, and every reader would refuse the published repo.
+    killed = tmp_path / "killed"
+    shutil.copytree(shared_build, killed)
+    with (killed / "index" / "image_emb.faiss").open("ab") as faiss_file:
+        faiss_file.write(b"\0")
+    with pytest.raises(ValueError, match="index does not match the encoded rows; re-run"):
+        publish_to_folder(PublishConfig(build=killed, to=tmp_path / "repo"))
+    # ...and the next index run leaves none of a killed run's temporary files behind.
+    from pipeline.index import IndexConfig, run_index
+
+    orphans = [killed / "index" / ".image_emb.faiss.999999.tmp", killed / ".indexed.json.9.tmp"]
+    for orphan in orphans:
+        orphan.write_bytes(b"half")
+    run_index(IndexConfig(build=killed))
+    assert not [p.name for p in killed.rglob("*.tmp")]
+    publish_to_folder(PublishConfig(build=killed, to=tmp_path / "repo"))
 
 
 def test_sharded_encoding_with_torchrun_equals_one_process(

@@ -92,11 +92,45 @@ def test_a_killed_publishs_leftovers_are_cleared_and_kept_files_are_linked(build
         result = publish_to_folder(PublishConfig(build=build, to=target))
         assert not result.changed and (target / "notes.bin").stat().st_ino == inode
         assert not list(tmp_path.glob(".dataset.old-*"))
+    # Two runs killed in turn: the first while deleting its old tree (a tree named "trash"
+    # is never put back; older versions deleted it under its "old" name, half-deleted trees
+    # without a manifest), the second between its renames: the second's whole tree comes back.
+    half = tmp_path / f".dataset.old-{dead.pid}-1"
+    shutil.copytree(target / "index", half / "index")
+    (half / "index" / "manifest.json").unlink()
+    trash = tmp_path / f".dataset.trash-{dead.pid}-0"
+    shutil.copytree(target / "index", trash / "index")
+    os.replace(target, tmp_path / f".dataset.old-{dead.pid}-2")
+    result = publish_to_folder(PublishConfig(build=build, to=target))
+    assert not result.changed and (target / "notes.bin").stat().st_ino == inode
+    assert not trash.exists() and half.exists()  # (half: noted, as any old tree beside one)
+    assert any(str(half) in note for note in result.notes), result.notes
+    shutil.rmtree(half)
     # An old tree beside a folder that exists may hold the only copy of a file: kept, named.
     leftover = tmp_path / f".dataset.old-{dead.pid}-0"
     shutil.copytree(target, leftover)
     result = publish_to_folder(PublishConfig(build=build, to=target))
     assert leftover.exists() and any(str(leftover) in note for note in result.notes)
+    shutil.rmtree(leftover)
+    # A republish that fails on its second rename puts the old tree back at once.
+    import pipeline._io
+
+    real_replace = os.replace
+
+    def second_rename_fails(src, dst):
+        if ".staging-" in str(src):
+            raise KeyboardInterrupt  # Ctrl-C between the two renames
+        real_replace(src, dst)
+
+    pipeline._io.os.replace = second_rename_fails
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            # (another license: a new card, so there is a tree to swap in)
+            publish_to_folder(PublishConfig(build=build, to=target, source_license="mit"))
+    finally:
+        pipeline._io.os.replace = real_replace
+    assert (target / "notes.bin").stat().st_ino == inode
+    assert not list(tmp_path.glob(".dataset.old-*")), list(tmp_path.iterdir())
     # A name with glob characters matches its own leftovers only, not "ab"'s.
     theirs = tmp_path / f".ab.old-{dead.pid}-0"
     theirs.mkdir()
