@@ -120,10 +120,10 @@ JPEG_QUALITY = 90
 RESULTS_MAX_BYTES = 2 << 30
 RESULTS_KEEP_S = 3600
 # Visitors' uploads (query photos, or any file sent to /gradio_api/upload) would otherwise stay
-# for the Space's life: gradio deletes the files it took in or served (uploads and result
-# images alike) once they are older than this, looking every UPLOADS_SWEEP_S. A result image
-# shown again is touched (ResultFolder), so one shown within RESULTS_KEEP_S is never deleted.
-UPLOADS_KEEP_S = RESULTS_KEEP_S
+# for the Space's life: sweep_uploads deletes those not used for this long, every
+# UPLOADS_SWEEP_S. (gradio's own delete_cache counts from the upload, not from its last use, and
+# its sweep stops for good when a request adds a file while it runs.)
+UPLOADS_KEEP_S = 3600
 UPLOADS_SWEEP_S = 600
 # The longest side of a result image as the gallery gets it. The page is at most 1100 px wide,
 # so more pixels would only cost decoding, encoding and the visitor's download; 1000 rather
@@ -136,7 +136,6 @@ GALLERY_MAX_SIDE = 1000
 # Each term is one encoder call: more terms than this are refused, not queued for seconds.
 MAX_TERMS = 8
 OPERATOR = re.compile(r"(?:^|(?<=\s))([+-])(?=\s|$)")
-# The share link's parameters (?q=...&k=...&deep=...&alpha=...), read by the page on load.
 THEME = gr.themes.Soft(primary_hue="red", secondary_hue="indigo", neutral_hue="slate")
 CSS = """
 .gradio-container { max-width: 1100px !important; margin: auto; }
@@ -276,6 +275,40 @@ class ResultFolder:
             path.unlink(missing_ok=True)
             total -= size
         return total
+
+
+def sweep_uploads(folder: Path, keep_s: float) -> int:
+    """Delete the files in gradio's upload folder not used for ``keep_s`` seconds, and the
+    folders they leave; the number of files deleted. Used means changed: an upload is touched
+    whenever a search reads it (QueryImage). The result images are ResultFolder's, not swept."""
+    cutoff = time.time() - keep_s
+    deleted, emptied = 0, set()
+    for path in sorted(Path(folder).rglob("*"), reverse=True):  # a folder after its files
+        if RESULTS_FOLDER in path.relative_to(folder).parts:
+            continue
+        with contextlib.suppress(OSError):  # gone already, or a folder that is not empty
+            if path.is_dir() and not path.is_symlink():
+                # Not a new one, into which gradio may be about to write an upload.
+                if path in emptied or path.lstat().st_ctime < cutoff:
+                    path.rmdir()
+            elif path.lstat().st_ctime < cutoff:
+                path.unlink()
+                deleted += 1
+                emptied.add(path.parent)
+    return deleted
+
+
+def _sweep_uploads_forever() -> None:
+    folder = Path(get_upload_folder())
+    while True:
+        time.sleep(UPLOADS_SWEEP_S)
+        try:
+            deleted = sweep_uploads(folder, UPLOADS_KEEP_S)
+        except Exception:  # noqa: BLE001 - the next round tries again
+            log.exception("sweeping the upload folder %s failed", folder)
+            continue
+        if deleted:
+            log.info("deleted %d uploads not used for %d s", deleted, UPLOADS_KEEP_S)
 
 
 _result_folder: ResultFolder | None = None
@@ -549,7 +582,7 @@ def make_handlers(searcher: Searcher | LoadError):
             return [], [], "🖼️ Önce sonuçlardan bir görsel seçin."
         try:
             number = float(row)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             number = float("nan")
         if not number.is_integer():
             return [], [], f"⚠️ Satır numarası bir tam sayı olmalı (verilen: {row})."
@@ -595,8 +628,9 @@ def checked_number(payload, label: str, optional: bool):
         return None
     if isinstance(payload, bool) or not isinstance(payload, (int, float)):
         raise gr.Error(f"“{label}” bir sayı olmalı (verilen: {str(payload)[:40]!r}).")
-    if not math.isfinite(payload):
-        raise gr.Error(f"“{label}” sonlu bir sayı olmalı (verilen: {payload}).")
+    if isinstance(payload, int) and abs(payload) > 2**53 or not math.isfinite(payload):
+        shown = f"{payload:.3g}" if isinstance(payload, float) else f"{len(str(payload))} basamak"
+        raise gr.Error(f"“{label}” çok büyük ya da sonsuz (verilen: {shown}).")
     return payload
 
 
@@ -651,6 +685,12 @@ class QueryImage(gr.Image):
         # and a server file must not be read (nor its existence told) for a visitor.
         if not is_in_or_equal(payload.path, self.GRADIO_CACHE):  # (both resolved: no ../)
             raise gr.Error("Görsel alınamadı: yalnız yüklenen görseller aranabilir; yükleyin.")
+        try:  # used now: the upload sweep keeps it another UPLOADS_KEEP_S
+            os.utime(payload.path)
+        except FileNotFoundError:
+            raise gr.Error(
+                "Görsel artık sunucuda yok (bir saattir kullanılmadı); yeniden yükleyin."
+            ) from None
         return payload.path
 
 
@@ -660,9 +700,7 @@ def build_app(searcher: Searcher | LoadError) -> gr.Blocks:
     Theme and CSS are launch() arguments in gradio 6: start it with ``launch(demo, ...)``.
     """
     search, search_image, search_similar, embed = make_handlers(searcher)
-    with gr.Blocks(
-        title=f"{TITLE} · Türkçe görsel arama", delete_cache=(UPLOADS_SWEEP_S, UPLOADS_KEEP_S)
-    ) as demo:
+    with gr.Blocks(title=f"{TITLE} · Türkçe görsel arama") as demo:
         gr.Markdown(f"# {TITLE}\n{DESCRIPTION}", elem_id="title")
         if isinstance(searcher, LoadError):
             gr.Markdown(f"⚠️ **Arama kullanılamıyor.** {searcher.message}", elem_id="load-error")
@@ -895,7 +933,7 @@ def build_app(searcher: Searcher | LoadError) -> gr.Blocks:
 
 
 def launch(demo: gr.Blocks, **kwargs):
-    """``demo.launch`` with this app's theme, CSS, upload limit and MCP server.
+    """``demo.launch`` with this app's theme, CSS, upload limit and sweep, and MCP server.
 
     Gradio serves only what it created or was uploaded (its cache, where the result images are
     written too) and the app adds no ``allowed_paths``: the dataset, the index files and the
@@ -908,6 +946,7 @@ def launch(demo: gr.Blocks, **kwargs):
     it the app starts without the tools and logs why.
     """
     kwargs.setdefault("max_file_size", MAX_UPLOAD)
+    threading.Thread(target=_sweep_uploads_forever, name="upload-sweep", daemon=True).start()
     if "mcp_server" not in kwargs:
         # gradio refuses to start with mcp_server=True when its mcp extra is missing: a local
         # run without it still serves the page and the API, and says why there are no tools.

@@ -266,6 +266,7 @@ def test_out_of_range_settings_are_refused_by_the_sliders(served, kwargs, expect
         ({"k": None}, "“Sonuç sayısı” bir sayı olmalı"),
         ({"k": [5]}, "“Sonuç sayısı” bir sayı olmalı"),
         ({"deep": True, "alpha": "0.5"}, "“Denge” bir sayı olmalı"),
+        ({"k": 10**400}, "“Sonuç sayısı” çok büyük ya da sonsuz .*401 basamak"),  # no float
     ],
 )
 def test_settings_that_are_not_numbers_are_refused_in_turkish(served, kwargs, expected):
@@ -279,6 +280,8 @@ def test_settings_that_are_not_numbers_are_refused_in_turkish(served, kwargs, ex
     for row in ("3", "nan", [1]):
         with pytest.raises(AppError, match="“row” bir sayı olmalı"):
             client.predict(row=row, k=5, api_name="/search_similar")
+    with pytest.raises(AppError, match="“row” çok büyük"):
+        client.predict(row=-(10**400), k=5, api_name="/search_similar")
 
 
 def test_deep_must_be_true_or_false_and_a_query_not_too_long(served):

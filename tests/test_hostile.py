@@ -191,6 +191,10 @@ def test_search_handler_answers_any_text(app, handlers, caplog, query, k, deep, 
         return
     # Text with a positive term, no negative one to cancel it, asked for validly: answered.
     answerable = positive and not negative and len(positive) <= app.MAX_TERMS
+    if len(query) > app.MAX_QUERY_CHARS:  # refused, with a message that says the limit
+        if 1 <= k <= app.MAX_RESULTS:  # (a bad k is said first)
+            assert "en çok 2000 karakter" in status, status
+        return
     if answerable and 1 <= k <= app.MAX_RESULTS and (not deep or 0 <= alpha <= 1):
         assert results, (query, status)
 

@@ -161,7 +161,8 @@ def test_bad_queries_give_clear_errors(tmp_path):
     for bad, said in ((query.reshape(2, -1), r"\(2, 4\)$"), (query + 1j, "of complex numbers")):
         with pytest.raises(ValueError, match=f"must be one vector of {DIM} real numbers.*{said}"):
             searcher.search_vector(bad, k=3)
-    assert len(searcher.search_vector(query[None, :], k=3)) == 3  # (1, dim): one vector
+    for one in (query[None, :], query[:, None], [query.tolist()]):  # (1, dim), (dim, 1): one
+        assert len(searcher.search_vector(one, k=3)) == 3
     # Any length: the scores stay cosines, the ranking the unit vector's.
     plain = [(h.row, round(h.score, 5)) for h in searcher.search_vector(query, k=3)]
     for scale in (100, 1e20, 1e-30):  # (float32's norm of the last two is inf and 0)

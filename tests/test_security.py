@@ -505,9 +505,7 @@ def test_uploads_do_not_stay_for_the_spaces_life(published, tiny_encoder, monkey
     from imagesearchtr import Searcher
 
     app = load_app("imagesearchtr_space_app_uploads")
-    # Result images are deleted the same way: never one shown within RESULTS_KEEP_S.
-    assert app.UPLOADS_KEEP_S >= app.RESULTS_KEEP_S
-    monkeypatch.setattr(app, "UPLOADS_SWEEP_S", 1)  # the default: every 10 minutes, 1 h old
+    monkeypatch.setattr(app, "UPLOADS_SWEEP_S", 1)  # the default: every 10 minutes, 1 h unused
     monkeypatch.setattr(app, "UPLOADS_KEEP_S", 1)
     demo = app.build_app(Searcher.from_repo(published, encoder=tiny_encoder))
     url = launch_app(app, demo)
@@ -518,8 +516,28 @@ def test_uploads_do_not_stay_for_the_spaces_life(published, tiny_encoder, monkey
         while stored.exists() and time.monotonic() < deadline:
             time.sleep(0.25)
         assert not stored.exists()
+        # A search with an upload that is gone says so (the page may keep it attached).
+        gone = {"path": str(stored), "meta": {"_type": "gradio.FileData"}}
+        events = call_api(url, "search_image", [gone, 3])
+        message = json.loads(events.split("data: ", 1)[1].splitlines()[0])["error"]
+        assert "event: error" in events and "yeniden yükleyin" in message, events
     finally:
         demo.close()
+
+
+def test_the_upload_sweep_counts_from_the_last_use_and_leaves_result_images(tmp_path):
+    app = load_app("imagesearchtr_space_app_sweep")
+    old, used, new = tmp_path / "a" / "old.jpg", tmp_path / "b" / "used.jpg", tmp_path / "new.jpg"
+    result = tmp_path / app.RESULTS_FOLDER / "shown-long-ago.jpg"
+    for path in (old, used, new, result):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    time.sleep(1.1)
+    os.utime(used)  # what QueryImage does when a search reads it
+    new.write_bytes(b"y")
+    assert app.sweep_uploads(tmp_path, keep_s=1) == 1
+    assert not old.exists() and not old.parent.exists()  # and the folder it leaves
+    assert used.exists() and new.exists() and result.exists()
 
 
 def test_oversized_uploads_are_refused(served):

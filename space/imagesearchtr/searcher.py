@@ -285,11 +285,11 @@ class Searcher:
         """
         k = _check_k(k, len(self))
         shape = np.shape(vector)
-        if len(shape) not in (1, 2) or len(shape) == 2 and shape[0] != 1 or np.iscomplexobj(vector):
+        if sum(side > 1 for side in shape) > 1 or np.iscomplexobj(vector):
             raise ValueError(  # a (2, 384) array must not search as one 768-d vector
-                f"the query vector must be one vector of {self.manifest.dim} real numbers, shape "
-                f"({self.manifest.dim},) or (1, {self.manifest.dim}); got shape {shape}"
-                + (" of complex numbers" if np.iscomplexobj(vector) else "")
+                f"the query vector must be one vector of {self.manifest.dim} real numbers, of "
+                f"shape ({self.manifest.dim},), (1, {self.manifest.dim}) or the like; got shape "
+                f"{shape}" + (" of complex numbers" if np.iscomplexobj(vector) else "")
             )
         vector = as_query(vector)
         if vector.shape[0] != self.manifest.dim or not np.isfinite(vector).all():
