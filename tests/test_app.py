@@ -465,12 +465,14 @@ def test_search_similar_handler_refuses_a_fraction(app, searcher):
 def test_an_unexpected_error_is_logged_not_shown(app, caplog):
     # The exception's text may name server paths: the visitor gets a Turkish sentence, the
     # server log the traceback.
-    from types import SimpleNamespace
+    class Broken:  # a Searcher of 10 rows whose search fails
+        def __len__(self):
+            return 10
 
-    def broken(row, k):
-        raise RuntimeError("/srv/x")
+        def search_similar(self, row, k):
+            raise RuntimeError("/srv/x")
 
-    _, _, search_similar, _ = app.make_handlers(SimpleNamespace(search_similar=broken))
+    _, _, search_similar, _ = app.make_handlers(Broken())
     with caplog.at_level(logging.ERROR, logger="imagesearchtr.space"):
         gallery, answer, status = search_similar(1, 5)
     assert gallery == [] and answer == []
