@@ -455,38 +455,13 @@ def test_server_paths_sent_to_the_api_are_refused(served, published, tmp_path, t
         assert "event: error" in events and "sonuç" not in events, events
 
 
-def test_uploads_come_back_only_as_downloads(served):
-    """Anyone can upload (gradio's /upload); an uploaded page must not run as the app's page."""
-    url, _, _ = served
-    boundary = "----imagesearchtr-test"
-    page = b"<html><script>alert(document.cookie)</script></html>"
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="x.html"\r\n'
-            f"Content-Type: text/html\r\n\r\n"
-        ).encode()
-        + page
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    request = urllib.request.Request(
-        f"{url}/gradio_api/upload",
-        body,
-        {"Content-Type": f"multipart/form-data; boundary={boundary}"},
-    )
-    (stored,) = json.loads(urllib.request.urlopen(request, timeout=30).read())
-    status, headers, content = raw_get(url, "/gradio_api/file=" + urllib.parse.quote(stored))
-    assert status == 200 and content == page
-    assert headers["content-type"] == "application/octet-stream"
-    assert headers["content-disposition"].startswith("attachment")
-
-
-def upload(url: str, name: str, content: bytes) -> str:
+def upload(url: str, name: str, content: bytes, content_type="application/octet-stream") -> str:
     """POST a file to gradio's /gradio_api/upload, as any visitor may; its path on the server."""
     boundary = "----imagesearchtr-test"
     body = (
         (
             f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
-            f"Content-Type: application/octet-stream\r\n\r\n"
+            f"Content-Type: {content_type}\r\n\r\n"
         ).encode()
         + content
         + f"\r\n--{boundary}--\r\n".encode()
@@ -498,6 +473,17 @@ def upload(url: str, name: str, content: bytes) -> str:
     )
     (stored,) = json.loads(urllib.request.urlopen(request, timeout=30).read())
     return stored
+
+
+def test_uploads_come_back_only_as_downloads(served):
+    """Anyone can upload (gradio's /upload); an uploaded page must not run as the app's page."""
+    url, _, _ = served
+    page = b"<html><script>alert(document.cookie)</script></html>"
+    stored = upload(url, "x.html", page, "text/html")
+    status, headers, content = raw_get(url, "/gradio_api/file=" + urllib.parse.quote(stored))
+    assert status == 200 and content == page
+    assert headers["content-type"] == "application/octet-stream"
+    assert headers["content-disposition"].startswith("attachment")
 
 
 def test_uploads_do_not_stay_for_the_spaces_life(published, tiny_encoder, monkeypatch):
