@@ -110,7 +110,9 @@ def swap_leftovers(target: Path) -> list[str]:
 
 
 def _has_manifest(tree: Path) -> bool:
-    return (tree / "index" / "manifest.json").is_file()
+    from imagesearchtr.manifest import INDEX_DIR, MANIFEST_FILE
+
+    return (tree / INDEX_DIR / MANIFEST_FILE).is_file()
 
 
 def _alive(pid: int) -> bool:
