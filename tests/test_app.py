@@ -1193,3 +1193,68 @@ def test_without_the_mcp_package_the_app_starts_without_tools(app, searcher, mon
         assert len(results) == 2, status
     finally:
         demo.close()
+
+
+def test_an_upload_a_search_reads_is_kept_by_the_sweep(app, tmp_path):
+    from gradio.data_classes import FileData
+
+    query_image = app.QueryImage(type="filepath")
+    query_image.GRADIO_CACHE = str(tmp_path)  # the upload folder
+    used, unused = tmp_path / "a" / "used.jpg", tmp_path / "b" / "unused.jpg"
+    for path in (used, unused):
+        path.parent.mkdir()
+        path.write_bytes(b"x")
+    time.sleep(1.1)
+    payload = FileData(path=str(used), meta={"_type": "gradio.FileData"})
+    assert query_image.preprocess(payload) == str(used)  # a search reads it now
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()  # a new folder, into which gradio may be about to write an upload
+    assert app.sweep_uploads(tmp_path, keep_s=1) == 1
+    assert used.exists() and not unused.exists() and not unused.parent.exists()
+    assert fresh.is_dir()
+
+
+def test_number_inputs_refuse_booleans_and_values_that_are_no_finite_number(app):
+    import gradio as gr
+
+    k = app.NumberSlider(1, app.MAX_RESULTS, label="Sonuç sayısı")
+    row = app.RowNumber(value=None, precision=0)
+    for component, label in ((k, "Sonuç sayısı"), (row, "row")):
+        for flag in (True, False):  # a bool is an int to Python: True would be 1
+            with pytest.raises(gr.Error, match=f"“{label}” bir sayı olmalı"):
+                component.preprocess(flag)
+        for value in (float("nan"), float("inf"), -float("inf")):
+            with pytest.raises(gr.Error, match=f"“{label}” çok büyük ya da sonsuz"):
+                component.preprocess(value)
+        with pytest.raises(gr.Error, match=f"“{label}” çok büyük ya da sonsuz .*21 basamak"):
+            component.preprocess(10**20)  # beyond the integers a float holds exactly
+    assert k.preprocess(5) == 5 and row.preprocess(3) == 3 and row.preprocess(None) is None
+
+
+class FakeSearcher:
+    """Ten rows; every search finds nothing (the handlers' own checks are under test)."""
+
+    class encoder:  # noqa: N801 - the attribute a Searcher has
+        @staticmethod
+        def encode_texts(texts):
+            return [np.full(4, 0.5, dtype=np.float32) for _ in texts]
+
+    def __len__(self):
+        return 10
+
+    def search_vector(self, vector, k, alpha=None):
+        return []
+
+
+def test_a_query_of_exactly_the_limit_is_searched_and_one_more_character_is_not(app):
+    search, _, _, embed = app.make_handlers(FakeSearcher())
+    limit = app.MAX_QUERY_CHARS
+    assert search("a" * limit, 3, False, 0.6, None)[2].startswith("0 sonuç")
+    assert f"en çok {limit} karakter" in search("a" * (limit + 1), 3, False, 0.6, None)[2]
+    assert len(embed("a" * limit)) == 4
+
+
+def test_a_row_too_large_for_a_float_is_a_status_not_an_error(app):
+    _, _, search_similar, _ = app.make_handlers(FakeSearcher())
+    gallery, results, status = search_similar(10**400, 5)  # float() overflows
+    assert gallery == [] and results == [] and "Satır numarası bir tam sayı" in status

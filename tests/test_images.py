@@ -116,3 +116,18 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path, monkeypatch):
     Image.new("RGB", (200, 200)).save(big)
     with pytest.raises(ImageLoadError, match=r"big\.png: 200x200 pixels is over"):
         open_image(big)
+
+
+def test_every_sixteen_bit_value_becomes_its_nearest_eight_bit_level():
+    import io
+
+    from PIL import Image
+
+    from imagesearchtr.images import open_image
+
+    values = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    buf = io.BytesIO()
+    Image.fromarray(values).save(buf, format="PNG")
+    out = np.asarray(open_image(buf.getvalue()))[..., 0]
+    expected = np.floor(values.astype(np.float64) * 255 / 65535 + 0.5).astype(np.uint8)
+    assert (out == expected).all(), int((out != expected).sum())

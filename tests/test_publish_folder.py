@@ -9,10 +9,12 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 
+from pipeline import _io
 from pipeline.publish import PublishConfig, publish_to_folder
 
 
@@ -182,19 +184,6 @@ def test_a_search_app_running_on_a_folder_keeps_showing_its_own_rows_after_a_rep
         assert not [path for path in held if str(tmp_path) in path], held
 
 
-def test_a_load_that_opens_a_data_file_after_close_lets_go_of_it(tmp_path):
-    from imagesearchtr.lazy_rows import Source
-
-    (tmp_path / "data.parquet").write_bytes(b"rows")
-    source = Source(str(tmp_path), tmp_path, revision=None)
-    source.close()  # say, the app shutting down while a load runs in another thread
-    with pytest.raises(ValueError, match="this Searcher was closed"):
-        source.pin("data.parquet")
-    if Path("/proc/self/fd").is_dir():
-        held = [os.readlink(fd) for fd in Path("/proc/self/fd").iterdir() if fd.is_symlink()]
-        assert str(tmp_path / "data.parquet") not in held
-
-
 def test_a_folder_with_more_data_files_than_the_process_may_open_is_one_clear_error(
     generated_build, tmp_path, tiny_encoder, monkeypatch
 ):
@@ -241,3 +230,79 @@ def test_a_hub_that_never_answers_the_license_check_does_not_hold_up_a_folder_pu
     assert result.notes == (
         "--license mit was not checked: the Hub's card validation did not answer",
     )
+
+
+def moved_aside(tmp_path: Path, name: str, label: str, manifest: bool = True) -> Path:
+    """A tree at ``tmp_path/name``, put there by one rename (as swap_folder moves a tree aside)."""
+    made = tmp_path / f"making-{label}"
+    (made / "index").mkdir(parents=True)
+    (made / "label.txt").write_text(label, encoding="utf-8")
+    if manifest:
+        (made / "index" / "manifest.json").write_text("{}", encoding="utf-8")
+    os.replace(made, tmp_path / name)
+    time.sleep(0.05)  # the next rename gets a later ctime
+    return tmp_path / name
+
+
+def test_of_two_whole_old_trees_the_one_moved_aside_last_comes_back(tmp_path):
+    # Names do not tell the order: "-9" sorts after "-1" but was moved aside first.
+    earlier = moved_aside(tmp_path, ".dataset.old-1-9", "earlier")
+    later = moved_aside(tmp_path, ".dataset.old-1-1", "later")
+    target = tmp_path / "dataset"
+    notes = _io.swap_leftovers(target)
+    assert (target / "label.txt").read_text(encoding="utf-8") == "later"
+    assert earlier.exists() and not later.exists()
+    assert any(str(earlier) in note for note in notes), notes
+
+
+def test_a_whole_old_tree_comes_back_before_a_newer_one_without_its_manifest(tmp_path):
+    whole = moved_aside(tmp_path, ".dataset.old-1-0", "whole")
+    half = moved_aside(tmp_path, ".dataset.old-1-1", "half", manifest=False)  # newer
+    target = tmp_path / "dataset"
+    _io.swap_leftovers(target)
+    assert (target / "label.txt").read_text(encoding="utf-8") == "whole"
+    assert (target / "index" / "manifest.json").is_file()
+    assert half.exists() and not whole.exists()
+
+
+def test_a_publish_killed_while_deleting_the_old_tree_leaves_nothing_behind(
+    generated_build, tmp_path, monkeypatch
+):
+    target = tmp_path / "dataset"
+    publish_to_folder(PublishConfig(build=generated_build, to=target))
+    real_rmtree = shutil.rmtree
+
+    def killed_midway(path, *args, **kwargs):  # the manifest goes first, then the kill
+        if Path(path).name.startswith(f".{target.name}."):
+            (Path(path) / "index" / "manifest.json").unlink()
+            raise KeyboardInterrupt
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", killed_midway)
+    with pytest.raises(KeyboardInterrupt):  # (another license: a new tree to swap in)
+        publish_to_folder(PublishConfig(build=generated_build, to=target, source_license="mit"))
+    monkeypatch.setattr(shutil, "rmtree", real_rmtree)
+    # The half-deleted tree is no old tree that could be put back, kept or reported: the next
+    # run removes it.
+    result = publish_to_folder(
+        PublishConfig(build=generated_build, to=target, source_license="mit")
+    )
+    assert not result.changed
+    assert not [n for n in result.notes if f".{target.name}." in n], result.notes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset"]
+
+
+def test_a_pin_refused_after_close_holds_no_file_while_its_error_is_kept(tmp_path):
+    from imagesearchtr.lazy_rows import Source
+
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc/self/fd")
+    (tmp_path / "data.parquet").write_bytes(b"rows")
+    source = Source(str(tmp_path), tmp_path, revision=None)
+    source.close()
+    with pytest.raises(ValueError, match="this Searcher was closed") as refused:
+        source.pin("data.parquet")
+    # The error's traceback is alive (a caller that logs or keeps it): the file is closed anyway.
+    assert refused.value.__traceback__ is not None
+    held = [os.readlink(fd) for fd in Path("/proc/self/fd").iterdir() if fd.is_symlink()]
+    assert str(tmp_path / "data.parquet") not in held

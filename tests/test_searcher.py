@@ -549,3 +549,23 @@ def test_real_model_queries_handle_any_unicode_and_long_text(tiny_encoder):
     texts = ["köpek 🐕", "שלום עולם", "ÇĞİÖŞÜ çğıöşü", "a\u0000b\u200fc", "kar " * 5000]
     emb = tiny_encoder.encode_texts(texts)
     assert emb.shape == (5, tiny_encoder.dim) and np.isfinite(emb).all()
+
+
+def test_a_model_the_hub_refuses_is_named(tmp_path, monkeypatch):
+    import httpx
+    from huggingface_hub.errors import RepositoryNotFoundError
+    from search_repo import unit, write_repo
+
+    from imagesearchtr import Encoder, Searcher, SearchSetupError
+
+    def refused(*args, **kwargs):  # as the Hub answers for a private model without a token
+        url = "http://hub.invalid/api/models/fake/model"
+        response = httpx.Response(401, request=httpx.Request("GET", url))
+        raise RepositoryNotFoundError(f"401 Client Error. Repository Not Found for url: {url}",
+                                      response=response)  # fmt: skip
+
+    monkeypatch.setattr(Encoder, "from_pretrained", refused)
+    folder = write_repo(tmp_path / "repo", [unit([1, 0, 0, 0])])
+    with pytest.raises(SearchSetupError, match=r"its model fake/model could not be fetched "
+                       r"\(RepositoryNotFoundError: 401 .*HF_TOKEN"):  # fmt: skip
+        Searcher.from_repo(folder, cache_dir=tmp_path / "cache")
