@@ -439,6 +439,11 @@ def test_from_repo_refuses_missing_and_mismatched_index_files(tmp_path):
     (folder / "index" / "caption_emb.faiss").unlink()
     with pytest.raises(SearchSetupError, match="index file index/caption_emb.faiss is missing"):
         open_repo(folder)
+    (folder / "index" / "caption_emb.faiss").mkdir()
+    with pytest.raises(SearchSetupError, match="caption_emb.faiss is a folder, not a file"):
+        open_repo(folder)
+    with pytest.raises(TypeError, match="encoder must be a loaded Encoder .* not str"):
+        Searcher.from_repo(folder, encoder="utkubascakir/MultiEmbedTR")
 
 
 def test_an_index_or_data_file_from_another_build_is_refused(

@@ -145,6 +145,11 @@ class Searcher:
                 f"image_max_side must be a number of pixels (1 or more) or None, "
                 f"not {image_max_side!r}"
             )
+        if encoder is not None and not hasattr(encoder, "encode_texts"):
+            raise TypeError(
+                f"encoder must be a loaded Encoder (Encoder.from_pretrained(...)) or None, not "
+                f"{type(encoder).__name__}; a model id goes to Encoder.from_pretrained"
+            )
         if not _is_whole(image_cache_bytes, minimum=0):
             raise ValueError(
                 f"image_cache_bytes must be a number of bytes (0: no cache), "
@@ -416,7 +421,8 @@ def _load_index(rows, loaded: LoadedManifest, column: str, where: str, recorded:
         ) from None
     path = loaded.index_path(column)
     if not path.is_file():
-        raise SearchSetupError(f"{where}: index file {info.file} is missing")
+        what = "is a folder, not a file" if path.is_dir() else "is missing"
+        raise SearchSetupError(f"{where}: index file {info.file} {what}; publish the build again")
     expected = manifest.index_sha256.get(info.file)
     if expected is not None and (recorded.get(info.file) or sha256_file(path)) != expected:
         raise SearchSetupError(
