@@ -75,6 +75,7 @@ from gradio import processing_utils
 from gradio.utils import get_upload_folder, is_in_or_equal
 
 from imagesearchtr import ImageLoadError, ModelMismatchError, Searcher, SearchSetupError
+from imagesearchtr.images import MAX_PIXELS
 from imagesearchtr.vectors import compose_vectors
 
 log = logging.getLogger("imagesearchtr.space")
@@ -135,6 +136,16 @@ GALLERY_MAX_SIDE = 1000
 # "Kuzey-Batı" or "15-20 yaş" stays part of the text (parse_query).
 # Each term is one encoder call: more terms than this are refused, not queued for seconds.
 MAX_TERMS = 8
+# Why an image could not be used, in the visitor's words (ImageLoadError.kind; the library's
+# reason is English and may name a path of this server).
+IMAGE_ERRORS = {
+    "missing": "dosya bulunamadı",
+    "empty": "dosya boş",
+    "no_pixels": "görselde hiç piksel yok",
+    "too_large": f"görsel çok büyük (en çok {MAX_PIXELS // 1_000_000} megapiksel); küçültün",
+    "not_an_image": "bir görsel dosyası değil ya da biçimi desteklenmiyor (ör. HEIC, SVG)",
+    "broken": "görsel bozuk ya da eksik",
+}
 OPERATOR = re.compile(r"(?:^|(?<=\s))([+-])(?=\s|$)")
 THEME = gr.themes.Soft(primary_hue="red", secondary_hue="indigo", neutral_hue="slate")
 CSS = """
@@ -467,8 +478,8 @@ def make_handlers(searcher: Searcher | LoadError):
         started = time.perf_counter()
         try:
             hits = query_fn()
-        except ImageLoadError as err:  # the reason only: the name is a path on this server
-            return [], [], f"⚠️ Görsel açılamadı: {err.reason}"
+        except ImageLoadError as err:  # never the name: it is a path on this server
+            return [], [], f"⚠️ Görsel açılamadı: {IMAGE_ERRORS.get(err.kind, err.reason)}."
         except ValueError as err:
             return [], [], f"⚠️ {err}"
         except Exception:

@@ -255,10 +255,12 @@ def test_bad_inputs_give_clear_errors(tiny_encoder, tmp_path):
     not_image.write_text("this is not a photo")
     with pytest.raises(ImageLoadError, match=re.escape(str(not_image))) as err:
         tiny_encoder.encode_images([not_image])
-    assert err.value.reason == "not an image file Pillow can read"  # what the app shows
+    assert err.value.reason == "not an image file Pillow can read"
+    assert err.value.kind == "not_an_image"  # what the app words in Turkish
     # An encode worker's error reaches the main process pickled, which rebuilds it from its
     # args as a copy does.
     assert str(copy.deepcopy(err.value)) == str(err.value)
+    assert copy.deepcopy(err.value).kind == err.value.kind
     empty = tmp_path / "empty.png"
     empty.write_bytes(b"")
     with pytest.raises(ImageLoadError, match="0 bytes"):

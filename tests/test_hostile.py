@@ -325,14 +325,18 @@ def test_named_odd_files(handlers, bomb_png, upload_dir, kind):
     if data is not None:
         path.write_bytes(data)
     status = check_answer(search_image(str(path), K))
-    expected = {
-        "bomb": "10000x10000 pixels is over the 64,000,000-pixel limit",
-        "empty": "the file is empty (0 bytes)",
-        "text": "not an image file Pillow can read",
-        "truncated-png": "broken or truncated image",
-        "truncated-jpeg": "broken or truncated image",
+    expected = {  # the visitor's words for each ImageLoadError.kind
+        "bomb": "görsel çok büyük (en çok 64 megapiksel)",
+        "empty": "dosya boş",
+        "text": "bir görsel dosyası değil",
+        "truncated-png": "görsel bozuk ya da eksik",
+        "truncated-jpeg": "görsel bozuk ya da eksik",
     }.get(kind, f"{K} sonuç")  # a GIF, WebP or TIFF named .jpg is still a picture
     assert expected in status, status
+
+
+def test_every_kind_of_image_error_has_the_visitors_words(app):
+    assert set(app.IMAGE_ERRORS) == set(ImageLoadError.KINDS)
 
 
 def test_the_decompression_bomb_limit_is_set_on_purpose(bomb_png):
@@ -377,9 +381,10 @@ def test_uploads_through_the_launched_app_get_a_clear_message(app, searcher, bom
             statuses[name] = check_answer(answer)
     finally:
         demo.close()
-    assert "over the 64,000,000-pixel limit" in statuses["bomb.png"]
-    assert "the file is empty" in statuses["empty.jpg"]
-    assert "not an image file" in statuses["text.jpg"]
+    # Said in Turkish (the library's reasons are English).
+    assert "görsel çok büyük (en çok 64 megapiksel)" in statuses["bomb.png"]
+    assert statuses["empty.jpg"] == "⚠️ Görsel açılamadı: dosya boş."
+    assert "bir görsel dosyası değil" in statuses["text.jpg"]
     assert statuses["gif.jpg"].startswith(f"{K} sonuç")
     assert statuses["rgba.png"].startswith(f"{K} sonuç")
 

@@ -38,11 +38,14 @@ ImageInput = str | os.PathLike | bytes | Image.Image
 
 class ImageLoadError(ValueError):
     """An input could not be used as an image. The message names the input and the reason;
-    ``reason`` alone is for pages that must not show a server's file paths."""
+    ``reason`` alone is for pages that must not show a server's file paths, and ``kind`` (one
+    of KINDS) for pages that word the reason themselves (the app, in Turkish)."""
 
-    def __init__(self, name: str, reason: str):
-        super().__init__(name, reason)  # both in args: the error pickles across processes
-        self.name, self.reason = name, reason
+    KINDS = ("missing", "empty", "no_pixels", "too_large", "not_an_image", "broken")
+
+    def __init__(self, name: str, reason: str, kind: str = "broken"):
+        super().__init__(name, reason, kind)  # all in args: the error pickles across processes
+        self.name, self.reason, self.kind = name, reason, kind
 
     def __str__(self) -> str:
         return f"{self.name}: {self.reason}"
@@ -71,14 +74,14 @@ def open_image(source: ImageInput) -> Image.Image:
         return to_rgb(source)
     if isinstance(source, bytes):
         if not source:
-            raise ImageLoadError(name, "empty image data (0 bytes)")
+            raise ImageLoadError(name, "empty image data (0 bytes)", "empty")
         fp = io.BytesIO(source)
     else:
         path = Path(source)
         if not path.is_file():
-            raise ImageLoadError(name, "no such file")
+            raise ImageLoadError(name, "no such file", "missing")
         if path.stat().st_size == 0:
-            raise ImageLoadError(name, "the file is empty (0 bytes)")
+            raise ImageLoadError(name, "the file is empty (0 bytes)", "empty")
         fp = path
     try:
         with Image.open(fp) as img:
@@ -88,17 +91,19 @@ def open_image(source: ImageInput) -> Image.Image:
                     name,
                     f"{width}x{height} pixels is over the {MAX_PIXELS:,}-pixel limit "
                     "(possible decompression bomb); resize it first",
+                    "too_large",
                 )
             img.load()  # decode now, so a truncated file fails here and not later
             return to_rgb(img)
     except ImageLoadError:
         raise
     except UnidentifiedImageError:
-        raise ImageLoadError(name, "not an image file Pillow can read") from None
+        raise ImageLoadError(name, "not an image file Pillow can read", "not_an_image") from None
     except Image.DecompressionBombError as err:
-        raise ImageLoadError(name, f"refused as a decompression bomb ({err})") from None
+        reason = f"refused as a decompression bomb ({err})"
+        raise ImageLoadError(name, reason, "too_large") from None
     except (OSError, SyntaxError, ValueError) as err:
-        raise ImageLoadError(name, f"broken or truncated image ({err})") from None
+        raise ImageLoadError(name, f"broken or truncated image ({err})", "broken") from None
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -108,7 +113,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     RGB image without an EXIF rotation comes back as it is.
     """
     if min(img.size) == 0:
-        raise ImageLoadError(describe(img), "the image has no pixels")
+        raise ImageLoadError(describe(img), "the image has no pixels", "no_pixels")
     img.load()  # the pixels are read now, while the caller's file is still open
     if img.getexif().get(ExifTags.Base.Orientation, 1) != 1:
         img = ImageOps.exif_transpose(img)
