@@ -96,6 +96,9 @@ MAX_RESULTS = 30
 # /search and /embed refuse longer texts: the model reads 128 tokens a term, so more only costs
 # parsing and tokenizer time (a 100 MB query took seconds and hundreds of MB).
 MAX_QUERY_CHARS = 2000
+NOT_UNICODE = (
+    "Metinde geçersiz bir karakter var (eşi olmayan bir UTF-16 vekili); silip yeniden yazın."
+)
 DEFAULT_RESULTS = 10
 DEFAULT_ALPHA = 0.6
 
@@ -474,6 +477,13 @@ def make_handlers(searcher: Searcher | LoadError):
     def too_long(text: str) -> str:
         return f"Metin en çok {MAX_QUERY_CHARS} karakter olabilir ({len(text)})."
 
+    def is_unicode(text: str) -> bool:  # JSON can carry a lone surrogate ("\ud800"); UTF-8 not
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+
     def run(query_fn, what: str):
         started = time.perf_counter()
         try:
@@ -524,6 +534,8 @@ def make_handlers(searcher: Searcher | LoadError):
             return [], [], f"⚠️ deep true ya da false olmalı (verilen: {str(deep)[:40]!r})."
         if isinstance(query, str) and len(query) > MAX_QUERY_CHARS:
             return [], [], f"⚠️ {too_long(query)}"
+        if isinstance(query, str) and not is_unicode(query):
+            return [], [], f"⚠️ {NOT_UNICODE}"
         try:
             weight = float(alpha) if deep else None
         except (TypeError, ValueError):
@@ -622,6 +634,8 @@ def make_handlers(searcher: Searcher | LoadError):
             raise gr.Error("Lütfen bir metin verin (ör. “karlı dağlar”).")
         if len(text) > MAX_QUERY_CHARS:
             raise gr.Error(too_long(text))
+        if not is_unicode(text):
+            raise gr.Error(NOT_UNICODE)
         try:
             (vector,) = encode_terms([text.strip()])
         except ValueError as err:

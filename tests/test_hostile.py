@@ -207,8 +207,13 @@ def test_search_text_refuses_lone_surrogates_clearly(searcher, query):
 
 
 def test_search_handler_refuses_lone_surrogates_clearly(handlers):
-    search, _, _, _ = handlers
-    check_answer(search("köpek \ud800", K, False, 0.6))
+    import gradio as gr
+
+    search, _, _, embed = handlers
+    status = check_answer(search("köpek \ud800", K, False, 0.6))
+    assert "geçersiz bir karakter" in status, status  # in Turkish, as every status
+    with pytest.raises(gr.Error, match="geçersiz bir karakter"):
+        embed("köpek \ud800")
 
 
 # ---------------------------------------------------------------------------------------------
