@@ -96,6 +96,7 @@ MAX_RESULTS = 30
 # /search and /embed refuse longer texts: the model reads 128 tokens a term, so more only costs
 # parsing and tokenizer time (a 100 MB query took seconds and hundreds of MB).
 MAX_QUERY_CHARS = 2000
+# What a text with a lone surrogate ("\ud800") gets: JSON can carry one, UTF-8 cannot.
 NOT_UNICODE = (
     "Metinde geçersiz bir karakter var (eşi olmayan bir UTF-16 vekili); silip yeniden yazın."
 )
@@ -477,7 +478,7 @@ def make_handlers(searcher: Searcher | LoadError):
     def too_long(text: str) -> str:
         return f"Metin en çok {MAX_QUERY_CHARS} karakter olabilir ({len(text)})."
 
-    def is_unicode(text: str) -> bool:  # JSON can carry a lone surrogate ("\ud800"); UTF-8 not
+    def is_unicode(text: str) -> bool:  # (NOT_UNICODE)
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:
