@@ -55,9 +55,14 @@ def swap_folder(staging: Path, target: Path) -> None:
     ``swap_leftovers`` puts back). The old tree is deleted under another name,
     ``.TARGET.trash-PID-N``: a tree named ``old`` is always whole, one named ``trash`` never."""
     staging, target = Path(staging), Path(target)
-    n = 0  # a name no earlier run left: never the old tree of another run
-    while (old := target.with_name(f".{target.name}.old-{os.getpid()}-{n}")).exists():
+
+    def aside(kind: str, n: int) -> Path:
+        return target.with_name(f".{target.name}.{kind}-{os.getpid()}-{n}")
+
+    n = 0  # names no earlier run left: never the old tree of another run
+    while aside("old", n).exists() or aside("trash", n).exists():
         n += 1
+    old, trash = aside("old", n), aside("trash", n)
     had_target = target.exists()
     if had_target:
         os.replace(target, old)
@@ -68,7 +73,6 @@ def swap_folder(staging: Path, target: Path) -> None:
             os.replace(old, target)
         raise
     if had_target:
-        trash = old.with_name(old.name.replace(".old-", ".trash-", 1))
         os.replace(old, trash)
         shutil.rmtree(trash, ignore_errors=True)
 
@@ -159,6 +163,25 @@ def build_lock(
     yield from _locked(folder, command, shared, made)
 
 
+@contextmanager
+def swap_lock(target: Path, command: str) -> Iterator[None]:
+    """Hold the lock of a folder that ``swap_folder`` replaces whole: ``.NAME.lock`` beside it
+    (one inside would be swapped away with the folder). Two publishes to one folder put back
+    each other's old trees and linked each other's files; now the second is refused. A folder
+    whose parent is not there yet is not locked (nothing of it exists to mix)."""
+    target = Path(target)
+    if sys.platform == "win32" or not target.parent.is_dir():
+        yield
+        return
+    with open(target.with_name(f".{target.name}.lock"), "a+", encoding="utf-8") as handle:
+        if _flock(handle, False, target):
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"`{command}` (pid {os.getpid()})")
+            handle.flush()
+        yield
+
+
 def _locked(folder: Path, command: str, shared: bool, made: list[Path]) -> Iterator[None]:
     """``build_lock``'s lock itself, on a folder that exists (or none, on Windows)."""
     if sys.platform == "win32" or not folder.is_dir():
@@ -219,7 +242,7 @@ def _flock(handle, shared: bool, folder: Path) -> bool:
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         raise RuntimeError(
-            f"{folder} is in use by {holder}; wait for it to finish (two runs on one build "
+            f"{folder} is in use by {holder}; wait for it to finish (two runs on one folder "
             "would mix their files), or give another folder"
         ) from None
     except OSError:

@@ -165,7 +165,10 @@ def render_card(
 
 def publish_to_folder(config: PublishConfig) -> PublishResult:
     """Write the repo layout to a local folder that ``load_dataset(folder)`` reads."""
-    with _io.build_lock(config.build, "publish", shared=True):
+    with (
+        _io.build_lock(config.build, "publish", shared=True),
+        _io.swap_lock(Path(config.to).resolve(), "publish"),
+    ):
         return _publish_to_folder(config)
 
 

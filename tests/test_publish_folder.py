@@ -289,7 +289,23 @@ def test_a_publish_killed_while_deleting_the_old_tree_leaves_nothing_behind(
     )
     assert not result.changed
     assert not [n for n in result.notes if f".{target.name}." in n], result.notes
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".dataset.lock", "dataset"]
+
+
+def test_a_second_publish_to_a_folder_in_use_is_refused(generated_build, tmp_path):
+    import fcntl
+
+    target = tmp_path / "dataset"
+    publish_to_folder(PublishConfig(build=generated_build, to=target))
+    # Two publishes to one folder put back each other's old trees and linked each other's files.
+    with open(tmp_path / ".dataset.lock", "a+") as other:  # as another publish holds it
+        fcntl.flock(other, fcntl.LOCK_EX)
+        other.truncate(0)
+        other.write("`publish` (pid 4242)")
+        other.flush()
+        with pytest.raises(RuntimeError, match=r"dataset is in use by `publish` \(pid 4242\)"):
+            publish_to_folder(PublishConfig(build=generated_build, to=target, source_license="mit"))
+    publish_to_folder(PublishConfig(build=generated_build, to=target, source_license="mit"))
 
 
 def test_a_pin_refused_after_close_holds_no_file_while_its_error_is_kept(tmp_path):
@@ -306,3 +322,23 @@ def test_a_pin_refused_after_close_holds_no_file_while_its_error_is_kept(tmp_pat
     assert refused.value.__traceback__ is not None
     held = [os.readlink(fd) for fd in Path("/proc/self/fd").iterdir() if fd.is_symlink()]
     assert str(tmp_path / "data.parquet") not in held
+
+
+def test_a_folder_named_like_an_old_tree_is_swapped_and_cleaned_up_as_any(tmp_path, monkeypatch):
+    target, staging = tmp_path / "set.old-2", tmp_path / "new"
+    for folder, text in ((target, "old"), (staging, "new")):
+        folder.mkdir()
+        (folder / "a.txt").write_text(text)
+
+    def interrupted(path, *args, **kwargs):  # killed while deleting the old tree
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "rmtree", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _io.swap_folder(staging, target)
+    monkeypatch.undo()
+    assert (target / "a.txt").read_text() == "new"
+    left = sorted(p.name for p in tmp_path.iterdir() if p != target)
+    assert left == [f".set.old-2.trash-{os.getpid()}-0"]  # (not ".set.trash-2.old-...")
+    assert _io.swap_leftovers(target) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["set.old-2"]
