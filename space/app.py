@@ -292,35 +292,48 @@ class ResultFolder:
         return total
 
 
-def sweep_uploads(folder: Path, keep_s: float) -> int:
-    """Delete the files in gradio's upload folder not used for ``keep_s`` seconds, and the
-    folders they leave; the number of files deleted. Used means changed: an upload is touched
-    whenever a search reads it (QueryImage). The result images are ResultFolder's, not swept."""
-    cutoff = time.time() - keep_s
-    deleted, emptied = 0, set()
-    for path in sorted(Path(folder).rglob("*"), reverse=True):  # a folder after its files
-        if RESULTS_FOLDER in path.relative_to(folder).parts:
+def sweep_uploads(paths, keep_s: float, folder: Path) -> set[str]:
+    """Delete the files of ``paths`` (uploads this app took in, inside ``folder``, gradio's
+    upload folder) not used for ``keep_s`` seconds, and the folder gradio made for each when
+    that leaves it empty; the paths deleted or already gone. Used means changed: an upload is
+    touched whenever a search reads it (QueryImage). Nothing else in the folder is touched:
+    other apps may share it, and the result images are ResultFolder's."""
+    cutoff, gone = time.time() - keep_s, set()
+    for name in paths:
+        path = Path(name)
+        if not is_in_or_equal(path, folder) or is_in_or_equal(path, Path(folder) / RESULTS_FOLDER):
             continue
-        with contextlib.suppress(OSError):  # gone already, or a folder that is not empty
-            if path.is_dir() and not path.is_symlink():
-                # Not a new one, into which gradio may be about to write an upload.
-                if path in emptied or path.lstat().st_ctime < cutoff:
-                    path.rmdir()
-            elif path.lstat().st_ctime < cutoff:
-                path.unlink()
-                deleted += 1
-                emptied.add(path.parent)
-    return deleted
+        try:
+            if path.lstat().st_ctime >= cutoff:
+                continue
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError:
+            continue
+        gone.add(name)
+        if path.parent != Path(folder):  # gradio's folder for it, named by the upload's hash
+            with contextlib.suppress(OSError):  # not empty: another upload shares it
+                path.parent.rmdir()
+    return gone
 
 
-def _sweep_uploads_forever() -> None:
+def _sweep_uploads_forever(demo: gr.Blocks) -> None:
     folder = Path(get_upload_folder())
+    # What gradio records as taken in: /gradio_api/upload's files, and those an image input
+    # fetched or decoded (its temp_files; QueryImage adds the base64 ones).
+    taken = [demo.upload_file_set]
+    taken += [block.temp_files for block in demo.blocks.values() if isinstance(block, QueryImage)]
     while True:
         time.sleep(UPLOADS_SWEEP_S)
         try:
-            deleted = sweep_uploads(folder, UPLOADS_KEEP_S)
+            deleted = 0
+            for files in taken:
+                gone = sweep_uploads(files.copy(), UPLOADS_KEEP_S, folder)  # (copy: atomic)
+                files.difference_update(gone)
+                deleted += len(gone)
         except Exception:  # noqa: BLE001 - the next round tries again
-            log.exception("sweeping the upload folder %s failed", folder)
+            log.exception("sweeping the uploads in %s failed", folder)
             continue
         if deleted:
             log.info("deleted %d uploads not used for %d s", deleted, UPLOADS_KEEP_S)
@@ -698,7 +711,9 @@ class QueryImage(gr.Image):
             return None
         if payload.url and payload.url.startswith("data:"):
             try:  # the bytes as sent, not decoded
-                return processing_utils.save_base64_to_cache(payload.url, self.GRADIO_CACHE)
+                path = processing_utils.save_base64_to_cache(payload.url, self.GRADIO_CACHE)
+                self.temp_files.add(path)  # taken in: swept like an upload
+                return path
             except ValueError:
                 raise gr.Error("Görsel açılamadı: geçersiz base64 verisi.") from None
         if not payload.path:  # a bare URL that gradio did not fetch: not silently no image
@@ -972,7 +987,8 @@ def launch(demo: gr.Blocks, **kwargs):
     it the app starts without the tools and logs why.
     """
     kwargs.setdefault("max_file_size", MAX_UPLOAD)
-    threading.Thread(target=_sweep_uploads_forever, name="upload-sweep", daemon=True).start()
+    sweep = threading.Thread(target=_sweep_uploads_forever, args=(demo,), daemon=True)
+    sweep.start()
     if "mcp_server" not in kwargs:
         # gradio refuses to start with mcp_server=True when its mcp extra is missing: a local
         # run without it still serves the page and the API, and says why there are no tools.

@@ -1207,11 +1207,9 @@ def test_an_upload_a_search_reads_is_kept_by_the_sweep(app, tmp_path):
     time.sleep(1.1)
     payload = FileData(path=str(used), meta={"_type": "gradio.FileData"})
     assert query_image.preprocess(payload) == str(used)  # a search reads it now
-    fresh = tmp_path / "fresh"
-    fresh.mkdir()  # a new folder, into which gradio may be about to write an upload
-    assert app.sweep_uploads(tmp_path, keep_s=1) == 1
+    gone = app.sweep_uploads({str(used), str(unused)}, keep_s=1, folder=tmp_path)
+    assert gone == {str(unused)}
     assert used.exists() and not unused.exists() and not unused.parent.exists()
-    assert fresh.is_dir()
 
 
 def test_number_inputs_refuse_booleans_and_values_that_are_no_finite_number(app):

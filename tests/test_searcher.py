@@ -444,6 +444,8 @@ def test_from_repo_refuses_missing_and_mismatched_index_files(tmp_path):
         open_repo(folder)
     with pytest.raises(TypeError, match="encoder must be a loaded Encoder .* not str"):
         Searcher.from_repo(folder, encoder="utkubascakir/MultiEmbedTR")
+    with pytest.raises(TypeError, match="encoder must be a loaded Encoder .* not type"):
+        Searcher.from_repo(folder, encoder=FakeEncoder)  # the class, not one loaded
 
 
 def test_an_index_or_data_file_from_another_build_is_refused(

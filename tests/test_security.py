@@ -24,6 +24,7 @@ import io
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -495,13 +496,16 @@ def test_uploads_do_not_stay_for_the_spaces_life(published, tiny_encoder, monkey
     monkeypatch.setattr(app, "UPLOADS_KEEP_S", 1)
     demo = app.build_app(Searcher.from_repo(published, encoder=tiny_encoder))
     url = launch_app(app, demo)
+    theirs = Path(app.get_upload_folder()) / f"another-app-{os.getpid()}" / "example.png"
+    theirs.parent.mkdir(parents=True, exist_ok=True)
+    theirs.write_bytes(b"x")  # another gradio app's file: the folder may be shared
     try:
         stored = Path(upload(url, "x.bin", b"\0" * 4096))
         assert stored.is_file()
         deadline = time.monotonic() + 20
         while stored.exists() and time.monotonic() < deadline:
             time.sleep(0.25)
-        assert not stored.exists()
+        assert not stored.exists() and theirs.exists()
         # A search with an upload that is gone says so (the page may keep it attached).
         gone = {"path": str(stored), "meta": {"_type": "gradio.FileData"}}
         events = call_api(url, "search_image", [gone, 3])
@@ -509,21 +513,30 @@ def test_uploads_do_not_stay_for_the_spaces_life(published, tiny_encoder, monkey
         assert "event: error" in events and "yeniden yükleyin" in message, events
     finally:
         demo.close()
+        shutil.rmtree(theirs.parent, ignore_errors=True)
 
 
-def test_the_upload_sweep_counts_from_the_last_use_and_leaves_result_images(tmp_path):
+def test_the_upload_sweep_counts_from_the_last_use_and_deletes_only_what_the_app_took_in(
+    tmp_path,
+):
     app = load_app("imagesearchtr_space_app_sweep")
     old, used, new = tmp_path / "a" / "old.jpg", tmp_path / "b" / "used.jpg", tmp_path / "new.jpg"
     result = tmp_path / app.RESULTS_FOLDER / "shown-long-ago.jpg"
-    for path in (old, used, new, result):
+    theirs = tmp_path / "c" / "another-apps-example.png"  # the folder may be shared
+    named = tmp_path / "d" / app.RESULTS_FOLDER  # an upload named like the results folder
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.jpg"
+    for path in (old, used, new, result, theirs, named, outside):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"x")
     time.sleep(1.1)
     os.utime(used)  # what QueryImage does when a search reads it
     new.write_bytes(b"y")
-    assert app.sweep_uploads(tmp_path, keep_s=1) == 1
-    assert not old.exists() and not old.parent.exists()  # and the folder it leaves
-    assert used.exists() and new.exists() and result.exists()
+    taken = {str(p) for p in (old, used, new, result, named, outside, tmp_path / "e" / "gone")}
+    gone = app.sweep_uploads(taken, keep_s=1, folder=tmp_path)
+    assert gone == {str(old), str(named), str(tmp_path / "e" / "gone")}
+    assert not old.parent.exists() and not named.parent.exists()  # and the folders they leave
+    assert used.exists() and new.exists() and result.exists() and theirs.exists()
+    assert outside.exists() and tmp_path.is_dir()
 
 
 def test_oversized_uploads_are_refused(served):

@@ -145,7 +145,7 @@ class Searcher:
                 f"image_max_side must be a number of pixels (1 or more) or None, "
                 f"not {image_max_side!r}"
             )
-        if encoder is not None and not hasattr(encoder, "encode_texts"):
+        if encoder is not None and (isinstance(encoder, type) or not hasattr(encoder, "dim")):
             raise TypeError(
                 f"encoder must be a loaded Encoder (Encoder.from_pretrained(...)) or None, not "
                 f"{type(encoder).__name__}; a model id goes to Encoder.from_pretrained"
