@@ -64,12 +64,12 @@ def swap_folder(staging: Path, target: Path) -> None:
         n += 1
     old, trash = aside("old", n), aside("trash", n)
     had_target = target.exists()
-    if had_target:
-        os.replace(target, old)
     try:
+        if had_target:
+            os.replace(target, old)
         os.replace(staging, target)
     except BaseException:  # (a failed rename, or Ctrl-C): the old tree goes back at once
-        if had_target and not target.exists():
+        if had_target and old.exists() and not target.exists():
             os.replace(old, target)
         raise
     if had_target:
