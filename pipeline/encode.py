@@ -195,20 +195,20 @@ def _run_encode(source, config: EncodeConfig, encoder, lock: contextlib.ExitStac
         earlier = {}  # the build.json of the run before: this run is an update
         if not config.overwrite and (out / BUILD_FILE).is_file():
             earlier = read_build_info(out)
-        reused = None
+        reused = None  # the manifest --reuse names, read once, at one commit
         if config.reuse:
             # One commit for the whole run and every rank, read by rank 0: a push to the
             # branch meanwhile changes nothing.
-            reused, loaded = share_from_rank0(
+            reused = share_from_rank0(
                 ranks, lambda: _reused_manifest(config.reuse, config.reuse_revision)
             )
-            config = replace(config, reuse_revision=loaded.revision or config.reuse_revision)
+            config = replace(config, reuse_revision=reused.revision or config.reuse_revision)
         if encoder is None:
             # An update keeps the model's commit and its components (tokenizer, image processor)
             # the build began with, whatever their Hub repos hold now: rows of one build are
             # tokenised alike (the weights' fingerprint would not see a new tokenizer). A new
             # build over published rows takes them as those rows were made.
-            made_with = earlier or (vars(reused) if reused else {})
+            made_with = earlier or (vars(reused.manifest) if reused else {})
             pinned = made_with.get("component_revisions") or None
             kept = None  # the commit the rows were made with, when this run loads it
             same_model = str(made_with.get("model_id", "")).lower() == config.model.lower()
@@ -234,7 +234,7 @@ def _run_encode(source, config: EncodeConfig, encoder, lock: contextlib.ExitStac
                 ) from None
         # Checked before any work: a --reuse made with another model is refused at once.
         reuse_files, reuse_revision = published_files(
-            config.reuse, config.reuse_revision, encoder.fingerprint, encoder.component_revisions
+            config.reuse, reused, encoder.fingerprint, encoder.component_revisions
         )
         records, input_skips = source.read()  # a listing: no image bytes are read here
         planned, plan_skips = _shared_plan(ranks, records)
@@ -522,34 +522,31 @@ class RowCache:
 
 
 def _reused_manifest(location: str, revision: str | None):
-    """(manifest, loaded) of the published dataset ``--reuse`` names; one clear line if none."""
+    """The LoadedManifest of the published dataset ``--reuse`` names; one clear line if none."""
     from imagesearchtr.manifest import load_manifest
 
     try:
-        loaded = load_manifest(location, revision, index_files=False)
+        return load_manifest(location, revision, index_files=False)
     except Exception as err:  # no manifest, a bad one, HTTP errors, no network: one line
         raise ValueError(
             f"--reuse {location}: {err}; give a published dataset id (USER/NAME) or a folder "
             "written by `publish --to`"
         ) from None
-    return loaded.manifest, loaded
 
 
-def published_files(
-    location: str | None, revision: str | None, fingerprint: str, components: dict | None = None
-):
+def published_files(location: str | None, loaded, fingerprint: str, components=None):
     """([(filesystem or None, path)], resolved revision) of a published dataset's data files.
 
-    ``location`` is a Hub dataset id or a folder written by ``publish --to``; refused when its
-    manifest names another model than ``fingerprint``, or other commits of the model's
-    components (tokenizer, image processor) than ``components``, the encoder's.
+    ``location`` is a Hub dataset id or a folder written by ``publish --to``, and ``loaded``
+    its manifest (``_reused_manifest``); refused when it names another model than
+    ``fingerprint``, or other commits of the model's components (tokenizer, image processor)
+    than ``components``, the encoder's.
     """
     if location is None:
         return [], None
     from imagesearchtr.manifest import DATA_DIR
 
-    manifest, loaded = _reused_manifest(location, revision)
-    sha = loaded.revision
+    manifest, sha = loaded.manifest, loaded.revision
     if sha is None:  # a local folder
         files = [(None, str(p)) for p in sorted((loaded.root / DATA_DIR).glob("*.parquet"))]
     else:
