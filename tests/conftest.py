@@ -363,6 +363,19 @@ def space_venv(published_space, tmp_path_factory) -> Path:
     return make_venv(python, folder, "-r", str(requirements), f"gradio=={meta['sdk_version']}")
 
 
+def load_app(name: str = "imagesearchtr_space_app"):
+    """Import space/app.py the way the Space runs it (a script beside its imagesearchtr/), as a
+    module named ``name``: each name is a module of its own, whose constants and module state a
+    test may change apart from the others'."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "space" / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
 def free_port() -> int:
     import socket
 

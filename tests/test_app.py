@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 import urllib.parse
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, free_port
+from conftest import REPO_ROOT, free_port, load_app
 
 # gradio's queue calls pandas APIs that pandas 3 deprecates; nothing this project can change.
 pytestmark = [
@@ -37,15 +36,6 @@ SPACE_DIR = REPO_ROOT / "space"
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 QUERY_PHOTO = "images/3385593926_d3e9c21170.jpg"  # two dogs in the snow
 SUBSET_IMAGES = 40  # enough for k=30 searches; keeps the module's encode to a few seconds
-
-
-def load_app_module():
-    """Import space/app.py the way the Space runs it: a script beside its imagesearchtr/."""
-    spec = importlib.util.spec_from_file_location("imagesearchtr_space_app", SPACE_DIR / "app.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
 
 
 def launch(app, demo):
@@ -111,7 +101,7 @@ def published(build_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def app():
-    return load_app_module()
+    return load_app()
 
 
 @pytest.fixture(scope="module")

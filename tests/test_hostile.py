@@ -12,20 +12,18 @@ tests/test_security.py and the upload test below go through the launched app.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import itertools
 import json
 import logging
 import re
 import socket
-import sys
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import pytest
-from conftest import REPO_ROOT
+from conftest import load_app
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -94,20 +92,9 @@ def searcher(published, tiny_encoder) -> Searcher:
     return Searcher.from_repo(published, encoder=tiny_encoder)
 
 
-def load_app_module():
-    """Import space/app.py the way the Space runs it (as tests/test_app.py does)."""
-    spec = importlib.util.spec_from_file_location(
-        "imagesearchtr_space_app_hostile", REPO_ROOT / "space" / "app.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def app():
-    return load_app_module()
+    return load_app("imagesearchtr_space_app_hostile")
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import io
 import json
 import logging
@@ -29,7 +28,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -42,7 +40,7 @@ import numpy as np
 import PIL.Image
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, free_port, load_app
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
@@ -487,22 +485,6 @@ def break_dataset(kind: str, folder: Path) -> None:
         raise AssertionError(kind)
 
 
-def load_app_module():
-    spec = importlib.util.spec_from_file_location(
-        "imagesearchtr_space_app_reliability", REPO_ROOT / "space" / "app.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.parametrize(
     ("kind", "expected"),
     [
@@ -517,7 +499,7 @@ def free_port() -> int:
 def test_a_broken_dataset_is_shown_and_logged_once(published, tmp_path, caplog, kind, expected):
     from gradio_client import Client
 
-    app = load_app_module()
+    app = load_app("imagesearchtr_space_app_reliability")
     broken = tmp_path / "dataset"
     shutil.copytree(published, broken)
     break_dataset(kind, broken)

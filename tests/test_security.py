@@ -19,13 +19,11 @@ from __future__ import annotations
 import ast
 import base64
 import http.client
-import importlib.util
 import io
 import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -37,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
-from conftest import REPO_ROOT, stop
+from conftest import REPO_ROOT, free_port, load_app, stop
 from hub_server import run_local_hub
 
 pytestmark = [
@@ -158,12 +156,6 @@ def scan_tree(root: Path) -> dict[str, list[str]]:
             if hits:
                 found[str(path)] = hits
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_app(env: dict, log: Path, timeout: float = 150):
@@ -313,15 +305,6 @@ def published(tmp_path_factory, tiny_model_dir, tiny_encoder) -> Path:
     target = tmp_path_factory.mktemp("security-published") / "dataset"
     publish_to_folder(PublishConfig(build=build, to=target))
     return target
-
-
-def load_app(name: str):
-    """space/app.py as a module of its own (its constants can be patched apart from others)."""
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "space" / "app.py")
-    app = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = app
-    spec.loader.exec_module(app)
-    return app
 
 
 def launch_app(app, demo) -> str:
