@@ -175,10 +175,7 @@ def swap_lock(target: Path, command: str) -> Iterator[None]:
         return
     with open(target.with_name(f".{target.name}.lock"), "a+", encoding="utf-8") as handle:
         if _flock(handle, False, target):
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"`{command}` (pid {os.getpid()})")
-            handle.flush()
+            _name_holder(handle, command)
         yield
 
 
@@ -210,15 +207,20 @@ def _locked(folder: Path, command: str, shared: bool, made: list[Path]) -> Itera
                 f"{folder} was removed by another run as this one started; run again"
             )
         if locked and handle.writable():
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"`{command}` (pid {os.getpid()})")
-            handle.flush()
+            _name_holder(handle, command)
         try:
             yield
         except BaseException:
             _remove_unused(made)  # while the lock is held: no other run is in the folder
             raise
+
+
+def _name_holder(handle, command: str) -> None:
+    """Write who holds the lock into its file: a refused run names it (``_flock``)."""
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"`{command}` (pid {os.getpid()})")
+    handle.flush()
 
 
 def _remove_unused(made: list[Path]) -> None:
