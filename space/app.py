@@ -94,7 +94,7 @@ EXAMPLES = [
 ]
 MAX_RESULTS = 30
 # /search and /embed refuse longer texts: the model reads 128 tokens a term, so more only costs
-# parsing and tokenizer time (a 100 MB query took seconds and hundreds of MB).
+# parsing and tokenizer time (and a query of many MB, seconds of it and much memory).
 MAX_QUERY_CHARS = 2000
 # What a text with a lone surrogate ("\ud800") gets: JSON can carry one, UTF-8 cannot.
 NOT_UNICODE = (
