@@ -300,6 +300,18 @@ def test_a_model_that_cannot_be_fetched_or_a_cache_that_cannot_be_made_is_named(
             Searcher.from_repo(folder, encoder=FakeEncoder(4), cache_dir=cache)
 
 
+def test_a_hub_repo_that_cannot_be_reached_is_named(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # as with no network
+    monkeypatch.chdir(tmp_path)
+    for name in ("someone/photos", "photos"):  # "photos": a folder's name with a typo, say
+        with pytest.raises(SearchSetupError, match=rf"^{name} is not a local folder, and its "
+                           r"index could not be fetched .*LocalEntryNotFoundError.*check the "
+                           r"path, or the connection"):  # fmt: skip
+            Searcher.from_repo(name, encoder=FakeEncoder(4), cache_dir=tmp_path / "cache")
+
+
 def test_a_different_model_is_refused(tiny_encoder):
     manifest = Manifest(
         model_id="utkubascakir/MultiEmbedTR",

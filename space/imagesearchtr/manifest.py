@@ -336,7 +336,9 @@ def _download_index(repo_id: str, revision: str | None, index_files: bool) -> tu
     folder, commit)."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
+        HfHubHTTPError,
         HFValidationError,
+        LocalEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
@@ -361,6 +363,12 @@ def _download_index(repo_id: str, revision: str | None, index_files: bool) -> tu
         raise ManifestError(
             f"no dataset repo {repo_id} on the Hub (or it is private and no token was given); "
             "check the name, or log in with `hf auth login`"
+        ) from None
+    except (LocalEntryNotFoundError, HfHubHTTPError) as err:  # offline or a failing Hub
+        said = (str(err).splitlines() or [""])[0][:200]
+        raise ManifestError(
+            f"{repo_id} is not a local folder, and its index could not be fetched from the Hub "
+            f"({type(err).__name__}: {said}); check the path, or the connection"
         ) from None
     snapshot = Path(snapshot)
     return snapshot, snapshot.name
