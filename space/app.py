@@ -15,6 +15,8 @@ The Searcher is loaded once, when the app starts. If that fails (no DATASET_REPO
 corrupt index, a manifest that does not match the rows, a model that is not the one that built
 the index) the app still starts, shows the reason on the page and logs it once: a Space that
 crashes at start-up restarts in a loop and shows only "Runtime error".
+A failure of the Hub or the network (a 5xx, a 429, a dropped connection) is tried again first
+(LOAD_ATTEMPTS).
 
 Public API (gradio_client), also served as MCP tools (launch); the first three answer
 (gallery, results, status):
@@ -70,6 +72,7 @@ except ImportError:  # not on ZeroGPU hardware (see the module docstring)
     spaces = None
 
 import gradio as gr
+import httpx
 import numpy as np
 from gradio import processing_utils
 from gradio.utils import get_upload_folder, is_in_or_equal
@@ -102,6 +105,11 @@ NOT_UNICODE = (
 )
 DEFAULT_RESULTS = 10
 DEFAULT_ALPHA = 0.6
+# A Hub that fails for a moment while the Space starts (a 5xx, a 429, a dropped connection) must
+# not leave it unavailable until someone restarts it: loading is tried LOAD_ATTEMPTS times,
+# waiting LOAD_BACKOFF_S, then twice that, ... between tries (35 s in all).
+LOAD_ATTEMPTS = 4
+LOAD_BACKOFF_S = 5.0
 
 # One query is a ~50-100 ms text (or image) encode, in which torch already uses every core,
 # then mostly single-threaded work: FAISS search (with a flat or fp16 index, on every core
@@ -182,18 +190,17 @@ def load_searcher(env: Mapping[str, str] | None = None) -> Searcher | LoadError:
         )
     where = f"{repo}@{revision}" if revision else repo
     started = time.perf_counter()
-    try:
-        searcher = Searcher.from_repo(repo, revision, image_max_side=GALLERY_MAX_SIDE)
-    except ModelMismatchError as err:
-        return _load_failed(f"Model ile arama dizini uyuşmuyor ({where}): {err}")
-    except SearchSetupError as err:
-        return _load_failed(f"Veri kümesi ya da arama dizini kullanılamıyor ({where}): {err}")
-    except Exception as err:  # any other failure must still leave a running app (see top)
-        first_line = str(err).splitlines()[0] if str(err) else ""
-        return _load_failed(
-            f"Arama dizini yüklenemedi ({where}): {type(err).__name__}: {first_line}",
-            exc_info=True,
-        )
+    for attempt in range(1, LOAD_ATTEMPTS + 1):
+        try:
+            searcher = Searcher.from_repo(repo, revision, image_max_side=GALLERY_MAX_SIDE)
+            break
+        except Exception as err:  # any failure must still leave a running app (see top)
+            if attempt == LOAD_ATTEMPTS or not is_transient(err):
+                return _load_error(err, where)
+            wait = LOAD_BACKOFF_S * 2 ** (attempt - 1)
+            said = (str(err).splitlines() or [""])[0][:200]
+            log.warning("loading %s failed (%s); trying again in %g s", where, said, wait)
+            time.sleep(wait)
     log.info(
         "loaded %s: %d images, model %s, in %.1f s",
         searcher.location,
@@ -202,6 +209,32 @@ def load_searcher(env: Mapping[str, str] | None = None) -> Searcher | LoadError:
         time.perf_counter() - started,
     )
     return searcher
+
+
+def _load_error(err: Exception, where: str) -> LoadError:
+    if isinstance(err, ModelMismatchError):
+        return _load_failed(f"Model ile arama dizini uyuşmuyor ({where}): {err}")
+    if isinstance(err, SearchSetupError):
+        return _load_failed(f"Veri kümesi ya da arama dizini kullanılamıyor ({where}): {err}")
+    first_line = str(err).splitlines()[0] if str(err) else ""
+    return _load_failed(
+        f"Arama dizini yüklenemedi ({where}): {type(err).__name__}: {first_line}", exc_info=True
+    )
+
+
+def is_transient(err: BaseException | None) -> bool:
+    """Whether a failure, or one it was raised from, is the Hub's or the network's for a moment:
+    a dropped or timed-out connection, a 5xx or a 429 (read through ``raise ... from None``)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, httpx.TransportError):
+            return True
+        status = getattr(getattr(err, "response", None), "status_code", None)
+        if isinstance(status, int) and (status == 429 or status >= 500):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def _load_failed(message: str, exc_info: bool = False) -> LoadError:
@@ -502,6 +535,8 @@ def make_handlers(searcher: Searcher | LoadError):
         started = time.perf_counter()
         try:
             hits = query_fn()
+            # Writes the result images: a full disk fails here, and is answered as any failure.
+            gallery, results = hits_to_outputs(hits)
         except ImageLoadError as err:  # never the name: it is a path on this server
             return [], [], f"⚠️ Görsel açılamadı: {IMAGE_ERRORS.get(err.kind, err.reason)}."
         except ValueError as err:
@@ -509,7 +544,6 @@ def make_handlers(searcher: Searcher | LoadError):
         except Exception:
             log.exception("search failed for %s", what)
             return [], [], "⚠️ Beklenmeyen bir hata oluştu; ayrıntı sunucu günlüğünde."
-        gallery, results = hits_to_outputs(hits)
         elapsed = (time.perf_counter() - started) * 1000
         return gallery, results, f"{len(results)} sonuç · {elapsed:.0f} ms"
 

@@ -1246,3 +1246,34 @@ def test_a_row_too_large_for_a_float_is_a_status_not_an_error(app):
     _, _, search_similar, _ = app.make_handlers(FakeSearcher())
     gallery, results, status = search_similar(10**400, 5)  # float() overflows
     assert gallery == [] and results == [] and "Satır numarası bir tam sayı" in status
+
+
+def test_a_full_disk_while_writing_the_result_images_is_a_status_not_an_error(
+    app, tmp_path, monkeypatch, caplog
+):
+    # The result images are written to the server's disk (ResultFolder); when it is full, the
+    # search answers with the status line like any other failure, not with gradio's bare error.
+    import errno
+
+    from PIL import Image
+
+    from imagesearchtr import Hit
+
+    class OneHit:  # a Searcher of 10 rows whose every search finds row 1
+        def __len__(self):
+            return 10
+
+        def search_similar(self, row, k):
+            return [Hit(1, 0.9, 0.9, None, ["köpek"], Image.new("RGB", (8, 8), (1, 2, 3)))]
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(app, "_result_folder", app.ResultFolder(tmp_path, 10**9, 3600))
+    monkeypatch.setattr(app.tempfile, "mkstemp", full)
+    _, _, search_similar, _ = app.make_handlers(OneHit())
+    with caplog.at_level(logging.ERROR, logger="imagesearchtr.space"):
+        gallery, answer, status = search_similar(2, 5)
+    assert gallery == [] and answer == []
+    assert "Beklenmeyen" in status
+    assert any("No space left" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)

@@ -706,3 +706,62 @@ def test_a_data_file_the_manifest_lists_but_the_commit_lacks_is_named_at_start(
     out = refusal(hub_env, repo, commit)
     assert "refused:" in out, out
     assert "lists data/train-00001.parquet, which this commit does not have" in out
+
+
+def test_a_hub_that_fails_for_a_moment_while_the_space_starts_does_not_leave_it_unavailable(
+    lazy_repo, local_hub, hub_env, tmp_path
+):
+    # The Space loads its Searcher once, at start: a 503 from the Hub then (the manifest's
+    # download, or more than the range reads' own retries of a data file) must be tried again,
+    # not shown as "Arama kullanılamıyor" until someone restarts the Space.
+    folder, repo, commit = lazy_repo
+    sha1 = hashlib.sha256((folder / "data" / "train-00001.parquet").read_bytes()).hexdigest()
+    code = textwrap.dedent(
+        """
+        import json, os, sys
+        import httpx
+        sys.path.insert(0, "tests")
+        from conftest import load_app
+        from search_repo import FakeEncoder
+        from imagesearchtr import Encoder
+
+        Encoder.from_pretrained = lambda *args, **kwargs: FakeEncoder(8)  # "fake/model"
+        app = load_app()
+        app.LOAD_BACKOFF_S = 0.1
+        faults = os.environ["HF_ENDPOINT"] + "/_test/faults"
+        httpx.post(faults, json={"faults": json.loads(sys.argv[3])})
+        loaded = app.load_searcher({"DATASET_REPO": sys.argv[1], "DATASET_REVISION": sys.argv[2]})
+        httpx.delete(faults)
+        print(json.dumps(getattr(loaded, "message", None) or len(loaded)))
+        """
+    )
+    data1 = rf"(/data/train-00001\.parquet|/_storage/{sha1})$"
+    for faults in (
+        [{"method": "GET", "path": r"/index/manifest\.json$", "status": 503}],
+        [{"method": "GET", "path": data1, "status": 503, "times": 8}],
+    ):
+        env = {**hub_env, "HF_HOME": str(tmp_path / f"home-{len(faults[0]['path'])}")}
+        out = run_python(code, env, repo, commit, json.dumps(faults))
+        assert json.loads(out.stdout.splitlines()[-1]) == N_ROWS, out.stdout
+
+
+def test_an_image_cache_that_cannot_note_a_use_still_serves_the_image(tmp_path):
+    # A hit notes when the image was used; on a full disk ("database or disk is full") or a
+    # file another worker keeps locked that write fails. The image read is still served, not
+    # fetched from the Hub again: on a full disk every hit was a miss.
+    import sqlite3
+
+    from imagesearchtr.image_cache import ImageCache
+
+    cache = ImageCache(tmp_path, 1000)
+    cache.put("a", b"bytes")
+    db = cache._db
+
+    class Full:  # the connection, on a disk with no room left for the note
+        def execute(self, sql, *args):
+            if sql.startswith("UPDATE"):
+                raise sqlite3.OperationalError("database or disk is full")
+            return db.execute(sql, *args)
+
+    cache._db = Full()
+    assert cache.get("a") == b"bytes"

@@ -86,10 +86,13 @@ class ImageCache:
             with self._lock:
                 row = self._db.execute("SELECT data FROM images WHERE name = ?", (name,))
                 row = row.fetchone()
-                if row is not None:  # recently used: evicted last
-                    self._db.execute(
-                        "UPDATE images SET used = ? WHERE name = ?", (time.time_ns(), name)
-                    )
+                # Recently used: evicted last. A note that cannot be written (a full disk, a
+                # file another worker keeps locked) must not turn the hit into a miss.
+                if row is not None:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute(
+                            "UPDATE images SET used = ? WHERE name = ?", (time.time_ns(), name)
+                        )
             return None if row is None else bytes(row[0])
         except Exception as err:  # noqa: BLE001 - a cache error must not fail the search
             log.debug("image cache: get %s failed: %s", name, err)
