@@ -357,6 +357,10 @@ def _sweep_uploads_forever(demo: gr.Blocks) -> None:
     # fetched or decoded (its temp_files; QueryImage adds the base64 ones).
     taken = [demo.upload_file_set]
     taken += [block.temp_files for block in demo.blocks.values() if isinstance(block, QueryImage)]
+    # A gallery notes the path of every result image it ever showed, and gradio never lets go
+    # of one: paths ResultFolder has deleted are dropped here, or the sets grow for the
+    # Space's life by one path per distinct image shown.
+    shown = [block.temp_files for block in demo.blocks.values() if isinstance(block, gr.Gallery)]
     while True:
         time.sleep(UPLOADS_SWEEP_S)
         try:
@@ -365,6 +369,8 @@ def _sweep_uploads_forever(demo: gr.Blocks) -> None:
                 gone = sweep_uploads(files.copy(), UPLOADS_KEEP_S, folder)  # (copy: atomic)
                 files.difference_update(gone)
                 deleted += len(gone)
+            for files in shown:
+                files.difference_update([p for p in files.copy() if not os.path.lexists(p)])
         except Exception:  # noqa: BLE001 - the next round tries again
             log.exception("sweeping the uploads in %s failed", folder)
             continue

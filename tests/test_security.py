@@ -494,6 +494,16 @@ def test_uploads_do_not_stay_for_the_spaces_life(published, tiny_encoder, monkey
         events = call_api(url, "search_image", [gone, 3])
         message = json.loads(events.split("data: ", 1)[1].splitlines()[0])["error"]
         assert "event: error" in events and "yeniden yükleyin" in message, events
+        # The gallery's note of each result image shown goes with the file (ResultFolder's).
+        call_api(url, "search", ["köpek", 3, False, 0.5, None])
+        (noted,) = [b.temp_files for b in demo.blocks.values() if isinstance(b, app.gr.Gallery)]
+        assert noted and all(Path(p).is_file() for p in noted)
+        for path in noted.copy():
+            Path(path).unlink()  # as ResultFolder's prune does
+        deadline = time.monotonic() + 20
+        while noted and time.monotonic() < deadline:
+            time.sleep(0.25)
+        assert not noted
     finally:
         demo.close()
         shutil.rmtree(theirs.parent, ignore_errors=True)
