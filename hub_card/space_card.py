@@ -113,9 +113,18 @@ def render_space_card(
         ),
         hardware=hardware,
         space_id=space_id,
-        space_host=space_id.replace("/", "-").replace("_", "-").replace(".", "-").lower(),
+        space_url=_space_url(space_id),
         usage_snippet=render_usage(
             manifest, space=space_id, repo_id=dataset_repo, revision=dataset_revision
         ),
     )
     return str(SpaceCard(f"---\n{card_data.to_yaml()}\n---\n{body}"))
+
+
+def _space_url(space_id: str) -> str:
+    """Where the app answers: a Space's ``*.hf.space`` host, or the URL of a local app (the
+    card of ``publish-space --to``)."""
+    if "://" in space_id:
+        return space_id.rstrip("/")
+    host = space_id.replace("/", "-").replace("_", "-").replace(".", "-").lower()
+    return f"https://{host}.hf.space"

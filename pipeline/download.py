@@ -64,6 +64,11 @@ def run_download(config: DownloadConfig) -> DownloadSummary:
     _io.remove_orphans(out / "images")  # temporary files of a run that was killed mid-write
     captions_path = out / CAPTIONS_FILE
     have = _existing_lines(captions_path)
+    if captions_path.is_file() and captions_path.stat().st_size:
+        with captions_path.open("rb+") as handle:  # (edited by hand, say, without a last
+            handle.seek(-1, io.SEEK_END)  # newline): a line appended to it would spoil both
+            if handle.read(1) != b"\n":
+                handle.write(b"\n")
 
     stream = load_dataset(config.dataset, split=config.split, streaming=True)
     columns = stream.column_names  # from the data files' schema; None where it is not known
@@ -110,13 +115,17 @@ def run_download(config: DownloadConfig) -> DownloadSummary:
                 _io.write_bytes(target, data)
                 written += 1
             rel = f"images/{target.name}"
-            if isinstance(caption, str) and caption.strip():
-                line = json.dumps({"path": rel, "caption": caption}, ensure_ascii=False)
+            # A caption cell may be a string or a list of them (several captions an image).
+            texts = [caption] if isinstance(caption, str) else caption
+            texts = texts if isinstance(texts, list) else []
+            texts = [t for t in texts if isinstance(t, str) and t.strip()]
+            for text in texts:
+                line = json.dumps({"path": rel, "caption": text}, ensure_ascii=False)
                 if line not in have:
                     captions.write(line + "\n")
                     captions.flush()
                     have.add(line)
-            else:
+            if not texts:
                 skipped.append(f"row {row_no} ({raw_id}): empty caption, image kept")
             bar.update()
     return DownloadSummary(written=written, kept=kept, skipped=skipped, rows=rows)

@@ -15,6 +15,7 @@ the encode step can report each one instead of dropping it silently.
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import unicodedata
 from collections import Counter
@@ -27,6 +28,8 @@ from imagesearchtr.manifest import LOCAL_SOURCE, public_source
 
 CAPTIONS_FILE = "captions.jsonl"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+# Plain columns an image column may be: paths (or URLs) and image bytes.
+TEXT_OR_BYTES = ("string", "large_string", "binary", "large_binary")
 
 
 class EmptyBuildError(ValueError):
@@ -99,7 +102,19 @@ class FolderSource:
         # A name can be written in two Unicode forms (ş as one code point, or s + cedilla):
         # macOS and many zip tools store file names decomposed while editors write captions
         # composed. Both are matched by their composed form; the file keeps its own name.
-        files = [path.relative_to(folder).as_posix() for path in _image_files(folder)]
+        files = []
+        for path in _image_files(folder):
+            rel = path.relative_to(folder).as_posix()
+            if _is_valid_unicode(rel):
+                files.append(rel)
+                continue
+            # Bytes that are not UTF-8 (a zip made on Windows names "köpek" in cp1254): no
+            # caption line can name it, and no data file can hold its path.
+            shown = os.fsencode(rel).decode("utf-8", "backslashreplace")
+            detail = (
+                f"file name {shown} is not valid UTF-8 (a zip made on Windows?); rename the file"
+            )
+            skips.append(Skip(shown, BAD_PATH, detail))
         forms = Counter(_nfc(rel) for rel in files)
         # Two files whose names differ only in their form (possible on Linux) stay two rows,
         # each matched by its own exact name.
@@ -185,9 +200,11 @@ class HubSource:
                     f"{self.dataset} has no column {column!r} (columns: "
                     f"{', '.join(ds.column_names)}); pass --image-column / --caption-column"
                 )
+        _check_columns(self.dataset, ds.features, self.image_column, self.caption_column)
         # Raw bytes, not decoded PIL images: decoding happens once, in the encode step.
         ds = ds.cast_column(self.image_column, Image(decode=False))
         id_column = self.id_column if self.id_column in ds.column_names else None
+        used: set[str] = set()
         # The listing holds no image bytes: each record reads its row's bytes from the
         # dataset's memory-mapped Arrow files when asked, so a process keeps in memory only
         # the images it is encoding (under torchrun, a rank reads only its own chunks').
@@ -206,10 +223,34 @@ class HubSource:
             caps = [" ".join(t.split()) for t in texts if isinstance(t, str) and t.strip()]
             if len(caps) < len(texts) or not texts:
                 skips.append(Skip(where, EMPTY_CAPTION, "empty or missing caption"))
-            image_id = str(row[id_column]) if id_column else str(row_no)
+            raw_id = row[id_column] if id_column else None
+            image_id = str(row_no) if raw_id is None else str(raw_id)
+            if image_id in used:  # a repeated id (or a missing one): ids name one row each
+                image_id = next(i for n in count(2) if (i := f"{image_id}#{n}") not in used)
+            used.add(image_id)
             reader = lambda n=row_no: _row_bytes(images, self.image_column, n)  # noqa: E731
             records.append(ImageRecord(image_id, where, caps, reader))
         return records, skips
+
+
+def _check_columns(dataset: str, features, image_column: str, caption_column: str) -> None:
+    """Refuse an image column of numbers and a caption column that is not text, naming the
+    flag that picks another (the rows would otherwise fail deep inside datasets)."""
+    from datasets import LargeList, List, Value
+
+    image = features[image_column]
+    if isinstance(image, Value) and image.dtype not in TEXT_OR_BYTES:
+        raise ValueError(
+            f"{dataset}: column {image_column!r} holds {image.dtype} values, not images; "
+            "name the image column with --image-column"
+        )
+    caption = features[caption_column]
+    inner = caption.feature if isinstance(caption, (List, LargeList)) else caption
+    if not (isinstance(inner, Value) and inner.dtype in ("string", "large_string")):
+        raise ValueError(
+            f"{dataset}: column {caption_column!r} holds {caption}, not text (a string or a "
+            "list of strings a row); name the caption column with --caption-column"
+        )
 
 
 def _row_bytes(images, column: str, row_no: int) -> bytes:
@@ -262,6 +303,8 @@ def _safe_relative(value, folder: Path) -> tuple[str, str | None]:
     """
     if not isinstance(value, str) or not value.strip():
         return "", "missing 'path'"
+    if "\x00" in value or not _is_valid_unicode(value):
+        return "", f"path {ascii(value)} is not a valid file name"
     if Path(value).is_absolute():
         return "", f"absolute path {value!r}: paths must be relative to the data folder"
     rel = posixpath.normpath(value.replace("\\", "/"))
@@ -271,11 +314,25 @@ def _safe_relative(value, folder: Path) -> tuple[str, str | None]:
 
 
 def _image_files(folder: Path) -> Iterator[Path]:
-    for path in sorted(folder.rglob("*")):
-        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
-            if any(part.startswith(".") for part in path.relative_to(folder).parts):
-                continue  # hidden folders (.cache, .git) are not photos
-            yield path
+    # Symlinked folders are followed (photos linked in from another disk are photos), except a
+    # link back to a folder above it, which would loop.
+    found = []
+    above = {str(folder): frozenset({os.path.realpath(folder)})}
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        chain = above.pop(root)
+        kept = []
+        for name in sorted(dirs):
+            real = os.path.realpath(os.path.join(root, name))
+            if not name.startswith(".") and real not in chain:  # .cache, .git: not photos
+                above[os.path.join(root, name)] = chain | {real}
+                kept.append(name)
+        dirs[:] = kept
+        for name in names:
+            path = Path(root, name)
+            wanted = path.suffix.lower() in IMAGE_SUFFIXES and not name.startswith(".")
+            if wanted and path.is_file():
+                found.append(path)
+    yield from sorted(found)
 
 
 def _nfc(text: str) -> str:

@@ -559,6 +559,53 @@ def test_a_byte_order_mark_and_hidden_folders_are_not_taken_for_data(tmp_path):
     assert [(r.path, r.captions) for r in records] == [("a.jpg", ["göl"])] and skips == []
 
 
+def test_a_file_name_that_is_not_utf8_is_skipped_by_name(tmp_path):
+    # A zip made on Windows names "köpek.jpg" in cp1254: no data file can hold such a path
+    # (it ended the whole encode, after the encoding, naming no file).
+    import os
+
+    from pipeline.inputs import BAD_PATH
+
+    os.mkdir(tmp_path / "images")
+    with open(os.fsencode(tmp_path / "images") + b"/k\xf6pek.jpg", "wb") as handle:
+        handle.write(b"x")
+    (tmp_path / "images" / "kedi.jpg").write_bytes(b"y")
+    records, skips = FolderSource(tmp_path).read()
+    assert [r.path for r in records] == ["images/kedi.jpg"]
+    assert [(s.source, s.kind) for s in skips] == [("images/k\\xf6pek.jpg", BAD_PATH)]
+    assert "not valid UTF-8" in skips[0].detail and "rename" in skips[0].detail
+    skips[0].to_json().encode("utf-8")  # skipped.jsonl can hold it
+
+
+@pytest.mark.parametrize("path", ["a\\u0000.jpg", "k\\udcf6pek.jpg"])
+def test_a_caption_path_no_file_can_have_is_a_bad_path(tmp_path, path):
+    # (a NUL ended the encode with "error: embedded null byte", a lone surrogate with a
+    # UnicodeEncodeError, neither naming the line)
+    from pipeline.inputs import BAD_PATH
+
+    (tmp_path / "a.jpg").write_bytes(b"a")
+    line = f'{{"path": "{path}", "caption": "köpek"}}\n'
+    (tmp_path / CAPTIONS_FILE).write_text(line, encoding="utf-8")
+    records, skips = FolderSource(tmp_path).read()
+    assert [(s.source, s.kind) for s in skips] == [(f"{CAPTIONS_FILE}:1", BAD_PATH)]
+    assert [(r.path, r.captions) for r in records] == [("a.jpg", [])]
+
+
+def test_photos_in_a_symlinked_folder_are_indexed_and_a_link_loop_ends(tmp_path):
+    # photos/images/archive -> /mnt/disk/archive: its photos were left out, and nothing said so.
+    elsewhere = tmp_path / "disk" / "archive"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "eski.jpg").write_bytes(b"old")
+    folder = tmp_path / "photos"
+    (folder / "images").mkdir(parents=True)
+    (folder / "images" / "yeni.jpg").write_bytes(b"new")
+    (folder / "images" / "archive").symlink_to(elsewhere, target_is_directory=True)
+    (folder / "images" / "loop").symlink_to(folder, target_is_directory=True)  # a link above
+    records, skips = FolderSource(folder).read()
+    assert [r.path for r in records] == ["images/archive/eski.jpg", "images/yeni.jpg"]
+    assert skips == [] and records[0].read_bytes() == b"old"
+
+
 def test_a_build_without_any_caption_says_so():
     from pipeline.encode import EncodeSummary, summary_text
 

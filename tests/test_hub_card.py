@@ -587,6 +587,17 @@ def test_space_card_without_revision():
     assert "main (latest)" in text
 
 
+def test_space_card_for_a_local_app_gives_its_address_not_a_hf_space_host():
+    # publish-space --to DIR with a Hub dataset: the card's app is the one run locally.
+    from hub_card.dataset_card import default_space
+
+    text = render_space(space_id=default_space(None))
+    assert "http://127.0.0.1:7860/?q=köpek&k=10" in text
+    assert "http://127.0.0.1:7860/gradio_api/mcp/" in text
+    assert ".hf.space" not in text
+    assert "https://testuser-trsearch-search.hf.space/?q=köpek&k=10" in render_space()
+
+
 def test_space_card_limits():
     with pytest.raises(ValueError, match="60"):
         render_space(short_description="x" * 61)

@@ -313,6 +313,47 @@ def test_download_never_gives_two_images_one_file(fake_source, hub_env, tmp_path
         assert result.returncode == 2 and said in result.stderr, result.stderr
 
 
+def test_download_keeps_every_caption_of_a_list_column(local_hub, hub_env, tmp_path, shared_data):
+    """A caption column of lists (several captions an image, as encode --hf-dataset takes):
+    each caption is a line; they were all dropped, each row said to have an empty caption."""
+    repo = f"{local_hub.user}/list-captions"
+    images = sorted((shared_data / "images").glob("*.jpg"))[:3]
+    code = textwrap.dedent(
+        f"""
+        from datasets import Dataset, Features, Image, List, Value
+        feats = Features({{"image": Image(), "text": List(Value("string")),
+                          "image_id": Value("string")}})
+        Dataset.from_dict({{"image": {[str(p) for p in images]!r},
+                            "text": [["iki köpek", "karda köpekler"], ["kedi", " "], []],
+                            "image_id": ["a", "b", "c"]}}, features=feats).push_to_hub({repo!r})
+        """
+    )
+    run_python(code, {**local_hub.env(), "HF_HOME": str(tmp_path / "home")})
+    out = tmp_path / "data"
+    result = run_cli("download", "--dataset", repo, "--split", "train", "--num-samples", "3",
+                     "--output-dir", out, env=hub_env)  # fmt: skip
+    lines = [json.loads(x) for x in (out / "captions.jsonl").read_text().splitlines()]
+    assert sorted((x["path"], x["caption"]) for x in lines) == [
+        ("images/a.jpg", "iki köpek"), ("images/a.jpg", "karda köpekler"), ("images/b.jpg", "kedi"),
+    ]  # fmt: skip
+    assert "(c): empty caption, image kept" in result.stdout  # (rows come shuffled)
+    assert "(a): empty caption" not in result.stdout and "(b): empty caption" not in result.stdout
+
+
+def test_download_adds_no_line_to_an_unfinished_last_line(fake_source, hub_env, tmp_path):
+    """captions.jsonl edited by hand, without a newline at its end: the next download's lines
+    start on a line of their own (they were glued to it, and both lines lost)."""
+    out = tmp_path / "data"
+    out.mkdir()
+    mine = json.dumps({"path": "images/mine.jpg", "caption": "benim"}, ensure_ascii=False)
+    (out / "captions.jsonl").write_text(mine, encoding="utf-8")
+    run_cli("download", "--dataset", fake_source, "--num-samples", "2", "--output-dir", out,
+            env=hub_env)  # fmt: skip
+    lines = (out / "captions.jsonl").read_text(encoding="utf-8").splitlines()
+    assert lines[0] == mine and len(lines) == 3
+    assert all(json.loads(line)["caption"] for line in lines)
+
+
 def test_encode_reads_a_hub_dataset_directly(fake_source, hub_env, tmp_path, tiny_model_dir):
     build = tmp_path / "build"
     run_cli(

@@ -357,6 +357,47 @@ def test_a_hub_dataset_listing_holds_no_image_bytes(tmp_path):
     assert [r.read_bytes() for r in records] == blobs
 
 
+def test_a_hub_dataset_with_repeated_or_missing_ids_gives_each_row_an_id_of_its_own(tmp_path):
+    """The card says image_id is unique in the dataset: a source's repeated ids do not make
+    two rows one id, and a missing id is the row number, not "None"."""
+    from datasets import Dataset, Features, Image, Value
+
+    from pipeline.inputs import HubSource
+
+    features = Features({"image": Image(), "text": Value("string"), "image_id": Value("string")})
+    rows = {
+        "image": [{"bytes": bytes([i]) * 10, "path": None} for i in range(5)],
+        "text": [f"foto {i}" for i in range(5)],
+        "image_id": ["x1", "x1", None, None, "2"],
+    }
+    (tmp_path / "ds" / "data").mkdir(parents=True)
+    Dataset.from_dict(rows, features=features).to_parquet(tmp_path / "ds/data/train.parquet")
+    records, _ = HubSource(str(tmp_path / "ds")).read()
+    assert [r.image_id for r in records] == ["x1", "x1#2", "2", "3", "2#2"]
+
+
+@pytest.mark.parametrize(
+    ("flag", "said"),
+    [
+        ("--caption-column", "column 'n' holds Value('int64'), not text"),
+        ("--image-column", "column 'n' holds int64 values, not images"),
+    ],
+)
+def test_a_hub_dataset_column_of_numbers_is_refused_by_name(tmp_path, tiny_model_dir, flag, said):
+    """--caption-column / --image-column naming a column of numbers: one error line naming
+    the column and the flag, not a TypeError (or an Arrow cast error) from deep inside."""
+    from datasets import Dataset
+
+    (tmp_path / "ds" / "data").mkdir(parents=True)
+    rows = {"image": ["a.jpg"], "text": ["foto"], "n": [1]}
+    Dataset.from_dict(rows).to_parquet(tmp_path / "ds/data/train.parquet")
+    args = ("--hf-dataset", tmp_path / "ds", flag, "n", "--out", tmp_path / "build")
+    result = run_cli("encode", *args, "--model", tiny_model_dir, check=False)
+    assert result.returncode == 2, result.stderr
+    assert said in result.stderr and f"with {flag}" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_workers_give_the_same_shards_as_the_main_process(tmp_path, tiny_model_dir, capsys):
     from conftest import write_photos
 
