@@ -188,6 +188,10 @@ class HubSource:
         return self.dataset
 
     def label(self) -> str:
+        """The input as the manifest and each row's ``path`` record it: a dataset folder on this
+        machine by its name, not its path (as ``public_source``)."""
+        if os.path.exists(self.dataset):
+            return Path(self.dataset).resolve().name
         return self.dataset
 
     def read(self) -> tuple[list[ImageRecord], list[Skip]]:
@@ -205,6 +209,7 @@ class HubSource:
         ds = ds.cast_column(self.image_column, Image(decode=False))
         id_column = self.id_column if self.id_column in ds.column_names else None
         used: set[str] = set()
+        label = self.label()
         # The listing holds no image bytes: each record reads its row's bytes from the
         # dataset's memory-mapped Arrow files when asked, so a process keeps in memory only
         # the images it is encoding (under torchrun, a rank reads only its own chunks').
@@ -212,7 +217,7 @@ class HubSource:
         listing = ds.select_columns([c for c in (self.caption_column, id_column) if c])
         records, skips = [], []
         for row_no, row in enumerate(listing):
-            where = f"{self.dataset}:{row_no}"
+            where = f"{label}:{row_no}"
             # Validity only: as_py() here would copy every image's bytes into the listing.
             cell = images[row_no][self.image_column][0]
             if not cell.is_valid or (not cell["bytes"].is_valid and not cell["path"].as_py()):

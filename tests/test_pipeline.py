@@ -374,6 +374,8 @@ def test_a_hub_dataset_with_repeated_or_missing_ids_gives_each_row_an_id_of_its_
     Dataset.from_dict(rows, features=features).to_parquet(tmp_path / "ds/data/train.parquet")
     records, _ = HubSource(str(tmp_path / "ds")).read()
     assert [r.image_id for r in records] == ["x1", "x1#2", "2", "3", "2#2"]
+    # A dataset folder is named by its name, not by its path on this machine (rows published).
+    assert [r.path for r in records] == [f"ds:{n}" for n in range(5)]
 
 
 @pytest.mark.parametrize(
