@@ -30,7 +30,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
 import numpy as np
@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 from imagesearchtr.encoder import NonFiniteEmbeddingError
 from imagesearchtr.images import ImageLoadError, open_image
 
-from .inputs import NOT_AN_IMAGE, UNREADABLE_FILE, ImageRecord, Skip
+from .inputs import CONVERT_FIRST, NOT_AN_IMAGE, UNREADABLE_FILE, ImageRecord, Skip
 
 # Two finished chunks in memory at most: one being written, one waiting.
 MAX_PENDING_WRITES = 2
@@ -306,6 +306,8 @@ class _DecodeDataset(Dataset):
         except ImageLoadError as err:
             # open_image names bytes as "<N bytes>": report the file instead.
             reason = str(err).split(": ", 1)[-1]
+            if PurePosixPath(record.path).suffix.lower() in CONVERT_FIRST:
+                reason += "; convert HEIC photos to JPEG first"
             return _Decoded(position, None, None, Skip(record.path, NOT_AN_IMAGE, reason))
         except OSError as err:
             skip = Skip(record.path, UNREADABLE_FILE, f"unreadable file ({err})")

@@ -27,7 +27,11 @@ from pathlib import Path
 from imagesearchtr.manifest import LOCAL_SOURCE, public_source
 
 CAPTIONS_FILE = "captions.jsonl"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".avif", ".bmp", ".gif"}
+IMAGE_SUFFIXES |= {".tif", ".tiff"}
+# Phone photos Pillow cannot read without a plugin: listed all the same, so that each is
+# reported as skipped (with how to convert it) rather than left out unsaid.
+CONVERT_FIRST = {".heic", ".heif"}
 # Plain columns an image column may be: paths (or URLs) and image bytes.
 TEXT_OR_BYTES = ("string", "large_string", "binary", "large_binary")
 
@@ -334,7 +338,8 @@ def _image_files(folder: Path) -> Iterator[Path]:
         dirs[:] = kept
         for name in names:
             path = Path(root, name)
-            wanted = path.suffix.lower() in IMAGE_SUFFIXES and not name.startswith(".")
+            suffix = path.suffix.lower()
+            wanted = suffix in IMAGE_SUFFIXES | CONVERT_FIRST and not name.startswith(".")
             if wanted and path.is_file():
                 found.append(path)
     yield from sorted(found)

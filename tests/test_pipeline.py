@@ -108,9 +108,15 @@ def make_messy_folder(root: Path, shared_data: Path) -> Path:
 
 def test_bad_rows_are_skipped_with_reasons(tmp_path, shared_data, tiny_model_dir):
     folder = make_messy_folder(tmp_path, shared_data)
+    # Uncaptioned files of other image kinds: read (.jfif, .avif), or reported (HEIC, which
+    # Pillow cannot read): none left out unsaid.
+    Image.new("RGB", (40, 30), (200, 0, 0)).save(folder / "images" / "old.jfif", format="JPEG")
+    Image.new("RGB", (40, 30), (0, 200, 0)).save(folder / "images" / "new.avif")
+    (folder / "images" / "phone.heic").write_bytes(b"\0\0\0\x18ftypheic" + b"\0" * 64)
     build = tmp_path / "build"
     result = run_cli("encode", "--data", folder, "--model", tiny_model_dir, "--out", build)
     reasons = {s["source"]: s["reason"] for s in skipped(build)}
+    assert "convert HEIC photos to JPEG first" in reasons["images/phone.heic"]
     assert "duplicate of" in reasons["images/copy-of-first.jpg"]
     assert reasons["images/missing.jpg"] == "missing file"
     assert reasons["images/zero.jpg"] == "empty file (0 bytes)"
@@ -130,8 +136,9 @@ def test_bad_rows_are_skipped_with_reasons(tmp_path, shared_data, tiny_model_dir
     ]
     assert rows["images/uncaptioned"]["captions"] == []
     assert rows["images/uncaptioned"]["caption_emb"] is None
-    assert len(rows) == 5  # 4 photos + the uncaptioned one
-    assert "skipped 9 inputs" in result.stdout
+    assert len(rows) == 7  # 4 photos + the uncaptioned one + the JFIF and the AVIF
+    assert {"images/old", "images/new"} <= rows.keys()
+    assert "skipped 10 inputs" in result.stdout
 
 
 def test_kill_during_encode_then_resume_keeps_every_row_once(
