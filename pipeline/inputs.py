@@ -94,6 +94,11 @@ class FolderSource:
 
     def check(self) -> None:
         """Refuse a folder that is not there (before a model is loaded for it)."""
+        if self.folder.is_file():  # (captions.jsonl, say: the folder that holds it is meant)
+            raise FileNotFoundError(
+                f"--data {self.folder}: a file, not a folder; give the folder that holds "
+                f"{CAPTIONS_FILE} and the images"
+            )
         if not self.folder.is_dir():
             raise FileNotFoundError(f"--data {self.folder}: no such folder")
 

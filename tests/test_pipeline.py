@@ -282,6 +282,12 @@ def test_cli_errors_are_one_clear_line(tmp_path, tiny_model_dir, capsys):
     assert main([*encode, "--model", str(tmp_path / "no-model")]) == 2
     err = capsys.readouterr().err
     assert "--data" in err and "no such folder" in err and "Traceback" not in err
+    (tmp_path / "captions.jsonl").write_text("")  # the file given for its folder
+    assert (
+        main(["encode", "--data", str(tmp_path / "captions.jsonl"), "--out", str(tmp_path / "b")])
+        == 2
+    )
+    assert "a file, not a folder; give the folder that holds" in capsys.readouterr().err
     (tmp_path / "photos").mkdir()
     encode[2] = str(tmp_path / "photos")
     assert main([*encode, "--model", str(tiny_model_dir), "--reuse-revision", "v2"]) == 2
