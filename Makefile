@@ -36,7 +36,7 @@ PORT ?= 7860
 SAMPLE_DIR = out/data-$(NUM_SAMPLES)-$(SEED)
 DATA_DIR = $(if $(DATA),$(DATA),$(SAMPLE_DIR))
 
-.PHONY: help install test lint format data build demo publish clean
+.PHONY: help install test lint format data build demo demo-port publish publish-repo clean
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -78,15 +78,26 @@ build: data ## encode DATA with MODEL into BUILD and index it
 	  --device $(DEVICE) $(ENCODE_FLAGS)
 	$(PY) -m pipeline index --build "$(BUILD)" --index-type "$(INDEX_TYPE)"
 
-demo: build ## publish the build to DEMO_DIR (a local Hub-like repo) and serve it on HOST:PORT
+# A second `make demo` (or any server) on PORT: gradio would quietly serve on the next free port
+# instead, not where the demo card's usage example calls it; refuse before building.
+demo-port:
+	@$(PY) -c 'import socket, sys; s = socket.socket(); s.settimeout(2); \
+	  sys.exit(3 if s.connect_ex((sys.argv[1], int(sys.argv[2]))) == 0 else 0)' \
+	  "$(if $(filter 0.0.0.0,$(HOST)),127.0.0.1,$(HOST))" "$(PORT)" \
+	  || { [ $$? != 3 ] || echo "error: $(HOST):$(PORT) is in use (a make demo still running?): stop it, or serve on another port: make demo PORT=7861"; exit 2; }
+
+demo: demo-port build ## publish the build to DEMO_DIR (a local Hub-like repo) and serve it on HOST:PORT
 	$(PY) -m pipeline publish --build "$(BUILD)" --to "$(DEMO_DIR)" \
 	  --space http://$(if $(filter 0.0.0.0,$(HOST)),127.0.0.1,$(HOST)):$(PORT)/
 	$(PY) -m pipeline publish-space --to "$(SPACE_DIR)" --dataset-repo "$(DEMO_DIR)"
 	DATASET_REPO="$$(cd "$(DEMO_DIR)" && pwd)" GRADIO_SERVER_NAME=$(HOST) GRADIO_SERVER_PORT=$(PORT) \
 	  GRADIO_ANALYTICS_ENABLED=False $(PY) "$(SPACE_DIR)/app.py"
 
-publish: build ## publish the dataset to HF_REPO, then the Space to SPACE_REPO pinned to it
+# Without HF_REPO, say so before the download and the encode, not after them.
+publish-repo:
 	@if [ -z "$(HF_REPO)" ]; then echo "usage: make publish HF_REPO=user/name"; exit 2; fi
+
+publish: publish-repo build ## publish the dataset to HF_REPO, then the Space to SPACE_REPO pinned to it
 	mkdir -p out
 	$(PY) -m pipeline publish --build "$(BUILD)" --repo $(HF_REPO) --space $(SPACE_REPO) \
 	  $(if $(PRIVATE),--private) \

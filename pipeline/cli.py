@@ -358,7 +358,10 @@ def _index_type(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        _refuse_unknown(parser, args.command, unknown)
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
@@ -390,6 +393,27 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {_one_line(err)}", file=sys.stderr)
             return 2
         raise
+
+
+def _refuse_unknown(parser: argparse.ArgumentParser, command: str, unknown: list[str]):
+    """Exit 2 on arguments ``command`` does not take, with that command's usage (argparse
+    shows the top-level one) and the flag a mistyped one was probably meant to be."""
+    import difflib
+
+    sub = next(
+        action.choices[command]
+        for action in parser._actions
+        if isinstance(action, argparse._SubParsersAction)
+    )
+    flags = [flag for action in sub._actions for flag in action.option_strings]
+    hints = []
+    for arg in unknown:
+        if arg.startswith("--"):
+            close = difflib.get_close_matches(arg.split("=", 1)[0], flags, n=1)
+            if close:
+                hints.append(f"{arg.split('=', 1)[0]}: did you mean {close[0]}?")
+    hint = f" ({'; '.join(hints)})" if hints else ""
+    sub.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
 
 
 def _hub_refused(err: BaseException) -> str | None:

@@ -26,7 +26,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from . import _io
-from .inputs import CAPTIONS_FILE
+from .inputs import CAPTIONS_FILE, load_split
 
 DEFAULT_DATASET = "ituperceptron/image-captioning-turkish"
 
@@ -53,24 +53,18 @@ class DownloadSummary:
 
 
 def run_download(config: DownloadConfig) -> DownloadSummary:
-    from datasets import Image, load_dataset
+    from datasets import Image
 
     if config.num_samples < 1:
         raise ValueError(f"--num-samples must be >= 1, got {config.num_samples}")
     if config.seed < 0:
         raise ValueError(f"--seed must be 0 or more, got {config.seed}")
     out = Path(config.output_dir)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    _io.remove_orphans(out / "images")  # temporary files of a run that was killed mid-write
-    captions_path = out / CAPTIONS_FILE
-    have = _existing_lines(captions_path)
-    if captions_path.is_file() and captions_path.stat().st_size:
-        with captions_path.open("rb+") as handle:  # (edited by hand, say, without a last
-            handle.seek(-1, io.SEEK_END)  # newline): a line appended to it would spoil both
-            if handle.read(1) != b"\n":
-                handle.write(b"\n")
-
-    stream = load_dataset(config.dataset, split=config.split, streaming=True)
+    there = next(p for p in (out, *out.parents) if p.exists())
+    if not there.is_dir():  # said before the Hub is asked, as creating the folder would
+        raise NotADirectoryError(f"--output-dir {out}: {there} is a file, not a folder")
+    # The dataset and split next: a name the Hub does not know leaves no empty folder behind.
+    stream = load_split(config.dataset, config.split, streaming=True)
     columns = stream.column_names  # from the data files' schema; None where it is not known
     for flag, name in (
         ("--image-column", config.image_column),
@@ -81,6 +75,15 @@ def run_download(config: DownloadConfig) -> DownloadSummary:
                 f"{config.dataset} ({config.split}) has no column {name!r}: it has "
                 f"{', '.join(columns)}; name the right one with {flag}"
             )
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    _io.remove_orphans(out / "images")  # temporary files of a run that was killed mid-write
+    captions_path = out / CAPTIONS_FILE
+    have = _existing_lines(captions_path)
+    if captions_path.is_file() and captions_path.stat().st_size:
+        with captions_path.open("rb+") as handle:  # (edited by hand, say, without a last
+            handle.seek(-1, io.SEEK_END)  # newline): a line appended to it would spoil both
+            if handle.read(1) != b"\n":
+                handle.write(b"\n")
     # Raw bytes: saving needs no decode, and the file stays byte-identical to the source.
     stream = stream.cast_column(config.image_column, Image(decode=False))
     stream = stream.shuffle(seed=config.seed, buffer_size=config.buffer_size)

@@ -94,10 +94,10 @@ class FolderSource:
 
     def check(self) -> None:
         """Refuse a folder that is not there (before a model is loaded for it)."""
-        if self.folder.is_file():  # (captions.jsonl, say: the folder that holds it is meant)
-            raise FileNotFoundError(
-                f"--data {self.folder}: a file, not a folder; give the folder that holds "
-                f"{CAPTIONS_FILE} and the images"
+        if self.folder.is_file():
+            raise NotADirectoryError(
+                f"--data {self.folder} is a file; give the folder that holds {CAPTIONS_FILE} "
+                f"and the images (here: --data {self.folder.parent})"
             )
         if not self.folder.is_dir():
             raise FileNotFoundError(f"--data {self.folder}: no such folder")
@@ -182,6 +182,19 @@ class FolderSource:
         return records, skips
 
 
+def load_split(dataset: str, split: str, **kwargs):
+    """``load_dataset(dataset, split=split, ...)``, a split the dataset lacks refused naming
+    ``--split`` (datasets says only "Unknown split" or "Bad split", and the splits it has)."""
+    from datasets import load_dataset
+
+    try:
+        return load_dataset(dataset, split=split, **kwargs)
+    except ValueError as err:
+        if not str(err).startswith(("Unknown split", "Bad split")):
+            raise
+        raise ValueError(f"{dataset} has no split {split!r} ({err}); pass --split") from None
+
+
 @dataclass(frozen=True)
 class HubSource:
     """A Hub dataset (or any ``load_dataset`` path) with an image and a caption column."""
@@ -204,9 +217,9 @@ class HubSource:
         return self.dataset
 
     def read(self) -> tuple[list[ImageRecord], list[Skip]]:
-        from datasets import Image, load_dataset
+        from datasets import Image
 
-        ds = load_dataset(self.dataset, split=self.split, revision=self.revision)
+        ds = load_split(self.dataset, self.split, revision=self.revision)
         for column in (self.image_column, self.caption_column):
             if column not in ds.column_names:
                 raise ValueError(

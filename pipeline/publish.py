@@ -58,6 +58,7 @@ from . import _io
 from .datafiles import DATA_DIR
 from .encode import features, skip_kind
 from .index import INDEXED_FILE, SKIPPED_FILE, build_shards, indexed_state
+from .inputs import CAPTIONS_FILE
 
 CARD_FILE = "README.md"
 MANAGED_DIRS = (DATA_DIR, INDEX_DIR)
@@ -263,8 +264,8 @@ def _check_license(license: str | None, *, offline_ok: bool = False) -> str | No
 
 
 def _check_target_folder(target: Path) -> None:
-    """Refuse a target whose data/ or index/ this publish would replace but did not write: a
-    folder of the user's own (say, the images and captions.jsonl an encode read)."""
+    """Refuse a target whose data/ or index/ this publish would replace but did not write, or
+    that is the user's photos folder (the images and captions.jsonl an encode read)."""
     if target.exists() and not target.is_dir():
         raise PublishError(f"--to {target} is a file; give a folder (new, or published before)")
     published = (target / INDEX_DIR / MANIFEST_FILE).is_file()
@@ -274,6 +275,14 @@ def _check_target_folder(target: Path) -> None:
             f"--to {target} holds {' and '.join(f'{n}/' for n in theirs)} but is not a "
             f"published repo (no {INDEX_DIR}/{MANIFEST_FILE}); publishing would replace "
             f"{'them' if len(theirs) > 1 else 'it'}. Give a new folder, or one published before"
+        )
+    # Nor the photos folder an encode reads as README's "Your own photos" lays it out
+    # (captions.jsonl beside images/, no data/): publishing would make it a dataset repo, in
+    # place. Other files of the user's are fine (kept beside the published ones).
+    if not published and (target / CAPTIONS_FILE).is_file():
+        raise PublishError(
+            f"--to {target} holds {CAPTIONS_FILE}: it is a photos folder an encode reads, not "
+            "a published repo; give a new folder (or one published before), not the photos"
         )
     # A publish writes only parquet files under data/: anything else there (say, photos an
     # encode read, when the build was made inside their folder) is someone else's.

@@ -53,6 +53,38 @@ def test_make_demo_serves_a_page_that_finds_dogs(tmp_path, shared_data, tiny_mod
         log.close()
 
 
+@pytest.mark.skipif(not os.path.exists("/usr/bin/make"), reason="make is not installed")
+def test_make_demo_refuses_a_port_in_use_before_building(tmp_path):
+    import socket
+
+    port = free_port()
+    with socket.socket() as listener:  # a first `make demo` still serving there
+        listener.bind(("127.0.0.1", port))
+        listener.listen()
+        result = subprocess.run(
+            ["make", "demo", f"PY={sys.executable}", f"DATA={tmp_path / 'photos'}",
+             f"BUILD={tmp_path / 'build'}", f"PORT={port}"],
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"127.0.0.1:{port} is in use" in result.stdout and "PORT=" in result.stdout
+    assert "--data" not in result.stdout + result.stderr  # refused before the build
+    assert not (tmp_path / "build").exists()
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/make"), reason="make is not installed")
+def test_make_publish_without_hf_repo_says_so_before_building(tmp_path):
+    result = subprocess.run(
+        ["make", "publish", f"PY={sys.executable}", f"DATA={tmp_path / 'photos'}",
+         f"BUILD={tmp_path / 'build'}", "HF_REPO="],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "usage: make publish HF_REPO=user/name" in result.stdout
+    assert "--data" not in result.stdout + result.stderr  # before the encode
+    assert not (tmp_path / "build").exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # The Hub unreachable: one `error:` line naming the address, exit 2, no traceback
 # ---------------------------------------------------------------------------------------------

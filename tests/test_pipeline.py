@@ -282,12 +282,6 @@ def test_cli_errors_are_one_clear_line(tmp_path, tiny_model_dir, capsys):
     assert main([*encode, "--model", str(tmp_path / "no-model")]) == 2
     err = capsys.readouterr().err
     assert "--data" in err and "no such folder" in err and "Traceback" not in err
-    (tmp_path / "captions.jsonl").write_text("")  # the file given for its folder
-    assert (
-        main(["encode", "--data", str(tmp_path / "captions.jsonl"), "--out", str(tmp_path / "b")])
-        == 2
-    )
-    assert "a file, not a folder; give the folder that holds" in capsys.readouterr().err
     (tmp_path / "photos").mkdir()
     encode[2] = str(tmp_path / "photos")
     assert main([*encode, "--model", str(tiny_model_dir), "--reuse-revision", "v2"]) == 2
@@ -299,6 +293,41 @@ def test_cli_errors_are_one_clear_line(tmp_path, tiny_model_dir, capsys):
     for command in ("download", "encode", "index", "publish"):
         help_text = run_cli(command, "--help").stdout
         assert "usage: python -m pipeline " + command in help_text
+
+
+def test_cli_names_the_mistake_a_newcomer_makes(tmp_path, capsys):
+    from pipeline.cli import main
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "captions.jsonl").write_text("")
+    out = tmp_path / "b"
+    # The captions file instead of its folder: said as such, with the folder to give instead.
+    assert main(["encode", "--data", str(photos / "captions.jsonl"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "is a file" in err and f"--data {photos}" in err and "no such folder" not in err
+    assert not out.exists()
+    # A mistyped flag: the command's own usage, and the flag it was probably meant to be.
+    with pytest.raises(SystemExit) as exit_:
+        main(["encode", "--data", str(photos), "--out", str(out), "--modle", "x"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: python -m pipeline encode" in err
+    assert "unrecognized arguments: --modle x (--modle: did you mean --model?)" in err
+    assert not out.exists()
+
+
+def test_a_split_the_dataset_lacks_is_named_with_the_flag(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.inputs import load_split
+
+    (tmp_path / "data").mkdir()
+    pq.write_table(pa.table({"text": ["a"]}), tmp_path / "data" / "train-00000.parquet")
+    with pytest.raises(ValueError, match=r"has no split 'long_captions' .*; pass --split"):
+        load_split(str(tmp_path), "long_captions")
+    assert load_split(str(tmp_path), "train").num_rows == 1
 
 
 def test_path_errors_and_a_closed_output_pipe_are_not_tracebacks(tmp_path, generated_build, capsys):
@@ -625,6 +654,14 @@ def test_publish_to_folder_refuses_to_replace_what_it_did_not_write(tmp_path, sh
     ):
         publish_to_folder(PublishConfig(build=shared_build, to=photos))
     assert (photos / "data" / "images" / "a.jpg").read_bytes() == b"jpeg"
+    # Nor the photos folder as README's "Your own photos" lays it out: captions.jsonl, images/.
+    own = tmp_path / "own photos"
+    (own / "images").mkdir(parents=True)
+    (own / "captions.jsonl").write_text("{}\n")
+    (own / "images" / "a.jpg").write_bytes(b"jpeg")
+    with pytest.raises(PublishError, match=r"holds captions.jsonl: it is a photos folder"):
+        publish_to_folder(PublishConfig(build=shared_build, to=own))
+    assert sorted(p.name for p in own.rglob("*")) == ["a.jpg", "captions.jsonl", "images"]
     # Nor does a publish replace its own build.
     with pytest.raises(PublishError, match="is the build folder .* or inside it"):
         publish_to_folder(PublishConfig(build=shared_build, to=shared_build / "repo"))

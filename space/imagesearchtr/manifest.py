@@ -365,6 +365,9 @@ def _download_index(repo_id: str, revision: str | None, index_files: bool) -> tu
             "check the name, or log in with `hf auth login`"
         ) from None
     except (LocalEntryNotFoundError, HfHubHTTPError) as err:  # offline or a failing Hub
+        status = getattr(getattr(err, "response", None), "status_code", None) or 500
+        if not isinstance(err, LocalEntryNotFoundError) and status < 500 and status != 429:
+            raise  # refused (401, 403): the token is the fix, which the caller's message names
         said = (str(err).splitlines() or [""])[0][:200]
         raise ManifestError(
             f"{repo_id} is not a local folder, and its index could not be fetched from the Hub "
