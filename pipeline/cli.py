@@ -491,7 +491,10 @@ def _download(args) -> int:
             id_column=args.id_column,
         )
     )
-    print(f"wrote {summary.written} images, kept {summary.kept} already there")
+    print(
+        f"wrote {summary.written} images, kept {summary.kept} already there (written by an "
+        "earlier run, or for an earlier row of this one with the same image)"
+    )
     for line in summary.skipped:
         print(f"  skipped {line}")
     if summary.rows < args.num_samples:
