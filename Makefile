@@ -79,12 +79,13 @@ build: data ## encode DATA with MODEL into BUILD and index it
 	$(PY) -m pipeline index --build "$(BUILD)" --index-type "$(INDEX_TYPE)"
 
 # A second `make demo` (or any server) on PORT: gradio would quietly serve on the next free port
-# instead, not where the demo card's usage example calls it; refuse before building.
+# instead, not where the demo card's usage example calls it; refuse before building. A HOST this
+# check cannot try (an IPv6 address, a name that does not resolve) is left to gradio.
 demo-port:
 	@$(PY) -c 'import socket, sys; s = socket.socket(); s.settimeout(2); \
 	  sys.exit(3 if s.connect_ex((sys.argv[1], int(sys.argv[2]))) == 0 else 0)' \
-	  "$(if $(filter 0.0.0.0,$(HOST)),127.0.0.1,$(HOST))" "$(PORT)" \
-	  || { [ $$? != 3 ] || echo "error: $(HOST):$(PORT) is in use (a make demo still running?): stop it, or serve on another port: make demo PORT=7861"; exit 2; }
+	  "$(if $(filter 0.0.0.0,$(HOST)),127.0.0.1,$(HOST))" "$(PORT)" 2>/dev/null \
+	  || { [ $$? != 3 ] || { echo "error: $(HOST):$(PORT) is in use (a make demo still running?): stop it, or serve on another port: make demo PORT=7861"; exit 2; }; }
 
 demo: demo-port build ## publish the build to DEMO_DIR (a local Hub-like repo) and serve it on HOST:PORT
 	$(PY) -m pipeline publish --build "$(BUILD)" --to "$(DEMO_DIR)" \

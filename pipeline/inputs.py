@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain, count
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from imagesearchtr.manifest import LOCAL_SOURCE, public_source
 
@@ -158,10 +158,11 @@ class FolderSource:
             captions.setdefault(rel, [])
         keys = {rel: _nfc(rel) if forms[_nfc(rel)] == 1 else rel for rel in captions}
         # Ids are decided by the image files on disk, whatever the caption lines say. A file
-        # of another extension that a line names (a .jfif, or a .txt skipped later as no
-        # image) takes an id left over, and then a line naming no file (a typo, skipped later
-        # as missing): neither ever changes an image file's id.
-        images = set(files)
+        # of another extension that a line names (a .svg, or a .txt skipped later as no
+        # image), a HEIC file (skipped later: its JPEG copy beside it is the photo) and then a
+        # line naming no file (a typo, skipped later as missing) take ids left over: none
+        # ever changes an image file's id.
+        images = {rel for rel in files if PurePosixPath(rel).suffix.lower() not in CONVERT_FIRST}
         ids = _unique_ids(key for rel, key in keys.items() if rel in images)
         used = set(ids.values())
         named = {rel for rel in captions if rel not in images and (folder / rel).is_file()}
@@ -273,7 +274,8 @@ def _check_columns(dataset: str, features, image_column: str, caption_column: st
         )
     caption = features[caption_column]
     inner = caption.feature if isinstance(caption, (List, LargeList)) else caption
-    if not (isinstance(inner, Value) and inner.dtype in ("string", "large_string")):
+    # ("null": a column whose every caption is missing; its rows are images without captions)
+    if not (isinstance(inner, Value) and inner.dtype in ("string", "large_string", "null")):
         raise ValueError(
             f"{dataset}: column {caption_column!r} holds {caption}, not text (a string or a "
             "list of strings a row); name the caption column with --caption-column"

@@ -110,6 +110,14 @@ DEFAULT_ALPHA = 0.6
 # waiting LOAD_BACKOFF_S, then twice that, ... between tries (35 s in all).
 LOAD_ATTEMPTS = 4
 LOAD_BACKOFF_S = 5.0
+# A dropped or timed-out connection: huggingface_hub >= 2 makes its requests with httpx2, a
+# package of its own whose errors are not httpx's (gradio's are httpx's).
+try:
+    import httpx2
+
+    TRANSPORT_ERRORS = (httpx.TransportError, httpx2.TransportError)
+except ImportError:
+    TRANSPORT_ERRORS = (httpx.TransportError,)
 
 # One query is a ~50-100 ms text (or image) encode, in which torch already uses every core,
 # then mostly single-threaded work: FAISS search (with a flat or fp16 index, on every core
@@ -228,7 +236,7 @@ def is_transient(err: BaseException | None) -> bool:
     seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
-        if isinstance(err, httpx.TransportError):
+        if isinstance(err, TRANSPORT_ERRORS):
             return True
         status = getattr(getattr(err, "response", None), "status_code", None)
         if isinstance(status, int) and (status == 429 or status >= 500):

@@ -73,6 +73,17 @@ def test_make_demo_refuses_a_port_in_use_before_building(tmp_path):
 
 
 @pytest.mark.skipif(not os.path.exists("/usr/bin/make"), reason="make is not installed")
+@pytest.mark.parametrize("host", ["::", "no-such-host.invalid"])
+def test_make_demo_port_check_leaves_a_host_it_cannot_try_to_gradio(host):
+    # (an IPv6 HOST, or a name that does not resolve: the check's traceback stopped make demo)
+    result = subprocess.run(
+        ["make", "-s", "demo-port", f"PY={sys.executable}", f"HOST={host}", f"PORT={free_port()}"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0 and result.stdout + result.stderr == "", result.stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/make"), reason="make is not installed")
 def test_make_publish_without_hf_repo_says_so_before_building(tmp_path):
     result = subprocess.run(
         ["make", "publish", f"PY={sys.executable}", f"DATA={tmp_path / 'photos'}",

@@ -534,17 +534,30 @@ def test_images_that_share_a_name_but_not_an_extension_get_ids_of_their_own(tmp_
     ids = {r.path: r.image_id for r in records}
     assert ids["b.jpg"] == "b" and ids["a.jpg"] == "a" and ids["b.png"] == "b.png"
     # ...nor of a file the listing does not take by its extension but a caption line names.
-    (tmp_path / "c.jfif").write_bytes(b"c.jfif")
+    (tmp_path / "c.svg").write_bytes(b"c.svg")
     with (tmp_path / "captions.jsonl").open("a", encoding="utf-8") as handle:
-        handle.write('{"path": "c.jpg", "caption": "yok"}\n{"path": "c.jfif", "caption": "var"}\n')
+        handle.write('{"path": "c.jpg", "caption": "yok"}\n{"path": "c.svg", "caption": "var"}\n')
     ids = {r.path: r.image_id for r in FolderSource(tmp_path).read()[0]}
-    assert ids["c.jfif"] == "c" and ids["c.jpg"] == "c.jpg"
+    assert ids["c.svg"] == "c" and ids["c.jpg"] == "c.jpg"
     # ...and such a file never takes an image file's id, nor makes it longer.
     (tmp_path / "a.txt").write_text("not a photo")
     with (tmp_path / "captions.jsonl").open("a", encoding="utf-8") as handle:
         handle.write('{"path": "a.txt", "caption": "metin"}\n')
     again = {r.path: r.image_id for r in FolderSource(tmp_path).read()[0]}
     assert again.pop("a.txt") == "a.txt" and again == ids
+
+
+def test_a_heic_photo_beside_its_jpeg_copy_leaves_the_jpeg_its_id(tmp_path):
+    # HEIC files are listed only to be reported as skipped ("convert them to JPEG first"); the
+    # JPEG made from one, beside it, is the row, and keeps the id it had without the HEIC.
+    from pipeline.inputs import FolderSource
+
+    for name in ("IMG_1.jpg", "IMG_1.HEIC", "IMG_2.heic"):
+        (tmp_path / name).write_bytes(name.encode())
+    records, _ = FolderSource(tmp_path).read()
+    assert {r.path: r.image_id for r in records} == {
+        "IMG_1.jpg": "IMG_1", "IMG_1.HEIC": "IMG_1.HEIC", "IMG_2.heic": "IMG_2",
+    }  # fmt: skip
 
 
 def test_a_byte_order_mark_and_hidden_folders_are_not_taken_for_data(tmp_path):

@@ -712,8 +712,9 @@ def test_a_hub_that_fails_for_a_moment_while_the_space_starts_does_not_leave_it_
     lazy_repo, local_hub, hub_env, tmp_path
 ):
     # The Space loads its Searcher once, at start: a 503 from the Hub then (the manifest's
-    # download, or more than the range reads' own retries of a data file) must be tried again,
-    # not shown as "Arama kullanılamıyor" until someone restarts the Space.
+    # download, or more than the range reads' own retries of a data file), or a dropped
+    # connection, must be tried again, not shown as "Arama kullanılamıyor" until someone
+    # restarts the Space.
     folder, repo, commit = lazy_repo
     sha1 = hashlib.sha256((folder / "data" / "train-00001.parquet").read_bytes()).hexdigest()
     code = textwrap.dedent(
@@ -736,12 +737,15 @@ def test_a_hub_that_fails_for_a_moment_while_the_space_starts_does_not_leave_it_
         """
     )
     data1 = rf"(/data/train-00001\.parquet|/_storage/{sha1})$"
-    for faults in (
-        [{"method": "GET", "path": r"/index/manifest\.json$", "status": 503}],
-        [{"method": "GET", "path": data1, "status": 503, "times": 8}],
+    for faults, revision in (
+        ([{"method": "GET", "path": r"/index/manifest\.json$", "status": 503}], commit),
+        ([{"method": "GET", "path": data1, "status": 503, "times": 8}], commit),
+        # A connection dropped by the look-up of an unpinned Space's revision (which
+        # huggingface_hub does not retry itself; its requests are httpx2's, not httpx's).
+        ([{"method": "GET", "path": r"/revision/main$", "drop": True}], ""),
     ):
         env = {**hub_env, "HF_HOME": str(tmp_path / f"home-{len(faults[0]['path'])}")}
-        out = run_python(code, env, repo, commit, json.dumps(faults))
+        out = run_python(code, env, repo, revision, json.dumps(faults))
         assert json.loads(out.stdout.splitlines()[-1]) == N_ROWS, out.stdout
 
 

@@ -420,6 +420,22 @@ def test_a_hub_dataset_with_repeated_or_missing_ids_gives_each_row_an_id_of_its_
     assert [r.path for r in records] == [f"ds:{n}" for n in range(5)]
 
 
+def test_a_hub_dataset_whose_captions_are_all_missing_is_read_without_captions(tmp_path):
+    """A caption column of nulls only (parquet stores its type as null): each image is a row
+    without captions, each reported as such, as when some captions are missing; not refused as
+    a column of something other than text."""
+    from datasets import Dataset
+
+    from pipeline.inputs import EMPTY_CAPTION, HubSource
+
+    rows = {"image": [{"bytes": bytes([i]) * 10, "path": None} for i in range(2)]}
+    (tmp_path / "ds" / "data").mkdir(parents=True)
+    Dataset.from_dict({**rows, "text": [None, None]}).to_parquet(tmp_path / "ds/data/t.parquet")
+    records, skips = HubSource(str(tmp_path / "ds")).read()
+    assert [(r.image_id, r.captions) for r in records] == [("0", []), ("1", [])]
+    assert [s.kind for s in skips] == [EMPTY_CAPTION, EMPTY_CAPTION]
+
+
 @pytest.mark.parametrize(
     ("flag", "said"),
     [
