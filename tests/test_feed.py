@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -135,18 +134,23 @@ def test_out_of_memory_halves_the_batch_and_goes_on(chunks, tiny_encoder):
 
 
 def test_writes_run_behind_the_encoding_and_their_errors_surface(chunks, tiny_encoder):
-    started = threading.Event()
+    started, encoded = threading.Event(), threading.Event()
     order: list[str] = []
 
     def slow_write(chunk: ChunkRows) -> None:
         started.set()
         order.append(f"write {chunk.index} start")
-        time.sleep(0.5)
+        # The first write lasts until the encoder reports progress meanwhile (not a fixed
+        # sleep, which a loaded machine outlasts): a writer that held up the encoding would
+        # wait out the timeout, and the progress would come after "write 0 end".
+        if chunk.index == 0:
+            encoded.wait(timeout=60)
         order.append(f"write {chunk.index} end")
 
     def progress(n: int) -> None:
-        if started.is_set():
+        if started.is_set() and not encoded.is_set():
             order.append("encoded while writing")
+            encoded.set()
 
     written = encode_chunks(chunks, tiny_encoder, slow_write, batch_size=2, progress=progress)
     assert written == 3
