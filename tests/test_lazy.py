@@ -769,3 +769,22 @@ def test_an_image_cache_that_cannot_note_a_use_still_serves_the_image(tmp_path):
 
     cache._db = Full()
     assert cache.get("a") == b"bytes"
+
+
+def test_a_hub_that_refuses_the_repo_names_the_token_and_one_out_of_reach_the_connection(
+    lazy_repo, local_hub, hub_env
+):
+    # huggingface_hub wraps a 403 on the repo look-up in LocalEntryNotFoundError, whose words
+    # ("check your internet connection") pointed away from the token.
+    _, repo, commit = lazy_repo
+    for status in (403, 401):
+        local_hub.inject_fault("GET", rf"/api/datasets/{repo}/", status=status, times=20)
+        try:
+            out = refusal(hub_env, repo, commit)
+        finally:
+            local_hub.clear_faults()
+        said = f"refused: the Hub refused access (HTTP {status}) to the dataset {repo}: set"
+        assert said in out, out
+    out = refusal({**hub_env, "HF_HUB_OFFLINE": "1"}, repo, commit)  # nothing cached there
+    assert f"refused: {repo} is not a local folder, and its index could not be fetched" in out
+    assert "check the path, or the connection" in out

@@ -364,17 +364,28 @@ def _download_index(repo_id: str, revision: str | None, index_files: bool) -> tu
             f"no dataset repo {repo_id} on the Hub (or it is private and no token was given); "
             "check the name, or log in with `hf auth login`"
         ) from None
-    except (LocalEntryNotFoundError, HfHubHTTPError) as err:  # offline or a failing Hub
-        status = getattr(getattr(err, "response", None), "status_code", None) or 500
-        if not isinstance(err, LocalEntryNotFoundError) and status < 500 and status != 429:
-            raise  # refused (401, 403): the token is the fix, which the caller's message names
-        said = (str(err).splitlines() or [""])[0][:200]
+    except (LocalEntryNotFoundError, HfHubHTTPError) as err:  # offline, refused or failing
+        failed = err
+    else:
+        snapshot = Path(snapshot)
+        return snapshot, snapshot.name
+    # Raised outside the except, with no chain: a caller that looks for a transport error in
+    # it (the CLI's "cannot reach the Hub") must not find one for a refusal. huggingface_hub
+    # wraps an answer it could not use in LocalEntryNotFoundError: the answer is its cause.
+    answer = failed.__cause__ if isinstance(failed.__cause__, HfHubHTTPError) else failed
+    status = getattr(getattr(answer, "response", None), "status_code", None)
+    if status in (401, 403):
         raise ManifestError(
-            f"{repo_id} is not a local folder, and its index could not be fetched from the Hub "
-            f"({type(err).__name__}: {said}); check the path, or the connection"
-        ) from None
-    snapshot = Path(snapshot)
-    return snapshot, snapshot.name
+            f"the Hub refused access (HTTP {status}) to the dataset {repo_id}: set HF_TOKEN to "
+            "a valid token that can read it, or run `hf auth login`"
+        )
+    if isinstance(answer, HfHubHTTPError) and status and status < 500 and status != 429:
+        raise failed  # another refusal: the Hub's own words
+    said = (str(failed).splitlines() or [""])[0][:200]
+    raise ManifestError(
+        f"{repo_id} is not a local folder, and its index could not be fetched from the Hub "
+        f"({type(failed).__name__}: {said}); check the path, or the connection"
+    ) from failed
 
 
 def _check_index_file(where: str, root: Path, info: IndexInfo, follow_links: bool) -> None:
