@@ -454,13 +454,13 @@ def _in_chain(err: BaseException, types: tuple) -> BaseException | None:
 
 def _unreachable(err: BaseException) -> str | None:
     """The one-line message for "the Hub could not be reached" somewhere in ``err``'s chain."""
-    import httpx
     from huggingface_hub import constants
     from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 
-    cause = _in_chain(
-        err, (httpx.TransportError, LocalEntryNotFoundError, ConnectionError, OfflineModeIsEnabled)
-    )
+    from imagesearchtr.manifest import transport_errors
+
+    known = (*transport_errors(), LocalEntryNotFoundError, ConnectionError, OfflineModeIsEnabled)
+    cause = _in_chain(err, known)
     if cause is None:
         return None
     if isinstance(cause, OfflineModeIsEnabled):

@@ -72,13 +72,13 @@ except ImportError:  # not on ZeroGPU hardware (see the module docstring)
     spaces = None
 
 import gradio as gr
-import httpx
 import numpy as np
 from gradio import processing_utils
 from gradio.utils import get_upload_folder, is_in_or_equal
 
 from imagesearchtr import ImageLoadError, ModelMismatchError, Searcher, SearchSetupError
 from imagesearchtr.images import MAX_PIXELS
+from imagesearchtr.manifest import transport_errors
 from imagesearchtr.vectors import compose_vectors
 
 log = logging.getLogger("imagesearchtr.space")
@@ -110,14 +110,6 @@ DEFAULT_ALPHA = 0.6
 # waiting LOAD_BACKOFF_S, then twice that, ... between tries (35 s in all).
 LOAD_ATTEMPTS = 4
 LOAD_BACKOFF_S = 5.0
-# A dropped or timed-out connection: huggingface_hub >= 2 makes its requests with httpx2, a
-# package of its own whose errors are not httpx's (gradio's are httpx's).
-try:
-    import httpx2
-
-    TRANSPORT_ERRORS = (httpx.TransportError, httpx2.TransportError)
-except ImportError:
-    TRANSPORT_ERRORS = (httpx.TransportError,)
 
 # One query is a ~50-100 ms text (or image) encode, in which torch already uses every core,
 # then mostly single-threaded work: FAISS search (with a flat or fp16 index, on every core
@@ -236,7 +228,7 @@ def is_transient(err: BaseException | None) -> bool:
     seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
-        if isinstance(err, TRANSPORT_ERRORS):
+        if isinstance(err, transport_errors()):
             return True
         status = getattr(getattr(err, "response", None), "status_code", None)
         if isinstance(status, int) and (status == 429 or status >= 500):

@@ -71,6 +71,19 @@ def snapshot_commit(folder: str | Path, asked: str | None) -> str | None:
     return name if re.fullmatch(r"[0-9a-f]{40}", name) else asked
 
 
+def transport_errors() -> tuple[type[Exception], ...]:
+    """The error types of a dropped, refused or timed-out connection to the Hub: httpx's
+    (gradio's client) and httpx2's (huggingface_hub >= 2 makes its requests with httpx2, a
+    package of its own whose errors are not httpx's)."""
+    import httpx
+
+    try:
+        import httpx2
+    except ImportError:  # huggingface_hub 1.x
+        return (httpx.TransportError,)
+    return (httpx.TransportError, httpx2.TransportError)
+
+
 def is_repo_id(value: str) -> bool:
     """True for a repo id written ``namespace/name``, the form this project publishes to."""
     return bool(_HUB_ID_RE.match(value)) and ".." not in value
