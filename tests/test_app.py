@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -753,6 +754,98 @@ def test_a_broken_dataset_shows_its_message(app, published, tmp_path, caplog, ki
         assert gallery == [] and results == [] and expected in status
     finally:
         demo.close()
+
+
+def _failure(kind: str) -> BaseException:
+    """An error as the Searcher's load meets it: the Hub's, the network's, or its own."""
+    import httpx
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from imagesearchtr import SearchSetupError
+
+    if kind.isdigit():
+        response = httpx.Response(int(kind), request=httpx.Request("GET", "https://hub/x"))
+        return HfHubHTTPError(f"{kind} from the Hub", response=response)
+    if kind == "dropped":
+        return httpx.ConnectError("connection reset by peer")
+    if kind == "503-from-none":  # as manifest.py words a failing Hub (raise ... from None)
+        try:
+            try:
+                raise _failure("503")
+            except HfHubHTTPError:
+                raise SearchSetupError("its index could not be fetched from the Hub") from None
+        except SearchSetupError as err:
+            return err
+    if kind == "loop":  # a chain that comes back to itself: the walk ends
+        first, second = ValueError("a"), ValueError("b")
+        first.__context__, second.__context__ = second, first
+        return first
+    return SearchSetupError("index/image_emb.faiss is missing")
+
+
+@pytest.mark.parametrize(
+    ("kind", "transient"),
+    [
+        ("dropped", True),
+        ("500", True),
+        ("503", True),
+        ("429", True),
+        ("503-from-none", True),
+        ("404", False),
+        ("401", False),
+        ("loop", False),
+        ("setup", False),
+    ],
+)
+def test_a_failure_of_the_hub_for_a_moment_is_told_from_one_that_stays(app, kind, transient):
+    told = []  # (in a thread: a walk of the chain that never ends fails the test, not hangs it)
+    walk = threading.Thread(target=lambda: told.append(app.is_transient(_failure(kind))))
+    walk.daemon = True
+    walk.start()
+    walk.join(timeout=10)
+    assert told == [transient]
+
+
+@pytest.mark.parametrize(
+    ("failures", "calls", "waits", "said"),
+    [
+        (["dropped", "503", "429"], 4, [5.0, 10.0, 20.0], None),  # loaded at the 4th try
+        (["dropped"] * 9, 4, [5.0, 10.0, 20.0], "Arama dizini yüklenemedi"),  # never: said
+        (["setup", "dropped"], 1, [], "Veri kümesi ya da arama dizini kullanılamıyor"),
+        ([], 1, [], None),  # a Hub that answers: loaded once
+    ],
+)
+def test_the_space_tries_a_failing_hub_again_at_start_then_says_why(
+    failures, calls, waits, said, monkeypatch
+):
+    import types
+
+    app = load_app("imagesearchtr_space_app_retries")  # its clock is this test's
+    tried, slept = [], []
+
+    class Loaded:
+        location, manifest = "someone/photos", types.SimpleNamespace(model_id="fake/model")
+
+        def __len__(self):
+            return 10
+
+    class Hub:  # Searcher.from_repo, with the Hub failing as `failures` say, one per try
+        @staticmethod
+        def from_repo(repo, revision, **kwargs):
+            tried.append(repo)
+            if len(tried) <= len(failures):
+                raise _failure(failures[len(tried) - 1])
+            return Loaded()
+
+    monkeypatch.setattr(app, "Searcher", Hub)
+    monkeypatch.setattr(app, "time", types.SimpleNamespace(perf_counter=time.perf_counter,
+                                                           sleep=slept.append))  # fmt: skip
+    loaded = app.load_searcher({"DATASET_REPO": "someone/photos"})
+    assert len(tried) == calls and slept == waits
+    if said is None:
+        assert isinstance(loaded, Loaded)
+    else:
+        assert isinstance(loaded, app.LoadError) and said in loaded.message
 
 
 # ---------------------------------------------------------------------------------------------

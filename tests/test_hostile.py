@@ -572,6 +572,19 @@ def test_a_byte_order_mark_and_hidden_folders_are_not_taken_for_data(tmp_path):
     assert [(r.path, r.captions) for r in records] == [("a.jpg", ["göl"])] and skips == []
 
 
+def test_every_kind_of_photo_file_is_listed_and_hidden_files_are_not(tmp_path):
+    # Whatever the case of the suffix (IMG_0001.JPG, IMG_0002.HEIC from a phone); HEIC listed
+    # so that the encode reports it (convert to JPEG); macOS's "._" files beside each photo
+    # are not photos.
+    from pipeline.inputs import FolderSource
+
+    names = ["a.JPG", "b.jpe", "c.jfif", "d.avif", "e.webp", "f.tiff", "g.HEIC", "h.heif"]
+    for name in [*names, "._a.JPG", "notes.txt"]:
+        (tmp_path / name).write_bytes(b"x")
+    records, skips = FolderSource(tmp_path).read()
+    assert [r.path for r in records] == names and skips == []
+
+
 def test_a_file_name_that_is_not_utf8_is_skipped_by_name(tmp_path):
     # A zip made on Windows names "köpek.jpg" in cp1254: no data file can hold such a path
     # (it ended the whole encode, after the encoding, naming no file).
@@ -614,6 +627,8 @@ def test_photos_in_a_symlinked_folder_are_indexed_and_a_link_loop_ends(tmp_path)
     (folder / "images" / "yeni.jpg").write_bytes(b"new")
     (folder / "images" / "archive").symlink_to(elsewhere, target_is_directory=True)
     (folder / "images" / "loop").symlink_to(folder, target_is_directory=True)  # a link above
+    (folder / "images" / "2023").mkdir()  # ...and one two folders down to a folder above it
+    (folder / "images" / "2023" / "up").symlink_to(folder / "images", target_is_directory=True)
     records, skips = FolderSource(folder).read()
     assert [r.path for r in records] == ["images/archive/eski.jpg", "images/yeni.jpg"]
     assert skips == [] and records[0].read_bytes() == b"old"

@@ -275,7 +275,7 @@ def test_download_samples_and_completes_a_partial_run(fake_source, hub_env, tmp_
     (out / "images" / files[0]).unlink()
     (out / "captions.jsonl").write_text("\n".join(lines[1:]) + "\n", encoding="utf-8")
     again = run_cli(*args, env=hub_env)
-    assert "wrote 1 images, kept 4" in again.stdout
+    assert "wrote 1 images, kept 4 already there (written by an earlier run" in again.stdout
     assert sorted((out / "captions.jsonl").read_text().splitlines()) == sorted(lines)
     assert sorted(p.name for p in (out / "images").iterdir()) == files
 
@@ -352,6 +352,24 @@ def test_download_adds_no_line_to_an_unfinished_last_line(fake_source, hub_env, 
     lines = (out / "captions.jsonl").read_text(encoding="utf-8").splitlines()
     assert lines[0] == mine and len(lines) == 3
     assert all(json.loads(line)["caption"] for line in lines)
+
+
+def test_download_after_a_run_killed_before_its_first_line_and_of_a_split_not_there(
+    fake_source, hub_env, tmp_path
+):
+    """A run killed before it wrote a caption leaves captions.jsonl empty: the next one goes
+    on. A split the dataset lacks is named with --split, and leaves no folder behind."""
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "captions.jsonl").write_text("")
+    run_cli("download", "--dataset", fake_source, "--split", "short_captions",
+            "--num-samples", "1", "--output-dir", out, env=hub_env)  # fmt: skip
+    assert len((out / "captions.jsonl").read_text(encoding="utf-8").splitlines()) == 1
+    other = tmp_path / "other"
+    args = ["download", "--dataset", fake_source, "--split", "train", "--output-dir", other]
+    result = run_cli(*args, "--num-samples", "1", env=hub_env, check=False)
+    assert result.returncode == 2 and "no split 'train'" in result.stderr, result.stderr
+    assert "--split" in result.stderr and not other.exists()
 
 
 def test_encode_reads_a_hub_dataset_directly(fake_source, hub_env, tmp_path, tiny_model_dir):

@@ -112,11 +112,12 @@ def test_bad_rows_are_skipped_with_reasons(tmp_path, shared_data, tiny_model_dir
     # Pillow cannot read): none left out unsaid.
     Image.new("RGB", (40, 30), (200, 0, 0)).save(folder / "images" / "old.jfif", format="JPEG")
     Image.new("RGB", (40, 30), (0, 200, 0)).save(folder / "images" / "new.avif")
-    (folder / "images" / "phone.heic").write_bytes(b"\0\0\0\x18ftypheic" + b"\0" * 64)
+    heic = b"\0\0\0\x18ftypheic" + b"\0" * 64
+    (folder / "images" / "IMG_0001.HEIC").write_bytes(heic)  # as an iPhone names it
     build = tmp_path / "build"
     result = run_cli("encode", "--data", folder, "--model", tiny_model_dir, "--out", build)
     reasons = {s["source"]: s["reason"] for s in skipped(build)}
-    assert "convert HEIC photos to JPEG first" in reasons["images/phone.heic"]
+    assert "convert HEIC photos to JPEG first" in reasons["images/IMG_0001.HEIC"]
     assert "duplicate of" in reasons["images/copy-of-first.jpg"]
     assert reasons["images/missing.jpg"] == "missing file"
     assert reasons["images/zero.jpg"] == "empty file (0 bytes)"
@@ -305,7 +306,7 @@ def test_cli_names_the_mistake_a_newcomer_makes(tmp_path, capsys):
     # The captions file instead of its folder: said as such, with the folder to give instead.
     assert main(["encode", "--data", str(photos / "captions.jsonl"), "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "is a file" in err and f"--data {photos}" in err and "no such folder" not in err
+    assert "is a file" in err and f"(here: --data {photos})" in err and "no such folder" not in err
     assert not out.exists()
     # A mistyped flag: the command's own usage, and the flag it was probably meant to be.
     with pytest.raises(SystemExit) as exit_:
@@ -314,6 +315,10 @@ def test_cli_names_the_mistake_a_newcomer_makes(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "usage: python -m pipeline encode" in err
     assert "unrecognized arguments: --modle x (--modle: did you mean --model?)" in err
+    # ...written with its value (--flag=value): the flag alone is matched.
+    with pytest.raises(SystemExit):
+        main(["encode", "--data", str(photos), "--out", str(out), "--modle=utkubascakir/x"])
+    assert "(--modle: did you mean --model?)" in capsys.readouterr().err
     assert not out.exists()
 
 
@@ -337,7 +342,7 @@ def test_a_connection_error_of_either_http_library_is_one_line(library, monkeypa
     assert err.startswith("error: cannot reach the Hugging Face Hub at http://127.0.0.1:9"), err
 
 
-def test_a_split_the_dataset_lacks_is_named_with_the_flag(tmp_path):
+def test_a_split_the_dataset_lacks_is_named_with_the_flag(tmp_path, monkeypatch):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -348,6 +353,15 @@ def test_a_split_the_dataset_lacks_is_named_with_the_flag(tmp_path):
     with pytest.raises(ValueError, match=r"has no split 'long_captions' .*; pass --split"):
         load_split(str(tmp_path), "long_captions")
     assert load_split(str(tmp_path), "train").num_rows == 1
+    # Any other error of the dataset is its own, not said to be the split's.
+    import datasets
+
+    def other(*args, **kwargs):
+        raise ValueError("Couldn't cast array of type int64 to string")
+
+    monkeypatch.setattr(datasets, "load_dataset", other)
+    with pytest.raises(ValueError, match=r"^Couldn't cast array"):
+        load_split(str(tmp_path), "train")
 
 
 def test_path_errors_and_a_closed_output_pipe_are_not_tracebacks(tmp_path, generated_build, capsys):
@@ -419,7 +433,9 @@ def test_a_hub_dataset_listing_holds_no_image_bytes(tmp_path):
     assert [r.read_bytes() for r in records] == blobs
 
 
-def test_a_hub_dataset_with_repeated_or_missing_ids_gives_each_row_an_id_of_its_own(tmp_path):
+def test_a_hub_dataset_with_repeated_or_missing_ids_gives_each_row_an_id_of_its_own(
+    tmp_path, monkeypatch
+):
     """The card says image_id is unique in the dataset: a source's repeated ids do not make
     two rows one id, and a missing id is the row number, not "None"."""
     from datasets import Dataset, Features, Image, Value
@@ -438,6 +454,27 @@ def test_a_hub_dataset_with_repeated_or_missing_ids_gives_each_row_an_id_of_its_
     assert [r.image_id for r in records] == ["x1", "x1#2", "2", "3", "2#2"]
     # A dataset folder is named by its name, not by its path on this machine (rows published).
     assert [r.path for r in records] == [f"ds:{n}" for n in range(5)]
+    monkeypatch.chdir(tmp_path / "ds")  # --hf-dataset . (from inside it): its name all the same
+    assert HubSource(".").label() == "ds"
+
+
+def test_a_hub_dataset_of_image_paths_and_large_caption_lists_is_read(tmp_path):
+    """An image column of paths (strings) and captions as large_list<large_string> (as polars
+    and pyarrow write them): both are columns --hf-dataset takes, not refused as not text."""
+    from datasets import Dataset, Features, LargeList, Value
+
+    from pipeline.inputs import HubSource
+
+    (tmp_path / "a.jpg").write_bytes(b"jpeg")
+    features = Features({"image": Value("string"), "text": LargeList(Value("large_string"))})
+    rows = {"image": [str(tmp_path / "a.jpg")], "text": [["iki köpek", "karda köpekler"]]}
+    (tmp_path / "ds" / "data").mkdir(parents=True)
+    Dataset.from_dict(rows, features=features).to_parquet(tmp_path / "ds/data/train.parquet")
+    records, skips = HubSource(str(tmp_path / "ds")).read()
+    assert [(r.captions, r.read_bytes()) for r in records] == [
+        (["iki köpek", "karda köpekler"], b"jpeg")
+    ]
+    assert skips == []
 
 
 def test_a_hub_dataset_whose_captions_are_all_missing_is_read_without_captions(tmp_path):

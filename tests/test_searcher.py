@@ -312,6 +312,34 @@ def test_a_hub_repo_that_cannot_be_reached_is_named(tmp_path, monkeypatch):
             Searcher.from_repo(name, encoder=FakeEncoder(4), cache_dir=tmp_path / "cache")
 
 
+@pytest.mark.parametrize("status", [429, 500, 503, 401, 403, 400])
+def test_a_failing_hub_is_named_and_a_refusal_says_so(tmp_path, monkeypatch, status):
+    # A Hub that fails (5xx) or says "too many requests" (429) is this repo's "could not be
+    # fetched" (which the Space tries again); a refusal (401, 403) names HF_TOKEN; any other
+    # answer stays the Hub's own error.
+    import httpx
+    import huggingface_hub
+    from huggingface_hub.errors import HfHubHTTPError
+
+    def answer(*args, **kwargs):
+        response = httpx.Response(status, request=httpx.Request("GET", "https://hub/x"))
+        raise HfHubHTTPError(f"{status} from the Hub", response=response)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", answer)
+    monkeypatch.chdir(tmp_path)
+    expected = HfHubHTTPError if status == 400 else SearchSetupError
+    with pytest.raises(expected) as raised:
+        Searcher.from_repo("someone/photos", encoder=FakeEncoder(4), cache_dir=tmp_path / "c")
+    said = str(raised.value)
+    if status in (429, 500, 503):
+        assert said.startswith("someone/photos is not a local folder, and its index could not")
+        assert f"HfHubHTTPError: {status} from the Hub" in said
+    elif status in (401, 403):
+        assert f"refused access (HTTP {status})" in said and "HF_TOKEN" in said
+    else:
+        assert raised.value.response.status_code == status
+
+
 def test_a_different_model_is_refused(tiny_encoder):
     manifest = Manifest(
         model_id="utkubascakir/MultiEmbedTR",
