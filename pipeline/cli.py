@@ -454,13 +454,13 @@ def _in_chain(err: BaseException, types: tuple) -> BaseException | None:
 
 def _unreachable(err: BaseException) -> str | None:
     """The one-line message for "the Hub could not be reached" somewhere in ``err``'s chain."""
+    import httpx
     from huggingface_hub import constants
     from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 
-    from imagesearchtr.manifest import transport_errors
-
-    known = (*transport_errors(), LocalEntryNotFoundError, ConnectionError, OfflineModeIsEnabled)
-    cause = _in_chain(err, known)
+    cause = _in_chain(
+        err, (httpx.TransportError, LocalEntryNotFoundError, ConnectionError, OfflineModeIsEnabled)
+    )
     if cause is None:
         return None
     if isinstance(cause, OfflineModeIsEnabled):

@@ -322,26 +322,6 @@ def test_cli_names_the_mistake_a_newcomer_makes(tmp_path, capsys):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("library", ["httpx", "httpx2"])
-def test_a_connection_error_of_either_http_library_is_one_line(library, monkeypatch, capsys):
-    # huggingface_hub >= 2 makes its requests with httpx2, whose errors are not httpx's: one
-    # that reached the CLI unwrapped was a traceback.
-    import importlib
-
-    from pipeline import cli
-
-    http = importlib.import_module(library)
-    request = http.Request("GET", "http://127.0.0.1:9/api/datasets/x/y")
-
-    def dropped(args):
-        raise http.RemoteProtocolError("Server disconnected", request=request)
-
-    monkeypatch.setitem(cli.COMMANDS, "download", dropped)
-    assert cli.main(["download", "--output-dir", "x"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: cannot reach the Hugging Face Hub at http://127.0.0.1:9"), err
-
-
 def test_a_split_the_dataset_lacks_is_named_with_the_flag(tmp_path, monkeypatch):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -74,7 +74,7 @@ def snapshot_commit(folder: str | Path, asked: str | None) -> str | None:
 def transport_errors() -> tuple[type[Exception], ...]:
     """The error types of a dropped, refused or timed-out connection to the Hub: httpx's
     (gradio's client) and httpx2's (huggingface_hub >= 2 makes its requests with httpx2, a
-    package of its own whose errors are not httpx's)."""
+    package of its own whose errors are not httpx's). The Space's start-up retry reads it."""
     import httpx
 
     try:
