@@ -78,7 +78,7 @@ from gradio.utils import get_upload_folder, is_in_or_equal
 
 from imagesearchtr import ImageLoadError, ModelMismatchError, Searcher, SearchSetupError
 from imagesearchtr.images import MAX_PIXELS
-from imagesearchtr.manifest import transport_errors
+from imagesearchtr.manifest import describe_error, transport_errors
 from imagesearchtr.vectors import compose_vectors
 
 log = logging.getLogger("imagesearchtr.space")
@@ -198,7 +198,7 @@ def load_searcher(env: Mapping[str, str] | None = None) -> Searcher | LoadError:
             if attempt == LOAD_ATTEMPTS or not is_transient(err):
                 return _load_error(err, where)
             wait = LOAD_BACKOFF_S * 2 ** (attempt - 1)
-            said = (str(err).splitlines() or [""])[0][:200]
+            said = describe_error(err)
             log.warning("loading %s failed (%s); trying again in %g s", where, said, wait)
             time.sleep(wait)
     log.info(

@@ -54,6 +54,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .image_cache import ImageCache, remove_old_files
 from .images import MAX_PIXELS, to_rgb
+from .manifest import describe_error
 
 # What a result shows besides its image, and ``path``, whose chunk lies between theirs in the
 # files: with it the three are one range read a row group; without it, pyarrow makes two
@@ -387,7 +388,7 @@ def load_columns(source: Source, files: list[DataFile], cache_dir: Path, columns
                 raise
             # pyarrow's own: an OSError without errno for a page it cannot decode
             raise RowsError(
-                f"{source.location}: {f.path} cannot be read ({_describe(err)}); it is "
+                f"{source.location}: {f.path} cannot be read ({describe_error(err)}); it is "
                 "damaged: build and publish it again"
             ) from None
         return target
@@ -549,7 +550,7 @@ class ImageStore:
     def _decode(self, row: int, data: bytes | Exception) -> Fetched:
         where = f"image of row {row}"
         if isinstance(data, Exception):
-            return Fetched(placeholder(), f"{where} could not be fetched: {_describe(data)}")
+            return Fetched(placeholder(), f"{where} could not be fetched: {describe_error(data)}")
         try:
             with Image.open(io.BytesIO(data)) as image:
                 if image.width * image.height > MAX_PIXELS:  # as the encoder refuses it
@@ -562,7 +563,7 @@ class ImageStore:
         except UnidentifiedImageError:  # (its message names a BytesIO object's address)
             return Fetched(placeholder(), f"{where} could not be decoded: not an image")
         except Exception as err:  # noqa: BLE001 - PIL raises many types for bad bytes
-            return Fetched(placeholder(), f"{where} could not be decoded: {_describe(err)}")
+            return Fetched(placeholder(), f"{where} could not be decoded: {describe_error(err)}")
 
     def _fit(self, image: Image.Image) -> Image.Image:
         """The image as the encoder saw it (``to_rgb``: upright by its EXIF orientation,
@@ -577,8 +578,3 @@ class ImageStore:
         if self.max_side is not None:
             rgb.thumbnail((self.max_side, self.max_side))
         return rgb
-
-
-def _describe(err: Exception) -> str:
-    text = str(err).splitlines()[0][:200] if str(err) else ""
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__

@@ -71,6 +71,12 @@ def snapshot_commit(folder: str | Path, asked: str | None) -> str | None:
     return name if re.fullmatch(r"[0-9a-f]{40}", name) else asked
 
 
+def describe_error(err: BaseException) -> str:
+    """An error in one short line for a message: its type and its first line of text."""
+    text = str(err).splitlines()[0][:200] if str(err) else ""
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
 def transport_errors() -> tuple[type[Exception], ...]:
     """The error types of a dropped, refused or timed-out connection to the Hub: httpx's
     (gradio's client) and httpx2's (huggingface_hub >= 2 makes its requests with httpx2, a
@@ -394,10 +400,9 @@ def _download_index(repo_id: str, revision: str | None, index_files: bool) -> tu
         )
     if isinstance(answer, HfHubHTTPError) and status and status < 500 and status != 429:
         raise failed  # another refusal: the Hub's own words
-    said = (str(failed).splitlines() or [""])[0][:200]
     raise ManifestError(
         f"{repo_id} is not a local folder, and its index could not be fetched from the Hub "
-        f"({type(failed).__name__}: {said}); check the path, or the connection"
+        f"({describe_error(failed)}); check the path, or the connection"
     ) from failed
 
 

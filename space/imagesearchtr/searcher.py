@@ -49,6 +49,7 @@ from .manifest import (
     LoadedManifest,
     Manifest,
     ManifestError,
+    describe_error,
     load_manifest,
     sha256_file,
 )
@@ -209,10 +210,9 @@ class Searcher:
                 )
             except (LocalEntryNotFoundError, HfHubHTTPError) as err:  # (offline: the former)
                 pinned = f"@{manifest.model_revision[:12]}" if manifest.model_revision else ""
-                said = (str(err).splitlines() or [""])[0][:200]
                 raise SearchSetupError(
                     f"{where}: its model {manifest.model_id}{pinned} could not be fetched "
-                    f"({type(err).__name__}: {said}); check the connection (and HF_TOKEN for a "
+                    f"({describe_error(err)}); check the connection (and HF_TOKEN for a "
                     "private model), or pass encoder="
                 ) from None
         check_model(manifest, encoder)
