@@ -27,11 +27,13 @@ from pathlib import Path, PurePosixPath
 from imagesearchtr.manifest import LOCAL_SOURCE, public_source
 
 CAPTIONS_FILE = "captions.jsonl"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".avif", ".bmp", ".gif"}
-IMAGE_SUFFIXES |= {".tif", ".tiff"}
+IMAGE_SUFFIXES = {
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".avif", ".bmp", ".gif", ".tif", ".tiff",
+}  # fmt: skip
 # Phone photos Pillow cannot read without a plugin: listed all the same, so that each is
 # reported as skipped (with how to convert it) rather than left out unsaid.
 CONVERT_FIRST = {".heic", ".heif"}
+LISTED_SUFFIXES = IMAGE_SUFFIXES | CONVERT_FIRST
 # Plain columns an image column may be: paths (or URLs) and image bytes.
 TEXT_OR_BYTES = ("string", "large_string", "binary", "large_binary")
 
@@ -348,18 +350,17 @@ def _image_files(folder: Path) -> Iterator[Path]:
     found = []
     above = {str(folder): frozenset({os.path.realpath(folder)})}
     for root, dirs, names in os.walk(folder, followlinks=True):
-        chain = above.pop(root)
+        ancestors = above.pop(root)
         kept = []
         for name in sorted(dirs):
             real = os.path.realpath(os.path.join(root, name))
-            if not name.startswith(".") and real not in chain:  # .cache, .git: not photos
-                above[os.path.join(root, name)] = chain | {real}
+            if not name.startswith(".") and real not in ancestors:  # .cache, .git: not photos
+                above[os.path.join(root, name)] = ancestors | {real}
                 kept.append(name)
         dirs[:] = kept
         for name in names:
             path = Path(root, name)
-            suffix = path.suffix.lower()
-            wanted = suffix in IMAGE_SUFFIXES | CONVERT_FIRST and not name.startswith(".")
+            wanted = path.suffix.lower() in LISTED_SUFFIXES and not name.startswith(".")
             if wanted and path.is_file():
                 found.append(path)
     yield from sorted(found)

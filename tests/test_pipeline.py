@@ -1330,6 +1330,16 @@ def test_index_type_help_and_readme_state_the_rule_the_code_applies():
     assert f"`auto` (default: {AUTO_RULE};" in readme
 
 
+def test_readme_lists_the_photo_suffixes_the_listing_takes():
+    import re
+
+    from pipeline.inputs import IMAGE_SUFFIXES
+
+    readme = " ".join((REPO_ROOT / "README.md").read_text(encoding="utf-8").split())
+    listed = readme.split("Image files are ", 1)[1].split(" (`pipeline.inputs.IMAGE_SUFFIXES`)")[0]
+    assert set(re.findall(r"`(\.\w+)`", listed)) == IMAGE_SUFFIXES
+
+
 def test_index_refuses_a_row_without_an_image_embedding(tmp_path, tiny_encoder, tiny_model_dir):
     import pyarrow as pa
     from conftest import write_photos
