@@ -392,6 +392,13 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(err, OSError):
             print(f"error: {_one_line(err)}", file=sys.stderr)
             return 2
+        # Last, a dropped connection of huggingface_hub's own client (httpx2, whose errors are
+        # neither httpx's nor OSErrors) that reached here unwrapped. Not first: publish wraps
+        # these in its own error ("failed ... after 2 attempts"), which says more.
+        unreachable = _unreachable(err, any_client=True)
+        if unreachable is not None:
+            print(f"error: {unreachable}", file=sys.stderr)
+            return 2
         raise
 
 
@@ -452,20 +459,27 @@ def _in_chain(err: BaseException, types: tuple) -> BaseException | None:
     return None
 
 
-def _unreachable(err: BaseException) -> str | None:
-    """The one-line message for "the Hub could not be reached" somewhere in ``err``'s chain."""
+def _unreachable(err: BaseException, any_client: bool = False) -> str | None:
+    """The one-line message for "the Hub could not be reached" somewhere in ``err``'s chain;
+    ``any_client`` counts httpx2's transport errors too, not only httpx's."""
     import httpx
     from huggingface_hub import constants
     from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 
+    from imagesearchtr.manifest import transport_errors
+
+    transports = transport_errors() if any_client else (httpx.TransportError,)
     cause = _in_chain(
-        err, (httpx.TransportError, LocalEntryNotFoundError, ConnectionError, OfflineModeIsEnabled)
+        err, (*transports, LocalEntryNotFoundError, ConnectionError, OfflineModeIsEnabled)
     )
     if cause is None:
         return None
     if isinstance(cause, OfflineModeIsEnabled):
         return f"the Hub is not used offline (HF_HUB_OFFLINE=1): {cause}"
-    url = getattr(getattr(cause, "request", None), "url", None)
+    try:
+        url = cause.request.url
+    except (AttributeError, RuntimeError):  # httpx raises RuntimeError for a missing request
+        url = None
     where = f"{url.scheme}://{url.host}" + (f":{url.port}" if url.port else "") if url else ""
     where = where or constants.ENDPOINT
     kind = type(cause).__name__

@@ -228,6 +228,44 @@ def test_cli_interrupted_exits_130_and_says_how_to_resume(tmp_path, capsys, monk
     assert "re-run the same command to resume" in capsys.readouterr().err
 
 
+def test_cli_names_the_hub_for_a_dropped_connection_of_huggingface_hubs_client(
+    tmp_path, capsys, monkeypatch
+):
+    httpx2 = pytest.importorskip("httpx2")  # huggingface_hub >= 2 makes its requests with it
+    from pipeline import cli
+    from pipeline.cli import main
+
+    request = httpx2.Request("HEAD", "http://127.0.0.1:9/api/datasets/x")
+    raised = []
+
+    def dropped(args):
+        raise raised[-1]
+
+    monkeypatch.setitem(cli.COMMANDS, "index", dropped)
+    argv = ["index", "--build", str(tmp_path)]
+    # Unwrapped, with and without the request it was making: one line, not a traceback.
+    raised.append(httpx2.ConnectError("[Errno 111] Connection refused", request=request))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot reach the Hugging Face Hub at http://127.0.0.1:9 ("), err
+    raised.append(httpx2.ReadTimeout("timed out"))
+    assert main(argv) == 2
+    assert "cannot reach the Hugging Face Hub at " in capsys.readouterr().err
+    # Wrapped in an error of ours, ours speaks: it says what was tried and what was kept.
+    try:
+        raise raised[0]
+    except httpx2.ConnectError as cause:
+        try:
+            raise RuntimeError("publish failed after 2 attempts; the repo was left unchanged")
+        except RuntimeError as ours:
+            ours.__cause__ = cause
+            raised.append(ours)
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        "error: publish failed after 2 attempts; the repo was left unchanged\n"
+    )
+
+
 def test_publish_lists_the_first_deletions_and_counts_the_rest(tmp_path, capsys, monkeypatch):
     from pipeline import publish
     from pipeline.cli import main
