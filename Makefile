@@ -56,7 +56,7 @@ install: $(PY) ## create .venv and install the project with its test extra
 	@if [ -n "$(TORCH)" ]; then $(PY) -m pip install "$(TORCH)"; fi
 	$(PY) -m pip install -e ".[test]"
 
-test: ## run the test suite (TEST_WORKERS=3 worker processes)
+test: ## run the test suite on TEST_WORKERS worker processes
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 lint: ## ruff check + format check

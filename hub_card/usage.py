@@ -47,7 +47,7 @@ def render_usage(
     """The snippet: a Hub repo at ``revision`` (or a local published folder) + ``space``'s /embed.
 
     ``space`` is a Space id (USER/NAME) or the URL of a running app; its model must be the one
-    that built the index (the Space refuses to start otherwise).
+    that built the index (the Space refuses to search otherwise).
     """
     if (repo_id is None) == (local_dir is None):
         raise ValueError("give repo_id (a Hub dataset) or local_dir (a local folder), not both")

@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size-img",
         type=int,
         default=EncodeConfig.batch_size_img,
-        help="images per forward pass",
+        help="images decoded and sent to the model together (on CPU its forward runs them in "
+        "smaller batches)",
     )
     p.add_argument(
         "--batch-size-txt",
@@ -209,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--license",
         default=None,
-        help="license id of the source data for the card (default: other)",
+        help="license id of the source data for the card (default: the existing card's, else "
+        "other)",
     )
     p.add_argument(
         "--space",
@@ -253,8 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_HARDWARE,
         help="Spaces hardware: cpu-basic (free), cpu-upgrade, t4-small, l4x1, a10g-small, "
         "zero-a10g (ZeroGPU), ... The requirements fit it (CPU-only torch on CPU hardware, "
-        "`spaces` on ZeroGPU), the card suggests it, and other than cpu-basic it is requested "
-        "from the Hub (paid hardware needs a payment method, ZeroGPU a PRO account)",
+        "`spaces` on ZeroGPU), the card suggests it, and it is requested from the Hub where "
+        "the Space has other hardware (paid hardware needs a payment method, ZeroGPU a PRO "
+        "account)",
     )
     p.add_argument(
         "--no-wait",

@@ -37,10 +37,10 @@ from imagesearchtr.manifest import DATA_DIR
 from . import _io
 
 # Row groups: as big as datasets' own push_to_hub writes them (``config.MAX_ROW_GROUP_SIZE``),
-# but at most MAX_GROUP_ROWS rows. Readers of the embeddings (``encode --reuse``,
-# ``Searcher.embeddings``) take one group at a time per thread, so the cap bounds that read
-# (about 6 MB); the Searcher's start-up reads one range a group of the ids, paths and captions,
-# and never a group's images: each image is one range read of its own bytes.
+# but at most MAX_GROUP_ROWS rows. ``Searcher.embeddings`` reads one group at a time per
+# thread, so the cap bounds that read (about 6 MB), and ``encode --reuse`` reads only the groups
+# that hold the rows it wants; the Searcher's start-up reads one range a group of the ids,
+# paths and captions, and never a group's images: each image is one range read of its own bytes.
 MAX_GROUP_ROWS = 1024
 # The image bytes are stored uncompressed (JPEG and PNG do not compress further), so each image
 # lies in the file as one run of bytes: ``image_ranges`` finds it, and a reader needs only that.

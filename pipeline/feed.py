@@ -42,7 +42,8 @@ from imagesearchtr.images import ImageLoadError, open_image
 
 from .inputs import CONVERT_FIRST, NOT_AN_IMAGE, UNREADABLE_FILE, ImageRecord, Skip
 
-# Two finished chunks in memory at most: one being written, one waiting.
+# Finished chunks that wait for the writer thread, besides the one it is writing (the feed's
+# next one waits in submit until there is room).
 MAX_PENDING_WRITES = 2
 # Batches each worker decodes ahead of the model.
 PREFETCH_BATCHES = 2

@@ -49,7 +49,7 @@ from . import _io
 from .inputs import EmptyBuildError
 
 # Build-folder names (pipeline/encode.py writes them and imports them from here: encode imports
-# this module, not the other way round).
+# this module at load, this one imports encode only inside write_data_files).
 BUILD_FILE = "build.json"
 SHARDS_DIR = "shards"
 SKIPPED_FILE = "skipped.jsonl"

@@ -1,7 +1,8 @@
 """Publish a finished build as a Hub dataset repo, or as a local folder laid out the same way.
 
 Reads BUILD/data/*.parquet, BUILD/index/* and BUILD/skipped.jsonl (the index step wrote them and
-listed the data files, with their sha256, in the manifest); writes:
+listed the data files, with their sha256, in the manifest), and BUILD/build.json and
+BUILD/indexed.json (a build whose index is older than its shards is refused); writes:
 
     README.md                  dataset card (hub_card), merged with any existing card
     data/train-NNNNN.parquet   the rows: image bytes, ids, captions, embeddings (row order =
@@ -15,18 +16,19 @@ Only what changed travels: a file whose sha256 the repo already holds at that pa
 uploaded again, and files under data/ and index/ that the new build does not have are deleted,
 so the repo never holds rows from one build and indices from another. A readers' view changes
 at once, never half-way:
-- up to MAX_FILES_PER_COMMIT changed files: ONE commit to main;
+- up to MAX_FILES_PER_COMMIT files, changed and deleted ones and the card together: ONE
+  commit to main;
 - more (a large first publish): commits of at most MAX_FILES_PER_COMMIT files to a pull-request
-  ref (``create_commit(create_pr=True)``, then ``revision="refs/pr/N"``), the manifest last,
-  then ``merge_pull_request`` lands them on main as one change. An interrupted publish finds
-  its open pull request (by title) and uploads only what the pull request still lacks; one
-  that conflicts with main (main changed a file it wrote meanwhile) is closed and replaced.
-  The Hub's merge keeps main's own changes, so main is read back after it and a file of
-  data/ or index/ that is not this build's is an error (a re-run removes it).
+  ref (``create_commit(create_pr=True)``, then ``revision="refs/pr/N"``), deletions first, the
+  manifest and the card last, then ``merge_pull_request`` lands them on main as one change.
+  An interrupted publish finds its open pull request (by title) and uploads only what the pull
+  request still lacks; one that conflicts with main (main changed a file it wrote meanwhile)
+  is closed and replaced. The Hub's merge keeps main's own changes, so main is read back after
+  it and a file of data/ or index/ that is not this build's is an error (a re-run removes it).
 - ``--to DIR``: the new tree is built beside the old one (unchanged files hard-linked from it,
   so they stay untouched) and swapped in with two renames (``_io.swap_folder``).
-Publishing a build whose manifest (data hash, model, index types) and files are already the
-repo's is a no-op. The token comes from HF_TOKEN or ``hf auth login`` through huggingface_hub
+Publishing a build whose manifest (data hash, model, index types), files and card are already
+the repo's is a no-op. The token comes from HF_TOKEN or ``hf auth login`` through huggingface_hub
 and is never printed or written.
 """
 

@@ -6,10 +6,11 @@ Reads, from the environment only:
     DATASET_REVISION  optional branch, tag or commit of that repo (``publish-space`` pins the
                       commit it was published against, so a later push cannot break the Space)
 and through ``Searcher.from_repo`` the dataset's rows, indices and manifest plus the model the
-manifest names (Hub cache). Writes only the result images it shows: each once, as a JPEG named
-by its content hash, into a folder of its own inside gradio's upload folder (GRADIO_TEMP_DIR),
+manifest names (Hub cache). Writes the result images it shows: each once, as a JPEG named by
+its content hash, into a folder of its own inside gradio's upload folder (GRADIO_TEMP_DIR),
 so that gradio serves them as files the app created (ResultFolder says why); past
-RESULTS_MAX_BYTES the least recently shown go.
+RESULTS_MAX_BYTES the least recently shown go. A query image sent as base64 is saved there as
+an upload (QueryImage), and uploads unused for UPLOADS_KEEP_S are deleted (sweep_uploads).
 
 The Searcher is loaded once, when the app starts. If that fails (no DATASET_REPO, a missing or
 corrupt index, a manifest that does not match the rows, a model that is not the one that built
@@ -112,8 +113,8 @@ LOAD_ATTEMPTS = 4
 LOAD_BACKOFF_S = 5.0
 
 # One query is a ~50-100 ms text (or image) encode, in which torch already uses every core,
-# then mostly single-threaded work: FAISS search (with a flat or fp16 index, on every core
-# for a few ms), decoding and re-encoding the shown JPEGs for the gallery. Two at a time
+# then mostly single-threaded work: FAISS search (one thread for one query, flat and fp16
+# alike), decoding and re-encoding the shown JPEGs for the gallery. Two at a time
 # keeps both cores of a free CPU Space busy (one encoding while the other prepares its
 # gallery); more would only make every query slower and raise peak memory.
 # Further requests wait in the queue, which is bounded so that a burst gets a clear "queue is

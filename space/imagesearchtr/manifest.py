@@ -313,7 +313,10 @@ def load_manifest(
     id the ``index/`` files of one commit are downloaded into the Hub cache and that commit is
     returned, so the caller can load the rows from the same commit (``index_files=False``: the
     manifest alone, for callers that only read it). Raises ``ManifestError`` for a missing,
-    unreadable or unsafe manifest; Hub connection errors pass through unchanged.
+    unreadable or unsafe manifest, a repo or revision the Hub does not have, a refusal (HTTP
+    401 or 403: it names HF_TOKEN), and a Hub that cannot be reached or fails (a 5xx, a 429),
+    the last raised from the library's error so that callers find the transport error in its
+    chain; another 4xx passes through as huggingface_hub raised it.
     """
     where = str(location)
     local = Path(location).expanduser()
