@@ -60,7 +60,7 @@ from . import _io
 from .datafiles import DATA_DIR
 from .encode import features, skip_kind
 from .index import INDEXED_FILE, SKIPPED_FILE, build_shards, indexed_state
-from .inputs import CAPTIONS_FILE
+from .inputs import CAPTIONS_FILE, LISTED_SUFFIXES
 
 CARD_FILE = "README.md"
 MANAGED_DIRS = (DATA_DIR, INDEX_DIR)
@@ -265,6 +265,17 @@ def _check_license(license: str | None, *, offline_ok: bool = False) -> str | No
     return f"--license {license} was not checked: the Hub's card validation did not answer"
 
 
+def _first_photo(folder: Path) -> str | None:
+    """The first photo file under ``folder`` (a suffix an encode lists), relative; hidden
+    folders are left out (a publish's own staging and trash trees)."""
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if Path(name).suffix.lower() in LISTED_SUFFIXES and not name.startswith("."):
+                return (Path(root) / name).relative_to(folder).as_posix()
+    return None
+
+
 def _check_target_folder(target: Path) -> None:
     """Refuse a target whose data/ or index/ this publish would replace but did not write, or
     that is the user's photos folder (the images and captions.jsonl an encode read)."""
@@ -285,6 +296,16 @@ def _check_target_folder(target: Path) -> None:
         raise PublishError(
             f"--to {target} holds {CAPTIONS_FILE}: it is a photos folder an encode reads, not "
             "a published repo; give a new folder (or one published before), not the photos"
+        )
+    # Nor any other folder that holds photos (a sub-folder of them, photos without captions):
+    # the publish swaps the whole folder for a new tree, and a run killed between its two
+    # renames leaves them in a hidden one, where the next encode would not find them.
+    photo = None if published else _first_photo(target)
+    if photo is not None:
+        raise PublishError(
+            f"--to {target} holds photos ({photo}) and is not a published repo; publishing "
+            "would make their folder a dataset repo. Give a new folder (or one published "
+            "before), or move the photos out"
         )
     # A publish writes only parquet files under data/: anything else there (say, photos an
     # encode read, when the build was made inside their folder) is someone else's.

@@ -753,6 +753,13 @@ def test_publish_to_folder_refuses_to_replace_what_it_did_not_write(tmp_path, sh
     with pytest.raises(PublishError, match=r"holds captions.jsonl: it is a photos folder"):
         publish_to_folder(PublishConfig(build=shared_build, to=own))
     assert sorted(p.name for p in own.rglob("*")) == ["a.jpg", "captions.jsonl", "images"]
+    # Nor a folder of photos without captions (its sub-folder images/, or a folder above it):
+    # a publish killed between its two renames would hide them from the next encode.
+    for target, photo in ((own / "images", "a.jpg"), (tmp_path, "own photos/images/a.jpg")):
+        with pytest.raises(PublishError, match=rf"holds photos \({photo}\) and is not a pub"):
+            publish_to_folder(PublishConfig(build=shared_build, to=target))
+    listed = sorted(p.name for p in own.rglob("*") if not p.name.startswith("."))  # (its lock)
+    assert listed == ["a.jpg", "captions.jsonl", "images"]
     # Nor does a publish replace its own build.
     with pytest.raises(PublishError, match="is the build folder .* or inside it"):
         publish_to_folder(PublishConfig(build=shared_build, to=shared_build / "repo"))
