@@ -607,10 +607,13 @@ def _prepare_build_dir(out: Path, build: dict, overwrite: bool) -> None:
     if build_file.is_file() and not overwrite:
         previous = read_build_info(out)
         if previous.get("model_fingerprint") != build["model_fingerprint"]:
+            made_with = previous.get("model_id")
             raise ValueError(
-                f"{out} holds a build made with a different model "
-                f"({previous.get('model_fingerprint')} vs {build['model_fingerprint']}); pass "
-                "--overwrite to start it again, or choose another --out folder"
+                f"{out} holds a build made with the model {made_with} "
+                f"({previous.get('model_fingerprint')}), whose weights are not this run's "
+                f"--model {build['model_id']} ({build['model_fingerprint']}): pass --model "
+                f"{made_with} to update it, --overwrite to encode it all again with "
+                f"{build['model_id']}, or choose another --out folder"
             )
     if overwrite and out.exists():
         for path in (out / SHARDS_DIR).glob("*"):

@@ -292,9 +292,9 @@ def test_encode_overwrite_under_two_ranks_rewrites_every_shard(
     results = encode_ranks(tmp_path, [photos, photos], *encode_flags(other, build))
     lines = [r.stderr.strip().splitlines()[-1] for r in results]
     assert [r.returncode for r in results] == [2, 2], lines
-    assert lines[0].startswith("error:") and "different model" in lines[0]
+    assert lines[0].startswith("error:") and "made with the model" in lines[0]
     assert lines[1].startswith("error: rank 0 failed, so rank 1/2 stops too")
-    assert "different model" in lines[1] and "--overwrite" in lines[1]
+    assert "made with the model" in lines[1] and "--overwrite" in lines[1]
 
     # --overwrite with the same model and plan: rank 1 must not see the old shards as done
     # (rank 0 clears the folder first), so every shard is encoded and written again.

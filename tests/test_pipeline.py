@@ -190,7 +190,11 @@ def test_resume_with_another_model_is_refused(tmp_path, shared_data, tiny_model_
     run_encode(FolderSource(folder), EncodeConfig(out=build, model=str(tiny_model_dir)))
     result = run_cli("encode", "--data", folder, "--model", other, "--out", build, check=False)
     assert result.returncode == 2
-    assert "different model" in result.stderr and "--overwrite" in result.stderr
+    # It names the model the build was made with, the way to update it: an update run
+    # without that --model (README's example) loads the default Hub model instead.
+    said = " ".join(result.stderr.split())
+    assert f"made with the model {tiny_model_dir} (sha256:" in said, said
+    assert f"pass --model {tiny_model_dir} to update it, --overwrite" in said, said
     assert "Traceback" not in result.stderr
     run_encode(FolderSource(folder), EncodeConfig(out=build, model=str(other), overwrite=True))
 
