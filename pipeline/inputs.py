@@ -114,7 +114,18 @@ class FolderSource:
         # macOS and many zip tools store file names decomposed while editors write captions
         # composed. Both are matched by their composed form; the file keeps its own name.
         files = []
-        for path in _image_files(folder):
+        paths, broken = _image_files(folder)
+        if broken:
+            # A linked folder (or photo) whose target is gone, a disk not mounted, say: read
+            # as "photos deleted", an update would drop its rows. Refused, as a whole photos
+            # folder that is gone is.
+            shown = ", ".join(broken[:3]) + (f" and {len(broken) - 3} more" if broken[3:] else "")
+            raise FileNotFoundError(
+                f"--data {folder}: {shown} {'is a link' if len(broken) == 1 else 'are links'} "
+                "to something that is not there (a disk not mounted?); mount it and run encode "
+                "again, or delete the link to leave its photos out"
+            )
+        for path in paths:
             rel = path.relative_to(folder).as_posix()
             if _is_valid_unicode(rel):
                 files.append(rel)
@@ -344,10 +355,12 @@ def _safe_relative(value, folder: Path) -> tuple[str, str | None]:
     return rel, None
 
 
-def _image_files(folder: Path) -> Iterator[Path]:
+def _image_files(folder: Path) -> tuple[list[Path], list[str]]:
+    """The photo files under ``folder``, sorted, and the links that point nowhere (relative
+    paths: a linked folder or photo whose target is gone)."""
     # Symlinked folders are followed (photos linked in from another disk are photos), except a
     # link back to a folder above it, which would loop.
-    found = []
+    found, broken = [], []
     above = {str(folder): frozenset({os.path.realpath(folder)})}
     for root, dirs, names in os.walk(folder, followlinks=True):
         ancestors = above.pop(root)
@@ -363,7 +376,9 @@ def _image_files(folder: Path) -> Iterator[Path]:
             wanted = path.suffix.lower() in LISTED_SUFFIXES and not name.startswith(".")
             if wanted and path.is_file():
                 found.append(path)
-    yield from sorted(found)
+            elif not name.startswith(".") and path.is_symlink() and not path.exists():
+                broken.append(path.relative_to(folder).as_posix())
+    return sorted(found), sorted(broken)
 
 
 def _nfc(text: str) -> str:

@@ -199,6 +199,33 @@ def test_resume_with_another_model_is_refused(tmp_path, shared_data, tiny_model_
     run_encode(FolderSource(folder), EncodeConfig(out=build, model=str(other), overwrite=True))
 
 
+def test_a_linked_folder_whose_disk_is_gone_stops_the_update_and_keeps_its_rows(
+    tmp_path, tiny_model_dir
+):
+    # photos/harici -> a disk not mounted now: read as "photos deleted", an update dropped its
+    # rows from the build (and the next publish from the dataset), and nothing named the link.
+    from conftest import write_photos
+
+    disk = write_photos(tmp_path / "disk", ["t0", "t1"], seed=1)
+    folder = write_photos(tmp_path / "photos", ["a0", "a1", "a2"])
+    (folder / "harici").symlink_to(disk, target_is_directory=True)
+    build = tmp_path / "build"
+    config = EncodeConfig(out=build, model=str(tiny_model_dir))
+    run_encode(FolderSource(folder), config)
+    rows = sorted(read_rows(build).column("image_id").to_pylist())
+    assert len(rows) == 5 and "harici/images/t0" in rows
+    disk.rename(tmp_path / "unmounted")
+    with pytest.raises(FileNotFoundError, match=r"photos: harici is a link to something that"):
+        run_encode(FolderSource(folder), config)
+    assert sorted(read_rows(build).column("image_id").to_pylist()) == rows
+    # A link to a photo that is gone likewise; hidden links are not looked at.
+    (tmp_path / "unmounted").rename(disk)
+    (folder / "images" / "b.jpg").symlink_to(tmp_path / "gone.jpg")
+    (folder / ".stale").symlink_to(tmp_path / "gone")
+    with pytest.raises(FileNotFoundError, match=r": images/b.jpg is a link to something"):
+        FolderSource(folder).read()
+
+
 def test_cli_refuses_bad_numbers_before_any_work(tmp_path, capsys):
     from conftest import write_photos
 
