@@ -314,15 +314,24 @@ def _run_encode(source, config: EncodeConfig, encoder, lock: contextlib.ExitStac
     summary_skips = _collect_skips(out, names)
     images, captions = _count_rows(shards_dir, names)
     summary = _summary(stats, images, captions, summary_skips, started)
+    notes = []
     before, now = earlier.get("dtype"), dtype_name(encoder.dtype)
     if before and before != now and summary.reused_images:
         # Rows are reused by image and model, not by precision: say so rather than let
         # `--dtype float32` look as if it had re-encoded the build.
-        summary = replace(summary, notes=(
+        notes.append(
             f"the {summary.reused_images} images encoded before keep their {before} "
             f"embeddings; this run encoded with {now} (--overwrite encodes every image with "
-            f"{now})",
-        ))  # fmt: skip
+            f"{now})"
+        )
+    if earlier.get("source") and earlier["source"] != source.label():
+        # Another --data (a typo, a sub-folder, another collection): the build is now that
+        # input's, and the next index and publish replace the dataset's rows with it.
+        notes.append(
+            f"the build was made from {earlier['source']}, and now holds the rows of "
+            f"{source.label()} only: {images} (it had {earlier.get('num_planned', '?')})"
+        )
+    summary = replace(summary, notes=tuple(notes))
     _io.write_text(out / SUMMARY_FILE, json.dumps(summary.counts(), indent=2) + "\n")
     if images == 0:  # not a finished update: the old rows stay, for the run that fixes it
         raise EmptyBuildError(

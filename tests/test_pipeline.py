@@ -226,6 +226,28 @@ def test_a_linked_folder_whose_disk_is_gone_stops_the_update_and_keeps_its_rows(
         FolderSource(folder).read()
 
 
+def test_an_update_from_another_folder_says_the_build_is_now_that_folders(tmp_path, tiny_model_dir):
+    # `--data photos/images/2024` (a sub-folder, a typo, another collection) replaced the
+    # build's rows, then the dataset's, and nothing said so.
+    from conftest import write_photos
+
+    folder = write_photos(tmp_path / "photos", ["a0", "a1", "a2"])
+    write_photos(folder / "2024", ["b0"])
+    config = EncodeConfig(out=tmp_path / "build", model=str(tiny_model_dir))
+    first = run_encode(FolderSource(folder), config)
+    assert first.images == 4 and first.notes == ()
+    assert run_encode(FolderSource(folder), config).notes == ()  # the same folder
+    (tmp_path / "moved").mkdir()  # the same folder name elsewhere: the same input
+    moved = folder.rename(tmp_path / "moved" / "photos")
+    assert run_encode(FolderSource(moved), config).notes == ()
+    update = run_encode(FolderSource(moved / "2024"), config)
+    assert update.images == 1
+    assert update.notes == (
+        "the build was made from local folder photos, and now holds the rows of local folder "
+        "2024 only: 1 (it had 4)",
+    )
+
+
 def test_cli_refuses_bad_numbers_before_any_work(tmp_path, capsys):
     from conftest import write_photos
 
