@@ -783,3 +783,60 @@ def test_a_hub_that_refuses_the_repo_names_the_token(lazy_repo, local_hub, hub_e
         local_hub.clear_faults()
     said = f"refused: the Hub refused access (HTTP 403) to the dataset {repo}: set HF_TOKEN"
     assert said in out, out
+
+
+def test_an_image_cache_holds_up_to_exactly_its_bound(tmp_path):
+    from imagesearchtr.image_cache import ImageCache
+
+    cache = ImageCache(tmp_path, 100)
+    cache.put("a", b"a" * 50)
+    cache.put("b", b"b" * 50)  # at the bound, not past it: nothing goes
+    assert (cache.get("a"), cache.get("b")) == (b"a" * 50, b"b" * 50)
+    whole = ImageCache(tmp_path / "whole", 100)
+    whole.put("whole", b"w" * 100)  # as big as the bound: kept
+    assert whole.get("whole") == b"w" * 100
+
+
+def test_a_reopened_image_cache_counts_what_it_holds_against_its_bound(tmp_path):
+    # A Space that restarts finds its cache full: the next image evicts the oldest, rather
+    # than the file growing past the bound until this process's own images fill it again.
+    from imagesearchtr.image_cache import ImageCache
+
+    cache = ImageCache(tmp_path, 100)
+    for name in "abc":
+        cache.put(name, name.encode() * 30)
+    cache._db.close()
+    again = ImageCache(tmp_path, 100)
+    again.put("d", b"d" * 30)
+    assert again.get("a") is None
+    assert [again.get(name) for name in "cd"] == [b"c" * 30, b"d" * 30]
+
+
+def test_the_image_cache_evicts_by_the_bytes_it_holds(tmp_path):
+    from imagesearchtr.image_cache import ImageCache
+
+    cache = ImageCache(tmp_path, 100)
+    cache.put("a", b"a" * 50)
+    cache.put("a", b"a" * 50)  # the same image again: replaced, held once
+    cache.put("b", b"b" * 10)  # 60 bytes held: nothing goes
+    assert (cache.get("a"), cache.get("b")) == (b"a" * 50, b"b" * 10)
+    cache.put("c", b"c" * 20)
+    cache.put("d", b"d" * 30)  # 110 bytes: down to 80 or less, "a" (the oldest) goes
+    assert cache.get("a") is None
+    cache.put("e", b"e" * 30)  # 90 bytes held: within the bound, nothing goes
+    assert [cache.get(name) for name in "bcde"] == [b"b" * 10, b"c" * 20, b"d" * 30, b"e" * 30]
+
+
+def test_the_old_file_per_image_cache_goes_with_its_temporary_files(tmp_path):
+    from imagesearchtr.image_cache import OLD_FOLDER, remove_old_files
+
+    old = tmp_path / OLD_FOLDER
+    old.mkdir()
+    (old / "sha256-0-1.bin").write_bytes(b"x")
+    (old / "sha256-0-2.bin.1234.tmp").write_bytes(b"half")  # a write cut short
+    remove_old_files(tmp_path)
+    assert not old.exists()
+    old.mkdir()
+    (old / "photo.jpg").write_bytes(b"not ours")
+    remove_old_files(tmp_path)
+    assert (old / "photo.jpg").is_file()

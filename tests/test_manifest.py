@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pytest
 
@@ -66,7 +67,8 @@ def test_index_files_outside_index_are_refused_before_opening(tmp_path, file):
 @pytest.mark.parametrize(
     "path",
     ["../../../../proc/self/environ", "/etc/passwd", "data/../index/x.parquet", "data/a/b.parquet",
-     "data/a.txt", "index/image_emb.faiss"],
+     "data/a.txt", "index/image_emb.faiss", "../secret.parquet", "index/x.parquet",
+     "data/x.parquet/../../../secret.parquet"],
 )  # fmt: skip
 def test_data_files_outside_data_are_refused(tmp_path, path):
     good = {"path": "data/train-00000.parquet", "num_rows": 1, "sha256": "0" * 64}
@@ -74,6 +76,14 @@ def test_data_files_outside_data_are_refused(tmp_path, path):
     assert load_manifest(tmp_path / "ok").manifest.data_files == [good]
     write_repo(tmp_path / "repo", data_files=[good, {**good, "path": path}])
     with pytest.raises(ManifestError, match="data files must be data/NAME.parquet"):
+        load_manifest(tmp_path / "repo")
+
+
+@pytest.mark.parametrize("field,value", [("num_rows", "1"), ("sha256", None), ("size", "10")])
+def test_data_file_entries_without_a_row_count_and_hash_are_refused(tmp_path, field, value):
+    good = {"path": "data/train-00000.parquet", "num_rows": 1, "sha256": "0" * 64, "size": 10}
+    write_repo(tmp_path / "repo", data_files=[{**good, field: value}])
+    with pytest.raises(ManifestError, match="entries with num_rows and sha256"):
         load_manifest(tmp_path / "repo")
 
 
@@ -117,6 +127,41 @@ def test_unreadable_manifests_name_the_location(tmp_path, content, expected):
     with pytest.raises(ManifestError, match=expected) as err:
         load_manifest(repo)
     assert str(repo) in str(err.value)
+
+
+def test_fields_a_newer_writer_adds_are_left_out(tmp_path):
+    repo = tmp_path / "repo"
+    manifest = write_repo(repo)
+    data = json.loads((repo / "index" / "manifest.json").read_text())
+    data["added_later"] = {"x": 1}
+    data["indices"][0]["added_later"] = 2
+    (repo / "index" / "manifest.json").write_text(json.dumps(data))
+    assert load_manifest(repo).manifest == manifest
+
+
+def test_a_hub_snapshot_is_checked_by_name_and_gives_its_commit(tmp_path, monkeypatch):
+    # huggingface_hub names a snapshot folder by its commit, and its files are links into the
+    # cache's blobs/: they are not followed, so the names alone keep the index in index/.
+    import huggingface_hub
+
+    commit = "c" * 40
+    snapshot = tmp_path / "snapshots" / commit
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: str(snapshot))
+    monkeypatch.chdir(tmp_path)
+    manifest = write_repo(snapshot)
+    for name in ("image_emb.faiss", "caption_emb.faiss"):
+        (blobs / name).write_bytes(b"placeholder")
+        (snapshot / "index" / name).unlink()
+        (snapshot / "index" / name).symlink_to(f"../../../blobs/{name}")
+    loaded = load_manifest("someone/photos")
+    assert (loaded.manifest, loaded.root, loaded.revision) == (manifest, snapshot, commit)
+    for file in ("data/train-00000.parquet", "../secret.faiss"):
+        shutil.rmtree(snapshot)
+        write_repo(snapshot, image_file=file)
+        with pytest.raises(ManifestError, match="must be plain files inside the repo's index/"):
+            load_manifest("someone/photos")
 
 
 def test_an_unknown_column_is_refused(tmp_path):

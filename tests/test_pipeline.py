@@ -671,7 +671,7 @@ def test_index_type_choice():
     assert choose_index(AUTO_FLAT_MAX_ROWS + 1, "auto").factory == "SQfp16"
     assert choose_index(AUTO_FP16_MAX_ROWS, "auto").factory == "SQfp16"
     assert choose_index(AUTO_FP16_MAX_ROWS + 1, "auto").index_type == "ivf-sq8"
-    # IVF: sqrt(N) lists (a power of two), 1/16 of them probed, 64 training vectors a list.
+    # IVF: sqrt(N) lists (a power of two), 1/8 of them probed, 64 training vectors a list.
     big = choose_index(1_000_000, "auto")
     assert (big.index_type, big.factory, big.params) == ("ivf-sq8", "IVF1024,SQ8", {"nprobe": 128})
     assert big.train_size == 64 * 1024
@@ -691,10 +691,24 @@ def test_an_hnsw_index_builds_and_the_run_leaves_no_arrow_copy(tmp_path, shared_
     before = set(cache.rglob("*.arrow")) if cache.is_dir() else set()
     manifest = run_index(IndexConfig(build=build, index_type="hnsw"))
     assert manifest.index("image_emb").factory == "HNSW32,Flat"
+    # The search depth is recorded for the Searcher to set (FAISS's own default is 16).
+    assert [i.params for i in manifest.indices] == [{"efSearch": 128}] * 2
     # datasets' Arrow copy of the shards lived in the build for the run only: none is left
     # there, and none was added to the user's datasets cache.
     assert not (build / ARROW_CACHE_DIR).exists()
     assert (set(cache.rglob("*.arrow")) if cache.is_dir() else set()) == before
+
+
+def test_an_ivf_index_records_the_nprobe_it_was_planned_with(tmp_path, shared_build):
+    # The Searcher sets only what the manifest records: without nprobe an IVF index scans one
+    # list a query (FAISS's default) and misses most of the nearest rows, without a word.
+    build = tmp_path / "b"
+    shutil.copytree(shared_build, build, ignore=shutil.ignore_patterns("index"))
+    manifest = run_index(IndexConfig(build=build, index_type="ivf-sq8"))
+    plan = choose_index(manifest.num_rows, "ivf-sq8")
+    assert plan.params["nprobe"] > 1
+    for info in manifest.indices:
+        assert (info.factory, info.params) == (plan.factory, plan.params)
 
 
 # --- publish + load -----------------------------------------------------------------------
@@ -965,8 +979,12 @@ def test_an_index_type_faiss_cannot_build_is_named_before_the_data_is_written(
         ("garbage", "could not parse index string garbage"),
         ("PQ5", "multiple of the number of subquantizers"),  # 32-d vectors
     ):
-        with pytest.raises(ValueError, match=f"--index-type '{index_type}' is neither .*{said}"):
+        with pytest.raises(
+            ValueError, match=f"--index-type '{index_type}' is neither .*{said}"
+        ) as err:
             run_index(IndexConfig(build=build, index_type=index_type))
+        # FAISS's own words, without the C++ function and source line it starts them with.
+        assert "Error in" not in str(err.value) and ".cpp:" not in str(err.value)
         assert not (build / "data").exists() and not (build / "index").exists()
 
 
@@ -1454,6 +1472,33 @@ def test_index_refuses_a_row_without_an_image_embedding(tmp_path, tiny_encoder, 
     pq.write_table(table, shard)
     with pytest.raises(ValueError, match="1 rows lack an image embedding"):
         run_index(IndexConfig(build=build))
+
+
+def test_an_update_publishes_only_once_indexed_and_the_indices_follow_the_data_files(
+    tmp_path, tiny_encoder, tiny_model_dir
+):
+    import faiss
+    import pyarrow as pa
+    from conftest import write_photos
+
+    data = write_photos(tmp_path / "data", [f"p{i}" for i in range(6)])
+    build, target = tmp_path / "build", 3 * 2_000  # about 3 rows a data file
+    encode(data, build, tiny_encoder, tiny_model_dir)
+    run_index(IndexConfig(build=build, target_bytes=target))
+    write_photos(data, ["a0"])  # first in the listing, so row 0 of the updated build
+    encode(data, build, tiny_encoder, tiny_model_dir)
+    # The index (and the data files it wrote) describe the rows before the update.
+    with pytest.raises(ValueError, match="index does not match the encoded rows; re-run"):
+        publish_to_folder(PublishConfig(build=build, to=tmp_path / "repo"))
+    manifest = run_index(IndexConfig(build=build, target_bytes=target))
+    # The kept files keep their rows; the new row goes to a new file at the end. The indices'
+    # row i is the data files' row i, not the build's.
+    rows = pa.concat_tables([pq.read_table(build / f["path"]) for f in manifest.data_files])
+    assert rows["image_id"].to_pylist()[-1] == "images/a0"
+    for column in ("image_emb", "caption_emb"):
+        index = faiss.read_index(str(build / "index" / f"{column}.faiss"))
+        stored = np.asarray(rows[column].to_pylist(), dtype=np.float32)
+        np.testing.assert_array_equal(index.reconstruct_n(0, index.ntotal), stored)
 
 
 def test_a_row_key_changes_with_any_of_its_stored_values():

@@ -404,6 +404,8 @@ def test_from_repo_refuses_another_model_and_rows_of_another_build(tmp_path):
         ("params", {"nprobe": 16}, "search parameter nprobe=16 for index/image_emb.faiss does not"),
         ("params", {"nprobe": "16"}, "search parameter nprobe='16' for index/image_emb.faiss"),
         ("index_sha256", [1], "index_sha256 is [1], not a path: sha256 mapping"),
+        ("dim", True, "dim is True, not a count"),
+        ("component_revisions", ["a/b"], "component_revisions is ['a/b'], not a Hub id: commit"),
     ],
 )
 def test_from_repo_names_a_manifest_field_of_the_wrong_type(tmp_path, field, value, said):
@@ -590,6 +592,30 @@ def test_from_repo_refuses_missing_altered_or_misshapen_image_ranges(tmp_path):
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(SearchSetupError, match="published before image byte ranges"):
         open_repo(folder)
+
+
+def test_image_ranges_that_would_be_misread_are_refused(tmp_path):
+    # (-1, 0) alone marks a row without image bytes: -1 with a length would read the file's
+    # tail. A Fortran-ordered array holds the same numbers in another order: read as rows,
+    # offsets would be taken for lengths.
+    import hashlib
+    import io
+
+    folder = write_repo(tmp_path / "repo", unit(np.eye(3, DIM) + 0.1))
+    ranges, manifest_path = folder / "index" / "image_ranges.npy", folder / "index/manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    good = np.load(ranges)
+    for bad, said in (
+        (np.array([[0, 10], [-1, 10], [-1, 0]], dtype=np.int64), "a negative offset or length"),
+        (np.asfortranarray(good), r"not an int64 array of \(3, 2\)"),
+    ):
+        buf = io.BytesIO()
+        np.save(buf, bad)
+        ranges.write_bytes(buf.getvalue())
+        manifest["image_ranges_sha256"] = hashlib.sha256(buf.getvalue()).hexdigest()
+        manifest_path.write_text(json.dumps(manifest))
+        with pytest.raises(SearchSetupError, match=said):
+            open_repo(folder)
 
 
 def test_real_model_queries_handle_any_unicode_and_long_text(tiny_encoder):
