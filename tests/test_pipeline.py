@@ -711,6 +711,50 @@ def test_an_ivf_index_records_the_nprobe_it_was_planned_with(tmp_path, shared_bu
         assert (info.factory, info.params) == (plan.factory, plan.params)
 
 
+def test_ivf_lists_are_trained_on_rows_from_all_over_the_build(tmp_path):
+    # Rows are stored in path order, so the first rows are the first folders' photos; trained
+    # on them (datasets' train_size), the lists fit the rest badly: here half of all rows, the
+    # second folder's, fell into one list of 128, and a query there scanned them all.
+    import faiss
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.encode import BUILD_FILE, SHARDS_DIR, features
+
+    n, dim = 16384, 32
+    rng = np.random.default_rng(0)
+    centres = 3 * rng.standard_normal((2, dim)).astype(np.float32)
+    emb = np.concatenate(
+        [c + rng.standard_normal((n // 2, dim), dtype=np.float32) for c in centres]
+    )
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    build = tmp_path / "build"
+    (build / SHARDS_DIR).mkdir(parents=True)
+    ids = [f"{'ab'[i * 2 // n]}/{i:05d}" for i in range(n)]  # two folders, in path order
+    table = pa.table(
+        {
+            "image": [{"bytes": b"\xff\xd8%d" % i, "path": f"{i}.jpg"} for i in range(n)],
+            "image_id": ids,
+            "path": [f"{i}.jpg" for i in ids],
+            "captions": [[] for _ in range(n)],
+            "image_emb": list(emb),
+            "caption_emb": [None] * n,
+            "sha256": [f"{i:064x}" for i in range(n)],
+        },
+        schema=features(dim).arrow_schema,
+    )
+    pq.write_table(table, build / SHARDS_DIR / "shard-00000.parquet")
+    info = {"model_id": "m", "model_revision": None, "model_fingerprint": "sha256:0", "dim": dim}
+    info |= {"source": "two folders", "plan_hash": "", "num_planned": n, "shard_size": n}
+    (build / BUILD_FILE).write_text(json.dumps(info))
+    manifest = run_index(IndexConfig(build=build, index_type="ivf-sq8"))
+    assert manifest.index("image_emb").factory == "IVF128,SQ8"  # trained on 8,192 of the rows
+    index = faiss.read_index(str(build / "index" / "image_emb.faiss"))
+    ivf = faiss.extract_index_ivf(index)  # (a view: index must stay alive)
+    sizes = [ivf.invlists.list_size(i) for i in range(ivf.nlist)]
+    assert sum(sizes) == n and max(sizes) < n // 20, max(sizes)
+
+
 # --- publish + load -----------------------------------------------------------------------
 
 
