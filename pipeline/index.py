@@ -130,11 +130,11 @@ def _check_factory(index_type: str, dim: int) -> None:
 
 def faiss_index(plan: IndexPlan, vectors: np.ndarray):
     """The empty inner-product FAISS index of ``plan`` for ``vectors``, trained where its type
-    needs it on at most ``plan.train_size`` of them, sampled evenly at random from all rows.
+    needs it on at most ``plan.train_size`` of them, drawn at random from all rows.
 
     (datasets' own ``train_size`` takes the first rows: in a build's row order, sorted paths,
     those are the photos of the first folders, and IVF lists trained on a few trips fit the
-    rest badly; recall@10 fell from 0.97 to 0.85 on clustered data stored cluster by cluster.)
+    rest badly: benchmarks/README.md has recall@10 for rows stored cluster by cluster.)
     """
     import faiss
 
@@ -204,7 +204,6 @@ def run_index(config: IndexConfig):
 
 
 def _run_index(config: IndexConfig, cache: Path):
-
     from imagesearchtr.manifest import (
         IMAGE_RANGES_FILE,
         INDEX_DIR,
