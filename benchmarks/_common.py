@@ -65,20 +65,23 @@ def machine_line() -> str:
     )
 
 
-def clustered(n: int, seed: int = 0) -> np.ndarray:
-    """n float32 unit vectors of 768-d with a low intrinsic dimension, like real embeddings."""
+def clustered(n: int, seed: int = 0, by_cluster: bool = False) -> np.ndarray:
+    """n float32 unit vectors of 768-d with a low intrinsic dimension, like real embeddings;
+    ``by_cluster``: stored cluster after cluster, as a build stores photos folder by folder."""
     rng = np.random.default_rng(seed)
     latent = 48
     basis = np.linalg.qr(rng.standard_normal((DIM, latent)))[0].T.astype(np.float32)
     centres = rng.standard_normal((1000, latent)).astype(np.float32)
     out = np.empty((n, DIM), dtype=np.float32)
+    labels = np.empty(n, dtype=np.int64)
     for start in range(0, n, 50_000):
         block = out[start : start + 50_000]
-        z = centres[rng.integers(0, len(centres), len(block))]
+        labels[start : start + len(block)] = rng.integers(0, len(centres), len(block))
+        z = centres[labels[start : start + len(block)]]
         block[:] = (z + rng.standard_normal(z.shape, dtype=np.float32)) @ basis
         block += 0.02 * rng.standard_normal(block.shape, dtype=np.float32)
         block /= np.linalg.norm(block, axis=1, keepdims=True)
-    return out
+    return out[np.argsort(labels, kind="stable")] if by_cluster else out
 
 
 def write_model(folder: Path) -> str:

@@ -334,15 +334,22 @@ def main() -> None:
     report_latency(args, lazy, local, data_bytes, index_bytes, start[0], queried, slow, compared)
 
 
+# (stored cluster by cluster, trained on the first rows) of each measured index
+RECALL_RUNS = ((False, False), (True, False), (True, True))
+
+
 def recall(sizes: list[int]) -> None:
     """recall@10 of ``choose_index(N, "auto")`` (IVF-SQ8) against exact search on clustered
-    vectors: its candidate pool re-scored as the Searcher does (with the index's own 8-bit
-    codes), and, for comparison, with the float32 embeddings; nprobe = nlist / 16 (the old
-    rule) and nlist / 8 (the rule now)."""
+    vectors, stored in random order and cluster by cluster (as photos are, folder by folder),
+    the index trained as the pipeline trains it (``faiss_index``: a sample of all rows) and,
+    stored cluster by cluster, as it did before (the first rows, datasets' ``train_size``): its
+    candidate pool re-scored as the Searcher does (with the index's own 8-bit codes), and, for
+    comparison, with the float32 embeddings; nprobe = nlist / 16 (the old rule) and nlist / 8
+    (the rule now)."""
     import faiss
 
     from imagesearchtr.searcher import MIN_POOL, POOL_FACTOR
-    from pipeline.index import IVF_PROBE_FRACTION, choose_index
+    from pipeline.index import IVF_PROBE_FRACTION, choose_index, faiss_index
 
     k, pool = 10, max(10 * POOL_FACTOR, MIN_POOL)
     lines = [
@@ -353,18 +360,23 @@ def recall(sizes: list[int]) -> None:
         f"top {pool}, re-scored with the vectors the index holds (its 8-bit codes), as the "
         "Searcher does, or with the float32 embeddings (which the Searcher no longer reads).",
         "",
-        "| rows | factory | nprobe | recall@10, the Searcher's scores | with float32 scores |",
-        "| --- | --- | --- | --- | --- |",
+        "| rows | stored | trained on | factory | nprobe | recall@10, the Searcher's scores | "
+        "with float32 scores |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for n in sizes:
+    runs = [(n, by_cluster, first) for n in sizes for by_cluster, first in RECALL_RUNS]
+    for n, by_cluster, first in runs:
         plan = choose_index(n, "auto")
-        x = _common.clustered(n)
+        x = _common.clustered(n, by_cluster=by_cluster)
         rng = np.random.default_rng(5)
         q = x[rng.integers(0, n, 100)] + 0.03 * rng.standard_normal((100, _common.DIM), "f4")
         q /= np.linalg.norm(q, axis=1, keepdims=True)
         truth = [set(np.argpartition(-(x @ v), k)[:k]) for v in q]
-        index = faiss.index_factory(_common.DIM, plan.factory, faiss.METRIC_INNER_PRODUCT)
-        index.train(x[: plan.train_size])
+        if first:  # as datasets' train_size trains it
+            index = faiss.index_factory(_common.DIM, plan.factory, faiss.METRIC_INNER_PRODUCT)
+            index.train(x[: plan.train_size])
+        else:
+            index = faiss_index(plan, x)
         index.add(x)
         ivf = faiss.extract_index_ivf(index)
         ivf.make_direct_map()
@@ -377,9 +389,11 @@ def recall(sizes: list[int]) -> None:
                 held += len(set(c[np.argsort(-(index.reconstruct_batch(c) @ v))[:k]]) & want)
                 exact += len(set(c[np.argsort(-(x[c] @ v))[:k]]) & want)
             rule = " (auto now)" if nprobe == ivf.nlist // IVF_PROBE_FRACTION else ""
+            stored = "cluster by cluster" if by_cluster else "random order"
+            trained = "the first rows (before)" if first else "a sample of all rows"
             lines.append(
-                f"| {n:,} | {plan.factory} | {nprobe}{rule} | {held / 1000:.3f} | "
-                f"{exact / 1000:.3f} |"
+                f"| {n:,} | {stored} | {trained} | {plan.factory} | {nprobe}{rule} | "
+                f"{held / 1000:.3f} | {exact / 1000:.3f} |"
             )
             print(lines[-1], flush=True)
         del x, index
