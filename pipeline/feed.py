@@ -148,7 +148,7 @@ def encode_chunks(
     batch_iter = iter(loader)  # starts the workers before the writer thread exists
     with ShardWriter(write) as writer:
         for chunk_index, positions, last in batches:
-            batch = next(batch_iter) if positions else _Batch([], [], None, [])
+            batch = _next_batch(batch_iter) if positions else _Batch([], [], None, [])
             skips.extend(batch.skips)
             if batch.pixels is not None:
                 try:
@@ -314,6 +314,19 @@ class _DecodeDataset(Dataset):
             skip = Skip(record.path, UNREADABLE_FILE, f"unreadable file ({err})")
             return _Decoded(position, None, None, skip)
         return _Decoded(position, data, self.preprocess([image]), None)
+
+
+def _next_batch(batch_iter) -> _Batch:
+    try:
+        return next(batch_iter)
+    except RuntimeError as err:  # torch's words for a worker that died: say what to do
+        if "DataLoader worker" not in str(err):
+            raise
+        raise FeedError(
+            f"{' '.join(str(err).split())} A process that decodes images ahead of the model was "
+            "killed (by the system's out-of-memory killer, often): run the same command again "
+            "to resume, with --workers 0 to decode in this process"
+        ) from err
 
 
 def _collate(decoded: list[_Decoded]) -> _Batch:

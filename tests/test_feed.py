@@ -115,6 +115,24 @@ def test_a_photo_edited_after_the_plan_is_stored_with_the_hash_of_the_bytes_stor
     assert chunk.rows["sha256"] == [hashlib.sha256(after).hexdigest()]
 
 
+def test_a_decode_worker_that_is_killed_says_how_to_resume(tiny_encoder):
+    # torch's own words ("DataLoader worker (pid N) is killed by signal: Killed.") said
+    # nothing of resuming, nor of --workers 0.
+    import os
+    import signal
+
+    parent = os.getpid()
+
+    def read() -> bytes:
+        if os.getpid() != parent:  # in the worker: killed, as the out-of-memory killer does
+            os.kill(os.getpid(), signal.SIGKILL)
+        return jpeg((1, 2, 3))
+
+    killed = (ImageRecord("k.jpg", "k.jpg", [], read), "0" * 64)
+    with pytest.raises(FeedError, match=r"DataLoader worker .* run the same command again to "):
+        run([(0, [killed])], tiny_encoder, workers=1)
+
+
 def test_out_of_memory_halves_the_batch_and_goes_on(chunks, tiny_encoder):
     lines: list[str] = []
     flaky = OomAbove(tiny_encoder, limit=1)
