@@ -758,6 +758,34 @@ def test_ivf_lists_are_trained_on_rows_from_all_over_the_build(tmp_path):
 # --- publish + load -----------------------------------------------------------------------
 
 
+def test_a_folder_republished_while_a_searcher_loads_it_is_read_again_whole(
+    tmp_path, shared_build, generated_build, tiny_encoder, monkeypatch
+):
+    # `make demo`'s app starting while `publish --to` replaced its folder took the manifest of
+    # one build and files of the other, and refused the folder as damaged ("re-run index").
+    import imagesearchtr.searcher
+    from imagesearchtr import Searcher, SearchSetupError
+
+    repo = tmp_path / "repo"
+    publish_to_folder(PublishConfig(build=shared_build, to=repo))
+    read_manifest, swaps = imagesearchtr.searcher.load_manifest, []
+
+    def republished_meanwhile(*args, **kwargs):
+        loaded = read_manifest(*args, **kwargs)
+        if not swaps:  # once: the old build's manifest read, then the folder replaced
+            swaps.append(publish_to_folder(PublishConfig(build=generated_build, to=repo)))
+        return loaded
+
+    monkeypatch.setattr(imagesearchtr.searcher, "load_manifest", republished_meanwhile)
+    with Searcher.from_repo(repo, encoder=tiny_encoder, cache_dir=tmp_path / "c") as searcher:
+        assert len(searcher) == 6  # the new build, whole
+    assert swaps and swaps[0].changed
+    # A folder that is damaged, not replaced, is refused at once, as before.
+    (repo / "index" / "image_emb.faiss").write_bytes(b"damaged")
+    with pytest.raises(SearchSetupError, match="image_emb.faiss"):
+        Searcher.from_repo(repo, encoder=tiny_encoder, cache_dir=tmp_path / "c")
+
+
 def test_publish_does_not_import_torch(tmp_path, shared_build):
     # imagesearchtr imports its public names on first use, so a command that only reads a
     # manifest and writes files does not pay seconds for importing torch and transformers.

@@ -25,6 +25,9 @@ saying why; the search itself does not fail.
 
 from __future__ import annotations
 
+import os
+import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +63,8 @@ from .vectors import as_query, compose_vectors
 POOL_FACTOR = 4
 MIN_POOL = 50
 MAX_K = 100
+# Loads of a local folder that a publish replaced meanwhile (each try sees it whole or not).
+FOLDER_LOAD_ATTEMPTS = 3
 
 
 class SearchSetupError(RuntimeError):
@@ -156,6 +161,26 @@ class Searcher:
                 f"image_cache_bytes must be a number of bytes (0: no cache), "
                 f"not {image_cache_bytes!r}"
             )
+        args = (repo_id_or_dir, revision, encoder, device, dtype, cache_dir, image_cache_bytes)
+        folder = _folder_version(repo_id_or_dir)  # None for a Hub id
+        for _ in range(FOLDER_LOAD_ATTEMPTS - 1):
+            try:
+                return cls._load(*args, image_max_side)
+            except SearchSetupError:
+                # A folder that `publish --to` swapped for a new one while it was read gave
+                # the manifest of one build and files of the other: read it again, as it is.
+                now = _folder_version(repo_id_or_dir)
+                if folder is None or now == folder:
+                    raise
+                folder = now or folder  # (None: caught between the swap's two renames)
+                time.sleep(0.2)
+        return cls._load(*args, image_max_side)
+
+    @classmethod
+    def _load(
+        cls, repo_id_or_dir, revision, encoder, device, dtype, cache_dir, image_cache_bytes,
+        image_max_side,
+    ) -> Searcher:  # fmt: skip
         where = str(repo_id_or_dir)
         try:
             loaded = load_manifest(repo_id_or_dir, revision)
@@ -490,3 +515,13 @@ def _check_k(k: int, n: int) -> int:
     if not _is_whole(k, minimum=1):
         raise ValueError(f"k must be a positive integer, got {k!r}")
     return int(min(k, MAX_K, n))
+
+
+def _folder_version(location) -> tuple[int, int] | None:
+    """(device, inode) of a local folder, which ``publish --to`` replaces by a new one; None
+    for anything else (a Hub id, a folder that is not there)."""
+    try:
+        st = os.stat(Path(location).expanduser())
+    except (OSError, ValueError):
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
