@@ -781,7 +781,9 @@ def test_a_folder_republished_while_a_searcher_loads_it_is_read_again_whole(
         assert len(searcher) == 6  # the new build, whole
     assert swaps and swaps[0].changed
     # A folder that is damaged, not replaced, is refused at once, as before.
-    (repo / "index" / "image_emb.faiss").write_bytes(b"damaged")
+    damaged = repo / "index" / "image_emb.faiss"
+    damaged.unlink()  # (not written in place: it is a hard link to the build's file)
+    damaged.write_bytes(b"damaged")
     with pytest.raises(SearchSetupError, match="image_emb.faiss"):
         Searcher.from_repo(repo, encoder=tiny_encoder, cache_dir=tmp_path / "c")
 
