@@ -355,6 +355,11 @@ def _safe_relative(value, folder: Path) -> tuple[str, str | None]:
     return rel, None
 
 
+def is_listed_photo(name: str) -> bool:
+    """True for a file name an encode lists as a photo (hidden files are not)."""
+    return Path(name).suffix.lower() in LISTED_SUFFIXES and not name.startswith(".")
+
+
 def _image_files(folder: Path) -> tuple[list[Path], list[str]]:
     """The photo files under ``folder``, sorted, and the links that point nowhere (relative
     paths: a linked folder or photo whose target is gone)."""
@@ -373,7 +378,7 @@ def _image_files(folder: Path) -> tuple[list[Path], list[str]]:
         dirs[:] = kept
         for name in names:
             path = Path(root, name)
-            wanted = path.suffix.lower() in LISTED_SUFFIXES and not name.startswith(".")
+            wanted = is_listed_photo(name)
             if wanted and path.is_file():
                 found.append(path)
             elif not name.startswith(".") and path.is_symlink() and not path.exists():

@@ -60,7 +60,7 @@ from . import _io
 from .datafiles import DATA_DIR
 from .encode import features, skip_kind
 from .index import INDEXED_FILE, SKIPPED_FILE, build_shards, indexed_state
-from .inputs import CAPTIONS_FILE, LISTED_SUFFIXES
+from .inputs import CAPTIONS_FILE, is_listed_photo
 
 CARD_FILE = "README.md"
 MANAGED_DIRS = (DATA_DIR, INDEX_DIR)
@@ -266,12 +266,12 @@ def _check_license(license: str | None, *, offline_ok: bool = False) -> str | No
 
 
 def _first_photo(folder: Path) -> str | None:
-    """The first photo file under ``folder`` (a suffix an encode lists), relative; hidden
+    """The first photo file under ``folder`` (a name an encode lists), relative; hidden
     folders are left out (a publish's own staging and trash trees)."""
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
-            if Path(name).suffix.lower() in LISTED_SUFFIXES and not name.startswith("."):
+            if is_listed_photo(name):
                 return (Path(root) / name).relative_to(folder).as_posix()
     return None
 

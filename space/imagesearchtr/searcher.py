@@ -25,6 +25,7 @@ saying why; the search itself does not fail.
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 import time
@@ -161,11 +162,14 @@ class Searcher:
                 f"image_cache_bytes must be a number of bytes (0: no cache), "
                 f"not {image_cache_bytes!r}"
             )
-        args = (repo_id_or_dir, revision, encoder, device, dtype, cache_dir, image_cache_bytes)
+        load = functools.partial(
+            cls._load, repo_id_or_dir, revision, encoder, device, dtype, cache_dir,
+            image_cache_bytes, image_max_side,
+        )  # fmt: skip
         folder = _folder_version(repo_id_or_dir)  # None for a Hub id
         for _ in range(FOLDER_LOAD_ATTEMPTS - 1):
             try:
-                return cls._load(*args, image_max_side)
+                return load()
             except SearchSetupError:
                 # A folder that `publish --to` swapped for a new one while it was read gave
                 # the manifest of one build and files of the other: read it again, as it is.
@@ -174,7 +178,7 @@ class Searcher:
                     raise
                 folder = now or folder  # (None: caught between the swap's two renames)
                 time.sleep(0.2)
-        return cls._load(*args, image_max_side)
+        return load()
 
     @classmethod
     def _load(
