@@ -430,6 +430,8 @@ def _hub_refused(err: BaseException) -> str | None:
     """The one-line message for an HTTP error answer of the Hub somewhere in ``err``'s chain."""
     from huggingface_hub.errors import HfHubHTTPError
 
+    from imagesearchtr.manifest import refused_access
+
     cause = _in_chain(err, (HfHubHTTPError,))
     if cause is None:
         return None
@@ -439,10 +441,7 @@ def _hub_refused(err: BaseException) -> str | None:
     except (AttributeError, RuntimeError):  # httpx raises RuntimeError for a missing request
         url = "the Hub"
     if status in (401, 403):
-        return (
-            f"the Hub refused access (HTTP {status}) to {url}: set HF_TOKEN to a valid token "
-            "that can read it, or run `hf auth login`"
-        )
+        return refused_access(status, url)
     return f"the Hub answered {url} with HTTP {status}: {_one_line(cause)}"
 
 

@@ -53,6 +53,7 @@ from imagesearchtr.manifest import (
     MANIFEST_FILE,
     Manifest,
     load_manifest,
+    refused_access,
     sha256_file,
 )
 
@@ -706,10 +707,7 @@ def _download(api, repo_id: str, filename: str, revision: str) -> Path:
 def hub_error_text(err, repo_id: str) -> str:
     status = getattr(getattr(err, "response", None), "status_code", None)
     if status in (401, 403):
-        return (
-            f"the Hub refused access to {repo_id} (HTTP {status}): set HF_TOKEN to a token with "
-            "write access, or run `hf auth login`"
-        )
+        return refused_access(status, repo_id, can="write to it")
     if status == 412:
         return f"{repo_id} changed while publishing; run the same publish command again"
     first_line = str(err).splitlines()[0] if str(err) else type(err).__name__

@@ -214,14 +214,17 @@ def test_publish_without_a_valid_token_fails_clearly(built, hub_env, local_hub):
         env=env,
         check=False,
     )
-    assert result.returncode == 2
-    assert "HF_TOKEN" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the Hub refused access (HTTP 401)"), last
+    assert "HF_TOKEN to a valid token that can write to it" in last, last
     assert "hf_wrong_token_123456" not in result.stderr + result.stdout
     # Reading with a wrong token: the same kind of line, not the client's traceback.
     result = run_cli("evaluate", "--repo", f"{local_hub.user}/nope", env=env, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: the Hub refused access (HTTP 401)") and "HF_TOKEN" in last
+    assert last.startswith("error: the Hub refused access (HTTP 401)"), last
+    assert "HF_TOKEN to a valid token that can read it" in last, last
     assert "hf_wrong_token_123456" not in result.stderr + result.stdout
 
 

@@ -77,6 +77,15 @@ def describe_error(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
+def refused_access(status: int, what: str, can: str = "read it") -> str:
+    """The message for the Hub's 401 or 403 answer: what it refused and the fix. One wording
+    for the Space, the CLI and publish (``can`` says what the token must be allowed to do)."""
+    return (
+        f"the Hub refused access (HTTP {status}) to {what}: set HF_TOKEN to a valid token that "
+        f"can {can}, or run `hf auth login`"
+    )
+
+
 def transport_errors() -> tuple[type[Exception], ...]:
     """The error types of a dropped, refused or timed-out connection to the Hub: httpx's
     (gradio's client) and httpx2's (huggingface_hub >= 2 makes its requests with httpx2, a
@@ -397,10 +406,7 @@ def _download_index(repo_id: str, revision: str | None, index_files: bool) -> tu
     answer = failed.__cause__ if isinstance(failed.__cause__, HfHubHTTPError) else failed
     status = getattr(getattr(answer, "response", None), "status_code", None)
     if status in (401, 403):
-        raise ManifestError(
-            f"the Hub refused access (HTTP {status}) to the dataset {repo_id}: set HF_TOKEN to "
-            "a valid token that can read it, or run `hf auth login`"
-        )
+        raise ManifestError(refused_access(status, f"the dataset {repo_id}"))
     if isinstance(answer, HfHubHTTPError) and status and status < 500 and status != 429:
         raise failed  # another refusal: the Hub's own words
     raise ManifestError(
