@@ -13,6 +13,8 @@ import os
 import sys
 from pathlib import Path
 
+from imagesearchtr.manifest import DATA_DIR, INDEX_DIR, MANIFEST_FILE
+
 from .download import DownloadConfig
 from .encode import EncodeConfig
 from .evaluate import (
@@ -21,17 +23,17 @@ from .evaluate import (
     DEFAULT_NEGATIVE_WEIGHTS,
     DEFAULT_TEXT_WEIGHTS,
 )
-from .index import AUTO_RULE, INDEX_TYPES
+from .index import AUTO_RULE, INDEX_TYPES, SHARDS_DIR, IndexConfig
 from .inputs import HubSource
-from .publish import PublishConfig
+from .publish import CARD_FILE, PublishConfig
 from .space import DEFAULT_HARDWARE, SpaceConfig
 
 SHOWN_DELETES = 10  # deleted files `publish` names; the rest it counts
-DESCRIPTION = """\
+DESCRIPTION = f"""\
 Build a searchable Turkish image dataset: download -> encode -> index -> publish.
 
-  python -m pipeline download --num-samples 1000 --output-dir data/
-  python -m pipeline encode --data data/ --model utkubascakir/MultiEmbedTR --out build/
+  python -m pipeline download --num-samples {DownloadConfig.num_samples} --output-dir data/
+  python -m pipeline encode --data data/ --model {EncodeConfig.model} --out build/
   python -m pipeline index --build build/
   python -m pipeline publish --build build/ --repo USER/NAME     (or --to FOLDER)
   python -m pipeline publish-space --space USER/NAME-search --dataset-repo USER/NAME
@@ -178,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--index-type",
         type=_index_type,
-        default="auto",
+        default=IndexConfig.index_type,
         help=f"{', '.join(INDEX_TYPES)}, or a FAISS factory string (auto: {AUTO_RULE})",
     )
     p.add_argument(
@@ -581,7 +583,7 @@ def _holds(build: Path, photos: Path) -> bool:
     """Whether the build folder is the photos folder, or holds it in data/, index/ or shards/."""
     build, photos = build.expanduser().resolve(), photos.expanduser().resolve()
     return photos == build or any(
-        photos.is_relative_to(build / name) for name in ("data", "index", "shards")
+        photos.is_relative_to(build / name) for name in (DATA_DIR, INDEX_DIR, SHARDS_DIR)
     )
 
 
@@ -602,7 +604,7 @@ def _index(args) -> int:
     manifest = run_index(config)
     kinds = ", ".join(f"{i.column}: {i.factory} ({i.ntotal})" for i in manifest.indices)
     print(f"indexed {manifest.num_rows} rows, dim {manifest.dim}; {kinds}")
-    print(f"manifest: {Path(args.build) / 'index' / 'manifest.json'}")
+    print(f"manifest: {Path(args.build) / INDEX_DIR / MANIFEST_FILE}")
     return 0
 
 
@@ -626,7 +628,7 @@ def _publish(args) -> int:
         written = len(result.uploaded) + result.card_changed
         print(f"files written: {written}, deleted: {len(result.deleted)}")
         if result.card_changed:
-            print("  wrote README.md (the card)")
+            print(f"  wrote {CARD_FILE} (the card)")
         for path in result.deleted[:SHOWN_DELETES]:
             print(f"  deleted {path}")
         if len(result.deleted) > SHOWN_DELETES:

@@ -55,6 +55,7 @@ from tqdm.auto import tqdm
 from . import _io
 from .index import BUILD_FILE, REUSE_LAYOUT_FILE, SHARDS_DIR, SKIPPED_FILE, read_build_info
 from .inputs import (
+    CAPTIONS_FILE,
     DUPLICATE,
     EMPTY_FILE,
     MISSING_FILE,
@@ -100,7 +101,6 @@ class EncodeSummary:
     skipped: int
     skipped_reasons: dict
     seconds: float
-    shards_written: int
     # False on the other ranks of a torchrun: rank 0 alone reports what the run did.
     reports: bool = True
     notes: tuple[str, ...] = ()  # what the user should know about the rows kept
@@ -297,7 +297,7 @@ def _run_encode(source, config: EncodeConfig, encoder, lock: contextlib.ExitStac
             complete = _Completer(chunks, names, shards_dir, cache, encoder, config, stats, bar)
             # The feed runs the model only on the images no earlier row holds; the writer
             # thread puts each chunk's rows back together with the reused ones, in plan order.
-            stats["shards_written"] = encode_chunks(
+            encode_chunks(
                 [(i, complete.new_images(i)) for i in todo],
                 encoder,
                 complete,
@@ -393,7 +393,6 @@ def _summary(stats: Counter, images: int, captions: int, skips: list, started: f
         skipped=len(skips),
         skipped_reasons=dict(Counter(skip_kind(s) for s in skips)),
         seconds=time.perf_counter() - started,
-        shards_written=stats["shards_written"],
     )
 
 
@@ -688,14 +687,14 @@ def summary_text(summary: EncodeSummary) -> str:
         f"  images: {summary.encoded_images} encoded, {summary.reused_images} reused; "
         f"captions: {summary.encoded_captions} encoded, {summary.reused_captions} reused "
         f"(counts in {SUMMARY_FILE})",
-        f"skipped {summary.skipped} inputs (reasons in skipped.jsonl)",
+        f"skipped {summary.skipped} inputs (reasons in {SKIPPED_FILE})",
     ]
     lines += [f"  {count:6d}  {kind}" for kind, count in sorted(summary.skipped_reasons.items())]
     lines += [f"note: {note}" for note in summary.notes]
     if summary.images and not summary.num_captions:
         lines.append(
             "warning: no caption was read, so text search and Deep Search will find nothing "
-            "in this build; a folder's captions come from its captions.jsonl, one UTF-8 JSON "
-            "line per caption (README, 'Your own photos'; skipped.jsonl says why a line failed)"
+            f"in this build; a folder's captions come from its {CAPTIONS_FILE}, one UTF-8 JSON "
+            f"line per caption (README, 'Your own photos'; {SKIPPED_FILE} says why a line failed)"
         )
     return "\n".join(lines)

@@ -232,16 +232,16 @@ def shard_table(rows: dict, row_features):
 class ShardWriter:
     """Calls ``write(item)`` for each submitted item, in order, on one background thread.
 
-    ``submit`` blocks while ``max_pending`` items wait. Leaving the ``with`` block writes every
-    item already submitted (they are complete, so none is lost when the feed fails later), then
-    re-raises the first write error as a ``FeedError``.
+    ``submit`` blocks while ``MAX_PENDING_WRITES`` items wait. Leaving the ``with`` block writes
+    every item already submitted (they are complete, so none is lost when the feed fails later),
+    then re-raises the first write error as a ``FeedError``.
     """
 
     _DONE = object()
 
-    def __init__(self, write: Callable[[ChunkRows], None], max_pending: int = MAX_PENDING_WRITES):
+    def __init__(self, write: Callable[[ChunkRows], None]):
         self._write = write
-        self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
+        self._queue: queue.Queue = queue.Queue(maxsize=MAX_PENDING_WRITES)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name="shard-writer", daemon=True)
 
@@ -305,8 +305,7 @@ class _DecodeDataset(Dataset):
             data = record.read_bytes()
             image = open_image(data)
         except ImageLoadError as err:
-            # open_image names bytes as "<N bytes>": report the file instead.
-            reason = str(err).split(": ", 1)[-1]
+            reason = err.reason  # not str(err), which names "<N bytes>": the Skip names the file
             if PurePosixPath(record.path).suffix.lower() in CONVERT_FIRST:
                 reason += "; convert HEIC photos to JPEG first"
             return _Decoded(position, None, None, Skip(record.path, NOT_AN_IMAGE, reason))

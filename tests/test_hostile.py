@@ -639,7 +639,7 @@ def test_a_build_without_any_caption_says_so():
 
     counts = dict(
         encoded_images=3, reused_images=0, reused_captions=0, skipped=41,
-        skipped_reasons={"bad caption line": 41}, seconds=1.0, shards_written=1,
+        skipped_reasons={"bad caption line": 41}, seconds=1.0,
     )  # fmt: skip
     text = summary_text(EncodeSummary(images=3, encoded_captions=0, **counts))
     assert "warning: no caption was read" in text and "captions.jsonl" in text

@@ -54,7 +54,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .image_cache import ImageCache, remove_old_files
 from .images import MAX_PIXELS, to_rgb
-from .manifest import describe_error
+from .manifest import REINDEX, describe_error
 
 # What a result shows besides its image, and ``path``, whose chunk lies between theirs in the
 # files: with it the three are one range read a row group; without it, pyarrow makes two
@@ -352,8 +352,7 @@ def _check_hub_files(source: Source, entries: list[dict]) -> None:
         if sha is not None and sha != entry["sha256"]:
             raise RowsError(
                 f"{source.location}@{source.revision}: {entry['path']} is not the file the "
-                "index was built over (its sha256 differs from the manifest's); re-run "
-                "`python -m pipeline index` and publish again"
+                f"index was built over (its sha256 differs from the manifest's); {REINDEX}"
             )
 
 

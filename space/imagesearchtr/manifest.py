@@ -27,6 +27,8 @@ EMBEDDING_COLUMNS = ("image_emb", "caption_emb")
 # Where each row's image bytes lie in its data file: an int64 (rows, 2) array of (offset,
 # length), row order, so that the Space reads one image with one range read of its own bytes.
 IMAGE_RANGES_FILE = f"{INDEX_DIR}/image_ranges.npy"
+# What every "the index files do not fit" refusal tells the repo's owner to do.
+REINDEX = "re-run `python -m pipeline index` and publish again"
 
 
 # What a model component repo (``component_revisions``) contributes: its config, tokenizer and
@@ -263,20 +265,19 @@ class LoadedManifest:
 
         require_image_ranges(self.manifest, where)
         where = f"{where}: {IMAGE_RANGES_FILE}"
-        again = "re-run `python -m pipeline index` and publish again"
         path = self.root / IMAGE_RANGES_FILE
         inside = (self.root / INDEX_DIR).resolve()
         if not path.is_file() or (
             self.revision is None and not path.resolve().is_relative_to(inside)
         ):
-            raise ManifestError(f"{where} is missing (or not a file inside index/); {again}")
+            raise ManifestError(f"{where} is missing (or not a file inside index/); {REINDEX}")
         data = path.read_bytes()
         if hashlib.sha256(data).hexdigest() != self.manifest.image_ranges_sha256:
-            raise ManifestError(f"{where} is not the file the manifest names (sha256); {again}")
+            raise ManifestError(f"{where} is not the file the manifest names (sha256); {REINDEX}")
         # The repo's author wrote the manifest too, so its sha256 proves nothing about the
         # content: the header is read first (np.load would allocate whatever shape it claims).
         wanted = (self.manifest.num_rows, 2)
-        bad = ManifestError(f"{where} is not an int64 array of {wanted}; {again}")
+        bad = ManifestError(f"{where} is not an int64 array of {wanted}; {REINDEX}")
         buf = io.BytesIO(data)
         readers = {
             (1, 0): np.lib.format.read_array_header_1_0,
@@ -291,7 +292,7 @@ class LoadedManifest:
         if shape[0] != wanted[0]:
             raise ManifestError(
                 f"{where} has {shape[0]} rows but the manifest says {wanted[0]}; rows and "
-                f"indices come from different builds; {again}"
+                f"indices come from different builds; {REINDEX}"
             )
         if len(data) - buf.tell() != 16 * wanted[0]:
             raise bad
@@ -299,7 +300,7 @@ class LoadedManifest:
         offsets, lengths = ranges[:, 0], ranges[:, 1]
         none = (offsets == -1) & (lengths == 0)
         if not (none | ((offsets >= 0) & (lengths > 0))).all():
-            raise ManifestError(f"{where} holds a negative offset or length; {again}")
+            raise ManifestError(f"{where} holds a negative offset or length; {REINDEX}")
         return ranges
 
 
@@ -352,8 +353,7 @@ def load_manifest(
         manifest = Manifest.from_dict(data)
     except (UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError) as err:
         raise ManifestError(
-            f"{where}: {INDEX_DIR}/{MANIFEST_FILE} is not a valid index manifest ({err}); "
-            "re-run `python -m pipeline index` and publish again"
+            f"{where}: {INDEX_DIR}/{MANIFEST_FILE} is not a valid index manifest ({err}); {REINDEX}"
         ) from None
     for info in manifest.indices:
         _check_index_file(where, root, info, follow_links=resolved is None)
@@ -420,8 +420,7 @@ def _check_index_file(where: str, root: Path, info: IndexInfo, follow_links: boo
     file = info.file
     refused = ManifestError(
         f"{where}: the manifest names {file!r} as the {info.column} index, but index files must "
-        f"be plain files inside the repo's {INDEX_DIR}/ folder; nothing was opened. Re-run "
-        "`python -m pipeline index` and publish again"
+        f"be plain files inside the repo's {INDEX_DIR}/ folder; nothing was opened; {REINDEX}"
     )
     if info.column not in EMBEDDING_COLUMNS:
         raise ManifestError(
@@ -459,6 +458,6 @@ def _check_data_file(where: str, entry) -> None:
     if not ok:
         raise ManifestError(
             f"{where}: the manifest lists {path!r} as a data file, but data files must be "
-            f"{DATA_DIR}/NAME.parquet entries with num_rows and sha256; nothing was opened. "
-            "Re-run `python -m pipeline index` and publish again"
+            f"{DATA_DIR}/NAME.parquet entries with num_rows and sha256; nothing was opened; "
+            f"{REINDEX}"
         )

@@ -77,8 +77,8 @@ class MultiEmbedTRConfig:
         return cls(
             text_model_name=data["text_model_name"],
             vision_model_name=data["vision_model_name"],
-            embed_dim=int(data.get("embed_dim", data.get("projection_dim", 768))),
-            dropout=float(data.get("dropout", 0.4)),
+            embed_dim=int(data.get("embed_dim", data.get("projection_dim", cls.embed_dim))),
+            dropout=float(data.get("dropout", cls.dropout)),
         )
 
 

@@ -18,7 +18,7 @@ other proposes a larger pool: a graph (HNSW) index finds more of the true top k 
 more, an L2 index's order is redone as cosines, and Deep Search fuses the two pools. The scores
 are exact cosines where the index holds whole vectors (Flat, HNSW, IVF-Flat) and the index's own
 quantised ones otherwise, so its rank errors stay (fp16: about 1e-4 off; ivf-sq8: about 0.002,
-recall@10 0.990 at a million rows: benchmarks/README.md).
+recall@10 0.991 at a million rows: benchmarks/README.md).
 An image that cannot be fetched or decoded is shown as a placeholder with ``Hit.image_error``
 saying why; the search itself does not fail.
 """
@@ -50,6 +50,7 @@ from .lazy_rows import (
 from .manifest import (
     EMBEDDING_COLUMNS,
     INDEX_DIR,
+    REINDEX,
     LoadedManifest,
     Manifest,
     ManifestError,
@@ -445,8 +446,7 @@ def _load_index(rows, loaded: LoadedManifest, column: str, where: str, recorded:
         info = manifest.index(column)
     except KeyError:
         raise SearchSetupError(
-            f"{where}: the manifest names no index for {column}; re-run `python -m pipeline "
-            "index` and publish again"
+            f"{where}: the manifest names no index for {column}; {REINDEX}"
         ) from None
     path = loaded.index_path(column)
     if not path.is_file():
@@ -456,8 +456,7 @@ def _load_index(rows, loaded: LoadedManifest, column: str, where: str, recorded:
     if expected is not None and (recorded.get(info.file) or sha256_file(path)) != expected:
         raise SearchSetupError(
             f"{where}: {info.file} is not the index the manifest was written with (its sha256 "
-            "differs): it comes from another build, or it is damaged; re-run `python -m "
-            "pipeline index` and publish again"
+            f"differs): it comes from another build, or it is damaged; {REINDEX}"
         )
     try:
         rows.load_faiss_index(column, str(path))
@@ -465,7 +464,7 @@ def _load_index(rows, loaded: LoadedManifest, column: str, where: str, recorded:
         # The library's text is not shown: FAISS quotes the file's first bytes in it.
         raise SearchSetupError(
             f"{where}: cannot load {info.file}: it is not a FAISS index over these rows, or it "
-            "is damaged; re-run `python -m pipeline index` and publish again"
+            f"is damaged; {REINDEX}"
         ) from None
     index = rows.get_index(column).faiss_index
     if index.d != manifest.dim or index.ntotal != manifest.num_rows:
@@ -480,7 +479,7 @@ def _load_index(rows, loaded: LoadedManifest, column: str, where: str, recorded:
         except (RuntimeError, TypeError):  # FAISS's text is C++ internals: say what and where
             raise SearchSetupError(
                 f"{where}: the manifest's search parameter {name}={value!r} for {info.file} does "
-                "not apply to that index; re-run `python -m pipeline index` and publish again"
+                f"not apply to that index; {REINDEX}"
             ) from None
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:  # an IVF index finds a row's vector through a row -> list map
