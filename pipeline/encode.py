@@ -286,7 +286,9 @@ def _run_encode(source, config: EncodeConfig, encoder, lock: contextlib.ExitStac
         old = [p for p in sorted(shards_dir.glob("shard-*.parquet")) if p.name not in planned_names]
         cache = RowCache([(None, str(p)) for p in old] + reuse_files) if todo else None
         stats = Counter()
-        workers = default_workers(encoder.device) if config.workers is None else config.workers
+        workers = config.workers
+        if workers is None:
+            workers = default_workers(encoder.device, ranks.local_world_size)
         with tqdm(
             total=sum(len(chunks[i]) for i in mine),
             initial=sum(len(chunks[i]) for i in mine if i not in todo),

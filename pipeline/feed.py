@@ -70,9 +70,10 @@ class ChunkRows:
         return len(self.rows["image_id"])
 
 
-def default_workers(device: torch.device | str = "cpu") -> int:
+def default_workers(device: torch.device | str = "cpu", local_world_size: int = 1) -> int:
     """A sensible share of this process's cores for decoding: half the node's cores split
-    between the local ranks (torchrun's LOCAL_WORLD_SIZE). The process itself needs cores too
+    between the ``local_world_size`` ranks on this node (``Ranks.local_world_size``, from
+    torchrun's LOCAL_WORLD_SIZE). The process itself needs cores too
     (its main thread runs the captions and receives the batches; the pinning and writer
     threads): on a 16-core H200 machine 7 workers fed the GPU faster than 14. On CPU the model
     needs the cores: half of that again."""
@@ -80,7 +81,7 @@ def default_workers(device: torch.device | str = "cpu") -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    share = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) // 2
+    share = cores // max(1, local_world_size) // 2
     if torch.device(device).type == "cpu":
         share //= 2
     return max(0, min(MAX_DEFAULT_WORKERS, share))

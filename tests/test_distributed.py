@@ -155,6 +155,18 @@ def test_one_process_needs_no_group_and_env_errors_are_clear():
         timeout_from_env({"IMAGESEARCHTR_DIST_TIMEOUT_S": "0"})
 
 
+def test_torchrun_variables_set_empty_read_as_unset(tmp_path, photos, tiny_model_dir):
+    """A shell that exports ``LOCAL_WORLD_SIZE=`` (empty) runs one plain process, as the
+    rank reader treats it: the decode-worker default read that variable on its own, with int()."""
+    import cli_forks
+
+    empty = dict.fromkeys(("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"), "")
+    args = ["encode", "--data", photos, *encode_flags(tiny_model_dir, tmp_path / "build")]
+    result = cli_forks.run(args, {**os.environ, **empty})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "build: 12 images" in result.stdout
+
+
 # --- the real `python -m pipeline encode` under two gloo processes -------------------------------
 
 

@@ -193,14 +193,11 @@ def test_shard_writer_writes_everything_submitted_before_a_failure():
 
 def test_default_workers_share_the_cores_between_local_ranks(monkeypatch):
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))
-    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert default_workers("cuda") == 8
     assert default_workers("cpu") == 4
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
-    assert default_workers("cuda") == 2
-    assert default_workers("cpu") == 1
+    assert default_workers("cuda", local_world_size=4) == 2
+    assert default_workers("cpu", local_world_size=4) == 1
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(64)))
-    monkeypatch.delenv("LOCAL_WORLD_SIZE")
     assert default_workers("cuda") == 16
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0})
     assert default_workers("cpu") == 0

@@ -496,7 +496,7 @@ def _float32_rotary_buffers(
 
 
 def _local_rank() -> int:
-    value = os.environ.get("LOCAL_RANK", "0")
+    value = os.environ.get("LOCAL_RANK") or "0"  # empty: unset, as pipeline.distributed reads it
     try:
         return int(value)
     except ValueError:
