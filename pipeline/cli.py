@@ -596,9 +596,10 @@ def _index(args) -> int:
 
         try:
             target = convert_file_size_to_int(args.max_data_file_size)
+            IndexConfig(args.build, target_bytes=target)  # the size rule's home
         except ValueError:
             raise ValueError(
-                f"--max-data-file-size {args.max_data_file_size!r}: give a size like 500MB"
+                f"--max-data-file-size {args.max_data_file_size!r}: give a size above 0, like 500MB"
             ) from None
     config = IndexConfig(build=args.build, index_type=args.index_type, target_bytes=target)
     manifest = run_index(config)

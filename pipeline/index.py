@@ -78,6 +78,11 @@ class IndexConfig:
     index_type: str = "auto"
     target_bytes: int | None = None  # data file size; None: datasets' push_to_hub size
 
+    def __post_init__(self):
+        # Below 1 every row would get a data file of its own (0 used to mean the default).
+        if self.target_bytes is not None and self.target_bytes < 1:
+            raise ValueError(f"target_bytes={self.target_bytes}: give a size of at least 1 byte")
+
 
 @dataclass(frozen=True)
 class IndexPlan:

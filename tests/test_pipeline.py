@@ -262,6 +262,9 @@ def test_cli_refuses_bad_numbers_before_any_work(tmp_path, capsys):
         ([*encode, "--batch-size-img", "0"], "--batch-size-img must be >= 1"),
         ([*evaluate, "--alphas", "1.5"], "--alphas '1.5': each number must be between 0 and 1"),
         ([*evaluate, "--composed", "--negative-weights", "500"], "between 0 and 100"),
+        # A size below 1 byte would give every row a data file of its own.
+        (["index", "--build", tmp_path / "b", "--max-data-file-size=-5MB"], "size above 0"),
+        (["index", "--build", tmp_path / "b", "--max-data-file-size", "0"], "size above 0"),
     ):
         assert main([str(a) for a in argv]) == 2, argv
         err = capsys.readouterr().err
