@@ -642,3 +642,22 @@ def test_a_model_the_hub_refuses_is_named(tmp_path, monkeypatch):
     with pytest.raises(SearchSetupError, match=r"its model fake/model could not be fetched "
                        r"\(RepositoryNotFoundError: 401 .*HF_TOKEN"):  # fmt: skip
         Searcher.from_repo(folder, cache_dir=tmp_path / "cache")
+
+
+def test_close_lets_go_of_the_fetch_threads(tmp_path):
+    """A process that loads Searchers in turn (a reload after a publish) keeps no threads of
+    the ones it closed."""
+    import threading
+
+    def fetchers() -> set:
+        return {t for t in threading.enumerate() if t.name.startswith("image-fetch")}
+
+    rng = np.random.default_rng(5)
+    before = fetchers()
+    for n in range(3):
+        repo = write_repo(tmp_path / f"repo{n}", unit(rng.normal(size=(20, DIM))), [None] * 20)
+        with open_repo(repo) as searcher:
+            assert searcher.search_similar(0, k=3)  # the pool's threads start with a fetch
+    assert fetchers() == before
+    with pytest.raises(ValueError, match="this Searcher was closed"):
+        searcher.images.fetch([1])

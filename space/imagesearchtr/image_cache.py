@@ -113,6 +113,13 @@ class ImageCache:
         except Exception as err:  # noqa: BLE001 - a cache error must not fail the search
             log.debug("image cache: put %s failed: %s", name, err)
 
+    def close(self) -> None:
+        """Close the file; every get after this is a miss, every put dropped."""
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
     def _evict(self) -> None:
         """Delete the least recently used images down to 80% of the bound, in one transaction."""
         self._db.execute("BEGIN IMMEDIATE")

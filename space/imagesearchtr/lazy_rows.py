@@ -508,6 +508,12 @@ class ImageStore:
         # a small range read.
         self._pool = ThreadPoolExecutor(FETCH_WORKERS, thread_name_prefix="image-fetch")
 
+    def close(self) -> None:
+        """Stop the fetch threads, close the image cache and the source's open files."""
+        self._pool.shutdown()
+        self.cache.close()
+        self.source.close()
+
     def locate(self, row: int) -> tuple[int, int]:
         """(file number, row within that file)."""
         number = bisect.bisect_right(self.starts, row) - 1
@@ -515,6 +521,7 @@ class ImageStore:
 
     def fetch(self, rows: list[int]) -> list[Fetched]:
         """The images of ``rows`` (RGB), in that order; placeholders for failures."""
+        self.source.check_open()
         found: dict[int, bytes | Exception | None] = {
             row: self.cache.get(self._cache_name(row)) for row in rows
         }

@@ -117,8 +117,9 @@ class Searcher:
         return self.manifest.num_rows
 
     def close(self) -> None:
-        """Let go of the local data files held open since load; no search after this."""
-        self.images.source.close()
+        """Let go of what load holds (open data files, the image cache, the fetch threads); no
+        search after this."""
+        self.images.close()
 
     def __enter__(self) -> Searcher:
         return self
