@@ -99,16 +99,16 @@ def row_keys(table, embeddings: tuple | None = None) -> list[str]:
 def plan_layout(
     keys: list[str],
     row_bytes: list[int],
-    previous: list[tuple[str, list[str], int]],
+    previous: list[tuple[str, list[str]]],
     target_bytes: int,
 ) -> list[PlannedFile]:
-    """Apply the module's rule. ``previous``: (path, row keys, size in bytes), any order."""
+    """Apply the module's rule. ``previous``: (path, row keys) of each file, any order."""
     position = {key: i for i, key in enumerate(keys)}
     placed: set[int] = set()
     files: list[PlannedFile] = []
-    numbers = [int(m.group(1)) for path, _, _ in previous if (m := _NAME.search(path))]
+    numbers = [int(m.group(1)) for path, _ in previous if (m := _NAME.search(path))]
     next_number = max(numbers, default=-1) + 1
-    for path, old_keys, _ in sorted(previous):
+    for path, old_keys in sorted(previous):
         rows = [position[k] for k in old_keys if k in position and position[k] not in placed]
         placed.update(rows)
         if rows:
@@ -157,8 +157,8 @@ def row_sizes(table) -> list[int]:
     return (lengths.astype(np.int64) + 8 * dim + 256).tolist()
 
 
-def read_previous(files: list[tuple[object, str, str]]) -> list[tuple[str, list[str], int]]:
-    """(path in repo, row keys, size) of data files: (filesystem or None, file, repo path)."""
+def read_previous(files: list[tuple[object, str, str]]) -> list[tuple[str, list[str]]]:
+    """(path in repo, row keys) of data files: (filesystem or None, file, repo path)."""
     import pyarrow.parquet as pq
 
     out = []
@@ -166,8 +166,7 @@ def read_previous(files: list[tuple[object, str, str]]) -> list[tuple[str, list[
         handle = fs.open(path, "rb") if fs is not None else path
         parquet = pq.ParquetFile(handle)
         table = parquet.read(columns=KEY_COLUMNS)
-        size = fs.size(path) if fs is not None else Path(path).stat().st_size
-        out.append((repo_path, row_keys(table), int(size)))
+        out.append((repo_path, row_keys(table)))
     return out
 
 

@@ -54,7 +54,7 @@ from .inputs import EmptyBuildError
 BUILD_FILE = "build.json"
 SHARDS_DIR = "shards"
 SKIPPED_FILE = "skipped.jsonl"
-REUSE_LAYOUT_FILE = "reuse-layout.json"  # the data files of encode --reuse: path, keys, size
+REUSE_LAYOUT_FILE = "reuse-layout.json"  # the data files of encode --reuse: path, row keys
 # FAISS scans a Flat index on one thread for a single query, so past a few thousand rows the
 # half-size fp16 codes answer sooner, with scores true to float16 precision.
 AUTO_FLAT_MAX_ROWS = 10_000
@@ -361,7 +361,9 @@ def write_data_files(
             [(None, str(p), f"{datafiles.DATA_DIR}/{p.name}") for p in local]
         )
     elif (build / REUSE_LAYOUT_FILE).is_file():  # seeded by encode --reuse: its layout
-        previous = [tuple(entry) for entry in json.loads((build / REUSE_LAYOUT_FILE).read_text())]
+        # Builds seeded before this recorded each file's size as a third, unused entry.
+        layout = json.loads((build / REUSE_LAYOUT_FILE).read_text())
+        previous = [(entry[0], entry[1]) for entry in layout]
     else:
         previous = []
     layout = datafiles.plan_layout(

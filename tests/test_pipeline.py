@@ -1615,9 +1615,9 @@ def test_data_file_layout_keeps_rewrites_appends_and_compacts():
     keys = [f"k{i:03d}" for i in range(40)]
     sizes = [10] * 40
     previous = [
-        ("data/train-00000.parquet", keys[0:10], 100),
-        ("data/train-00001.parquet", keys[10:20] + ["gone"], 110),
-        ("data/train-00002.parquet", keys[20:30], 100),
+        ("data/train-00000.parquet", keys[0:10]),
+        ("data/train-00001.parquet", keys[10:20] + ["gone"]),
+        ("data/train-00002.parquet", keys[20:30]),
     ]
     layout = plan_layout(keys, sizes, previous, target_bytes=100)
     by_path = {f.path: f for f in layout}
@@ -1629,7 +1629,7 @@ def test_data_file_layout_keeps_rewrites_appends_and_compacts():
     assert [i for f in layout for i in f.rows] == list(range(40))  # every row once
 
     # Many small files (one row each) are compacted into full ones, order kept.
-    small = [(f"data/train-{i:05d}.parquet", [keys[i]], 10) for i in range(MAX_SMALL_FILES + 1)]
+    small = [(f"data/train-{i:05d}.parquet", [keys[i]]) for i in range(MAX_SMALL_FILES + 1)]
     layout = plan_layout(keys[: MAX_SMALL_FILES + 1], sizes, small, target_bytes=100)
     assert len(layout) == 1 and not layout[0].keep
     assert layout[0].rows == tuple(range(MAX_SMALL_FILES + 1))
