@@ -52,6 +52,7 @@ from imagesearchtr.manifest import (
     INDEX_DIR,
     MANIFEST_FILE,
     Manifest,
+    is_transient_status,
     load_manifest,
     refused_access,
     sha256_file,
@@ -616,7 +617,7 @@ def _commit_with_retries(api, repo_id, operations, *, message, parent, identity,
                     raise
                 err = cause
             status = getattr(getattr(err, "response", None), "status_code", None)
-            retryable = status is None or status >= 500 or status in (408, 429)
+            retryable = status is None or is_transient_status(status)
             if not retryable or attempt == retries:
                 tried = f" after {attempt + 1} attempts" if attempt else ""
                 raise PublishError(

@@ -79,7 +79,7 @@ from gradio.utils import get_upload_folder, is_in_or_equal
 
 from imagesearchtr import ImageLoadError, ModelMismatchError, Searcher, SearchSetupError
 from imagesearchtr.images import MAX_PIXELS
-from imagesearchtr.manifest import describe_error, transport_errors
+from imagesearchtr.manifest import describe_error, is_transient_status, transport_errors
 from imagesearchtr.vectors import compose_vectors
 
 log = logging.getLogger("imagesearchtr.space")
@@ -225,14 +225,15 @@ def _load_error(err: Exception, where: str) -> LoadError:
 
 def is_transient(err: BaseException | None) -> bool:
     """Whether a failure, or one it was raised from, is the Hub's or the network's for a moment:
-    a dropped or timed-out connection, a 5xx or a 429 (read through ``raise ... from None``)."""
+    a dropped or timed-out connection, or an answer ``is_transient_status`` names (read through
+    ``raise ... from None``)."""
     seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
         if isinstance(err, transport_errors()):
             return True
         status = getattr(getattr(err, "response", None), "status_code", None)
-        if isinstance(status, int) and (status == 429 or status >= 500):
+        if isinstance(status, int) and is_transient_status(status):
             return True
         err = err.__cause__ or err.__context__
     return False

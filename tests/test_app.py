@@ -790,6 +790,7 @@ def _failure(kind: str) -> BaseException:
         ("500", True),
         ("503", True),
         ("429", True),
+        ("408", True),  # the Hub timed the request out
         ("503-from-none", True),
         ("404", False),
         ("401", False),

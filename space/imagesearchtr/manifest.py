@@ -88,6 +88,13 @@ def refused_access(status: int, what: str, can: str = "read it") -> str:
     )
 
 
+def is_transient_status(status: int) -> bool:
+    """Whether an HTTP answer of the Hub may pass if asked again: a timeout (408), too many
+    requests (429) or a server error (5xx). Read where an answer decides between trying again and
+    a refusal: the index download, the Space's start-up and publish's commit."""
+    return status in (408, 429) or status >= 500
+
+
 def transport_errors() -> tuple[type[Exception], ...]:
     """The error types of a dropped, refused or timed-out connection to the Hub: httpx's
     (gradio's client) and httpx2's (huggingface_hub >= 2 makes its requests with httpx2, a
@@ -407,7 +414,7 @@ def _download_index(repo_id: str, revision: str | None, index_files: bool) -> tu
     status = getattr(getattr(answer, "response", None), "status_code", None)
     if status in (401, 403):
         raise ManifestError(refused_access(status, f"the dataset {repo_id}"))
-    if isinstance(answer, HfHubHTTPError) and status and status < 500 and status != 429:
+    if isinstance(answer, HfHubHTTPError) and status and not is_transient_status(status):
         raise failed  # another refusal: the Hub's own words
     raise ManifestError(
         f"{repo_id} is not a local folder, and its index could not be fetched from the Hub "
