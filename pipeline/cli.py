@@ -568,11 +568,6 @@ def _encode(args) -> int:
         reuse_revision=args.reuse_revision,
         workers=args.workers,
     )
-    for name in ("batch_size_img", "batch_size_txt", "shard_size"):
-        if getattr(config, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
-    if config.workers is not None and config.workers < 0:
-        raise ValueError(f"--workers must be >= 0 (0: in the main process), got {config.workers}")
     summary = run_encode(source, config)
     if summary.reports:  # under torchrun: rank 0 alone
         print(summary_text(summary))

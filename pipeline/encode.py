@@ -88,6 +88,14 @@ class EncodeConfig:
     reuse_revision: str | None = None
     workers: int | None = None  # decode processes; None: pipeline.feed.default_workers
 
+    def __post_init__(self):
+        # Named as the CLI flags are: the CLI builds this before any work.
+        for name in ("batch_size_img", "batch_size_txt", "shard_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.workers is not None and self.workers < 0:
+            raise ValueError(f"--workers must be >= 0 (0: in the main process), got {self.workers}")
+
 
 @dataclass(frozen=True)
 class EncodeSummary:
