@@ -269,6 +269,11 @@ def test_cli_refuses_bad_numbers_before_any_work(tmp_path, capsys):
         assert main([str(a) for a in argv]) == 2, argv
         err = capsys.readouterr().err
         assert said in err and "no-model" not in err and "no-repo" not in err, err
+    # The same rule for a run from Python, before the input is hashed.
+    from pipeline.encode import EncodeConfig
+
+    with pytest.raises(ValueError, match="--shard-size must be >= 1"):
+        EncodeConfig(out=tmp_path / "b", shard_size=0)
 
 
 def test_cli_interrupted_exits_130_and_says_how_to_resume(tmp_path, capsys, monkeypatch):
