@@ -17,7 +17,8 @@ corrupt index, a manifest that does not match the rows, a model that is not the 
 the index) the app still starts, shows the reason on the page and logs it once: a Space that
 crashes at start-up restarts in a loop and shows only "Runtime error".
 A failure of the Hub or the network (a 5xx, a 429, a dropped connection) is tried again first
-(LOAD_ATTEMPTS).
+(LOAD_ATTEMPTS), then, while it lasts, every RELOAD_EVERY_S in the background (SearcherSlot):
+the queries answer as soon as the dataset loads, without a restart.
 
 Public API (gradio_client), also served as MCP tools (launch); the first three answer
 (gallery, results, status):
@@ -63,7 +64,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,6 +112,9 @@ DEFAULT_ALPHA = 0.6
 # waiting LOAD_BACKOFF_S, then twice that, ... between tries (35 s in all).
 LOAD_ATTEMPTS = 4
 LOAD_BACKOFF_S = 5.0
+# After those tries, a Hub that still fails is tried again this often, in the background, until
+# the dataset loads (SearcherSlot): an outage of minutes must not need a restart either.
+RELOAD_EVERY_S = 60.0
 
 # One query is a ~50-100 ms text (or image) encode, in which torch already uses every core,
 # then mostly single-threaded work: FAISS search (one thread for one query, flat and fp16
@@ -173,9 +177,37 @@ CSS = """
 
 @dataclass(frozen=True)
 class LoadError:
-    """Why no Searcher could be loaded; ``message`` is shown on the page."""
+    """Why no Searcher could be loaded; ``message`` is shown on the page. ``transient``: the
+    Hub or the network failed (``is_transient``), so loading is tried again (SearcherSlot)."""
 
     message: str
+    transient: bool = False
+
+
+class SearcherSlot:
+    """The app's Searcher, or why there is none, as each query reads it (``value``).
+
+    ``keep_loading``: after a load that the Hub or the network failed, load again every
+    RELOAD_EVERY_S in the background until it loads or fails for another reason, so an outage
+    that outlasts ``load_searcher``'s own tries does not leave the Space unavailable until
+    someone restarts it. A loaded Searcher is never replaced.
+    """
+
+    def __init__(self, value: Searcher | LoadError):
+        self.value = value
+
+    def keep_loading(self, load: Callable[[], Searcher | LoadError]) -> threading.Thread | None:
+        if not (isinstance(self.value, LoadError) and self.value.transient):
+            return None
+
+        def retry() -> None:
+            while isinstance(self.value, LoadError) and self.value.transient:
+                time.sleep(RELOAD_EVERY_S)
+                self.value = load()
+
+        thread = threading.Thread(target=retry, name="searcher-reload", daemon=True)
+        thread.start()
+        return thread
 
 
 def load_searcher(env: Mapping[str, str] | None = None) -> Searcher | LoadError:
@@ -197,7 +229,7 @@ def load_searcher(env: Mapping[str, str] | None = None) -> Searcher | LoadError:
             break
         except Exception as err:  # any failure must still leave a running app (see top)
             if attempt == LOAD_ATTEMPTS or not is_transient(err):
-                return _load_error(err, where)
+                return _load_error(err, where, transient=is_transient(err))
             wait = LOAD_BACKOFF_S * 2 ** (attempt - 1)
             said = describe_error(err)
             log.warning("loading %s failed (%s); trying again in %g s", where, said, wait)
@@ -212,14 +244,23 @@ def load_searcher(env: Mapping[str, str] | None = None) -> Searcher | LoadError:
     return searcher
 
 
-def _load_error(err: Exception, where: str) -> LoadError:
+def _load_error(err: Exception, where: str, transient: bool = False) -> LoadError:
+    # "The Hub cannot be reached now; the app tries again every N seconds."
+    again = f" (Hub'a şu an ulaşılamıyor; uygulama {RELOAD_EVERY_S:g} saniyede bir yeniden deniyor)"
+    if not transient:
+        again = ""
     if isinstance(err, ModelMismatchError):
         return _load_failed(f"Model ile arama dizini uyuşmuyor ({where}): {err}")
     if isinstance(err, SearchSetupError):
-        return _load_failed(f"Veri kümesi ya da arama dizini kullanılamıyor ({where}): {err}")
+        return _load_failed(
+            f"Veri kümesi ya da arama dizini kullanılamıyor ({where}): {err}{again}",
+            transient=transient,
+        )
     first_line = str(err).splitlines()[0] if str(err) else ""
     return _load_failed(
-        f"Arama dizini yüklenemedi ({where}): {type(err).__name__}: {first_line}", exc_info=True
+        f"Arama dizini yüklenemedi ({where}): {type(err).__name__}: {first_line}{again}",
+        exc_info=True,
+        transient=transient,
     )
 
 
@@ -239,9 +280,9 @@ def is_transient(err: BaseException | None) -> bool:
     return False
 
 
-def _load_failed(message: str, exc_info: bool = False) -> LoadError:
+def _load_failed(message: str, exc_info: bool = False, transient: bool = False) -> LoadError:
     log.error("search is unavailable: %s", message, exc_info=exc_info)
-    return LoadError(message)
+    return LoadError(message, transient)
 
 
 class ResultFolder:
@@ -491,8 +532,9 @@ def settings_from_link(params: Mapping[str, str]) -> dict | None:
     return {"query": query, "k": k, "deep": deep, "alpha": alpha}
 
 
-def make_handlers(searcher: Searcher | LoadError):
-    """The four API functions, bound to one Searcher (or to the reason there is none).
+def make_handlers(searcher: Searcher | LoadError | SearcherSlot):
+    """The four API functions, bound to one Searcher (or to the reason there is none), or to a
+    SearcherSlot, read at each call.
 
     Their parameter names are the API's parameter names, and their docstrings its description
     (and the MCP tools' descriptions; gradio reads each line under "Returns:" as one output).
@@ -507,16 +549,18 @@ def make_handlers(searcher: Searcher | LoadError):
 
     # Only the encoder runs inside @spaces.GPU (ZeroGPU bills and queues GPU time per call); the
     # FAISS search, the re-scoring of its candidates and the gallery's JPEGs run on the CPU.
+    slot = searcher if isinstance(searcher, SearcherSlot) else SearcherSlot(searcher)
+
     @on_gpu
     def encode_on_device(texts: list[str], images: list[str]) -> list[np.ndarray]:
-        encoder = searcher.encoder
+        encoder = slot.value.encoder  # a Searcher: each handler checks before it encodes
         vectors = [encoder.encode_texts([text])[0] for text in texts]
         return vectors + [encoder.encode_images([image])[0] for image in images]
 
     def encode_terms(texts: list[str], images: list[str] = ()) -> list[np.ndarray]:
         return encode_on_device(list(texts), list(images))
 
-    def unavailable():
+    def unavailable(searcher: LoadError):
         return [], [], f"⚠️ Arama kullanılamıyor: {searcher.message}"
 
     def check_k(k) -> int | None:
@@ -581,8 +625,9 @@ def make_handlers(searcher: Searcher | LoadError):
             image_error (null, or why the image is a grey placeholder)
             a one-line Turkish status
         """
+        searcher = slot.value
         if isinstance(searcher, LoadError):
-            return unavailable()
+            return unavailable(searcher)
         n = check_k(k)
         if n is None:
             return bad_k(k)
@@ -635,8 +680,9 @@ def make_handlers(searcher: Searcher | LoadError):
             JSON results, best first, as search gives them
             a one-line Turkish status
         """
+        searcher = slot.value
         if isinstance(searcher, LoadError):
-            return unavailable()
+            return unavailable(searcher)
         if not image:
             return [], [], "🖼️ Lütfen önce bir görsel yükleyin."
         n = check_k(k)
@@ -655,8 +701,9 @@ def make_handlers(searcher: Searcher | LoadError):
             JSON results, best first, as search gives them
             a one-line Turkish status
         """
+        searcher = slot.value
         if isinstance(searcher, LoadError):
-            return unavailable()
+            return unavailable(searcher)
         if row is None or row == "":
             return [], [], "🖼️ Önce sonuçlardan bir görsel seçin."
         try:
@@ -684,6 +731,7 @@ def make_handlers(searcher: Searcher | LoadError):
         Returns:
             the text's embedding: L2-normalised floats, as many as the index's dimension
         """
+        searcher = slot.value
         if isinstance(searcher, LoadError):
             raise gr.Error(f"Arama kullanılamıyor: {searcher.message}")
         if not isinstance(text, str) or not text.strip():
@@ -777,21 +825,33 @@ class QueryImage(gr.Image):
         return payload.path
 
 
-def build_app(searcher: Searcher | LoadError) -> gr.Blocks:
-    """The Blocks UI around one loaded Searcher (or the reason loading failed), queue set.
+def _banner(searcher: Searcher | LoadError) -> str:
+    """The line under the title: what is searched, or why nothing can be."""
+    if isinstance(searcher, LoadError):
+        return f"⚠️ **Arama kullanılamıyor.** {searcher.message}"
+    return (
+        f"<small>{len(searcher):,} görsel".replace(",", ".")
+        + f" · model `{searcher.manifest.model_id}` · veri `{searcher.location}`</small>"
+    )
+
+
+def build_app(searcher: Searcher | LoadError | SearcherSlot) -> gr.Blocks:
+    """The Blocks UI around one loaded Searcher (or the reason loading failed), or around a
+    SearcherSlot that may load later; queue set.
 
     Theme and CSS are launch() arguments in gradio 6: start it with ``launch(demo, ...)``.
     """
-    search, search_image, search_similar, embed = make_handlers(searcher)
+    slot = searcher if isinstance(searcher, SearcherSlot) else SearcherSlot(searcher)
+    search, search_image, search_similar, embed = make_handlers(slot)
     with gr.Blocks(title=f"{TITLE} · Türkçe görsel arama") as demo:
         gr.Markdown(f"# {TITLE}\n{DESCRIPTION}", elem_id="title")
-        if isinstance(searcher, LoadError):
-            gr.Markdown(f"⚠️ **Arama kullanılamıyor.** {searcher.message}", elem_id="load-error")
-        else:
-            gr.Markdown(
-                f"<small>{len(searcher):,} görsel".replace(",", ".")
-                + f" · model `{searcher.manifest.model_id}` · veri `{searcher.location}`</small>",
-                elem_id="source",
+        first = slot.value
+        banner = gr.Markdown(
+            _banner(first), elem_id="load-error" if isinstance(first, LoadError) else "source"
+        )
+        if isinstance(first, LoadError) and first.transient:  # a page opened later says more
+            demo.load(
+                lambda: _banner(slot.value), outputs=banner, api_visibility="private", queue=False
             )
         with gr.Tabs():
             with gr.Tab("Metinle ara", id="text"):
@@ -1049,7 +1109,9 @@ def main() -> None:
         log.info("spaces is installed: queries run inside @spaces.GPU (ZeroGPU): their encode only")
     # Server address and port come from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (read by
     # gradio); never share=True: a Space is already public, and a tunnel would bypass it.
-    launch(build_app(load_searcher()))
+    slot = SearcherSlot(load_searcher())
+    slot.keep_loading(load_searcher)
+    launch(build_app(slot))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ browser test. Servers (the app, its subprocess, the local Hub) listen on 127.0.0
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.metadata
 import importlib.util
 import json
@@ -847,6 +848,44 @@ def test_the_space_tries_a_failing_hub_again_at_start_then_says_why(
         assert isinstance(loaded, Loaded)
     else:
         assert isinstance(loaded, app.LoadError) and said in loaded.message
+
+
+def test_a_hub_that_fails_past_the_start_up_tries_is_tried_again_until_it_answers(
+    app, searcher, monkeypatch
+):
+    """An outage longer than load_searcher's tries: the app keeps loading in the background,
+    and the handlers it serves answer once the dataset loads, without a restart."""
+    import types
+
+    failing = iter([_failure("503"), _failure("dropped")] * 3)
+
+    class Hub:  # three rounds of load_searcher fail at every try, the fourth loads
+        @staticmethod
+        def from_repo(repo, revision, **kwargs):
+            failure = next(failing, None)
+            if failure is not None:
+                raise failure
+            return searcher
+
+    monkeypatch.setattr(app, "Searcher", Hub)
+    monkeypatch.setattr(app, "time", types.SimpleNamespace(perf_counter=time.perf_counter,
+                                                           sleep=lambda s: None))  # fmt: skip
+    load = functools.partial(app.load_searcher, {"DATASET_REPO": "someone/photos"})
+    monkeypatch.setattr(app, "LOAD_ATTEMPTS", 2)  # a round: 2 tries
+    slot = app.SearcherSlot(load())
+    assert isinstance(slot.value, app.LoadError) and slot.value.transient
+    assert "yeniden deniyor" in slot.value.message  # the page says it is tried again
+    search, _, search_similar, _ = app.make_handlers(slot)
+    *_, status = search_similar(0, 3)
+    assert status.startswith("⚠️ Arama kullanılamıyor")
+    slot.keep_loading(load).join(timeout=60)
+    assert slot.value is searcher
+    monkeypatch.setattr(app, "time", time)  # the handlers time their answers
+    gallery, results, status = search_similar(0, 3)
+    assert len(results) == 3 and "sonuç" in status, status
+    # A failure that stays (a missing index, another model) is not tried again.
+    stays = app.SearcherSlot(app.LoadError("index/image_emb.faiss is missing"))
+    assert stays.keep_loading(load) is None
 
 
 # ---------------------------------------------------------------------------------------------
