@@ -18,6 +18,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -442,6 +443,57 @@ def test_image_ranges_point_at_each_image_and_a_row_without_one_is_a_placeholder
     source.read_range = short
     (hit,) = store.fetch([0])
     assert "got 0" in hit.error and len(calls) == 1
+
+
+def test_a_page_waits_for_a_hanging_read_only_so_long_and_the_late_image_is_kept(
+    tmp_path, monkeypatch
+):
+    """A storage host that hangs instead of failing: the page answers after PAGE_FETCH_S with a
+    placeholder for the image still out, and the read that lands later serves the next page
+    from the cache."""
+    import threading
+
+    import pyarrow as pa
+
+    import imagesearchtr.lazy_rows
+    from imagesearchtr.lazy_rows import DataFile, ImageStore, Source
+
+    class HubLike(Source):  # a Hub repo's store: its reads are cached (and retried)
+        remote = True
+
+    images = [noise_png(6, 0), noise_png(6, 1)]
+    table = pa.table({"image": [{"bytes": b, "path": f"{i}.png"} for i, b in enumerate(images)]})
+    path = tmp_path / datafiles.file_name(0)
+    path.parent.mkdir(parents=True)
+    datafiles.write_file(table, path)
+    source = HubLike(str(tmp_path), tmp_path, None)
+    files = [DataFile(datafiles.file_name(0), 2, "test")]
+    ranges = datafiles.image_ranges(path)
+    store = ImageStore(source, files, [2], ranges, tmp_path / "cache")
+    hanging, landed, reads = threading.Event(), threading.Event(), []
+    data = path.read_bytes()
+
+    def read_range(name, start, stop):
+        reads.append(start)
+        if start == int(ranges[1][0]):  # row 1's image: its host hangs
+            hanging.wait(timeout=60)
+            landed.set()
+        return data[start:stop]
+
+    source.read_range = read_range
+    monkeypatch.setattr(imagesearchtr.lazy_rows, "PAGE_FETCH_S", 0.5)
+    started = time.monotonic()
+    first, second = store.fetch([0, 1])
+    assert time.monotonic() - started < 10
+    assert first.error is None and np.asarray(first.image).tolist() == pixels(6, 0)
+    assert "not read within 0.5 s" in second.error
+    hanging.set()
+    assert landed.wait(timeout=10)
+    time.sleep(0.5)  # the late read's cache insert, right after it returns
+    (again,) = store.fetch([1])
+    assert again.error is None and np.asarray(again.image).tolist() == pixels(6, 1)
+    assert reads.count(int(ranges[1][0])) == 1  # from the cache: not read a second time
+    store.close()
 
 
 def test_a_local_folder_reads_its_images_in_place_without_a_cache_copy(tmp_path):

@@ -13,7 +13,8 @@ downloads a data file whole:
   its path, size and time for a local folder without one) and memory-mapped from there, so a
   restart reads nothing again and RSS stays small.
 - ``ImageStore.fetch`` reads each image of one result page with one range read of exactly its
-  bytes (from the image ranges), concurrently, at the pinned commit, with retries and backoff.
+  bytes (from the image ranges), concurrently, at the pinned commit, with retries and backoff,
+  waiting at most ``PAGE_FETCH_S`` for the page.
   Bytes read from the Hub are kept in a bounded on-disk cache (``image_cache.ImageCache``,
   ``CACHE_DIR/images.sqlite``); a local folder's are read in place each time. Each
   image is decoded upright and on white as the encoder saw it (``images.to_rgb``), within a
@@ -44,7 +45,7 @@ import io
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -70,6 +71,10 @@ MAX_IMAGE_BYTES = 100 << 20
 FETCH_WORKERS = 16
 RETRIES = 3  # attempts per range read; waits BACKOFF_S, 2 * BACKOFF_S, ... between them
 BACKOFF_S = 0.25
+# The longest a result page waits for its images: a storage host that hangs instead of failing
+# would otherwise hold every search for its reads' timeouts and retries (40 s and more). What
+# is not there by then is a placeholder; a late read still lands in the cache for next time.
+PAGE_FETCH_S = 10.0
 PLACEHOLDER_SIZE = (256, 256)
 PLACEHOLDER_COLOUR = (200, 200, 200)
 
@@ -525,8 +530,10 @@ class ImageStore:
         found: dict[int, bytes | Exception | None] = {
             row: self.cache.get(self._cache_name(row)) for row in rows
         }
-        missing = [row for row, data in found.items() if data is None]
-        found.update(zip(missing, self._pool.map(self._read, missing), strict=True))
+        reads = {r: self._pool.submit(self._read, r) for r, data in found.items() if data is None}
+        done, _ = wait(reads.values(), timeout=PAGE_FETCH_S)
+        late = TimeoutError(f"not read within {PAGE_FETCH_S:g} s")
+        found.update({row: read.result() if read in done else late for row, read in reads.items()})
         return [self._decode(row, found[row]) for row in rows]
 
     def _read(self, row: int) -> bytes | Exception:
