@@ -28,11 +28,13 @@ Public API (gradio_client), also served as MCP tools (launch); the first three a
                                      "köpek + kar - şehir" (only a + or - with spaces around it
                                      is an operator), and ``image`` (optional) a positive term
     /search_image(image, k)          image as query
-    /search_similar(row, k)          more like this: the photos closest to that row's photo
+    /search_similar(row, k, image_id)
+                                     more like this: the photos closest to that row's photo
+                                     (image_id, optional: refused if the row holds another now)
     /embed(text)                     the text's query embedding: a list of floats (L2-normalised),
                                      to search the dataset's FAISS index elsewhere without torch
 ``results`` is plain JSON: [{caption, captions, score, image_score, caption_score, row,
-image_error}, ...]
+image_id, image_error}, ...]
 best first; ``status`` is a one-line Turkish message (a result count, or what went wrong).
 
 The page: clicking a result offers "Benzerlerini bul" (/search_similar on its row); after a text
@@ -78,7 +80,13 @@ import numpy as np
 from gradio import processing_utils
 from gradio.utils import get_upload_folder, is_in_or_equal
 
-from imagesearchtr import ImageLoadError, ModelMismatchError, Searcher, SearchSetupError
+from imagesearchtr import (
+    ImageLoadError,
+    ModelMismatchError,
+    RowMovedError,
+    Searcher,
+    SearchSetupError,
+)
 from imagesearchtr.images import MAX_PIXELS
 from imagesearchtr.manifest import describe_error, is_transient_status, transport_errors
 from imagesearchtr.vectors import compose_vectors
@@ -455,6 +463,7 @@ def hits_to_outputs(hits) -> tuple[list, list[dict]]:
                     None if hit.caption_score is None else round(float(hit.caption_score), 6)
                 ),
                 "row": int(hit.row),
+                "image_id": hit.image_id,
                 "image_error": hit.image_error,
             }
         )
@@ -591,6 +600,13 @@ def make_handlers(searcher: Searcher | LoadError | SearcherSlot):
             gallery, results = hits_to_outputs(hits)
         except ImageLoadError as err:  # never the name: it is a path on this server
             return [], [], f"⚠️ Görsel açılamadı: {IMAGE_ERRORS.get(err.kind, err.reason)}."
+        except RowMovedError:
+            # "The photo in this row changed (the dataset was updated); search again."
+            return (
+                [],
+                [],
+                "⚠️ Bu satırdaki görsel değişti (veri kümesi güncellendi); yeniden arayın.",
+            )
         except ValueError as err:
             return [], [], f"⚠️ {err}"
         except Exception:
@@ -622,7 +638,8 @@ def make_handlers(searcher: Searcher | LoadError | SearcherSlot):
         Returns:
             the gallery: image URLs, each labelled "score · caption"
             JSON results, best first: caption, captions, score, image_score, caption_score, row,
-            image_error (null, or why the image is a grey placeholder)
+            image_id (the photo's id, which stays across dataset updates), image_error (null,
+            or why the image is a grey placeholder)
             a one-line Turkish status
         """
         searcher = slot.value
@@ -690,12 +707,15 @@ def make_handlers(searcher: Searcher | LoadError | SearcherSlot):
             return bad_k(k)
         return run(lambda: searcher.search_vector(encode_terms([], [image])[0], n), "an image")
 
-    def search_similar(row: int, k: int = DEFAULT_RESULTS):
+    def search_similar(row: int, k: int = DEFAULT_RESULTS, image_id: str | None = None):
         """More like this: the photos that look most like one photo of the collection.
 
         Args:
             row: the photo's row number, as the "row" field of a result of search
             k: how many results, 1-30 (the photo itself is left out)
+            image_id: optional, the "image_id" field of that result: if the dataset was updated
+                since and the row holds another photo now, the answer says so instead of
+                finding photos like that other one
         Returns:
             the gallery: image URLs, each labelled "score · caption"
             JSON results, best first, as search gives them
@@ -718,7 +738,8 @@ def make_handlers(searcher: Searcher | LoadError | SearcherSlot):
         n = check_k(k)
         if n is None:
             return bad_k(k)
-        return run(lambda: searcher.search_similar(int(number), n), f"row {row}")
+        expected = image_id if isinstance(image_id, str) and image_id else None
+        return run(lambda: searcher.search_similar(int(number), n, image_id=expected), f"row {row}")
 
     def embed(text: str) -> list[float]:
         """The query embedding of a Turkish text (MultiEmbedTR), to search the index elsewhere.
@@ -941,6 +962,7 @@ def build_app(searcher: Searcher | LoadError | SearcherSlot) -> gr.Blocks:
         with gr.Row():
             # The selected result's row: the input of /search_similar (hidden on the page).
             row = RowNumber(value=None, precision=0, visible=False, elem_id="similar-row")
+            picked_id = gr.Textbox(value="", visible=False, elem_id="similar-image-id")
             similar_button = gr.Button(
                 "Benzerlerini bul", visible=False, scale=1, elem_id="similar-button"
             )
@@ -975,7 +997,7 @@ def build_app(searcher: Searcher | LoadError | SearcherSlot) -> gr.Blocks:
         )
         similar = similar_button.click(
             search_similar,
-            inputs=[row, k],
+            inputs=[row, k, picked_id],
             outputs=outputs,
             api_name="search_similar",
             concurrency_id="queries",
@@ -993,17 +1015,18 @@ def build_app(searcher: Searcher | LoadError | SearcherSlot) -> gr.Blocks:
 
         # UI-only events: private, so the four endpoints above are the whole public API.
         def pick(answer, evt: gr.SelectData):
-            """A click on a result: remember its row and offer "Benzerlerini bul"."""
+            """A click on a result: remember its row and image id, offer "Benzerlerini bul"."""
             try:
-                chosen = answer[evt.index]["row"]
-            except (TypeError, IndexError, KeyError):
-                return None, gr.update(visible=False)
-            return chosen, gr.update(visible=True, value=f"Benzerlerini bul (#{chosen})")
+                chosen, image_id = answer[evt.index]["row"], answer[evt.index].get("image_id")
+            except (TypeError, IndexError, KeyError, AttributeError):
+                return None, "", gr.update(visible=False)
+            label = f"Benzerlerini bul (#{chosen})"
+            return chosen, image_id or "", gr.update(visible=True, value=label)
 
         gallery.select(
             pick,
             inputs=results,
-            outputs=[row, similar_button],
+            outputs=[row, picked_id, similar_button],
             api_visibility="private",
             queue=False,
         )

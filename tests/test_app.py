@@ -140,7 +140,16 @@ def test_search_returns_k_results_sorted_by_score(served):
     scores = [r["score"] for r in results]
     assert scores == sorted(scores, reverse=True)
     assert len({r["row"] for r in results}) == 7
-    keys = {"caption", "captions", "score", "image_score", "caption_score", "row", "image_error"}
+    keys = {
+        "caption",
+        "captions",
+        "score",
+        "image_score",
+        "caption_score",
+        "row",
+        "image_id",
+        "image_error",
+    }
     for item, result in zip(gallery, results, strict=True):
         assert set(result) == keys
         assert result["caption"] == result["captions"][0]
@@ -312,7 +321,7 @@ def test_only_the_four_endpoints_are_public(served):
     assert names == {
         "/search": ["query", "k", "deep", "alpha", "image"],
         "/search_image": ["image", "k"],
-        "/search_similar": ["row", "k"],
+        "/search_similar": ["row", "k", "image_id"],
         "/embed": ["text"],
     }
 
@@ -445,6 +454,17 @@ def test_search_similar_through_the_api(served, searcher):
                        (None, "görsel seçin")):  # fmt: skip
         gallery, answer, status = client.predict(row=bad, k=5, api_name="/search_similar")
         assert gallery == [] and answer == [] and words in status, (bad, status)
+    # With the result's image id: the same answer while the row holds that photo; after an
+    # update that put another photo in the row, a Turkish refusal instead of its neighbours.
+    image_id = results[1]["image_id"]
+    assert image_id and image_id == searcher.search_text("köpek", k=3)[1].image_id
+    _, same, _ = client.predict(row=row, k=5, image_id=image_id, api_name="/search_similar")
+    assert same == similar
+    moved = results[0]["image_id"]  # another photo's id: as if that photo were in the row now
+    gallery, answer, status = client.predict(
+        row=row, k=5, image_id=moved, api_name="/search_similar"
+    )
+    assert gallery == [] and answer == [] and "görsel değişti" in status, status
 
 
 def test_search_similar_handler_refuses_a_fraction(app, searcher):
@@ -461,7 +481,7 @@ def test_an_unexpected_error_is_logged_not_shown(app, caplog):
         def __len__(self):
             return 10
 
-        def search_similar(self, row, k):
+        def search_similar(self, row, k, image_id=None):
             raise RuntimeError("/srv/x")
 
     _, _, search_similar, _ = app.make_handlers(Broken())
@@ -1396,7 +1416,7 @@ def test_a_full_disk_while_writing_the_result_images_is_a_status_not_an_error(
         def __len__(self):
             return 10
 
-        def search_similar(self, row, k):
+        def search_similar(self, row, k, image_id=None):
             return [Hit(1, 0.9, 0.9, None, ["köpek"], Image.new("RGB", (8, 8), (1, 2, 3)))]
 
     def full(*args, **kwargs):

@@ -221,6 +221,18 @@ def test_search_similar_on_a_quantised_index_scores_cosines_with_the_rows_unit_v
     np.testing.assert_allclose([h.image_score for h in hits], expected, atol=1e-6)
 
 
+def test_search_similar_with_an_image_id_refuses_a_row_that_holds_another_image(tmp_path):
+    from imagesearchtr import RowMovedError
+
+    rng = np.random.default_rng(6)
+    searcher = open_repo(write_repo(tmp_path / "repo", unit(rng.normal(size=(30, DIM)))))
+    hits = searcher.search_similar(4, k=5)
+    assert [h.image_id for h in hits] == [str(h.row) for h in hits]  # write_repo's ids
+    assert searcher.search_similar(4, k=5, image_id="4") == hits
+    with pytest.raises(RowMovedError, match="row 4 holds image '4' now, not '7'"):
+        searcher.search_similar(4, k=5, image_id="7")
+
+
 def test_search_similar_leaves_out_the_row_even_among_duplicates(tmp_path):
     image_emb = unit(np.ones((6, DIM)))  # every row has the same image embedding
     captions = list(unit(np.random.default_rng(5).normal(size=(6, DIM))))  # and unlike captions

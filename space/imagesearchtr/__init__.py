@@ -25,6 +25,7 @@ _EXPORTS = {
     "Manifest": "manifest",
     "ManifestError": "manifest",
     "ModelMismatchError": "searcher",
+    "RowMovedError": "searcher",
     "Searcher": "searcher",
     "SearchSetupError": "searcher",
     "load_manifest": "manifest",
@@ -40,6 +41,7 @@ __all__ = [
     "Manifest",
     "ManifestError",
     "ModelMismatchError",
+    "RowMovedError",
     "Searcher",
     "SearchSetupError",
     "load_manifest",
@@ -65,4 +67,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ does th
     from .images import ImageLoadError, open_image
     from .manifest import IndexInfo, LoadedManifest, Manifest, ManifestError, load_manifest
     from .multiembedtr import CheckpointError
-    from .searcher import Hit, ModelMismatchError, Searcher, SearchSetupError
+    from .searcher import Hit, ModelMismatchError, RowMovedError, Searcher, SearchSetupError

@@ -77,6 +77,10 @@ class ModelMismatchError(SearchSetupError):
     """The query encoder is not the model that built the index."""
 
 
+class RowMovedError(ValueError):
+    """A row number read before the dataset changed: the row now holds another image."""
+
+
 @dataclass(frozen=True)
 class Hit:
     """One search result. Scores are cosine similarities (``score`` is fused for Deep Search)."""
@@ -88,6 +92,7 @@ class Hit:
     captions: list[str]
     image: Image.Image  # a grey placeholder when image_error is set
     image_error: str | None = None  # why the image could not be fetched or decoded
+    image_id: str = ""  # the row's id, which stays the photo's across updates (its row may not)
 
 
 class Searcher:
@@ -283,13 +288,22 @@ class Searcher:
         """Find images that look like ``image`` (a path, bytes or PIL image)."""
         return self.search_vector(self.encoder.encode_images([image])[0], k)
 
-    def search_similar(self, row: int, k: int = 10) -> list[Hit]:
-        """More like this: the rows whose image embeddings are closest to ``row``'s, it left out."""
+    def search_similar(self, row: int, k: int = 10, image_id: str | None = None) -> list[Hit]:
+        """More like this: the rows whose image embeddings are closest to ``row``'s, it left out.
+
+        ``image_id``: the ``Hit.image_id`` the row number came with; a row that holds another
+        image now (the dataset was updated since) raises RowMovedError instead of answering for
+        that other photo."""
         if isinstance(row, bool) or not isinstance(row, int | np.integer):
             raise ValueError(f"row must be a row number, got {row!r}")
         if not 0 <= row < len(self):
             raise ValueError(
                 f"row {row} is out of range: the dataset has rows 0 to {len(self) - 1}"
+            )
+        if image_id is not None and (held := self.rows[int(row)]["image_id"]) != image_id:
+            raise RowMovedError(
+                f"row {row} holds image {held!r} now, not {image_id!r}: the dataset changed "
+                "since that row number was read; search again"
             )
         k = _check_k(k, len(self) - 1)
         vector = self._stored("image_emb", np.array([row]))[0]
@@ -410,6 +424,7 @@ class Searcher:
                 captions=list(rows["captions"][n]),
                 image=images[n].image,
                 image_error=images[n].error,
+                image_id=rows["image_id"][n],
             )
             for n, (row, j) in enumerate(zip(chosen, order, strict=True))
         ]
