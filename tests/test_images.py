@@ -131,3 +131,18 @@ def test_every_sixteen_bit_value_becomes_its_nearest_eight_bit_level():
     out = np.asarray(open_image(buf.getvalue()))[..., 0]
     expected = np.floor(values.astype(np.float64) * 255 / 65535 + 0.5).astype(np.uint8)
     assert (out == expected).all(), int((out != expected).sum())
+
+
+def test_an_image_of_exactly_max_pixels_is_opened(tmp_path, monkeypatch):
+    # The limit is the most pixels accepted, not the first refused.
+    monkeypatch.setattr(images_mod, "MAX_PIXELS", 100 * 100)
+    edge = tmp_path / "edge.png"
+    Image.new("RGB", (100, 100), (1, 2, 3)).save(edge)
+    assert open_image(edge).size == (100, 100)
+
+
+def test_an_eight_bit_i_image_whose_brightest_pixel_is_255_stays_eight_bit():
+    # "I" values up to 255 are 8-bit data: white stays white, not 255/65535 of it (black).
+    img = Image.fromarray(np.array([[0, 128, 255]] * 4, dtype=np.int32))
+    assert img.mode == "I"
+    assert pixels(open_image(img))[0, :, 0].tolist() == [0, 128, 255]

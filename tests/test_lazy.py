@@ -892,3 +892,299 @@ def test_the_old_file_per_image_cache_goes_with_its_temporary_files(tmp_path):
     (old / "photo.jpg").write_bytes(b"not ours")
     remove_old_files(tmp_path)
     assert (old / "photo.jpg").is_file()
+
+
+def one_file(folder: Path, number: int, images: list[bytes]):
+    """A data file of these images (as ``pipeline index`` writes it); its path and ranges."""
+    import pyarrow as pa
+
+    table = pa.table({"image": [{"bytes": b, "path": f"{i}.png"} for i, b in enumerate(images)]})
+    path = folder / datafiles.file_name(number)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    datafiles.write_file(table, path)
+    return datafiles.file_name(number), datafiles.image_ranges(path)
+
+
+def test_a_hub_image_read_is_retried_with_backoff_and_a_missing_file_is_not(tmp_path, monkeypatch):
+    import time
+
+    import imagesearchtr.lazy_rows
+    from imagesearchtr.lazy_rows import BACKOFF_S, RETRIES, DataFile, ImageStore, Source
+
+    path, ranges = one_file(tmp_path, 0, [noise_png(6, 0)])
+    data = (tmp_path / path).read_bytes()
+    remote = Source("user/repo", None, "0" * 40)
+    store = ImageStore(remote, [DataFile(path, 1, "k")], [1], ranges, tmp_path / "c", 0)
+    waits, calls = [], []
+    monkeypatch.setattr(time, "sleep", waits.append)
+
+    def failing(error: Exception, times: int):
+        def read_range(path, start, stop):
+            calls.append(path)
+            if len(calls) <= times:
+                raise error
+            return data[start:stop]
+
+        return read_range
+
+    # A connection that fails twice: the third attempt brings the image, after two waits.
+    remote.read_range = failing(OSError("connection reset"), RETRIES - 1)
+    (hit,) = store.fetch([0])
+    assert hit.error is None and np.asarray(hit.image).tolist() == pixels(6, 0)
+    assert len(calls) == RETRIES and waits == [BACKOFF_S * 2**n for n in range(RETRIES - 1)]
+    # One that keeps failing: RETRIES attempts, then a placeholder that says why.
+    calls.clear()
+    remote.read_range = failing(OSError("connection reset"), 100)
+    (hit,) = store.fetch([0])
+    assert "could not be fetched" in hit.error and "connection reset" in hit.error
+    assert len(calls) == RETRIES
+    # A file the commit does not have is not there on the next try either: one attempt.
+    calls.clear()
+    waits.clear()
+    remote.read_range = failing(FileNotFoundError("data/x is not in user/repo"), 100)
+    (hit,) = store.fetch([0])
+    assert "could not be fetched" in hit.error and len(calls) == 1 and waits == []
+    # An image of exactly MAX_IMAGE_BYTES is read (only one over it is refused).
+    monkeypatch.setattr(imagesearchtr.lazy_rows, "MAX_IMAGE_BYTES", int(ranges[0][1]))
+    remote.read_range = lambda path, start, stop: data[start:stop]
+    (hit,) = store.fetch([0])
+    assert hit.error is None and np.asarray(hit.image).tolist() == pixels(6, 0)
+
+
+def test_the_image_cache_serves_a_data_files_images_wherever_its_rows_now_start(tmp_path):
+    # An update that changes an earlier data file moves every later file's rows: a file whose
+    # bytes did not change keeps its cached images, each under its row within that file.
+    from imagesearchtr.lazy_rows import DataFile, ImageStore, Source
+
+    a, ranges_a = one_file(tmp_path, 0, [noise_png(7, i) for i in range(2)])
+    b, ranges_b = one_file(tmp_path, 1, [noise_png(8, i) for i in range(5)])
+    reads = []
+
+    def read_range(path, start, stop):
+        reads.append(path)
+        return (tmp_path / path).read_bytes()[start:stop]
+
+    def store(order):  # the data files in this row order, over one image cache
+        remote = Source("user/repo", None, "0" * 40)
+        remote.read_range = read_range
+        files = {a: (DataFile(a, 2, "key-a"), ranges_a), b: (DataFile(b, 5, "key-b"), ranges_b)}
+        picked = [files[name] for name in order]
+        counts = [f.num_rows for f, _ in picked]
+        ranges = np.concatenate([r for _, r in picked])
+        return ImageStore(remote, [f for f, _ in picked], counts, ranges, tmp_path / "cache")
+
+    before = store([a, b]).fetch(list(range(7)))  # rows 0-1: a's images; 2-6: b's
+    assert [np.asarray(f.image).tolist() for f in before] == [
+        *(pixels(7, i) for i in range(2)),
+        *(pixels(8, i) for i in range(5)),
+    ]
+    reads.clear()
+    after = store([b, a]).fetch(list(range(7)))  # now rows 0-4: b's images; 5-6: a's
+    assert [np.asarray(f.image).tolist() for f in after] == [
+        *(pixels(8, i) for i in range(5)),
+        *(pixels(7, i) for i in range(2)),
+    ]
+    assert reads == []  # every image from the cache
+
+
+def test_a_folder_with_an_old_manifest_keeps_showing_its_own_images_after_a_republish(tmp_path):
+    # A manifest without data_files (older builds): the Searcher lists data/ and must still read
+    # the files it opened at load, not a new file swapped in under the same name.
+    from search_repo import FakeEncoder, write_repo
+
+    from imagesearchtr import Searcher
+
+    emb = vectors()[:4]
+    folder = write_repo(tmp_path / "repo", emb, images=[noise_png(9, i) for i in range(4)])
+    other = write_repo(tmp_path / "other", emb, images=[noise_png(10, i) for i in range(4)])
+    searcher = Searcher.from_repo(folder, encoder=FakeEncoder(DIM), cache_dir=tmp_path / "c")
+    (name,) = [p.name for p in (folder / "data").glob("*.parquet")]
+    os.replace(other / "data" / name, folder / "data" / name)  # as a publish swaps files in
+    for row in range(4):
+        (hit,) = searcher.search_vector(emb[row], k=1)
+        assert hit.row == row and hit.image_error is None
+        assert np.asarray(hit.image).tolist() == pixels(9, row)
+    searcher.close()
+
+
+def test_a_folder_rewritten_in_place_is_not_read_from_the_old_row_cache(tmp_path):
+    # A manifest without data_files keys a local file's cached rows by its path, size and time:
+    # a folder written again under the same path shows its new captions, not the cached ones.
+    import shutil
+
+    from search_repo import FakeEncoder, write_repo
+
+    from imagesearchtr import Searcher
+
+    emb = vectors()[:3]
+
+    def captions(word):
+        folder = write_repo(tmp_path / "repo", emb, captions=[[f"{word} {i}"] for i in range(3)])
+        searcher = Searcher.from_repo(folder, encoder=FakeEncoder(DIM), cache_dir=tmp_path / "c")
+        with searcher:
+            return [searcher.search_vector(emb[row], k=1)[0].captions for row in range(3)]
+
+    assert captions("eski") == [["eski 0"], ["eski 1"], ["eski 2"]]
+    shutil.rmtree(tmp_path / "repo")
+    assert captions("yeni") == [["yeni 0"], ["yeni 1"], ["yeni 2"]]  # same length, same size
+
+
+def test_a_data_file_holding_other_rows_than_the_manifest_says_is_refused(tmp_path):
+    # Rows moved between two data files keep the total: only each file's own count tells that
+    # every image range after the first file would name another row's image.
+    from search_repo import FakeEncoder
+
+    from imagesearchtr import Searcher, SearchSetupError
+
+    folder = write_lazy_repo(tmp_path / "repo", seed=3)
+    path = folder / "index" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["data_files"][0]["num_rows"] += 1
+    manifest["data_files"][1]["num_rows"] -= 1
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(
+        SearchSetupError, match=f"train-00000.parquet holds {SPLIT} rows but the manifest says"
+    ):
+        Searcher.from_repo(folder, encoder=FakeEncoder(DIM), cache_dir=tmp_path / "c")
+
+
+def test_rows_cached_by_an_older_version_with_the_embeddings_are_removed(tmp_path):
+    from search_repo import FakeEncoder
+
+    from imagesearchtr import Searcher
+
+    folder = write_lazy_repo(tmp_path / "repo", seed=3)
+    cache = tmp_path / "c"
+    (cache / "rows").mkdir(parents=True)
+    sha = sha256_file(folder / "data" / "train-00000.parquet")
+    old = cache / "rows" / f"sha256-{sha}.arrow"  # the bare key: ids, captions and embeddings
+    old.write_bytes(b"x" * 1000)
+    with Searcher.from_repo(folder, encoder=FakeEncoder(DIM), cache_dir=cache) as searcher:
+        (hit,) = searcher.search_vector(vectors()[3], k=1)
+        assert hit.row == 3 and hit.captions == ["caption 3"]
+    assert not old.exists()
+
+
+def test_a_full_disk_while_caching_the_rows_is_not_called_a_damaged_data_file(
+    tmp_path, monkeypatch
+):
+    # The system's own error (here: no space left for the row cache) says what to fix; it is
+    # not reported as a damaged data file to publish again.
+    import errno
+
+    from search_repo import FakeEncoder, write_repo
+
+    from imagesearchtr import Searcher
+
+    folder = write_repo(tmp_path / "repo", vectors()[:3])
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(OSError) as raised:
+        Searcher.from_repo(folder, encoder=FakeEncoder(DIM), cache_dir=tmp_path / "c")
+    assert raised.value.errno == errno.ENOSPC
+
+
+def test_a_result_image_that_pillow_refuses_as_a_bomb_is_a_placeholder(tmp_path):
+    # A PNG whose header claims 20000x20000 pixels: Pillow itself refuses it at open, with an
+    # error that is no OSError. The search still answers, with a placeholder that says why.
+    import struct
+    import zlib
+
+    from search_repo import FakeEncoder, png, write_repo
+
+    from imagesearchtr import Searcher
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    bomb = b"\x89PNG\r\n\x1a\n" + chunk(
+        b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
+    )
+    bomb += chunk(b"IEND", b"")
+    emb = vectors()[:2]
+    folder = write_repo(tmp_path / "repo", emb, images=[bomb, png()])
+    with Searcher.from_repo(folder, encoder=FakeEncoder(DIM), cache_dir=tmp_path / "c") as searcher:
+        bombed, fine = (searcher.search_vector(emb[row], k=1)[0] for row in (0, 1))
+    assert bombed.row == 0 and bombed.image.size == (256, 256)
+    assert "image of row 0 could not be decoded" in bombed.image_error
+    assert fine.row == 1 and fine.image_error is None
+
+
+def test_a_private_repo_searched_by_branch_reads_its_commit_and_a_restart_reads_no_row_again(
+    local_hub, hub_env, tmp_path
+):
+    # A private dataset (the Space's HF_TOKEN) loaded by branch name: every read is of the
+    # commit the manifest came from (a publish to the branch meanwhile must not mix two builds),
+    # with the token on the Hub's own URLs. A file the Hub answers 404 for is not there on a
+    # second try: one request, a placeholder. A restart with the same cache reads no data file
+    # at start: the rows were cached.
+    folder = write_lazy_repo(tmp_path / "repo", seed=1)
+    repo = f"{local_hub.user}/lazy-private"
+    private = UPLOAD.replace("exist_ok=True)", "exist_ok=True, private=True)")
+    commit = run_python(private, hub_env, str(folder), repo).stdout.strip()
+    emb = vectors()
+    sha1 = hashlib.sha256((folder / "data" / "train-00001.parquet").read_bytes()).hexdigest()
+    gone = [
+        {"path": rf"(/data/train-00001\.parquet|/_storage/{sha1})$", "status": 404, "times": 50}
+    ]
+    queries = [
+        {"vector": emb[131].tolist(), "k": 1, "faults": gone},
+        {"vector": emb[5].tolist(), "k": 1},
+    ]
+    cache = tmp_path / "cache"
+    out = search(hub_env, repo, "main", cache, queries)
+    marks, log = out["marks"], local_hub.requests
+    (missing,), (found,) = out["searches"]
+    assert missing["row"] == 131 and "could not be fetched" in missing["error"]
+    asked = [r for r in log[marks[1] : marks[2]] if r["path"].endswith("/train-00001.parquet")]
+    assert len(asked) == 1, [(r["path"], r["status"]) for r in asked]
+    assert found["row"] == 5 and found["error"] is None and found["pixels"] == pixels(1, 5)
+    resolved = [r["path"] for r in log[marks[0] : marks[-1]] if "/resolve/" in r["path"]]
+    data = [p for p in resolved if "/data/" in p]
+    assert data and all(f"/resolve/{commit}/" in p for p in data), data
+
+    again = search(hub_env, repo, "main", cache, [{"vector": emb[5].tolist(), "k": 1}])
+    marks = again["marks"]
+    assert data_reads(local_hub.requests[marks[0] : marks[2]], folder) == []
+    assert again["searches"][0][0]["pixels"] == pixels(1, 5)
+
+
+def test_a_short_answer_from_the_hub_is_an_error_and_is_not_cached(tmp_path):
+    # A storage host that sends fewer bytes than asked (a cut transfer) must not leave a cut
+    # image in the cache: the read fails, the page shows a placeholder, the next page reads again.
+    from imagesearchtr.lazy_rows import DataFile, ImageStore, Source
+
+    path, ranges = one_file(tmp_path, 0, [noise_png(6, 0)])
+    data = (tmp_path / path).read_bytes()
+    remote = Source("user/repo", None, "0" * 40)
+    cut = []
+
+    def get_range(path, byte_range):
+        first, last = (int(x) for x in byte_range.removeprefix("bytes=").split("-"))
+        body = data[first : last + 1]
+        return SimpleNamespace(
+            status_code=206, content=body[: len(body) // 2] if cut else body,
+            raise_for_status=lambda: None,
+        )  # fmt: skip
+
+    remote._get_range = get_range  # as the server-ignores-Range case above
+    cut.append(True)
+    with pytest.raises(OSError, match=r"asked for 4 bytes at 3, got 2"):
+        remote.read_range(path, 3, 7)
+    store = ImageStore(remote, [DataFile(path, 1, "k")], [1], ranges, tmp_path / "c")
+    import imagesearchtr.lazy_rows
+
+    backoff, imagesearchtr.lazy_rows.BACKOFF_S = imagesearchtr.lazy_rows.BACKOFF_S, 0
+    try:
+        (hit,) = store.fetch([0])
+    finally:
+        imagesearchtr.lazy_rows.BACKOFF_S = backoff
+    assert "could not be fetched" in hit.error and "got" in hit.error
+    cut.clear()
+    (hit,) = store.fetch([0])
+    assert hit.error is None and np.asarray(hit.image).tolist() == pixels(6, 0)
