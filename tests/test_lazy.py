@@ -746,6 +746,32 @@ def test_a_data_file_that_is_not_the_one_the_manifest_names_is_refused_at_start(
     assert "publish again" in out
 
 
+def test_a_damaged_data_file_on_the_hub_is_named_as_one_from_a_folder_is(
+    local_hub, hub_env, tmp_path
+):
+    # A page of the captions that pyarrow cannot decode, in a file the manifest names (the
+    # index ran over it): pyarrow's bare OSError, after the reads' retries, was all a Space
+    # said, where a local folder's load names the file and the fix.
+    folder = write_lazy_repo(tmp_path / "repo", seed=4)
+    path = folder / "data" / "train-00000.parquet"
+    group = pq.read_metadata(path).row_group(0)
+    (chunk,) = [
+        group.column(i)
+        for i in range(group.num_columns)
+        if group.column(i).path_in_schema == "captions.list.element"
+    ]
+    data = bytearray(path.read_bytes())
+    data[chunk.data_page_offset : chunk.data_page_offset + 40] = b"\xff" * 40
+    path.write_bytes(bytes(data))
+    manifest = json.loads((folder / "index" / "manifest.json").read_text())
+    manifest["data_files"][0]["sha256"] = hashlib.sha256(bytes(data)).hexdigest()
+    (folder / "index" / "manifest.json").write_text(json.dumps(manifest))
+    repo = f"{local_hub.user}/lazy-damaged"
+    out = refusal(hub_env, repo, publish(folder, repo, hub_env))
+    assert "refused:" in out, out
+    assert "data/train-00000.parquet cannot be read" in out and "it is damaged" in out, out
+
+
 def test_a_data_file_the_manifest_lists_but_the_commit_lacks_is_named_at_start(
     local_hub, hub_env, tmp_path
 ):

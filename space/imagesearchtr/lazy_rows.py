@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import bisect
 import errno
+import functools
 import hashlib
 import io
 import os
@@ -81,6 +82,10 @@ PLACEHOLDER_COLOUR = (200, 200, 200)
 
 class RowsError(RuntimeError):
     """The published data files cannot be read; the message names the file and the fix."""
+
+
+class ShortReadError(OSError):
+    """Fewer bytes came than were asked for: a cut transfer, or a file cut short."""
 
 
 def default_cache_dir() -> Path:
@@ -195,7 +200,9 @@ class Source:
             if answer.status_code != 206:  # a server that ignored Range sent the whole file
                 data = data[start:stop]
         if len(data) != stop - start:
-            raise OSError(f"{path}: asked for {stop - start} bytes at {start}, got {len(data)}")
+            raise ShortReadError(
+                f"{path}: asked for {stop - start} bytes at {start}, got {len(data)}"
+            )
         return data
 
     def _get_range(self, path: str, byte_range: str):
@@ -380,21 +387,19 @@ def load_columns(source: Source, files: list[DataFile], cache_dir: Path, columns
         target = rows_dir / f"{f.key}.{'+'.join(columns)}.arrow"
         if target.is_file():
             return target
-        if source.remote:
-            _with_retries(lambda: _write_columns(source, f, columns, target))
-            return target
-        try:  # a file on this disk reads the same each time: no retries
-            _write_columns(source, f, columns, target)
-        except (FileNotFoundError, RowsError):
-            raise
+        write = functools.partial(_write_columns, source, f, columns, target)
+        try:  # a file on this disk reads the same each time: retries for the Hub's only
+            _with_retries(write) if source.remote else write()
         except (OSError, pa.ArrowException) as err:
-            if getattr(err, "errno", None) is not None:  # the system's (full disk, permissions)
-                raise
-            # pyarrow's own: an OSError without errno for a page it cannot decode
-            raise RowsError(
-                f"{source.location}: {f.path} cannot be read ({describe_error(err)}); it is "
-                "damaged: build and publish it again"
-            ) from None
+            # pyarrow's own for bytes it cannot decode: an ArrowException, or a bare OSError
+            # without errno (not the system's, such as a full disk; not a transfer's, such as
+            # the Hub's HTTP errors or a short read, which are subclasses).
+            if isinstance(err, pa.ArrowException) or (type(err) is OSError and not err.errno):
+                raise RowsError(
+                    f"{source.location}: {f.path} cannot be read ({describe_error(err)}); it "
+                    "is damaged: build and publish it again"
+                ) from None
+            raise
         return target
 
     with ThreadPoolExecutor(FETCH_WORKERS) as pool:
