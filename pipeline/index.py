@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _io
-from .inputs import EmptyBuildError
+from .inputs import CAPTIONS_FILE, EmptyBuildError, first_photo
 
 # Build-folder names (pipeline/encode.py writes them and imports them from here: encode imports
 # this module at load, this one imports encode only inside write_data_files).
@@ -413,6 +413,12 @@ def read_build_info(build: Path) -> dict:
     """BUILD/build.json, the plan ``encode`` records; a missing or damaged one is named."""
     path = Path(build) / BUILD_FILE
     if not path.is_file():
+        if (Path(build) / CAPTIONS_FILE).is_file() or first_photo(Path(build)) is not None:
+            raise FileNotFoundError(
+                f"{build}: a photos folder, not a build folder (no {BUILD_FILE}); encode it "
+                f"into a folder of its own first: `python -m pipeline encode --data {build} "
+                "--out BUILD`, then give BUILD"
+            )
         raise FileNotFoundError(
             f"{build}: not a build folder (no {BUILD_FILE}); run `python -m pipeline encode "
             f"--out {build}` first"

@@ -360,6 +360,18 @@ def is_listed_photo(name: str) -> bool:
     return Path(name).suffix.lower() in LISTED_SUFFIXES and not name.startswith(".")
 
 
+def first_photo(folder: Path) -> str | None:
+    """The first photo file under ``folder`` (a name an encode lists), relative; hidden
+    folders are left out (a publish's own staging and trash trees). For the refusals of a
+    photos folder given where a build or a published folder belongs."""
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if is_listed_photo(name):
+                return (Path(root) / name).relative_to(folder).as_posix()
+    return None
+
+
 def _image_files(folder: Path) -> tuple[list[Path], list[str]]:
     """The photo files under ``folder``, sorted, and the links that point nowhere (relative
     paths: a linked folder or photo whose target is gone)."""

@@ -62,7 +62,7 @@ from . import _io
 from .datafiles import DATA_DIR
 from .encode import features, skip_kind
 from .index import INDEXED_FILE, SKIPPED_FILE, build_shards, indexed_state
-from .inputs import CAPTIONS_FILE, is_listed_photo
+from .inputs import CAPTIONS_FILE, first_photo
 
 CARD_FILE = "README.md"
 MANAGED_DIRS = (DATA_DIR, INDEX_DIR)
@@ -267,17 +267,6 @@ def _check_license(license: str | None, *, offline_ok: bool = False) -> str | No
     return f"--license {license} was not checked: the Hub's card validation did not answer"
 
 
-def _first_photo(folder: Path) -> str | None:
-    """The first photo file under ``folder`` (a name an encode lists), relative; hidden
-    folders are left out (a publish's own staging and trash trees)."""
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if is_listed_photo(name):
-                return (Path(root) / name).relative_to(folder).as_posix()
-    return None
-
-
 def _check_target_folder(target: Path) -> None:
     """Refuse a target whose data/ or index/ this publish would replace but did not write, or
     that is the user's photos folder (the images and captions.jsonl an encode read)."""
@@ -302,7 +291,7 @@ def _check_target_folder(target: Path) -> None:
     # Nor any other folder that holds photos (a sub-folder of them, photos without captions):
     # the publish swaps the whole folder for a new tree, and a run killed between its two
     # renames leaves them in a hidden one, where the next encode would not find them.
-    photo = None if published else _first_photo(target)
+    photo = None if published else first_photo(target)
     if photo is not None:
         raise PublishError(
             f"--to {target} holds photos ({photo}) and is not a published repo; publishing "
@@ -620,8 +609,10 @@ def _commit_with_retries(api, repo_id, operations, *, message, parent, identity,
             retryable = status is None or is_transient_status(status)
             if not retryable or attempt == retries:
                 tried = f" after {attempt + 1} attempts" if attempt else ""
+                # Out of tries for a failure that may pass: the same command, later, may land.
+                again = ": run the same publish command again later" if retryable else ""
                 raise PublishError(
-                    hub_error_text(err, repo_id) + tried + "; the repo was left unchanged"
+                    f"{hub_error_text(err, repo_id)}{tried}; the repo was left unchanged{again}"
                 ) from None
             wait = backoff * 2**attempt
             print(

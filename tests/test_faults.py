@@ -88,6 +88,7 @@ def test_persistent_errors_fail_clearly_and_leave_the_repo_unchanged(
         local_hub.clear_faults()
     assert result.returncode == 2
     assert "after 3 attempts" in result.stderr and "left unchanged" in result.stderr
+    assert result.stderr.rstrip().endswith("run the same publish command again later")
     assert "Traceback" not in result.stderr
     assert remote_state(hub_env, repo) == before
     # Once the Hub recovers, the same command completes.

@@ -276,6 +276,21 @@ def test_cli_refuses_bad_numbers_before_any_work(tmp_path, capsys):
         EncodeConfig(out=tmp_path / "b", shard_size=0)
 
 
+def test_index_of_a_photos_folder_says_to_encode_it_into_a_build_folder(tmp_path, capsys):
+    from conftest import write_photos
+
+    from pipeline.cli import main
+
+    photos = write_photos(tmp_path / "photos", ["a"])
+    assert main(["index", "--build", str(photos)]) == 2
+    err = capsys.readouterr().err
+    # Not "encode --out PHOTOS", which encode refuses: the photos go in as --data.
+    assert f"encode --data {photos} --out BUILD" in err, err
+    (tmp_path / "empty").mkdir()
+    assert main(["index", "--build", str(tmp_path / "empty")]) == 2
+    assert f"encode --out {tmp_path / 'empty'}` first" in capsys.readouterr().err
+
+
 def test_cli_interrupted_exits_130_and_says_how_to_resume(tmp_path, capsys, monkeypatch):
     from pipeline import cli
     from pipeline.cli import main

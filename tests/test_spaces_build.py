@@ -226,6 +226,8 @@ def test_publish_space_names_a_misspelled_dataset_or_revision(published_space):
     space_id = f"testuser/typo-{uuid.uuid4().hex[:8]}"
     for flags, said in (
         (["--dataset-repo", "testuser/no-such"], "no dataset repo testuser/no-such on the Hub"),
+        # (or a private one: the token to set, in a Space a secret of it)
+        (["--dataset-repo", "testuser/no-such"], "set HF_TOKEN to a token that can read it"),
         (["--dataset-repo", published_space.dataset_repo, "--dataset-revision", "nope"],
          "has no revision 'nope'"),
     ):  # fmt: skip

@@ -400,7 +400,8 @@ def _download_index(repo_id: str, revision: str | None, index_files: bool) -> tu
     except RepositoryNotFoundError:
         raise ManifestError(
             f"no dataset repo {repo_id} on the Hub (or it is private and no token was given); "
-            "check the name, or log in with `hf auth login`"
+            "check the name, or set HF_TOKEN to a token that can read it (in a Space: a secret "
+            "of the Space) or run `hf auth login`"
         ) from None
     except (LocalEntryNotFoundError, HfHubHTTPError) as err:  # offline, refused or failing
         failed = err
