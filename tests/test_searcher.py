@@ -673,3 +673,32 @@ def test_close_lets_go_of_the_fetch_threads(tmp_path):
     assert fetchers() == before
     with pytest.raises(ValueError, match="this Searcher was closed"):
         searcher.images.fetch([1])
+
+
+def test_cached_rows_no_load_used_for_two_weeks_go_and_the_ones_in_use_stay(tmp_path):
+    """A cache folder that persists across updates: the rows of replaced data files go once no
+    load used them for ROWS_KEEP_S; rows a load uses are kept however old they are."""
+    import os
+    import time
+
+    from imagesearchtr.lazy_rows import ROWS_KEEP_S
+
+    rng = np.random.default_rng(7)
+    repo = write_repo(tmp_path / "repo", unit(rng.normal(size=(10, DIM))))
+    cache = tmp_path / "cache"
+    Searcher.from_repo(repo, encoder=FakeEncoder(DIM), cache_dir=cache).close()
+    rows = cache / "rows"
+    used = sorted(rows.glob("*.arrow"))
+    assert used
+    long_ago = time.time() - ROWS_KEEP_S - 3600
+    replaced, recent = rows / "0123.image_id+path+captions.arrow", rows / "4567.arrow.9.9.tmp"
+    killed = rows / "89ab.image_id+path+captions.arrow.1.2.tmp"
+    for path in (replaced, recent, killed):
+        path.write_bytes(b"rows of a data file an update replaced")
+    for path in (*used, replaced, killed):
+        os.utime(path, (long_ago, long_ago))
+    with Searcher.from_repo(repo, encoder=FakeEncoder(DIM), cache_dir=cache) as searcher:
+        assert len(searcher) == 10
+    assert sorted(rows.glob("*.arrow")) == used  # in use: kept, and marked used now
+    assert all(p.stat().st_mtime > long_ago + 3600 for p in used)
+    assert not replaced.exists() and not killed.exists() and recent.exists()

@@ -11,7 +11,8 @@ downloads a data file whole:
   footer. The result is written once per data file and column set as
   an Arrow file under ``CACHE_DIR/rows/`` (keyed by the file's sha256 from the manifest, or by
   its path, size and time for a local folder without one) and memory-mapped from there, so a
-  restart reads nothing again and RSS stays small.
+  restart reads nothing again and RSS stays small; the files no load used for ``ROWS_KEEP_S``
+  are deleted.
 - ``ImageStore.fetch`` reads each image of one result page with one range read of exactly its
   bytes (from the image ranges), concurrently, at the pinned commit, with retries and backoff,
   waiting at most ``PAGE_FETCH_S`` for the page.
@@ -39,6 +40,7 @@ figures).
 from __future__ import annotations
 
 import bisect
+import contextlib
 import errno
 import functools
 import hashlib
@@ -76,6 +78,10 @@ BACKOFF_S = 0.25
 # would otherwise hold every search for its reads' timeouts and retries (40 s and more). What
 # is not there by then is a placeholder; a late read still lands in the cache for next time.
 PAGE_FETCH_S = 10.0
+# Cached rows of a data file no load used for this long go (remove_unused_rows): each update of
+# a dataset adds the rows of its new data files, and a cache folder that persists (a storage
+# volume, a local run) would otherwise keep every version's.
+ROWS_KEEP_S = 14 * 24 * 3600
 PLACEHOLDER_SIZE = (256, 256)
 PLACEHOLDER_COLOUR = (200, 200, 200)
 
@@ -386,6 +392,8 @@ def load_columns(source: Source, files: list[DataFile], cache_dir: Path, columns
         (rows_dir / f"{f.key}.arrow").unlink(missing_ok=True)
         target = rows_dir / f"{f.key}.{'+'.join(columns)}.arrow"
         if target.is_file():
+            with contextlib.suppress(OSError):  # used now: kept by remove_unused_rows
+                os.utime(target)
             return target
         write = functools.partial(_write_columns, source, f, columns, target)
         try:  # a file on this disk reads the same each time: retries for the Hub's only
@@ -404,6 +412,7 @@ def load_columns(source: Source, files: list[DataFile], cache_dir: Path, columns
 
     with ThreadPoolExecutor(FETCH_WORKERS) as pool:
         paths = list(pool.map(one, files))
+    remove_unused_rows(rows_dir)
     parts = [Dataset.from_file(str(p)) for p in paths]
     counts = [len(p) for p in parts]
     for f, n in zip(files, counts, strict=True):
@@ -414,6 +423,18 @@ def load_columns(source: Source, files: list[DataFile], cache_dir: Path, columns
             )
     dataset = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
     return dataset, counts
+
+
+def remove_unused_rows(rows_dir: Path) -> None:
+    """Delete the cached rows no load has used for ROWS_KEEP_S: those of data files that
+    updates replaced. By age, not by what this load uses: other repos, and other revisions of
+    this one that another app may be loading, share the folder."""
+    old = time.time() - ROWS_KEEP_S
+    # (and the temporary files of writes killed that long ago)
+    for path in [*rows_dir.glob("*.arrow"), *rows_dir.glob("*.arrow.*.tmp")]:
+        with contextlib.suppress(OSError):  # gone already, or not ours to delete
+            if path.stat().st_mtime < old:
+                path.unlink()
 
 
 def _write_columns(source: Source, f: DataFile, columns: list[str], target: Path) -> None:
