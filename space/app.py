@@ -16,9 +16,9 @@ The Searcher is loaded once, when the app starts. If that fails (no DATASET_REPO
 corrupt index, a manifest that does not match the rows, a model that is not the one that built
 the index) the app still starts, shows the reason on the page and logs it once: a Space that
 crashes at start-up restarts in a loop and shows only "Runtime error".
-A failure of the Hub or the network (a 5xx, a 429, a dropped connection) is tried again first
-(LOAD_ATTEMPTS), then, while it lasts, every RELOAD_EVERY_S in the background (SearcherSlot):
-the queries answer as soon as the dataset loads, without a restart.
+A failure of the Hub or the network (a 5xx, a 408, a 429, a dropped connection) is tried
+again first (LOAD_ATTEMPTS), then, while it lasts, every RELOAD_EVERY_S in the background
+(SearcherSlot): the queries answer as soon as the dataset loads, without a restart.
 
 Public API (gradio_client), also served as MCP tools (launch); the first three answer
 (gallery, results, status):
@@ -556,10 +556,10 @@ def make_handlers(searcher: Searcher | LoadError | SearcherSlot):
     ``RowNumber(precision=0)``.)
     """
 
-    # Only the encoder runs inside @spaces.GPU (ZeroGPU bills and queues GPU time per call); the
-    # FAISS search, the re-scoring of its candidates and the gallery's JPEGs run on the CPU.
     slot = searcher if isinstance(searcher, SearcherSlot) else SearcherSlot(searcher)
 
+    # Only the encoder runs inside @spaces.GPU (ZeroGPU bills and queues GPU time per call); the
+    # FAISS search, the re-scoring of its candidates and the gallery's JPEGs run on the CPU.
     @on_gpu
     def encode_on_device(texts: list[str], images: list[str]) -> list[np.ndarray]:
         encoder = slot.value.encoder  # a Searcher: each handler checks before it encodes

@@ -540,8 +540,9 @@ class ImageStore:
         self._pool = ThreadPoolExecutor(FETCH_WORKERS, thread_name_prefix="image-fetch")
 
     def close(self) -> None:
-        """Stop the fetch threads, close the image cache and the source's open files."""
-        self._pool.shutdown()
+        """Stop the fetch threads (reads not started are dropped; running ones end first),
+        close the image cache and the source's open files."""
+        self._pool.shutdown(cancel_futures=True)
         self.cache.close()
         self.source.close()
 
