@@ -113,6 +113,9 @@ MAX_QUERY_CHARS = 2000
 NOT_UNICODE = (
     "Metinde geçersiz bir karakter var (eşi olmayan bir UTF-16 vekili); silip yeniden yazın."
 )
+# /search_similar with the image id of a row that holds another photo now (or no longer
+# exists): "The photo in this row changed (the dataset was updated); search again."
+ROW_MOVED = "Bu satırdaki görsel değişti (veri kümesi güncellendi); yeniden arayın."
 DEFAULT_RESULTS = 10
 DEFAULT_ALPHA = 0.6
 # A Hub that fails for a moment while the Space starts (a 5xx, a 429, a dropped connection) must
@@ -177,7 +180,7 @@ CSS = """
 .gradio-container { max-width: 1100px !important; margin: auto; }
 #title h1 { margin-bottom: 0; }
 #title p { margin-top: 4px; opacity: 0.8; }
-#load-error { border: 1px solid #dc2626; border-radius: 8px; padding: 4px 12px;
+.load-error { border: 1px solid #dc2626; border-radius: 8px; padding: 4px 12px;
               background: rgba(220, 38, 38, 0.08); }
 #search-button { align-self: end; }
 """
@@ -601,12 +604,7 @@ def make_handlers(searcher: Searcher | LoadError | SearcherSlot):
         except ImageLoadError as err:  # never the name: it is a path on this server
             return [], [], f"⚠️ Görsel açılamadı: {IMAGE_ERRORS.get(err.kind, err.reason)}."
         except RowMovedError:
-            # "The photo in this row changed (the dataset was updated); search again."
-            return (
-                [],
-                [],
-                "⚠️ Bu satırdaki görsel değişti (veri kümesi güncellendi); yeniden arayın.",
-            )
+            return [], [], f"⚠️ {ROW_MOVED}"
         except ValueError as err:
             return [], [], f"⚠️ {err}"
         except Exception:
@@ -732,13 +730,15 @@ def make_handlers(searcher: Searcher | LoadError | SearcherSlot):
             number = float("nan")
         if not number.is_integer():
             return [], [], f"⚠️ Satır numarası bir tam sayı olmalı (verilen: {row})."
+        expected = image_id if isinstance(image_id, str) and image_id else None
+        if not 0 <= number < len(searcher) and expected is not None:  # the dataset shrank
+            return [], [], f"⚠️ {ROW_MOVED}"
         if not 0 <= number < len(searcher):
             last = len(searcher) - 1
             return [], [], f"⚠️ Satır numarası 0 ile {last} arasında olmalı (verilen: {number:g})."
         n = check_k(k)
         if n is None:
             return bad_k(k)
-        expected = image_id if isinstance(image_id, str) and image_id else None
         return run(lambda: searcher.search_similar(int(number), n, image_id=expected), f"row {row}")
 
     def embed(text: str) -> list[float]:
@@ -846,14 +846,18 @@ class QueryImage(gr.Image):
         return payload.path
 
 
-def _banner(searcher: Searcher | LoadError) -> str:
-    """The line under the title: what is searched, or why nothing can be."""
+def _banner(searcher: Searcher | LoadError) -> dict:
+    """The line under the title, as the Markdown's arguments: what is searched, or why nothing
+    can be (framed in red)."""
     if isinstance(searcher, LoadError):
-        return f"⚠️ **Arama kullanılamıyor.** {searcher.message}"
-    return (
-        f"<small>{len(searcher):,} görsel".replace(",", ".")
-        + f" · model `{searcher.manifest.model_id}` · veri `{searcher.location}`</small>"
-    )
+        text = f"⚠️ **Arama kullanılamıyor.** {searcher.message}"
+        return {"value": text, "elem_classes": ["load-error"]}
+    count = f"{len(searcher):,}".replace(",", ".")
+    model, where = searcher.manifest.model_id, searcher.location
+    return {
+        "value": f"<small>{count} görsel · model `{model}` · veri `{where}`</small>",
+        "elem_classes": [],
+    }
 
 
 def build_app(searcher: Searcher | LoadError | SearcherSlot) -> gr.Blocks:
@@ -867,12 +871,13 @@ def build_app(searcher: Searcher | LoadError | SearcherSlot) -> gr.Blocks:
     with gr.Blocks(title=f"{TITLE} · Türkçe görsel arama") as demo:
         gr.Markdown(f"# {TITLE}\n{DESCRIPTION}", elem_id="title")
         first = slot.value
-        banner = gr.Markdown(
-            _banner(first), elem_id="load-error" if isinstance(first, LoadError) else "source"
-        )
+        banner = gr.Markdown(**_banner(first), elem_id="source")
         if isinstance(first, LoadError) and first.transient:  # a page opened later says more
             demo.load(
-                lambda: _banner(slot.value), outputs=banner, api_visibility="private", queue=False
+                lambda: gr.update(**_banner(slot.value)),
+                outputs=banner,
+                api_visibility="private",
+                queue=False,
             )
         with gr.Tabs():
             with gr.Tab("Metinle ara", id="text"):

@@ -465,6 +465,10 @@ def test_search_similar_through_the_api(served, searcher):
         row=row, k=5, image_id=moved, api_name="/search_similar"
     )
     assert gallery == [] and answer == [] and "görsel değişti" in status, status
+    # A row past the end with an image id: the dataset shrank since, the same answer.
+    gone = len(searcher) + 5
+    *_, status = client.predict(row=gone, k=5, image_id=image_id, api_name="/search_similar")
+    assert "görsel değişti" in status, status
 
 
 def test_search_similar_handler_refuses_a_fraction(app, searcher):
@@ -1097,6 +1101,36 @@ def test_browser_search_shows_images(served):
         assert "sonuç" in browser.find_element(By.ID, "status").text
         ARTIFACTS.mkdir(exist_ok=True)
         browser.save_screenshot(str(ARTIFACTS / "app-search.png"))
+
+
+def test_browser_a_page_opened_after_a_late_load_shows_the_search_not_the_error(app, searcher):
+    """A Space that loaded in the background after its start-up tries: a page opened then
+    shows what is searched, without the red error frame the first pages had."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    slot = app.SearcherSlot(app.LoadError("the Hub failed", transient=True))
+    demo = app.build_app(slot)
+    url = launch(app, demo)
+    try:
+        with _browser() as browser:
+
+            def banner(b):
+                found = b.find_elements(By.CSS_SELECTOR, "#source")
+                return found and found[0].text.strip() and found[0]
+
+            browser.get(url)
+            shown = WebDriverWait(browser, 60).until(banner)
+            assert "Arama kullanılamıyor" in shown.text
+            assert "load-error" in shown.get_attribute("class")
+            slot.value = searcher  # as the background load sets it
+            browser.get(url)
+            loaded = WebDriverWait(browser, 60).until(
+                lambda b: (found := banner(b)) and "görsel" in found.text and found
+            )
+            assert "load-error" not in loaded.get_attribute("class")
+    finally:
+        demo.close()
 
 
 def test_preload_names_the_model_files_at_the_pinned_revision(local_hub, monkeypatch):

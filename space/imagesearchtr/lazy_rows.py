@@ -76,7 +76,8 @@ RETRIES = 3  # attempts per range read; waits BACKOFF_S, 2 * BACKOFF_S, ... betw
 BACKOFF_S = 0.25
 # The longest a result page waits for its images: a storage host that hangs instead of failing
 # would otherwise hold every search for its reads' timeouts and retries (40 s and more). What
-# is not there by then is a placeholder; a late read still lands in the cache for next time.
+# is not there by then is a placeholder; a read that still succeeds later (a retry within
+# HF_HUB_DOWNLOAD_TIMEOUT) is cached for the next page.
 PAGE_FETCH_S = 10.0
 # Cached rows of a data file no load used for this long go (remove_unused_rows): each update of
 # a dataset adds the rows of its new data files, and a cache folder that persists (a storage
