@@ -414,7 +414,7 @@ def test_publish_through_resets_mid_upload_and_a_timeout(
         # commit once (--retries 1), then fails with its own line.
         assert re.fullmatch(
             rf"error: publishing to {repo} failed: .* after 2 attempts; the repo was left "
-            "unchanged",
+            "unchanged: run the same publish command again later",
             error,
         ), error
         assert "Traceback" not in output
