@@ -451,6 +451,18 @@ def test_a_damaged_local_data_file_is_named(tmp_path):
         Searcher.from_repo(folder, encoder=FakeEncoder(DIM), cache_dir=tmp_path / "cache")
 
 
+def test_a_data_file_without_the_image_column_is_refused_at_load(tmp_path):
+    """Rows whose images cannot be shown are refused with the fix, not loaded to show a grey
+    placeholder for every hit (ids and captions alone would load)."""
+    import pyarrow.parquet as pq
+
+    folder = write_repo(tmp_path / "repo", unit(np.eye(3, DIM) + 0.1))
+    (path,) = (folder / "data").glob("*.parquet")
+    pq.write_table(pq.read_table(path).drop_columns(["image"]), path)
+    with pytest.raises(SearchSetupError, match=f"{path.name} has no image column"):
+        Searcher.from_repo(folder, encoder=FakeEncoder(DIM), cache_dir=tmp_path / "cache")
+
+
 def test_a_data_file_whose_footer_claims_more_bytes_than_it_has_is_named(tmp_path):
     # The footer length is the file's last word: one past the file's start must be named, not
     # a bare seek error (the file keeps its size, so the manifest's size check passes).
