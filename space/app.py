@@ -257,9 +257,8 @@ def load_searcher(env: Mapping[str, str] | None = None) -> Searcher | LoadError:
 
 def _load_error(err: Exception, where: str, transient: bool = False) -> LoadError:
     # "The Hub cannot be reached now; the app tries again every N seconds."
-    again = f" (Hub'a şu an ulaşılamıyor; uygulama {RELOAD_EVERY_S:g} saniyede bir yeniden deniyor)"
-    if not transient:
-        again = ""
+    every = f"{RELOAD_EVERY_S:g} saniyede bir"
+    again = f" (Hub'a şu an ulaşılamıyor; uygulama {every} yeniden deniyor)" if transient else ""
     if isinstance(err, ModelMismatchError):
         return _load_failed(f"Model ile arama dizini uyuşmuyor ({where}): {err}")
     if isinstance(err, SearchSetupError):
@@ -731,9 +730,7 @@ def make_handlers(searcher: Searcher | LoadError | SearcherSlot):
         if not number.is_integer():
             return [], [], f"⚠️ Satır numarası bir tam sayı olmalı (verilen: {row})."
         expected = image_id if isinstance(image_id, str) and image_id else None
-        if not 0 <= number < len(searcher) and expected is not None:  # the dataset shrank
-            return [], [], f"⚠️ {ROW_MOVED}"
-        if not 0 <= number < len(searcher):
+        if expected is None and not 0 <= number < len(searcher):  # (with an id: RowMovedError)
             last = len(searcher) - 1
             return [], [], f"⚠️ Satır numarası 0 ile {last} arasında olmalı (verilen: {number:g})."
         n = check_k(k)

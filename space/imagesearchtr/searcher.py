@@ -293,13 +293,12 @@ class Searcher:
 
         ``image_id``: the ``Hit.image_id`` the row number came with; a row that holds another
         image now (the dataset was updated since) raises RowMovedError instead of answering for
-        that other photo."""
+        that other photo, or one past the end now (the dataset shrank)."""
         if isinstance(row, bool) or not isinstance(row, int | np.integer):
             raise ValueError(f"row must be a row number, got {row!r}")
         if not 0 <= row < len(self):
-            raise ValueError(
-                f"row {row} is out of range: the dataset has rows 0 to {len(self) - 1}"
-            )
+            error = ValueError if image_id is None else RowMovedError
+            raise error(f"row {row} is out of range: the dataset has rows 0 to {len(self) - 1}")
         if image_id is not None and (held := self.rows[int(row)]["image_id"]) != image_id:
             raise RowMovedError(
                 f"row {row} holds image {held!r} now, not {image_id!r}: the dataset changed "
