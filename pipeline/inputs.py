@@ -25,6 +25,7 @@ from itertools import chain, count
 from pathlib import Path, PurePosixPath
 
 from imagesearchtr.manifest import LOCAL_SOURCE, public_source
+from imagesearchtr.texts import is_valid_unicode
 
 CAPTIONS_FILE = "captions.jsonl"
 IMAGE_SUFFIXES = {
@@ -127,7 +128,7 @@ class FolderSource:
             )
         for path in paths:
             rel = path.relative_to(folder).as_posix()
-            if _is_valid_unicode(rel):
+            if is_valid_unicode(rel):
                 files.append(rel)
                 continue
             # Bytes that are not UTF-8 (a zip made on Windows names "köpek" in cp1254): no
@@ -157,7 +158,7 @@ class FolderSource:
                 if not isinstance(caption, str) or not caption.strip():
                     skips.append(Skip(where, EMPTY_CAPTION, f"empty or missing caption for {rel}"))
                     continue
-                if not _is_valid_unicode(caption):
+                if not is_valid_unicode(caption):
                     skips.append(Skip(where, BAD_LINE, f"caption for {rel} is not valid Unicode"))
                     continue
                 captions[rel].append(" ".join(caption.split()))
@@ -329,15 +330,6 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict, str | None]]:
             yield line_no, entry, None
 
 
-def _is_valid_unicode(text: str) -> bool:
-    """False for text with lone surrogates ("\\ud800" is valid JSON but not valid Unicode)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _safe_relative(value, folder: Path) -> tuple[str, str | None]:
     """A caption line's path, normalised and kept inside the folder (no ../ escapes).
 
@@ -345,7 +337,7 @@ def _safe_relative(value, folder: Path) -> tuple[str, str | None]:
     """
     if not isinstance(value, str) or not value.strip():
         return "", "missing 'path'"
-    if "\x00" in value or not _is_valid_unicode(value):
+    if "\x00" in value or not is_valid_unicode(value):
         return "", f"path {ascii(value)} is not a valid file name"
     if Path(value).is_absolute():
         return "", f"absolute path {value!r}: paths must be relative to the data folder"

@@ -89,6 +89,7 @@ from imagesearchtr import (
 )
 from imagesearchtr.images import MAX_PIXELS
 from imagesearchtr.manifest import describe_error, is_transient_status, transport_errors
+from imagesearchtr.texts import is_valid_unicode
 from imagesearchtr.vectors import compose_vectors
 
 log = logging.getLogger("imagesearchtr.space")
@@ -587,13 +588,6 @@ def make_handlers(searcher: Searcher | LoadError | SearcherSlot):
     def too_long(text: str) -> str:
         return f"Metin en çok {MAX_QUERY_CHARS} karakter olabilir ({len(text)})."
 
-    def is_unicode(text: str) -> bool:  # (NOT_UNICODE)
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            return False
-        return True
-
     def run(query_fn, what: str):
         started = time.perf_counter()
         try:
@@ -649,7 +643,7 @@ def make_handlers(searcher: Searcher | LoadError | SearcherSlot):
             return [], [], f"⚠️ deep true ya da false olmalı (verilen: {str(deep)[:40]!r})."
         if isinstance(query, str) and len(query) > MAX_QUERY_CHARS:
             return [], [], f"⚠️ {too_long(query)}"
-        if isinstance(query, str) and not is_unicode(query):
+        if isinstance(query, str) and not is_valid_unicode(query):
             return [], [], f"⚠️ {NOT_UNICODE}"
         try:
             weight = float(alpha) if deep else None
@@ -756,7 +750,7 @@ def make_handlers(searcher: Searcher | LoadError | SearcherSlot):
             raise gr.Error("Lütfen bir metin verin (ör. “karlı dağlar”).")
         if len(text) > MAX_QUERY_CHARS:
             raise gr.Error(too_long(text))
-        if not is_unicode(text):
+        if not is_valid_unicode(text):
             raise gr.Error(NOT_UNICODE)
         try:
             (vector,) = encode_terms([text.strip()])

@@ -1,9 +1,10 @@
 """ImageSearchTR: Turkish semantic image search over a Hugging Face dataset with FAISS indices.
 
-The data path, one module a step: images.py (open any image safely) -> encoder.py (texts and
-images to normalised embeddings; multiembedtr.py rebuilds the model) -> manifest.py (which model
-built an index) -> searcher.py (load a published dataset and its indices, answer queries;
-lazy_rows.py and image_cache.py read its rows and the shown images, vectors.py does the math).
+The data path, one module a step: images.py (open any image safely) and texts.py (which texts
+are valid Unicode) -> encoder.py (texts and images to normalised embeddings; multiembedtr.py
+rebuilds the model) -> manifest.py (which model built an index) -> searcher.py (load a published
+dataset and its indices, answer queries; lazy_rows.py and image_cache.py read its rows and the
+shown images, vectors.py does the math).
 
 The public names below are imported on first use, as huggingface_hub's are: a command that only
 reads a manifest (``python -m pipeline publish``) does not pay for importing torch.

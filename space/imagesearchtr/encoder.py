@@ -45,6 +45,7 @@ from .multiembedtr import (
     fingerprint_state_dict,
     resolve_component,
 )
+from .texts import is_valid_unicode
 
 DUAL_ENCODER_TYPES = ("clip", "siglip")
 # A progress bar is worth its noise only when a call takes more than a few batches.
@@ -189,13 +190,11 @@ class Encoder:
                 raise TypeError(f"text #{i} is a {type(text).__name__}, not a str")
             if not text.strip():
                 raise ValueError(f"text #{i} is empty or whitespace only; give a non-empty text")
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:
+            if not is_valid_unicode(text):
                 raise ValueError(
                     f"text #{i} is not valid Unicode (it holds a lone surrogate such as "
                     "'\\ud800'); fix its encoding"
-                ) from None
+                )
         texts = [text[:TEXT_MAX_CHARS] for text in texts]
         # Longest first, as sentence-transformers does: batches of similar length pad less,
         # and an out-of-memory error shows up on the first batch rather than the last.
