@@ -19,6 +19,7 @@ from huggingface_hub import SpaceCard, SpaceCardData, SpaceHardware
 
 from hub_card.usage import render_usage
 from imagesearchtr.manifest import Manifest, is_hub_id
+from pipeline.space import DEFAULT_HARDWARE  # publish-space picks the hardware; the card says it
 
 TEMPLATE_PATH = Path(__file__).resolve().parent / "templates" / "space_card.md"
 
@@ -45,7 +46,7 @@ def render_space_card(
     manifest: Manifest,
     gradio_version: str,
     python_version: str,
-    hardware: str = "cpu-basic",
+    hardware: str = DEFAULT_HARDWARE,
     preload: tuple[str, ...] = (),
     license: str = "apache-2.0",
     emoji: str = "🔎",
