@@ -119,7 +119,7 @@ def render_dataset_card(
     name = pretty_name or existing_data.get("pretty_name") or _default_pretty_name(repo_id, source)
     sources = facts["sources"]
     known = _known_sources(manifest.model_id, source)
-    model_url = _hub_url(manifest.model_id, "model")
+    model_url = hub_url(manifest.model_id, "model")
 
     ours = {
         "license": source_license or existing_data.get("license") or "other",
@@ -157,7 +157,7 @@ def render_dataset_card(
         m=manifest,
         model_url=model_url,
         source=source,
-        source_url=_hub_url(source, "dataset"),
+        source_url=hub_url(source, "dataset"),
         source_name=_source_name(source),
         card_license=data["license"],
         research_only=research_only(manifest.model_id, source),
@@ -335,7 +335,9 @@ def _source_name(source: str) -> str:
     return Path(source.removeprefix(LOCAL_SOURCE)).name
 
 
-def _hub_url(name: str, repo_type: str) -> str:
+def hub_url(name: str, repo_type: str) -> str:
+    """The Hub page of a model or dataset id (``repo_type`` "model" or "dataset"); "" for a name
+    that is not a Hub id (a local folder has no page)."""
     if not is_hub_id(name):
         return ""
     return f"https://huggingface.co/{'datasets/' if repo_type == 'dataset' else ''}{name}"
@@ -355,7 +357,7 @@ def _citations(model_id: str, source: str, known: list[dict], table: dict) -> li
             namespace, title = name.split("/", 1)
             bibtex = (
                 f"@misc{{{key},\n  title        = {{{title}}},\n  author       = {{{namespace}}},"
-                f"\n  howpublished = {{\\url{{{_hub_url(name, repo_type)}}}}},\n"
+                f"\n  howpublished = {{\\url{{{hub_url(name, repo_type)}}}}},\n"
                 f"  note         = {{Hugging Face Hub {repo_type}}}\n}}"
             )
             out.append({"label": label, "bibtex": bibtex})

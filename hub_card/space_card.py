@@ -17,6 +17,7 @@ from pathlib import Path
 import jinja2
 from huggingface_hub import SpaceCard, SpaceCardData, SpaceHardware
 
+from hub_card.dataset_card import hub_url
 from hub_card.usage import render_usage
 from imagesearchtr.manifest import Manifest, is_hub_id
 from pipeline.space import DEFAULT_HARDWARE  # publish-space picks the hardware; the card says it
@@ -107,11 +108,9 @@ def render_space_card(
         ),
         dataset_repo=dataset_repo,
         dataset_revision=dataset_revision,
-        dataset_url=f"https://huggingface.co/datasets/{dataset_repo}",
+        dataset_url=hub_url(dataset_repo, "dataset"),
         model_id=manifest.model_id,
-        model_url=(
-            f"https://huggingface.co/{manifest.model_id}" if is_hub_id(manifest.model_id) else None
-        ),
+        model_url=hub_url(manifest.model_id, "model"),
         hardware=hardware,
         space_id=space_id,
         space_url=_space_url(space_id),
