@@ -26,7 +26,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from . import _io
-from .inputs import CAPTIONS_FILE, load_split
+from .inputs import CAPTION_COLUMN, CAPTIONS_FILE, ID_COLUMN, IMAGE_COLUMN, load_split
 
 DEFAULT_DATASET = "ituperceptron/image-captioning-turkish"
 
@@ -39,9 +39,9 @@ class DownloadConfig:
     split: str = "long_captions"
     dataset: str = DEFAULT_DATASET
     buffer_size: int = 10_000
-    image_column: str = "image"
-    caption_column: str = "text"
-    id_column: str = "image_id"
+    image_column: str = IMAGE_COLUMN
+    caption_column: str = CAPTION_COLUMN
+    id_column: str = ID_COLUMN
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,11 @@ IMAGE_SUFFIXES = {
 # reported as skipped (with how to convert it) rather than left out unsaid.
 CONVERT_FIRST = {".heic", ".heif"}
 LISTED_SUFFIXES = IMAGE_SUFFIXES | CONVERT_FIRST
+# The columns a Hub dataset's images, captions and ids are read from unless told otherwise (those
+# of download's default dataset): HubSource's and download's defaults, and so the CLI's.
+IMAGE_COLUMN = "image"
+CAPTION_COLUMN = "text"
+ID_COLUMN = "image_id"
 # Plain columns an image column may be: paths (or URLs) and image bytes.
 TEXT_OR_BYTES = ("string", "large_string", "binary", "large_binary")
 
@@ -216,9 +221,9 @@ class HubSource:
 
     dataset: str
     split: str = "train"
-    image_column: str = "image"
-    caption_column: str = "text"
-    id_column: str | None = "image_id"
+    image_column: str = IMAGE_COLUMN
+    caption_column: str = CAPTION_COLUMN
+    id_column: str | None = ID_COLUMN
     revision: str | None = None
 
     def describe(self) -> str:
