@@ -437,7 +437,7 @@ class _Completer:
         return [(r, d) for r, d in self.chunks[i] if d not in self.cache]
 
     def __call__(self, done) -> None:
-        from .feed import caption_embeddings
+        from .feed import add_row, caption_embeddings
 
         chunk = self.chunks[done.index]
         fresh = {digest: k for k, digest in enumerate(done.rows["sha256"])}
@@ -469,13 +469,7 @@ class _Completer:
                 skips.append(Skip(record.path, UNREADABLE_FILE, f"unreadable file ({err})"))
                 continue
             image_emb, _, caption_emb = known[digest]
-            rows["image"].append({"bytes": data, "path": Path(record.path).name})
-            rows["image_id"].append(record.image_id)
-            rows["path"].append(record.path)
-            rows["captions"].append(list(record.captions))
-            rows["image_emb"].append(image_emb)
-            rows["caption_emb"].append(new_caps.get(digest, caption_emb))
-            rows["sha256"].append(digest)
+            add_row(rows, record, data, digest, image_emb, new_caps.get(digest, caption_emb))
         self.bar.update(len(reused))
         _write_shard(self.shards_dir / self.names[done.index], rows, skips, self.row_features)
 

@@ -18,6 +18,9 @@ The stages, and why:
 single-process mode), so the rows are bit for bit the same for any number of workers on CPU.
 Out of memory on a batch halves the batch (images and captions separately), says so once, and
 goes on with the smaller size.
+
+A shard row is built in one place, ``add_row``: encode's writer builds the rows it reuses with it
+too.
 """
 
 from __future__ import annotations
@@ -159,24 +162,34 @@ def encode_chunks(
                     raise FeedError(f"{names}: {err}") from None
                 for p, data, img_vec in zip(batch.positions, batch.data, image_emb, strict=True):
                     record, _ = items[p]
-                    rows["image"].append({"bytes": data, "path": Path(record.path).name})
-                    rows["image_id"].append(record.image_id)
-                    rows["path"].append(record.path)
-                    rows["captions"].append(list(record.captions))
-                    rows["image_emb"].append(img_vec)
-                    # Of the bytes stored, not the plan's: a photo edited since the plan hashed
-                    # it is stored as read now, and its next update sees it as it is.
-                    rows["sha256"].append(hashlib.sha256(data).hexdigest())
+                    # The sha256 of the bytes stored, not the plan's: a photo edited since the
+                    # plan hashed it is stored as read now, and its next update sees it as it is.
+                    add_row(rows, record, data, hashlib.sha256(data).hexdigest(), img_vec)
             if progress is not None:
                 progress(len(positions))
             if last:
                 # The captions of the whole chunk at once: large, length-sorted text batches
-                # (per image batch, a GPU spends its time launching ModernBERT's small kernels).
+                # (per image batch, a GPU spends its time launching ModernBERT's small kernels);
+                # they replace the None each add_row above left.
                 rows["caption_emb"] = caption_embeddings(rows["captions"], texts.run_whole)
                 writer.submit(ChunkRows(chunk_index, rows, skips))
                 written += 1
                 rows, skips = _empty_rows(), []
     return written
+
+
+def add_row(
+    rows: dict, record: ImageRecord, data: bytes, sha256: str, image_emb, caption_emb=None
+) -> None:
+    """Append one image's shard row to ``rows`` (a list a column, encode's columns): the image
+    bytes as stored, where they came from, the captions, the embeddings and the bytes' sha256."""
+    rows["image"].append({"bytes": data, "path": Path(record.path).name})
+    rows["image_id"].append(record.image_id)
+    rows["path"].append(record.path)
+    rows["captions"].append(list(record.captions))
+    rows["image_emb"].append(image_emb)
+    rows["caption_emb"].append(caption_emb)
+    rows["sha256"].append(sha256)
 
 
 def caption_embeddings(
