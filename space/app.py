@@ -257,21 +257,23 @@ def load_searcher(env: Mapping[str, str] | None = None) -> Searcher | LoadError:
 
 
 def _load_error(err: Exception, where: str, transient: bool = False) -> LoadError:
-    # "The Hub cannot be reached now; the app tries again every N seconds."
-    every = f"{RELOAD_EVERY_S:g} saniyede bir"
-    again = f" (Hub'a şu an ulaşılamıyor; uygulama {every} yeniden deniyor)" if transient else ""
+    if transient:  # the Hub's own English error (a URL, hundreds of characters) is for the log
+        # "The Hub cannot be reached now; the app tries again every N seconds (where: HTTP 503)."
+        every = f"{RELOAD_EVERY_S:g} saniyede bir"
+        return _load_failed(
+            f"Hub'a şu an ulaşılamıyor; uygulama {every} yeniden deniyor "
+            f"({where}: {transient_cause(err)}).",
+            exc_info=err,
+            transient=True,
+        )
     if isinstance(err, ModelMismatchError):
         return _load_failed(f"Model ile arama dizini uyuşmuyor ({where}): {err}")
     if isinstance(err, SearchSetupError):
-        return _load_failed(
-            f"Veri kümesi ya da arama dizini kullanılamıyor ({where}): {err}{again}",
-            transient=transient,
-        )
+        return _load_failed(f"Veri kümesi ya da arama dizini kullanılamıyor ({where}): {err}")
     first_line = str(err).splitlines()[0] if str(err) else ""
     return _load_failed(
-        f"Arama dizini yüklenemedi ({where}): {type(err).__name__}: {first_line}{again}",
-        exc_info=True,
-        transient=transient,
+        f"Arama dizini yüklenemedi ({where}): {type(err).__name__}: {first_line}",
+        exc_info=err,
     )
 
 
@@ -279,19 +281,28 @@ def is_transient(err: BaseException | None) -> bool:
     """Whether a failure, or one it was raised from, is the Hub's or the network's for a moment:
     a dropped or timed-out connection, or an answer ``is_transient_status`` names (read through
     ``raise ... from None``)."""
+    return transient_cause(err) is not None
+
+
+def transient_cause(err: BaseException | None) -> str | None:
+    """What makes a failure the Hub's or the network's for a moment (``is_transient``), in a
+    few words for the page: ``"HTTP 503"``, or the connection error's type (``"ConnectError"``);
+    None when nothing does."""
     seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
         if isinstance(err, transport_errors()):
-            return True
+            return type(err).__name__
         status = getattr(getattr(err, "response", None), "status_code", None)
         if isinstance(status, int) and is_transient_status(status):
-            return True
+            return f"HTTP {status}"
         err = err.__cause__ or err.__context__
-    return False
+    return None
 
 
-def _load_failed(message: str, exc_info: bool = False, transient: bool = False) -> LoadError:
+def _load_failed(
+    message: str, exc_info: BaseException | None = None, transient: bool = False
+) -> LoadError:
     log.error("search is unavailable: %s", message, exc_info=exc_info)
     return LoadError(message, transient)
 

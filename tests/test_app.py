@@ -836,7 +836,7 @@ def test_a_failure_of_the_hub_for_a_moment_is_told_from_one_that_stays(app, kind
     ("failures", "calls", "waits", "said"),
     [
         (["dropped", "503", "429"], 4, [5.0, 10.0, 20.0], None),  # loaded at the 4th try
-        (["dropped"] * 9, 4, [5.0, 10.0, 20.0], "Arama dizini yüklenemedi"),  # never: said
+        (["dropped"] * 9, 4, [5.0, 10.0, 20.0], "Hub'a şu an ulaşılamıyor"),  # never: said
         (["setup", "dropped"], 1, [], "Veri kümesi ya da arama dizini kullanılamıyor"),
         ([], 1, [], None),  # a Hub that answers: loaded once
     ],
@@ -872,6 +872,44 @@ def test_the_space_tries_a_failing_hub_again_at_start_then_says_why(
         assert isinstance(loaded, Loaded)
     else:
         assert isinstance(loaded, app.LoadError) and said in loaded.message
+
+
+@pytest.mark.parametrize(("failure", "detail"), [("503", "HTTP 503"), ("refused", "ConnectError")])
+def test_a_hub_outage_is_told_in_turkish_first_with_a_one_line_detail(
+    failure, detail, monkeypatch, caplog
+):
+    # huggingface_hub's error for a failing Hub is English and hundreds of characters long (a
+    # URL, a request id): a visitor reads the Turkish note first and a short detail; the log
+    # keeps the whole error.
+    import types
+
+    import httpx
+    import huggingface_hub
+    from huggingface_hub.errors import HfHubHTTPError
+
+    app = load_app("imagesearchtr_space_app_outage")
+    url = "https://huggingface.co/api/datasets/someone/photos/revision/main"
+    said = f"Server error '503 Service Unavailable' for url '{url}' (Request ID: Root=1-{'7' * 24})"
+
+    def snapshot_download(*args, **kwargs):  # the start-up's first request to the Hub
+        if failure == "refused":
+            raise httpx.ConnectError(f"[Errno 111] Connection refused: {url}")
+        raise HfHubHTTPError(said, response=httpx.Response(503, request=httpx.Request("GET", url)))
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(app, "time", types.SimpleNamespace(perf_counter=time.perf_counter,
+                                                           sleep=lambda s: None))  # fmt: skip
+    with caplog.at_level(logging.ERROR, logger="imagesearchtr.space"):
+        loaded = app.load_searcher({"DATASET_REPO": "someone/photos"})
+    assert isinstance(loaded, app.LoadError) and loaded.transient
+    assert loaded.message == (
+        "Hub'a şu an ulaşılamıyor; uygulama 60 saniyede bir yeniden deniyor "
+        f"(someone/photos: {detail})."
+    )
+    banner = app._banner(loaded)["value"]
+    assert banner.startswith("⚠️ **Arama kullanılamıyor.** Hub'a şu an ulaşılamıyor")
+    assert url not in banner
+    assert url in caplog.text and ("Service Unavailable" in caplog.text or failure == "refused")
 
 
 def test_a_hub_that_fails_past_the_start_up_tries_is_tried_again_until_it_answers(
