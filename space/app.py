@@ -54,6 +54,7 @@ GRADIO_SERVER_PORT, read by gradio itself, choose the address).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import importlib.util
@@ -165,11 +166,15 @@ GALLERY_MAX_SIDE = 1000
 # "Kuzey-Batı" or "15-20 yaş" stays part of the text (parse_query).
 # Each term is one encoder call: more terms than this are refused, not queued for seconds.
 MAX_TERMS = 8
+# What to do about a query image sent as base64 (API, MCP) that is not valid base64 or holds
+# no bytes: "send the image whole, as data:image/jpeg;base64,...".
+BASE64_FIX = "görseli eksiksiz, `data:image/jpeg;base64,...` biçiminde gönderin"
 # Why an image could not be used, in the visitor's words (ImageLoadError.kind; the library's
-# reason is English and may name a path of this server).
+# reason is English and may name a path of this server). An MCP client's base64 is decoded by
+# gradio before the app sees it: one that decodes to nothing arrives as an empty file.
 IMAGE_ERRORS = {
     "missing": "dosya bulunamadı",
-    "empty": "dosya boş",
+    "empty": f"dosya boş (0 bayt; base64 ile gönderildiyse veri boş ya da geçersiz: {BASE64_FIX})",
     "no_pixels": "görselde hiç piksel yok",
     "too_large": f"görsel çok büyük (en çok {MAX_PIXELS // 1_000_000} megapiksel); küçültün",
     "not_an_image": "bir görsel dosyası değil ya da biçimi desteklenmiyor (ör. HEIC, SVG)",
@@ -823,12 +828,19 @@ class QueryImage(gr.Image):
         if payload is None:
             return None
         if payload.url and payload.url.startswith("data:"):
-            try:  # the bytes as sent, not decoded
-                path = processing_utils.save_base64_to_cache(payload.url, self.GRADIO_CACHE)
-                self.temp_files.add(path)  # taken in: swept like an upload
-                return path
-            except ValueError:
-                raise gr.Error("Görsel açılamadı: geçersiz base64 verisi.") from None
+            # Checked strictly first: gradio's decoder drops what is not base64, so "@@@@" or
+            # "====" became an empty file ("dosya boş"), the visitor's mistake hidden.
+            _, comma, data = payload.url.rpartition(",")
+            try:
+                decoded = comma and base64.b64decode("".join(data.split()), validate=True)
+            except ValueError:  # (binascii.Error)
+                decoded = b""
+            if not decoded:
+                raise gr.Error(f"Görsel açılamadı: base64 verisi geçersiz ya da boş; {BASE64_FIX}.")
+            # a file of the bytes as sent (not decoded as an image and saved again)
+            path = processing_utils.save_base64_to_cache(payload.url, self.GRADIO_CACHE)
+            self.temp_files.add(path)  # taken in: swept like an upload
+            return path
         if not payload.path:  # a bare URL that gradio did not fetch: not silently no image
             raise gr.Error(
                 "Görsel alınamadı: yalnız bir adres geldi; görseli yükleyin "

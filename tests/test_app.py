@@ -12,6 +12,7 @@ import contextlib
 import functools
 import importlib.metadata
 import importlib.util
+import io
 import json
 import logging
 import os
@@ -519,6 +520,59 @@ def test_a_query_image_that_is_only_a_url_is_refused_not_dropped(app):
     with pytest.raises(app.gr.Error, match="yalnız bir adres geldi"):
         box.preprocess(payload)
     assert box.preprocess(None) is None
+
+
+def test_a_query_image_in_base64_that_is_invalid_or_empty_says_so(app, tmp_path):
+    # gradio's decoder drops what is not base64: "@@@@" or "====" was an empty file, and the
+    # answer "dosya boş" hid the sender's mistake.
+    import base64
+
+    from PIL import Image
+
+    box = app.QueryImage(type="filepath")
+    box.GRADIO_CACHE = str(tmp_path)
+    for url in (
+        "data:",
+        "data:image/png;base64,",
+        "data:,",
+        "data:image/png;base64,====",
+        "data:image/png;base64,@@@@",
+        "data:image/png;base64,abc",
+        "data:image/png;base64,bir metin, base64 değil",
+    ):
+        with pytest.raises(app.gr.Error, match="base64 verisi geçersiz ya da boş; görseli ") as err:
+            box.preprocess(box.data_model(url=url, path=None))
+        assert "data:image/jpeg;base64," in str(err.value)
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(buffer, format="PNG")
+    text = base64.encodebytes(buffer.getvalue()).decode()  # in lines of 76, as MIME writes it
+    for url in (f"data:image/png;base64,{text}", f"data:;base64,{text}"):
+        path = box.preprocess(box.data_model(url=url, path=None))
+        assert Path(path).read_bytes() == buffer.getvalue() and path in box.temp_files
+
+
+def test_an_mcp_query_image_in_base64_of_no_bytes_names_the_fix(served):
+    # Through MCP, gradio decodes the base64 before the app sees it: no bytes reach the app
+    # as an empty file, whose answer says what to send.
+    import asyncio
+
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    url, _ = served
+
+    async def call():
+        async with (
+            streamable_http_client(url + "gradio_api/mcp/") as (read, write, _),
+            ClientSession(read, write) as session,
+        ):
+            await session.initialize()
+            image = "data:image/png;base64,"
+            return await session.call_tool("search_image", {"image": image, "k": 3})
+
+    answer = asyncio.run(asyncio.wait_for(call(), timeout=120))
+    text = "\n".join(c.text for c in answer.content if c.type == "text")
+    assert "dosya boş (0 bayt; base64 ile gönderildiyse veri boş ya da geçersiz: görseli" in text
 
 
 def test_share_links_round_trip(app):
