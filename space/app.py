@@ -169,6 +169,14 @@ MAX_TERMS = 8
 # What to do about a query image sent as base64 (API, MCP) that is not valid base64 or holds
 # no bytes: "send the image whole, as data:image/jpeg;base64,...".
 BASE64_FIX = "görseli eksiksiz, `data:image/jpeg;base64,...` biçiminde gönderin"
+# A query image given as a URL that gradio does not fetch (QueryImage): "Local or private
+# network addresses (localhost, 127.0.0.1, 10.x, 192.168.x) and names that do not resolve are
+# not fetched; give a public address, or upload the image."
+URL_NOT_FETCHED = (
+    "Görsel alınamadı: yerel ya da özel ağ adresleri (localhost, 127.0.0.1, 10.x, 192.168.x "
+    "gibi) ve çözülemeyen adresler getirilmez; herkese açık bir adres verin ya da görseli "
+    "yükleyin."
+)
 # Why an image could not be used, in the visitor's words (ImageLoadError.kind; the library's
 # reason is English and may name a path of this server). An MCP client's base64 is decoded by
 # gradio before the app sees it: one that decodes to nothing arrives as an empty file.
@@ -823,6 +831,17 @@ class QueryImage(gr.Image):
     """
 
     is_template = True  # rendered by gradio's own Image component
+
+    async def async_move_resource_to_block_cache(self, url_or_file_path):
+        # gradio fetches an image URL (gradio_client's handle_file(url), an MCP tool's image)
+        # here, before preprocess, and refuses a loopback, private or link-local address, or a
+        # name that does not resolve, with a ValueError that callers got as a bare error.
+        try:
+            return await super().async_move_resource_to_block_cache(url_or_file_path)
+        except ValueError:
+            if not str(url_or_file_path).startswith(("http://", "https://")):
+                raise
+            raise gr.Error(URL_NOT_FETCHED) from None
 
     def preprocess(self, payload):
         if payload is None:

@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -573,6 +574,36 @@ def test_an_mcp_query_image_in_base64_of_no_bytes_names_the_fix(served):
     answer = asyncio.run(asyncio.wait_for(call(), timeout=120))
     text = "\n".join(c.text for c in answer.content if c.type == "text")
     assert "dosya boş (0 bayt; base64 ile gönderildiyse veri boş ya da geçersiz: görseli" in text
+
+
+def test_a_query_image_url_on_a_local_or_private_address_is_refused_in_turkish(served):
+    # gradio refuses to fetch such a URL (SSRF protection) before the app's preprocess runs,
+    # with a ValueError that callers got as a bare error; an MCP client, as "The upstream
+    # Gradio app has raised an exception".
+    import asyncio
+
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    url, client = served
+    said = "yerel ya da özel ağ adresleri (localhost, 127.0.0.1"
+    for address in ("http://127.0.0.1:9/photo.jpg", "http://localhost:9/photo.jpg", url):
+        with pytest.raises(AppError, match=re.escape(said)):
+            client.predict(image=handle_file(address), k=3, api_name="/search_image")
+
+    async def call():
+        async with (
+            streamable_http_client(url + "gradio_api/mcp/") as (read, write, _),
+            ClientSession(read, write) as session,
+        ):
+            await session.initialize()
+            image = "http://169.254.169.254/latest/meta-data/"  # a cloud's metadata service
+            return await session.call_tool("search_image", {"image": image, "k": 3})
+
+    answer = asyncio.run(asyncio.wait_for(call(), timeout=120))
+    assert answer.isError and said in "\n".join(c.text for c in answer.content if c.type == "text")
 
 
 def test_share_links_round_trip(app):
