@@ -118,6 +118,28 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path, monkeypatch):
         open_image(big)
 
 
+def test_a_pil_image_over_the_limit_is_refused_before_it_is_converted(tiny_encoder):
+    # A caller's PIL image (Searcher.search_image, encode_images) was converted whole: one of
+    # 144 MP became a 432 MB RGB copy. Refused as a file of that size is (kind too_large, which
+    # the app words in Turkish); a one-bit image keeps the test's own memory small.
+    big = Image.new("1", (8001, 8000))
+    said = r"<PIL image 1 \(8001, 8000\)>: 8001x8000 pixels is over the 64,000,000-pixel limit"
+    with pytest.raises(ImageLoadError, match=said) as err:
+        open_image(big)
+    assert err.value.kind == "too_large"
+    with pytest.raises(ImageLoadError, match="over the 64,000,000-pixel limit"):
+        tiny_encoder.encode_images([big])
+
+
+def test_an_image_past_twice_the_limit_is_refused_naming_the_limit(monkeypatch):
+    # Pillow raises its own error past twice its limit, naming that (128,000,000 pixels).
+    monkeypatch.setattr(images_mod, "MAX_PIXELS", 100 * 100)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100 * 100)
+    with pytest.raises(ImageLoadError, match="over the 10,000-pixel limit") as err:
+        open_image(saved(Image.new("1", (300, 300)), "PNG"))
+    assert err.value.kind == "too_large" and "20000" not in str(err.value)
+
+
 def test_every_sixteen_bit_value_becomes_its_nearest_eight_bit_level():
     import io
 

@@ -14,8 +14,9 @@ Decisions on odd inputs (tested in tests/test_images.py):
   bits; Pillow's own conversion clips everything above 255 to white. A float image (F) whose
   values lie within 0..1 is read as 0..1, not as 8-bit values (which would make it black).
 - CMYK, YCbCr, L, 1, HSV, LAB: Pillow's standard conversion to RGB.
-- Images over ``MAX_PIXELS`` are refused before they are decoded (decompression bombs), and
-  images of no pixels (a PIL image 0 pixels wide) are refused.
+- Images over ``MAX_PIXELS`` are refused before they are decoded (decompression bombs), a
+  PIL image over it before it is converted (whole, that cost hundreds of MB), and images of
+  no pixels (a PIL image 0 pixels wide) are refused.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def open_image(source: ImageInput) -> Image.Image:
         )
     name = describe(source)
     if isinstance(source, Image.Image):
+        _check_pixels(name, *source.size)
         return to_rgb(source)
     if isinstance(source, bytes):
         if not source:
@@ -85,25 +87,30 @@ def open_image(source: ImageInput) -> Image.Image:
         fp = path
     try:
         with Image.open(fp) as img:
-            width, height = img.size
-            if width * height > MAX_PIXELS:
-                raise ImageLoadError(
-                    name,
-                    f"{width}x{height} pixels is over the {MAX_PIXELS:,}-pixel limit "
-                    "(possible decompression bomb); resize it first",
-                    "too_large",
-                )
+            _check_pixels(name, *img.size)
             img.load()  # decode now, so a truncated file fails here and not later
             return to_rgb(img)
     except ImageLoadError:
         raise
     except UnidentifiedImageError:
         raise ImageLoadError(name, "not an image file Pillow can read", "not_an_image") from None
-    except Image.DecompressionBombError as err:
-        reason = f"refused as a decompression bomb ({err})"
+    except Image.DecompressionBombError:  # Pillow's, past twice the limit, which it names
+        reason = (
+            f"over the {MAX_PIXELS:,}-pixel limit (possible decompression bomb); resize it first"
+        )
         raise ImageLoadError(name, reason, "too_large") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageLoadError(name, f"broken or truncated image ({err})", "broken") from None
+
+
+def _check_pixels(name: str, width: int, height: int) -> None:
+    if width * height > MAX_PIXELS:
+        raise ImageLoadError(
+            name,
+            f"{width}x{height} pixels is over the {MAX_PIXELS:,}-pixel limit "
+            "(possible decompression bomb); resize it first",
+            "too_large",
+        )
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
