@@ -977,6 +977,50 @@ def test_a_hub_image_read_is_retried_with_backoff_and_a_missing_file_is_not(tmp_
     assert hit.error is None and np.asarray(hit.image).tolist() == pixels(6, 0)
 
 
+def test_a_hub_image_read_waits_as_long_as_retry_after_asks_within_the_page(tmp_path, monkeypatch):
+    # The range reads are plain GETs of huggingface_hub's session: its retry helper, which
+    # reads Retry-After, is not on this path, and a 429 was retried after BACKOFF_S regardless.
+    import time
+
+    import httpx2
+
+    from imagesearchtr.lazy_rows import PAGE_FETCH_S, DataFile, ImageStore, Source
+
+    path, ranges = one_file(tmp_path, 0, [noise_png(6, 0)])
+    data = (tmp_path / path).read_bytes()
+    remote = Source("user/repo", None, "0" * 40)
+    store = ImageStore(remote, [DataFile(path, 1, "k")], [1], ranges, tmp_path / "c", 0)
+    waits, calls = [], []
+    monkeypatch.setattr(time, "sleep", waits.append)
+
+    def hub(status: int, retry_after: str, times: int):
+        def get_range(name, byte_range):  # the Hub's answers, as Source._get_range gets them
+            calls.append(byte_range)
+            request = httpx2.Request("GET", f"https://hub/{name}")
+            if len(calls) <= times:
+                return httpx2.Response(
+                    status, headers={"Retry-After": retry_after}, request=request
+                )
+            start, stop = (int(x) for x in byte_range.removeprefix("bytes=").split("-"))
+            return httpx2.Response(206, content=data[start : stop + 1], request=request)
+
+        return get_range
+
+    # Too many requests, come back in 3 s: one wait of 3 s, then the image.
+    remote._get_range = hub(429, "3", times=1)
+    (hit,) = store.fetch([0])
+    assert hit.error is None and np.asarray(hit.image).tolist() == pixels(6, 0)
+    assert len(calls) == 2 and waits == [3]
+    # Past the page's time: not asked again sooner than the Hub said, nor waited for.
+    calls.clear()
+    waits.clear()
+    remote._get_range = hub(503, str(int(PAGE_FETCH_S) + 50), times=100)
+    (hit,) = store.fetch([0])
+    assert "could not be fetched" in hit.error and "503" in hit.error
+    assert len(calls) == 1 and waits == []
+    store.close()
+
+
 def test_the_image_cache_serves_a_data_files_images_wherever_its_rows_now_start(tmp_path):
     # An update that changes an earlier data file moves every later file's rows: a file whose
     # bytes did not change keeps its cached images, each under its row within that file.

@@ -14,8 +14,9 @@ downloads a data file whole:
   restart reads nothing again and RSS stays small; the files no load used for ``ROWS_KEEP_S``
   are deleted.
 - ``ImageStore.fetch`` reads each image of one result page with one range read of exactly its
-  bytes (from the image ranges), concurrently, at the pinned commit, with retries and backoff,
-  waiting at most ``PAGE_FETCH_S`` for the page.
+  bytes (from the image ranges), concurrently, at the pinned commit, with retries and backoff
+  (or the Hub's ``Retry-After``, when it ends within the page's time), waiting at most
+  ``PAGE_FETCH_S`` for the page.
   Bytes read from the Hub are kept in a bounded on-disk cache (``image_cache.ImageCache``,
   ``CACHE_DIR/images.sqlite``); a local folder's are read in place each time. Each
   image is decoded upright and on white as the encoder saw it (``images.to_rgb``), within a
@@ -490,16 +491,41 @@ def read_footer(handle, where: str):
         raise not_parquet from None
 
 
-def _with_retries(action):
-    """Run ``action``; retry transient failures with backoff. Missing files fail at once."""
+def _with_retries(action, deadline: float | None = None):
+    """Run ``action``; retry transient failures with backoff. Missing files fail at once.
+
+    A 429 or 503 answer's ``Retry-After`` is waited instead of the backoff when longer (the
+    reads are plain GETs of huggingface_hub's session, whose own retry helper, which reads it,
+    is not on this path), unless that wait would end past ``deadline`` (``time.monotonic()``;
+    default: PAGE_FETCH_S from now): then the failure is raised at once, not retried sooner
+    than the Hub asked.
+    """
+    if deadline is None:
+        deadline = time.monotonic() + PAGE_FETCH_S
     for attempt in range(RETRIES - 1):
         try:
             return action()
         except (FileNotFoundError, RowsError):
             raise
-        except Exception:
-            time.sleep(BACKOFF_S * 2**attempt)
+        except Exception as err:
+            wait = BACKOFF_S * 2**attempt
+            asked = _retry_after(err)
+            if asked is not None and asked > wait:
+                if time.monotonic() + asked > deadline:
+                    raise
+                wait = asked
+            time.sleep(wait)
     return action()
+
+
+def _retry_after(err: BaseException) -> int | None:
+    """The seconds a 429 or 503 answer's ``Retry-After`` asks for (delay-seconds; an HTTP date
+    is not read, as huggingface_hub does not read it), or None."""
+    response = getattr(err, "response", None)
+    if getattr(response, "status_code", None) not in (429, 503):
+        return None
+    value = (response.headers.get("Retry-After") or "").strip()
+    return int(value) if value.isdecimal() else None
 
 
 @dataclass
@@ -558,15 +584,21 @@ class ImageStore:
         found: dict[int, bytes | Exception | None] = {
             row: self.cache.get(self._cache_name(row)) for row in rows
         }
-        reads = {r: self._pool.submit(self._read, r) for r, data in found.items() if data is None}
+        deadline = time.monotonic() + PAGE_FETCH_S
+        reads = {
+            r: self._pool.submit(self._read, r, deadline)
+            for r, data in found.items()
+            if data is None
+        }
         done, _ = wait(reads.values(), timeout=PAGE_FETCH_S)
         late = TimeoutError(f"not read within {PAGE_FETCH_S:g} s")
         found.update({row: read.result() if read in done else late for row, read in reads.items()})
         return [self._decode(row, found[row]) for row in rows]
 
-    def _read(self, row: int) -> bytes | Exception:
+    def _read(self, row: int, deadline: float | None = None) -> bytes | Exception:
         """One image's bytes (or the error): one range read, retried with backoff from the Hub
-        (a local file reads the same each time: no retries)."""
+        (a local file reads the same each time: no retries), a Retry-After waited only up to
+        ``deadline``, the page's (``_with_retries``)."""
         offset, length = (int(x) for x in self.ranges[row])
         if offset < 0 or length <= 0:
             return ValueError("the row holds no image bytes")
@@ -578,7 +610,7 @@ class ImageStore:
             return self.source.read_range(path, offset, offset + length)
 
         try:
-            data = _with_retries(read) if self.source.remote else read()
+            data = _with_retries(read, deadline) if self.source.remote else read()
         except Exception as err:  # noqa: BLE001 - reported per hit, never fails the search
             return err
         self.cache.put(self._cache_name(row), data)
