@@ -10,7 +10,7 @@ writes into the build folder:
 - ``shards/shard-NNNNN-KEY.skipped.jsonl``: the rows that shard could not use, with reasons;
 - ``skipped.jsonl``: every skipped input of the whole build, rewritten at the end;
 - ``summary.json``: what this run did (images, encoded_images, reused_images, encoded_captions,
-  reused_captions, skipped), rewritten at the end.
+  reused_captions, skipped), removed when the run starts and written at its end.
 
 Resumability: the input is planned first (a content-hash pass that also merges identical image
 files; records in a fixed order), and the plan is cut into fixed chunks; chunk i becomes shard i,
@@ -636,6 +636,9 @@ def _prepare_build_dir(out: Path, build: dict, overwrite: bool) -> None:
             (out / name).unlink(missing_ok=True)
         # A run killed while writing one of the build's own files left its temporary copy.
         _io.remove_orphans(out, name)
+    # The summary says what one run did: gone until this run writes its own, so that a run
+    # killed before its end leaves none rather than the run before's, of another plan.
+    (out / SUMMARY_FILE).unlink(missing_ok=True)
     _io.write_text(build_file, json.dumps(build, indent=2) + "\n")
 
 

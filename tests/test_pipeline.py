@@ -1221,6 +1221,33 @@ def test_update_encodes_only_added_and_modified_images(tmp_path, tiny_encoder, t
     assert sorted(p.name for p in (build / "shards").glob("*.parquet")) == sorted(names)
 
 
+def test_an_update_killed_before_its_summary_leaves_no_summary_of_the_run_before(
+    tmp_path, tiny_encoder, tiny_model_dir, monkeypatch
+):
+    from conftest import write_photos
+
+    import pipeline.encode
+
+    data = write_photos(tmp_path / "data", ["a", "b"])
+    build = tmp_path / "build"
+    encode(data, build, tiny_encoder, tiny_model_dir)
+    assert json.loads((build / "summary.json").read_text())["images"] == 2
+    write_photos(data, ["c", "d", "e", "f"])
+
+    def killed(*args):  # every shard of the new plan written, its summary not yet
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline.encode, "_collect_skips", killed)
+    with pytest.raises(KeyboardInterrupt):
+        encode(data, build, tiny_encoder, tiny_model_dir)
+    # The first run's summary (2 images) would describe a build that now plans 6.
+    assert not (build / "summary.json").exists()
+    monkeypatch.undo()
+    encode(data, build, tiny_encoder, tiny_model_dir)  # the same command resumes
+    summary = json.loads((build / "summary.json").read_text())
+    assert (summary["images"], summary["encoded_images"]) == (6, 0)
+
+
 def published_files(folder: Path) -> dict:
     """repo path -> (inode, mtime_ns, size) of every file under data/ and index/."""
     out = {}
