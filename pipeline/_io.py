@@ -168,15 +168,27 @@ def swap_lock(target: Path, command: str) -> Iterator[None]:
     """Hold the lock of a folder that ``swap_folder`` replaces whole: ``.NAME.lock`` beside it
     (one inside would be swapped away with the folder). Two publishes to one folder put back
     each other's old trees and linked each other's files; now the second is refused. A folder
-    whose parent is not there yet is not locked (nothing of it exists to mix)."""
+    whose parent is not there yet is not locked (nothing of it exists to mix). A run that fails
+    (a refused folder, say) removes the lock file it made: the parent is left as it was."""
     target = Path(target)
     if sys.platform == "win32" or not target.parent.is_dir():
         yield
         return
-    with open(target.with_name(f".{target.name}.lock"), "a+", encoding="utf-8") as handle:
-        if _flock(handle, False, target):
+    path = target.with_name(f".{target.name}.lock")
+    made = not path.exists()
+    with open(path, "a+", encoding="utf-8") as handle:
+        locked = _flock(handle, False, target)
+        if locked and os.fstat(handle.fileno()).st_nlink == 0:
+            # A failed run removed the lock file between this run's open and its lock.
+            raise RuntimeError(f"{target} was in use by another run as this one started; run again")
+        if locked:
             _name_holder(handle, command)
-        yield
+        try:
+            yield
+        except BaseException:
+            if made:  # (held, or a file system without locks: no other run relies on it)
+                path.unlink(missing_ok=True)
+            raise
 
 
 def _locked(folder: Path, command: str, shared: bool, made: list[Path]) -> Iterator[None]:

@@ -308,6 +308,44 @@ def test_a_second_publish_to_a_folder_in_use_is_refused(generated_build, tmp_pat
     publish_to_folder(PublishConfig(build=generated_build, to=target, source_license="mit"))
 
 
+def test_a_refused_publish_leaves_the_folder_and_its_parent_as_they_were(build, tmp_path):
+    from conftest import write_photos
+
+    from pipeline.publish import PublishError
+
+    (tmp_path / "half" / "data").mkdir(parents=True)  # data/ without a manifest
+    write_photos(tmp_path / "photos", ["a"])  # a photos folder an encode reads
+    (tmp_path / "a-file").write_text("mine")
+    before = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
+    for name in ("half", "photos", "a-file"):
+        with pytest.raises(PublishError, match=f"--to {tmp_path / name} "):
+            publish_to_folder(PublishConfig(build=build, to=tmp_path / name))
+        assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == before
+    # A lock file a publish left before stays (a run may hold it); a new one is taken after.
+    publish_to_folder(PublishConfig(build=build, to=tmp_path / "dataset"))
+    (tmp_path / "dataset" / "data" / "a.jpg").write_bytes(b"")  # now refused: not its file
+    with pytest.raises(PublishError, match="publish never writes"):
+        publish_to_folder(PublishConfig(build=build, to=tmp_path / "dataset"))
+    assert (tmp_path / ".dataset.lock").is_file()
+
+
+def test_a_folder_lock_a_refused_publish_just_removed_is_not_taken(tmp_path, monkeypatch):
+    real = _io._flock
+
+    def after_their_cleanup(handle, shared, folder):
+        # A refused publish removed the lock file it made between this run's open and its
+        # lock: holding that lock would guard nothing, and a third run would take a new one.
+        (tmp_path / ".dataset.lock").unlink()
+        return real(handle, shared, folder)
+
+    monkeypatch.setattr(_io, "_flock", after_their_cleanup)
+    with (
+        pytest.raises(RuntimeError, match="in use by another run as this one started; run again"),
+        _io.swap_lock(tmp_path / "dataset", "publish"),
+    ):
+        pass
+
+
 def test_a_pin_refused_after_close_holds_no_file_while_its_error_is_kept(tmp_path):
     from imagesearchtr.lazy_rows import Source
 
