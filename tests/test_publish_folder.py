@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -344,6 +345,22 @@ def test_a_folder_lock_a_refused_publish_just_removed_is_not_taken(tmp_path, mon
         _io.swap_lock(tmp_path / "dataset", "publish"),
     ):
         pass
+
+
+def test_a_folder_a_publish_left_moved_aside_is_named_by_its_readers(build, tmp_path):
+    from imagesearchtr.manifest import ManifestError, load_manifest
+
+    target = tmp_path / "dataset"
+    publish_to_folder(PublishConfig(build=build, to=target))
+    aside = tmp_path / ".dataset.old-4242-0"
+    os.replace(target, aside)  # killed between its two renames
+    # The search, and encode --reuse, said "neither a local folder nor a Hub dataset id".
+    named = re.escape(f"previous tree at {aside}; run that publish again")
+    with pytest.raises(ManifestError, match=named):
+        load_manifest(target)
+    result = publish_to_folder(PublishConfig(build=build, to=target))  # puts it back
+    assert not result.changed and not aside.exists()
+    assert load_manifest(target).manifest.num_rows == 6
 
 
 def test_a_pin_refused_after_close_holds_no_file_while_its_error_is_kept(tmp_path):

@@ -345,6 +345,13 @@ def load_manifest(
             )
         root, resolved = local, None
     else:
+        aside = _moved_aside(local)
+        if aside is not None:  # not a Hub id: the folder of a publish killed mid-swap
+            raise ManifestError(
+                f"{where} is not there: a `publish --to` to it was interrupted and left its "
+                f"previous tree at {aside}; run that publish again (it puts the tree back "
+                f"first), or rename {aside.name} to {local.name}"
+            )
         root, resolved = _download_index(where, revision, index_files)
     path = root / INDEX_DIR / MANIFEST_FILE
     if not path.is_file():
@@ -367,6 +374,24 @@ def load_manifest(
     for entry in manifest.data_files:
         _check_data_file(where, entry)
     return LoadedManifest(manifest, root, resolved)
+
+
+def _moved_aside(folder: Path) -> Path | None:
+    """The whole tree a ``publish --to`` killed between its two renames moved aside from
+    ``folder`` (``.NAME.old-PID-N`` beside it; of several, the one that publish puts back:
+    pipeline/_io.py's ``swap_leftovers``), when ``folder`` itself is gone; else None."""
+    pattern = re.compile(rf"\.{re.escape(folder.name)}\.old-\d+-\d+")
+    try:
+        if folder.exists():
+            return None
+        trees = [p for p in folder.parent.iterdir() if pattern.fullmatch(p.name) and p.is_dir()]
+        return max(
+            trees,
+            key=lambda p: ((p / INDEX_DIR / MANIFEST_FILE).is_file(), p.lstat().st_ctime_ns),
+            default=None,
+        )
+    except OSError:  # no such parent folder (a Hub id), or one that cannot be read
+        return None
 
 
 def _download_index(repo_id: str, revision: str | None, index_files: bool) -> tuple[Path, str]:
