@@ -53,7 +53,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import _io
-from .index import BUILD_FILE, REUSE_LAYOUT_FILE, SHARDS_DIR, SKIPPED_FILE, read_build_info
+from .index import (
+    BUILD_FILE,
+    REUSE_LAYOUT_FILE,
+    REUSE_MANIFEST_FILE,
+    SHARDS_DIR,
+    SKIPPED_FILE,
+    read_build_info,
+)
 from .inputs import (
     CAPTIONS_FILE,
     DUPLICATE,
@@ -281,6 +288,8 @@ def _run_encode(source, config: EncodeConfig, encoder, lock: contextlib.ExitStac
             _prepare_build_dir(out, build, config.overwrite)
             if reuse_files:
                 _write_reuse_layout(out, reuse_files)
+            if reused is not None:  # index keeps its creation time if it writes the same one
+                _io.write_text(out / REUSE_MANIFEST_FILE, reused.manifest.to_json())
             _write_jsonl(out / INPUT_SKIPS_FILE, input_skips + plan_skips)
 
         rank0_first(ranks, prepare)
@@ -631,7 +640,8 @@ def _prepare_build_dir(out: Path, build: dict, overwrite: bool) -> None:
         for path in (out / SHARDS_DIR).glob("*"):
             path.unlink()
     (out / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
-    for name in (SKIPPED_FILE, INPUT_SKIPS_FILE, BUILD_FILE, SUMMARY_FILE, REUSE_LAYOUT_FILE):
+    names = (SKIPPED_FILE, INPUT_SKIPS_FILE, BUILD_FILE, SUMMARY_FILE)
+    for name in (*names, REUSE_LAYOUT_FILE, REUSE_MANIFEST_FILE):
         if overwrite:
             (out / name).unlink(missing_ok=True)
         # A run killed while writing one of the build's own files left its temporary copy.

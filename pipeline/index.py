@@ -55,6 +55,7 @@ BUILD_FILE = "build.json"
 SHARDS_DIR = "shards"
 SKIPPED_FILE = "skipped.jsonl"
 REUSE_LAYOUT_FILE = "reuse-layout.json"  # the data files of encode --reuse: path, row keys
+REUSE_MANIFEST_FILE = "reuse-manifest.json"  # the manifest of the dataset encode --reuse read
 # FAISS scans a Flat index on one thread for a single query, so past a few thousand rows the
 # half-size fp16 codes answer sooner, with scores true to float16 precision.
 AUTO_FLAT_MAX_ROWS = 10_000
@@ -305,7 +306,7 @@ def _run_index(config: IndexConfig, cache: Path):
         image_ranges_sha256=ranges_sha256,
         index_sha256={i.file: sha256_file(build / i.file) for i in infos},
     )
-    manifest = _keep_creation_time(index_dir / MANIFEST_FILE, manifest)
+    manifest = _keep_creation_time(manifest, index_dir / MANIFEST_FILE, build / REUSE_MANIFEST_FILE)
     _io.write_text(index_dir / MANIFEST_FILE, manifest.to_json())
     _io.write_text(build / INDEXED_FILE, json.dumps(indexed_state(build, shards)) + "\n")
     return manifest
@@ -324,20 +325,23 @@ def indexed_state(build: Path, shards: list[Path]) -> dict:
     }
 
 
-def _keep_creation_time(path: Path, manifest):
-    """``manifest``, with the creation time of the one at ``path`` when nothing else differs:
-    an index run over an unchanged build then writes the same bytes, so that the next publish
-    (and `make publish`, which runs every step) has nothing to commit."""
+def _keep_creation_time(manifest, *earlier: Path):
+    """``manifest``, with the creation time of an ``earlier`` one (the build's own, then the
+    published one ``encode --reuse`` seeded it from) when nothing else differs: an index run
+    over an unchanged build, or over a build re-seeded from unchanged photos, then writes the
+    manifest already published, byte for byte, so that the next publish (and `make publish`,
+    which runs every step) has nothing to commit."""
     import dataclasses
 
     from imagesearchtr.manifest import Manifest
 
-    try:
-        old = Manifest.load(path)
-    except (OSError, ValueError, TypeError):  # none yet, or unreadable: this one stands
-        return manifest
-    if dataclasses.replace(old, created_at=manifest.created_at) == manifest:
-        return old
+    for path in earlier:
+        try:
+            old = Manifest.load(path)
+        except (OSError, ValueError, TypeError):  # none, or unreadable: not this one
+            continue
+        if dataclasses.replace(old, created_at=manifest.created_at) == manifest:
+            return old
     return manifest
 
 

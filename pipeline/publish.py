@@ -510,8 +510,14 @@ def _publish_through_pr(api, repo_id, files, card, title, config):
                 pr = None
         if pr is None:  # open one with the deletions (none of them is read by anyone yet)
             head = api.dataset_info(repo_id).sha
-            _, deletes = _changes(files, _remote_files(api, repo_id, head))
+            uploads, deletes = _changes(files, _remote_files(api, repo_id, head))
             first = [CommitOperationDelete(path_in_repo=p) for p in deletes[:limit]]
+            # Else with files main lacks: the card alone may be main's own card, a commit that
+            # changes nothing, which huggingface_hub skips, and so opens no pull request.
+            first = first or [
+                CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(files[p][0]))
+                for p in uploads[:limit]
+            ]
             commit = api.create_commit(
                 repo_id,
                 operations=first

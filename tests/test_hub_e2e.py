@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from conftest import REPO_ROOT, run_cli
@@ -477,6 +478,66 @@ def test_reuse_from_the_hub_updates_without_downloading_the_images(
     )  # fmt: skip
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "another model" in result.stderr
+
+
+def test_a_build_reseeded_from_the_hub_with_the_same_photos_publishes_no_commit(
+    small_build, hub_env, local_hub, tmp_path, tiny_model_dir
+):
+    import shutil
+
+    data, build = small_build
+    repo = f"{local_hub.user}/reseed-unchanged"
+    run_cli("publish", "--build", build, "--repo", repo, env=hub_env)
+    api = HfApi(endpoint=local_hub.endpoint, token=local_hub.token)
+    head = api.dataset_info(repo).sha
+    # A new machine: the same photos (in a folder of the same name), no build folder.
+    photos = tmp_path / "machine" / data.name
+    shutil.copytree(data, photos)
+    fresh = tmp_path / "fresh"
+    run_cli(
+        "encode", "--data", photos, "--model", tiny_model_dir, "--dtype", "float32",
+        "--out", fresh, "--reuse", repo, env=hub_env,
+    )  # fmt: skip
+    run_cli("index", "--build", fresh, "--max-data-file-size", "8KB")
+    # The index wrote the published manifest, creation time included: nothing to commit (a
+    # commit rewrote the manifest and the card for their "created" time alone).
+    published = api.hf_hub_download(repo, "index/manifest.json", repo_type="dataset")
+    assert (fresh / "index/manifest.json").read_bytes() == Path(published).read_bytes()
+    since = len(local_hub.requests)
+    again = run_cli("publish", "--build", fresh, "--repo", repo, env=hub_env)
+    assert again.stdout.startswith(f"already up to date: {repo}@{head}"), again.stdout
+    assert api.dataset_info(repo).sha == head
+    assert not [r for r in local_hub.requests[since:] if "/commit/" in r["path"]]
+
+
+def test_a_pull_request_is_opened_when_main_already_holds_the_same_card(
+    generated_build, hub_env, local_hub
+):
+    from huggingface_hub import CommitOperationDelete
+
+    repo = f"{local_hub.user}/same-card"
+    publish = textwrap.dedent(f"""
+        from pipeline.publish import PublishConfig, publish_to_hub
+        config = PublishConfig(build={str(generated_build)!r}, repo_id={repo!r},
+                               max_files_per_commit=2)  # 4 changes go through a pull request
+        print(publish_to_hub(config).revision)
+    """)  # fmt: skip
+    run_python(publish, hub_env)
+    api = HfApi(endpoint=local_hub.endpoint, token=local_hub.token)
+    published = sorted(api.list_repo_files(repo, repo_type="dataset"))
+    # Someone deletes the indices on the Hub; main keeps the card this build writes. Opened
+    # with that card alone, the pull request's first commit changed nothing: huggingface_hub
+    # skipped it, no pull request was opened, and every run failed on refs/pr/None.
+    lost = [f for f in published if f.startswith("index/")]
+    api.create_commit(
+        repo,
+        repo_type="dataset",
+        operations=[CommitOperationDelete(path_in_repo=f) for f in lost],
+        commit_message="lost",
+    )
+    revision = run_python(publish, hub_env).split()[-1]
+    assert revision == api.dataset_info(repo).sha
+    assert sorted(api.list_repo_files(repo, repo_type="dataset")) == published
 
 
 @pytest.fixture(scope="module")
