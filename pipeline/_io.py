@@ -89,20 +89,16 @@ def swap_leftovers(target: Path) -> list[str]:
     copy of files, and its process id may belong to another program now. On Windows, where no
     process can be asked whether it is alive without ending it, nothing is removed.
     """
+    from imagesearchtr.manifest import moved_aside
+
     target = Path(target)
-    pattern = re.compile(rf"\.{re.escape(target.name)}\.(staging|trash|old)-(\d+)(-\d+)?")
-    found = []
-    for item in target.parent.iterdir() if target.parent.is_dir() else ():
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(staging|trash)-(\d+)(-\d+)?")
+    for item in list(target.parent.iterdir()) if target.parent.is_dir() else ():
         match = pattern.fullmatch(item.name)
-        if match:
-            found.append((match[1], int(match[2]), item))
-    notes = []
-    for kind, pid, item in found:
-        if kind != "old" and (pid == os.getpid() or not _alive(pid)):
+        if match and (int(match[2]) == os.getpid() or not _alive(int(match[2]))):
             shutil.rmtree(item, ignore_errors=True)
-    old = [item for kind, _, item in found if kind == "old"]
-    # A rename sets a folder's ctime: the newest is the tree the last run moved aside.
-    for item in sorted(old, key=lambda i: (_has_manifest(i), i.lstat().st_ctime_ns), reverse=True):
+    notes = []
+    for item in moved_aside(target):
         if not target.exists():
             os.replace(item, target)
         else:
@@ -111,12 +107,6 @@ def swap_leftovers(target: Path) -> list[str]:
                 "check it for files of yours, then delete it"
             )
     return notes
-
-
-def _has_manifest(tree: Path) -> bool:
-    from imagesearchtr.manifest import INDEX_DIR, MANIFEST_FILE
-
-    return (tree / INDEX_DIR / MANIFEST_FILE).is_file()
 
 
 def _alive(pid: int) -> bool:

@@ -345,7 +345,7 @@ def load_manifest(
             )
         root, resolved = local, None
     else:
-        aside = _moved_aside(local)
+        aside = None if local.exists() else next(iter(moved_aside(local)), None)
         if aside is not None:  # not a Hub id: the folder of a publish killed mid-swap
             raise ManifestError(
                 f"{where} is not there: a `publish --to` to it was interrupted and left its "
@@ -376,22 +376,19 @@ def load_manifest(
     return LoadedManifest(manifest, root, resolved)
 
 
-def _moved_aside(folder: Path) -> Path | None:
-    """The whole tree a ``publish --to`` killed between its two renames moved aside from
-    ``folder`` (``.NAME.old-PID-N`` beside it; of several, the one that publish puts back:
-    pipeline/_io.py's ``swap_leftovers``), when ``folder`` itself is gone; else None."""
+def moved_aside(folder: Path) -> list[Path]:
+    """The whole trees a ``publish --to`` killed between its two renames moved aside from
+    ``folder`` (``.NAME.old-PID-N`` beside it), in the order that publish puts one back when
+    ``folder`` is missing (pipeline/_io.py's ``swap_leftovers``): one with its manifest before
+    one without (older versions left half-deleted ones), then the one moved aside last (a
+    rename sets a folder's ctime)."""
     pattern = re.compile(rf"\.{re.escape(folder.name)}\.old-\d+-\d+")
     try:
-        if folder.exists():
-            return None
         trees = [p for p in folder.parent.iterdir() if pattern.fullmatch(p.name) and p.is_dir()]
-        return max(
-            trees,
-            key=lambda p: ((p / INDEX_DIR / MANIFEST_FILE).is_file(), p.lstat().st_ctime_ns),
-            default=None,
-        )
+        key = {p: ((p / INDEX_DIR / MANIFEST_FILE).is_file(), p.lstat().st_ctime_ns) for p in trees}
     except OSError:  # no such parent folder (a Hub id), or one that cannot be read
-        return None
+        return []
+    return sorted(trees, key=key.__getitem__, reverse=True)
 
 
 def _download_index(repo_id: str, revision: str | None, index_files: bool) -> tuple[Path, str]:
