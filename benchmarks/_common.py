@@ -116,7 +116,7 @@ def write_build(build: Path, n: int, model_dir: Path, fingerprint: str) -> None:
     import pyarrow.parquet as pq
     from tiny_checkpoint import TURKISH_SENTENCES
 
-    from pipeline.encode import BUILD_FILE, SHARDS_DIR, features
+    from pipeline.encode import BUILD_FILE, SHARDS_DIR, SUMMARY_FILE, features
 
     (build / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
     image_emb = clustered(n)
@@ -157,13 +157,15 @@ def write_build(build: Path, n: int, model_dir: Path, fingerprint: str) -> None:
         "shard_size": SHARD_SIZE,
     }
     (build / BUILD_FILE).write_text(json.dumps(info, indent=2))
+    # Last, as an encode's end: index refuses a build without it (an unfinished encode).
+    (build / SUMMARY_FILE).write_text(json.dumps({"images": n}) + "\n")
 
 
 def published_repo(work: Path, n: int, index_type: str, model_dir: Path, fingerprint: str) -> Path:
     """``repo-N-TYPE/``: N synthetic rows indexed with ``index_type`` and published (reused)."""
     import shutil
 
-    from pipeline.index import IndexConfig, run_index
+    from pipeline.index import SUMMARY_FILE, IndexConfig, run_index
     from pipeline.publish import PublishConfig, publish_to_folder
 
     repo = work / f"repo-{n}-{index_type}"
@@ -173,7 +175,7 @@ def published_repo(work: Path, n: int, index_type: str, model_dir: Path, fingerp
     if old.get("model_fingerprint") == fingerprint and old.get("image_ranges_sha256"):
         return repo
     build = work / f"build-{n}"
-    if not (build / "build.json").is_file():
+    if not (build / SUMMARY_FILE).is_file():  # (written last: a build cut short is made again)
         write_build(build, n, model_dir, fingerprint)
     shutil.rmtree(build / "index", ignore_errors=True)
     run_index(IndexConfig(build=build, index_type=index_type))

@@ -59,6 +59,7 @@ from .index import (
     REUSE_MANIFEST_FILE,
     SHARDS_DIR,
     SKIPPED_FILE,
+    SUMMARY_FILE,
     read_build_info,
 )
 from .inputs import (
@@ -72,7 +73,6 @@ from .inputs import (
     Skip,
 )
 
-SUMMARY_FILE = "summary.json"
 INPUT_SKIPS_FILE = "skipped-inputs.jsonl"
 # The columns a reused row is read for: never the image bytes (the input has them).
 REUSE_COLUMNS = ["sha256", "captions", "image_emb", "caption_emb"]

@@ -54,6 +54,9 @@ from .inputs import CAPTIONS_FILE, EmptyBuildError, first_photo
 BUILD_FILE = "build.json"
 SHARDS_DIR = "shards"
 SKIPPED_FILE = "skipped.jsonl"
+# What an encode run did; removed as a run starts and written at its end, so a build without it
+# is one whose last encode did not finish (its skipped.jsonl may be the run before's).
+SUMMARY_FILE = "summary.json"
 REUSE_LAYOUT_FILE = "reuse-layout.json"  # the data files of encode --reuse: path, row keys
 REUSE_MANIFEST_FILE = "reuse-manifest.json"  # the manifest of the dataset encode --reuse read
 # FAISS scans a Flat index on one thread for a single query, so past a few thousand rows the
@@ -173,6 +176,11 @@ def build_shards(build: Path) -> list[Path]:
         raise ValueError(
             f"{build}: {len(shards) - len(missing)} of {len(shards)} shards are encoded; re-run "
             "the same `python -m pipeline encode` command to finish them"
+        )
+    if not (build / SUMMARY_FILE).is_file():
+        raise ValueError(
+            f"{build}: its last encode did not finish (no {SUMMARY_FILE}); re-run the same "
+            "`python -m pipeline encode` command to finish it"
         )
     import pyarrow.parquet as pq
 

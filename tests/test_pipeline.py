@@ -742,7 +742,7 @@ def test_ivf_lists_are_trained_on_rows_from_all_over_the_build(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.encode import BUILD_FILE, SHARDS_DIR, features
+    from pipeline.encode import BUILD_FILE, SHARDS_DIR, SUMMARY_FILE, features
 
     n, dim = 16384, 32
     rng = np.random.default_rng(0)
@@ -770,6 +770,7 @@ def test_ivf_lists_are_trained_on_rows_from_all_over_the_build(tmp_path):
     info = {"model_id": "m", "model_revision": None, "model_fingerprint": "sha256:0", "dim": dim}
     info |= {"source": "two folders", "plan_hash": "", "num_planned": n, "shard_size": n}
     (build / BUILD_FILE).write_text(json.dumps(info))
+    (build / SUMMARY_FILE).write_text("{}")  # what a finished encode leaves
     manifest = run_index(IndexConfig(build=build, index_type="ivf-sq8"))
     assert manifest.index("image_emb").factory == "IVF128,SQ8"  # trained on 8,192 of the rows
     index = faiss.read_index(str(build / "index" / "image_emb.faiss"))
@@ -1240,8 +1241,11 @@ def test_an_update_killed_before_its_summary_leaves_no_summary_of_the_run_before
     monkeypatch.setattr(pipeline.encode, "_collect_skips", killed)
     with pytest.raises(KeyboardInterrupt):
         encode(data, build, tiny_encoder, tiny_model_dir)
-    # The first run's summary (2 images) would describe a build that now plans 6.
+    # The first run's summary (2 images) would describe a build that now plans 6, and its
+    # skipped.jsonl another input: index refuses the build until the encode is finished.
     assert not (build / "summary.json").exists()
+    with pytest.raises(ValueError, match="last encode did not finish.*re-run the same"):
+        run_index(IndexConfig(build=build))
     monkeypatch.undo()
     encode(data, build, tiny_encoder, tiny_model_dir)  # the same command resumes
     summary = json.loads((build / "summary.json").read_text())
