@@ -36,7 +36,7 @@ PORT ?= 7860
 SAMPLE_DIR = out/data-$(NUM_SAMPLES)-$(SEED)
 DATA_DIR = $(if $(DATA),$(DATA),$(SAMPLE_DIR))
 
-.PHONY: help install test lint format data build demo demo-port publish publish-repo clean
+.PHONY: help install installed test lint format data build demo demo-port publish publish-repo clean
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -56,10 +56,14 @@ install: $(PY) ## create .venv and install the project with its test extra
 	@if [ -n "$(TORCH)" ]; then $(PY) -m pip install "$(TORCH)"; fi
 	$(PY) -m pip install -e ".[test]"
 
-test: ## run the test suite on TEST_WORKERS worker processes
+# The targets that run the project's code need `make install` first: say so, not "Error 127".
+installed:
+	@[ -x "$(PY)" ] || { echo "error: $(PY) is missing: run make install first (or VENV=<a virtualenv with the project>)"; exit 2; }
+
+test: installed ## run the test suite on TEST_WORKERS worker processes
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
-lint: ## ruff check + format check
+lint: installed ## ruff check + format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
@@ -67,7 +71,7 @@ format: ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-data: ## download NUM_SAMPLES rows of the default Hub dataset into out/data-N-SEED (not with DATA=)
+data: installed ## download NUM_SAMPLES rows of the default Hub dataset into out/data-N-SEED (not with DATA=)
 	@if [ -z "$(DATA)" ]; then \
 	  $(PY) -m pipeline download --num-samples $(NUM_SAMPLES) --seed $(SEED) \
 	    --output-dir "$(SAMPLE_DIR)"; \
@@ -81,7 +85,7 @@ build: data ## encode DATA with MODEL into BUILD and index it
 # A second `make demo` (or any server) on PORT: gradio would quietly serve on the next free port
 # instead, not where the demo card's usage example calls it; refuse before building. A HOST this
 # check cannot try (an IPv6 address, a name that does not resolve) is left to gradio.
-demo-port:
+demo-port: installed
 	@$(PY) -c 'import socket, sys; s = socket.socket(); s.settimeout(2); \
 	  sys.exit(3 if s.connect_ex((sys.argv[1], int(sys.argv[2]))) == 0 else 0)' \
 	  "$(if $(filter 0.0.0.0,$(HOST)),127.0.0.1,$(HOST))" "$(PORT)" 2>/dev/null \
@@ -95,7 +99,7 @@ demo: demo-port build ## publish the build to DEMO_DIR (a local Hub-like repo) a
 	  GRADIO_ANALYTICS_ENABLED=False $(PY) "$(SPACE_DIR)/app.py"
 
 # Without HF_REPO, say so before the download and the encode, not after them.
-publish-repo:
+publish-repo: installed
 	@if [ -z "$(HF_REPO)" ]; then echo "usage: make publish HF_REPO=user/name"; exit 2; fi
 
 publish: publish-repo build ## publish the dataset to HF_REPO, then the Space to SPACE_REPO pinned to it

@@ -710,8 +710,9 @@ def summary_text(summary: EncodeSummary) -> str:
     lines += [f"note: {note}" for note in summary.notes]
     if summary.images and not summary.num_captions:
         lines.append(
-            "warning: no caption was read, so text search and Deep Search will find nothing "
-            f"in this build; a folder's captions come from its {CAPTIONS_FILE}, one UTF-8 JSON "
+            "warning: no caption was read, so search finds these photos by their pixels "
+            "alone (Deep Search has no caption to weigh in, and the results show none); a "
+            f"folder's captions come from its {CAPTIONS_FILE}, one UTF-8 JSON "
             f"line per caption (README, 'Your own photos'; {SKIPPED_FILE} says why a line failed)"
         )
     return "\n".join(lines)

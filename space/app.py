@@ -1165,6 +1165,9 @@ def main() -> None:
     import imagesearchtr
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # FAISS tries its AVX-512 and AVX2 builds first and logs each miss at INFO ("Could not load
+    # library with AVX512 support"), which reads as a failure in the Space's logs; it is not.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     log.info("imagesearchtr %s from %s", imagesearchtr.__version__, imagesearchtr.__file__)
     if spaces is not None:
         log.info("spaces is installed: queries run inside @spaces.GPU (ZeroGPU): their encode only")

@@ -107,6 +107,9 @@ def test_truncated_and_non_image_files_are_named(tmp_path):
         open_image(text)
     with pytest.raises(ImageLoadError, match="0 bytes"):
         open_image(b"")
+    with pytest.raises(ImageLoadError, match="a folder, not an image file") as err:
+        open_image(tmp_path)  # (was "no such file", for a folder that is there)
+    assert err.value.kind == "not_an_image"
 
 
 def test_decompression_bomb_is_refused_before_decoding(tmp_path, monkeypatch):

@@ -80,6 +80,8 @@ def open_image(source: ImageInput) -> Image.Image:
         fp = io.BytesIO(source)
     else:
         path = Path(source)
+        if path.is_dir():
+            raise ImageLoadError(name, "a folder, not an image file", "not_an_image")
         if not path.is_file():
             raise ImageLoadError(name, "no such file", "missing")
         if path.stat().st_size == 0:
