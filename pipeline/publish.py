@@ -705,7 +705,13 @@ def _download(api, repo_id: str, filename: str, revision: str) -> Path:
 def hub_error_text(err, repo_id: str) -> str:
     status = getattr(getattr(err, "response", None), "status_code", None)
     if status in (401, 403):
-        return refused_access(status, repo_id, can="write to it")
+        text = refused_access(status, repo_id, can="write to it")
+        # A valid token is refused too (another user's namespace, a read-only token): the Hub's
+        # reason says which, where the advice alone would blame a token that is fine.
+        reason = (getattr(err, "server_message", None) or "").strip()
+        if status == 403 and reason:
+            text += f" (the Hub says: {reason.splitlines()[0][:300]})"
+        return text
     if status == 412:
         return f"{repo_id} changed while publishing; run the same publish command again"
     first_line = str(err).splitlines()[0] if str(err) else type(err).__name__

@@ -241,6 +241,10 @@ def test_the_token_never_appears_in_any_output(tmp_path, tiny_model_dir):
         assert done.stdout.count("exit status 0") == 4, done.stdout + done.stderr[-3000:]
         assert done.stdout.rstrip().endswith("exit status 2")
         assert "HTTP 403" in done.stderr and "Traceback" not in done.stderr
+        # ... saying why, for a token that is valid: the Hub's own reason.
+        assert "the Hub says: You don't have the rights to create a repo under someone-else" in (
+            done.stderr
+        )
         assert f"published space {space}@" in done.stdout
 
         # The app, started from the Hub dataset with the token in its environment: page + log.
