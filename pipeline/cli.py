@@ -23,7 +23,7 @@ from .evaluate import (
     DEFAULT_NEGATIVE_WEIGHTS,
     DEFAULT_TEXT_WEIGHTS,
 )
-from .index import AUTO_RULE, INDEX_TYPES, SHARDS_DIR, IndexConfig
+from .index import AUTO_RULE, BUILD_FILE, INDEX_TYPES, SHARDS_DIR, IndexConfig, read_build_info
 from .inputs import HubSource
 from .publish import CARD_FILE, PublishConfig
 from .space import DEFAULT_HARDWARE, SpaceConfig
@@ -113,7 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--id-column", default=HubSource.id_column, help="id column of --hf-dataset, if any"
     )
-    p.add_argument("--model", default=EncodeConfig.model, help="Hub id or folder")
+    p.add_argument(
+        "--model",
+        default=None,
+        help=f"Hub id or folder (default: for an update, the model the build in --out was made "
+        f"with, as its {BUILD_FILE} records; else {EncodeConfig.model})",
+    )
     p.add_argument(
         "--revision",
         default=None,
@@ -532,11 +537,12 @@ def _encode(args) -> int:
             f"--out {args.out} would put the build's data/, index/ and shards/ where the photos "
             f"of --data {args.data} are; give the build a folder of its own"
         )
-    if args.revision is not None and Path(args.model).expanduser().is_dir():
+    model = _encode_model(args)
+    if args.revision is not None and Path(model).expanduser().is_dir():
         # A folder has no revisions; recording one would pin the index to a commit it never had.
         raise ValueError(
             f"--revision {args.revision} names a commit of a Hub model, but --model "
-            f"{args.model} is a local folder; drop --revision, or pass the model's Hub id"
+            f"{model} is a local folder; drop --revision, or pass the model's Hub id"
         )
     if args.reuse_revision is not None and args.reuse is None:
         raise ValueError(
@@ -556,7 +562,7 @@ def _encode(args) -> int:
         )
     config = EncodeConfig(
         out=args.out,
-        model=args.model,
+        model=model,
         revision=args.revision,
         batch_size_img=args.batch_size_img,
         batch_size_txt=args.batch_size_txt,
@@ -572,6 +578,23 @@ def _encode(args) -> int:
     if summary.reports:  # under torchrun: rank 0 alone
         print(summary_text(summary))
     return 0
+
+
+def _encode_model(args) -> str:
+    """--model; without it, an update's is the model its build.json records (the default Hub
+    model would be refused there, once downloaded, for a build of another), and a new build's
+    (or --overwrite's) the default."""
+    if args.model is not None:
+        return args.model
+    if not args.overwrite and (args.out / BUILD_FILE).is_file():
+        from .distributed import ranks_from_env
+
+        recorded = read_build_info(args.out).get("model_id")
+        if recorded:
+            if ranks_from_env().is_main:  # (under torchrun: said once)
+                print(f"model: {recorded} (from {BUILD_FILE})")
+            return recorded
+    return EncodeConfig.model
 
 
 def _holds(build: Path, photos: Path) -> bool:

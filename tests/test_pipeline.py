@@ -190,13 +190,43 @@ def test_resume_with_another_model_is_refused(tmp_path, shared_data, tiny_model_
     run_encode(FolderSource(folder), EncodeConfig(out=build, model=str(tiny_model_dir)))
     result = run_cli("encode", "--data", folder, "--model", other, "--out", build, check=False)
     assert result.returncode == 2
-    # It names the model the build was made with, the way to update it: an update run
-    # without that --model (README's example) loads the default Hub model instead.
+    # It names the model the build was made with, and the way to update it (an update without
+    # --model takes that model).
     said = " ".join(result.stderr.split())
     assert f"made with the model {tiny_model_dir} (sha256:" in said, said
     assert f"pass --model {tiny_model_dir} to update it, --overwrite" in said, said
     assert "Traceback" not in result.stderr
     run_encode(FolderSource(folder), EncodeConfig(out=build, model=str(other), overwrite=True))
+
+
+def test_an_update_without_model_uses_the_model_its_build_was_made_with(
+    tmp_path, tiny_model_dir, monkeypatch, capsys
+):
+    # README's update command has no --model: it loaded the default Hub model instead (900 MB,
+    # then refused as another model's; offline, "cannot reach the Hub") for a model folder's.
+    from conftest import write_photos
+
+    from pipeline.cli import main
+
+    folder = write_photos(tmp_path / "photos", ["a0", "a1"])
+    build = tmp_path / "build"
+    run_encode(FolderSource(folder), EncodeConfig(out=build, model=str(tiny_model_dir)))
+    write_photos(folder, ["a2"])
+    result = run_cli("encode", "--data", folder, "--out", build, env={"HF_HUB_OFFLINE": "1"})
+    assert f"model: {tiny_model_dir.resolve()} (from build.json)\n" in result.stdout
+    assert "images: 1 encoded, 2 reused" in result.stdout
+    # A new build, or one --overwrite starts again, takes the default model.
+    models = []
+
+    def encode(source, config):
+        models.append(config.model)
+        raise ValueError("stopped")
+
+    monkeypatch.setattr("pipeline.encode.run_encode", encode)
+    for out, flags in ((tmp_path / "new", []), (build, ["--overwrite"])):
+        assert main(["encode", "--data", str(folder), "--out", str(out), *flags]) == 2
+    assert models == [EncodeConfig.model] * 2
+    assert "(from build.json)" not in capsys.readouterr().out
 
 
 def test_a_linked_folder_whose_disk_is_gone_stops_the_update_and_keeps_its_rows(
