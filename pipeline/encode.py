@@ -119,6 +119,9 @@ class EncodeSummary:
     # False on the other ranks of a torchrun: rank 0 alone reports what the run did.
     reports: bool = True
     notes: tuple[str, ...] = ()  # what the user should know about the rows kept
+    # The first missing file's skip, "PATH: REASON" (which may name the file meant), shown as
+    # an example under the counts.
+    missing_example: str = ""
 
     @property
     def num_captions(self) -> int:
@@ -156,7 +159,8 @@ def plan(records: list[ImageRecord]) -> tuple[list[tuple[ImageRecord, str]], lis
         try:
             data = record.read_bytes()
         except FileNotFoundError:
-            skips.append(Skip(record.path, MISSING_FILE, "missing file"))
+            reason = f"missing file ({record.hint})" if record.hint else "missing file"
+            skips.append(Skip(record.path, MISSING_FILE, reason))
             continue
         except OSError as err:
             reason = f"unreadable file ({err.strerror or err})"
@@ -412,6 +416,9 @@ def _summary(stats: Counter, images: int, captions: int, skips: list, started: f
         skipped=len(skips),
         skipped_reasons=dict(Counter(skip_kind(s) for s in skips)),
         seconds=time.perf_counter() - started,
+        missing_example=next(
+            (f"{s['source']}: {s['reason']}" for s in skips if skip_kind(s) == MISSING_FILE), ""
+        ),
     )
 
 
@@ -706,7 +713,10 @@ def summary_text(summary: EncodeSummary) -> str:
         f"(counts in {SUMMARY_FILE})",
         f"skipped {summary.skipped} inputs (reasons in {SKIPPED_FILE})",
     ]
-    lines += [f"  {count:6d}  {kind}" for kind, count in sorted(summary.skipped_reasons.items())]
+    for kind, count in sorted(summary.skipped_reasons.items()):
+        lines.append(f"  {count:6d}  {kind}")
+        if kind == MISSING_FILE and summary.missing_example:
+            lines.append(f"          e.g. {summary.missing_example}")
     lines += [f"note: {note}" for note in summary.notes]
     if summary.images and not summary.num_captions:
         lines.append(

@@ -56,6 +56,9 @@ class ImageRecord:
     path: str  # relative to the source folder, or "<dataset>:<row>" for Hub rows
     captions: list[str]
     read_bytes: Callable[[], bytes] = field(repr=False)
+    # For a path a caption line names that is not there: the file it was probably meant to be
+    # ("did you mean images/a.jpg?"), which its skip's reason says.
+    hint: str = ""
 
 
 @dataclass(frozen=True)
@@ -185,6 +188,8 @@ class FolderSource:
         ids = _unique_ids(key for rel, key in keys.items() if rel in images)
         used = set(ids.values())
         named = {rel for rel in captions if rel not in images and (folder / rel).is_file()}
+        missing = [rel for rel in captions if rel not in images and rel not in named]
+        hints = _did_you_mean(missing, files)
         for rel, key in sorted(keys.items(), key=lambda item: item[0] not in named):
             if rel not in images:
                 candidates = chain((_image_id(key), key), (f"{key}#{n}" for n in count(2)))
@@ -196,6 +201,7 @@ class FolderSource:
                 path=rel,
                 captions=caps,
                 read_bytes=(lambda p=folder / rel: p.read_bytes()),
+                hint=hints.get(rel, ""),
             )
             for rel, caps in sorted(captions.items())
         ]
@@ -393,6 +399,27 @@ def _image_files(folder: Path) -> tuple[list[Path], list[str]]:
             elif not name.startswith(".") and path.is_symlink() and not path.exists():
                 broken.append(path.relative_to(folder).as_posix())
     return sorted(found), sorted(broken)
+
+
+def _did_you_mean(missing: list[str], files: list[str]) -> dict[str, str]:
+    """{path of ``missing``: "did you mean FILE?"} where one file of ``files`` alone has that
+    path in another case (``images/b.JPG`` for ``images/b.jpg``), else that name in another
+    folder (``images/a.jpg`` for ``a.jpg``). The lookup is built only when a path is missing."""
+    if not missing:
+        return {}
+    by_path: dict[str, list[str]] = {}
+    by_name: dict[str, list[str]] = {}
+    for rel in files:
+        key = _nfc(rel).casefold()
+        by_path.setdefault(key, []).append(rel)
+        by_name.setdefault(PurePosixPath(key).name, []).append(rel)
+    hints = {}
+    for rel in missing:
+        key = _nfc(rel).casefold()
+        found = by_path.get(key) or by_name.get(PurePosixPath(key).name, [])
+        if len(found) == 1:
+            hints[rel] = f"did you mean {found[0]}?"
+    return hints
 
 
 def _nfc(text: str) -> str:

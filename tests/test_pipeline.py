@@ -142,6 +142,30 @@ def test_bad_rows_are_skipped_with_reasons(tmp_path, shared_data, tiny_model_dir
     assert "skipped 10 inputs" in result.stdout
 
 
+def test_a_missing_file_names_the_one_file_its_line_probably_meant(tmp_path, tiny_model_dir):
+    # {"path": "a.jpg"} for images/a.jpg, images/b.jpg for images/b.JPG: skipped as "missing
+    # file", and nothing said which file was there.
+    from conftest import write_photos
+
+    folder = write_photos(tmp_path / "photos", ["a", "b", "c"])
+    (folder / "images" / "b.jpg").rename(folder / "images" / "b.JPG")
+    write_photos(folder / "sub", ["c"], seed=1)  # a second c.jpg: no guess between the two
+    with (folder / "captions.jsonl").open("a", encoding="utf-8") as lines:
+        for path in ("a.jpg", "c.jpg", "gone.jpg"):
+            lines.write(json.dumps({"path": path, "caption": "Karda bir köpek."}) + "\n")
+    build = tmp_path / "build"
+    result = run_cli("encode", "--data", folder, "--model", tiny_model_dir, "--out", build)
+    assert {s["source"]: s["reason"] for s in skipped(build)} == {
+        "a.jpg": "missing file (did you mean images/a.jpg?)",
+        "images/b.jpg": "missing file (did you mean images/b.JPG?)",
+        "c.jpg": "missing file",
+        "gone.jpg": "missing file",
+    }
+    # The printed summary shows the first as an example under the count.
+    example = "e.g. a.jpg: missing file (did you mean images/a.jpg?)"
+    assert f"     4  missing file\n          {example}\n" in result.stdout
+
+
 def test_kill_during_encode_then_resume_keeps_every_row_once(
     tmp_path, shared_data, tiny_model_dir, shared_build
 ):
