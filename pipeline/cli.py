@@ -50,13 +50,54 @@ class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class _ArgvError(Exception):
+    """An argparse error, raised rather than said, so that ``_parse_args`` can add to it;
+    ``unknown``: the arguments a command did not know, when that was the error."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str, unknown=()):
+        super().__init__(message)
+        self.parser, self.message, self.unknown = parser, message, list(unknown)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # (argparse: an override "should either exit or raise")
+        raise _ArgvError(self, message)
+
+
+class _CommandParser(_Parser):
+    """A command's parser: refuses arguments it does not know itself (with its own usage, not
+    the top-level one), naming the flag a mistyped one was probably meant to be."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        import difflib
+
+        namespace, unknown = super().parse_known_args(args, namespace)
+        if unknown:
+            # The namespace has every flag's dest, and every flag is its dest with dashes
+            # (--batch-size-img: batch_size_img).
+            flags = [f"--{dest.replace('_', '-')}" for dest in vars(namespace)]
+            hints = []
+            for arg in unknown:
+                if arg.startswith("--"):
+                    flag = arg.split("=", 1)[0]
+                    close = difflib.get_close_matches(flag, flags, n=1)
+                    if close:
+                        hints.append(f"{flag}: did you mean {close[0]}?")
+            hint = f" ({'; '.join(hints)})" if hints else ""
+            raise _ArgvError(self, f"unrecognized arguments: {' '.join(unknown)}{hint}", unknown)
+        return namespace, unknown
+
+
+def build_parser(strict: bool = True) -> argparse.ArgumentParser:
+    """The parser of every command; ``strict=False``: no flag is required (``_parse_args``)."""
+    parser = _Parser(
         prog="python -m pipeline",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser
+    )
     defaults = _DefaultsFormatter
 
     p = commands.add_parser(
@@ -70,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-samples", type=int, default=DownloadConfig.num_samples, help="rows to sample"
     )
     p.add_argument("--seed", type=int, default=DownloadConfig.seed, help="shuffle seed")
-    p.add_argument("--output-dir", type=_path, required=True, help="folder to write into")
+    p.add_argument("--output-dir", type=_path, required=strict, help="folder to write into")
     p.add_argument("--split", default=DownloadConfig.split, help="long_captions or short_captions")
     p.add_argument("--dataset", default=DownloadConfig.dataset, help="Hub dataset id")
     p.add_argument(
@@ -98,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         "are encoded, removed ones disappear.",
         formatter_class=defaults,
     )
-    source = p.add_mutually_exclusive_group(required=True)
+    source = p.add_mutually_exclusive_group(required=strict)
     source.add_argument(
         "--data", type=_path, help="folder with captions.jsonl and images (see README)"
     )
@@ -125,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="model revision (branch, tag or commit; Hub ids only; default: the newest, or for "
         "an update or a --reuse build the commit its rows were made with)",
     )
-    p.add_argument("--out", type=_path, required=True, help="build folder")
+    p.add_argument("--out", type=_path, required=strict, help="build folder")
     p.add_argument(
         "--batch-size-img",
         type=int,
@@ -181,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
         "new files.",
         formatter_class=defaults,
     )
-    p.add_argument("--build", type=_path, required=True, help="build folder from `encode`")
+    p.add_argument("--build", type=_path, required=strict, help="build folder from `encode`")
     p.add_argument(
         "--index-type",
         type=_index_type,
@@ -205,8 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
         "local folder with --to. Uses HF_TOKEN or `hf auth login`.",
         formatter_class=defaults,
     )
-    p.add_argument("--build", type=_path, required=True, help="build folder from `index`")
-    target = p.add_mutually_exclusive_group(required=True)
+    p.add_argument("--build", type=_path, required=strict, help="build folder from `index`")
+    target = p.add_mutually_exclusive_group(required=strict)
     target.add_argument("--repo", type=_repo_id, help="Hub dataset repo id, USER/NAME")
     target.add_argument("--to", type=_path, help="local folder to write the repo layout into")
     p.add_argument(
@@ -245,12 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
         "before) and prints the command that runs them. Uses HF_TOKEN or `hf auth login`.",
         formatter_class=defaults,
     )
-    target = p.add_mutually_exclusive_group(required=True)
+    target = p.add_mutually_exclusive_group(required=strict)
     target.add_argument("--space", type=_repo_id, help="Hub Space id, USER/NAME")
     target.add_argument("--to", type=_path, help="local folder to write the Space files into")
     p.add_argument(
         "--dataset-repo",
-        required=True,
+        required=strict,
         help="the published dataset: a Hub dataset id, or (with --to) a local folder",
     )
     p.add_argument(
@@ -289,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Prints tables and writes JSON.",
         formatter_class=defaults,
     )
-    p.add_argument("--repo", required=True, help="published dataset: Hub id or local folder")
+    p.add_argument("--repo", required=strict, help="published dataset: Hub id or local folder")
     p.add_argument("--revision", default=None, help="dataset revision (Hub only)")
     p.add_argument(
         "--alphas", default=_listed(DEFAULT_ALPHAS), help="comma-separated Deep Search alphas"
@@ -368,10 +409,7 @@ def _index_type(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
-    if unknown:
-        _refuse_unknown(parser, args.command, unknown)
+    args = _parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
@@ -412,25 +450,26 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
-def _refuse_unknown(parser: argparse.ArgumentParser, command: str, unknown: list[str]):
-    """Exit 2 on arguments ``command`` does not take, with that command's usage (argparse
-    shows the top-level one) and the flag a mistyped one was probably meant to be."""
-    import difflib
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The arguments; a mistake in them exits 2 with the command's usage and one error line.
 
-    sub = next(
-        action.choices[command]
-        for action in parser._actions
-        if isinstance(action, argparse._SubParsersAction)
-    )
-    flags = [flag for action in sub._actions for flag in action.option_strings]
-    hints = []
-    for arg in unknown:
-        if arg.startswith("--"):
-            close = difflib.get_close_matches(arg.split("=", 1)[0], flags, n=1)
-            if close:
-                hints.append(f"{arg.split('=', 1)[0]}: did you mean {close[0]}?")
-    hint = f" ({'; '.join(hints)})" if hints else ""
-    sub.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+    argparse looks for a missing required flag before it returns the ones it does not know, so
+    a mistyped `--ouput b3` read only as "the following arguments are required: --out": a parse
+    that requires nothing finds those, which are said first.
+    """
+    try:
+        return build_parser().parse_args(argv)
+    except _ArgvError as err:
+        refused = err
+    message = refused.message
+    if not refused.unknown:
+        try:
+            build_parser(strict=False).parse_args(argv)
+        except _ArgvError as loose:
+            if loose.unknown:
+                message = f"{loose.message}; {message}"
+    refused.parser.print_usage(sys.stderr)
+    refused.parser.exit(2, f"{refused.parser.prog}: error: {message}\n")
 
 
 def _hub_refused(err: BaseException) -> str | None:

@@ -490,6 +490,27 @@ def test_cli_names_the_mistake_a_newcomer_makes(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_a_mistyped_required_flag_is_named_not_only_missed(tmp_path, capsys):
+    # `--ouput b3` said only "the following arguments are required: --out": argparse looks for
+    # missing flags before it returns the unknown ones.
+    from pipeline.cli import main
+
+    out = tmp_path / "b3"
+    with pytest.raises(SystemExit) as exit_:
+        main(["encode", "--data", str(tmp_path), "--ouput", str(out)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: python -m pipeline encode" in err and "[--out" not in err  # (required)
+    assert (
+        f"error: unrecognized arguments: --ouput {out} (--ouput: did you mean --out?); "
+        "the following arguments are required: --out\n"
+    ) in err
+    with pytest.raises(SystemExit):  # a missing flag alone, as argparse says it
+        main(["publish", "--build", str(tmp_path)])
+    assert capsys.readouterr().err.endswith("error: one of the arguments --repo --to is required\n")
+    assert not out.exists()
+
+
 def test_a_split_the_dataset_lacks_is_named_with_the_flag(tmp_path, monkeypatch):
     import pyarrow as pa
     import pyarrow.parquet as pq
