@@ -388,10 +388,11 @@ def _path(text: str) -> Path:
 def _repo_id(text: str) -> str:
     """A repo to publish to: USER/NAME (or ORG/NAME). A bare NAME does not say whose repo it
     is, and creating and reading it need not agree (the test Hub answers 501)."""
-    from imagesearchtr.manifest import is_repo_id
+    from imagesearchtr.manifest import repo_id_problem
 
-    if not is_repo_id(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a repo id: give USER/NAME")
+    problem = repo_id_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a repo id: {problem}")
     return text
 
 

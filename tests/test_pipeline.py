@@ -1025,6 +1025,41 @@ def test_encode_names_a_build_folder_it_cannot_use(tmp_path, shared_data, tiny_m
         run_encode(FolderSource(shared_data), EncodeConfig(out=build, model=str(tiny_model_dir)))
 
 
+def test_a_refused_repo_id_says_why(capsys):
+    # Both said only "is not a repo id: give USER/NAME".
+    from pipeline.cli import main
+
+    url = "https://huggingface.co/datasets/testuser/turkish-photos"
+    space_url = "https://huggingface.co/spaces/testuser/turkish-photos-search/tree/main"
+    for argv, said in (
+        (
+            ["publish", "--build", "b", "--repo", "testuser/turkish photos"],
+            "'testuser/turkish photos' is not a repo id: a space is not allowed; give USER/NAME "
+            "(letters, digits, '-', '_' and '.',",
+        ),
+        (
+            ["publish", "--build", "b", "--repo", "testuser/türkçe-fotoğraflar"],
+            "is not a repo id: 'ü' is not allowed; give USER/NAME",
+        ),
+        (
+            ["publish", "--build", "b", "--repo", url],
+            f"'{url}' is not a repo id: that is a URL; did you mean testuser/turkish-photos?",
+        ),
+        (
+            ["publish-space", "--dataset-repo", "a/b", "--space", space_url],
+            "that is a URL; did you mean testuser/turkish-photos-search?",
+        ),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        assert said in capsys.readouterr().err
+    from imagesearchtr.manifest import repo_id_problem
+
+    assert repo_id_problem("testuser/turkish-photos") is None
+    assert repo_id_problem("testuser/-photos").startswith("give USER/NAME (")  # not '-' alone
+
+
 def test_the_cli_refuses_empty_paths_and_a_build_among_the_photos(tmp_path, capsys, shared_data):
     from pipeline.cli import main
 

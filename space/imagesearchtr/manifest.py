@@ -51,7 +51,13 @@ def component_folders(config: dict) -> list[str]:
     ]
 
 
-_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+_ID_CHARS = "A-Za-z0-9_.-"  # the characters of USER and NAME, inside a regex's [...] (- last)
+_HUB_ID_RE = re.compile(rf"^[A-Za-z0-9][{_ID_CHARS}]{{0,95}}/[A-Za-z0-9][{_ID_CHARS}]{{0,95}}$")
+# _HUB_ID_RE's USER and NAME (and is_repo_id's "no .."), in words.
+_HUB_ID_WORDS = (
+    "letters, digits, '-', '_' and '.', each starting with a letter or digit, at most 96 "
+    "characters, without '..'"
+)
 
 
 # How a manifest's ``source`` names rows read from a folder: "local folder NAME".
@@ -111,6 +117,30 @@ def transport_errors() -> tuple[type[Exception], ...]:
 def is_repo_id(value: str) -> bool:
     """True for a repo id written ``namespace/name``, the form this project publishes to."""
     return bool(_HUB_ID_RE.match(value)) and ".." not in value
+
+
+def repo_id_problem(value: str) -> str | None:
+    """None for a repo id (``is_repo_id``), else what to do instead, for an error message: the
+    id a Hub URL holds, or the first character a repo id cannot have."""
+    if is_repo_id(value):
+        return None
+    if value.startswith(("http://", "https://")):
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value).path.strip("/").split("/")
+        if parts[0] in ("datasets", "spaces"):
+            parts = parts[1:]
+        inside = "/".join(parts[:2])
+        if is_repo_id(inside):
+            return f"that is a URL; did you mean {inside}?"
+    else:
+        bad = re.search(rf"[^/{_ID_CHARS}]", value)
+        if bad is not None:
+            named = "a space" if bad.group() == " " else repr(bad.group())
+            return f"{named} is not allowed; give USER/NAME ({_HUB_ID_WORDS})"
+    if value.count("/") != 1:
+        return "give USER/NAME"
+    return f"give USER/NAME ({_HUB_ID_WORDS})"
 
 
 def is_hub_id(value: str) -> bool:
