@@ -13,6 +13,14 @@ warning printed while importing would not reach the run's stderr), and settings 
 environment equals the one it started with, apart from ``RUNTIME_VARIABLES``, which the code
 reads when it runs; any other difference starts a server of its own.
 
+A server imports ``PRELOAD`` (what all the CLI's commands import, torch included) or a lighter
+set a test names (``HUB_PRELOAD``: publish, publish-space and download, without torch); a run
+imports whatever else it needs itself, as a fresh interpreter would. A server started for one
+test's environment (its own HF_HOME) serves no other test: ``stop_servers`` ends it then.
+
+Run as a script, ``python tests/cli_forks.py -m MODULE ARGS`` is ``python -m MODULE ARGS`` with
+``shorten_hub_retries`` (for a command a test cannot fork: make's recipes run ``$(PY) -m ...``).
+
 Writes temporary files only (each run's stdout, stderr and exit status, the server's stderr),
 removed when the pytest worker exits.
 """
@@ -30,7 +38,43 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+TESTS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = TESTS_DIR.parent
+
+# What a server imports before it forks: everything the CLI's commands import...
+PRELOAD = (
+    "datasets", "huggingface_hub", "pyarrow.parquet", "torch", "transformers",
+    "imagesearchtr", "imagesearchtr.encoder", "imagesearchtr.multiembedtr",
+    "pipeline.distributed", "pipeline.encode", "pipeline.feed", "pipeline.index",
+    "pipeline.inputs", "pipeline.publish",
+)  # fmt: skip
+# ...or what publish, publish-space and download import (no torch, transformers or model code):
+# a server for a test that runs only those starts in a fraction of PRELOAD's time.
+HUB_PRELOAD = (
+    "datasets", "huggingface_hub", "huggingface_hub.hf_api", "pyarrow.parquet", "yaml",
+    "hub_card", "pipeline.download", "pipeline.inputs", "pipeline.publish", "pipeline.space",
+)  # fmt: skip
+
+
+def shorten_hub_retries() -> None:
+    """huggingface_hub's own HTTP retries (5 after the first try, waiting 1, 2, 4, 8 and 8 s)
+    wait 0.05-0.1 s instead: as many tries, in a fraction of the time. The pipeline's own
+    retries and backoff are unchanged."""
+    import huggingface_hub.utils._http as hub_http
+
+    for retrying in (hub_http.http_backoff, hub_http.http_stream_backoff):
+        retrying = getattr(retrying, "__wrapped__", retrying)  # (the context manager's function)
+        retrying.__kwdefaults__.update(base_wait_time=0.05, max_wait_time=0.1)
+
+
+def skip_stream_exit_pause() -> None:
+    """datasets pauses 5 s (config.SLEEP_TIME_ON_THREADS_SHUTDOWN) whenever a streamed read of
+    Parquet files ends, to let pyarrow's threads finish before the interpreter is torn down
+    (apache/arrow#45214). A forked run ends with os._exit, without that teardown: no pause."""
+    import datasets.config
+
+    datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0
+
 
 # Read by the pipeline (and torch.distributed's env:// rendezvous) when a run starts, not at
 # import: a run may set them differently from its server.
@@ -40,12 +84,13 @@ RUNTIME_VARIABLES = (
 )  # fmt: skip
 
 SERVER = r"""
-import atexit, json, os, signal, sys, threading, traceback
-import datasets, huggingface_hub, pyarrow.parquet, torch, transformers  # noqa: F401
-import imagesearchtr, imagesearchtr.encoder, imagesearchtr.multiembedtr  # noqa: F401
-import pipeline.distributed, pipeline.encode, pipeline.feed, pipeline.index  # noqa: F401
-import pipeline.inputs, pipeline.publish  # noqa: F401
+import atexit, importlib, json, os, signal, sys, threading, traceback
+for name in json.loads(sys.argv[1]):  # PRELOAD or the set the test named
+    importlib.import_module(name)
 from pipeline.cli import main
+sys.path.insert(0, sys.argv[2])  # tests/, for cli_forks's own functions only
+from cli_forks import shorten_hub_retries, skip_stream_exit_pause
+del sys.path[0]
 
 def write_status(path, text):
     with open(path + ".tmp", "w") as status:
@@ -74,9 +119,9 @@ for line in sys.stdin:
         else:
             os.dup2(os.open(job["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
         if job["fast_hub_retries"]:
-            import huggingface_hub.utils._http as hub_http
-
-            hub_http.http_backoff.__kwdefaults__.update(base_wait_time=0.05, max_wait_time=0.1)
+            shorten_hub_retries()
+        if job["no_stream_exit_pause"]:
+            skip_stream_exit_pause()
         try:
             code = main(job["args"])
         except SystemExit as stop:  # argparse's --help and usage errors
@@ -100,11 +145,11 @@ for line in sys.stdin:
 class ForkServer:
     """One server process; ``start`` forks a run, ``wait`` gives its CompletedProcess."""
 
-    def __init__(self, env: dict):
+    def __init__(self, env: dict, preload=PRELOAD):
         self.work = Path(tempfile.mkdtemp(prefix="cli-forks-"))
         atexit.register(shutil.rmtree, self.work, ignore_errors=True)
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", SERVER],
+            [sys.executable, "-c", SERVER, json.dumps(list(preload)), str(TESTS_DIR)],
             cwd=REPO_ROOT,
             env=env,
             stdin=subprocess.PIPE,
@@ -114,13 +159,15 @@ class ForkServer:
         )
         self.runs = 0
 
-    def start(self, args, env: dict, log=None, fast_hub_retries=False):
+    def start(self, args, env: dict, log=None, fast_hub_retries=False, no_stream_exit_pause=False):
         """Fork a run; ``log``: one file for its stdout and stderr (default: one each here).
-        ``fast_hub_retries``: huggingface_hub's own upload retries (5, waiting 1, 2, 4, 8 and
-        8 s) wait 0.05-0.1 s instead; the pipeline's own retries and backoff are unchanged."""
+        ``fast_hub_retries``: ``shorten_hub_retries`` in the run (huggingface_hub's retries of
+        uploads and downloads wait 0.05-0.1 s); ``no_stream_exit_pause``:
+        ``skip_stream_exit_pause`` in the run (no 5 s pause after a streamed read)."""
         self.runs += 1
         base = self.work / str(self.runs)
         job = {"args": [str(a) for a in args], "env": env, "fast_hub_retries": fast_hub_retries}
+        job["no_stream_exit_pause"] = no_stream_exit_pause
         job.update({name: f"{base}.{name}" for name in ("stdout", "stderr", "status")})
         if log is not None:
             job["stdout"] = job["stderr"] = str(log)
@@ -146,23 +193,44 @@ class ForkServer:
         out, err = (Path(job[n]).read_text(errors="replace") for n in ("stdout", "stderr"))
         return subprocess.CompletedProcess(["python", "-m", "pipeline", *args], code, out, err)
 
+    def stop(self) -> None:
+        """End the server (its runs have ended: ``wait`` was called for each). It holds nothing
+        to save: killed, without the interpreter's teardown."""
+        self.proc.kill()
+        self.proc.wait()
+        self.proc.stdin.close()
+        self.proc.stdout.close()
+        shutil.rmtree(self.work, ignore_errors=True)
+
 
 _servers: dict[tuple, ForkServer] = {}
 
 
-def server_for(env: dict) -> ForkServer:
-    """The server of this pytest worker for ``env`` (started on first use)."""
-    key = tuple(sorted((k, v) for k, v in env.items() if k not in RUNTIME_VARIABLES))
+def _env_key(env: dict) -> tuple:
+    return tuple(sorted((k, v) for k, v in env.items() if k not in RUNTIME_VARIABLES))
+
+
+def server_for(env: dict, preload=PRELOAD) -> ForkServer:
+    """The server of this pytest worker for ``env`` and ``preload`` (started on first use)."""
+    key = (tuple(preload), _env_key(env))
     if key not in _servers:
-        _servers[key] = ForkServer({k: v for k, v in env.items() if k not in RUNTIME_VARIABLES})
+        server_env = {k: v for k, v in env.items() if k not in RUNTIME_VARIABLES}
+        _servers[key] = ForkServer(server_env, preload)
     return _servers[key]
 
 
-def start(args, env: dict | None = None, **options):
-    """Fork ``python -m pipeline ARGS`` with ``env`` (default: this process's); a handle.
-    ``options``: ``ForkServer.start``'s."""
+def stop_servers(hf_home) -> None:
+    """End the servers whose environment has this HF_HOME: a test's own (its cache), which no
+    other test's runs share."""
+    for key in [key for key in _servers if ("HF_HOME", str(hf_home)) in key[1]]:
+        _servers.pop(key).stop()
+
+
+def start(args, env: dict | None = None, preload=PRELOAD, **options):
+    """Fork ``python -m pipeline ARGS`` with ``env`` (default: this process's) from a server
+    that imported ``preload``; a handle. ``options``: ``ForkServer.start``'s."""
     env = dict(os.environ if env is None else env)
-    server = server_for(env)
+    server = server_for(env, preload)
     return server, server.start(args, env, **options)
 
 
@@ -175,5 +243,20 @@ def wait(handle, timeout: float = 300) -> subprocess.CompletedProcess:
     return server.wait(run, timeout)
 
 
-def run(args, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return wait(start(args, env), timeout)
+def run(
+    args, env: dict | None = None, timeout: float = 300, **options
+) -> subprocess.CompletedProcess:
+    """``start`` (``options``: its ``preload`` and ``ForkServer.start``'s), then ``wait``."""
+    return wait(start(args, env, **options), timeout)
+
+
+if __name__ == "__main__":  # python tests/cli_forks.py -m MODULE ARGS (the module docstring)
+    import runpy
+
+    if sys.argv[1:2] != ["-m"] or len(sys.argv) < 3:
+        sys.exit("usage: python tests/cli_forks.py -m MODULE [ARGS...]")
+    shorten_hub_retries()
+    sys.path[0] = os.getcwd()  # as python -m has it: the working folder, not tests/
+    module = sys.argv[2]
+    del sys.argv[1:3]  # runpy sets sys.argv[0] to the module's file, as python -m does
+    runpy.run_module(module, run_name="__main__", alter_sys=True)

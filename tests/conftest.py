@@ -84,19 +84,30 @@ def shared_data() -> Path:
 from hub_server import local_hub, stop_process  # noqa: E402, F401  (local_hub: a fixture)
 
 
-def run_cli(*args, env: dict | None = None, check: bool = True, timeout: float = 300):
+def run_cli(
+    *args,
+    env: dict | None = None,
+    check: bool = True,
+    timeout: float = 300,
+    forked: bool = False,
+    **fork_options,
+):
     """Run ``python -m pipeline ARGS`` the way a user does; return the CompletedProcess.
 
     Without ``env``, forked from a process that imported the pipeline already (tests/cli_forks.py:
     the same ``main()`` in a process of its own, without the imports); with ``env`` (a Hub's
-    variables, read at import), a fresh interpreter.
+    variables, read at import), a fresh interpreter, or with ``forked=True`` forked from a
+    server started with that environment, for a test that runs several commands with it (the
+    server costs about one fresh interpreter's start; ``hub_env`` ends it with the test).
+    ``fork_options``: ``cli_forks.start``'s (``preload``, ``no_stream_exit_pause``, ...).
     """
     import subprocess
 
-    if env is None:
+    if env is None or forked:
         import cli_forks
 
-        result = cli_forks.run(args, timeout=timeout)
+        env = None if env is None else {**os.environ, **env}
+        result = cli_forks.run(args, env, timeout=timeout, **fork_options)
     else:
         result = subprocess.run(
             [sys.executable, "-m", "pipeline", *map(str, args)],
@@ -134,7 +145,9 @@ def hub_env(local_hub, tmp_path) -> dict:  # noqa: F811
     """Environment for a subprocess talking to the local Hub with a fresh, empty cache."""
     home = tmp_path / "hf-home"
     home.mkdir()
-    return {**local_hub.env(), "HF_HOME": str(home)}
+    yield {**local_hub.env(), "HF_HOME": str(home)}
+    if "cli_forks" in sys.modules:  # the servers of run_cli(..., forked=True) for this cache
+        sys.modules["cli_forks"].stop_servers(home)
 
 
 def write_photos(folder: Path, names, seed: int = 0, size=(48, 36), captions=None) -> Path:
