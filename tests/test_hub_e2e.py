@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from cli_forks import HUB_PRELOAD
 from conftest import REPO_ROOT, run_cli
 from huggingface_hub import HfApi
 
@@ -37,6 +38,13 @@ def built(shared_build):
     return shared_build
 
 
+def hub_cli(*args, env: dict, check: bool = True):
+    """``run_cli`` forked from one server per environment (this test's hub_env) that imported
+    what publish, publish-space and download import: a test of many such commands starts one
+    interpreter, not one a command."""
+    return run_cli(*args, env=env, check=check, forked=True, preload=HUB_PRELOAD)
+
+
 def revision_of(stdout: str) -> str:
     return next(line.split()[-1] for line in stdout.splitlines() if line.startswith("revision:"))
 
@@ -46,20 +54,20 @@ def test_publish_then_load_and_search_from_a_fresh_cache(built, hub_env, local_h
     api = HfApi(endpoint=local_hub.endpoint, token=local_hub.token)
     # The shared photos are research-use data: a public repo is refused before it is created,
     # and an existing public one before anything is uploaded to it.
-    public = run_cli("publish", "--build", built, "--repo", repo, env=hub_env, check=False)
+    public = hub_cli("publish", "--build", built, "--repo", repo, env=hub_env, check=False)
     assert public.returncode == 2 and "research only" in public.stderr, public.stderr
     assert "add --private" in public.stderr
     assert not api.repo_exists(repo, repo_type="dataset")
     api.create_repo(f"{repo}-open", repo_type="dataset")
-    public = run_cli("publish", "--build", built, "--repo", f"{repo}-open", "--private",
+    public = hub_cli("publish", "--build", built, "--repo", f"{repo}-open", "--private",
                      env=hub_env, check=False)  # fmt: skip
     assert public.returncode == 2 and f"{repo}-open is public" in public.stderr, public.stderr
-    public = run_cli("publish", "--build", built, "--repo", f"{repo}-open", env=hub_env,
+    public = hub_cli("publish", "--build", built, "--repo", f"{repo}-open", env=hub_env,
                      check=False)  # fmt: skip
     assert public.returncode == 2 and f"{repo}-open is public" in public.stderr, public.stderr
     assert api.list_repo_files(f"{repo}-open", repo_type="dataset") == [".gitattributes"]
 
-    first = run_cli("publish", "--build", built, "--repo", repo, "--private", env=hub_env)
+    first = hub_cli("publish", "--build", built, "--repo", repo, "--private", env=hub_env)
     revision = revision_of(first.stdout)
     assert local_hub.token not in first.stdout + first.stderr
     assert api.dataset_info(repo).private
@@ -70,41 +78,41 @@ def test_publish_then_load_and_search_from_a_fresh_cache(built, hub_env, local_h
     assert no_token.returncode == 2 and "no Hub token" in no_token.stderr, no_token.stderr
     assert "--private" not in no_token.stderr
     # ...and so is a public Space over them, before it is created or an existing one changed.
-    space = run_cli("publish-space", "--space", f"{repo}-search", "--dataset-repo", repo,
+    space = hub_cli("publish-space", "--space", f"{repo}-search", "--dataset-repo", repo,
                     "--no-wait", env=hub_env, check=False)  # fmt: skip
     assert space.returncode == 2 and "research only" in space.stderr, space.stderr
     assert not api.repo_exists(f"{repo}-search", repo_type="space")
     api.create_repo(f"{repo}-app", repo_type="space", space_sdk="gradio")
-    space = run_cli("publish-space", "--space", f"{repo}-app", "--dataset-repo", repo,
+    space = hub_cli("publish-space", "--space", f"{repo}-app", "--dataset-repo", repo,
                     "--private", "--no-wait", env=hub_env, check=False)  # fmt: skip
     assert space.returncode == 2 and f"{repo}-app is public" in space.stderr, space.stderr
     assert api.get_space_variables(f"{repo}-app") == {}
     # A Space that is private already needs no --private.
     api.create_repo(f"{repo}-own", repo_type="space", space_sdk="gradio", private=True)
-    run_cli("publish-space", "--space", f"{repo}-own", "--dataset-repo", repo, "--no-wait",
+    hub_cli("publish-space", "--space", f"{repo}-own", "--dataset-repo", repo, "--no-wait",
             env=hub_env)  # fmt: skip
     assert "app.py" in api.list_repo_files(f"{repo}-own", repo_type="space")
     assert api.space_info(f"{repo}-own").private
 
     # Publishing the same build again changes nothing (a repo that is private already needs no
     # --private); a new license changes the card alone.
-    again = run_cli("publish", "--build", built, "--repo", repo, env=hub_env)
+    again = hub_cli("publish", "--build", built, "--repo", repo, env=hub_env)
     assert "already up to date" in again.stdout and revision_of(again.stdout) == revision
-    licensed = run_cli("publish", "--build", built, "--repo", repo, "--license", "cc-by-4.0",
+    licensed = hub_cli("publish", "--build", built, "--repo", repo, "--license", "cc-by-4.0",
                        "--private", "--space", f"{repo}-app", env=hub_env)  # fmt: skip
     assert "files written: 1, deleted: 0\n  wrote README.md (the card)" in licensed.stdout
     assert revision_of(licensed.stdout) != revision
     revision = revision_of(licensed.stdout)
     # A license the Hub does not know is refused before anything is uploaded or committed
     # (the location check below finds the revision above still the newest).
-    typo = run_cli("publish", "--build", built, "--repo", repo, "--license", "cc-by-4.1",
+    typo = hub_cli("publish", "--build", built, "--repo", repo, "--license", "cc-by-4.1",
                    "--private", env=hub_env, check=False)  # fmt: skip
     assert typo.returncode == 2, typo.stderr
     assert "the Hub refuses the dataset card's metadata" in typo.stderr
     assert '"license" must be one of' in typo.stderr and "--license" in typo.stderr
     # ...and for a repo that does not exist yet, none is created (a value YAML would cut at
     # its "#" when pasted raw, as the first check once did, is checked as the card carries it).
-    typo = run_cli("publish", "--build", built, "--repo", f"{repo}-new", "--license",
+    typo = hub_cli("publish", "--build", built, "--repo", f"{repo}-new", "--license",
                    "mit # comment", "--private", env=hub_env, check=False)  # fmt: skip
     assert typo.returncode == 2 and "the Hub refuses" in typo.stderr, typo.stderr
     assert not api.repo_exists(f"{repo}-new", repo_type="dataset")
