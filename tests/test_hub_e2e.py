@@ -432,7 +432,7 @@ def test_reuse_from_the_hub_updates_without_downloading_the_images(
 
     data, build = small_build
     repo = f"{local_hub.user}/reuse-from-hub"
-    run_cli("publish", "--build", build, "--repo", repo, env=hub_env)
+    run_cli("publish", "--build", build, "--repo", repo, env=hub_env, forked=True)
     head_files = local_hub.state.storage.get_repo("dataset", repo)
     published = {p for p in head_files["commits"][head_files["branches"]["main"]]["files"]}
     old_data = sorted(p for p in published if p.startswith("data/"))
@@ -445,7 +445,7 @@ def test_reuse_from_the_hub_updates_without_downloading_the_images(
     since = len(local_hub.requests)
     result = run_cli(
         "encode", "--data", photos, "--model", tiny_model_dir, "--dtype", "float32",
-        "--out", fresh, "--reuse", repo, env=hub_env,
+        "--out", fresh, "--reuse", repo, env=hub_env, forked=True,
     )  # fmt: skip
     summary = json.loads((fresh / "summary.json").read_text())
     assert (summary["encoded_images"], summary["reused_images"]) == (2, 24)
@@ -460,7 +460,9 @@ def test_reuse_from_the_hub_updates_without_downloading_the_images(
 
     run_cli("index", "--build", fresh, "--max-data-file-size", "8KB")
     since = len(local_hub.requests)
-    again = run_cli("publish", "--build", fresh, "--repo", repo, "--private", env=hub_env)
+    again = run_cli(
+        "publish", "--build", fresh, "--repo", repo, "--private", env=hub_env, forked=True
+    )
     assert f"note: {repo} already exists and is public; --private left it so" in again.stdout
     uploaded = lfs_uploads(local_hub, since)
     manifest = json.loads((fresh / "index/manifest.json").read_text())
@@ -482,7 +484,7 @@ def test_reuse_from_the_hub_updates_without_downloading_the_images(
     other = write_tiny_checkpoint(tmp_path / "other-model", seed=1)
     result = run_cli(
         "encode", "--data", photos, "--model", other, "--out", tmp_path / "x",
-        "--reuse", repo, env=hub_env, check=False,
+        "--reuse", repo, env=hub_env, forked=True, check=False,
     )  # fmt: skip
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "another model" in result.stderr
