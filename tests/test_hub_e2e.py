@@ -38,11 +38,11 @@ def built(shared_build):
     return shared_build
 
 
-def hub_cli(*args, env: dict, check: bool = True):
+def hub_cli(*args, env: dict, check: bool = True, **fork_options):
     """``run_cli`` forked from one server per environment (this test's hub_env) that imported
     what publish, publish-space and download import: a test of many such commands starts one
-    interpreter, not one a command."""
-    return run_cli(*args, env=env, check=check, forked=True, preload=HUB_PRELOAD)
+    interpreter, not one a command. ``fork_options``: ``cli_forks.start``'s."""
+    return run_cli(*args, env=env, check=check, forked=True, preload=HUB_PRELOAD, **fork_options)
 
 
 def revision_of(stdout: str) -> str:
@@ -296,7 +296,9 @@ def test_download_never_gives_two_images_one_file(fake_source, hub_env, tmp_path
     out = tmp_path / "data"
     args = ["download", "--dataset", fake_source, "--split", "collisions", "--num-samples", "7"]
     args += ["--output-dir", out]
-    first = run_cli(*args, env=hub_env)
+    # (no_stream_exit_pause: datasets' 5 s pause after each streamed read, which a forked run
+    # does not need: see cli_forks.skip_stream_exit_pause)
+    first = hub_cli(*args, env=hub_env, no_stream_exit_pause=True)
     assert "wrote 6 images, kept 1" in first.stdout  # the last row's image is the fifth's
     sources = sorted((shared_data / "images").glob("*.jpg"))[:6]
     sources.append(sources[4])
@@ -310,7 +312,7 @@ def test_download_never_gives_two_images_one_file(fake_source, hub_env, tmp_path
     assert not [p.name for p in (out / "images").iterdir() if p.name.startswith(".")]
     assert "note:" not in first.stdout
     more = [*args[:-4], "--num-samples", "9", "--output-dir", out]  # the split has 7 rows
-    again = run_cli(*more, env=hub_env)
+    again = hub_cli(*more, env=hub_env, no_stream_exit_pause=True)
     assert "wrote 0 images, kept 7" in again.stdout
     assert "has 7 rows, fewer than --num-samples 9: all of them were read" in again.stdout
     assert len((out / "captions.jsonl").read_text().splitlines()) == 7
@@ -321,7 +323,7 @@ def test_download_never_gives_two_images_one_file(fake_source, hub_env, tmp_path
         (["--seed", "-1"], "--seed must be 0 or more, got -1"),
         (["--num-samples", "0"], "--num-samples must be >= 1, got 0"),
     ):  # fmt: skip
-        result = run_cli(*args, *flags, env=hub_env, check=False)
+        result = hub_cli(*args, *flags, env=hub_env, check=False)
         assert result.returncode == 2 and said in result.stderr, result.stderr
 
 
