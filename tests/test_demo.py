@@ -10,7 +10,7 @@ import time
 import urllib.request
 
 import pytest
-from conftest import REPO_ROOT, free_port
+from conftest import REPO_ROOT, TESTS_DIR, free_port
 
 
 @pytest.mark.skipif(not os.path.exists("/usr/bin/make"), reason="make is not installed")
@@ -110,6 +110,8 @@ def _closed_port() -> int:
 def test_hub_unreachable_is_one_error_line_for_every_hub_command(
     tmp_path, tiny_model_dir, generated_build
 ):
+    import cli_forks
+
     endpoint = f"http://127.0.0.1:{_closed_port()}"
     env = {
         **os.environ,
@@ -120,45 +122,55 @@ def test_hub_unreachable_is_one_error_line_for_every_hub_command(
         "HF_TOKEN": "hf_unused",
         "HF_HUB_DISABLE_XET": "1",
     }
-    python = [sys.executable, "-m", "pipeline"]
+    # Every command tries the closed port as often as it would (huggingface_hub retries each
+    # request 5 times), but waits 0.05-0.1 s between tries, not 1, 2, 4, 8 and 8 s
+    # (cli_forks.shorten_hub_retries): make's recipe runs `$(PY) -m pipeline ...` through
+    # tests/cli_forks.py, and the CLI's runs are forked from one server for this environment.
+    fast_python = f"{sys.executable} {TESTS_DIR / 'cli_forks.py'}"
     commands = {
-        "make demo (download step)": [
-            "make", "data", f"PY={sys.executable}", "NUM_SAMPLES=3",
-        ],
-        "download": [*python, "download", "--num-samples", "3", "--output-dir", tmp_path / "dl"],
+        "download": ["download", "--num-samples", "3", "--output-dir", tmp_path / "dl"],
         "encode --hf-dataset": [
-            *python, "encode", "--hf-dataset", "someone/photos", "--model", tiny_model_dir,
+            "encode", "--hf-dataset", "someone/photos", "--model", tiny_model_dir,
             "--out", tmp_path / "enc",
         ],
-        "publish": [*python, "publish", "--build", generated_build, "--repo", "testuser/x"],
+        "publish": ["publish", "--build", generated_build, "--repo", "testuser/x"],
         "publish-space --space": [
-            *python, "publish-space", "--space", "testuser/x-search", "--dataset-repo",
-            "testuser/x",
+            "publish-space", "--space", "testuser/x-search", "--dataset-repo", "testuser/x",
         ],
         "publish-space --to": [
-            *python, "publish-space", "--to", tmp_path / "space", "--dataset-repo", "testuser/x",
+            "publish-space", "--to", tmp_path / "space", "--dataset-repo", "testuser/x",
         ],
-        "evaluate --repo": [
-            *python, "evaluate", "--repo", "testuser/x", "--output", tmp_path / "e.json",
-        ],
+        "evaluate --repo": ["evaluate", "--repo", "testuser/x", "--output", tmp_path / "e.json"],
     }  # fmt: skip
-    if not os.path.exists("/usr/bin/make"):
-        del commands["make demo (download step)"]
-    # All at once: each waits out the libraries' retries against the closed port.
-    procs = {
-        name: subprocess.Popen(
-            [str(part) for part in cmd],
+    finished, make = {}, None
+    if os.path.exists("/usr/bin/make"):
+        make = subprocess.Popen(
+            ["make", "data", f"PY={fast_python}", "NUM_SAMPLES=3"],
             cwd=REPO_ROOT,
             env=env,
             text=True,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-        )  # fmt: skip
-        for name, cmd in commands.items()
-    }
-    for name, proc in procs.items():
-        _, err = proc.communicate(timeout=300)
-        assert proc.returncode == 2, f"{name}: exit {proc.returncode}\n{err[-3000:]}"
+        )
+    try:
+        # All at once: each waits out the libraries' retries against the closed port.
+        runs = {
+            name: cli_forks.start(args, env, fast_hub_retries=True)
+            for name, args in commands.items()
+        }
+        for name, run in runs.items():
+            done = cli_forks.wait(run, timeout=300)
+            finished[name] = (done.returncode, done.stderr)
+        if make is not None:
+            _, err = make.communicate(timeout=300)
+            finished["make demo (download step)"] = (make.returncode, err)
+    finally:
+        cli_forks.stop_servers(env["HF_HOME"])
+        if make is not None and make.poll() is None:
+            make.kill()
+            make.communicate()
+    for name, (returncode, err) in finished.items():
+        assert returncode == 2, f"{name}: exit {returncode}\n{err[-3000:]}"
         assert "Traceback" not in err, f"{name}:\n{err[-3000:]}"
         errors = [line for line in err.splitlines() if line.startswith("error:")]
         assert len(errors) == 1, f"{name}:\n{err[-3000:]}"
