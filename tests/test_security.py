@@ -187,21 +187,28 @@ def run_app(env: dict, log: Path, timeout: float = 150):
 
 # The user's commands, run by the CLI's own main() one after another in ONE process (a Python
 # start-up with torch and datasets costs several seconds on 2 cores); every line they print is
-# kept. The last one is refused: another user's namespace (HTTP 403).
-PIPELINE_SCRIPT = """
+# kept. The last one is refused: another user's namespace (HTTP 403). Then, in the same process
+# (the token in its environment as before), the app's start-up with a dataset that does not
+# exist (argv[2]; argv[3]: app.py, run in the folder argv[4]): its message and its log, after a
+# line that marks where they start.
+MISSING_MARK = "=== app.py with a missing dataset"
+PIPELINE_SCRIPT = f"""
 import json, sys
 from pipeline.cli import main
 for args in json.loads(sys.argv[1]):
     for stream in (sys.stdout, sys.stderr):
         print("=== python -m pipeline " + " ".join(args), file=stream, flush=True)
     print("exit status", main(args), flush=True)
-"""
 
-# The app's start-up with a dataset that does not exist: its message and its log.
-MISSING_SCRIPT = """
-import importlib.util, logging, sys
-logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
-spec = importlib.util.spec_from_file_location("app", sys.argv[1])
+import importlib.util, logging, os
+for stream in (sys.stdout, sys.stderr):
+    print({MISSING_MARK!r}, file=stream, flush=True)
+os.environ["DATASET_REPO"] = sys.argv[2]
+os.chdir(sys.argv[4])
+logging.basicConfig(
+    level=logging.INFO, format="%(levelname)s %(name)s %(message)s", force=True
+)
+spec = importlib.util.spec_from_file_location("app", sys.argv[3])
 app = importlib.util.module_from_spec(spec); sys.modules["app"] = app
 spec.loader.exec_module(app)
 loaded = app.load_searcher()
@@ -228,24 +235,30 @@ def test_the_token_never_appears_in_any_output(tmp_path, tiny_model_dir):
             ["publish-space", "--space", space, "--dataset-repo", repo],
             ["publish", "--build", str(build), "--repo", "someone-else/stolen"],
         ]
+        missing_repo = f"{hub.user}/no-such-dataset"
         done = subprocess.run(
-            [sys.executable, "-c", PIPELINE_SCRIPT, json.dumps(commands)],
+            [sys.executable, "-c", PIPELINE_SCRIPT, json.dumps(commands), missing_repo,
+             str(REPO_ROOT / "space" / "app.py"), str(tmp_path)],
             cwd=REPO_ROOT,
             env=env,
             capture_output=True,
             text=True,
             timeout=600,
-        )
-        outputs["pipeline stdout"], outputs["pipeline stderr"] = done.stdout, done.stderr
+        )  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
-        assert done.stdout.count("exit status 0") == 4, done.stdout + done.stderr[-3000:]
-        assert done.stdout.rstrip().endswith("exit status 2")
-        assert "HTTP 403" in done.stderr and "Traceback" not in done.stderr
+        stdout, missing_stdout = done.stdout.split(MISSING_MARK + "\n")
+        stderr, missing_log = done.stderr.split(MISSING_MARK + "\n")
+        outputs["pipeline stdout"], outputs["pipeline stderr"] = stdout, stderr
+        outputs["missing app stdout"], outputs["missing app log"] = missing_stdout, missing_log
+        assert stdout.count("exit status 0") == 4, stdout + stderr[-3000:]
+        assert stdout.rstrip().endswith("exit status 2")
+        assert "HTTP 403" in stderr and "Traceback" not in stderr
         # ... saying why, for a token that is valid: the Hub's own reason.
         assert "the Hub says: You don't have the rights to create a repo under someone-else" in (
-            done.stderr
+            stderr
         )
-        assert f"published space {space}@" in done.stdout
+        assert f"published space {space}@" in stdout
+        assert "no-such-dataset" in missing_stdout and "search is unavailable" in missing_log
 
         # The app, started from the Hub dataset with the token in its environment: page + log.
         (tmp_path / "app").mkdir()
@@ -263,17 +276,6 @@ def test_the_token_never_appears_in_any_output(tmp_path, tiny_model_dir):
             stop(proc)
         outputs["app log"] = (tmp_path / "app" / "app.log").read_text()
 
-        missing = subprocess.run(
-            [sys.executable, "-c", MISSING_SCRIPT, str(REPO_ROOT / "space" / "app.py")],
-            cwd=tmp_path,
-            env={**env, "DATASET_REPO": f"{hub.user}/no-such-dataset"},
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        outputs["missing app stdout"], outputs["missing app log"] = missing.stdout, missing.stderr
-        assert missing.returncode == 0, missing.stderr[-3000:]
-        assert "no-such-dataset" in missing.stdout and "search is unavailable" in missing.stderr
         outputs["hub request log (paths and queries)"] = json.dumps(hub.requests)
 
     leaked = {name: leaks(text) for name, text in outputs.items() if leaks(text)}
