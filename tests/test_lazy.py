@@ -802,13 +802,19 @@ def test_a_hub_that_fails_for_a_moment_while_the_space_starts_does_not_leave_it_
         import json, os, sys
         import httpx
         sys.path.insert(0, "tests")
+        import imagesearchtr.lazy_rows
+        from cli_forks import shorten_hub_retries
         from conftest import load_app
         from search_repo import FakeEncoder
         from imagesearchtr import Encoder
 
         Encoder.from_pretrained = lambda *args, **kwargs: FakeEncoder(8)  # "fake/model"
         app = load_app()
-        app.LOAD_BACKOFF_S, app.LOAD_ATTEMPTS = 0.1, 8
+        # Every layer tries as often as it would, waiting at most a tenth of a second between
+        # tries: the faults are counted, not timed.
+        app.LOAD_BACKOFF_S, app.LOAD_ATTEMPTS = 0.01, 8
+        imagesearchtr.lazy_rows.BACKOFF_S = 0.01
+        shorten_hub_retries()
         faults = os.environ["HF_ENDPOINT"] + "/_test/faults"
         httpx.post(faults, json={"faults": json.loads(sys.argv[2])})
         loaded = app.load_searcher({"DATASET_REPO": sys.argv[1]})
