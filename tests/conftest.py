@@ -317,14 +317,21 @@ def published_space(tmp_path_factory, generated_build, session_hub_env, local_hu
     build = generated_build
     import uuid
 
+    import cli_forks
+
     dataset_repo = f"testuser/spaces-{uuid.uuid4().hex[:8]}"
     space_id = f"{dataset_repo}-search"
-    out = run_cli("publish", "--build", build, "--repo", dataset_repo, env=session_hub_env)
-    revision = out.stdout.split("revision: ", 1)[1].split()[0]
-    out = run_cli(
-        "publish-space", "--space", space_id, "--dataset-repo", dataset_repo,
-        "--dataset-revision", revision, env=session_hub_env,
-    )  # fmt: skip
+    # Both runs fork from one server that imported what they import (not two interpreters).
+    cli = {"env": session_hub_env, "forked": True, "preload": cli_forks.HUB_PRELOAD}
+    try:
+        out = run_cli("publish", "--build", build, "--repo", dataset_repo, **cli)
+        revision = out.stdout.split("revision: ", 1)[1].split()[0]
+        out = run_cli(
+            "publish-space", "--space", space_id, "--dataset-repo", dataset_repo,
+            "--dataset-revision", revision, **cli,
+        )  # fmt: skip
+    finally:
+        cli_forks.stop_servers(session_hub_env["HF_HOME"])
     folder = tmp_path_factory.mktemp("space-repo") / "space"
     script = (
         "import json, sys\n"
