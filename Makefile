@@ -58,7 +58,7 @@ install: $(PY) ## create .venv and install the project with its test extra
 
 # The targets that run the project's code need `make install` first: say so, not "Error 127".
 installed:
-	@[ -x "$(firstword $(PY))" ] || { echo "error: $(firstword $(PY)) is missing: run make install first (or VENV=<a virtualenv with the project>)"; exit 2; }
+	@command -v "$(firstword $(PY))" >/dev/null || { echo "error: $(firstword $(PY)) is missing: run make install first (or VENV=<a virtualenv with the project>)"; exit 2; }
 
 test: installed ## run the test suite on TEST_WORKERS worker processes
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
