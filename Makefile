@@ -15,7 +15,8 @@ TEST_WORKERS ?= 3
 TORCH ?= $(if $(wildcard /opt/wheels/torch-2.13.0+cpu-*.whl),torch==2.13.0)
 
 # Pipeline settings (README "The two ways in" explains each).
-MODEL ?= utkubascakir/MultiEmbedTR
+# Empty: encode's own default (an update's build model, else the default Hub model).
+MODEL ?=
 DATA ?=
 NUM_SAMPLES ?= 1000
 SEED ?= 14
@@ -40,7 +41,7 @@ DATA_DIR = $(if $(DATA),$(DATA),$(SAMPLE_DIR))
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
-	@echo "  variables: MODEL=$(MODEL) DATA=<folder> NUM_SAMPLES=$(NUM_SAMPLES) SEED=$(SEED)"
+	@echo "  variables: MODEL=<Hub id or folder> DATA=<folder> NUM_SAMPLES=$(NUM_SAMPLES) SEED=$(SEED)"
 	@echo "             BUILD=$(BUILD) DEMO_DIR=$(DEMO_DIR) SPACE_DIR=$(SPACE_DIR) PORT=$(PORT)"
 	@echo "             HF_REPO=<user/name> SPACE_REPO=<user/name> PRIVATE=1 DEVICE=$(DEVICE)"
 	@echo "             HARDWARE=$(HARDWARE) (Space hardware for make publish) HOST=$(HOST)"
@@ -78,7 +79,7 @@ data: installed ## download NUM_SAMPLES rows of the default Hub dataset into out
 	fi
 
 build: data ## encode DATA with MODEL into BUILD and index it
-	$(PY) -m pipeline encode --data "$(DATA_DIR)" --model "$(MODEL)" --out "$(BUILD)" \
+	$(PY) -m pipeline encode --data "$(DATA_DIR)" $(if $(MODEL),--model "$(MODEL)") --out "$(BUILD)" \
 	  --device $(DEVICE) $(ENCODE_FLAGS)
 	$(PY) -m pipeline index --build "$(BUILD)" --index-type "$(INDEX_TYPE)"
 
