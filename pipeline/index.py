@@ -41,6 +41,7 @@ import json
 import math
 import re
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -274,6 +275,8 @@ def _run_index(config: IndexConfig, cache: Path):
     )
     infos = []
     for column, vectors in (("image_emb", image_emb), ("caption_emb", caption_emb)):
+        # Names the progress bar datasets shows next, which has no label of its own.
+        print(f"{column}: {plan.factory} over {len(ds)} rows", file=sys.stderr, flush=True)
         try:
             ds.add_faiss_index_from_external_arrays(
                 external_arrays=vectors, index_name=column, custom_index=faiss_index(plan, vectors)
