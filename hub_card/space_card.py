@@ -20,7 +20,6 @@ from huggingface_hub import SpaceCard, SpaceCardData, SpaceHardware
 from hub_card.dataset_card import hub_url
 from hub_card.usage import render_usage
 from imagesearchtr.manifest import Manifest, is_hub_id
-from pipeline.space import DEFAULT_HARDWARE  # publish-space picks the hardware; the card says it
 
 TEMPLATE_PATH = Path(__file__).resolve().parent / "templates" / "space_card.md"
 
@@ -47,7 +46,7 @@ def render_space_card(
     manifest: Manifest,
     gradio_version: str,
     python_version: str,
-    hardware: str = DEFAULT_HARDWARE,
+    hardware: str,  # publish-space picks it (its DEFAULT_HARDWARE); the card says it
     preload: tuple[str, ...] = (),
     license: str = "apache-2.0",
     emoji: str = "🔎",

@@ -74,8 +74,8 @@ class _CommandParser(_Parser):
         namespace, unknown = super().parse_known_args(args, namespace)
         if unknown:
             # The namespace has every flag's dest, and every flag is its dest with dashes
-            # (--batch-size-img: batch_size_img).
-            flags = [f"--{dest.replace('_', '-')}" for dest in vars(namespace)]
+            # (--batch-size-img: batch_size_img), but --help, which has none.
+            flags = [f"--{dest.replace('_', '-')}" for dest in vars(namespace)] + ["--help"]
             hints = []
             for arg in unknown:
                 if arg.startswith("--"):
@@ -581,7 +581,7 @@ def _encode(args) -> int:
     if args.revision is not None and Path(model).expanduser().is_dir():
         # A folder has no revisions; recording one would pin the index to a commit it never had.
         raise ValueError(
-            f"--revision {args.revision} names a commit of a Hub model, but --model "
+            f"--revision {args.revision} names a commit of a Hub model, but the model "
             f"{model} is a local folder; drop --revision, or pass the model's Hub id"
         )
     if args.reuse_revision is not None and args.reuse is None:
@@ -630,7 +630,7 @@ def _encode_model(args) -> str:
         from .distributed import ranks_from_env
 
         recorded = read_build_info(args.out).get("model_id")
-        if recorded:
+        if isinstance(recorded, str) and recorded:
             if ranks_from_env().is_main:  # (under torchrun: said once)
                 print(f"model: {recorded} (from {BUILD_FILE})")
             return recorded

@@ -294,6 +294,8 @@ def _run_encode(source, config: EncodeConfig, encoder, lock: contextlib.ExitStac
                 _write_reuse_layout(out, reuse_files)
             if reused is not None:  # index keeps its creation time if it writes the same one
                 _io.write_text(out / REUSE_MANIFEST_FILE, reused.manifest.to_json())
+            else:  # (a re-seed's, months old by the next plain update, is not the one to keep)
+                (out / REUSE_MANIFEST_FILE).unlink(missing_ok=True)
             _write_jsonl(out / INPUT_SKIPS_FILE, input_skips + plan_skips)
 
         rank0_first(ranks, prepare)

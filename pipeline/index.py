@@ -439,12 +439,15 @@ def read_build_info(build: Path) -> dict:
             f"--out {build}` first"
         )
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(info, dict):
+            raise ValueError(f"a JSON {type(info).__name__}, not an object")
+    except (UnicodeDecodeError, ValueError) as err:  # (json.JSONDecodeError too)
         raise ValueError(
             f"{path} is damaged ({err}); pass --overwrite to `python -m pipeline encode "
             f"--out {build}` to start the build again"
         ) from None
+    return info
 
 
 def _count_lines(path: Path) -> int:

@@ -835,13 +835,20 @@ class QueryImage(gr.Image):
     async def async_move_resource_to_block_cache(self, url_or_file_path):
         # gradio fetches an image URL (gradio_client's handle_file(url), an MCP tool's image)
         # here, before preprocess, and refuses a loopback, private or link-local address, or a
-        # name that does not resolve, with a ValueError that callers got as a bare error.
+        # name that does not resolve, with a ValueError that callers got as a bare error, and a
+        # URL that answers with an error with a bare Exception.
         try:
             return await super().async_move_resource_to_block_cache(url_or_file_path)
-        except ValueError:
+        except Exception as err:
             if not str(url_or_file_path).startswith(("http://", "https://")):
                 raise
-            raise gr.Error(URL_NOT_FETCHED) from None
+            if isinstance(err, ValueError):
+                raise gr.Error(URL_NOT_FETCHED) from None
+            # "The image could not be fetched from that address (...)".
+            raise gr.Error(
+                f"Görsel alınamadı: adres indirilemedi ({str(err)[:120]}); herkese açık bir "
+                "görsel adresi verin ya da görseli yükleyin."
+            ) from None
 
     def preprocess(self, payload):
         if payload is None:

@@ -1460,6 +1460,7 @@ def test_space_card_similar_example_runs_against_the_app(served, searcher, capsy
         manifest=searcher.manifest,
         gradio_version="6.31.0",
         python_version="3.11",
+        hardware="cpu-basic",
     )
     section = card.split("## More like this from Python", 1)[1]
     (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)

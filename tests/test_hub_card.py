@@ -528,6 +528,7 @@ def render_space(**overrides) -> str:
         "manifest": make_manifest(),
         "gradio_version": gradio_version(),
         "python_version": "3.11",
+        "hardware": "cpu-basic",
     }
     kwargs.update(overrides)
     return render_space_card(**kwargs)

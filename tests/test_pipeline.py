@@ -487,6 +487,9 @@ def test_cli_names_the_mistake_a_newcomer_makes(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["encode", "--data", str(photos), "--out", str(out), "--modle=utkubascakir/x"])
     assert "(--modle: did you mean --model?)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # --help is a flag of every command too
+        main(["encode", "--data", str(photos), "--out", str(out), "--hlep"])
+    assert "(--hlep: did you mean --help?)" in capsys.readouterr().err
     assert not out.exists()
 
 
@@ -1023,6 +1026,12 @@ def test_encode_names_a_build_folder_it_cannot_use(tmp_path, shared_data, tiny_m
     (build / "build.json").write_text('{"model_fingerprint": ')  # cut off, as by a full disk
     with pytest.raises(ValueError, match="build.json is damaged .*pass --overwrite"):
         run_encode(FolderSource(shared_data), EncodeConfig(out=build, model=str(tiny_model_dir)))
+    # JSON, but not an object: the same (through the CLI, where an update without --model reads
+    # the build's model from it, it was an AttributeError's traceback).
+    from pipeline.cli import main
+
+    (build / "build.json").write_text("[]")
+    assert main(["encode", "--data", str(shared_data), "--out", str(build)]) == 2
 
 
 def test_a_refused_repo_id_says_why(capsys):

@@ -361,6 +361,13 @@ def test_a_folder_a_publish_left_moved_aside_is_named_by_its_readers(build, tmp_
     result = publish_to_folder(PublishConfig(build=build, to=target))  # puts it back
     assert not result.changed and not aside.exists()
     assert load_manifest(target).manifest.num_rows == 6
+    # The same for a tree named as versions before named it, without the -N.
+    older = tmp_path / ".dataset.old-4242"
+    os.replace(target, older)
+    with pytest.raises(ManifestError, match=re.escape(f"previous tree at {older};")):
+        load_manifest(target)
+    assert not publish_to_folder(PublishConfig(build=build, to=target)).changed
+    assert not older.exists() and load_manifest(target).manifest.num_rows == 6
 
 
 def test_a_pin_refused_after_close_holds_no_file_while_its_error_is_kept(tmp_path):

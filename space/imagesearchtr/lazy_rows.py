@@ -494,14 +494,13 @@ def read_footer(handle, where: str):
 def _with_retries(action, deadline: float | None = None):
     """Run ``action``; retry transient failures with backoff. Missing files fail at once.
 
-    A 429 or 503 answer's ``Retry-After`` is waited instead of the backoff when longer (the
-    reads are plain GETs of huggingface_hub's session, whose own retry helper, which reads it,
-    is not on this path), unless that wait would end past ``deadline`` (``time.monotonic()``;
-    default: PAGE_FETCH_S from now): then the failure is raised at once, not retried sooner
-    than the Hub asked.
+    Within a page (``deadline``, ``time.monotonic()``), a 429 or 503 answer's ``Retry-After``
+    is waited instead of the backoff when longer (the reads are plain GETs of huggingface_hub's
+    session, whose own retry helper, which reads it, is not on this path), unless that wait
+    would end past ``deadline``: then the failure is raised at once, not retried sooner than
+    the Hub asked. The reads at start (no deadline) keep the backoff: a load that fails is
+    tried again by its caller (the Space's start-up tries).
     """
-    if deadline is None:
-        deadline = time.monotonic() + PAGE_FETCH_S
     for attempt in range(RETRIES - 1):
         try:
             return action()
@@ -509,7 +508,7 @@ def _with_retries(action, deadline: float | None = None):
             raise
         except Exception as err:
             wait = BACKOFF_S * 2**attempt
-            asked = _retry_after(err)
+            asked = _retry_after(err) if deadline is not None else None
             if asked is not None and asked > wait:
                 if time.monotonic() + asked > deadline:
                     raise

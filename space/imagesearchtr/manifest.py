@@ -408,11 +408,12 @@ def load_manifest(
 
 def moved_aside(folder: Path) -> list[Path]:
     """The whole trees a ``publish --to`` killed between its two renames moved aside from
-    ``folder`` (``.NAME.old-PID-N`` beside it), in the order that publish puts one back when
+    ``folder`` (``.NAME.old-PID-N`` beside it; older versions named it ``.NAME.old-PID``), in
+    the order that publish puts one back when
     ``folder`` is missing (pipeline/_io.py's ``swap_leftovers``): one with its manifest before
     one without (older versions left half-deleted ones), then the one moved aside last (a
     rename sets a folder's ctime)."""
-    pattern = re.compile(rf"\.{re.escape(folder.name)}\.old-\d+-\d+")
+    pattern = re.compile(rf"\.{re.escape(folder.name)}\.old-\d+(-\d+)?")
     try:
         trees = [p for p in folder.parent.iterdir() if pattern.fullmatch(p.name) and p.is_dir()]
         key = {p: ((p / INDEX_DIR / MANIFEST_FILE).is_file(), p.lstat().st_ctime_ns) for p in trees}
