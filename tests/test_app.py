@@ -552,15 +552,13 @@ def test_a_query_image_in_base64_that_is_invalid_or_empty_says_so(app, tmp_path)
         assert Path(path).read_bytes() == buffer.getvalue() and path in box.temp_files
 
 
-def test_an_mcp_query_image_in_base64_of_no_bytes_names_the_fix(served):
-    # Through MCP, gradio decodes the base64 before the app sees it: no bytes reach the app
-    # as an empty file, whose answer says what to send.
+def in_mcp_session(url: str, work):
+    """``work(session)``'s answer, a coroutine run in an MCP client session with the app at
+    ``url`` (gradio's MCP endpoint), as an MCP client calls the Space's tools."""
     import asyncio
 
     from mcp import ClientSession
     from mcp.client.streamable_http import streamable_http_client
-
-    url, _ = served
 
     async def call():
         async with (
@@ -568,10 +566,21 @@ def test_an_mcp_query_image_in_base64_of_no_bytes_names_the_fix(served):
             ClientSession(read, write) as session,
         ):
             await session.initialize()
-            image = "data:image/png;base64,"
-            return await session.call_tool("search_image", {"image": image, "k": 3})
+            return await work(session)
 
-    answer = asyncio.run(asyncio.wait_for(call(), timeout=120))
+    return asyncio.run(asyncio.wait_for(call(), timeout=120))
+
+
+def test_an_mcp_query_image_in_base64_of_no_bytes_names_the_fix(served):
+    # Through MCP, gradio decodes the base64 before the app sees it: no bytes reach the app
+    # as an empty file, whose answer says what to send.
+    url, _ = served
+    answer = in_mcp_session(
+        url,
+        lambda session: session.call_tool(
+            "search_image", {"image": "data:image/png;base64,", "k": 3}
+        ),
+    )
     text = "\n".join(c.text for c in answer.content if c.type == "text")
     assert "dosya boş (0 bayt; base64 ile gönderildiyse veri boş ya da geçersiz: görseli" in text
 
@@ -580,12 +589,8 @@ def test_a_query_image_url_on_a_local_or_private_address_is_refused_in_turkish(s
     # gradio refuses to fetch such a URL (SSRF protection) before the app's preprocess runs,
     # with a ValueError that callers got as a bare error; an MCP client, as "The upstream
     # Gradio app has raised an exception".
-    import asyncio
-
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
-    from mcp import ClientSession
-    from mcp.client.streamable_http import streamable_http_client
 
     url, client = served
     said = "yerel ya da özel ağ adresleri (localhost, 127.0.0.1"
@@ -593,16 +598,10 @@ def test_a_query_image_url_on_a_local_or_private_address_is_refused_in_turkish(s
         with pytest.raises(AppError, match=re.escape(said)):
             client.predict(image=handle_file(address), k=3, api_name="/search_image")
 
-    async def call():
-        async with (
-            streamable_http_client(url + "gradio_api/mcp/") as (read, write, _),
-            ClientSession(read, write) as session,
-        ):
-            await session.initialize()
-            image = "http://169.254.169.254/latest/meta-data/"  # a cloud's metadata service
-            return await session.call_tool("search_image", {"image": image, "k": 3})
-
-    answer = asyncio.run(asyncio.wait_for(call(), timeout=120))
+    image = "http://169.254.169.254/latest/meta-data/"  # a cloud's metadata service
+    answer = in_mcp_session(
+        url, lambda session: session.call_tool("search_image", {"image": image, "k": 3})
+    )
     assert answer.isError and said in "\n".join(c.text for c in answer.content if c.type == "text")
 
 
@@ -785,24 +784,14 @@ def test_mcp_schema_lists_the_search_tools(served):
 
 
 def test_mcp_tool_call_answers(served):
-    import asyncio
-
-    from mcp import ClientSession
-    from mcp.client.streamable_http import streamable_http_client
-
     url, _ = served
 
-    async def call():
-        async with (
-            streamable_http_client(url + "gradio_api/mcp/") as (read, write, _),
-            ClientSession(read, write) as session,
-        ):
-            await session.initialize()
-            listed = await session.list_tools()
-            answer = await session.call_tool("search", {"query": "karda köpekler", "k": 3})
-            return [t.name for t in listed.tools], answer
+    async def work(session):
+        listed = await session.list_tools()
+        answer = await session.call_tool("search", {"query": "karda köpekler", "k": 3})
+        return [t.name for t in listed.tools], answer
 
-    names, answer = asyncio.run(asyncio.wait_for(call(), timeout=120))
+    names, answer = in_mcp_session(url, work)
     assert "search" in names and "search_similar" in names
     assert not answer.isError
     text = "\n".join(c.text for c in answer.content if c.type == "text")

@@ -937,16 +937,24 @@ def one_file(folder: Path, number: int, images: list[bytes]):
     return datafiles.file_name(number), datafiles.image_ranges(path)
 
 
+def hub_store_of_one_image(folder: Path):
+    """An ImageStore over one data file of one image (``noise_png(6, 0)``), read through a
+    Hub ``Source`` whose reads a test replaces; the store, that source and the file's bytes."""
+    from imagesearchtr.lazy_rows import DataFile, ImageStore, Source
+
+    path, ranges = one_file(folder, 0, [noise_png(6, 0)])
+    remote = Source("user/repo", None, "0" * 40)
+    store = ImageStore(remote, [DataFile(path, 1, "k")], [1], ranges, folder / "c", 0)
+    return store, remote, (folder / path).read_bytes()
+
+
 def test_a_hub_image_read_is_retried_with_backoff_and_a_missing_file_is_not(tmp_path, monkeypatch):
     import time
 
     import imagesearchtr.lazy_rows
-    from imagesearchtr.lazy_rows import BACKOFF_S, RETRIES, DataFile, ImageStore, Source
+    from imagesearchtr.lazy_rows import BACKOFF_S, RETRIES
 
-    path, ranges = one_file(tmp_path, 0, [noise_png(6, 0)])
-    data = (tmp_path / path).read_bytes()
-    remote = Source("user/repo", None, "0" * 40)
-    store = ImageStore(remote, [DataFile(path, 1, "k")], [1], ranges, tmp_path / "c", 0)
+    store, remote, data = hub_store_of_one_image(tmp_path)
     waits, calls = [], []
     monkeypatch.setattr(time, "sleep", waits.append)
 
@@ -977,7 +985,7 @@ def test_a_hub_image_read_is_retried_with_backoff_and_a_missing_file_is_not(tmp_
     (hit,) = store.fetch([0])
     assert "could not be fetched" in hit.error and len(calls) == 1 and waits == []
     # An image of exactly MAX_IMAGE_BYTES is read (only one over it is refused).
-    monkeypatch.setattr(imagesearchtr.lazy_rows, "MAX_IMAGE_BYTES", int(ranges[0][1]))
+    monkeypatch.setattr(imagesearchtr.lazy_rows, "MAX_IMAGE_BYTES", int(store.ranges[0][1]))
     remote.read_range = lambda path, start, stop: data[start:stop]
     (hit,) = store.fetch([0])
     assert hit.error is None and np.asarray(hit.image).tolist() == pixels(6, 0)
@@ -990,12 +998,9 @@ def test_a_hub_image_read_waits_as_long_as_retry_after_asks_within_the_page(tmp_
 
     import httpx2
 
-    from imagesearchtr.lazy_rows import PAGE_FETCH_S, DataFile, ImageStore, Source
+    from imagesearchtr.lazy_rows import PAGE_FETCH_S
 
-    path, ranges = one_file(tmp_path, 0, [noise_png(6, 0)])
-    data = (tmp_path / path).read_bytes()
-    remote = Source("user/repo", None, "0" * 40)
-    store = ImageStore(remote, [DataFile(path, 1, "k")], [1], ranges, tmp_path / "c", 0)
+    store, remote, data = hub_store_of_one_image(tmp_path)
     waits, calls = [], []
     monkeypatch.setattr(time, "sleep", waits.append)
 
