@@ -6,13 +6,16 @@ manifest pins); writes the metrics as JSON (``--output``) and prints a table.
 For every caption of every row, the caption is the query and its own row is the right answer.
 Ranks are exact: the query is scored against every row's stored embeddings (the same cosine the
 flat index computes), for image-only search and for Deep Search at each alpha of the sweep. A
-row's rank is 1 + the number of rows with a strictly higher score, so rows tied with the right
-answer (identical captions) do not push it down.
+row's rank is its place in the order the Searcher shows: 1 + the rows with a higher score + the
+rows tied with it that come first in row order (as ``Searcher._best`` breaks ties). Counting
+ties for the right answer would give a model that embeds everything alike Recall@1 = 1. Every
+row is ranked (no top-k cut-off): MRR averages 1/rank over all queries.
 
 Two protocols, each record labelled with its ``protocol``:
 - ``leave-one-out`` (the honest one): the right row's caption embedding is recomputed without
-  the query caption (the normalised mean of its other captions, as the encode step makes it); a
-  row left with no caption is scored on its image alone, as Deep Search scores caption-less rows.
+  the query caption, every copy of it (the normalised mean of its other captions, as the encode
+  step makes it); a row left with no caption is scored on its image alone, as Deep Search
+  scores caption-less rows.
 - ``own-caption``: the stored caption embeddings as they are. The query caption is part of its
   own row's caption embedding, so Deep Search partly finds the caption through itself: read it
   as an upper bound, never to choose alpha.
@@ -81,9 +84,11 @@ class Metrics:
 
 
 def ranks_of_targets(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """1-based rank of each query's target row (ties with the target do not count)."""
-    own = scores[np.arange(len(targets)), targets]
-    return 1 + (scores > own[:, None]).sum(axis=1)
+    """1-based rank of each query's target row in the Searcher's order: by score, ties in row
+    order (a row tied with the target and before it in the dataset is shown first)."""
+    own = scores[np.arange(len(targets)), targets][:, None]
+    earlier = np.arange(scores.shape[1]) < targets[:, None]
+    return 1 + (scores > own).sum(axis=1) + ((scores == own) & earlier).sum(axis=1)
 
 
 def metrics(protocol: str, mode: str, alpha: float | None, ranks: np.ndarray) -> Metrics:
@@ -100,18 +105,32 @@ def metrics(protocol: str, mode: str, alpha: float | None, ranks: np.ndarray) ->
     )
 
 
-def leave_one_out(vectors: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def leave_one_out(
+    vectors: np.ndarray, targets: np.ndarray, texts: list[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Each query's own row's caption embedding without it: (matrix, mask of rows with one).
 
-    ``vectors``: the caption (query) embeddings; ``targets``: each caption's row. The result
-    is the normalised sum of the row's other captions' embeddings (the direction of their mean).
+    ``vectors``: the caption (query) embeddings; ``targets``: each caption's row; ``texts``:
+    the captions, so that every copy of the query caption in its row is left out (a caption
+    listed twice would otherwise find its row through its other copy). The result is the
+    normalised sum of the row's other captions' embeddings (the direction of their mean).
     """
+    keys = range(len(targets)) if texts is None else texts
+    groups: dict = {}
+    group = np.array(
+        [
+            groups.setdefault((int(t), key), len(groups))
+            for t, key in zip(targets, keys, strict=True)
+        ]
+    )
     sums = np.zeros((int(targets.max()) + 1, vectors.shape[1]), dtype=np.float64)
     np.add.at(sums, targets, vectors)
-    others = sums[targets] - vectors
-    counts = np.bincount(targets)[targets]
+    copies = np.zeros((len(groups), vectors.shape[1]), dtype=np.float64)
+    np.add.at(copies, group, vectors)
+    others = sums[targets] - copies[group]
+    counts = np.bincount(targets)[targets] - np.bincount(group)[group]
     norms = np.linalg.norm(others, axis=1, keepdims=True)
-    valid = (counts > 1) & (norms[:, 0] > 1e-12)
+    valid = (counts > 0) & (norms[:, 0] > 1e-12)
     return (others / np.maximum(norms, 1e-12)).astype(np.float32), valid
 
 
@@ -123,7 +142,7 @@ def evaluate(searcher, alphas=DEFAULT_ALPHAS, batch_size: int = 256) -> list[Met
     if not queries:
         raise ValueError(f"{searcher.location} has no captions to evaluate with")
     vectors = np.asarray(searcher.encoder.encode_texts(queries, batch_size=64), dtype=np.float32)
-    own_loo, own_loo_valid = leave_one_out(vectors, targets)
+    own_loo, own_loo_valid = leave_one_out(vectors, targets, queries)
 
     modes = _modes(alphas)
     ranks = {(p, mode): [] for p in PROTOCOLS for mode, _ in modes}
@@ -260,7 +279,7 @@ def evaluate_composed(
         raise ValueError(f"{searcher.location} has no captions to evaluate with")
     targets = np.array([row for row, caps in enumerate(captions) for _ in caps], dtype=np.int64)
     texts = np.asarray(searcher.encoder.encode_texts(queries, batch_size=64), dtype=np.float32)
-    results += _image_and_text(tables, texts, targets, text_weights, alphas, batch_size)
+    results += _image_and_text(tables, texts, targets, queries, text_weights, alphas, batch_size)
     return results
 
 
@@ -305,10 +324,12 @@ def _negation(encoder, tables, row_words, pairs, weights, alphas) -> list[Compos
     return results
 
 
-def _image_and_text(tables, texts, targets, weights, alphas, batch_size) -> list[ComposedMetrics]:
+def _image_and_text(
+    tables, texts, targets, queries, weights, alphas, batch_size
+) -> list[ComposedMetrics]:
     image_emb = tables[0]
     reference = nearest_other_rows(image_emb)[targets]
-    own_loo, own_loo_valid = leave_one_out(texts, targets)
+    own_loo, own_loo_valid = leave_one_out(texts, targets, queries)
     sweep = [(1.0, float(w)) for w in weights] + [(0.0, 1.0)]  # (image, text); then text alone
     results = []
     for mode, alpha in _modes(alphas):
@@ -391,6 +412,10 @@ def format_composed(results: list[ComposedMetrics]) -> str:
                 f"{v['recall_at_1']:6.3f} {v['recall_at_10']:6.3f} {v['mrr']:6.3f}"
             )
         lines.append(f"{'chance':<43} {pairs[0].values['chance_recall_at_1']:6.3f}")
+    lines.append(
+        "Every weight is measured on the same captions (no held-out split): the best one's "
+        "figure is optimistic, the more so the fewer the queries (word pairs)."
+    )
     return "\n".join(lines)
 
 

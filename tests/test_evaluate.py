@@ -27,9 +27,10 @@ from pipeline.publish import PublishConfig, publish_to_folder
 DIM = 32
 
 
-def test_ranks_ignore_ties_and_count_strictly_better_rows():
-    scores = np.array([[0.9, 0.9, 0.1], [0.2, 0.5, 0.7]])
-    assert ranks_of_targets(scores, np.array([1, 1])).tolist() == [1, 2]
+def test_ranks_count_better_rows_and_break_ties_in_row_order_as_the_searcher_does():
+    scores = np.array([[0.9, 0.9, 0.1], [0.2, 0.5, 0.7], [0.9, 0.9, 0.1]])
+    # row 0 ties with row 1 and comes first in the Searcher's list; row 1 does not push row 0
+    assert ranks_of_targets(scores, np.array([1, 1, 0])).tolist() == [2, 2, 1]
     m = metrics("own-caption", "x", None, np.array([1, 2, 10, 20]))
     assert (m.recall_at_1, m.recall_at_5, m.recall_at_10) == (0.25, 0.5, 0.75)
     assert m.median_rank == 6.0 and abs(m.mrr - (1 + 0.5 + 0.1 + 0.05) / 4) < 1e-9
@@ -44,6 +45,46 @@ def test_leave_one_out_is_the_mean_of_the_other_captions():
 
 def by_key(results):
     return {(m.protocol, m.mode): m for m in results}
+
+
+def test_a_model_that_embeds_everything_alike_scores_what_the_search_shows(tmp_path):
+    """Every image and caption the same vector: all scores tie. The Searcher then shows rows in
+    row order, so only row 0's caption finds its row first (ties used to count for the target:
+    Recall@1 = 1)."""
+    n, v = 20, unit(np.ones(DIM))
+    captions = [[f"c{i}"] for i in range(n)]
+    folder = write_repo(tmp_path / "repo", np.tile(v, (n, 1)), [v] * n, captions=captions)
+    searcher = open_repo(folder, {f"c{i}": v for i in range(n)})
+    shown = [[h.row for h in searcher.search_text(f"c{i}", k=n)].index(i) + 1 for i in range(n)]
+    for m in evaluate(searcher, alphas=(0.0, 0.5)):
+        assert m.recall_at_1 == 1 / n and m.recall_at_10 == 10 / n
+        assert (
+            m.median_rank == np.median(shown) and abs(m.mrr - np.mean(1 / np.array(shown))) < 1e-9
+        )
+
+
+def test_leave_one_out_leaves_out_every_copy_of_the_query_caption(tmp_path):
+    """Each row lists its (unrelated) caption twice: the other copy is the query itself."""
+    rng = np.random.default_rng(6)
+    n = 20
+    texts, image_emb = unit(rng.normal(size=(n, DIM))), unit(rng.normal(size=(n, DIM)))
+    captions = [[f"c{i}", f"c{i}"] for i in range(n)]
+    folder = write_repo(tmp_path / "repo", image_emb, list(texts), captions=captions)
+    searcher = open_repo(folder, {f"c{i}": texts[i] for i in range(n)})
+    results = by_key(evaluate(searcher, alphas=(0.0,)))
+    assert results["own-caption", "deep alpha=0.00"].recall_at_1 == 1.0
+    # left with no other caption, each row is scored on its image alone, as image-only search
+    honest = results["leave-one-out", "deep alpha=0.00"]
+    fused = texts @ texts.T
+    own = np.einsum("ij,ij->i", texts, image_emb)
+    np.fill_diagonal(fused, own)
+    ranks = 1 + (fused > own[:, None]).sum(axis=1)
+    assert honest.recall_at_1 == (ranks == 1).mean() and abs(honest.mrr - (1 / ranks).mean()) < 1e-6
+    assert honest.recall_at_1 <= 0.2
+    matrix, valid = leave_one_out(texts[[0, 0, 1]], np.array([0, 0, 0]), ["a", "a", "b"])
+    assert valid.all()
+    np.testing.assert_allclose(matrix[:2], texts[[1, 1]], atol=1e-6)
+    np.testing.assert_allclose(matrix[2], texts[0], atol=1e-6)
 
 
 def test_leave_one_out_cannot_find_a_caption_through_itself(tmp_path):
