@@ -649,8 +649,8 @@ def _prepare_build_dir(out: Path, build: dict, overwrite: bool) -> None:
         for path in (out / SHARDS_DIR).glob("*"):
             path.unlink()
     (out / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
-    names = (SKIPPED_FILE, INPUT_SKIPS_FILE, BUILD_FILE, SUMMARY_FILE)
-    for name in (*names, REUSE_LAYOUT_FILE, REUSE_MANIFEST_FILE):
+    build_files = (SKIPPED_FILE, INPUT_SKIPS_FILE, BUILD_FILE, SUMMARY_FILE)
+    for name in (*build_files, REUSE_LAYOUT_FILE, REUSE_MANIFEST_FILE):
         if overwrite:
             (out / name).unlink(missing_ok=True)
         # A run killed while writing one of the build's own files left its temporary copy.
