@@ -191,12 +191,23 @@ IMAGE_ERRORS = {
 OPERATOR = re.compile(r"(?:^|(?<=\s))([+-])(?=\s|$)")
 THEME = gr.themes.Soft(primary_hue="red", secondary_hue="indigo", neutral_hue="slate")
 CSS = """
-.gradio-container { max-width: 1100px !important; margin: auto; }
+/* min(..., 100%): a bare 1100px let the page grow 32 px past a phone's screen, its right
+   edge cut off */
+.gradio-container { max-width: min(1100px, 100%) !important; margin: auto; }
 #title h1 { margin-bottom: 0; }
 #title p { margin-top: 4px; opacity: 0.8; }
 .load-error { border: 1px solid #dc2626; border-radius: 8px; padding: 4px 12px;
               background: rgba(220, 38, 38, 0.08); }
 #search-button { align-self: end; }
+/* Results: the label above the photos, not over the first row; every result in the page's own
+   scroll (gradio's height="auto" is a 55vh box that hid the third row in a scrollbar of its own) */
+#results label.float { position: static; margin: var(--block-label-margin); }
+#results .grid-container { padding-top: 0; }
+#results .grid-wrap { max-height: none; }
+/* A phone: two result columns (four of 100 px at least made the page wider than the screen) */
+@media (max-width: 640px) {
+    #results .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)); }
+}
 """
 
 
@@ -1101,6 +1112,17 @@ def build_app(searcher: Searcher | LoadError | SearcherSlot) -> gr.Blocks:
                 outputs=[share, similar_button],
                 api_visibility="private",
             )
+        # "Benzerlerini bul" was clicked from the enlarged preview: close it, so the visitor sees
+        # the new results as a grid, not an enlarged stranger in place of the photo they chose.
+        # (In the browser: gradio keeps a gallery's preview open across a new value, and an
+        # update to selected_index=None does not close it; Escape, as the visitor would press.)
+        similar.then(
+            None,
+            js="() => { document.querySelector('#results .preview')?.dispatchEvent("
+            "new KeyboardEvent('keydown', {code: 'Escape', key: 'Escape', bubbles: true})); }",
+            api_visibility="private",
+            queue=False,
+        )
 
         def from_link(request: gr.Request):
             """Page load: run the search a share link names (?q=...&k=...&deep=...&alpha=...)."""
