@@ -1182,14 +1182,24 @@ def _browser():
         shutil.rmtree(profile, ignore_errors=True)
 
 
+def _wait(browser, seconds: float, **kwargs):
+    """A WebDriverWait that tries again when gradio re-renders an element between the
+    moment a check finds it and the moment it reads it (StaleElementReferenceException)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(
+        browser, seconds, ignored_exceptions=(StaleElementReferenceException,), **kwargs
+    )
+
+
 def _search_for(browser, url: str, query: str) -> None:
     """Open the page and submit ``query`` from the text box, as a visitor does."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get(url)
-    box = WebDriverWait(browser, 60).until(
+    box = _wait(browser, 60).until(
         lambda b: b.find_element(By.CSS_SELECTOR, "#query textarea, #query input")
     )
     box.send_keys(query)
@@ -1198,7 +1208,6 @@ def _search_for(browser, url: str, query: str) -> None:
 
 def test_browser_search_shows_images(served):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     url, _ = served
     with _browser() as browser:
@@ -1208,7 +1217,7 @@ def test_browser_search_shows_images(served):
             found = b.find_elements(By.CSS_SELECTOR, "#results img")
             return [i for i in found if i.get_attribute("src")] or False
 
-        shown = WebDriverWait(browser, 60).until(images)
+        shown = _wait(browser, 60).until(images)
         assert len(shown) >= 1
         assert "sonuç" in browser.find_element(By.ID, "status").text
         ARTIFACTS.mkdir(exist_ok=True)
@@ -1219,7 +1228,6 @@ def test_browser_a_page_opened_after_a_late_load_shows_the_search_not_the_error(
     """A Space that loaded in the background after its start-up tries: a page opened then
     shows what is searched, without the red error frame the first pages had."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     slot = app.SearcherSlot(app.LoadError("the Hub failed", transient=True))
     demo = app.build_app(slot)
@@ -1232,12 +1240,12 @@ def test_browser_a_page_opened_after_a_late_load_shows_the_search_not_the_error(
                 return found and found[0].text.strip() and found[0]
 
             browser.get(url)
-            shown = WebDriverWait(browser, 60).until(banner)
+            shown = _wait(browser, 60).until(banner)
             assert "Arama kullanılamıyor" in shown.text
             assert "load-error" in shown.get_attribute("class")
             slot.value = searcher  # as the background load sets it
             browser.get(url)
-            loaded = WebDriverWait(browser, 60).until(
+            loaded = _wait(browser, 60).until(
                 lambda b: (found := banner(b)) and "görsel" in found.text and found
             )
             assert "load-error" not in loaded.get_attribute("class")
@@ -1323,30 +1331,31 @@ def test_preload_names_the_model_files_at_the_pinned_revision(local_hub, monkeyp
 
 
 def _shown_files(browser) -> set[str]:
-    from selenium.webdriver.common.by import By
-
-    sources = [
-        i.get_attribute("src") or "" for i in browser.find_elements(By.CSS_SELECTOR, "#results img")
-    ]
+    # One script reads every source at once: gradio may replace the gallery's elements
+    # between a find and a per-element read.
+    sources = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#results img'), i => i.src || '')"
+    )
     return {src.rsplit("/", 1)[-1] for src in sources if src}
 
 
 def test_browser_click_a_result_then_find_similar(served, app, searcher):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support.ui import WebDriverWait
 
     url, _ = served
     with _browser() as browser:
         _search_for(browser, url, "köpek")
-        WebDriverWait(browser, 60).until(lambda b: len(_shown_files(b)) >= 10)
+        _wait(browser, 60).until(lambda b: len(_shown_files(b)) >= 10)
         first = _shown_files(browser)
-        share = WebDriverWait(browser, 30).until(
+        share = _wait(browser, 30).until(
             lambda b: b.find_element(By.CSS_SELECTOR, "#share-link textarea, #share-link input")
         )
         assert share.get_attribute("value") == url + "?q=k%C3%B6pek&k=10"  # the search's link
-        browser.find_elements(By.CSS_SELECTOR, "#results img")[1].click()
-        button = WebDriverWait(browser, 30).until(
+        _wait(browser, 30).until(
+            lambda b: b.find_elements(By.CSS_SELECTOR, "#results img")[1].click() or True
+        )
+        button = _wait(browser, 30).until(
             lambda b: (lambda e: e if e and e[0].is_displayed() else False)(
                 b.find_elements(By.CSS_SELECTOR, "#similar-button")
             )
@@ -1356,48 +1365,53 @@ def test_browser_click_a_result_then_find_similar(served, app, searcher):
         expected = {
             Path(app.result_image_file(h.image)).name for h in searcher.search_similar(row, 10)
         }
-        WebDriverWait(browser, 60).until(lambda b: _shown_files(b) == expected)
+        _wait(browser, 60).until(lambda b: _shown_files(b) == expected)
         assert expected != first
         assert "10 sonuç" in browser.find_element(By.ID, "status").text
         ARTIFACTS.mkdir(exist_ok=True)
         browser.save_screenshot(str(ARTIFACTS / "app-similar.png"))
         # Neither the text search's link nor the button of a result no longer shown stays.
-        WebDriverWait(browser, 30).until(
+        _wait(browser, 30).until(
             lambda b: not _displayed(b, "#share-link") and not _displayed(b, "#similar-button")
         )
         # A search that fails shows no link to itself.
         box = browser.find_element(By.CSS_SELECTOR, "#query textarea, #query input")
         box.clear()
         box.send_keys("köpek +", Keys.ENTER)
-        WebDriverWait(browser, 60).until(lambda b: "⚠️" in b.find_element(By.ID, "status").text)
+        _wait(browser, 60).until(lambda b: "⚠️" in b.find_element(By.ID, "status").text)
         time.sleep(1)  # the link, if any, comes in the event after the answer
         assert not _displayed(browser, "#share-link")
 
 
 def _displayed(browser, css: str) -> bool:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
-    return any(e.is_displayed() for e in browser.find_elements(By.CSS_SELECTOR, css))
+    for _ in range(10):  # an element gradio replaced while it was read: read the new one
+        try:
+            return any(e.is_displayed() for e in browser.find_elements(By.CSS_SELECTOR, css))
+        except StaleElementReferenceException:
+            time.sleep(0.1)
+    raise AssertionError(f"{css} kept being re-rendered for a second")
 
 
 def test_browser_an_example_searches_with_the_attached_image(served, app, searcher, shared_data):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support.ui import WebDriverWait
 
     url, _ = served
     example = app.EXAMPLES[0]
     text_only = {Path(app.result_image_file(h.image)).name for h in searcher.search_text(example)}
     with _browser() as browser:
         browser.get(url)
-        box = WebDriverWait(browser, 60).until(
+        box = _wait(browser, 60).until(
             lambda b: b.find_element(By.CSS_SELECTOR, "#query textarea, #query input")
         )
         upload = browser.find_element(By.CSS_SELECTOR, "#query-image input[type=file]")
         upload.send_keys(str(shared_data / QUERY_PHOTO))
-        WebDriverWait(browser, 30).until(lambda b: _displayed(b, "#query-image img"))
+        _wait(browser, 30).until(lambda b: _displayed(b, "#query-image img"))
         box.send_keys(example, Keys.ENTER)
-        WebDriverWait(browser, 60).until(lambda b: len(_shown_files(b)) == 10)
+        _wait(browser, 60).until(lambda b: len(_shown_files(b)) == 10)
         typed = _shown_files(browser)
         assert typed != text_only  # the image took part
         box.clear()
@@ -1407,7 +1421,7 @@ def test_browser_an_example_searches_with_the_attached_image(served, app, search
             if e.is_displayed()
         ]
         shown[-1].click()  # the example's own element (the innermost that shows its text)
-        WebDriverWait(browser, 60).until(
+        _wait(browser, 60).until(
             lambda b: _shown_files(b) == typed, message="the example ignored the attached image"
         )
         assert not _displayed(browser, "#share-link")  # a link cannot carry the image
@@ -1415,7 +1429,6 @@ def test_browser_an_example_searches_with_the_attached_image(served, app, search
 
 def test_browser_opens_a_share_link(served, app, searcher):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     url, _ = served
     with _browser() as browser:
@@ -1425,10 +1438,10 @@ def test_browser_opens_a_share_link(served, app, searcher):
             Path(app.result_image_file(h.image)).name
             for h in searcher.search_combined(["köpek", "kar"], k=5)
         }
-        WebDriverWait(browser, 60).until(lambda b: _shown_files(b) == expected)
+        _wait(browser, 60).until(lambda b: _shown_files(b) == expected)
         box = browser.find_element(By.CSS_SELECTOR, "#query textarea, #query input")
         assert box.get_attribute("value") == "köpek + kar"
-        share = WebDriverWait(browser, 30).until(
+        share = _wait(browser, 30).until(
             lambda b: b.find_element(By.CSS_SELECTOR, "#share-link textarea, #share-link input")
         )
         assert share.get_attribute("value") == link
