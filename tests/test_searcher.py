@@ -296,6 +296,32 @@ def test_composed_queries_refuse_what_cannot_be_searched(tmp_path):
         searcher.search_combined(["köpek"], negative=None)
 
 
+def test_a_composed_query_refuses_an_image_path_given_as_text(tmp_path, monkeypatch):
+    # search_image reads a str as a path; search_combined reads it as a text, so a path given
+    # as a str used to be searched for its letters, as a caption.
+    dog, blue = unit(np.eye(2, DIM))
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(png((0, 0, 255)))
+    searcher = open_repo(
+        write_repo(tmp_path / "repo", unit(np.eye(4, DIM) + 0.1)),
+        # (FakeEncoder keys an image by bytes(term): a Path's are its name's)
+        {"köpek": dog, str(photo): dog, "kedi.jpg": dog, bytes(photo): blue},
+    )
+    for term, said in ((str(photo), "names a file"), ("kedi.jpg", "looks like an image file")):
+        with pytest.raises(ValueError, match=rf"{re.escape(repr(term))} {said}.*pathlib\.Path"):
+            searcher.search_combined(["köpek", term])
+        with pytest.raises(ValueError, match=re.escape(repr(term))):
+            searcher.search_combined(["köpek"], negative=[term])
+    # the fix the message names works; texts with a dot or a slash stay texts
+    hits = searcher.search_combined(["köpek", Path(photo)], k=2)
+    assert hits[0].score == pytest.approx(float(unit(np.eye(4, DIM) + 0.1)[0] @ unit(dog + blue)))
+    monkeypatch.chdir(tmp_path)  # a term is a file only where it names one from here
+    searcher.encoder.vectors.update({"repo": dog, "3.5 yaş": dog, "a/b": blue})
+    for text in ("repo", "3.5 yaş", "a/b"):
+        searcher.search_combined([text], k=1)
+    searcher.search_text("kedi.jpg", k=1)  # search_text takes only texts: nothing to confuse
+
+
 def test_a_model_that_cannot_be_fetched_or_a_cache_that_cannot_be_made_is_named(
     tmp_path, monkeypatch
 ):

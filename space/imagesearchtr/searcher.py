@@ -313,6 +313,10 @@ class Searcher:
     def search_combined(self, positive, negative=(), k: int = 10) -> list[Hit]:
         """Composed query: each term a text (a ``str``) or an image (``Path``, bytes or PIL).
 
+        A ``str`` is always a text, never a file path (unlike ``search_image``'s): one that
+        names a file, or looks like an image file's name, is a ValueError that says to pass it
+        as a ``Path``, rather than a search for its letters.
+
         The query is the sum of the positive terms' embeddings minus the negative ones', all
         weighted 1, normalised (rclip's ``"kedi" + "şapka" - "köpek"``); searched image-only.
         ``python -m pipeline evaluate --composed`` measures other weights on a published set.
@@ -322,6 +326,9 @@ class Searcher:
         positive, negative = _terms("positive", positive), _terms("negative", negative)
         if not positive:
             raise ValueError("give at least one positive term (a text or an image)")
+        for term in (*positive, *negative):
+            if isinstance(term, str):
+                _refuse_path_as_text(term)
         plus = [self._encode_term(term) for term in positive]
         minus = [self._encode_term(term) for term in negative]
         return self.search_vector(compose_vectors(plus, minus), k)
@@ -527,6 +534,24 @@ def _terms(name: str, terms) -> list:
     if not isinstance(terms, list | tuple):  # a dict's keys, say, are no list of terms
         raise TypeError(f"{name} must be a list of terms, not {type(terms).__name__}")
     return list(terms)
+
+
+def _refuse_path_as_text(term: str) -> None:
+    """A composed query's ``str`` is a text: refuse one that names a file, or looks like an
+    image file's name, instead of searching for its letters (``search_image`` reads a ``str``
+    as a path; ``search_combined`` cannot tell "kar" from a file named "kar")."""
+    if os.path.isfile(term):
+        said = "names a file"
+    elif not any(c.isspace() for c in term.strip()) and (
+        os.path.splitext(term.strip())[1].lower() in Image.registered_extensions()
+    ):
+        said = "looks like an image file's name (there is no such file)"
+    else:
+        return
+    raise ValueError(
+        f"the text term {term!r} {said}; a str term is always searched as text: pass an image "
+        f"as pathlib.Path({term.strip()!r}), bytes or a PIL image"
+    )
 
 
 def _check_k(k: int, n: int) -> int:
