@@ -190,6 +190,19 @@ def _model_config(api, model: str, revision: str | None) -> dict:
     return config if isinstance(config, dict) else {}
 
 
+def local_model_notes(dataset_repo: str, manifest: Manifest) -> list[str]:
+    """A note for a Hub dataset encoded with a local model folder: a Space on the Hub cannot
+    load that folder. A note, not an error: an app run on this machine (``--to``, the command
+    it prints) or a Space of a test Hub here can."""
+    if is_hub_id(manifest.model_id):
+        return []
+    return [
+        f"{dataset_repo} was encoded with the local model folder {manifest.model_id}, which a "
+        "Space on the Hub cannot load (an app run on this machine can); upload the model (`hf "
+        "upload USER/NAME FOLDER`), then encode with --model USER/NAME and publish again"
+    ]
+
+
 def render_card(
     space_id: str,
     dataset_repo: str,
@@ -239,12 +252,7 @@ def publish_space_to_hub(config: SpaceConfig) -> SpaceResult:
         require_image_ranges(manifest, f"{dataset_repo}@{revision}")
         info = api.dataset_info(dataset_repo, revision=revision)
         restricted = research_only(manifest.model_id, manifest.source)
-        if not is_hub_id(manifest.model_id):  # a warning: a test Hub's Space may reach it
-            notes.append(
-                f"{dataset_repo} was encoded with the local model folder {manifest.model_id}, "
-                "which a Space on the Hub cannot load; upload the model (`hf upload USER/NAME "
-                "FOLDER`), then encode with --model USER/NAME and publish again"
-            )
+        notes += local_model_notes(dataset_repo, manifest)
         if info.private:
             notes.append(
                 f"{dataset_repo} is private: add a Space secret HF_TOKEN with read access to it "
@@ -447,6 +455,8 @@ def publish_space_to_folder(config: SpaceConfig) -> SpaceResult:
         except HfHubHTTPError as err:
             raise PublishError(hub_error_text(err, config.dataset_repo)) from None
         dataset_repo = config.dataset_repo
+        # These are a Space's files, card included: one uploaded to the Hub needs a Hub model.
+        notes += local_model_notes(dataset_repo, manifest)
         # The card's snippet calls this folder's app, run locally (the command printed below).
         from hub_card.dataset_card import default_space
 

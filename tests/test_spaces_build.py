@@ -222,6 +222,23 @@ def test_publish_space_waits_until_running_and_prints_the_url(published_space):
     assert "note: " in out and "encoded with the local model folder" in out
 
 
+def test_publish_space_to_a_folder_notes_a_local_model_too(
+    published_space, tiny_model_dir, tmp_path
+):
+    # --to DIR with a Hub dataset writes a Space's files, card included, which a user may
+    # upload as a Space: its dataset's model is a folder on this machine, which it cannot load.
+    target = tmp_path / "space"
+    out = run_cli(
+        "publish-space", "--to", target, "--dataset-repo", published_space.dataset_repo,
+        "--dataset-revision", published_space.revision, env=published_space.hub_env,
+    ).stdout  # fmt: skip
+    assert (target / "README.md").is_file() and "run it: DATASET_REPO=" in out
+    notes = [line for line in out.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 1, out
+    assert f"encoded with the local model folder {tiny_model_dir}," in notes[0]
+    assert "a Space on the Hub cannot load" in notes[0] and "--model USER/NAME" in notes[0]
+
+
 def test_publish_space_names_a_misspelled_dataset_or_revision(published_space):
     space_id = f"testuser/typo-{uuid.uuid4().hex[:8]}"
     for flags, said in (
