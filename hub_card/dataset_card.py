@@ -50,6 +50,8 @@ DEFAULT_CONFIG = "default"
 # The keys that describe the files we publish: a user's value would be wrong after a publish.
 # ``configs`` and ``dataset_info``: only our ``default`` entry is replaced, other configs stay.
 OWNED_KEYS = ("configs", "dataset_info", "size_categories")
+# The Hub's keys that name the terms of a ``license: other`` (absent with any other license).
+LICENSE_TERMS_KEYS = ("license_name", "license_link")
 
 # FAISS factory parts that store vectors as codes (SQfp16, SQ8, PQ, OPQ, RQ, ...) or fewer
 # dimensions (PCA, ITQ): such an index scores approximately; Flat, IVF..,Flat and HNSW..,Flat
@@ -87,6 +89,8 @@ def render_dataset_card(
     num_bytes: int | None = None,
     download_size: int | None = None,
     space: str | None = None,
+    license_name: str | None = None,
+    license_link: str | None = None,
 ) -> str:
     """The full README.md of a published dataset repo: Hub YAML metadata + body.
 
@@ -105,6 +109,9 @@ def render_dataset_card(
             (``parquet_sizes``); without ``num_bytes`` the YAML gives no ``splits`` entry.
         space: the Space (id or URL) whose ``/embed`` the usage example calls; default
             ``REPO-search`` (what ``make publish`` names it) or a local app on port 7860.
+        license_name, license_link: the terms a ``license: other`` card names (an id such as
+            ``my-license-1.0``; a URL, or a file in the repo such as ``LICENSE.md``), replacing
+            the existing card's; refused with any other license (``check_license_terms``).
     """
     if repo_id is None and local_dir is None:
         raise ValueError("give repo_id (a Hub publish) or local_dir (a local-folder publish)")
@@ -121,8 +128,12 @@ def render_dataset_card(
     known = _known_sources(manifest.model_id, source)
     model_url = hub_url(manifest.model_id, "model")
 
+    card_license = source_license or existing_data.get("license") or "other"
+    check_license_terms(card_license, license_name, license_link)
+    terms = {"license_name": license_name, "license_link": license_link}
     ours = {
-        "license": source_license or existing_data.get("license") or "other",
+        "license": card_license,
+        **{key: value for key, value in terms.items() if value is not None},
         "language": ["tr"],
         "task_categories": facts["task_categories"],
         # the model's name as a tag (e.g. multiembedtr), where it is a Hub model
@@ -160,6 +171,8 @@ def render_dataset_card(
         source_url=hub_url(source, "dataset"),
         source_name=_source_name(source),
         card_license=data["license"],
+        license_name=data.get("license_name"),
+        license_link=data.get("license_link"),
         research_only=research_only(manifest.model_id, source),
         usage_snippet=snippet,
         space=space,
@@ -182,6 +195,51 @@ def render_dataset_card(
         user_notes=_user_notes(existing_body),
     )
     return str(card)
+
+
+def check_license_terms(
+    license: str | None, license_name: str | None, license_link: str | None
+) -> None:
+    """Refuse a license name or link the card cannot carry, naming it and the fix: the Hub's
+    card metadata has them for ``license: other`` only (a license not on its list), the name
+    as an id (``my-license-1.0``), the link as a URL or a file of the repo (``LICENSE.md``).
+    ``license`` None: not known yet (the card in the repo decides), only their forms are checked.
+    """
+    given = [
+        f"--{key.replace('_', '-')} {value!r}"
+        for key, value in zip(LICENSE_TERMS_KEYS, (license_name, license_link), strict=True)
+        if value is not None
+    ]
+    if given and license is not None and license != "other":
+        raise ValueError(
+            f"{' and '.join(given)} {'name' if len(given) > 1 else 'names'} the terms of a "
+            "license not on the Hub's list "
+            f"(license: other), but the card's license is {license}: drop them, or pass "
+            "--license other"
+        )
+    if license_name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", license_name):
+        raise ValueError(
+            f"--license-name {license_name!r} is not an id: use letters, digits, '.', '_' and "
+            "'-', like my-license-1.0 (the card's text can say more)"
+        )
+    if license_link is not None and not _is_license_link(license_link):
+        raise ValueError(
+            f"--license-link {license_link!r} is neither an http(s) URL nor a file of the "
+            "repo: give https://... or a path in the repo such as LICENSE.md"
+        )
+
+
+def _is_license_link(link: str) -> bool:
+    """An http(s) URL, or a relative path of a file in the repo (no scheme, no '..')."""
+    if re.fullmatch(r"https?://[^\s/]+\S*", link):
+        return True
+    return bool(
+        link.strip() == link
+        and link
+        and not re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", link)  # another scheme (or C:)
+        and not link.startswith(("/", "\\"))
+        and ".." not in re.split(r"[/\\]", link)
+    )
 
 
 def default_space(repo_id: str | None) -> str:
@@ -276,6 +334,9 @@ def _merge(existing: dict, ours: dict) -> dict:
     """The user's keys survive except OWNED_KEYS; tags are a union (ours first)."""
     merged = {**ours, **{k: v for k, v in existing.items() if k not in OWNED_KEYS}}
     merged["license"] = ours["license"]  # already the user's unless --license was given
+    for key in LICENSE_TERMS_KEYS:  # given with this publish: they replace the card's
+        if key in ours:
+            merged[key] = ours[key]
     theirs = existing.get("tags") or []
     theirs = [theirs] if isinstance(theirs, str) else theirs  # `tags: photos`, one tag
     merged["tags"] = ours["tags"] + [t for t in theirs if t not in ours["tags"]]
@@ -287,8 +348,8 @@ def _merge(existing: dict, ours: dict) -> dict:
     if len(merged["dataset_info"]) == 1:  # one config: a mapping, as datasets writes it
         merged["dataset_info"] = ours["dataset_info"]
     if merged.get("license") != "other":  # these only make sense with license: other
-        merged.pop("license_name", None)
-        merged.pop("license_link", None)
+        for key in LICENSE_TERMS_KEYS:
+            merged.pop(key, None)
     return merged
 
 

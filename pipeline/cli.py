@@ -262,6 +262,18 @@ def build_parser(strict: bool = True) -> argparse.ArgumentParser:
         "other)",
     )
     p.add_argument(
+        "--license-name",
+        default=None,
+        help="with license other: an id for its terms, like my-license-1.0 (the card's "
+        "license_name; default: the existing card's)",
+    )
+    p.add_argument(
+        "--license-link",
+        default=None,
+        help="with license other: where its terms are, a URL or a file of the repo such as "
+        "LICENSE.md (the card's license_link; default: the existing card's)",
+    )
+    p.add_argument(
         "--space",
         type=_space_ref,
         default=None,
@@ -676,6 +688,8 @@ def _publish(args) -> int:
         to=args.to,
         private=args.private,
         source_license=args.license,
+        license_name=args.license_name,
+        license_link=args.license_link,
         space=args.space,
         retries=args.retries,
     )

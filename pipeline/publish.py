@@ -79,6 +79,9 @@ class PublishConfig:
     to: Path | None = None
     private: bool = False
     source_license: str | None = None
+    # The terms a `license: other` card names (hub_card.dataset_card.check_license_terms).
+    license_name: str | None = None
+    license_link: str | None = None
     space: str | None = None  # the card's usage example calls its /embed (hub_card.default_space)
     retries: int = 4  # commit attempts after the first, with exponential backoff
     backoff: float = 1.0  # seconds before the first retry
@@ -137,7 +140,16 @@ def staged_files(build: Path) -> tuple[Manifest, dict[str, tuple[Path, str]]]:
 
 
 def render_card(
-    build: Path, manifest: Manifest, *, repo_id, local_dir, existing, license, space=None
+    build: Path,
+    manifest: Manifest,
+    *,
+    repo_id,
+    local_dir,
+    existing,
+    license,
+    space=None,
+    license_name=None,
+    license_link=None,
 ):
     from hub_card import parquet_sizes, render_dataset_card
 
@@ -163,6 +175,8 @@ def render_card(
         skipped_reasons=dict(Counter(skip_kind(s) for s in skipped)),
         existing=existing,
         space=space,
+        license_name=license_name,
+        license_link=license_link,
         num_bytes=num_bytes,
         download_size=download_size,
     )
@@ -188,7 +202,7 @@ def _publish_to_folder(config: PublishConfig) -> PublishResult:
     notes = tuple(_io.swap_leftovers(target))  # (a run killed mid-swap: its tree comes back)
     _check_target_folder(target)
     # The folder is laid out for the Hub, so the Hub's rule for the license holds too.
-    license_note = _check_license(config.source_license, offline_ok=True)
+    license_note = _check_license(config, offline_ok=True)
     notes += (license_note,) if license_note else ()
     existing_card = _read_text(target / CARD_FILE)
     old_files = _folder_files(target)
@@ -205,6 +219,8 @@ def _publish_to_folder(config: PublishConfig) -> PublishResult:
         existing=existing_card,
         license=config.source_license,
         space=config.space,
+        license_name=config.license_name,
+        license_link=config.license_link,
     )
     same_index = _read_manifest(target / INDEX_DIR / MANIFEST_FILE) == _identity(manifest)
     if same_index and len(unchanged) == len(files) and card == existing_card:
@@ -235,11 +251,16 @@ def _publish_to_folder(config: PublishConfig) -> PublishResult:
     )  # fmt: skip
 
 
-def _check_license(license: str | None, *, offline_ok: bool = False) -> str | None:
+def _check_license(config: PublishConfig, *, offline_ok: bool = False) -> str | None:
     """Refuse a ``--license`` the Hub's card validation refuses (checked as the card writes
-    it), before anything is created or written. ``offline_ok`` (a folder publish, which needs
-    no Hub): when the Hub cannot be asked, or does not answer within
-    ``LICENSE_CHECK_TIMEOUT_S``, a note saying so instead of an error."""
+    it), or a ``--license-name``/``--license-link`` the card cannot carry, before anything is
+    created or written. ``offline_ok`` (a folder publish, which needs no Hub): when the Hub
+    cannot be asked, or does not answer within ``LICENSE_CHECK_TIMEOUT_S``, a note saying so
+    instead of an error."""
+    from hub_card.dataset_card import check_license_terms
+
+    license = config.source_license
+    check_license_terms(license, config.license_name, config.license_link)
     if not license:
         return None
     probe = f"---\n{yaml.safe_dump({'license': license})}---\n"  # quoted as the card's
@@ -351,7 +372,7 @@ def _publish_to_hub(config: PublishConfig) -> PublishResult:
     ):
         raise ValueError(f"--retries must be 0 or more, got {config.retries!r}")
     manifest, files = staged_files(build)
-    _check_license(config.source_license)  # a license the Hub refuses creates no repo
+    _check_license(config)  # a license the Hub refuses creates no repo
     restricted = research_only(manifest.model_id, manifest.source)
     api = HfApi()
     try:
@@ -400,6 +421,8 @@ def _publish_to_hub(config: PublishConfig) -> PublishResult:
         existing=existing_card,
         license=config.source_license,
         space=config.space,
+        license_name=config.license_name,
+        license_link=config.license_link,
     )
     notes = ()
     if config.private and not info.private:  # --private creates; it does not hide a repo

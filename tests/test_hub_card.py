@@ -265,6 +265,34 @@ def test_merge_keeps_user_keys_and_extra_configs_and_replaces_only_owned_keys():
     assert meta["size_categories"] == ["10K<n<100K"]
 
 
+def test_a_license_other_card_names_the_terms_it_is_given():
+    # The Hub's card metadata names an `other` license's terms with license_name/license_link;
+    # the default `other` card had no way to carry them but an edit on the Hub.
+    text = render(source_license=None, license_name="ituperceptron-terms",
+                  license_link="https://example.org/terms")  # fmt: skip
+    meta = yaml_block(text)
+    assert (meta["license"], meta["license_name"], meta["license_link"]) == (
+        "other", "ituperceptron-terms", "https://example.org/terms")  # fmt: skip
+    assert "[`ituperceptron-terms`](https://example.org/terms)" in text
+    # given with a publish, they replace the card's; not given, the card's stay
+    other = "---\nlicense: other\nlicense_name: ours\nlicense_link: LICENSE.md\n---\n"
+    meta = yaml_block(render(existing=other, source_license=None, license_link="TERMS.md"))
+    assert (meta["license_name"], meta["license_link"]) == ("ours", "TERMS.md")
+    # refused, naming the input and the fix: with another license, or not an id / a link
+    for kwargs, said in (
+        ({"source_license": "mit", "license_name": "x"},
+         "--license-name 'x' names the terms .* the card's license is mit: drop them, or pass "
+         "--license other"),
+        ({"source_license": None, "existing": "---\nlicense: mit\n---\n", "license_link": "L"},
+         "the card's license is mit"),
+        ({"source_license": None, "license_name": "my licence"}, "'my licence' is not an id"),
+        ({"source_license": "other", "license_link": "../LICENSE"}, "'../LICENSE' is neither"),
+        ({"source_license": "other", "license_link": "file:///etc/passwd"}, "neither an http"),
+    ):  # fmt: skip
+        with pytest.raises(ValueError, match=said):
+            render(**kwargs)
+
+
 def test_a_license_given_on_the_command_line_replaces_the_cards():
     meta = yaml_block(render(existing=PUSHED_BY_DATASETS, source_license="cc-by-4.0"))
     assert meta["license"] == "cc-by-4.0"

@@ -51,6 +51,25 @@ def test_a_new_license_on_an_unchanged_build_is_published(build, tmp_path):
     assert not same.changed
 
 
+def test_publish_names_the_terms_of_a_license_other(build, tmp_path, capsys):
+    from pipeline.cli import main
+
+    target = tmp_path / "dataset"
+    flags = ["--license-name", "my-terms-1.0", "--license-link", "LICENSE.md"]
+    # with another license they are refused before anything is written
+    assert main(["publish", "--build", str(build), "--to", str(target), "--license", "mit",
+                 *flags]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "error: --license-name 'my-terms-1.0' and --license-link 'LICENSE.md'" in err
+    assert "pass --license other" in err and not target.exists()
+    assert main(["publish", "--build", str(build), "--to", str(target), *flags]) == 0
+    from huggingface_hub import DatasetCard
+
+    meta = DatasetCard.load(target / "README.md").data
+    assert (meta.license, meta.license_name, meta.license_link) == (
+        "other", "my-terms-1.0", "LICENSE.md")  # fmt: skip
+
+
 def test_files_are_copied_when_hard_links_are_refused(build, tmp_path, monkeypatch):
     def refuse(source, dest):  # as across filesystems: EXDEV
         raise OSError(18, "Invalid cross-device link")
