@@ -25,7 +25,9 @@ rows whose image sha256 matches a row encoded before (with the same model weight
 copies that row's embeddings bit for bit instead of running the model; its caption embedding is
 copied too when its captions are the same, else only its captions are encoded. Shards of the
 old plan stay until the new plan is complete (they are the cache a killed update resumes
-from), then they are deleted. A different model needs ``--overwrite``.
+from), then they are deleted. A different model needs ``--overwrite``. A folder without its
+``captions.jsonl`` is refused where the rows encoded before (or ``--reuse``'s) hold captions
+(an empty file drops them on purpose), and the summary counts the images that lost theirs.
 
 The feed (pipeline/feed.py) decodes and preprocesses the images of the chunks to encode in
 ``workers`` processes, runs the model only on images no earlier row holds, and writes each
@@ -69,6 +71,7 @@ from .inputs import (
     MISSING_FILE,
     UNREADABLE_FILE,
     EmptyBuildError,
+    FolderSource,
     ImageRecord,
     Skip,
 )
@@ -222,6 +225,8 @@ def _run_encode(source, config: EncodeConfig, encoder, lock: contextlib.ExitStac
                 ranks, lambda: _reused_manifest(config.reuse, config.reuse_revision)
             )
             config = replace(config, reuse_revision=reused.revision or config.reuse_revision)
+        # Before the model loads, and before the build changes.
+        rank0_first(ranks, lambda: _refuse_dropping_captions(source, config, reused))
         if encoder is None:
             # An update keeps the model's commit and its components (tokenizer, image processor)
             # the build began with, whatever their Hub repos hold now: rows of one build are
@@ -356,6 +361,17 @@ def _run_encode(source, config: EncodeConfig, encoder, lock: contextlib.ExitStac
             f"the build was made from {earlier['source']}, and now holds the rows of "
             f"{source.label()} only: {images} (it had {earlier.get('num_planned', '?')})"
         )
+    if stats["uncaptioned_images"]:
+        # A present captions.jsonl (or caption column) is taken as it is: removing lines is how
+        # captions are removed. A file cut short reads the same, so the loss is said.
+        if isinstance(source, FolderSource):
+            why = f"no line of {CAPTIONS_FILE} names them, or theirs were skipped"
+        else:
+            why = f"their {getattr(source, 'caption_column', 'caption')!r} cells are empty"
+        notes.append(
+            f"{stats['uncaptioned_images']} images that had captions before have none now: "
+            f"{why} ({SKIPPED_FILE} says why); search finds them by their pixels alone"
+        )
     summary = replace(summary, notes=tuple(notes))
     _io.write_text(out / SUMMARY_FILE, json.dumps(summary.counts(), indent=2) + "\n")
     if images == 0:  # not a finished update: the old rows stay, for the run that fixes it
@@ -368,6 +384,41 @@ def _run_encode(source, config: EncodeConfig, encoder, lock: contextlib.ExitStac
         path.with_suffix(".skipped.jsonl").unlink(missing_ok=True)
         path.unlink(missing_ok=True)
     return summary
+
+
+def _refuse_dropping_captions(source, config: EncodeConfig, reused) -> None:
+    """Refuse a folder without its captions.jsonl where the rows encoded before (this build's,
+    or those of the dataset ``--reuse`` names) hold captions.
+
+    Such a folder reads as photos without captions (a first build of one is fine), so an
+    update would drop every caption of the build, and the next publish every caption of the
+    dataset: a file deleted, or not copied with the photos, is the likelier cause. An empty
+    captions.jsonl says "no captions" on purpose; ``--overwrite`` discards the build anyway.
+    """
+    if not isinstance(source, FolderSource) or source.captions_file.is_file():
+        return
+    source.check()  # (a folder that is not there: said as such)
+    out = Path(config.out)
+    held = []
+    if not config.overwrite:  # every shard in the folder: an update killed before included
+        shards = [p.name for p in sorted((out / SHARDS_DIR).glob("shard-*.parquet"))]
+        captions = _count_rows(out / SHARDS_DIR, shards)[1]
+        if captions:
+            held.append(f"the build in {out} holds {captions} captions")
+    if reused is not None and reused.manifest.num_captions:
+        held.append(f"--reuse {config.reuse} holds {reused.manifest.num_captions} captions")
+    if not held:
+        return
+    folder = source.folder
+    meant = ""
+    if (folder.parent / CAPTIONS_FILE).is_file():  # --data photos/images, say
+        meant = f" ({folder.parent} has one: did you mean --data {folder.parent}?)"
+    raise FileNotFoundError(
+        f"--data {folder} has no {CAPTIONS_FILE}{meant}, but {' and '.join(held)}, which this "
+        f"run would drop; restore {source.captions_file} and run encode again, or, to leave "
+        f"every caption out on purpose, create it empty. No row of the build in {out} was "
+        "changed"
+    )
 
 
 def _shared_plan(ranks, records: list[ImageRecord]):
@@ -471,6 +522,8 @@ class _Completer:
         new_caps = caption_embeddings([r.captions for r, _ in changed], embed)
         new_caps = {d: vec for (_, d), vec in zip(changed, new_caps, strict=True)}
         self.stats["encoded_captions"] += sum(len(r.captions) for r, _ in changed)
+        # (rows of unchanged shards keep their captions: only rewritten chunks can lose any)
+        self.stats["uncaptioned_images"] += sum(1 for r, d in changed if not r.captions)
         rows = {name: [] for name in self.row_features}
         skips = list(done.skips)
         for record, digest in chunk:

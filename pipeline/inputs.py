@@ -103,6 +103,11 @@ class FolderSource:
         """The input as the manifest records it (``public_source``)."""
         return public_source(f"{LOCAL_SOURCE}{self.folder.resolve()}")
 
+    @property
+    def captions_file(self) -> Path:
+        """The folder's captions; without it, its images are read as having none."""
+        return self.folder / CAPTIONS_FILE
+
     def check(self) -> None:
         """Refuse a folder that is not there (before a model is loaded for it)."""
         if self.folder.is_file():
@@ -116,7 +121,7 @@ class FolderSource:
     def read(self) -> tuple[list[ImageRecord], list[Skip]]:
         folder = self.folder
         self.check()
-        captions_file = folder / CAPTIONS_FILE
+        captions_file = self.captions_file
         skips: list[Skip] = []
         captions: dict[str, list[str]] = {}
         # A name can be written in two Unicode forms (ş as one code point, or s + cedilla):

@@ -1579,6 +1579,78 @@ def test_an_update_that_finds_no_usable_image_keeps_the_rows_encoded_before(
     assert (again.encoded_images, again.reused_images) == (0, 5)
 
 
+def test_an_update_from_a_folder_that_lost_its_captions_file_is_refused(
+    tmp_path, tiny_encoder, tiny_model_dir
+):
+    # captions.jsonl deleted, or not copied with the photos: the folder read as photos without
+    # captions, and the update dropped every caption of the build (then of the dataset) with
+    # a warning only.
+    from conftest import write_photos
+
+    from pipeline.encode import summary_text
+
+    data = write_photos(tmp_path / "photos", ["a", "b", "c"])
+    build = tmp_path / "build"
+    encode(data, build, tiny_encoder, tiny_model_dir)
+    before = {p.name: p.read_bytes() for p in (build / "shards").iterdir()}
+    captions = (data / "captions.jsonl").read_bytes()
+    (data / "captions.jsonl").unlink()
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"--data .*photos has no captions.jsonl, but the build in .*build holds 3 "
+        r"captions, which this run would drop; restore .*photos/captions.jsonl .* create it "
+        r"empty\. No row of the build in .* was changed",
+    ):
+        encode(data, build, tiny_encoder, tiny_model_dir)
+    assert {p.name: p.read_bytes() for p in (build / "shards").iterdir()} == before
+    # An empty captions.jsonl drops them on purpose; the summary counts the images that lost
+    # theirs. Restored, they come back, with no image encoded again.
+    (data / "captions.jsonl").write_bytes(b"")
+    dropped = encode(data, build, tiny_encoder, tiny_model_dir)
+    assert (dropped.images, dropped.num_captions, dropped.encoded_images) == (3, 0, 0)
+    assert "note: 3 images that had captions before have none now" in summary_text(dropped)
+    (data / "captions.jsonl").write_bytes(captions)
+    back = encode(data, build, tiny_encoder, tiny_model_dir)
+    assert (back.num_captions, back.encoded_images, back.notes) == (3, 0, ())
+    # --data photos/images (the sub-folder) is one way to get there: the message says so.
+    with pytest.raises(FileNotFoundError, match=r"photos has one: did you mean --data .*photos\?"):
+        encode(data / "images", build, tiny_encoder, tiny_model_dir)
+    # A captions.jsonl that names fewer images is taken as it is (removing a caption line is
+    # how a caption is removed), and the summary says how many images lost their captions.
+    (data / "captions.jsonl").write_bytes(captions.splitlines(keepends=True)[0])
+    fewer = encode(data, build, tiny_encoder, tiny_model_dir)
+    assert fewer.num_captions == 1 and fewer.notes == (
+        "2 images that had captions before have none now: no line of captions.jsonl names "
+        "them, or theirs were skipped (skipped.jsonl says why); search finds them by their "
+        "pixels alone",
+    )
+    # A first build of a folder without captions, and --overwrite, are not updates: not refused.
+    (data / "captions.jsonl").unlink()
+    assert encode(data, tmp_path / "new", tiny_encoder, tiny_model_dir).images == 3
+    assert encode(data, build, tiny_encoder, tiny_model_dir, overwrite=True).images == 3
+
+
+def test_a_reuse_seed_from_a_folder_without_its_captions_file_is_refused(tmp_path, tiny_model_dir):
+    # On a new machine, photos copied without captions.jsonl: the build seeded from the
+    # published dataset had no captions, and the re-publish would have dropped them all.
+    from conftest import write_photos
+
+    data = write_photos(tmp_path / "photos", ["a", "b"])
+    build, repo = tmp_path / "build", tmp_path / "repo"
+    run_encode(FolderSource(data), EncodeConfig(out=build, model=str(tiny_model_dir)))
+    run_index(IndexConfig(build=build))
+    publish_to_folder(PublishConfig(build=build, to=repo))
+    (data / "captions.jsonl").unlink()
+    new = tmp_path / "new-build"
+    args = ("--data", data, "--out", new, "--reuse", repo, "--model", tiny_model_dir)
+    result = run_cli("encode", *args, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"error: --data {data} has no captions.jsonl, but --reuse {repo} holds 2 " in (
+        result.stderr
+    )
+    assert not new.exists()  # refused before it wrote anything
+
+
 def test_a_first_run_refused_before_it_writes_leaves_no_build_folder(
     tmp_path, tiny_encoder, tiny_model_dir
 ):
