@@ -47,12 +47,14 @@ from pathlib import Path
 
 import numpy as np
 
+from imagesearchtr.manifest import BUILD_FILE
+
 from . import _io
 from .inputs import CAPTIONS_FILE, EmptyBuildError, first_photo
 
 # Build-folder names (pipeline/encode.py writes them and imports them from here: encode imports
-# this module at load, this one imports encode only inside write_data_files).
-BUILD_FILE = "build.json"
+# this module at load, this one imports encode only inside write_data_files). BUILD_FILE's home
+# is the manifest module, whose "no manifest" message tells a build from photos by it.
 SHARDS_DIR = "shards"
 SKIPPED_FILE = "skipped.jsonl"
 # What an encode run did; removed as a run starts and written at its end, so a build without it

@@ -302,6 +302,35 @@ def test_an_update_from_another_folder_says_the_build_is_now_that_folders(tmp_pa
     )
 
 
+def test_the_searcher_given_photos_or_an_unindexed_build_names_the_commands_they_need(
+    tmp_path, tiny_model_dir
+):
+    # Searcher.from_repo(PHOTOS) said to run `index --build BUILD`: there was no build yet.
+    from conftest import write_photos
+
+    from imagesearchtr import Searcher, SearchSetupError
+
+    photos = write_photos(tmp_path / "photos", ["a", "b"])
+    with pytest.raises(SearchSetupError) as err:
+        Searcher.from_repo(photos)
+    assert (
+        f"{photos} has no index/manifest.json: it is not a published dataset; encode it "
+        f"(`python -m pipeline encode --data {photos} --out build/`), index it (`python -m "
+        "pipeline index --build build/`) and publish it (`python -m pipeline publish --build "
+        "build/ --to out/repo`, or --repo you/NAME), then search that"
+    ) == str(err.value)
+    # A build that encode made and index has not: index it, then publish it.
+    build = tmp_path / "build"
+    run_encode(FolderSource(photos), EncodeConfig(out=build, model=str(tiny_model_dir)))
+    with pytest.raises(SearchSetupError) as err:
+        Searcher.from_repo(build)
+    assert (
+        f"{build} has no index/manifest.json: it is a build that `index` has not finished; "
+        f"index it (`python -m pipeline index --build {build}`) and publish it (`python -m "
+        f"pipeline publish --build {build} --to out/repo`, or --repo you/NAME), then search that"
+    ) == str(err.value)
+
+
 def test_cli_refuses_bad_numbers_before_any_work(tmp_path, capsys):
     from conftest import write_photos
 

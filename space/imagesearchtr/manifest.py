@@ -29,6 +29,9 @@ EMBEDDING_COLUMNS = ("image_emb", "caption_emb")
 IMAGE_RANGES_FILE = f"{INDEX_DIR}/image_ranges.npy"
 # What every "the index files do not fit" refusal tells the repo's owner to do.
 REINDEX = "re-run `python -m pipeline index` and publish again"
+# What `encode` writes into a build folder first (pipeline/encode.py); here, so that a build
+# given where a published dataset belongs is told apart from photos.
+BUILD_FILE = "build.json"
 
 
 # What a model component repo (``component_revisions``) contributes: its config, tokenizer and
@@ -385,11 +388,7 @@ def load_manifest(
         root, resolved = _download_index(where, revision, index_files)
     path = root / INDEX_DIR / MANIFEST_FILE
     if not path.is_file():
-        raise ManifestError(
-            f"{where} has no {INDEX_DIR}/{MANIFEST_FILE}; build one with `python -m pipeline "
-            "index --build BUILD`, and publish it with `python -m pipeline publish --build BUILD` "
-            "and --repo USER/NAME or --to FOLDER"
-        )
+        raise ManifestError(_no_manifest(where, root, local=resolved is None))
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(data, dict):
@@ -404,6 +403,27 @@ def load_manifest(
     for entry in manifest.data_files:
         _check_data_file(where, entry)
     return LoadedManifest(manifest, root, resolved)
+
+
+def _no_manifest(where: str, root: Path, local: bool) -> str:
+    """What a location without a manifest is, and the commands (as README gives them) that
+    make it one: photos (or a Hub dataset of them) are encoded first, a build is indexed."""
+    head = f"{where} has no {INDEX_DIR}/{MANIFEST_FILE}"
+    publish = "`python -m pipeline publish --build {} --to out/repo`, or --repo you/NAME"
+    if local and (root / BUILD_FILE).is_file():
+        return (
+            f"{head}: it is a build that `index` has not finished; index it (`python -m "
+            f"pipeline index --build {where}`) and publish it ({publish.format(where)}), then "
+            "search that"
+        )
+    if (root / INDEX_DIR).is_dir():  # a published repo that lost its manifest
+        return f"{head}; {REINDEX}"
+    data = f"--data {where}" if local else f"--hf-dataset {where}"
+    return (
+        f"{head}: it is not a published dataset; encode it (`python -m pipeline encode {data} "
+        "--out build/`), index it (`python -m pipeline index --build build/`) and publish it "
+        f"({publish.format('build/')}), then search that"
+    )
 
 
 def moved_aside(folder: Path) -> list[Path]:
