@@ -911,6 +911,20 @@ def test_the_image_cache_evicts_by_the_bytes_it_holds(tmp_path):
     assert [cache.get(name) for name in "bcde"] == [b"b" * 10, b"c" * 20, b"d" * 30, b"e" * 30]
 
 
+def test_an_image_put_again_is_counted_once_and_evicts_nothing_under_the_bound(tmp_path):
+    # Two searches that show the same row both fetch and put it: the replaced image was counted
+    # twice, so the cache evicted its oldest images while it held less than its bound.
+    from imagesearchtr.image_cache import ImageCache
+
+    cache = ImageCache(tmp_path, 100)
+    cache.put("a", b"a" * 40)
+    cache.put("b", b"b" * 45)
+    cache.put("b", b"b" * 45)  # 85 bytes held, under the bound: nothing goes
+    for _ in range(3):
+        cache.put("c", b"c" * 5)  # (90 bytes, however often it is put)
+    assert [cache.get(name) for name in "abc"] == [b"a" * 40, b"b" * 45, b"c" * 5]
+
+
 def test_the_old_file_per_image_cache_goes_with_its_temporary_files(tmp_path):
     from imagesearchtr.image_cache import OLD_FOLDER, remove_old_files
 

@@ -104,10 +104,14 @@ class ImageCache:
             return
         try:
             with self._lock:
+                # An image put again (two searches showing one row both fetch it) replaces its
+                # bytes: counted twice, the bound was passed early and images evicted under it.
+                held = self._db.execute("SELECT LENGTH(data) FROM images WHERE name = ?", (name,))
+                held = held.fetchone()
                 self._db.execute(
                     "INSERT OR REPLACE INTO images VALUES (?, ?, ?)", (name, data, time.time_ns())
                 )
-                self.total += len(data)
+                self.total += len(data) - (held[0] if held else 0)
                 if self.total > self.max_bytes:
                     self._evict()
         except Exception as err:  # noqa: BLE001 - a cache error must not fail the search
