@@ -213,6 +213,12 @@ CSS = """
 /* A phone: two result columns (four of 100 px at least made the page wider than the screen) */
 @media (max-width: 640px) {
     #results .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)); }
+    /* and each tile's label on up to three lines across the tile: on one line, cut at 80% of
+       a 140 px tile, it showed the score and four letters of the caption */
+    #results .caption-label { left: var(--block-label-margin); max-width: none;
+                              white-space: normal; font-size: var(--text-sm);
+                              display: -webkit-box; -webkit-box-orient: vertical;
+                              -webkit-line-clamp: 3; line-clamp: 3; }
 }
 """
 
@@ -492,7 +498,8 @@ def hits_to_outputs(hits) -> tuple[list, list[dict]]:
     gallery, results = [], []
     for hit in hits:
         caption = hit.captions[0] if hit.captions else ""
-        # The score first: the gallery cuts long captions at the tile's width.
+        # The score first: the gallery cuts a long label at the tile's width (on a phone
+        # after three lines, CSS), and the short score must stay visible.
         label = f"{hit.score:.3f} · {caption}" if caption else f"{hit.score:.3f}"
         if hit.image_error:  # the Searcher gave a placeholder: the search still answers
             label += " · ⚠️ görsel yüklenemedi"
