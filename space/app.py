@@ -953,6 +953,9 @@ def build_app(searcher: Searcher | LoadError | SearcherSlot) -> gr.Blocks:
                         max_lines=1,
                         autofocus=True,
                         scale=6,
+                        # Narrower, a query cannot be read: the row wraps, "Ara" goes under the
+                        # box (on a 390 px phone it had 195 px beside the button).
+                        min_width=280,
                         elem_id="query",
                     )
                     search_button = gr.Button(
