@@ -35,7 +35,8 @@ Public API (gradio_client), also served as MCP tools (launch); the first three a
                                      to search the dataset's FAISS index elsewhere without torch
 ``results`` is plain JSON: [{caption, captions, score, image_score, caption_score, row,
 image_id, image_error}, ...]
-best first; ``status`` is a one-line Turkish message (a result count, or what went wrong).
+best first; ``status`` is a one-line Turkish message (a result count, after /search_similar
+with the photo it started from, or what went wrong).
 
 The page: clicking a result offers "Benzerlerini bul" (/search_similar on its row); after a text
 search it shows a link to it, ``?q=...&k=...&deep=...&alpha=...`` on the Space's public address
@@ -119,6 +120,9 @@ NOT_UNICODE = (
 # exists): "The photo in this row changed (the dataset was updated); search again."
 ROW_MOVED = "Bu satırdaki görsel değişti (veri kümesi güncellendi); yeniden arayın."
 DEFAULT_RESULTS = 10
+# After "Benzerlerini bul" the status names the photo by its first caption, cut (at a word) to
+# this many characters: the line stays one line on a laptop's page (photo_name).
+STATUS_CAPTION_CHARS = 80
 DEFAULT_ALPHA = 0.6
 # A Hub that fails for a moment while the Space starts (a 5xx, a 429, a dropped connection) must
 # not leave it unavailable until someone restarts it: loading is tried LOAD_ATTEMPTS times,
@@ -521,6 +525,19 @@ def hits_to_outputs(hits) -> tuple[list, list[dict]]:
     return gallery, results
 
 
+def photo_name(row: int, captions) -> str:
+    """How a status line names a photo of the collection: ``#row “its first caption”`` (the row
+    as its "Benzerlerini bul (#row)" button shows it), the caption on one line and cut at a word
+    to STATUS_CAPTION_CHARS; ``#row`` alone for a photo without captions."""
+    caption = " ".join(captions[0].split()) if captions else ""
+    if not caption:
+        return f"#{row}"
+    if len(caption) > STATUS_CAPTION_CHARS:
+        cut = caption[: STATUS_CAPTION_CHARS - 1]
+        caption = (cut.rsplit(" ", 1)[0] if " " in cut else cut) + "…"
+    return f"#{row} “{caption}”"
+
+
 def on_gpu(fn):
     """``@spaces.GPU`` where the ``spaces`` package is installed (ZeroGPU), else ``fn`` as is."""
     return fn if spaces is None else spaces.GPU(fn)
@@ -636,12 +653,15 @@ def make_handlers(searcher: Searcher | LoadError | SearcherSlot):
     def too_long(text: str) -> str:
         return f"Metin en çok {MAX_QUERY_CHARS} karakter olabilir ({len(text)})."
 
-    def run(query_fn, what: str):
+    def run(query_fn, what: str, subject: Callable[[], str] | None = None):
+        """Answer ``query_fn``'s hits, or say why not; ``subject``: what was searched for, at
+        the head of the status (read after the search)."""
         started = time.perf_counter()
         try:
             hits = query_fn()
             # Writes the result images: a full disk fails here, and is answered as any failure.
             gallery, results = hits_to_outputs(hits)
+            said = f"{subject()} · " if subject else ""
         except ImageLoadError as err:  # never the name: it is a path on this server
             return [], [], f"⚠️ Görsel açılamadı: {IMAGE_ERRORS.get(err.kind, err.reason)}."
         except RowMovedError:
@@ -652,7 +672,7 @@ def make_handlers(searcher: Searcher | LoadError | SearcherSlot):
             log.exception("search failed for %s", what)
             return [], [], "⚠️ Beklenmeyen bir hata oluştu; ayrıntı sunucu günlüğünde."
         elapsed = (time.perf_counter() - started) * 1000
-        return gallery, results, f"{len(results)} sonuç · {elapsed:.0f} ms"
+        return gallery, results, f"{said}{len(results)} sonuç · {elapsed:.0f} ms"
 
     def search(
         query: str,
@@ -758,7 +778,8 @@ def make_handlers(searcher: Searcher | LoadError | SearcherSlot):
         Returns:
             the gallery: image URLs, each labelled "score · caption"
             JSON results, best first, as search gives them
-            a one-line Turkish status
+            a one-line Turkish status that names the photo: "#row “its caption” görselinin
+            benzerleri · N sonuç · T ms"
         """
         searcher = slot.value
         if isinstance(searcher, LoadError):
@@ -778,7 +799,16 @@ def make_handlers(searcher: Searcher | LoadError | SearcherSlot):
         n = check_k(k)
         if n is None:
             return bad_k(k)
-        return run(lambda: searcher.search_similar(int(number), n, image_id=expected), f"row {row}")
+
+        def subject() -> str:  # the page shows only the new results: which photo they are like
+            captions = searcher.rows[int(number)]["captions"]  # (the search checked the row)
+            return f"{photo_name(int(number), captions)} görselinin benzerleri"
+
+        return run(
+            lambda: searcher.search_similar(int(number), n, image_id=expected),
+            f"row {row}",
+            subject,
+        )
 
     def embed(text: str) -> list[float]:
         """The query embedding of a Turkish text (MultiEmbedTR), to search the index elsewhere.

@@ -473,6 +473,28 @@ def test_search_similar_through_the_api(served, searcher):
     assert "görsel değişti" in status, status
 
 
+def test_search_similar_says_which_photo_it_started_from(app, searcher):
+    # The page shows only the new results: the status line names the photo they are like, by
+    # the row its button showed ("Benzerlerini bul (#row)") and its caption, on one line.
+    _, _, search_similar, _ = app.make_handlers(searcher)
+    row = next(r for r in range(len(searcher)) if 0 < len(searcher.rows[r]["captions"][0]) < 60)
+    caption = searcher.rows[row]["captions"][0]
+    image_id = searcher.rows[row]["image_id"]
+    for args in ((row, 5), (row, 5, image_id)):
+        _, results, status = search_similar(*args)
+        assert len(results) == 5
+        assert status.startswith(f"#{row} “{caption}” görselinin benzerleri · 5 sonuç · "), status
+    # the text search's line is as it was
+    search, *_ = app.make_handlers(searcher)
+    assert re.fullmatch(r"5 sonuç · \d+ ms", search("köpek", 5)[2])
+    # A caption too long for one line is cut at a word, and a line break is a space.
+    long = "Kırmızı montlu bir kadın\nkarlı bir meydanda " + "çok " * 30 + "yürüyor."
+    named = app.photo_name(7, [long, "ikinci açıklama"])
+    assert named.startswith("#7 “Kırmızı montlu bir kadın karlı bir meydanda çok ")
+    assert named.endswith(" çok…”") and len(named) <= len("#7 “”") + app.STATUS_CAPTION_CHARS
+    assert app.photo_name(7, []) == "#7"  # a row without captions
+
+
 def test_search_similar_handler_refuses_a_fraction(app, searcher):
     # through the API the Number input rounds (precision 0); the handler checks on its own too
     _, _, search_similar, _ = app.make_handlers(searcher)
@@ -1367,7 +1389,9 @@ def test_browser_click_a_result_then_find_similar(served, app, searcher):
         }
         _wait(browser, 60).until(lambda b: _shown_files(b) == expected)
         assert expected != first
-        assert "10 sonuç" in browser.find_element(By.ID, "status").text
+        status = browser.find_element(By.ID, "status").text
+        assert "10 sonuç" in status
+        assert status.startswith(f"#{row} “") and "görselinin benzerleri" in status, status
         ARTIFACTS.mkdir(exist_ok=True)
         browser.save_screenshot(str(ARTIFACTS / "app-similar.png"))
         # Neither the text search's link nor the button of a result no longer shown stays.
@@ -1470,7 +1494,7 @@ def test_space_card_similar_example_runs_against_the_app(served, searcher, capsy
     assert "https://someone-photos-search.hf.space/gradio_api/mcp/" in card
     exec(code.replace('"someone/photos-search"', repr(url)), {})  # noqa: S102
     printed = capsys.readouterr().out
-    assert "\n5 sonuç · " in printed
+    assert "görselinin benzerleri · 5 sonuç · " in printed  # the status names the photo
 
 
 def test_a_composed_query_has_at_most_max_terms(app, searcher):
