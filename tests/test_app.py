@@ -1246,6 +1246,50 @@ def test_browser_search_shows_images(served):
         browser.save_screenshot(str(ARTIFACTS / "app-search.png"))
 
 
+def test_browser_on_a_phone_the_box_and_the_captions_are_readable_and_focus_is_seen(served):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    url, _ = served
+    with _browser() as browser:
+        # A phone's screen exactly (a window's size would include the browser's own bars)
+        browser.execute_cdp_cmd(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True},
+        )
+        _search_for(browser, url, "köpek")
+        _wait(browser, 60).until(lambda b: len(_shown_files(b)) >= 10)
+        box, button = (
+            browser.find_element(By.ID, name).rect for name in ("query", "search-button")
+        )
+        assert box["width"] >= 280, box  # not squeezed by "Ara": the button goes under it
+        assert button["y"] >= box["y"] + box["height"], (box, button)
+        # Each result's label: a long caption on three lines, not one cut after the score;
+        # still most of the photo in view.
+        labels = browser.execute_script(
+            "return Array.from(document.querySelectorAll('#results .caption-label'), e => {"
+            " const r = document.createRange(); r.selectNodeContents(e);"
+            " const tile = e.closest('.thumbnail-item').getBoundingClientRect().height;"
+            " const lines = new Set(Array.from(r.getClientRects(), q => Math.round(q.top))).size;"
+            " return [lines, e.getBoundingClientRect().height / tile]; })"
+        )
+        assert len(labels) >= 10 and max(lines for lines, _ in labels) >= 3, labels
+        assert all(share < 0.5 for _, share in labels), labels
+        # A keyboard user tabbing from the tab "Metinle ara" into the search box sees it.
+        browser.find_element(By.CSS_SELECTOR, "[role=tab]").click()
+        for _ in range(5):
+            ActionChains(browser).send_keys(Keys.TAB).perform()
+            if browser.execute_script("return !!document.activeElement.closest('#query')"):
+                break
+        outline = browser.execute_script(
+            "const s = getComputedStyle(document.activeElement);"
+            "return [document.activeElement.closest('#query') !== null, s.outlineStyle,"
+            " parseFloat(s.outlineWidth)]"
+        )
+        assert outline[0] and outline[1] != "none" and outline[2] >= 2, outline
+
+
 def test_browser_a_page_opened_after_a_late_load_shows_the_search_not_the_error(app, searcher):
     """A Space that loaded in the background after its start-up tries: a page opened then
     shows what is searched, without the red error frame the first pages had."""
