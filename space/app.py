@@ -123,6 +123,7 @@ DEFAULT_RESULTS = 10
 # After "Benzerlerini bul" the status names the photo by its first caption, cut (at a word) to
 # this many characters: the line stays one line on a laptop's page (photo_name).
 STATUS_CAPTION_CHARS = 80
+_MARKDOWN_INLINE = re.compile(r"([\\`*_\[\]<>~])")  # what Markdown reads inside a line
 DEFAULT_ALPHA = 0.6
 # A Hub that fails for a moment while the Space starts (a 5xx, a 429, a dropped connection) must
 # not leave it unavailable until someone restarts it: loading is tried LOAD_ATTEMPTS times,
@@ -535,6 +536,8 @@ def photo_name(row: int, captions) -> str:
     if len(caption) > STATUS_CAPTION_CHARS:
         cut = caption[: STATUS_CAPTION_CHARS - 1]
         caption = (cut.rsplit(" ", 1)[0] if " " in cut else cut) + "…"
+    # The status is Markdown: a caption's "*", "_" or "[..](..)" is shown, not rendered.
+    caption = _MARKDOWN_INLINE.sub(r"\\\1", caption)
     return f"#{row} “{caption}”"
 
 
