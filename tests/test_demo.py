@@ -102,17 +102,24 @@ def test_make_publish_without_hf_repo_says_so_before_building(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
-def _closed_port() -> int:
-    """A loopback port nothing listens on (bound and closed again)."""
-    return free_port()
+@pytest.fixture
+def closed_port():
+    """A loopback port nothing listens on: bound for the test and never listened on, so every
+    connection is refused (a port closed again could be another xdist worker's server by the
+    time the commands try it)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
 
 
 def test_hub_unreachable_is_one_error_line_for_every_hub_command(
-    tmp_path, tiny_model_dir, generated_build
+    tmp_path, tiny_model_dir, generated_build, closed_port
 ):
     import cli_forks
 
-    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    endpoint = f"http://127.0.0.1:{closed_port}"
     env = {
         **os.environ,
         "HF_ENDPOINT": endpoint,
