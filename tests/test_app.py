@@ -1419,26 +1419,23 @@ def test_browser_click_a_result_then_find_similar(served, app, searcher):
         _search_for(browser, url, "köpek")
         _wait(browser, 60).until(lambda b: len(_shown_files(b)) >= 10)
         first = _shown_files(browser)
-        share = _wait(browser, 30).until(
-            lambda b: b.find_element(By.CSS_SELECTOR, "#share-link textarea, #share-link input")
-        )
-        assert share.get_attribute("value") == url + "?q=k%C3%B6pek&k=10"  # the search's link
+        assert _wait(browser, 30).until(_share_link) == url + "?q=k%C3%B6pek&k=10"  # its link
         _wait(browser, 30).until(
             lambda b: b.find_elements(By.CSS_SELECTOR, "#results img")[1].click() or True
         )
-        button = _wait(browser, 30).until(
-            lambda b: (lambda e: e if e and e[0].is_displayed() else False)(
+        label = _wait(browser, 30).until(
+            lambda b: (lambda e: e[0].text if e and e[0].is_displayed() else False)(
                 b.find_elements(By.CSS_SELECTOR, "#similar-button")
             )
-        )[0]
-        row = int(button.text.split("#")[1].rstrip(")"))
-        button.click()
+        )
+        row = int(label.split("#")[1].rstrip(")"))
+        _wait(browser, 30).until(lambda b: b.find_element(By.ID, "similar-button").click() or True)
         expected = {
             Path(app.result_image_file(h.image)).name for h in searcher.search_similar(row, 10)
         }
         _wait(browser, 60).until(lambda b: _shown_files(b) == expected)
         assert expected != first
-        status = browser.find_element(By.ID, "status").text
+        status = _wait(browser, 30).until(lambda b: _text(b, "status"))
         assert "10 sonuç" in status
         assert status.startswith(f"#{row} “") and "görselinin benzerleri" in status, status
         ARTIFACTS.mkdir(exist_ok=True)
@@ -1454,6 +1451,21 @@ def test_browser_click_a_result_then_find_similar(served, app, searcher):
         _wait(browser, 60).until(lambda b: "⚠️" in b.find_element(By.ID, "status").text)
         time.sleep(1)  # the link, if any, comes in the event after the answer
         assert not _displayed(browser, "#share-link")
+
+
+def _share_link(browser) -> str:
+    """The share link's value (in a wait: gradio may replace the element meanwhile)."""
+    from selenium.webdriver.common.by import By
+
+    css = "#share-link textarea, #share-link input"
+    return browser.find_element(By.CSS_SELECTOR, css).get_attribute("value")
+
+
+def _text(browser, elem_id: str) -> str:
+    """The text of the element ``elem_id`` (in a wait: gradio may replace it meanwhile)."""
+    from selenium.webdriver.common.by import By
+
+    return browser.find_element(By.ID, elem_id).text
 
 
 def _displayed(browser, css: str) -> bool:
@@ -1520,12 +1532,13 @@ def test_browser_opens_a_share_link(served, app, searcher):
             for h in searcher.search_combined(["köpek", "kar"], k=5)
         }
         _wait(browser, 60).until(lambda b: _shown_files(b) == expected)
-        box = browser.find_element(By.CSS_SELECTOR, "#query textarea, #query input")
-        assert box.get_attribute("value") == "köpek + kar"
-        share = _wait(browser, 30).until(
-            lambda b: b.find_element(By.CSS_SELECTOR, "#share-link textarea, #share-link input")
+        query = _wait(browser, 30).until(
+            lambda b: b.find_element(
+                By.CSS_SELECTOR, "#query textarea, #query input"
+            ).get_attribute("value")
         )
-        assert share.get_attribute("value") == link
+        assert query == "köpek + kar"
+        assert _wait(browser, 30).until(_share_link) == link
 
 
 def test_space_card_similar_example_runs_against_the_app(served, searcher, capsys):
