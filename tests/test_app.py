@@ -1298,28 +1298,29 @@ def test_browser_on_a_phone_the_box_and_the_captions_are_readable_and_focus_is_s
 def test_browser_a_page_opened_after_a_late_load_shows_the_search_not_the_error(app, searcher):
     """A Space that loaded in the background after its start-up tries: a page opened then
     shows what is searched, without the red error frame the first pages had."""
-    from selenium.webdriver.common.by import By
-
     slot = app.SearcherSlot(app.LoadError("the Hub failed", transient=True))
     demo = app.build_app(slot)
     url = launch(app, demo)
     try:
         with _browser() as browser:
 
-            def banner(b):
-                found = b.find_elements(By.CSS_SELECTOR, "#source")
-                return found and found[0].text.strip() and found[0]
+            def banner(b):  # (text, class) read at once: gradio may re-render it between reads
+                found = b.execute_script(
+                    "const e = document.querySelector('#source');"
+                    "return e && [e.innerText.trim(), e.className];"
+                )
+                return found and found[0] and found
 
             browser.get(url)
-            shown = _wait(browser, 60).until(banner)
-            assert "Arama kullanılamıyor" in shown.text
-            assert "load-error" in shown.get_attribute("class")
+            text, classes = _wait(browser, 60).until(banner)
+            assert "Arama kullanılamıyor" in text
+            assert "load-error" in classes
             slot.value = searcher  # as the background load sets it
             browser.get(url)
-            loaded = _wait(browser, 60).until(
-                lambda b: (found := banner(b)) and "görsel" in found.text and found
+            text, classes = _wait(browser, 60).until(
+                lambda b: (found := banner(b)) and "görsel" in found[0] and found
             )
-            assert "load-error" not in loaded.get_attribute("class")
+            assert "load-error" not in classes
     finally:
         demo.close()
 
