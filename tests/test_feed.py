@@ -165,7 +165,14 @@ def test_writes_run_behind_the_encoding_and_their_errors_surface(chunks, tiny_en
             encoded.wait(timeout=60)
         order.append(f"write {chunk.index} end")
 
+    encoding: list[int] = []  # each batch's images
+
     def progress(n: int) -> None:
+        # Chunk 0's images encoded, the chunk goes to the writer: the batches after it wait for
+        # the writer's thread to start it (late on a loaded machine), as the encoding goes on.
+        if sum(encoding) >= len(chunks[0][1]):
+            started.wait(timeout=60)
+        encoding.append(n)
         if started.is_set() and not encoded.is_set():
             order.append("encoded while writing")
             encoded.set()
