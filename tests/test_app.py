@@ -1265,8 +1265,8 @@ def test_browser_on_a_phone_the_box_and_the_captions_are_readable_and_focus_is_s
         )
         _search_for(browser, url, "köpek")
         _wait(browser, 60).until(lambda b: len(_shown_files(b)) >= 10)
-        box, button = (
-            browser.find_element(By.ID, name).rect for name in ("query", "search-button")
+        box, button = _wait(browser, 30).until(
+            lambda b: [b.find_element(By.ID, name).rect for name in ("query", "search-button")]
         )
         assert box["width"] >= 280, box  # not squeezed by "Ara": the button goes under it
         assert button["y"] >= box["y"] + box["height"], (box, button)
@@ -1282,7 +1282,9 @@ def test_browser_on_a_phone_the_box_and_the_captions_are_readable_and_focus_is_s
         assert len(labels) >= 10 and max(lines for lines, _ in labels) >= 3, labels
         assert all(share < 0.5 for _, share in labels), labels
         # A keyboard user tabbing from the tab "Metinle ara" into the search box sees it.
-        browser.find_element(By.CSS_SELECTOR, "[role=tab]").click()
+        _wait(browser, 30).until(
+            lambda b: b.find_element(By.CSS_SELECTOR, "[role=tab]").click() or 1
+        )
         for _ in range(5):
             ActionChains(browser).send_keys(Keys.TAB).perform()
             if browser.execute_script("return !!document.activeElement.closest('#query')"):
