@@ -53,12 +53,15 @@ def render_space_card(
     color_from: str = "red",
     color_to: str = "indigo",
     short_description: str = DEFAULT_SHORT_DESCRIPTION,
+    space_url: str | None = None,
 ) -> str:
     """The Space's README.md: Spaces YAML + body.
 
     ``python_version`` is what the builder installs the requirements with (Spaces defaults to
     3.10 without it); ``hardware`` goes to ``suggested_hardware``; ``preload`` are
     ``preload_from_hub`` lines ("repo file1,file2 revision"), fetched when the Space is built.
+    ``space_url``: where the app answers as the Hub says (``SpaceInfo.host``, what gradio_client
+    connects to); without it, the ``*.hf.space`` name made from ``space_id``.
     """
     if len(short_description) > SHORT_DESCRIPTION_MAX:
         raise ValueError(
@@ -112,7 +115,7 @@ def render_space_card(
         model_url=hub_url(manifest.model_id, "model"),
         hardware=hardware,
         space_id=space_id,
-        space_url=_space_url(space_id),
+        space_url=space_url.rstrip("/") if space_url else _space_url(space_id),
         usage_snippet=render_usage(
             manifest, space=space_id, repo_id=dataset_repo, revision=dataset_revision
         ),
@@ -121,8 +124,9 @@ def render_space_card(
 
 
 def _space_url(space_id: str) -> str:
-    """Where the app answers: a Space's ``*.hf.space`` host, or the URL of a local app (the
-    card of ``publish-space --to``)."""
+    """Where the app answers: a Space's ``*.hf.space`` host as the Hub names most (the Hub's
+    own word, ``SpaceInfo.host``, is taken where known), or the URL of a local app (the card of
+    ``publish-space --to``)."""
     if "://" in space_id:
         return space_id.rstrip("/")
     host = space_id.replace("/", "-").replace("_", "-").replace(".", "-").lower()

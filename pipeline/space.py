@@ -210,6 +210,7 @@ def render_card(
     manifest: Manifest,
     hardware: str = DEFAULT_HARDWARE,
     preload: tuple[str, ...] = (),
+    space_url: str | None = None,
 ) -> str:
     from hub_card import gradio_version, render_space_card
 
@@ -223,6 +224,7 @@ def render_card(
         python_version=PYTHON_VERSION,
         hardware=hardware,
         preload=preload,
+        space_url=space_url,
     )
 
 
@@ -284,6 +286,10 @@ def publish_space_to_hub(config: SpaceConfig) -> SpaceResult:
         for key, value in variables.items():
             api.add_space_variable(space_id, key, value, description=VARIABLE_DESCRIPTIONS[key])
         space = api.space_info(space_id)
+        if space.host:  # the app's address as the Hub gives it, which gradio_client uses too
+            card = render_card(
+                space_id, dataset_repo, revision, manifest, hardware, preload, space.host
+            )
         remote = {s.rfilename for s in space.siblings or []}
         operations = [
             CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(source))

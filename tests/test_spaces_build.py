@@ -306,6 +306,23 @@ def test_publish_space_no_wait_skips_the_runtime(published_space):
     assert "stage:" not in result.stdout and "BUILD_ERROR" not in result.stderr
 
 
+def test_the_space_card_gives_the_address_the_hub_gives_the_space(published_space, tmp_path):
+    # The Hub names most Spaces' hosts USER-NAME.hf.space, but not every one (a long id, say):
+    # the card's links and MCP address are where gradio_client connects, SpaceInfo.host.
+    from huggingface_hub import HfApi
+
+    space_id = f"testuser/{'long-' * 10}{uuid.uuid4().hex[:8]}"
+    host = "https://testuser-long-search-3f2a1b.hf.space"
+    published_space.hub.set_space_host(space_id, host)
+    _publish_space(published_space, space_id, "--no-wait")
+    env = published_space.hub_env
+    api = HfApi(endpoint=env["HF_ENDPOINT"], token=env["HF_TOKEN"])
+    card = api.hf_hub_download(space_id, "README.md", repo_type="space", cache_dir=tmp_path)
+    card = Path(card).read_text()
+    assert f"{host}/gradio_api/mcp/" in card and f"{host}/?q=" in card
+    assert ".hf.space" not in card.replace(host, "")  # no address made from the id
+
+
 def test_hardware_refused_by_the_account_is_a_clear_error(published_space):
     space_id = f"testuser/gpu-{uuid.uuid4().hex[:8]}"
     result = _publish_space(published_space, space_id, "--hardware", "zero-a10g", check=False)
