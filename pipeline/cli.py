@@ -136,8 +136,9 @@ def build_parser(strict: bool = True) -> argparse.ArgumentParser:
         "BUILD/summary.json. A killed run resumes where it stopped when run again with the "
         "same arguments. Run again on a changed input, it updates the build: images it "
         "encoded before (same sha256, same model) keep their embeddings, new or changed ones "
-        "are encoded, removed ones disappear. An update of a build with captions refuses a "
-        "--data folder without captions.jsonl (create it empty to drop them on purpose).",
+        "are encoded, removed ones disappear. An update of a build with captions refuses its "
+        "--data folder (or a sub-folder of it) without captions.jsonl (create it empty to drop "
+        "them on purpose).",
         formatter_class=defaults,
     )
     source = p.add_mutually_exclusive_group(required=strict)

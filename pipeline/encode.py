@@ -26,8 +26,9 @@ copies that row's embeddings bit for bit instead of running the model; its capti
 copied too when its captions are the same, else only its captions are encoded. Shards of the
 old plan stay until the new plan is complete (they are the cache a killed update resumes
 from), then they are deleted. A different model needs ``--overwrite``. A folder without its
-``captions.jsonl`` is refused where the rows encoded before (or ``--reuse``'s) hold captions
-(an empty file drops them on purpose), and the summary counts the images that lost theirs.
+``captions.jsonl`` is refused where the rows encoded before from it (or ``--reuse``'s) hold
+captions (an empty file drops them on purpose), and the summary counts the images that lost
+theirs.
 
 The feed (pipeline/feed.py) decodes and preprocesses the images of the chunks to encode in
 ``workers`` processes, runs the model only on images no earlier row holds, and writes each
@@ -226,7 +227,7 @@ def _run_encode(source, config: EncodeConfig, encoder, lock: contextlib.ExitStac
             )
             config = replace(config, reuse_revision=reused.revision or config.reuse_revision)
         # Before the model loads, and before the build changes.
-        rank0_first(ranks, lambda: _refuse_dropping_captions(source, config, reused))
+        rank0_first(ranks, lambda: _refuse_dropping_captions(source, config, reused, earlier))
         if encoder is None:
             # An update keeps the model's commit and its components (tokenizer, image processor)
             # the build began with, whatever their Hub repos hold now: rows of one build are
@@ -386,7 +387,7 @@ def _run_encode(source, config: EncodeConfig, encoder, lock: contextlib.ExitStac
     return summary
 
 
-def _refuse_dropping_captions(source, config: EncodeConfig, reused) -> None:
+def _refuse_dropping_captions(source, config: EncodeConfig, reused, earlier: dict) -> None:
     """Refuse a folder without its captions.jsonl where the rows encoded before (this build's,
     or those of the dataset ``--reuse`` names) hold captions.
 
@@ -394,13 +395,20 @@ def _refuse_dropping_captions(source, config: EncodeConfig, reused) -> None:
     update would drop every caption of the build, and the next publish every caption of the
     dataset: a file deleted, or not copied with the photos, is the likelier cause. An empty
     captions.jsonl says "no captions" on purpose; ``--overwrite`` discards the build anyway.
+    A build made from another folder (``earlier``, its build.json) is not refused: its rows
+    are replaced by this folder's, which the summary's note says (``make demo`` of the sample,
+    then ``make demo DATA=my-photos``), unless the folder is a sub-folder of one with captions.
     """
     if not isinstance(source, FolderSource) or source.captions_file.is_file():
         return
     source.check()  # (a folder that is not there: said as such)
     out = Path(config.out)
+    folder = source.folder
+    in_captioned = (folder.parent / CAPTIONS_FILE).is_file()  # --data photos/images, say
+    same_input = earlier.get("source") in (None, source.label())
     held = []
-    if not config.overwrite:  # every shard in the folder: an update killed before included
+    if not config.overwrite and (same_input or in_captioned):
+        # every shard in the folder: an update killed before included
         shards = [p.name for p in sorted((out / SHARDS_DIR).glob("shard-*.parquet"))]
         captions = _count_rows(out / SHARDS_DIR, shards)[1]
         if captions:
@@ -409,9 +417,8 @@ def _refuse_dropping_captions(source, config: EncodeConfig, reused) -> None:
         held.append(f"--reuse {config.reuse} holds {reused.manifest.num_captions} captions")
     if not held:
         return
-    folder = source.folder
     meant = ""
-    if (folder.parent / CAPTIONS_FILE).is_file():  # --data photos/images, say
+    if in_captioned:
         meant = f" ({folder.parent} has one: did you mean --data {folder.parent}?)"
     raise FileNotFoundError(
         f"--data {folder} has no {CAPTIONS_FILE}{meant}, but {' and '.join(held)}, which this "

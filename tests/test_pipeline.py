@@ -1659,6 +1659,24 @@ def test_an_update_from_a_folder_that_lost_its_captions_file_is_refused(
     assert encode(data, build, tiny_encoder, tiny_model_dir, overwrite=True).images == 3
 
 
+def test_a_build_of_another_collection_without_captions_is_not_refused(
+    tmp_path, tiny_encoder, tiny_model_dir
+):
+    # `make demo` (the sample, with captions), then `make demo DATA=my-photos` (no
+    # captions.jsonl) into the same BUILD: the build becomes the other folder's, as the note
+    # says; there is no captions.jsonl of that folder to restore.
+    from conftest import write_photos
+
+    sample = write_photos(tmp_path / "data-1000-14", ["a", "b", "c"])
+    mine = write_photos(tmp_path / "my-photos", ["x", "y"], seed=3)
+    (mine / "captions.jsonl").unlink()
+    build = tmp_path / "build"
+    encode(sample, build, tiny_encoder, tiny_model_dir)
+    update = encode(mine, build, tiny_encoder, tiny_model_dir)
+    assert (update.images, update.num_captions) == (2, 0)
+    assert update.notes[0].startswith("the build was made from local folder data-1000-14")
+
+
 def test_a_reuse_seed_from_a_folder_without_its_captions_file_is_refused(tmp_path, tiny_model_dir):
     # On a new machine, photos copied without captions.jsonl: the build seeded from the
     # published dataset had no captions, and the re-publish would have dropped them all.
