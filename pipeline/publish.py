@@ -103,6 +103,11 @@ def staged_files(build: Path) -> tuple[Manifest, dict[str, tuple[Path, str]]]:
     """Map repo paths to (build file, sha256), checking the index matches the rows first."""
     build = Path(build)
     shards = build_shards(build)  # complete and not empty, or a clear error
+    if not (build / INDEX_DIR / MANIFEST_FILE).is_file():  # (load_manifest's words fit a search)
+        raise ValueError(
+            f"{build} has no {INDEX_DIR}/{MANIFEST_FILE}: it is a build that `index` has not "
+            f"finished; index it (`python -m pipeline index --build {build}`), then publish again"
+        )
     # The one manifest loader: it refuses index and data paths outside index/ and data/, so a
     # manifest can never make publish upload a file from elsewhere on this machine.
     manifest = load_manifest(build).manifest

@@ -70,6 +70,30 @@ def test_publish_names_the_terms_of_a_license_other(build, tmp_path, capsys):
         "other", "my-terms-1.0", "LICENSE.md")  # fmt: skip
 
 
+def test_publish_of_a_build_not_indexed_says_to_index_it_then_publish_again(
+    tmp_path, tiny_model_dir, capsys
+):
+    # load_manifest's words are for a search (publish it with --to out/repo, then search that),
+    # not for the publish that was run.
+    from conftest import write_photos
+
+    from pipeline.cli import main
+    from pipeline.encode import EncodeConfig, run_encode
+    from pipeline.inputs import FolderSource
+
+    build = tmp_path / "build"
+    photos = write_photos(tmp_path / "photos", ["a", "b"])
+    run_encode(FolderSource(photos), EncodeConfig(out=build, model=str(tiny_model_dir)))
+    target = tmp_path / "dataset"
+    assert main(["publish", "--build", str(build), "--to", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"error: {build} has no index/manifest.json: it is a build that `index` has not "
+        f"finished; index it (`python -m pipeline index --build {build}`), then publish again\n"
+    ) in err
+    assert not target.exists()
+
+
 def test_files_are_copied_when_hard_links_are_refused(build, tmp_path, monkeypatch):
     def refuse(source, dest):  # as across filesystems: EXDEV
         raise OSError(18, "Invalid cross-device link")
