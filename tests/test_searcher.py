@@ -307,7 +307,8 @@ def test_a_composed_query_refuses_an_image_path_given_as_text(tmp_path, monkeypa
         # (FakeEncoder keys an image by bytes(term): a Path's are its name's)
         {"köpek": dog, str(photo): dog, "kedi.jpg": dog, bytes(photo): blue},
     )
-    for term, said in ((str(photo), "names a file"), ("kedi.jpg", "looks like an image file")):
+    said_of = {str(photo): "names an image file", "kedi.jpg": "looks like an image file"}
+    for term, said in said_of.items():
         with pytest.raises(ValueError, match=rf"{re.escape(repr(term))} {said}.*pathlib\.Path"):
             searcher.search_combined(["köpek", term])
         with pytest.raises(ValueError, match=re.escape(repr(term))):
@@ -316,8 +317,9 @@ def test_a_composed_query_refuses_an_image_path_given_as_text(tmp_path, monkeypa
     hits = searcher.search_combined(["köpek", Path(photo)], k=2)
     assert hits[0].score == pytest.approx(float(unit(np.eye(4, DIM) + 0.1)[0] @ unit(dog + blue)))
     monkeypatch.chdir(tmp_path)  # a term is a file only where it names one from here
-    searcher.encoder.vectors.update({"repo": dog, "3.5 yaş": dog, "a/b": blue})
-    for text in ("repo", "3.5 yaş", "a/b"):
+    (tmp_path / "notlar").write_text("a file named like a word: not an image")
+    searcher.encoder.vectors.update({"repo": dog, "3.5 yaş": dog, "a/b": blue, "notlar": dog})
+    for text in ("repo", "3.5 yaş", "a/b", "notlar"):
         searcher.search_combined([text], k=1)
     searcher.search_text("kedi.jpg", k=1)  # search_text takes only texts: nothing to confuse
 

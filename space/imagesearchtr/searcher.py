@@ -314,8 +314,8 @@ class Searcher:
         """Composed query: each term a text (a ``str``) or an image (``Path``, bytes or PIL).
 
         A ``str`` is always a text, never a file path (unlike ``search_image``'s): one that
-        names a file, or looks like an image file's name, is a ValueError that says to pass it
-        as a ``Path``, rather than a search for its letters.
+        looks like an image file's name (``kedi.jpg``) is a ValueError that says to pass it as
+        a ``Path``, rather than a search for its letters.
 
         The query is the sum of the positive terms' embeddings minus the negative ones', all
         weighted 1, normalised (rclip's ``"kedi" + "şapka" - "köpek"``); searched image-only.
@@ -537,17 +537,18 @@ def _terms(name: str, terms) -> list:
 
 
 def _refuse_path_as_text(term: str) -> None:
-    """A composed query's ``str`` is a text: refuse one that names a file, or looks like an
-    image file's name, instead of searching for its letters (``search_image`` reads a ``str``
-    as a path; ``search_combined`` cannot tell "kar" from a file named "kar")."""
-    if os.path.isfile(term):
-        said = "names a file"
-    elif not any(c.isspace() for c in term.strip()) and (
-        os.path.splitext(term.strip())[1].lower() in Image.registered_extensions()
+    """A composed query's ``str`` is a text: refuse one that looks like an image file's name
+    (one word with an image extension Pillow knows), instead of searching for its letters
+    (``search_image`` reads a ``str`` as a path, so a caller may expect the same here)."""
+    name = term.strip()
+    if any(c.isspace() for c in name) or (
+        os.path.splitext(name)[1].lower() not in Image.registered_extensions()
     ):
-        said = "looks like an image file's name (there is no such file)"
+        return  # a text (a file of another kind named like a word, "notlar", is no image)
+    if os.path.isfile(name):
+        said = "names an image file"
     else:
-        return
+        said = "looks like an image file's name (there is no such file)"
     raise ValueError(
         f"the text term {term!r} {said}; a str term is always searched as text: pass an image "
         f"as pathlib.Path({term.strip()!r}), bytes or a PIL image"
