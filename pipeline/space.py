@@ -290,6 +290,7 @@ def publish_space_to_hub(config: SpaceConfig) -> SpaceResult:
             card = render_card(
                 space_id, dataset_repo, revision, manifest, hardware, preload, space.host
             )
+            check_card(card, "space")
         remote = {s.rfilename for s in space.siblings or []}
         operations = [
             CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(source))

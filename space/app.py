@@ -529,13 +529,16 @@ def hits_to_outputs(hits) -> tuple[list, list[dict]]:
 def photo_name(row: int, captions) -> str:
     """How a status line names a photo of the collection: ``#row “its first caption”`` (the row
     as its "Benzerlerini bul (#row)" button shows it), the caption on one line and cut at a word
-    to STATUS_CAPTION_CHARS; ``#row`` alone for a photo without captions."""
+    to STATUS_CAPTION_CHARS; ``#row`` alone for a photo without captions. The status is
+    Markdown, so the caption's Markdown marks come backslash-escaped (API callers see them)."""
     caption = " ".join(captions[0].split()) if captions else ""
     if not caption:
         return f"#{row}"
     if len(caption) > STATUS_CAPTION_CHARS:
         cut = caption[: STATUS_CAPTION_CHARS - 1]
-        caption = (cut.rsplit(" ", 1)[0] if " " in cut else cut) + "…"
+        if caption[len(cut)] != " " and " " in cut:  # (a word that ends at the cut is whole)
+            cut = cut.rsplit(" ", 1)[0]
+        caption = cut.rstrip() + "…"
     # The status is Markdown: a caption's "*", "_" or "[..](..)" is shown, not rendered.
     caption = _MARKDOWN_INLINE.sub(r"\\\1", caption)
     return f"#{row} “{caption}”"

@@ -493,6 +493,8 @@ def test_search_similar_says_which_photo_it_started_from(app, searcher):
     assert named.startswith("#7 “Kırmızı montlu bir kadın karlı bir meydanda çok ")
     assert named.endswith(" çok…”") and len(named) <= len("#7 “”") + app.STATUS_CAPTION_CHARS
     assert app.photo_name(7, []) == "#7"  # a row without captions
+    whole = "x" * 74 + " abcd"  # its last word ends where the cut falls: it is kept
+    assert app.photo_name(7, [whole + " sonra gelen"]) == f"#7 “{whole}…”"
     # The status is Markdown: a caption's marks are escaped, so they show as written.
     assert app.photo_name(7, ["*iki* [kedi](http://x) <b>"]) == (
         r"#7 “\*iki\* \[kedi\](http://x) \<b\>”"
