@@ -123,7 +123,12 @@ for line in sys.stdin:
         if job["no_stream_exit_pause"]:
             skip_stream_exit_pause()
         try:
-            code = main(job["args"])
+            if job.get("code") is None:
+                code = main(job["args"])
+            else:  # python -c CODE ARGS (run_python)
+                sys.argv = ["-c", *job["args"]]
+                exec(compile(job["code"], "<string>", "exec"), {"__name__": "__main__"})
+                code = 0
         except SystemExit as stop:  # argparse's --help and usage errors
             if isinstance(stop.code, str):
                 print(stop.code, file=sys.stderr)
@@ -159,15 +164,25 @@ class ForkServer:
         )
         self.runs = 0
 
-    def start(self, args, env: dict, log=None, fast_hub_retries=False, no_stream_exit_pause=False):
+    def start(
+        self,
+        args,
+        env: dict,
+        log=None,
+        fast_hub_retries=False,
+        no_stream_exit_pause=False,
+        code: str | None = None,
+    ):
         """Fork a run; ``log``: one file for its stdout and stderr (default: one each here).
         ``fast_hub_retries``: ``shorten_hub_retries`` in the run (huggingface_hub's retries of
         uploads and downloads wait 0.05-0.1 s); ``no_stream_exit_pause``:
-        ``skip_stream_exit_pause`` in the run (no 5 s pause after a streamed read)."""
+        ``skip_stream_exit_pause`` in the run (no 5 s pause after a streamed read); ``code``:
+        run ``python -c CODE ARGS`` instead of the CLI (``run_python``)."""
         self.runs += 1
         base = self.work / str(self.runs)
         job = {"args": [str(a) for a in args], "env": env, "fast_hub_retries": fast_hub_retries}
         job["no_stream_exit_pause"] = no_stream_exit_pause
+        job["code"] = code
         job.update({name: f"{base}.{name}" for name in ("stdout", "stderr", "status")})
         if log is not None:
             job["stdout"] = job["stderr"] = str(log)
@@ -191,7 +206,8 @@ class ForkServer:
             time.sleep(0.02)
         code = int(status.read_text())
         out, err = (Path(job[n]).read_text(errors="replace") for n in ("stdout", "stderr"))
-        return subprocess.CompletedProcess(["python", "-m", "pipeline", *args], code, out, err)
+        command = ["python", "-m", "pipeline", *args] if job["code"] is None else ["python", "-c"]
+        return subprocess.CompletedProcess(command, code, out, err)
 
     def stop(self) -> None:
         """End the server (its runs have ended: ``wait`` was called for each). It holds nothing
@@ -248,6 +264,48 @@ def run(
 ) -> subprocess.CompletedProcess:
     """``start`` (``options``: its ``preload`` and ``ForkServer.start``'s), then ``wait``."""
     return wait(start(args, env, **options), timeout)
+
+
+# What a client of a published repo imports (tests/test_lazy.py's): the Searcher with torch and
+# transformers (imagesearchtr.searcher imports the Encoder), the Hub client, the test helpers'.
+CLIENT_PRELOAD = (
+    "datasets", "faiss", "httpx", "huggingface_hub", "huggingface_hub.hf_api", "numpy",
+    "pyarrow.parquet", "imagesearchtr.searcher", "pipeline.datafiles", "pipeline.encode",
+)  # fmt: skip
+
+
+def run_python(
+    code: str, args, env: dict, preload=CLIENT_PRELOAD, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """``python -c CODE ARGS`` with ``env``, forked from a server that imported ``preload``.
+
+    ``env`` must name an ``HF_HOME`` (each test's own cache): unlike ``run``'s servers, one
+    server (per pytest worker and environment apart from HF_HOME) serves every HF_HOME. It
+    started with HF_HOME set to a symbolic link, which is pointed at the run's HF_HOME before
+    the fork; the run's environment has that link as its HF_HOME too. So what huggingface_hub,
+    datasets and transformers derived from HF_HOME at import (the hub cache, the token file,
+    ...) is the link, and every read and write through it lands in the run's own folder, as in
+    a fresh interpreter started with that HF_HOME. One run at a time: this waits for the run.
+    """
+    env = dict(env)
+    home = Path(env.pop("HF_HOME"))
+    key = (tuple(preload), _env_key(env), "HF_HOME link")
+    if key not in _servers:
+        links = Path(tempfile.mkdtemp(prefix="hf-home-link-"))
+        atexit.register(shutil.rmtree, links, ignore_errors=True)
+        (links / "imports").mkdir()  # what the server's imports may write there: not a test's
+        link = links / "hf-home"
+        link.symlink_to(links / "imports")
+        server_env = {k: v for k, v in env.items() if k not in RUNTIME_VARIABLES}
+        _servers[key] = ForkServer({**server_env, "HF_HOME": str(link)}, preload)
+        _servers[key].hf_home = link
+    server = _servers[key]
+    pointer = server.hf_home.with_name("hf-home.new")
+    pointer.unlink(missing_ok=True)
+    pointer.symlink_to(home.resolve(), target_is_directory=True)
+    os.replace(pointer, server.hf_home)
+    run = server.start(args, {**env, "HF_HOME": str(server.hf_home)}, code=code)
+    return server.wait(run, timeout)
 
 
 if __name__ == "__main__":  # python tests/cli_forks.py -m MODULE ARGS (the module docstring)

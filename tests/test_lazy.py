@@ -16,17 +16,16 @@ import json
 import os
 import re
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import cli_forks
 import faiss
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO_ROOT
 from datasets import Dataset
 from PIL import Image as PILImage
 from search_repo import FINGERPRINT, unit
@@ -105,14 +104,10 @@ def write_lazy_repo(folder: Path, seed: int) -> Path:
 
 
 def run_python(code: str, env: dict, *args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [sys.executable, "-c", code, *args],
-        cwd=REPO_ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    """``python -c CODE ARGS`` with this process's environment and ``env`` (which names an
+    HF_HOME), forked from a server that imported the clients' modules (``cli_forks.run_python``:
+    a fresh interpreter spent seconds importing torch for each client)."""
+    result = cli_forks.run_python(code, args, {**os.environ, **env})
     assert result.returncode == 0, result.stderr[-4000:]
     return result
 
