@@ -18,6 +18,9 @@ set a test names (``HUB_PRELOAD``: publish, publish-space and download, without 
 imports whatever else it needs itself, as a fresh interpreter would. A server started for one
 test's environment (its own HF_HOME) serves no other test: ``stop_servers`` ends it then.
 
+``run_python`` forks ``python -c CODE ARGS`` the same way (tests/test_lazy.py's Hub clients),
+from a server that serves every test's HF_HOME (through a symbolic link: see there).
+
 Run as a script, ``python tests/cli_forks.py -m MODULE ARGS`` is ``python -m MODULE ARGS`` with
 ``shorten_hub_retries`` (for a command a test cannot fork: make's recipes run ``$(PY) -m ...``).
 

@@ -4,8 +4,9 @@ bytes of the images it shows, bad images become placeholders, a revision pin hol
 The repo is made here from hand-made vectors and noise images (each row's pixels are known),
 laid out as ``pipeline index`` lays it out (its data files, ``index/image_ranges.npy``,
 ``data_files`` in the manifest), and uploaded with ``HfApi.upload_folder``. Every client runs in
-a subprocess pointed at tests/hub_server.py, which records each request with its Range header:
-the test compares the byte ranges read with where each image's bytes lie in the files.
+a process of its own (forked from one that imported the Searcher: ``cli_forks.run_python``)
+pointed at tests/hub_server.py, which records each request with its Range header: the test
+compares the byte ranges read with where each image's bytes lie in the files.
 """
 
 from __future__ import annotations
@@ -163,6 +164,29 @@ CLIENT = textwrap.dedent(
     print(json.dumps(out))
     """
 )
+
+
+def test_each_client_reads_and_writes_its_own_hf_home_and_a_failure_is_its_exit_status(
+    local_hub, tmp_path
+):
+    # The clients fork from one server whose imports read HF_HOME once (run_python): each run
+    # must still see only its own cache, as a fresh interpreter started with it would.
+    code = textwrap.dedent(
+        """
+        import os, sys
+        from huggingface_hub import constants
+        print(os.path.realpath(constants.HF_HUB_CACHE), os.path.realpath(os.environ["HF_HOME"]))
+        sys.exit(int(sys.argv[1]))
+        """
+    )
+    for name in ("one", "two", "one"):
+        home = tmp_path / name
+        home.mkdir(exist_ok=True)
+        done = run_python(code, {**local_hub.env(), "HF_HOME": str(home)}, "0")
+        hub_cache, hf_home = done.stdout.split()
+        assert (hub_cache, hf_home) == (str((home / "hub").resolve()), str(home.resolve()))
+    with pytest.raises(AssertionError):
+        run_python(code, {**local_hub.env(), "HF_HOME": str(home)}, "3")
 
 
 def publish(folder: Path, repo: str, env: dict) -> str:
