@@ -204,12 +204,19 @@ CSS = """
 .load-error { border: 1px solid #dc2626; border-radius: 8px; padding: 4px 12px;
               background: rgba(220, 38, 38, 0.08); }
 #search-button { align-self: end; }
-/* Keyboard users must see where focus is: the theme's only focus cue on a text box is a border
-   colour, and its boxes have no border (input_border_width 0px). An outline, not a shadow,
-   also shows in forced-colours (high-contrast) mode; !important: gradio's text box sets
-   outline: none !important. */
-#query input:focus-visible, #query textarea:focus-visible {
-    outline: 2px solid var(--secondary-500) !important; outline-offset: 2px; }
+/* Keyboard users must see where focus is, on every control: the theme's only focus cue on a
+   text box is a border colour, and its boxes have no border (input_border_width 0px); buttons,
+   tabs, the checkbox, the slider and the result tiles had Chrome's thin black ring or nothing.
+   An outline, not a shadow, also shows in forced-colours (high-contrast) mode; !important:
+   gradio's text box sets outline: none !important (and its checkbox outline: none). Not
+   ".gradio-container :focus-visible": gradio puts ".gradio-container.… .contain" before each
+   selector, and no .gradio-container is inside .contain. */
+:focus-visible { outline: 2px solid var(--secondary-500) !important; outline-offset: 2px; }
+/* Inside a box that clips what is outside it (overflow: hidden), the ring goes inside the
+   control: outside it showed one side of four. One full selector each: gradio's CSS rewriting
+   splits selectors on commas, so :is(a, b) breaks. */
+#k :focus-visible, [role=tab]:focus-visible, .upload-container:focus-visible,
+.gallery-item:focus-visible { outline-offset: -2px; }
 /* Results: the label above the photos, not over the first row; every result in the page's own
    scroll (gradio's height="auto" is a 55vh box that hid the third row in a scrollbar of its own) */
 #results label.float { position: static; margin: var(--block-label-margin); }
