@@ -1299,6 +1299,103 @@ def test_browser_on_a_phone_the_box_and_the_captions_are_readable_and_focus_is_s
         assert outline[0] and outline[1] != "none" and outline[2] >= 2, outline
 
 
+# The focused control, as a keyboard user sees it: its outline (transitions finished first, so
+# a button's ring is read at its end, not half-way) and the boxes around it that clip the ring
+# (overflow other than visible: one side of four showed). One script, no element kept: gradio
+# re-renders elements between reads.
+_FOCUSED = """
+const e = document.activeElement;
+for (const a of e.getAnimations()) a.finish();
+const s = getComputedStyle(e), r = e.getBoundingClientRect();
+let where = '';
+for (let n = e; n && !where; n = n.parentElement) where = n.id;
+const name = (e.getAttribute('aria-label') || e.textContent || e.type || '').trim().slice(0, 40);
+const ring = s.outlineStyle === 'none' ? 0
+    : Math.max(0, parseFloat(s.outlineWidth) + parseFloat(s.outlineOffset));
+const clippedBy = [];
+for (let n = e.parentElement; n; n = n.parentElement) {
+  const c = getComputedStyle(n), q = n.getBoundingClientRect();
+  if (c.overflowX === 'visible' && c.overflowY === 'visible') continue;
+  if (r.left - ring < q.left - 0.5 || r.right + ring > q.right + 0.5
+      || r.top - ring < q.top - 0.5 || r.bottom + ring > q.bottom + 0.5)
+    clippedBy.push(n.tagName.toLowerCase() + '.' + n.className.toString().split(' ')[0]);
+}
+return {key: `${where} ${e.tagName.toLowerCase()} ${name}`, body: e === document.body,
+        style: s.outlineStyle, width: parseFloat(s.outlineWidth), color: s.outlineColor,
+        clippedBy: clippedBy};
+"""
+
+
+def _tab_through(browser, start: str) -> dict[str, dict]:
+    """Click the tab named ``start``, then press Tab until focus comes round again: each control
+    reached, by its key (nearest id, tag, label), with how its focus shows."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    # One script, tried until it holds: select the tab, wait for its panel (gradio draws a tab's
+    # panel on its first click; a Tab pressed before skips it), then start from the tab.
+    _wait(browser, 30).until(
+        lambda b: b.execute_script(
+            "const tab = Array.from(document.querySelectorAll('[role=tab]'))"
+            "  .find(t => t.textContent.trim() === arguments[0]);"
+            "if (tab.getAttribute('aria-selected') !== 'true') { tab.click(); return false; }"
+            "const shown = Array.from(document.querySelectorAll('[role=tabpanel]'))"
+            "  .filter(p => getComputedStyle(p).display !== 'none');"
+            "if (shown.length !== 1 || !shown[0].querySelector('button')) return false;"
+            "tab.focus(); return document.activeElement === tab;",
+            start,
+        )
+    )
+    reached: dict[str, dict] = {}
+    for _ in range(80):
+        ActionChains(browser).send_keys(Keys.TAB).perform()
+        focused = browser.execute_script(_FOCUSED)
+        if focused["key"] in reached:
+            return reached
+        if not focused["body"]:  # between the page's last control and its first
+            reached[focused["key"]] = focused
+    raise AssertionError(f"focus did not come round in 80 presses: {list(reached)}")
+
+
+def test_browser_every_control_reached_by_tab_shows_the_search_box_focus_ring(served):
+    """Tabbing through the page (desktop, then a phone): each control reached shows the search
+    box's ring, an outline of 2 px or more in its colour, not cut off by a box around it."""
+    url, _ = served
+    with _browser() as browser:
+        _search_for(browser, url, "köpek")
+        _wait(browser, 60).until(lambda b: len(_shown_files(b)) >= 10)
+        for screen in ("desktop", "phone"):
+            if screen == "phone":
+                browser.execute_cdp_cmd(
+                    "Emulation.setDeviceMetricsOverride",
+                    {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True},
+                )
+            reached = {
+                **_tab_through(browser, "Görselle ara"),
+                **_tab_through(browser, "Metinle ara"),
+            }
+            keys = " | ".join(reached)
+            # the walk got everywhere: both tabs, the text tab's and the image tab's controls,
+            # the result count, all ten results
+            for part in (
+                "button Metinle ara", "button Görselle ara", "query input", "search-button button",
+                "button karda oynayan köpekler", "deep input", "query-image button",
+                "button Benzerlerini bul", "k input number input", "range_id", "k button Reset",
+                "results button Thumbnail 10 of 10",
+            ):  # fmt: skip
+                assert part in keys, (screen, part, keys)
+            box = next(f for key, f in reached.items() if key.startswith("query input"))
+            unseen = [
+                f"{key}: {f['style']} {f['width']:g}px {f['color']}, cut by {f['clippedBy']}"
+                for key, f in reached.items()
+                if f["style"] != "solid" or f["width"] < 2 or f["color"] != box["color"]
+                or f["clippedBy"]
+            ]  # fmt: skip
+            assert not unseen, (screen, f"the box: {box['color']}", *unseen)
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "app-focus-phone.png"))
+
+
 def test_browser_a_page_opened_after_a_late_load_shows_the_search_not_the_error(app, searcher):
     """A Space that loaded in the background after its start-up tries: a page opened then
     shows what is searched, without the red error frame the first pages had."""
