@@ -7,28 +7,24 @@ fresh HF_HOME, exactly as a user runs the commands; nothing reaches the real Hub
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+import os
 import textwrap
 from pathlib import Path
 
+import cli_forks
 import pytest
 from cli_forks import HUB_PRELOAD
-from conftest import REPO_ROOT, run_cli
+from conftest import run_cli
 from huggingface_hub import HfApi
 
 
 def run_python(code: str, env: dict, timeout: float = 300) -> str:
-    import os
-
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=REPO_ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    """``python -c CODE`` with this process's environment and ``env`` (which names an HF_HOME, the
+    client's own cache); its stdout. Forked from a server that imported the Hub client and the
+    Searcher (``cli_forks.run_python``: every read and write of HF_HOME lands in ``env``'s, as in
+    a fresh interpreter started with it); a fresh interpreter spent seconds on those imports for
+    each client."""
+    result = cli_forks.run_python(code, (), {**os.environ, **env}, timeout=timeout)
     assert result.returncode == 0, result.stderr[-4000:]
     return result.stdout
 
