@@ -19,7 +19,8 @@ imports whatever else it needs itself, as a fresh interpreter would. A server st
 test's environment (its own HF_HOME) serves no other test: ``stop_servers`` ends it then.
 
 ``run_python`` forks ``python -c CODE ARGS`` the same way (tests/test_lazy.py's Hub clients),
-from a server that serves every test's HF_HOME (through a symbolic link: see there).
+from a server that serves every test's HF_HOME (through a symbolic link: see there);
+``run_linked`` forks the CLI from such a server (tests/test_hub_e2e.py's Hub commands).
 
 Run as a script, ``python tests/cli_forks.py -m MODULE ARGS`` is ``python -m MODULE ARGS`` with
 ``shorten_hub_retries`` (for a command a test cannot fork: make's recipes run ``$(PY) -m ...``).
@@ -277,19 +278,9 @@ CLIENT_PRELOAD = (
 )  # fmt: skip
 
 
-def run_python(
-    code: str, args, env: dict, preload=CLIENT_PRELOAD, timeout: float = 300
-) -> subprocess.CompletedProcess:
-    """``python -c CODE ARGS`` with ``env``, forked from a server that imported ``preload``.
-
-    ``env`` must name an ``HF_HOME`` (each test's own cache): unlike ``run``'s servers, one
-    server (per pytest worker and environment apart from HF_HOME) serves every HF_HOME. It
-    started with HF_HOME set to a symbolic link, which is pointed at the run's HF_HOME before
-    the fork; the run's environment has that link as its HF_HOME too. So what huggingface_hub,
-    datasets and transformers derived from HF_HOME at import (the hub cache, the token file,
-    ...) is the link, and every read and write through it lands in the run's own folder, as in
-    a fresh interpreter started with that HF_HOME. One run at a time: this waits for the run.
-    """
+def _linked(env: dict, preload) -> tuple[ForkServer, dict]:
+    """The server for ``env`` apart from its HF_HOME, with its HF_HOME link pointed at
+    ``env``'s; the run's environment (HF_HOME: the link). See ``run_python``."""
     env = dict(env)
     home = Path(env.pop("HF_HOME"))
     key = (tuple(preload), _env_key(env), "HF_HOME link")
@@ -307,8 +298,35 @@ def run_python(
     pointer.unlink(missing_ok=True)
     pointer.symlink_to(home.resolve(), target_is_directory=True)
     os.replace(pointer, server.hf_home)
-    run = server.start(args, {**env, "HF_HOME": str(server.hf_home)}, code=code)
-    return server.wait(run, timeout)
+    return server, {**env, "HF_HOME": str(server.hf_home)}
+
+
+def run_python(
+    code: str, args, env: dict, preload=CLIENT_PRELOAD, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """``python -c CODE ARGS`` with ``env``, forked from a server that imported ``preload``.
+
+    ``env`` must name an ``HF_HOME`` (each test's own cache): unlike ``run``'s servers, one
+    server (per pytest worker and environment apart from HF_HOME) serves every HF_HOME. It
+    started with HF_HOME set to a symbolic link, which is pointed at the run's HF_HOME before
+    the fork; the run's environment has that link as its HF_HOME too. So what huggingface_hub,
+    datasets and transformers derived from HF_HOME at import (the hub cache, the token file,
+    ...) is the link, and every read and write through it lands in the run's own folder, as in
+    a fresh interpreter started with that HF_HOME. One run at a time: this waits for the run.
+    """
+    server, env = _linked(env, preload)
+    return server.wait(server.start(args, env, code=code), timeout)
+
+
+def run_linked(
+    args, env: dict, preload=PRELOAD, timeout: float = 300, **options
+) -> subprocess.CompletedProcess:
+    """``python -m pipeline ARGS`` with ``env`` (which names an HF_HOME), forked from the server
+    that serves every HF_HOME as ``run_python``'s does: a test's Hub commands share one server
+    per pytest worker (``run``'s servers for a test's own HF_HOME start one per test). One run at
+    a time: this waits for the run. ``options``: ``ForkServer.start``'s."""
+    server, env = _linked(env, preload)
+    return server.wait(server.start(args, env, **options), timeout)
 
 
 if __name__ == "__main__":  # python tests/cli_forks.py -m MODULE ARGS (the module docstring)

@@ -1,7 +1,8 @@
 """The user's path through a (local) Hub: download, encode from a Hub dataset, publish, load.
 
-Every client call runs in a subprocess with HF_ENDPOINT pointing at tests/hub_server.py and a
-fresh HF_HOME, exactly as a user runs the commands; nothing reaches the real Hub.
+Every client call runs in a process of its own with HF_ENDPOINT pointing at tests/hub_server.py
+and a fresh HF_HOME, as a user runs the commands (most forked from a server that imported the
+clients' modules: run_python, hub_cli); nothing reaches the real Hub.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from pathlib import Path
 
 import cli_forks
 import pytest
-from cli_forks import HUB_PRELOAD
 from conftest import run_cli
 from huggingface_hub import HfApi
+
+# What this file's clients import: the CLI's commands (encode's torch included), the Searcher.
+PRELOAD = tuple(dict.fromkeys(cli_forks.PRELOAD + cli_forks.CLIENT_PRELOAD))
 
 
 def run_python(code: str, env: dict, timeout: float = 300) -> str:
@@ -24,7 +27,7 @@ def run_python(code: str, env: dict, timeout: float = 300) -> str:
     Searcher (``cli_forks.run_python``: every read and write of HF_HOME lands in ``env``'s, as in
     a fresh interpreter started with it); a fresh interpreter spent seconds on those imports for
     each client."""
-    result = cli_forks.run_python(code, (), {**os.environ, **env}, timeout=timeout)
+    result = cli_forks.run_python(code, (), {**os.environ, **env}, PRELOAD, timeout=timeout)
     assert result.returncode == 0, result.stderr[-4000:]
     return result.stdout
 
@@ -34,11 +37,20 @@ def built(shared_build):
     return shared_build
 
 
-def hub_cli(*args, env: dict, check: bool = True, **fork_options):
-    """``run_cli`` forked from one server per environment (this test's hub_env) that imported
-    what publish, publish-space and download import: a test of many such commands starts one
-    interpreter, not one a command. ``fork_options``: ``cli_forks.start``'s."""
-    return run_cli(*args, env=env, check=check, forked=True, preload=HUB_PRELOAD, **fork_options)
+def hub_cli(*args, env: dict, check: bool = True, timeout: float = 300, **fork_options):
+    """``run_cli(*args, env=env)`` (``env`` names the test's HF_HOME), forked from the server
+    ``run_python``'s clients fork from (``cli_forks.run_linked``: one per pytest worker, whatever
+    the test's HF_HOME), not a fresh interpreter of its own (seconds of imports a command).
+    datasets' pause after a streamed read is skipped (``no_stream_exit_pause``: a forked run has
+    no interpreter teardown to wait for). ``fork_options``: ``cli_forks.ForkServer.start``'s."""
+    fork_options.setdefault("no_stream_exit_pause", True)
+    result = cli_forks.run_linked(args, {**os.environ, **env}, PRELOAD, timeout, **fork_options)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"pipeline {' '.join(map(str, args))} exited {result.returncode}\n"
+            f"stdout:\n{result.stdout}\nstderr:\n{result.stderr[-4000:]}"
+        )
+    return result
 
 
 def revision_of(stdout: str) -> str:
@@ -184,7 +196,7 @@ def test_a_new_build_replaces_the_old_one_in_one_commit(
     import shutil
 
     repo = f"{local_hub.user}/tasvir-replace"
-    run_cli("publish", "--build", built, "--repo", repo, "--private", env=hub_env)
+    hub_cli("publish", "--build", built, "--repo", repo, "--private", env=hub_env)
     smaller = tmp_path / "smaller"
     shutil.copytree(built, smaller, ignore=shutil.ignore_patterns("index"))
     build_info = json.loads((smaller / "build.json").read_text())
@@ -195,7 +207,7 @@ def test_a_new_build_replaces_the_old_one_in_one_commit(
     (smaller / "build.json").write_text(json.dumps(build_info))
     run_cli("index", "--build", smaller)
     commits = len(local_hub.requests_matching("POST", f"/api/datasets/{repo}/commit/"))
-    second = run_cli("publish", "--build", smaller, "--repo", repo, "--private", env=hub_env)
+    second = hub_cli("publish", "--build", smaller, "--repo", repo, "--private", env=hub_env)
     assert len(local_hub.requests_matching("POST", f"/api/datasets/{repo}/commit/")) == commits + 1
     out = run_python(
         "from datasets import load_dataset\n"
@@ -273,7 +285,7 @@ def test_download_samples_and_completes_a_partial_run(fake_source, hub_env, tmp_
     out = tmp_path / "data"
     args = ["download", "--dataset", fake_source, "--num-samples", "5", "--seed", "3"]
     args += ["--buffer-size", "8", "--output-dir", out]
-    run_cli(*args, env=hub_env)
+    hub_cli(*args, env=hub_env)
     lines = (out / "captions.jsonl").read_text(encoding="utf-8").splitlines()
     files = sorted(p.name for p in (out / "images").iterdir())
     assert len(lines) == 5 and len(files) == 5
@@ -282,7 +294,7 @@ def test_download_samples_and_completes_a_partial_run(fake_source, hub_env, tmp_
     # Lose one image and one caption line, as a killed run might; the re-run completes both.
     (out / "images" / files[0]).unlink()
     (out / "captions.jsonl").write_text("\n".join(lines[1:]) + "\n", encoding="utf-8")
-    again = run_cli(*args, env=hub_env)
+    again = hub_cli(*args, env=hub_env)
     assert "wrote 1 images, kept 4 already there (written by an earlier run" in again.stdout
     assert sorted((out / "captions.jsonl").read_text().splitlines()) == sorted(lines)
     assert sorted(p.name for p in (out / "images").iterdir()) == files
@@ -292,9 +304,7 @@ def test_download_never_gives_two_images_one_file(fake_source, hub_env, tmp_path
     out = tmp_path / "data"
     args = ["download", "--dataset", fake_source, "--split", "collisions", "--num-samples", "7"]
     args += ["--output-dir", out]
-    # (no_stream_exit_pause: datasets' 5 s pause after each streamed read, which a forked run
-    # does not need: see cli_forks.skip_stream_exit_pause)
-    first = hub_cli(*args, env=hub_env, no_stream_exit_pause=True)
+    first = hub_cli(*args, env=hub_env)
     assert "wrote 6 images, kept 1" in first.stdout  # the last row's image is the fifth's
     sources = sorted((shared_data / "images").glob("*.jpg"))[:6]
     sources.append(sources[4])
@@ -308,7 +318,7 @@ def test_download_never_gives_two_images_one_file(fake_source, hub_env, tmp_path
     assert not [p.name for p in (out / "images").iterdir() if p.name.startswith(".")]
     assert "note:" not in first.stdout
     more = [*args[:-4], "--num-samples", "9", "--output-dir", out]  # the split has 7 rows
-    again = hub_cli(*more, env=hub_env, no_stream_exit_pause=True)
+    again = hub_cli(*more, env=hub_env)
     assert "wrote 0 images, kept 7" in again.stdout
     assert "has 7 rows, fewer than --num-samples 9: all of them were read" in again.stdout
     assert len((out / "captions.jsonl").read_text().splitlines()) == 7
@@ -340,7 +350,7 @@ def test_download_keeps_every_caption_of_a_list_column(local_hub, hub_env, tmp_p
     )
     run_python(code, {**local_hub.env(), "HF_HOME": str(tmp_path / "home")})
     out = tmp_path / "data"
-    result = run_cli("download", "--dataset", repo, "--split", "train", "--num-samples", "3",
+    result = hub_cli("download", "--dataset", repo, "--split", "train", "--num-samples", "3",
                      "--output-dir", out, env=hub_env)  # fmt: skip
     lines = [json.loads(x) for x in (out / "captions.jsonl").read_text().splitlines()]
     assert sorted((x["path"], x["caption"]) for x in lines) == [
@@ -357,7 +367,7 @@ def test_download_adds_no_line_to_an_unfinished_last_line(fake_source, hub_env, 
     out.mkdir()
     mine = json.dumps({"path": "images/mine.jpg", "caption": "benim"}, ensure_ascii=False)
     (out / "captions.jsonl").write_text(mine, encoding="utf-8")
-    run_cli("download", "--dataset", fake_source, "--num-samples", "2", "--output-dir", out,
+    hub_cli("download", "--dataset", fake_source, "--num-samples", "2", "--output-dir", out,
             env=hub_env)  # fmt: skip
     lines = (out / "captions.jsonl").read_text(encoding="utf-8").splitlines()
     assert lines[0] == mine and len(lines) == 3
@@ -372,19 +382,19 @@ def test_download_after_a_run_killed_before_its_first_line_and_of_a_split_not_th
     out = tmp_path / "data"
     out.mkdir()
     (out / "captions.jsonl").write_text("")
-    run_cli("download", "--dataset", fake_source, "--split", "short_captions",
+    hub_cli("download", "--dataset", fake_source, "--split", "short_captions",
             "--num-samples", "1", "--output-dir", out, env=hub_env)  # fmt: skip
     assert len((out / "captions.jsonl").read_text(encoding="utf-8").splitlines()) == 1
     other = tmp_path / "other"
     args = ["download", "--dataset", fake_source, "--split", "train", "--output-dir", other]
-    result = run_cli(*args, "--num-samples", "1", env=hub_env, check=False)
+    result = hub_cli(*args, "--num-samples", "1", env=hub_env, check=False)
     assert result.returncode == 2 and "no split 'train'" in result.stderr, result.stderr
     assert "--split" in result.stderr and not other.exists()
 
 
 def test_encode_reads_a_hub_dataset_directly(fake_source, hub_env, tmp_path, tiny_model_dir):
     build = tmp_path / "build"
-    run_cli(
+    hub_cli(
         "encode", "--hf-dataset", fake_source, "--split", "short_captions",
         "--model", tiny_model_dir, "--out", build, env=hub_env,
     )  # fmt: skip
@@ -430,7 +440,7 @@ def test_reuse_from_the_hub_updates_without_downloading_the_images(
 
     data, build = small_build
     repo = f"{local_hub.user}/reuse-from-hub"
-    run_cli("publish", "--build", build, "--repo", repo, env=hub_env, forked=True)
+    hub_cli("publish", "--build", build, "--repo", repo, env=hub_env)
     head_files = local_hub.state.storage.get_repo("dataset", repo)
     published = {p for p in head_files["commits"][head_files["branches"]["main"]]["files"]}
     old_data = sorted(p for p in published if p.startswith("data/"))
@@ -441,9 +451,9 @@ def test_reuse_from_the_hub_updates_without_downloading_the_images(
     write_photos(photos, ["q1", "q2"])
     fresh = tmp_path / "fresh"
     since = len(local_hub.requests)
-    result = run_cli(
+    result = hub_cli(
         "encode", "--data", photos, "--model", tiny_model_dir, "--dtype", "float32",
-        "--out", fresh, "--reuse", repo, env=hub_env, forked=True,
+        "--out", fresh, "--reuse", repo, env=hub_env,
     )  # fmt: skip
     summary = json.loads((fresh / "summary.json").read_text())
     assert (summary["encoded_images"], summary["reused_images"]) == (2, 24)
@@ -458,9 +468,7 @@ def test_reuse_from_the_hub_updates_without_downloading_the_images(
 
     run_cli("index", "--build", fresh, "--max-data-file-size", "8KB")
     since = len(local_hub.requests)
-    again = run_cli(
-        "publish", "--build", fresh, "--repo", repo, "--private", env=hub_env, forked=True
-    )
+    again = hub_cli("publish", "--build", fresh, "--repo", repo, "--private", env=hub_env)
     assert f"note: {repo} already exists and is public; --private left it so" in again.stdout
     uploaded = lfs_uploads(local_hub, since)
     manifest = json.loads((fresh / "index/manifest.json").read_text())
@@ -480,9 +488,9 @@ def test_reuse_from_the_hub_updates_without_downloading_the_images(
     from tiny_checkpoint import write_tiny_checkpoint
 
     other = write_tiny_checkpoint(tmp_path / "other-model", seed=1)
-    result = run_cli(
+    result = hub_cli(
         "encode", "--data", photos, "--model", other, "--out", tmp_path / "x",
-        "--reuse", repo, env=hub_env, forked=True, check=False,
+        "--reuse", repo, env=hub_env, check=False,
     )  # fmt: skip
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "another model" in result.stderr
@@ -495,14 +503,14 @@ def test_a_build_reseeded_from_the_hub_with_the_same_photos_publishes_no_commit(
 
     data, build = small_build
     repo = f"{local_hub.user}/reseed-unchanged"
-    run_cli("publish", "--build", build, "--repo", repo, env=hub_env)
+    hub_cli("publish", "--build", build, "--repo", repo, env=hub_env)
     api = HfApi(endpoint=local_hub.endpoint, token=local_hub.token)
     head = api.dataset_info(repo).sha
     # A new machine: the same photos (in a folder of the same name), no build folder.
     photos = tmp_path / "machine" / data.name
     shutil.copytree(data, photos)
     fresh = tmp_path / "fresh"
-    run_cli(
+    hub_cli(
         "encode", "--data", photos, "--model", tiny_model_dir, "--dtype", "float32",
         "--out", fresh, "--reuse", repo, env=hub_env,
     )  # fmt: skip
@@ -512,7 +520,7 @@ def test_a_build_reseeded_from_the_hub_with_the_same_photos_publishes_no_commit(
     published = api.hf_hub_download(repo, "index/manifest.json", repo_type="dataset")
     assert (fresh / "index/manifest.json").read_bytes() == Path(published).read_bytes()
     since = len(local_hub.requests)
-    again = run_cli("publish", "--build", fresh, "--repo", repo, env=hub_env)
+    again = hub_cli("publish", "--build", fresh, "--repo", repo, env=hub_env)
     assert again.stdout.startswith(f"already up to date: {repo}@{head}"), again.stdout
     assert api.dataset_info(repo).sha == head
     assert not [r for r in local_hub.requests[since:] if "/commit/" in r["path"]]
@@ -586,7 +594,7 @@ def test_a_publish_of_hundreds_of_files_stays_within_the_commit_limit_and_lands_
     doc = local_hub.state.storage.get_repo("dataset", repo)
     before = doc["branches"]["main"]
     since = len(local_hub.requests)
-    result = run_cli("publish", "--build", many_files_build, "--repo", repo, env=hub_env)
+    result = hub_cli("publish", "--build", many_files_build, "--repo", repo, env=hub_env)
     commits = [
         r for r in local_hub.requests[since:] if r["method"] == "POST" and "/commit/" in r["path"]
     ]
@@ -603,7 +611,7 @@ def test_a_publish_of_hundreds_of_files_stays_within_the_commit_limit_and_lands_
     assert revision_of(result.stdout) == head
     assert [p["status"] for p in doc["pulls"]] == ["merged"]
     # Publishing it again is a no-op.
-    again = run_cli("publish", "--build", many_files_build, "--repo", repo, env=hub_env)
+    again = hub_cli("publish", "--build", many_files_build, "--repo", repo, env=hub_env)
     assert "already up to date" in again.stdout
 
 
@@ -640,7 +648,7 @@ def test_an_interrupted_large_publish_resumes_its_pull_request(
         "POST", f"/api/datasets/{repo}/commit/refs%2Fpr%2F1", status=503, times=20
     )
     try:
-        result = run_cli("publish", "--build", many_files_build, "--repo", repo, env=hub_env,
+        result = hub_cli("publish", "--build", many_files_build, "--repo", repo, env=hub_env,
                          check=False)  # fmt: skip
     finally:
         local_hub.clear_faults()
@@ -653,7 +661,7 @@ def test_an_interrupted_large_publish_resumes_its_pull_request(
     assert 0 < landed < 240
 
     since = len(local_hub.requests)
-    result = run_cli("publish", "--build", many_files_build, "--repo", repo, env=hub_env)
+    result = hub_cli("publish", "--build", many_files_build, "--repo", repo, env=hub_env)
     assert "resuming pull request #1" in result.stderr
     from pipeline.publish import MAX_FILES_PER_COMMIT
 
@@ -680,7 +688,7 @@ def _interrupt_pull_request(local_hub, hub_env, build, repo: str) -> None:
     local_hub.inject_fault("POST", path, status=None)
     local_hub.inject_fault("POST", path, status=503, times=20)
     try:
-        result = run_cli("publish", "--build", build, "--repo", repo, env=hub_env, check=False)
+        result = hub_cli("publish", "--build", build, "--repo", repo, env=hub_env, check=False)
     finally:
         local_hub.clear_faults()
     assert result.returncode == 2 and "run the same publish command again" in result.stderr
@@ -718,7 +726,7 @@ def test_a_pull_request_that_main_overtook_is_replaced_or_its_merge_checked(
     on_pr = doc["commits"][doc["branches"]["refs/pr/1"]]["files"]
     landed = sorted(p for p in on_pr if p.startswith("data/"))[0]
     commit_to_main(repo, landed, b"another build's file")
-    result = run_cli("publish", "--build", many_files_build, "--repo", repo, env=hub_env)
+    result = hub_cli("publish", "--build", many_files_build, "--repo", repo, env=hub_env)
     assert f"pull request #1 of {repo} conflicts with main ({landed})" in result.stderr
     assert [p["status"] for p in storage.get_repo("dataset", repo)["pulls"]] == [
         "closed",
@@ -733,12 +741,12 @@ def test_a_pull_request_that_main_overtook_is_replaced_or_its_merge_checked(
     _interrupt_pull_request(local_hub, hub_env, many_files_build, repo)
     commit_to_main(repo, "data/extra-00000.parquet", b"not this build's")
     commit_to_main(repo, "notes.md", b"a note")  # outside data/ and index/: kept
-    result = run_cli("publish", "--build", many_files_build, "--repo", repo, env=hub_env,
+    result = hub_cli("publish", "--build", many_files_build, "--repo", repo, env=hub_env,
                      check=False)  # fmt: skip
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"main of {repo} changed while this publish ran" in result.stderr
     assert "(data/extra-00000.parquet)" in result.stderr
-    again = run_cli("publish", "--build", many_files_build, "--repo", repo, env=hub_env)
+    again = hub_cli("publish", "--build", many_files_build, "--repo", repo, env=hub_env)
     head, files = main_of(repo)
     assert {p: e["sha256"] for p, e in files.items() if p.startswith("data/")} == build_data
     assert "notes.md" in files and revision_of(again.stdout) == head
