@@ -270,11 +270,13 @@ def run(
     return wait(start(args, env, **options), timeout)
 
 
-# What a client of a published repo imports (tests/test_lazy.py's): the Searcher with torch and
-# transformers (imagesearchtr.searcher imports the Encoder), the Hub client, the test helpers'.
-CLIENT_PRELOAD = (
-    "datasets", "faiss", "httpx", "huggingface_hub", "huggingface_hub.hf_api", "numpy",
-    "pyarrow.parquet", "imagesearchtr.searcher", "pipeline.datafiles", "pipeline.encode",
+# What a Hub client imports (tests/test_lazy.py's, test_hub_e2e.py's, test_faults.py's): the
+# Searcher with torch and transformers (imagesearchtr.searcher imports the Encoder), the Hub
+# client, the test helpers', and what the CLI's commands import (PRELOAD): one server a pytest
+# worker serves them all.
+CLIENT_PRELOAD = PRELOAD + (
+    "faiss", "httpx", "huggingface_hub.hf_api", "numpy", "imagesearchtr.searcher",
+    "pipeline.datafiles",
 )  # fmt: skip
 
 
@@ -319,7 +321,7 @@ def run_python(
 
 
 def run_linked(
-    args, env: dict, preload=PRELOAD, timeout: float = 300, **options
+    args, env: dict, preload=CLIENT_PRELOAD, timeout: float = 300, **options
 ) -> subprocess.CompletedProcess:
     """``python -m pipeline ARGS`` with ``env`` (which names an HF_HOME), forked from the server
     that serves every HF_HOME as ``run_python``'s does: a test's Hub commands share one server

@@ -125,6 +125,24 @@ def run_cli(
     return result
 
 
+def hub_cli(*args, env: dict, check: bool = True, timeout: float = 300, **fork_options):
+    """``run_cli(*args, env=env)`` for a Hub command (``env`` names the test's HF_HOME), forked
+    from one server per pytest worker whatever the test's HF_HOME (``cli_forks.run_linked``, the
+    server ``cli_forks.run_python``'s clients fork from), not a fresh interpreter (seconds of
+    imports a command). datasets' pause after a streamed read is skipped (a forked run has no
+    interpreter teardown to wait for). ``fork_options``: ``cli_forks.ForkServer.start``'s."""
+    import cli_forks
+
+    fork_options.setdefault("no_stream_exit_pause", True)
+    result = cli_forks.run_linked(args, {**os.environ, **env}, timeout=timeout, **fork_options)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"pipeline {' '.join(map(str, args))} exited {result.returncode}\n"
+            f"stdout:\n{result.stdout}\nstderr:\n{result.stderr[-4000:]}"
+        )
+    return result
+
+
 @pytest.fixture(scope="session")
 def shared_build(tmp_path_factory, tiny_model_dir, shared_data) -> Path:
     """The 413 shared photos encoded and indexed once per run (tests copy, never modify)."""

@@ -1,18 +1,19 @@
 """Publishing through a flaky Hub: server errors, dropped connections, lost responses.
 
-The local Hub (tests/hub_server.py) injects the faults; each publish runs as a subprocess,
-exactly as `python -m pipeline publish` runs for a user. The build is generated (16 random
-photos): the faults, not the photos, are the point.
+The local Hub (tests/hub_server.py) injects the faults; each publish runs in a process of its
+own, `python -m pipeline publish`'s main() as a user runs it (forked from a server that imported
+the pipeline: conftest.hub_cli). The build is generated (16 random photos): the faults, not the
+photos, are the point.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+import os
 
+import cli_forks
 import pytest
-from conftest import REPO_ROOT, run_cli
+from conftest import hub_cli, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -39,14 +40,8 @@ def remote_state(hub_env, repo):
         "print(json.dumps({'sha': info.sha, "
         "'files': sorted(s.rfilename for s in info.siblings)}))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=REPO_ROOT,
-        env={**__import__("os").environ, **hub_env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    # (forked from the server hub_cli's runs fork from: cli_forks.run_python)
+    out = cli_forks.run_python(code, (), {**os.environ, **hub_env}, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -60,7 +55,7 @@ def test_commit_500_and_429_are_retried_and_it_lands_once(built, local_hub, hub_
     local_hub.inject_fault("POST", f"/api/datasets/{repo}/commit/", status=500, times=1)
     # The Hub's rate limit: wait and try again, as for a server error.
     local_hub.inject_fault("POST", f"/api/datasets/{repo}/commit/", status=429, times=1)
-    result = run_cli("publish", "--build", built, "--repo", repo, "--retries", "3", env=hub_env)
+    result = hub_cli("publish", "--build", built, "--repo", repo, "--retries", "3", env=hub_env)
     assert result.stderr.count("retrying in") == 2
     state = remote_state(hub_env, repo)
     assert "index/manifest.json" in state["files"]
@@ -71,7 +66,7 @@ def test_persistent_errors_fail_clearly_and_leave_the_repo_unchanged(
     built, local_hub, hub_env, tmp_path
 ):
     repo = f"{local_hub.user}/flaky-down"
-    run_cli("publish", "--build", built, "--repo", repo, env=hub_env)
+    hub_cli("publish", "--build", built, "--repo", repo, env=hub_env)
     before = remote_state(hub_env, repo)
     # A different build (another index type) that cannot be committed.
     other = tmp_path / "build-hnsw"
@@ -81,7 +76,7 @@ def test_persistent_errors_fail_clearly_and_leave_the_repo_unchanged(
     run_cli("index", "--build", other, "--index-type", "hnsw")
     local_hub.inject_fault("POST", f"/api/datasets/{repo}/commit/", status=503, times=10)
     try:
-        result = run_cli(
+        result = hub_cli(
             "publish", "--build", other, "--repo", repo, "--retries", "2", env=hub_env, check=False
         )
     finally:
@@ -92,14 +87,14 @@ def test_persistent_errors_fail_clearly_and_leave_the_repo_unchanged(
     assert "Traceback" not in result.stderr
     assert remote_state(hub_env, repo) == before
     # Once the Hub recovers, the same command completes.
-    run_cli("publish", "--build", other, "--repo", repo, env=hub_env)
+    hub_cli("publish", "--build", other, "--repo", repo, env=hub_env)
     assert remote_state(hub_env, repo)["sha"] != before["sha"]
 
 
 def test_dropped_connection_is_retried(built, local_hub, hub_env):
     repo = f"{local_hub.user}/flaky-drop"
     local_hub.inject_fault("POST", f"/api/datasets/{repo}/commit/", drop=True, times=1)
-    run_cli("publish", "--build", built, "--repo", repo, "--retries", "2", env=hub_env)
+    hub_cli("publish", "--build", built, "--repo", repo, "--retries", "2", env=hub_env)
     assert "index/manifest.json" in remote_state(hub_env, repo)["files"]
 
 
@@ -108,7 +103,7 @@ def test_lost_response_after_the_commit_landed_is_not_committed_twice(built, loc
     local_hub.inject_fault(
         "POST", f"/api/datasets/{repo}/commit/", status=None, truncate_after=0, times=1
     )
-    result = run_cli("publish", "--build", built, "--repo", repo, "--retries", "2", env=hub_env)
+    result = hub_cli("publish", "--build", built, "--repo", repo, "--retries", "2", env=hub_env)
     assert "retrying in" in result.stderr
     assert len(commits_to(local_hub, repo)) == 1  # the retry found the commit already there
     assert "index/manifest.json" in remote_state(hub_env, repo)["files"]
@@ -117,7 +112,7 @@ def test_lost_response_after_the_commit_landed_is_not_committed_twice(built, loc
 def test_upload_errors_are_retried_by_huggingface_hub(built, local_hub, hub_env):
     repo = f"{local_hub.user}/flaky-upload"
     local_hub.inject_fault("PUT", "/_lfs/upload/", status=500, times=1)
-    run_cli("publish", "--build", built, "--repo", repo, env=hub_env)
+    hub_cli("publish", "--build", built, "--repo", repo, env=hub_env)
     assert "data/train-00000.parquet" in remote_state(hub_env, repo)["files"]
 
 
@@ -132,7 +127,7 @@ def test_a_refused_upload_fails_with_publishs_own_message(built, local_hub, hub_
     run_cli("index", "--build", other, "--index-type", "fp16")
     local_hub.inject_fault("PUT", "/_lfs/upload/", status=400, times=1)
     try:
-        result = run_cli("publish", "--build", other, "--repo", repo, env=hub_env, check=False)
+        result = hub_cli("publish", "--build", other, "--repo", repo, env=hub_env, check=False)
     finally:
         local_hub.clear_faults()
     assert result.returncode == 2 and "Traceback" not in result.stderr

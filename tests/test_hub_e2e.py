@@ -14,20 +14,17 @@ from pathlib import Path
 
 import cli_forks
 import pytest
-from conftest import run_cli
+from conftest import hub_cli, run_cli
 from huggingface_hub import HfApi
-
-# What this file's clients import: the CLI's commands (encode's torch included), the Searcher.
-PRELOAD = tuple(dict.fromkeys(cli_forks.PRELOAD + cli_forks.CLIENT_PRELOAD))
 
 
 def run_python(code: str, env: dict, timeout: float = 300) -> str:
-    """``python -c CODE`` with this process's environment and ``env`` (which names an HF_HOME, the
-    client's own cache); its stdout. Forked from a server that imported the Hub client and the
-    Searcher (``cli_forks.run_python``: every read and write of HF_HOME lands in ``env``'s, as in
-    a fresh interpreter started with it); a fresh interpreter spent seconds on those imports for
-    each client."""
-    result = cli_forks.run_python(code, (), {**os.environ, **env}, PRELOAD, timeout=timeout)
+    """``python -c CODE`` with this process's environment and ``env`` (which names an HF_HOME,
+    the client's own cache); its stdout. Forked from a server that imported the Hub client, the
+    Searcher and the CLI's modules (``cli_forks.run_python``; ``hub_cli`` forks from the same
+    server): every read and write of HF_HOME lands in ``env``'s, as in a fresh interpreter
+    started with it, without the seconds of imports a fresh interpreter spent for each client."""
+    result = cli_forks.run_python(code, (), {**os.environ, **env}, timeout=timeout)
     assert result.returncode == 0, result.stderr[-4000:]
     return result.stdout
 
@@ -35,22 +32,6 @@ def run_python(code: str, env: dict, timeout: float = 300) -> str:
 @pytest.fixture
 def built(shared_build):
     return shared_build
-
-
-def hub_cli(*args, env: dict, check: bool = True, timeout: float = 300, **fork_options):
-    """``run_cli(*args, env=env)`` (``env`` names the test's HF_HOME), forked from the server
-    ``run_python``'s clients fork from (``cli_forks.run_linked``: one per pytest worker, whatever
-    the test's HF_HOME), not a fresh interpreter of its own (seconds of imports a command).
-    datasets' pause after a streamed read is skipped (``no_stream_exit_pause``: a forked run has
-    no interpreter teardown to wait for). ``fork_options``: ``cli_forks.ForkServer.start``'s."""
-    fork_options.setdefault("no_stream_exit_pause", True)
-    result = cli_forks.run_linked(args, {**os.environ, **env}, PRELOAD, timeout, **fork_options)
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"pipeline {' '.join(map(str, args))} exited {result.returncode}\n"
-            f"stdout:\n{result.stdout}\nstderr:\n{result.stderr[-4000:]}"
-        )
-    return result
 
 
 def revision_of(stdout: str) -> str:
